@@ -1,0 +1,179 @@
+#include "conveyor/cli/cli.hpp"
+
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <iostream>
+
+#include "commands.hpp"
+#include "conveyor/core/logging.hpp"
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor::cli {
+namespace asio = boost::asio;
+
+amqp::ConnectionSettings cli_connection_settings(const CommonOptions& common, std::string name) {
+    amqp::ConnectionSettings settings;
+    settings.url = amqp::Url::parse(common.amqp_url);
+    settings.name = std::move(name);
+    settings.tls_ca_file = common.amqp_ca_file;
+    settings.connect_timeout = std::chrono::seconds(5);
+    settings.max_connect_attempts = 3;
+    return settings;
+}
+
+namespace {
+
+/// Runs `body` on a fresh io_context after the connection is ready; returns its exit code.
+template <typename Body>
+int with_connection(amqp::Connection& connection, std::string_view command, Body body) {
+    asio::io_context io;
+    connection.start();
+    int exit_code = kOk;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            auto [error] = co_await connection.async_wait_ready(asio::as_tuple(asio::use_awaitable));
+            if (error) {
+                std::cerr << fmt::format("conveyor {}: cannot reach the broker: {}\n", command,
+                                         connection.last_error());
+                exit_code = kUnavailable;
+                co_return;
+            }
+            exit_code = co_await body();
+        },
+        log_failure(std::string(command)));
+    io.run();
+    connection.stop();
+    return exit_code;
+}
+
+int declare_topology(const CommonOptions& common, const std::string& families_list) {
+    const auto families = topology::parse_families(families_list);
+    const auto topology = topology::job_topology(families);
+    amqp::Connection connection(cli_connection_settings(common, "conveyor topology"), topology);
+    return with_connection(connection, "topology declare", [&]() -> asio::awaitable<int> {
+        for (const auto& exchange : topology.exchanges) {
+            std::cout << fmt::format("exchange {} ({})\n", exchange.name, exchange.type);
+        }
+        for (const auto& queue : topology.queues) {
+            std::cout << fmt::format("queue    {} (quorum)\n", queue.name);
+        }
+        for (const auto& binding : topology.bindings) {
+            std::cout << fmt::format("binding  {} -> {} by '{}'\n", binding.exchange, binding.queue,
+                                     binding.routing_key);
+        }
+        co_return kOk;
+    });
+}
+
+int show_queues(const CommonOptions& common, const std::string& families_list, bool json) {
+    const auto families = topology::parse_families(families_list);
+    amqp::Connection connection(cli_connection_settings(common, "conveyor queues"), {});
+    return with_connection(connection, "queues", [&]() -> asio::awaitable<int> {
+        int exit_code = kOk;
+        if (!json) {
+            std::cout << fmt::format("{:<28} {:>10} {:>10}\n", "QUEUE", "READY", "CONSUMERS");
+        }
+        for (const auto& family : families) {
+            for (const auto& queue : {topology::queue_name(family), topology::dead_letter_queue_name(family)}) {
+                auto [error, counts] =
+                    co_await connection.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
+                if (error == amqp::Errc::not_found) {
+                    std::cerr << fmt::format("conveyor queues: {} does not exist (run conveyor topology declare)\n",
+                                             queue);
+                    exit_code = kFailed;
+                    continue;
+                }
+                if (error) {
+                    std::cerr << fmt::format("conveyor queues: {}: {}\n", queue, error.message());
+                    co_return kUnavailable;
+                }
+                if (json) {
+                    std::cout << fmt::format(R"({{"queue":"{}","family":"{}","ready":{},"consumers":{}}})", queue,
+                                             family, counts.messages, counts.consumers)
+                              << '\n';
+                } else {
+                    std::cout << fmt::format("{:<28} {:>10} {:>10}\n", queue, counts.messages, counts.consumers);
+                }
+            }
+        }
+        co_return exit_code;
+    });
+}
+
+}  // namespace
+
+int run(std::span<const char* const> argv) {
+    CommonOptions common;
+    EnqueueOptions enqueue_options;
+    std::string families = fmt::format("{}", fmt::join(topology::default_families(), ","));
+    bool json = false;
+
+    CLI::App app{
+        "conveyor: operator CLI for the Conveyor job platform.\n"
+        "Options are also read from the CONVEYOR_* environment variables shown; a flag wins.",
+        "conveyor"};
+    app.require_subcommand(1);
+    app.option_defaults()->always_capture_default();
+    app.add_option("--amqp-url", common.amqp_url, "RabbitMQ URL (amqp:// or amqps://)")
+        ->envname("CONVEYOR_AMQP_URL")
+        ->default_str("amqp://guest:***@127.0.0.1:5672/%2f");
+    app.add_option("--amqp-ca-file", common.amqp_ca_file, "CA certificate (PEM) to verify an amqps:// broker")
+        ->envname("CONVEYOR_AMQP_CA_FILE")
+        ->check(CLI::ExistingFile);
+    app.add_option("--log-level", common.log_level, "trace, debug, info, warn, error")
+        ->envname("CONVEYOR_LOG_LEVEL")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+
+    auto* enqueue_cmd = app.add_subcommand(
+        "enqueue", "Publish jobs to conveyor.jobs with publisher confirms; prints the job ids (up to 100) or a count");
+    enqueue_cmd->add_option("type", enqueue_options.type, "Job type, <family>.<action> (e.g. diag.noop)")->required();
+    enqueue_cmd->add_option("--payload", enqueue_options.payload, "Job payload, a JSON object");
+    enqueue_cmd->add_option("--count", enqueue_options.count, "How many jobs to publish (each gets its own id)")
+        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}));
+    enqueue_cmd->add_option("--rate", enqueue_options.rate, "Jobs per second (0: as fast as the broker confirms)")
+        ->check(CLI::NonNegativeNumber);
+    enqueue_cmd->add_option("--correlation-id", enqueue_options.correlation_id, "correlation_id for every job");
+    enqueue_cmd->add_option("--job-id", enqueue_options.job_id, "Job id (message_id) to use; only with --count 1");
+    enqueue_cmd->add_option("--window", enqueue_options.window, "Publishes awaiting a confirm at once")
+        ->check(CLI::Range(1U, 100'000U));
+    enqueue_cmd->add_flag("!--no-progress", enqueue_options.progress, "Do not print progress on stderr");
+
+    auto* topology_cmd = app.add_subcommand("topology", "Manage the broker topology");
+    topology_cmd->require_subcommand(1);
+    auto* declare_cmd = topology_cmd->add_subcommand(
+        "declare", "Declare exchange conveyor.jobs, a quorum queue and a dead-letter queue per family (idempotent)");
+    declare_cmd->add_option("--families", families, "Comma-separated job families");
+
+    auto* queues_cmd = app.add_subcommand("queues", "Ready messages and consumers of each job and dead-letter queue");
+    queues_cmd->add_option("--families", families, "Comma-separated job families");
+    queues_cmd->add_flag("--json", json, "One JSON object per line");
+
+    try {
+        app.parse(static_cast<int>(argv.size()), argv.data());
+        (void)amqp::Url::parse(common.amqp_url);
+        setup_logging(common.log_level);
+        if (*enqueue_cmd) {
+            return enqueue(common, enqueue_options);
+        }
+        if (*declare_cmd) {
+            return declare_topology(common, families);
+        }
+        if (*queues_cmd) {
+            return show_queues(common, families, json);
+        }
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? kOk : kUsage;
+    } catch (const std::invalid_argument& e) {
+        std::cerr << "conveyor: " << e.what() << "\nRun with --help for more information.\n";
+        return kUsage;
+    }
+    return kUsage;
+}
+
+}  // namespace conveyor::cli

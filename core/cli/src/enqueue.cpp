@@ -1,0 +1,204 @@
+#include <fmt/format.h>
+#include <simdjson.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/uuid/random_generator.hpp>
+#include <boost/uuid/uuid_io.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "commands.hpp"
+#include "conveyor/cli/cli.hpp"
+#include "conveyor/core/envelope.hpp"
+#include "conveyor/core/logging.hpp"
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor::cli {
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Below this many jobs a progress line is noise.
+constexpr std::uint64_t kProgressThreshold = 1000;
+// Up to this many jobs the ids are printed; above it, a count.
+constexpr std::uint64_t kMaxPrintedIds = 100;
+
+struct Run {
+    const EnqueueOptions& options;
+    amqp::Connection& connection;
+    amqp::Properties properties;
+    boost::uuids::random_generator uuids;
+    Clock::time_point started = Clock::now();
+    std::uint64_t next = 0;
+    std::uint64_t confirmed = 0;
+    std::uint64_t failed = 0;
+    std::string first_error;
+    std::vector<std::string> ids;
+};
+
+std::int64_t epoch_millis() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+asio::awaitable<void> publisher(Run& run) {
+    asio::steady_timer pacing(co_await asio::this_coro::executor);
+    while (run.next < run.options.count) {
+        const auto index = run.next++;
+        if (run.options.rate > 0) {
+            pacing.expires_at(run.started + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                                                static_cast<double>(index) / run.options.rate)));
+            co_await pacing.async_wait(asio::use_awaitable);
+        }
+        amqp::Message message;
+        message.exchange = topology::kJobsExchange;
+        message.routing_key = run.options.type;
+        message.properties = run.properties;
+        if (run.options.job_id.empty()) {
+            message.properties.message_id = boost::uuids::to_string(run.uuids());
+        } else {
+            message.properties.message_id = run.options.job_id;
+        }
+        const auto now_ms = epoch_millis();
+        message.properties.timestamp = static_cast<std::uint64_t>(now_ms / 1000);
+        amqp::set_header(message.properties.headers, "x-conveyor-enqueued-at", now_ms);
+        message.body = run.options.payload;
+        auto id = message.properties.message_id;
+        auto [error] = co_await run.connection.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
+        if (error) {
+            if (run.failed++ == 0) {
+                run.first_error = error.message();
+            }
+            continue;
+        }
+        ++run.confirmed;
+        if (run.options.count <= kMaxPrintedIds) {
+            run.ids[index] = std::move(id);
+        }
+    }
+}
+
+asio::awaitable<void> report_progress(Run& run, bool tty) {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (run.confirmed + run.failed < run.options.count) {
+        timer.expires_after(tty ? std::chrono::milliseconds(250) : std::chrono::seconds(2));
+        co_await timer.async_wait(asio::use_awaitable);
+        const auto done = run.confirmed + run.failed;
+        const double seconds = std::chrono::duration<double>(Clock::now() - run.started).count();
+        const auto line =
+            fmt::format("enqueue: {}/{} confirmed ({:.0f}%), {} failed, {:.0f} jobs/s", run.confirmed,
+                        run.options.count, 100.0 * static_cast<double>(done) / static_cast<double>(run.options.count),
+                        run.failed, static_cast<double>(done) / std::max(seconds, 1e-9));
+        std::cerr << (tty ? "\r" : "") << line << (tty ? "" : "\n") << std::flush;
+    }
+    if (tty) {
+        std::cerr << '\n';
+    }
+}
+
+}  // namespace
+
+int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
+    if (!is_valid_job_type(options.type)) {
+        std::cerr << fmt::format("conveyor enqueue: '{}' is not a job type; expected <family>.<action>\n",
+                                 options.type);
+        return kUsage;
+    }
+    const auto family = options.type.substr(0, options.type.find('.'));
+    const auto& families = topology::default_families();
+    if (std::find(families.begin(), families.end(), family) == families.end()) {
+        std::cerr << fmt::format("conveyor enqueue: unknown job family '{}' (known: {})\n", family,
+                                 fmt::join(families, ", "));
+        return kUsage;
+    }
+    simdjson::dom::parser parser;
+    auto parsed = parser.parse(options.payload);
+    if (parsed.error() != simdjson::SUCCESS) {
+        std::cerr << fmt::format("conveyor enqueue: --payload is not valid JSON: {}\n",
+                                 simdjson::error_message(parsed.error()));
+        return kUsage;
+    }
+    if (!parsed.value_unsafe().is_object()) {
+        std::cerr << "conveyor enqueue: --payload must be a JSON object\n";
+        return kUsage;
+    }
+    if (!options.job_id.empty() && options.count != 1) {
+        std::cerr << "conveyor enqueue: --job-id needs --count 1 (job ids are unique)\n";
+        return kUsage;
+    }
+    if (options.job_id.size() > kMaxJobIdBytes) {
+        std::cerr << fmt::format("conveyor enqueue: --job-id is longer than {} bytes\n", kMaxJobIdBytes);
+        return kUsage;
+    }
+
+    asio::io_context io;
+    amqp::Connection connection(cli_connection_settings(common, "conveyor enqueue"), {});
+    connection.start();
+
+    Run run{options, connection, {}, {}, Clock::now(), 0, 0, 0, {}, {}};
+    run.properties.content_type = "application/json";
+    run.properties.delivery_mode = 2;
+    run.properties.correlation_id = options.correlation_id;
+    if (options.count <= kMaxPrintedIds) {
+        run.ids.resize(options.count);
+    }
+
+    int exit_code = kOk;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            auto [error] = co_await connection.async_wait_ready(asio::as_tuple(asio::use_awaitable));
+            if (error) {
+                std::cerr << fmt::format("conveyor enqueue: cannot reach the broker: {}\n", connection.last_error());
+                exit_code = kUnavailable;
+                co_return;
+            }
+            run.started = Clock::now();
+            const bool show_progress = options.progress && options.count >= kProgressThreshold;
+            if (show_progress) {
+                asio::co_spawn(io, report_progress(run, isatty(STDERR_FILENO) != 0), log_failure("progress"));
+            }
+            const auto publishers = std::min<std::uint64_t>(options.window, options.count);
+            for (std::uint64_t i = 0; i < publishers; ++i) {
+                asio::co_spawn(io, publisher(run), log_failure("publisher"));
+            }
+        },
+        log_failure("enqueue"));
+    io.run();
+    connection.stop();
+    if (exit_code != kOk) {
+        return exit_code;
+    }
+
+    const double seconds = std::chrono::duration<double>(Clock::now() - run.started).count();
+    if (options.count <= kMaxPrintedIds) {
+        for (const auto& id : run.ids) {
+            if (!id.empty()) {
+                std::cout << id << '\n';
+            }
+        }
+    } else {
+        std::cout << fmt::format("{} jobs enqueued\n", run.confirmed);
+    }
+    if (options.count >= kProgressThreshold || run.failed > 0) {
+        std::cerr << fmt::format("conveyor enqueue: {} confirmed, {} failed in {:.2f} s ({:.0f} jobs/s)\n",
+                                 run.confirmed, run.failed, seconds,
+                                 static_cast<double>(run.confirmed) / std::max(seconds, 1e-9));
+    }
+    if (run.failed > 0) {
+        std::cerr << fmt::format("conveyor enqueue: {} publishes failed; first error: {}\n", run.failed,
+                                 run.first_error);
+        return kFailed;
+    }
+    return kOk;
+}
+
+}  // namespace conveyor::cli

@@ -1,0 +1,234 @@
+#pragma once
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/system/error_code.hpp>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+/// AMQP 0-9-1 client on rabbitmq-c, driven by Asio. Each Connection owns one TCP (or TLS) connection and runs
+/// it on a thread of its own: rabbitmq-c writes synchronously and may block in a full socket buffer, so no
+/// thread that runs job coroutines ever calls into it. Job coroutines talk to the connection through
+/// thread-safe calls (ack, reject) and asynchronous operations (publish, cancel consumers, queue counts).
+namespace conveyor::amqp {
+
+/// A header value. AMQP field tables know more kinds (arrays, nested tables, decimals); those are not
+/// used by Conveyor's wire contract and are dropped when a table is decoded.
+using FieldValue = std::variant<std::string, std::int64_t, bool, double>;
+
+/// An AMQP field table. Ordered, because tables are encoded as lists and they are small.
+using Headers = std::vector<std::pair<std::string, FieldValue>>;
+
+[[nodiscard]] const FieldValue* find_header(const Headers& headers, std::string_view name) noexcept;
+/// Sets `name` to `value`, replacing an existing entry of that name.
+void set_header(Headers& headers, std::string_view name, FieldValue value);
+
+/// The subset of basic.properties that Conveyor reads and writes.
+struct Properties {
+    std::string content_type;
+    std::string content_encoding;
+    std::string message_id;
+    std::string correlation_id;
+    std::string type;
+    std::string reply_to;
+    std::string expiration;
+    std::string app_id;
+    std::optional<std::uint64_t> timestamp;  ///< Seconds since the epoch (AMQP has no finer unit).
+    std::uint8_t delivery_mode = 2;          ///< 2 = persistent.
+    Headers headers;
+};
+
+struct Message {
+    std::string exchange;
+    std::string routing_key;
+    Properties properties;
+    std::string body;
+};
+
+/// A message delivered to a consumer. Ack or reject it exactly once, through the Connection it came from.
+struct Delivery {
+    Message message;
+    std::string queue;
+    std::uint64_t delivery_tag = 0;
+    bool redelivered = false;
+    std::uint16_t channel = 0;
+    std::uint64_t session = 0;  ///< Which (re)connection delivered it; tags are only valid on that one.
+};
+
+struct Url {
+    bool tls = false;
+    std::string host;
+    std::uint16_t port = 5672;
+    std::string user = "guest";
+    std::string password = "guest";
+    std::string vhost = "/";
+
+    /// Parses amqp://user:pass@host:port/vhost and amqps://…; throws std::invalid_argument saying what is wrong.
+    [[nodiscard]] static Url parse(std::string_view text);
+    /// The URL with the password masked, for logs and errors.
+    [[nodiscard]] std::string redacted() const;
+};
+
+struct ExchangeSpec {
+    std::string name;
+    std::string type = "topic";
+};
+
+struct QueueSpec {
+    std::string name;
+    Headers arguments;  ///< e.g. x-queue-type = quorum
+};
+
+struct BindingSpec {
+    std::string queue;
+    std::string exchange;
+    std::string routing_key;
+};
+
+/// Durable exchanges, queues and bindings, declared on every (re)connect before consuming starts.
+struct Topology {
+    std::vector<ExchangeSpec> exchanges;
+    std::vector<QueueSpec> queues;
+    std::vector<BindingSpec> bindings;
+};
+
+struct ConsumerSpec {
+    std::string queue;
+    std::uint16_t prefetch = 100;  ///< basic.qos per consumer; quorum queues do not support global qos.
+};
+
+/// Told about connection events, on the connection's thread. Keep implementations cheap and thread-safe.
+class ConnectionObserver {
+  public:
+    virtual ~ConnectionObserver() = default;
+    virtual void on_connection_state(bool /*connected*/) {}
+    virtual void on_publish_confirmed(std::string_view /*exchange*/, std::chrono::duration<double> /*latency*/) {}
+};
+
+struct ConnectionSettings {
+    /// Broker to connect to.
+    Url url;
+    /// Shown in the management UI (client property connection_name).
+    std::string name = "conveyor";
+    /// Heartbeat interval proposed to the broker; 0 disables heartbeats.
+    std::chrono::seconds heartbeat{30};
+    /// Deadline for TCP/TLS connect and for each synchronous AMQP method during set-up.
+    std::chrono::milliseconds connect_timeout{10'000};
+    /// Reconnect backoff: exponential from min to max, with full jitter.
+    std::chrono::milliseconds reconnect_min{200};
+    std::chrono::milliseconds reconnect_max{10'000};
+    /// Give up after this many failed connection attempts in a row; 0 retries forever.
+    unsigned max_connect_attempts = 0;
+    /// PEM file with the CA that signs the broker's certificate (amqps only); empty uses no peer verification.
+    std::string tls_ca_file;
+    /// Receives connection events; may be null. Must outlive the connection.
+    ConnectionObserver* observer = nullptr;
+};
+
+enum class Errc {
+    nacked = 1,         ///< the broker refused the message (basic.nack)
+    unroutable,         ///< no queue is bound for the routing key (basic.return)
+    connection_lost,    ///< the connection dropped before the broker confirmed
+    connection_failed,  ///< max_connect_attempts exhausted
+    stopped,            ///< the connection was stopped
+    not_found,          ///< queue or exchange does not exist
+};
+[[nodiscard]] const boost::system::error_category& error_category() noexcept;
+[[nodiscard]] boost::system::error_code make_error_code(Errc e) noexcept;
+
+struct QueueCounts {
+    std::uint32_t messages = 0;  ///< ready messages (not counting unacknowledged ones)
+    std::uint32_t consumers = 0;
+};
+
+using DeliveryChannel = boost::asio::experimental::concurrent_channel<void(boost::system::error_code, Delivery)>;
+using ErrorHandler = boost::asio::any_completion_handler<void(boost::system::error_code)>;
+using QueueCountsHandler = boost::asio::any_completion_handler<void(boost::system::error_code, QueueCounts)>;
+
+class Connection {
+  public:
+    Connection(ConnectionSettings settings, Topology topology);
+    ~Connection();
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    /// Registers a consumer; call before start(). Deliveries are try_sent into `deliveries`, whose capacity must
+    /// cover the sum of the prefetch of every consumer feeding it.
+    void add_consumer(ConsumerSpec spec, DeliveryChannel& deliveries);
+
+    /// Starts the connection thread, which connects (and reconnects) in the background.
+    void start();
+    /// Closes the connection (the broker requeues unacknowledged deliveries), fails pending operations with
+    /// Errc::stopped and joins the thread. Idempotent.
+    void stop();
+
+    [[nodiscard]] bool connected() const noexcept;
+    /// Connected, and every registered consumer is subscribed.
+    [[nodiscard]] bool consuming() const noexcept;
+    /// The broker sent connection.blocked (a resource alarm); publishes wait until it unblocks.
+    [[nodiscard]] bool blocked() const noexcept;
+    /// The last connection error, for diagnostics.
+    [[nodiscard]] std::string last_error() const;
+
+    /// Thread-safe and non-blocking. A delivery from an earlier session is dropped: the broker has already
+    /// requeued it when that session ended.
+    void ack(const Delivery& delivery);
+    void reject(const Delivery& delivery, bool requeue);
+
+    /// Publishes with mandatory=true on a confirm channel and completes when the broker confirms:
+    /// success, Errc::nacked, Errc::unroutable, Errc::connection_lost or Errc::stopped. Waits while the
+    /// connection is down or blocked.
+    template <typename Token>
+    auto async_publish(Message message, Token&& token) {
+        return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+            [this](ErrorHandler handler, Message m) { initiate_publish(std::move(m), std::move(handler)); }, token,
+            std::move(message));
+    }
+
+    /// Cancels every consumer (basic.cancel) and completes once the broker has confirmed; deliveries sent
+    /// before the confirmation are in the delivery channels by then. Consumers are not re-subscribed after.
+    template <typename Token>
+    auto async_cancel_consumers(Token&& token) {
+        return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+            [this](ErrorHandler handler) { initiate_cancel_consumers(std::move(handler)); }, token);
+    }
+
+    /// Message and consumer counts of a queue (passive queue.declare); Errc::not_found if it does not exist.
+    template <typename Token>
+    auto async_queue_counts(std::string queue, Token&& token) {
+        return boost::asio::async_initiate<Token, void(boost::system::error_code, QueueCounts)>(
+            [this](QueueCountsHandler handler, std::string q) {
+                initiate_queue_counts(std::move(q), std::move(handler));
+            },
+            token, std::move(queue));
+    }
+
+    /// Completes when the topology has been declared on a live connection (or connecting gave up).
+    template <typename Token>
+    auto async_wait_ready(Token&& token) {
+        return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
+            [this](ErrorHandler handler) { initiate_wait_ready(std::move(handler)); }, token);
+    }
+
+  private:
+    void initiate_publish(Message message, ErrorHandler handler);
+    void initiate_cancel_consumers(ErrorHandler handler);
+    void initiate_queue_counts(std::string queue, QueueCountsHandler handler);
+    void initiate_wait_ready(ErrorHandler handler);
+
+    class Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace conveyor::amqp
+
+template <>
+struct boost::system::is_error_code_enum<conveyor::amqp::Errc> : std::true_type {};

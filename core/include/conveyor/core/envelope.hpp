@@ -1,0 +1,74 @@
+#pragma once
+
+#include <simdjson.h>
+
+#include <boost/system/result.hpp>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "conveyor/core/amqp.hpp"
+
+namespace conveyor {
+
+/// Why a message is not a job. Each maps to the dead-letter reason ops filter on.
+enum class EnvelopeErrc {
+    too_large,         ///< body exceeds the size limit
+    bad_json,          ///< body is not valid JSON
+    invalid_payload,   ///< body is JSON but not an object
+    invalid_envelope,  ///< message_id or job type missing or malformed
+};
+
+/// The dead-letter reason for an envelope error: "too_large", "bad_json", "invalid_payload", "invalid_envelope".
+[[nodiscard]] std::string_view reason_code(EnvelopeErrc errc) noexcept;
+
+struct EnvelopeError {
+    EnvelopeErrc errc;
+    std::string detail;  ///< human-readable, safe to log: never contains payload values
+};
+
+/// Exceptions from result<Envelope, EnvelopeError>::value().
+class InvalidEnvelope : public std::runtime_error {
+  public:
+    explicit InvalidEnvelope(EnvelopeError error);
+    [[nodiscard]] const EnvelopeError& error() const noexcept { return error_; }
+
+  private:
+    EnvelopeError error_;
+};
+
+[[noreturn]] void throw_exception_from_error(const EnvelopeError& error, const boost::source_location& location);
+
+struct EnvelopeLimits {
+    /// Largest accepted body in bytes.
+    std::size_t max_body_bytes = 1024 * 1024;
+};
+
+/// A validated job: its identity from the AMQP properties, its type from the routing key, its payload parsed.
+struct Envelope {
+    std::string job_id;          ///< message_id
+    std::string type;            ///< routing key, "<family>.<action>"
+    std::string family;          ///< the part of type before the first dot
+    std::string correlation_id;  ///< may be empty
+    std::string traceparent;     ///< W3C trace context header, may be empty
+    /// x-conveyor-enqueued-at (ms) or, failing that, the AMQP timestamp (s).
+    std::optional<std::chrono::system_clock::time_point> enqueued_at;
+    /// 1 for the first attempt; x-conveyor-attempt on a retried message.
+    std::uint32_t attempt = 1;
+    /// The JSON object body. Valid while the parser that produced it is not reused.
+    simdjson::dom::element payload;
+};
+
+inline constexpr std::size_t kMaxJobIdBytes = 128;
+
+/// A job type is "<family>.<action>" of lower-case letters, digits, '_' and '-'.
+[[nodiscard]] bool is_valid_job_type(std::string_view type) noexcept;
+
+/// Validates and parses a message into an Envelope, using `parser` for the body.
+[[nodiscard]] boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Message& message,
+                                                                            const EnvelopeLimits& limits,
+                                                                            simdjson::dom::parser& parser);
+
+}  // namespace conveyor

@@ -1,0 +1,122 @@
+#pragma once
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/awaitable.hpp>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "conveyor/core/envelope.hpp"
+
+/// The contract between the worker runtime and job handlers. Handlers live in jobs/ and know only this header.
+namespace conveyor {
+
+/// The job did its work; the message is acknowledged.
+struct Success {};
+
+/// A transient failure: try again after `after` (the worker's retry policy may wait longer or give up).
+struct Retry {
+    std::chrono::milliseconds after{0};
+    std::string reason;
+};
+
+/// A permanent failure: retrying cannot help. The message goes to its family's dead-letter queue.
+struct DeadLetter {
+    std::string reason;  ///< a short code, e.g. "permanent_failure" or "invalid_payload"
+    std::string error;   ///< what went wrong, for operators
+};
+
+using Outcome = std::variant<Success, Retry, DeadLetter>;
+
+/// Logs through the default logger with the job's id and correlation id on every line.
+class JobLogger {
+  public:
+    JobLogger(std::string_view job_id, std::string_view correlation_id, std::string_view type)
+        : prefix_(fmt::format("job={} type={} correlation={}", job_id, type,
+                              correlation_id.empty() ? std::string_view("-") : correlation_id)) {}
+
+    template <typename... Args>
+    void debug(fmt::format_string<Args...> format, Args&&... args) const {
+        log(spdlog::level::debug, format, std::forward<Args>(args)...);
+    }
+    template <typename... Args>
+    void info(fmt::format_string<Args...> format, Args&&... args) const {
+        log(spdlog::level::info, format, std::forward<Args>(args)...);
+    }
+    template <typename... Args>
+    void warn(fmt::format_string<Args...> format, Args&&... args) const {
+        log(spdlog::level::warn, format, std::forward<Args>(args)...);
+    }
+    template <typename... Args>
+    void error(fmt::format_string<Args...> format, Args&&... args) const {
+        log(spdlog::level::err, format, std::forward<Args>(args)...);
+    }
+
+  private:
+    template <typename... Args>
+    void log(spdlog::level::level_enum level, fmt::format_string<Args...> format, Args&&... args) const {
+        if (spdlog::should_log(level)) {
+            spdlog::log(level, "{} {}", prefix_, fmt::format(format, std::forward<Args>(args)...));
+        }
+    }
+
+    std::string prefix_;
+};
+
+/// What a handler gets: the validated envelope, a logger, and the deadline it must finish by. The worker
+/// also cancels the handler's coroutine at the deadline; the deadline lets handlers pass it on to their
+/// own calls (HTTP, SQL).
+class JobContext {
+  public:
+    JobContext(const Envelope& envelope, std::chrono::steady_clock::time_point deadline)
+        : envelope_(envelope), deadline_(deadline), logger_(envelope.job_id, envelope.correlation_id, envelope.type) {}
+
+    [[nodiscard]] const Envelope& envelope() const noexcept { return envelope_; }
+    [[nodiscard]] const std::string& job_id() const noexcept { return envelope_.job_id; }
+    [[nodiscard]] const std::string& type() const noexcept { return envelope_.type; }
+    [[nodiscard]] const std::string& correlation_id() const noexcept { return envelope_.correlation_id; }
+    [[nodiscard]] std::uint32_t attempt() const noexcept { return envelope_.attempt; }
+    [[nodiscard]] simdjson::dom::element payload() const noexcept { return envelope_.payload; }
+    [[nodiscard]] std::chrono::steady_clock::time_point deadline() const noexcept { return deadline_; }
+    [[nodiscard]] const JobLogger& log() const noexcept { return logger_; }
+
+  private:
+    const Envelope& envelope_;
+    std::chrono::steady_clock::time_point deadline_;
+    JobLogger logger_;
+};
+
+using JobHandler = std::function<boost::asio::awaitable<Outcome>(JobContext&)>;
+
+struct JobOptions {
+    /// Per-job deadline; zero uses the worker's --job-timeout.
+    std::chrono::milliseconds timeout{0};
+};
+
+struct JobDefinition {
+    std::string type;
+    JobHandler handler;
+    JobOptions options;
+};
+
+/// Job types and their handlers. Filled once at start-up, then read concurrently without locks.
+class JobRegistry {
+  public:
+    /// Throws std::invalid_argument for a malformed or already registered type.
+    void add(std::string type, JobHandler handler, JobOptions options = {});
+
+    [[nodiscard]] const JobDefinition* find(std::string_view type) const noexcept;
+    [[nodiscard]] std::vector<std::string> types() const;
+    [[nodiscard]] std::vector<std::string> types_of_family(std::string_view family) const;
+
+  private:
+    std::map<std::string, JobDefinition, std::less<>> definitions_;
+};
+
+}  // namespace conveyor

@@ -1,0 +1,1024 @@
+#include <amqp.h>
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/time.h>
+
+#include <atomic>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "amqp_codec.hpp"
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/logging.hpp"
+
+namespace conveyor::amqp {
+namespace asio = boost::asio;
+using boost::system::error_code;
+using Clock = std::chrono::steady_clock;
+using codec::bytes_of;
+using codec::to_string;
+
+namespace {
+
+constexpr amqp_channel_t kControlChannel = 1;
+constexpr amqp_channel_t kPublishChannel = 2;
+constexpr amqp_channel_t kFirstConsumerChannel = 3;
+constexpr int kFrameMax = 131072;
+constexpr std::size_t kBodyPadding = 64;
+// Frames handled before the read loop yields, so queued acks and publishes are not starved by a busy consumer.
+constexpr int kFramesPerTurn = 512;
+
+class ErrorCategory final : public boost::system::error_category {
+  public:
+    const char* name() const noexcept override { return "conveyor.amqp"; }
+    std::string message(int value) const override {
+        switch (static_cast<Errc>(value)) {
+            case Errc::nacked:
+                return "broker nacked the message";
+            case Errc::unroutable:
+                return "message unroutable: no queue bound for its routing key";
+            case Errc::connection_lost:
+                return "connection lost before the broker confirmed";
+            case Errc::connection_failed:
+                return "could not connect to the broker";
+            case Errc::stopped:
+                return "connection stopped";
+            case Errc::not_found:
+                return "not found";
+        }
+        return "unknown AMQP error";
+    }
+};
+
+/// A failure of the session; the session loop logs it once and reconnects.
+class SessionError : public std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+timeval to_timeval(std::chrono::milliseconds duration) {
+    const auto count = duration.count();
+    return timeval{static_cast<time_t>(count / 1000), static_cast<suseconds_t>((count % 1000) * 1000)};
+}
+
+std::string describe_reply(const amqp_rpc_reply_t& reply) {
+    switch (reply.reply_type) {
+        case AMQP_RESPONSE_NORMAL:
+            return "ok";
+        case AMQP_RESPONSE_NONE:
+            return "no reply";
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+            return amqp_error_string2(reply.library_error);
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            if (reply.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+                const auto* close = static_cast<const amqp_connection_close_t*>(reply.reply.decoded);
+                return fmt::format("broker closed the connection: {} {}", close->reply_code,
+                                   to_string(close->reply_text));
+            }
+            if (reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+                const auto* close = static_cast<const amqp_channel_close_t*>(reply.reply.decoded);
+                return fmt::format("broker closed the channel: {} {}", close->reply_code, to_string(close->reply_text));
+            }
+            return fmt::format("unexpected broker method 0x{:08x}", reply.reply.id);
+    }
+    return "unknown reply";
+}
+
+void check_reply(amqp_connection_state_t conn, std::string_view what) {
+    const auto reply = amqp_get_rpc_reply(conn);
+    if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+        throw SessionError(fmt::format("{}: {}", what, describe_reply(reply)));
+    }
+}
+
+void check_status(int status, std::string_view what) {
+    if (status != AMQP_STATUS_OK) {
+        throw SessionError(fmt::format("{}: {}", what, amqp_error_string2(status)));
+    }
+}
+
+/// A completion handler waiting on the connection thread. It counts as work on the handler's own executor
+/// until it completes, so an io_context with nothing else to do does not return while a publish is in flight.
+template <typename Signature>
+class PendingHandler {
+  public:
+    explicit PendingHandler(asio::any_completion_handler<Signature> handler)
+        : work_(asio::prefer(asio::get_associated_executor(handler), asio::execution::outstanding_work.tracked)),
+          handler_(std::move(handler)) {}
+
+    /// Runs the handler on its own executor; the connection thread never runs it inline.
+    template <typename... Args>
+    void complete(Args... args) && {
+        auto executor = std::move(work_);
+        executor.execute([handler = std::move(handler_), ... args = std::move(args)]() mutable {
+            std::move(handler)(std::move(args)...);
+        });
+    }
+
+  private:
+    asio::any_completion_executor work_;
+    asio::any_completion_handler<Signature> handler_;
+};
+
+using PendingError = PendingHandler<void(error_code)>;
+using PendingCounts = PendingHandler<void(error_code, QueueCounts)>;
+
+template <typename Handler, typename... Args>
+void complete(Handler handler, Args... args) {
+    std::move(handler).complete(std::move(args)...);
+}
+
+struct AckCommand {
+    std::uint64_t session;
+    amqp_channel_t channel;
+    std::uint64_t delivery_tag;
+};
+struct RejectCommand {
+    std::uint64_t session;
+    amqp_channel_t channel;
+    std::uint64_t delivery_tag;
+    bool requeue;
+};
+struct PublishCommand {
+    Message message;
+    PendingError handler;
+};
+struct CancelConsumersCommand {
+    PendingError handler;
+};
+struct QueueCountsCommand {
+    std::string queue;
+    PendingCounts handler;
+};
+struct WaitReadyCommand {
+    PendingError handler;
+};
+using Command = std::variant<AckCommand, RejectCommand, PublishCommand, CancelConsumersCommand, QueueCountsCommand,
+                             WaitReadyCommand>;
+
+struct Consumer {
+    ConsumerSpec spec;
+    DeliveryChannel* deliveries;
+    amqp_channel_t channel;
+    std::string tag;
+    bool subscribed = false;
+};
+
+/// A message arriving as method, header and body frames.
+struct IncomingContent {
+    bool returned = false;  ///< basic.return rather than basic.deliver
+    Delivery delivery;
+    std::uint64_t body_size = 0;
+    bool has_header = false;
+};
+
+struct OutstandingPublish {
+    PendingError handler;
+    std::string exchange;
+    std::string routing_key;
+    std::string message_id;
+    Clock::time_point sent_at;
+};
+
+}  // namespace
+
+const boost::system::error_category& error_category() noexcept {
+    static const ErrorCategory category;
+    return category;
+}
+
+error_code make_error_code(Errc e) noexcept {
+    return {static_cast<int>(e), error_category()};
+}
+
+class Connection::Impl {
+  public:
+    Impl(ConnectionSettings settings, Topology topology)
+        : settings_(std::move(settings)), topology_(std::move(topology)), log_prefix_("amqp[" + settings_.name + "]") {}
+
+    ~Impl() { stop(); }
+
+    void add_consumer(ConsumerSpec spec, DeliveryChannel& deliveries) {
+        const auto channel = static_cast<amqp_channel_t>(kFirstConsumerChannel + consumers_.size());
+        consumers_.push_back(Consumer{std::move(spec), &deliveries, channel, {}, false});
+    }
+
+    void start() {
+        asio::co_spawn(io_, session_loop(), log_failure(log_prefix_ + " session"));
+        thread_ = std::thread([this] { io_.run(); });
+    }
+
+    void stop() {
+        if (!thread_.joinable()) {
+            return;
+        }
+        asio::post(io_, [this] {
+            stopping_ = true;
+            if (conn_ != nullptr && connected_) {
+                // Graceful close: the broker requeues our unacknowledged deliveries at once.
+                amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
+            }
+            fail_session("connection stopped");
+            backoff_timer_.cancel();
+            heartbeat_timer_.cancel();
+        });
+        work_.reset();
+        thread_.join();
+        // Anything enqueued while the thread was winding down fails now.
+        std::vector<Command> leftovers;
+        {
+            std::lock_guard lock(commands_mutex_);
+            stopped_ = true;
+            leftovers.swap(commands_);
+        }
+        for (auto& command : leftovers) {
+            fail_command(command, Errc::stopped);
+        }
+    }
+
+    void enqueue(Command command) {
+        bool post_drain = false;
+        {
+            std::lock_guard lock(commands_mutex_);
+            if (stopped_) {
+                fail_command(command, Errc::stopped);
+                return;
+            }
+            commands_.push_back(std::move(command));
+            post_drain = !drain_posted_;
+            drain_posted_ = true;
+        }
+        if (post_drain) {
+            asio::post(io_, [this] { drain_commands(); });
+        }
+    }
+
+    std::atomic<bool> connected_{false};
+    std::atomic<bool> consuming_{false};
+    std::atomic<bool> blocked_{false};
+
+    std::string last_error() const {
+        std::lock_guard lock(last_error_mutex_);
+        return last_error_;
+    }
+
+  private:
+    // ---- everything below runs on the connection thread ----
+
+    asio::awaitable<void> session_loop() {
+        unsigned failures = 0;
+        while (!stopping_) {
+            std::string failure;
+            try {
+                open_session();
+                failures = 0;
+                co_await read_loop();
+            } catch (const std::exception& e) {
+                failure = e.what();
+            }
+            const bool was_connected = connected_;
+            close_session();
+            if (stopping_) {
+                break;
+            }
+            if (session_error_ && failure.empty()) {
+                failure = *session_error_;
+            }
+            set_last_error(failure);
+            ++failures;
+            if (settings_.max_connect_attempts != 0 && !was_connected && failures >= settings_.max_connect_attempts) {
+                spdlog::error("{}: giving up on {} after {} attempts: {}", log_prefix_, settings_.url.redacted(),
+                              failures, failure);
+                gave_up_ = true;
+                fail_waiting(Errc::connection_failed);
+                break;
+            }
+            const auto delay = backoff(failures);
+            spdlog::warn("{}: {}; reconnecting to {} in {} ms", log_prefix_,
+                         was_connected ? "connection lost: " + failure : "connect failed: " + failure,
+                         settings_.url.redacted(), delay.count());
+            backoff_timer_.expires_after(delay);
+            co_await backoff_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+        if (stopping_) {
+            fail_waiting(Errc::stopped);
+        }
+    }
+
+    std::chrono::milliseconds backoff(unsigned failures) {
+        const auto exponent = std::min(failures, 16U);
+        const auto cap =
+            std::min<std::chrono::milliseconds>(settings_.reconnect_max, settings_.reconnect_min * (1LL << exponent));
+        std::uniform_int_distribution<std::int64_t> jitter(settings_.reconnect_min.count(),
+                                                           std::max(cap.count(), settings_.reconnect_min.count()));
+        return std::chrono::milliseconds(jitter(random_));
+    }
+
+    void open_session() {
+        session_error_.reset();
+        conn_ = amqp_new_connection();
+        if (conn_ == nullptr) {
+            throw SessionError("out of memory creating the AMQP connection");
+        }
+        amqp_socket_t* socket = nullptr;
+        if (settings_.url.tls) {
+            socket = amqp_ssl_socket_new(conn_);
+            if (socket == nullptr) {
+                throw SessionError("cannot create TLS socket");
+            }
+            const bool verify = !settings_.tls_ca_file.empty();
+            if (verify) {
+                check_status(amqp_ssl_socket_set_cacert(socket, settings_.tls_ca_file.c_str()), "load TLS CA file");
+            }
+            amqp_ssl_socket_set_verify_peer(socket, verify ? 1 : 0);
+            amqp_ssl_socket_set_verify_hostname(socket, verify ? 1 : 0);
+        } else {
+            socket = amqp_tcp_socket_new(conn_);
+            if (socket == nullptr) {
+                throw SessionError("cannot create TCP socket");
+            }
+        }
+        auto timeout = to_timeval(settings_.connect_timeout);
+        check_status(amqp_socket_open_noblock(socket, settings_.url.host.c_str(), settings_.url.port, &timeout),
+                     fmt::format("connect to {}", settings_.url.redacted()));
+        check_status(amqp_set_handshake_timeout(conn_, &timeout), "set handshake timeout");
+        check_status(amqp_set_rpc_timeout(conn_, &timeout), "set RPC timeout");
+
+        login();
+        amqp_channel_open(conn_, kControlChannel);
+        check_reply(conn_, "open control channel");
+        declare_topology();
+        amqp_channel_open(conn_, kPublishChannel);
+        check_reply(conn_, "open publish channel");
+        amqp_confirm_select(conn_, kPublishChannel);
+        check_reply(conn_, "confirm.select");
+        if (!consumers_cancelled_) {
+            for (auto& consumer : consumers_) {
+                subscribe(consumer);
+            }
+        }
+
+        socket_.emplace(io_, amqp_get_sockfd(conn_));
+        heartbeat_ = std::chrono::seconds(amqp_get_heartbeat(conn_));
+        last_received_ = Clock::now();
+        last_sent_ = Clock::now();
+        next_publish_tag_ = 0;
+        ++session_;
+        connected_ = true;
+        consuming_ = !consumers_cancelled_;
+        spdlog::info("{}: connected to {} (heartbeat {} s, {} consumers)", log_prefix_, settings_.url.redacted(),
+                     heartbeat_.count(), consumers_cancelled_ ? 0 : consumers_.size());
+        if (settings_.observer != nullptr) {
+            settings_.observer->on_connection_state(true);
+        }
+        if (heartbeat_.count() > 0) {
+            asio::co_spawn(io_, heartbeat_loop(session_), log_failure(log_prefix_ + " heartbeat"));
+        }
+        for (auto& waiter : std::exchange(ready_waiters_, {})) {
+            complete(std::move(waiter), error_code{});
+        }
+        flush_waiting();
+    }
+
+    void login() {
+        amqp_table_entry_t capability_entries[] = {
+            {bytes_of("connection.blocked"), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
+            {bytes_of("consumer_cancel_notify"), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
+            {bytes_of("publisher_confirms"), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
+            {bytes_of("basic.nack"), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
+            {bytes_of("authentication_failure_close"), {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
+        };
+        amqp_field_value_t capabilities{};
+        capabilities.kind = AMQP_FIELD_KIND_TABLE;
+        capabilities.value.table = amqp_table_t{static_cast<int>(std::size(capability_entries)), capability_entries};
+        amqp_field_value_t connection_name{};
+        connection_name.kind = AMQP_FIELD_KIND_UTF8;
+        connection_name.value.bytes = bytes_of(settings_.name);
+        amqp_field_value_t product{};
+        product.kind = AMQP_FIELD_KIND_UTF8;
+        product.value.bytes = bytes_of("conveyor");
+        amqp_table_entry_t entries[] = {
+            {bytes_of("capabilities"), capabilities},
+            {bytes_of("connection_name"), connection_name},
+            {bytes_of("product"), product},
+        };
+        const amqp_table_t client_properties{static_cast<int>(std::size(entries)), entries};
+        const auto reply = amqp_login_with_properties(
+            conn_, settings_.url.vhost.c_str(), 0, kFrameMax, static_cast<int>(settings_.heartbeat.count()),
+            &client_properties, AMQP_SASL_METHOD_PLAIN, settings_.url.user.c_str(), settings_.url.password.c_str());
+        if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+            throw SessionError(fmt::format("login to {} failed: {}", settings_.url.redacted(), describe_reply(reply)));
+        }
+    }
+
+    void declare_topology() {
+        for (const auto& exchange : topology_.exchanges) {
+            amqp_exchange_declare(conn_, kControlChannel, bytes_of(exchange.name), bytes_of(exchange.type), 0, 1, 0, 0,
+                                  amqp_empty_table);
+            check_reply(conn_, fmt::format("declare exchange {}", exchange.name));
+        }
+        for (const auto& queue : topology_.queues) {
+            codec::EncodedTable arguments(queue.arguments);
+            amqp_queue_declare(conn_, kControlChannel, bytes_of(queue.name), 0, 1, 0, 0, arguments.table());
+            check_reply(conn_, fmt::format("declare queue {}", queue.name));
+        }
+        for (const auto& binding : topology_.bindings) {
+            amqp_queue_bind(conn_, kControlChannel, bytes_of(binding.queue), bytes_of(binding.exchange),
+                            bytes_of(binding.routing_key), amqp_empty_table);
+            check_reply(conn_,
+                        fmt::format("bind {} to {} by {}", binding.queue, binding.exchange, binding.routing_key));
+        }
+    }
+
+    void subscribe(Consumer& consumer) {
+        amqp_channel_open(conn_, consumer.channel);
+        check_reply(conn_, fmt::format("open channel for {}", consumer.spec.queue));
+        amqp_basic_qos(conn_, consumer.channel, 0, consumer.spec.prefetch, 0);
+        check_reply(conn_, fmt::format("basic.qos on {}", consumer.spec.queue));
+        const auto* ok = amqp_basic_consume(conn_, consumer.channel, bytes_of(consumer.spec.queue), amqp_empty_bytes, 0,
+                                            0, 0, amqp_empty_table);
+        check_reply(conn_, fmt::format("consume {}", consumer.spec.queue));
+        consumer.tag = to_string(ok->consumer_tag);
+        consumer.subscribed = true;
+    }
+
+    asio::awaitable<void> read_loop() {
+        while (true) {
+            if (session_error_) {
+                throw SessionError(*session_error_);
+            }
+            if (process_available_frames()) {
+                // More frames may be waiting; let queued commands run first.
+                co_await asio::post(io_, asio::use_awaitable);
+                continue;
+            }
+            if (session_error_) {
+                throw SessionError(*session_error_);
+            }
+            auto [error] = co_await socket_->async_wait(asio::posix::descriptor_base::wait_read,
+                                                        asio::as_tuple(asio::use_awaitable));
+            if (session_error_) {
+                throw SessionError(*session_error_);
+            }
+            if (error == asio::error::operation_aborted) {
+                continue;  // woken to process frames rabbitmq-c buffered during a synchronous call
+            }
+            if (error) {
+                throw SessionError(fmt::format("socket wait failed: {}", error.message()));
+            }
+            last_received_ = Clock::now();
+        }
+    }
+
+    /// Handles frames rabbitmq-c has buffered or can read without blocking; true if it stopped with frames left.
+    bool process_available_frames() {
+        for (int handled = 0; handled < kFramesPerTurn; ++handled) {
+            amqp_frame_t frame;
+            timeval no_wait{0, 0};
+            const int status = amqp_simple_wait_frame_noblock(conn_, &frame, &no_wait);
+            if (status == AMQP_STATUS_TIMEOUT) {
+                amqp_maybe_release_buffers(conn_);
+                return false;
+            }
+            if (status != AMQP_STATUS_OK) {
+                throw SessionError(fmt::format("read failed: {}", amqp_error_string2(status)));
+            }
+            handle_frame(frame);
+        }
+        return true;
+    }
+
+    void handle_frame(const amqp_frame_t& frame) {
+        switch (frame.frame_type) {
+            case AMQP_FRAME_METHOD:
+                handle_method(frame.channel, frame.payload.method);
+                break;
+            case AMQP_FRAME_HEADER: {
+                auto it = incoming_.find(frame.channel);
+                if (it == incoming_.end() || it->second.has_header) {
+                    throw SessionError(fmt::format("unexpected content header on channel {}", frame.channel));
+                }
+                auto& content = it->second;
+                content.has_header = true;
+                content.body_size = frame.payload.properties.body_size;
+                content.delivery.message.properties = codec::decode_properties(
+                    *static_cast<const amqp_basic_properties_t*>(frame.payload.properties.decoded));
+                // Spare room after the body lets JSON parsers (simdjson needs 64 bytes of padding) read it in place.
+                content.delivery.message.body.reserve(content.body_size + kBodyPadding);
+                if (content.body_size == 0) {
+                    finish_content(frame.channel);
+                }
+                break;
+            }
+            case AMQP_FRAME_BODY: {
+                auto it = incoming_.find(frame.channel);
+                if (it == incoming_.end() || !it->second.has_header) {
+                    throw SessionError(fmt::format("unexpected content body on channel {}", frame.channel));
+                }
+                auto& body = it->second.delivery.message.body;
+                body.append(static_cast<const char*>(frame.payload.body_fragment.bytes),
+                            frame.payload.body_fragment.len);
+                if (body.size() >= it->second.body_size) {
+                    finish_content(frame.channel);
+                }
+                break;
+            }
+            default:
+                break;  // heartbeats need no answer; rabbitmq-c already noted the traffic
+        }
+    }
+
+    void handle_method(amqp_channel_t channel, const amqp_method_t& method) {
+        switch (method.id) {
+            case AMQP_BASIC_DELIVER_METHOD: {
+                const auto* deliver = static_cast<const amqp_basic_deliver_t*>(method.decoded);
+                auto* consumer = consumer_on(channel);
+                if (consumer == nullptr) {
+                    throw SessionError(fmt::format("delivery on channel {} without a consumer", channel));
+                }
+                IncomingContent content;
+                content.delivery.queue = consumer->spec.queue;
+                content.delivery.delivery_tag = deliver->delivery_tag;
+                content.delivery.redelivered = deliver->redelivered != 0;
+                content.delivery.channel = channel;
+                content.delivery.session = session_;
+                content.delivery.message.exchange = to_string(deliver->exchange);
+                content.delivery.message.routing_key = to_string(deliver->routing_key);
+                incoming_[channel] = std::move(content);
+                break;
+            }
+            case AMQP_BASIC_RETURN_METHOD: {
+                const auto* returned = static_cast<const amqp_basic_return_t*>(method.decoded);
+                IncomingContent content;
+                content.returned = true;
+                content.delivery.message.exchange = to_string(returned->exchange);
+                content.delivery.message.routing_key = to_string(returned->routing_key);
+                incoming_[channel] = std::move(content);
+                break;
+            }
+            case AMQP_BASIC_ACK_METHOD: {
+                const auto* ack = static_cast<const amqp_basic_ack_t*>(method.decoded);
+                confirm(ack->delivery_tag, ack->multiple != 0, {});
+                break;
+            }
+            case AMQP_BASIC_NACK_METHOD: {
+                const auto* nack = static_cast<const amqp_basic_nack_t*>(method.decoded);
+                confirm(nack->delivery_tag, nack->multiple != 0, Errc::nacked);
+                break;
+            }
+            case AMQP_BASIC_CANCEL_OK_METHOD: {
+                if (auto* consumer = consumer_on(channel)) {
+                    consumer->subscribed = false;
+                }
+                if (std::none_of(consumers_.begin(), consumers_.end(),
+                                 [](const Consumer& c) { return c.subscribed; })) {
+                    for (auto& waiter : std::exchange(cancel_waiters_, {})) {
+                        complete(std::move(waiter), error_code{});
+                    }
+                }
+                break;
+            }
+            case AMQP_BASIC_CANCEL_METHOD: {
+                auto* consumer = consumer_on(channel);
+                throw SessionError(fmt::format("broker cancelled the consumer of {}",
+                                               consumer != nullptr ? consumer->spec.queue : "an unknown queue"));
+            }
+            case AMQP_CONNECTION_BLOCKED_METHOD: {
+                const auto* blocked = static_cast<const amqp_connection_blocked_t*>(method.decoded);
+                blocked_ = true;
+                spdlog::warn("{}: broker blocked publishing: {}", log_prefix_, to_string(blocked->reason));
+                break;
+            }
+            case AMQP_CONNECTION_UNBLOCKED_METHOD:
+                blocked_ = false;
+                spdlog::info("{}: broker unblocked publishing", log_prefix_);
+                flush_waiting();
+                break;
+            case AMQP_CONNECTION_CLOSE_METHOD: {
+                const auto* close = static_cast<const amqp_connection_close_t*>(method.decoded);
+                amqp_connection_close_ok_t ok{};
+                amqp_send_method(conn_, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+                throw SessionError(fmt::format("broker closed the connection: {} {}", close->reply_code,
+                                               to_string(close->reply_text)));
+            }
+            case AMQP_CHANNEL_CLOSE_METHOD: {
+                const auto* close = static_cast<const amqp_channel_close_t*>(method.decoded);
+                amqp_channel_close_ok_t ok{};
+                amqp_send_method(conn_, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+                throw SessionError(fmt::format("broker closed channel {}: {} {}", channel, close->reply_code,
+                                               to_string(close->reply_text)));
+            }
+            default:
+                spdlog::debug("{}: ignoring method 0x{:08x} on channel {}", log_prefix_, method.id, channel);
+                break;
+        }
+    }
+
+    void finish_content(amqp_channel_t channel) {
+        auto node = incoming_.extract(channel);
+        auto& content = node.mapped();
+        if (content.returned) {
+            spdlog::warn("{}: broker returned an unroutable message (exchange '{}', routing key '{}', id {})",
+                         log_prefix_, content.delivery.message.exchange, content.delivery.message.routing_key,
+                         content.delivery.message.properties.message_id);
+            returned_.push_back({content.delivery.message.routing_key, content.delivery.message.properties.message_id});
+            return;
+        }
+        auto* consumer = consumer_on(channel);
+        const auto tag = content.delivery.delivery_tag;
+        if (!consumer->deliveries->try_send(error_code{}, std::move(content.delivery))) {
+            // The delivery channel is sized for the prefetch of every consumer, so this means misconfiguration.
+            spdlog::error("{}: delivery channel full; requeueing delivery {} of {}", log_prefix_, tag,
+                          consumer->spec.queue);
+            amqp_basic_reject(conn_, channel, tag, 1);
+        }
+    }
+
+    void confirm(std::uint64_t tag, bool multiple, error_code result) {
+        const auto end = multiple ? outstanding_.upper_bound(tag) : outstanding_.find(tag);
+        auto begin = multiple ? outstanding_.begin() : end;
+        auto last = (multiple || end == outstanding_.end()) ? end : std::next(end);
+        const auto now = Clock::now();
+        for (auto it = begin; it != last; it = outstanding_.erase(it)) {
+            auto& publish = it->second;
+            error_code outcome = result;
+            if (!outcome) {
+                const auto returned =
+                    std::find(returned_.begin(), returned_.end(), std::pair{publish.routing_key, publish.message_id});
+                if (returned != returned_.end()) {
+                    returned_.erase(returned);
+                    outcome = Errc::unroutable;
+                }
+            }
+            if (settings_.observer != nullptr) {
+                settings_.observer->on_publish_confirmed(publish.exchange, now - publish.sent_at);
+            }
+            complete(std::move(publish.handler), outcome);
+        }
+    }
+
+    asio::awaitable<void> heartbeat_loop(std::uint64_t session) {
+        // rabbitmq-c only services heartbeats inside its blocking waits, which this client never makes.
+        while (session == session_ && connected_ && !stopping_) {
+            heartbeat_timer_.expires_after(heartbeat_ / 2);
+            auto [error] = co_await heartbeat_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+            if (error || session != session_ || !connected_ || stopping_) {
+                co_return;
+            }
+            const auto now = Clock::now();
+            if (now - last_received_ > 2 * heartbeat_) {
+                fail_session("missed heartbeats from the broker");
+                co_return;
+            }
+            if (now - last_sent_ >= heartbeat_ / 2) {
+                amqp_frame_t heartbeat{};
+                heartbeat.frame_type = AMQP_FRAME_HEARTBEAT;
+                heartbeat.channel = 0;
+                if (amqp_send_frame(conn_, &heartbeat) != AMQP_STATUS_OK) {
+                    fail_session("sending a heartbeat failed");
+                    co_return;
+                }
+                last_sent_ = now;
+            }
+        }
+    }
+
+    void drain_commands() {
+        std::vector<Command> batch;
+        {
+            std::lock_guard lock(commands_mutex_);
+            batch.swap(commands_);
+            drain_posted_ = false;
+        }
+        for (auto& command : batch) {
+            std::visit([this](auto& c) { execute(c); }, command);
+        }
+        // Synchronous calls may have queued incoming frames inside rabbitmq-c, which the socket will not announce.
+        if (conn_ != nullptr && connected_ && !session_error_ &&
+            (amqp_frames_enqueued(conn_) != 0 || amqp_data_in_buffer(conn_) != 0)) {
+            if (socket_) {
+                socket_->cancel();  // wakes the read loop, which processes them
+            }
+        }
+    }
+
+    void execute(AckCommand& ack) {
+        if (ack.session != session_ || !connected_) {
+            return;
+        }
+        sent(amqp_basic_ack(conn_, ack.channel, ack.delivery_tag, 0), "basic.ack");
+    }
+
+    void execute(RejectCommand& reject) {
+        if (reject.session != session_ || !connected_) {
+            return;
+        }
+        sent(amqp_basic_reject(conn_, reject.channel, reject.delivery_tag, reject.requeue ? 1 : 0), "basic.reject");
+    }
+
+    void execute(PublishCommand& publish) {
+        if (stopping_ || gave_up_) {
+            complete(std::move(publish.handler), error_code(stopping_ ? Errc::stopped : Errc::connection_failed));
+            return;
+        }
+        if (!connected_ || blocked_ || !waiting_.empty()) {
+            waiting_.emplace_back(std::move(publish));
+            return;
+        }
+        const auto& message = publish.message;
+        codec::EncodedProperties properties(message.properties);
+        const int status =
+            amqp_basic_publish(conn_, kPublishChannel, bytes_of(message.exchange), bytes_of(message.routing_key), 1, 0,
+                               properties.get(), bytes_of(message.body));
+        if (status != AMQP_STATUS_OK) {
+            waiting_.emplace_front(std::move(publish));
+            fail_session(fmt::format("basic.publish failed: {}", amqp_error_string2(status)));
+            return;
+        }
+        last_sent_ = Clock::now();
+        outstanding_.emplace(++next_publish_tag_,
+                             OutstandingPublish{std::move(publish.handler), message.exchange, message.routing_key,
+                                                message.properties.message_id, last_sent_});
+    }
+
+    void execute(CancelConsumersCommand& cancel) {
+        consumers_cancelled_ = true;
+        consuming_ = false;
+        bool any = false;
+        if (connected_) {
+            for (auto& consumer : consumers_) {
+                if (!consumer.subscribed) {
+                    continue;
+                }
+                amqp_basic_cancel_t request{bytes_of(consumer.tag), 0};
+                sent(amqp_send_method(conn_, consumer.channel, AMQP_BASIC_CANCEL_METHOD, &request), "basic.cancel");
+                any = true;
+            }
+        }
+        if (any) {
+            cancel_waiters_.push_back(std::move(cancel.handler));
+        } else {
+            complete(std::move(cancel.handler), error_code{});
+        }
+    }
+
+    void execute(QueueCountsCommand& query) {
+        if (stopping_ || gave_up_) {
+            complete(std::move(query.handler), error_code(stopping_ ? Errc::stopped : Errc::connection_failed),
+                     QueueCounts{});
+            return;
+        }
+        if (!connected_) {
+            waiting_.emplace_back(std::move(query));
+            return;
+        }
+        const auto* ok =
+            amqp_queue_declare(conn_, kControlChannel, bytes_of(query.queue), 1, 0, 0, 0, amqp_empty_table);
+        const auto reply = amqp_get_rpc_reply(conn_);
+        if (reply.reply_type == AMQP_RESPONSE_NORMAL) {
+            last_received_ = Clock::now();
+            complete(std::move(query.handler), error_code{}, QueueCounts{ok->message_count, ok->consumer_count});
+            return;
+        }
+        if (reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+            // A passive declare of a missing queue closes the channel (404); acknowledge and reopen it.
+            amqp_channel_close_ok_t close_ok{};
+            amqp_send_method(conn_, kControlChannel, AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok);
+            amqp_channel_open(conn_, kControlChannel);
+            if (amqp_get_rpc_reply(conn_).reply_type != AMQP_RESPONSE_NORMAL) {
+                fail_session("reopening the control channel failed");
+            }
+            complete(std::move(query.handler), error_code(Errc::not_found), QueueCounts{});
+            return;
+        }
+        fail_session(fmt::format("queue.declare (passive) of {} failed: {}", query.queue, describe_reply(reply)));
+        complete(std::move(query.handler), error_code(Errc::connection_lost), QueueCounts{});
+    }
+
+    void execute(WaitReadyCommand& wait) {
+        if (connected_) {
+            complete(std::move(wait.handler), error_code{});
+        } else if (gave_up_ || stopping_) {
+            complete(std::move(wait.handler), error_code(stopping_ ? Errc::stopped : Errc::connection_failed));
+        } else {
+            ready_waiters_.push_back(std::move(wait.handler));
+        }
+    }
+
+    void sent(int status, std::string_view what) {
+        if (status != AMQP_STATUS_OK) {
+            fail_session(fmt::format("{} failed: {}", what, amqp_error_string2(status)));
+        } else {
+            last_sent_ = Clock::now();
+        }
+    }
+
+    /// Marks the session broken and wakes the read loop, which unwinds it; the first reason wins.
+    void fail_session(std::string reason) {
+        if (!session_error_) {
+            session_error_ = std::move(reason);
+        }
+        if (socket_) {
+            socket_->cancel();
+        }
+    }
+
+    void close_session() {
+        const bool was_connected = connected_;
+        connected_ = false;
+        consuming_ = false;
+        blocked_ = false;
+        if (socket_) {
+            socket_->release();  // rabbitmq-c owns the descriptor and closes it below
+            socket_.reset();
+        }
+        if (conn_ != nullptr) {
+            amqp_destroy_connection(conn_);
+            conn_ = nullptr;
+        }
+        heartbeat_timer_.cancel();
+        incoming_.clear();
+        returned_.clear();
+        for (auto& consumer : consumers_) {
+            consumer.subscribed = false;
+        }
+        for (auto& [tag, publish] : std::exchange(outstanding_, {})) {
+            complete(std::move(publish.handler), error_code(Errc::connection_lost));
+        }
+        // The broker forgets consumers with the connection; nothing is left to wait for.
+        for (auto& waiter : std::exchange(cancel_waiters_, {})) {
+            complete(std::move(waiter), error_code{});
+        }
+        if (was_connected && settings_.observer != nullptr) {
+            settings_.observer->on_connection_state(false);
+        }
+    }
+
+    void flush_waiting() {
+        while (!waiting_.empty() && connected_ && !blocked_ && !session_error_) {
+            auto command = std::move(waiting_.front());
+            waiting_.pop_front();
+            std::visit([this](auto& c) { execute(c); }, command);
+        }
+    }
+
+    void fail_waiting(Errc reason) {
+        for (auto& command : std::exchange(waiting_, {})) {
+            fail_command(command, reason);
+        }
+        for (auto& waiter : std::exchange(ready_waiters_, {})) {
+            complete(std::move(waiter), error_code(reason));
+        }
+    }
+
+    static void fail_command(Command& command, Errc reason) {
+        std::visit(
+            [reason](auto& c) {
+                using T = std::decay_t<decltype(c)>;
+                if constexpr (std::is_same_v<T, QueueCountsCommand>) {
+                    complete(std::move(c.handler), error_code(reason), QueueCounts{});
+                } else if constexpr (requires { c.handler; }) {
+                    complete(std::move(c.handler), error_code(reason));
+                }
+            },
+            command);
+    }
+
+    Consumer* consumer_on(amqp_channel_t channel) {
+        if (channel < kFirstConsumerChannel || channel >= kFirstConsumerChannel + consumers_.size()) {
+            return nullptr;
+        }
+        return &consumers_[channel - kFirstConsumerChannel];
+    }
+
+    void set_last_error(std::string error) {
+        std::lock_guard lock(last_error_mutex_);
+        last_error_ = std::move(error);
+    }
+
+    ConnectionSettings settings_;
+    Topology topology_;
+    std::string log_prefix_;
+
+    asio::io_context io_{1};
+    asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
+    std::thread thread_;
+    asio::steady_timer backoff_timer_{io_};
+    asio::steady_timer heartbeat_timer_{io_};
+    std::mt19937_64 random_{std::random_device{}()};
+
+    std::mutex commands_mutex_;
+    std::vector<Command> commands_;
+    bool drain_posted_ = false;
+    bool stopped_ = false;  // guarded by commands_mutex_
+
+    mutable std::mutex last_error_mutex_;
+    std::string last_error_;
+
+    amqp_connection_state_t conn_ = nullptr;
+    std::optional<asio::posix::stream_descriptor> socket_;
+    std::optional<std::string> session_error_;
+    std::uint64_t session_ = 0;
+    bool stopping_ = false;
+    bool gave_up_ = false;
+    bool consumers_cancelled_ = false;
+    std::chrono::seconds heartbeat_{0};
+    Clock::time_point last_received_;
+    Clock::time_point last_sent_;
+
+    std::vector<Consumer> consumers_;
+    std::unordered_map<amqp_channel_t, IncomingContent> incoming_;
+    std::uint64_t next_publish_tag_ = 0;
+    std::map<std::uint64_t, OutstandingPublish> outstanding_;
+    std::vector<std::pair<std::string, std::string>> returned_;
+    std::deque<Command> waiting_;
+    std::vector<PendingError> cancel_waiters_;
+    std::vector<PendingError> ready_waiters_;
+};
+
+const FieldValue* find_header(const Headers& headers, std::string_view name) noexcept {
+    for (const auto& [key, value] : headers) {
+        if (key == name) {
+            return &value;
+        }
+    }
+    return nullptr;
+}
+
+void set_header(Headers& headers, std::string_view name, FieldValue value) {
+    for (auto& [key, existing] : headers) {
+        if (key == name) {
+            existing = std::move(value);
+            return;
+        }
+    }
+    headers.emplace_back(std::string(name), std::move(value));
+}
+
+Connection::Connection(ConnectionSettings settings, Topology topology)
+    : impl_(std::make_unique<Impl>(std::move(settings), std::move(topology))) {}
+
+Connection::~Connection() = default;
+
+void Connection::add_consumer(ConsumerSpec spec, DeliveryChannel& deliveries) {
+    impl_->add_consumer(std::move(spec), deliveries);
+}
+
+void Connection::start() {
+    impl_->start();
+}
+void Connection::stop() {
+    impl_->stop();
+}
+bool Connection::connected() const noexcept {
+    return impl_->connected_;
+}
+bool Connection::consuming() const noexcept {
+    return impl_->consuming_;
+}
+bool Connection::blocked() const noexcept {
+    return impl_->blocked_;
+}
+std::string Connection::last_error() const {
+    return impl_->last_error();
+}
+
+void Connection::ack(const Delivery& delivery) {
+    impl_->enqueue(AckCommand{delivery.session, delivery.channel, delivery.delivery_tag});
+}
+
+void Connection::reject(const Delivery& delivery, bool requeue) {
+    impl_->enqueue(RejectCommand{delivery.session, delivery.channel, delivery.delivery_tag, requeue});
+}
+
+void Connection::initiate_publish(Message message, ErrorHandler handler) {
+    impl_->enqueue(PublishCommand{std::move(message), PendingError(std::move(handler))});
+}
+
+void Connection::initiate_cancel_consumers(ErrorHandler handler) {
+    impl_->enqueue(CancelConsumersCommand{PendingError(std::move(handler))});
+}
+
+void Connection::initiate_queue_counts(std::string queue, QueueCountsHandler handler) {
+    impl_->enqueue(QueueCountsCommand{std::move(queue), PendingCounts(std::move(handler))});
+}
+
+void Connection::initiate_wait_ready(ErrorHandler handler) {
+    impl_->enqueue(WaitReadyCommand{PendingError(std::move(handler))});
+}
+
+}  // namespace conveyor::amqp

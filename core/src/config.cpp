@@ -1,0 +1,54 @@
+#include "conveyor/core/config.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <climits>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace conveyor {
+
+std::chrono::milliseconds parse_duration(std::string_view text) {
+    std::int64_t value = 0;
+    const auto* begin = text.data();
+    const auto* end = text.data() + text.size();
+    const auto [rest, error] = std::from_chars(begin, end, value);
+    if (error != std::errc{} || rest == begin || value < 0) {
+        throw std::invalid_argument(
+            fmt::format("invalid duration '{}': expected a non-negative number with unit ms, s, m or h", text));
+    }
+    const std::string_view unit(rest, static_cast<std::size_t>(end - rest));
+    std::int64_t scale = 0;
+    if (unit == "ms") {
+        scale = 1;
+    } else if (unit.empty() || unit == "s") {
+        scale = 1000;
+    } else if (unit == "m") {
+        scale = 60'000;
+    } else if (unit == "h") {
+        scale = 3'600'000;
+    } else {
+        throw std::invalid_argument(fmt::format("invalid duration '{}': unknown unit '{}' (ms, s, m, h)", text, unit));
+    }
+    if (value > INT64_MAX / scale) {
+        throw std::invalid_argument(fmt::format("invalid duration '{}': too large", text));
+    }
+    return std::chrono::milliseconds(value * scale);
+}
+
+std::string default_instance_name() {
+    for (const char* variable : {"CONVEYOR_WORKER_NAME", "POD_NAME"}) {
+        if (const char* value = std::getenv(variable); value != nullptr && *value != '\0') {
+            return value;
+        }
+    }
+    char host[HOST_NAME_MAX + 1] = {};
+    if (gethostname(host, sizeof(host)) == 0 && host[0] != '\0') {
+        return host;
+    }
+    return "unknown-host";
+}
+
+}  // namespace conveyor

@@ -1,0 +1,110 @@
+#include "conveyor/core/envelope.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace conveyor {
+
+namespace {
+
+bool is_type_char(char c) noexcept {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+EnvelopeError error(EnvelopeErrc errc, std::string detail) {
+    return EnvelopeError{errc, std::move(detail)};
+}
+
+}  // namespace
+
+std::string_view reason_code(EnvelopeErrc errc) noexcept {
+    switch (errc) {
+        case EnvelopeErrc::too_large:
+            return "too_large";
+        case EnvelopeErrc::bad_json:
+            return "bad_json";
+        case EnvelopeErrc::invalid_payload:
+            return "invalid_payload";
+        case EnvelopeErrc::invalid_envelope:
+            return "invalid_envelope";
+    }
+    return "invalid_envelope";
+}
+
+InvalidEnvelope::InvalidEnvelope(EnvelopeError error)
+    : std::runtime_error(fmt::format("{}: {}", reason_code(error.errc), error.detail)), error_(std::move(error)) {}
+
+void throw_exception_from_error(const EnvelopeError& error, const boost::source_location& /*location*/) {
+    throw InvalidEnvelope(error);
+}
+
+bool is_valid_job_type(std::string_view type) noexcept {
+    const auto dot = type.find('.');
+    if (dot == std::string_view::npos || dot == 0 || dot + 1 == type.size() || type.size() > 255) {
+        return false;
+    }
+    return std::all_of(type.begin(), type.end(), [](char c) { return c == '.' || is_type_char(c); }) &&
+           type.find("..") == std::string_view::npos && type.back() != '.';
+}
+
+boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Message& message,
+                                                              const EnvelopeLimits& limits,
+                                                              simdjson::dom::parser& parser) {
+    const auto& properties = message.properties;
+    if (message.body.size() > limits.max_body_bytes) {
+        return error(EnvelopeErrc::too_large,
+                     fmt::format("body is {} bytes, limit is {}", message.body.size(), limits.max_body_bytes));
+    }
+    if (properties.message_id.empty()) {
+        return error(EnvelopeErrc::invalid_envelope, "message_id (the job id) is missing");
+    }
+    if (properties.message_id.size() > kMaxJobIdBytes) {
+        return error(EnvelopeErrc::invalid_envelope,
+                     fmt::format("message_id is {} bytes, limit is {}", properties.message_id.size(), kMaxJobIdBytes));
+    }
+    if (!is_valid_job_type(message.routing_key)) {
+        return error(EnvelopeErrc::invalid_envelope, fmt::format("routing key '{}' is not a job type <family>.<action>",
+                                                                 message.routing_key.substr(0, 64)));
+    }
+
+    Envelope envelope;
+    // The AMQP layer leaves simdjson's padding after the body when it can, which spares a copy.
+    const bool padded = message.body.capacity() >= message.body.size() + simdjson::SIMDJSON_PADDING;
+    auto parsed = parser.parse(message.body.data(), message.body.size(), !padded);
+    if (parsed.error() != simdjson::SUCCESS) {
+        return error(EnvelopeErrc::bad_json,
+                     fmt::format("body is not valid JSON: {}", simdjson::error_message(parsed.error())));
+    }
+    if (!parsed.value_unsafe().is_object()) {
+        return error(EnvelopeErrc::invalid_payload, "body must be a JSON object");
+    }
+    envelope.payload = parsed.value_unsafe();
+    envelope.job_id = properties.message_id;
+    envelope.type = message.routing_key;
+    envelope.family = envelope.type.substr(0, envelope.type.find('.'));
+    envelope.correlation_id = properties.correlation_id;
+
+    if (const auto* traceparent = amqp::find_header(properties.headers, "traceparent")) {
+        if (const auto* text = std::get_if<std::string>(traceparent)) {
+            envelope.traceparent = *text;
+        }
+    }
+    if (const auto* enqueued = amqp::find_header(properties.headers, "x-conveyor-enqueued-at")) {
+        if (const auto* millis = std::get_if<std::int64_t>(enqueued)) {
+            envelope.enqueued_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(*millis));
+        }
+    }
+    if (!envelope.enqueued_at && properties.timestamp) {
+        envelope.enqueued_at = std::chrono::system_clock::time_point(
+            std::chrono::seconds(static_cast<std::int64_t>(*properties.timestamp)));
+    }
+    if (const auto* attempt = amqp::find_header(properties.headers, "x-conveyor-attempt")) {
+        if (const auto* number = std::get_if<std::int64_t>(attempt); number != nullptr && *number >= 1) {
+            envelope.attempt = static_cast<std::uint32_t>(std::min<std::int64_t>(*number, UINT32_MAX));
+        }
+    }
+    return envelope;
+}
+
+}  // namespace conveyor

@@ -1,0 +1,87 @@
+#include <fmt/format.h>
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "conveyor/jobs/jobs.hpp"
+
+namespace conveyor::jobs {
+namespace asio = boost::asio;
+
+namespace {
+
+// A sleep longer than this is a typo, not a test; it would only hold a worker slot until its deadline.
+constexpr std::int64_t kMaxSleepMs = 3'600'000;
+
+/// Reads an optional non-negative integer field; nullopt in `error` means absent is fine.
+std::optional<std::int64_t> integer_field(const simdjson::dom::element& payload, std::string_view key,
+                                          std::string& error) {
+    auto field = payload[key];
+    if (field.error() == simdjson::NO_SUCH_FIELD) {
+        return std::nullopt;
+    }
+    std::int64_t value = 0;
+    if (field.get(value) != simdjson::SUCCESS || value < 0) {
+        error = fmt::format("'{}' must be a non-negative integer", key);
+        return std::nullopt;
+    }
+    return value;
+}
+
+asio::awaitable<Outcome> noop(JobContext& /*context*/) {
+    co_return Success{};
+}
+
+asio::awaitable<Outcome> sleep(JobContext& context) {
+    std::string error;
+    const auto ms = integer_field(context.payload(), "ms", error);
+    if (!error.empty() || !ms || *ms > kMaxSleepMs) {
+        // Named rather than built in the co_return: g++ 12 double-destroys temporaries of a conditional there.
+        DeadLetter invalid{"invalid_payload", error};
+        if (invalid.error.empty()) {
+            invalid.error = fmt::format("diag.sleep needs 'ms' between 0 and {}", kMaxSleepMs);
+        }
+        co_return invalid;
+    }
+    // A timer, never a blocking sleep: thousands of these share a couple of threads.
+    asio::steady_timer timer(co_await asio::this_coro::executor, std::chrono::milliseconds(*ms));
+    co_await timer.async_wait(asio::use_awaitable);
+    co_return Success{};
+}
+
+asio::awaitable<Outcome> fail(JobContext& context) {
+    std::string error;
+    const auto times = integer_field(context.payload(), "times", error).value_or(1);
+    if (!error.empty()) {
+        co_return DeadLetter{"invalid_payload", error};
+    }
+    bool permanent = false;
+    if (auto field = context.payload()["permanent"]; field.error() != simdjson::NO_SUCH_FIELD) {
+        if (field.get(permanent) != simdjson::SUCCESS) {
+            co_return DeadLetter{"invalid_payload", "'permanent' must be a boolean"};
+        }
+    }
+    if (context.attempt() > times) {
+        co_return Success{};
+    }
+    auto reason = fmt::format("diag.fail: failing attempt {} of {}", context.attempt(), times);
+    if (permanent) {
+        co_return DeadLetter{"permanent_failure", std::move(reason)};
+    }
+    co_return Retry{std::chrono::milliseconds(0), std::move(reason)};
+}
+
+}  // namespace
+
+void register_diag_jobs(JobRegistry& registry) {
+    registry.add("diag.noop", noop);
+    registry.add("diag.sleep", sleep);
+    registry.add("diag.fail", fail);
+}
+
+void register_all(JobRegistry& registry) {
+    register_diag_jobs(registry);
+}
+
+}  // namespace conveyor::jobs

@@ -1,0 +1,52 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <iosfwd>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace conveyor::worker {
+
+/// Everything conveyor-worker can be told, from flags or CONVEYOR_* environment variables (a flag wins).
+struct WorkerSettings {
+    /// Broker URL (CONVEYOR_AMQP_URL).
+    std::string amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    /// PEM CA file for amqps:// (CONVEYOR_AMQP_CA_FILE); empty skips peer verification.
+    std::string amqp_ca_file;
+    /// Job families whose queues this worker consumes (CONVEYOR_QUEUES).
+    std::vector<std::string> families;
+    /// Jobs run at once (CONVEYOR_CONCURRENCY).
+    unsigned concurrency = 100;
+    /// basic.qos prefetch per queue (CONVEYOR_PREFETCH); 0 means equal to the concurrency.
+    unsigned prefetch = 0;
+    /// Threads running the io_context (CONVEYOR_THREADS); 0 means one per core.
+    unsigned threads = 0;
+    /// Deadline for one job unless its type sets its own (CONVEYOR_JOB_TIMEOUT).
+    std::chrono::milliseconds job_timeout{30'000};
+    /// After SIGTERM, how long in-flight jobs may run before they are requeued (CONVEYOR_SHUTDOWN_GRACE).
+    std::chrono::milliseconds shutdown_grace{30'000};
+    /// Largest message body accepted (CONVEYOR_MAX_MESSAGE_BYTES); bigger ones are dead-lettered as too_large.
+    std::size_t max_message_bytes = 1024 * 1024;
+    /// Address and port of /healthz, /readyz and /metrics (CONVEYOR_HTTP_ADDRESS, CONVEYOR_HTTP_PORT).
+    std::string http_address = "127.0.0.1";
+    std::uint16_t http_port = 9464;
+    /// trace, debug, info, warn, error (CONVEYOR_LOG_LEVEL).
+    std::string log_level = "info";
+    /// Identity in logs and dead-letter headers (CONVEYOR_WORKER_NAME; default $POD_NAME or the host name).
+    std::string name;
+};
+
+struct ParseResult {
+    std::optional<WorkerSettings> settings;  ///< empty when the process should exit (help, or an error)
+    int exit_code = 0;
+};
+
+/// Parses argv (without the program name at index 0 being special: pass argv as is). Help goes to `out`,
+/// errors to `err` with a hint, and the result says which exit code to use.
+[[nodiscard]] ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostream& out,
+                                                std::ostream& err);
+
+}  // namespace conveyor::worker

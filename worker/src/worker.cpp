@@ -1,0 +1,361 @@
+#include "conveyor/worker/worker.hpp"
+
+#include <fmt/chrono.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/http_server.hpp"
+#include "conveyor/core/logging.hpp"
+#include "conveyor/core/metrics.hpp"
+#include "conveyor/core/topology.hpp"
+#include "worker_metrics.hpp"
+
+namespace conveyor::worker {
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+using boost::system::error_code;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t kMaxErrorHeaderBytes = 1024;
+// After the grace period the remaining jobs are cancelled; this bounds how long they get to unwind.
+constexpr auto kCancelledJobsUnwind = std::chrono::seconds(5);
+constexpr auto kDeadLetterFailureBackoff = std::chrono::seconds(1);
+
+std::string utc_timestamp(std::chrono::system_clock::time_point at) {
+    const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count();
+    const auto seconds = std::chrono::system_clock::time_point(std::chrono::seconds(millis / 1000));
+    return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", seconds, millis % 1000);
+}
+
+std::string bounded(std::string_view text, std::size_t limit) {
+    return text.size() <= limit ? std::string(text) : fmt::format("{}…", text.substr(0, limit));
+}
+
+amqp::ConnectionSettings connection_settings(const WorkerSettings& settings, std::string_view role,
+                                             amqp::ConnectionObserver& observer) {
+    amqp::ConnectionSettings connection;
+    connection.url = amqp::Url::parse(settings.amqp_url);
+    connection.name = fmt::format("conveyor-worker {} {}", settings.name, role);
+    connection.tls_ca_file = settings.amqp_ca_file;
+    connection.observer = &observer;
+    return connection;
+}
+
+/// One of the pool's coroutines. Each runs on its own strand so that the shutdown can cancel it safely.
+struct Slot {
+    explicit Slot(asio::io_context& io) : strand(asio::make_strand(io)) {}
+    asio::strand<asio::io_context::executor_type> strand;
+    asio::cancellation_signal cancel;
+};
+
+/// Wraps the handler's Outcome: operator|| flattens variant results, and Outcome is a variant.
+struct HandlerResult {
+    Outcome outcome;
+};
+
+// g++ 12 mishandles temporaries in co_await and co_return expressions (double destruction in conditionals and
+// braced initialisers), so coroutines here name their intermediate values.
+asio::awaitable<HandlerResult> run_handler(const JobDefinition& definition, JobContext& context) {
+    Outcome outcome = co_await definition.handler(context);
+    HandlerResult result{std::move(outcome)};
+    co_return result;
+}
+
+std::string or_dash(std::string_view text, std::size_t limit) {
+    if (text.empty()) {
+        return "-";
+    }
+    return bounded(text, limit);
+}
+
+struct Verdict {
+    std::string reason;
+    std::string error;
+};
+
+}  // namespace
+
+class Worker::Impl {
+  public:
+    Impl(asio::io_context& io, WorkerSettings settings, const JobRegistry& registry)
+        : io_(io),
+          settings_(std::move(settings)),
+          registry_(registry),
+          metrics_(*prometheus_, settings_.families, registry_),
+          deliveries_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
+          finished_(io_, settings_.concurrency),
+          shutdown_requests_(io_, 1),
+          consumer_(connection_settings(settings_, "consumer", metrics_.consumer_observer),
+                    topology::job_topology(settings_.families)),
+          publisher_(connection_settings(settings_, "publisher", metrics_.publisher_observer), {}),
+          http_(io_.get_executor(), settings_.http_address, settings_.http_port) {
+        limits_.max_body_bytes = settings_.max_message_bytes;
+    }
+
+    asio::awaitable<WorkerStats> run() {
+        serve_http();
+        for (const auto& family : settings_.families) {
+            consumer_.add_consumer({topology::queue_name(family), static_cast<std::uint16_t>(settings_.prefetch)},
+                                   deliveries_);
+        }
+        consumer_.start();
+        publisher_.start();
+        slots_.reserve(settings_.concurrency);
+        for (unsigned i = 0; i < settings_.concurrency; ++i) {
+            auto& slot = *slots_.emplace_back(std::make_unique<Slot>(io_));
+            asio::co_spawn(slot.strand, work(),
+                           asio::bind_cancellation_slot(slot.cancel.slot(), [this](std::exception_ptr error) {
+                               log_failure("worker coroutine")(error);
+                               finished_.try_send(error_code{});
+                           }));
+        }
+        spdlog::info("worker {} started: queues {}, concurrency {}, prefetch {}, {} threads, job timeout {} ms",
+                     settings_.name, fmt::join(settings_.families, ","), settings_.concurrency, settings_.prefetch,
+                     settings_.threads, settings_.job_timeout.count());
+
+        co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
+        co_await drain();
+        http_.stop();
+        spdlog::info("worker {} stopped: {} succeeded, {} dead-lettered, {} requeued", settings_.name,
+                     stats_.succeeded.load(), stats_.dead_lettered.load(), stats_.requeued.load());
+        co_return WorkerStats{stats_.succeeded, stats_.dead_lettered, stats_.requeued};
+    }
+
+    void shutdown() { shutdown_requests_.try_send(error_code{}); }
+
+  private:
+    void serve_http() {
+        http_.get("/healthz", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+        http_.get("/readyz", [this] {
+            if (draining_) {
+                return HttpResponse{503, "text/plain; charset=utf-8", "draining\n"};
+            }
+            if (!consumer_.consuming() || !publisher_.connected()) {
+                return HttpResponse{503, "text/plain; charset=utf-8",
+                                    fmt::format("broker not connected: {}\n", consumer_.last_error())};
+            }
+            return HttpResponse{200, "text/plain; charset=utf-8", "ready\n"};
+        });
+        http_.get("/metrics", [this] {
+            return HttpResponse{200, kPrometheusContentType, serialize_metrics(*prometheus_)};
+        });
+        http_.start();
+    }
+
+    asio::awaitable<void> drain() {
+        const auto grace_deadline = Clock::now() + settings_.shutdown_grace;
+        draining_ = true;
+        spdlog::info("shutdown: cancelling consumers; jobs in flight get {} ms", settings_.shutdown_grace.count());
+        co_await consumer_.async_cancel_consumers(asio::as_tuple(asio::use_awaitable));
+        // Deliveries that arrived before the cancel was confirmed but have not started go straight back.
+        while (deliveries_.try_receive([this](error_code, amqp::Delivery delivery) {
+            consumer_.reject(delivery, true);
+            ++stats_.requeued;
+        })) {
+        }
+        deliveries_.close();
+
+        std::size_t finished = 0;
+        auto wait_for_slots = [&]() -> asio::awaitable<void> {
+            while (finished < slots_.size()) {
+                co_await finished_.async_receive(asio::use_awaitable);
+                ++finished;
+            }
+        };
+        asio::steady_timer timer(co_await asio::this_coro::executor, grace_deadline);
+        const auto first = co_await (wait_for_slots() || timer.async_wait(asio::use_awaitable));
+        if (first.index() == 0) {
+            co_return;
+        }
+        spdlog::warn("shutdown: grace period over with {} jobs running; cancelling them for requeue",
+                     slots_.size() - finished);
+        for (auto& slot : slots_) {
+            asio::post(slot->strand, [&slot = *slot] { slot.cancel.emit(asio::cancellation_type::terminal); });
+        }
+        timer.expires_after(kCancelledJobsUnwind);
+        const auto second = co_await (wait_for_slots() || timer.async_wait(asio::use_awaitable));
+        if (second.index() == 1) {
+            spdlog::error("shutdown: {} jobs did not unwind; closing the connection requeues them",
+                          slots_.size() - finished);
+        }
+    }
+
+    asio::awaitable<void> work() {
+        simdjson::dom::parser parser;
+        while (true) {
+            auto [error, delivery] = co_await deliveries_.async_receive(asio::as_tuple(asio::use_awaitable));
+            if (error) {
+                co_return;  // closed at shutdown
+            }
+            if (draining_) {
+                consumer_.reject(delivery, true);
+                ++stats_.requeued;
+                continue;
+            }
+            co_await process(delivery, parser);
+            if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
+                co_return;
+            }
+        }
+    }
+
+    asio::awaitable<void> process(const amqp::Delivery& delivery, simdjson::dom::parser& parser) {
+        const auto family = topology::family_of_queue(delivery.queue);
+        auto envelope = parse_envelope(delivery.message, limits_, parser);
+        if (!envelope) {
+            const auto& error = envelope.error();
+            co_await dead_letter(delivery, family, metrics_.job(delivery.queue, "unknown"), 0,
+                                 {std::string(reason_code(error.errc)), error.detail});
+            co_return;
+        }
+        const auto* definition = registry_.find(envelope->type);
+        if (definition == nullptr) {
+            co_await dead_letter(delivery, family, metrics_.job(delivery.queue, envelope->type), envelope->attempt,
+                                 {"unknown_type", fmt::format("no handler for job type '{}'", envelope->type)});
+            co_return;
+        }
+
+        auto& metrics = metrics_.job(delivery.queue, envelope->type);
+        auto& in_flight = metrics_.in_flight(delivery.queue);
+        metrics.started->Increment();
+        in_flight.Increment();
+        if (envelope->enqueued_at) {
+            const std::chrono::duration<double> waited = std::chrono::system_clock::now() - *envelope->enqueued_at;
+            metrics.queue_wait->Observe(std::max(0.0, waited.count()));
+        }
+        const auto timeout =
+            definition->options.timeout.count() > 0 ? definition->options.timeout : settings_.job_timeout;
+        const auto started = Clock::now();
+        JobContext context(*envelope, started + timeout);
+        if (delivery.redelivered) {
+            context.log().debug("redelivered; running again");
+        }
+
+        std::optional<Outcome> outcome;
+        try {
+            asio::steady_timer deadline(co_await asio::this_coro::executor, started + timeout);
+            auto result = co_await (run_handler(*definition, context) || deadline.async_wait(asio::use_awaitable));
+            if (result.index() == 0) {
+                outcome = std::move(std::get<0>(result).outcome);
+            } else {
+                outcome = DeadLetter{"timeout", fmt::format("job exceeded its deadline of {} ms", timeout.count())};
+            }
+        } catch (const std::exception& e) {
+            // An escaped exception is a transient failure; a cancellation is the shutdown taking the job back.
+            outcome = Retry{{}, e.what()};
+        }
+        if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
+            in_flight.Decrement();
+            context.log().warn("cancelled at shutdown; requeued");
+            consumer_.reject(delivery, true);
+            ++stats_.requeued;
+            co_return;
+        }
+        metrics.duration->Observe(std::chrono::duration<double>(Clock::now() - started).count());
+        in_flight.Decrement();
+
+        if (std::holds_alternative<Success>(*outcome)) {
+            consumer_.ack(delivery);
+            metrics.success->Increment();
+            ++stats_.succeeded;
+            co_return;
+        }
+        // Retries with delays arrive with the retry policy; until then every failure is final.
+        Verdict verdict;
+        if (const auto* retry = std::get_if<Retry>(&*outcome)) {
+            verdict = {"attempts_exhausted", retry->reason};
+        } else {
+            const auto& dead = std::get<DeadLetter>(*outcome);
+            verdict.reason = dead.reason;
+            verdict.error = dead.error;
+            if (verdict.reason.empty()) {
+                verdict.reason = "permanent_failure";
+            }
+        }
+        co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(verdict));
+    }
+
+    asio::awaitable<void> dead_letter(const amqp::Delivery& delivery, const std::string& family,
+                                      WorkerMetrics::Job& metrics, std::uint32_t attempts, Verdict verdict) {
+        amqp::Message message = delivery.message;
+        message.exchange.clear();
+        message.routing_key = topology::dead_letter_queue_name(family);
+        auto& headers = message.properties.headers;
+        amqp::set_header(headers, "x-conveyor-reason", verdict.reason);
+        amqp::set_header(headers, "x-conveyor-error", bounded(verdict.error, kMaxErrorHeaderBytes));
+        amqp::set_header(headers, "x-conveyor-attempts", std::int64_t{attempts});
+        amqp::set_header(headers, "x-conveyor-original-routing-key", delivery.message.routing_key);
+        amqp::set_header(headers, "x-conveyor-original-queue", delivery.queue);
+        amqp::set_header(headers, "x-conveyor-failed-at", utc_timestamp(std::chrono::system_clock::now()));
+        amqp::set_header(headers, "x-conveyor-worker", settings_.name);
+
+        // Logged with the ids as they arrived: the message may be too broken to have parsed into an envelope.
+        const auto& properties = delivery.message.properties;
+        const auto job_id = or_dash(properties.message_id, 128);
+        const auto correlation_id = bounded(properties.correlation_id, 128);
+        const auto type = bounded(delivery.message.routing_key, 64);
+        const JobLogger log(job_id, correlation_id, type);
+        auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
+        if (!error) {
+            consumer_.ack(delivery);
+            metrics.dead_letter->Increment();
+            ++stats_.dead_lettered;
+            log.warn("dead-lettered to {}: {}: {}", topology::dead_letter_queue_name(family), verdict.reason,
+                     bounded(verdict.error, 256));
+            co_return;
+        }
+        // Never drop the message: put it back, after a pause so a broken dead-letter queue cannot make it spin.
+        log.error("could not dead-letter ({}: {}): {}; requeueing", verdict.reason, bounded(verdict.error, 256),
+                  error.message());
+        asio::steady_timer pause(co_await asio::this_coro::executor, kDeadLetterFailureBackoff);
+        co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+        consumer_.reject(delivery, true);
+        ++stats_.requeued;
+    }
+
+    asio::io_context& io_;
+    WorkerSettings settings_;
+    const JobRegistry& registry_;
+    EnvelopeLimits limits_;
+    std::shared_ptr<prometheus::Registry> prometheus_ = std::make_shared<prometheus::Registry>();
+    WorkerMetrics metrics_;
+    amqp::DeliveryChannel deliveries_;
+    asio::experimental::concurrent_channel<void(error_code)> finished_;
+    asio::experimental::concurrent_channel<void(error_code)> shutdown_requests_;
+    amqp::Connection consumer_;
+    amqp::Connection publisher_;
+    HttpServer http_;
+    std::vector<std::unique_ptr<Slot>> slots_;
+    std::atomic<bool> draining_{false};
+    struct {
+        std::atomic<std::uint64_t> succeeded{0};
+        std::atomic<std::uint64_t> dead_lettered{0};
+        std::atomic<std::uint64_t> requeued{0};
+    } stats_;
+};
+
+Worker::Worker(asio::io_context& io, WorkerSettings settings, const JobRegistry& registry)
+    : impl_(std::make_unique<Impl>(io, std::move(settings), registry)) {}
+
+Worker::~Worker() = default;
+
+asio::awaitable<WorkerStats> Worker::run() {
+    return impl_->run();
+}
+
+void Worker::shutdown() {
+    impl_->shutdown();
+}
+
+}  // namespace conveyor::worker

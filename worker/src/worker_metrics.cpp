@@ -1,0 +1,97 @@
+#include "worker_metrics.hpp"
+
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor::worker {
+
+namespace {
+
+prometheus::Histogram::BucketBoundaries seconds_buckets() {
+    return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
+}
+
+}  // namespace
+
+WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<std::string>& families,
+                             const JobRegistry& jobs)
+    : started_(prometheus::BuildCounter()
+                   .Name("conveyor_jobs_started_total")
+                   .Help("Jobs whose handler started")
+                   .Register(registry)),
+      completed_(prometheus::BuildCounter()
+                     .Name("conveyor_jobs_completed_total")
+                     .Help("Jobs settled, by outcome (success, retry, dead_letter, duplicate)")
+                     .Register(registry)),
+      duration_(prometheus::BuildHistogram()
+                    .Name("conveyor_job_duration_seconds")
+                    .Help("Handler run time")
+                    .Register(registry)),
+      queue_wait_(prometheus::BuildHistogram()
+                      .Name("conveyor_job_queue_wait_seconds")
+                      .Help("Time from enqueue (x-conveyor-enqueued-at) to handler start")
+                      .Register(registry)),
+      in_flight_(prometheus::BuildGauge()
+                     .Name("conveyor_jobs_in_flight")
+                     .Help("Jobs whose handler is running")
+                     .Register(registry)),
+      broker_connected_(prometheus::BuildGauge()
+                            .Name("conveyor_broker_connected")
+                            .Help("1 while the worker's broker connections are up")
+                            .Register(registry)
+                            .Add({})),
+      publish_confirm_(prometheus::BuildHistogram()
+                           .Name("conveyor_publish_confirm_seconds")
+                           .Help("Time from basic.publish to the broker's confirm")
+                           .Register(registry)) {
+    for (const auto& family : families) {
+        const auto queue = topology::queue_name(family);
+        for (const auto& type : jobs.types_of_family(family)) {
+            by_type_.emplace(type, make_job(queue, type));
+        }
+        unknown_by_queue_.emplace(queue, make_job(queue, "unknown"));
+        in_flight_by_queue_.emplace(queue, &in_flight_.Add({{"queue", queue}}));
+    }
+}
+
+WorkerMetrics::Job WorkerMetrics::make_job(const std::string& queue, const std::string& type) {
+    const prometheus::Labels labels{{"queue", queue}, {"type", type}};
+    auto outcome = [&](const char* name) {
+        auto with_outcome = labels;
+        with_outcome.emplace("outcome", name);
+        return &completed_.Add(with_outcome);
+    };
+    // Created now so that every series exists (as zero) from the first scrape; rate() needs that.
+    outcome("duplicate");
+    return Job{&started_.Add(labels),
+               outcome("success"),
+               outcome("retry"),
+               outcome("dead_letter"),
+               &duration_.Add(labels, seconds_buckets()),
+               &queue_wait_.Add(labels, seconds_buckets())};
+}
+
+WorkerMetrics::Job& WorkerMetrics::job(const std::string& queue, std::string_view type) {
+    if (const auto it = by_type_.find(type); it != by_type_.end()) {
+        return it->second;
+    }
+    return unknown_by_queue_.at(queue);
+}
+
+prometheus::Gauge& WorkerMetrics::in_flight(const std::string& queue) {
+    return *in_flight_by_queue_.at(queue);
+}
+
+void WorkerMetrics::BrokerObserver::on_connection_state(bool connected) {
+    metrics_.connections_up_[index_] = connected;
+    const bool all_up = metrics_.connections_up_[0] && metrics_.connections_up_[1];
+    metrics_.broker_connected_.Set(all_up ? 1 : 0);
+}
+
+void WorkerMetrics::BrokerObserver::on_publish_confirmed(std::string_view exchange,
+                                                         std::chrono::duration<double> latency) {
+    // "" is the default exchange, which RabbitMQ itself calls amq.default.
+    const std::string label = exchange.empty() ? "amq.default" : std::string(exchange);
+    metrics_.publish_confirm_.Add({{"exchange", label}}, seconds_buckets()).Observe(latency.count());
+}
+
+}  // namespace conveyor::worker

@@ -1,0 +1,70 @@
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <array>
+#include <atomic>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/job.hpp"
+
+namespace conveyor::worker {
+
+/// The worker's series from the metrics contract (DESIGN.md). Children for every (queue, type) are created up
+/// front, so the hot path only increments atomics; a type the registry does not know is counted as "unknown",
+/// which keeps label cardinality bounded whatever arrives on the wire.
+class WorkerMetrics {
+  public:
+    struct Job {
+        prometheus::Counter* started;
+        prometheus::Counter* success;
+        prometheus::Counter* retry;
+        prometheus::Counter* dead_letter;
+        prometheus::Histogram* duration;
+        prometheus::Histogram* queue_wait;
+    };
+
+    WorkerMetrics(prometheus::Registry& registry, const std::vector<std::string>& families, const JobRegistry& jobs);
+
+    [[nodiscard]] Job& job(const std::string& queue, std::string_view type);
+    [[nodiscard]] prometheus::Gauge& in_flight(const std::string& queue);
+
+    /// Observes one of the worker's two broker connections; the gauge is 1 only while both are up.
+    class BrokerObserver final : public amqp::ConnectionObserver {
+      public:
+        BrokerObserver(WorkerMetrics& metrics, std::size_t index) : metrics_(metrics), index_(index) {}
+        void on_connection_state(bool connected) override;
+        void on_publish_confirmed(std::string_view exchange, std::chrono::duration<double> latency) override;
+
+      private:
+        WorkerMetrics& metrics_;
+        std::size_t index_;
+    };
+
+    BrokerObserver consumer_observer{*this, 0};
+    BrokerObserver publisher_observer{*this, 1};
+
+  private:
+    Job make_job(const std::string& queue, const std::string& type);
+
+    prometheus::Family<prometheus::Counter>& started_;
+    prometheus::Family<prometheus::Counter>& completed_;
+    prometheus::Family<prometheus::Histogram>& duration_;
+    prometheus::Family<prometheus::Histogram>& queue_wait_;
+    prometheus::Family<prometheus::Gauge>& in_flight_;
+    prometheus::Gauge& broker_connected_;
+    prometheus::Family<prometheus::Histogram>& publish_confirm_;
+    std::array<std::atomic<bool>, 2> connections_up_{};
+
+    std::map<std::string, Job, std::less<>> by_type_;
+    std::map<std::string, Job, std::less<>> unknown_by_queue_;
+    std::map<std::string, prometheus::Gauge*, std::less<>> in_flight_by_queue_;
+};
+
+}  // namespace conveyor::worker
