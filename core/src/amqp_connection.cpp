@@ -163,6 +163,7 @@ struct CancelConsumersCommand {
 struct QueueCountsCommand {
     std::string queue;
     PendingCounts handler;
+    bool purge = false;  ///< queue.purge instead of a passive queue.declare
 };
 struct WaitReadyCommand {
     PendingError handler;
@@ -786,16 +787,24 @@ class Connection::Impl {
             waiting_.emplace_back(std::move(query));
             return;
         }
-        const auto* ok =
-            amqp_queue_declare(conn_, kControlChannel, bytes_of(query.queue), 1, 0, 0, 0, amqp_empty_table);
+        QueueCounts counts;
+        if (query.purge) {
+            if (const auto* ok = amqp_queue_purge(conn_, kControlChannel, bytes_of(query.queue)); ok != nullptr) {
+                counts.messages = ok->message_count;
+            }
+        } else if (const auto* ok =
+                       amqp_queue_declare(conn_, kControlChannel, bytes_of(query.queue), 1, 0, 0, 0, amqp_empty_table);
+                   ok != nullptr) {
+            counts = {ok->message_count, ok->consumer_count};
+        }
         const auto reply = amqp_get_rpc_reply(conn_);
         if (reply.reply_type == AMQP_RESPONSE_NORMAL) {
             last_received_ = Clock::now();
-            complete(std::move(query.handler), error_code{}, QueueCounts{ok->message_count, ok->consumer_count});
+            complete(std::move(query.handler), error_code{}, counts);
             return;
         }
         if (reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
-            // A passive declare of a missing queue closes the channel (404); acknowledge and reopen it.
+            // A missing queue closes the channel (404 NOT_FOUND); acknowledge that and reopen it.
             amqp_channel_close_ok_t close_ok{};
             amqp_send_method(conn_, kControlChannel, AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok);
             amqp_channel_open(conn_, kControlChannel);
@@ -805,7 +814,8 @@ class Connection::Impl {
             complete(std::move(query.handler), error_code(Errc::not_found), QueueCounts{});
             return;
         }
-        fail_session(fmt::format("queue.declare (passive) of {} failed: {}", query.queue, describe_reply(reply)));
+        fail_session(fmt::format("{} of {} failed: {}", query.purge ? "queue.purge" : "queue.declare (passive)",
+                                 query.queue, describe_reply(reply)));
         complete(std::move(query.handler), error_code(Errc::connection_lost), QueueCounts{});
     }
 
@@ -1015,6 +1025,10 @@ void Connection::initiate_cancel_consumers(ErrorHandler handler) {
 
 void Connection::initiate_queue_counts(std::string queue, QueueCountsHandler handler) {
     impl_->enqueue(QueueCountsCommand{std::move(queue), PendingCounts(std::move(handler))});
+}
+
+void Connection::initiate_purge_queue(std::string queue, QueueCountsHandler handler) {
+    impl_->enqueue(QueueCountsCommand{std::move(queue), PendingCounts(std::move(handler)), true});
 }
 
 void Connection::initiate_wait_ready(ErrorHandler handler) {

@@ -214,15 +214,16 @@ class Worker::Impl {
         const auto family = topology::family_of_queue(delivery.queue);
         auto envelope = parse_envelope(delivery.message, limits_, parser);
         if (!envelope) {
-            const auto& error = envelope.error();
-            co_await dead_letter(delivery, family, metrics_.job(delivery.queue, "unknown"), 0,
-                                 {std::string(reason_code(error.errc)), error.detail});
+            Verdict verdict{std::string(reason_code(envelope.error().errc)), envelope.error().detail};
+            auto& unknown = metrics_.job(delivery.queue, "unknown");
+            co_await dead_letter(delivery, family, unknown, 0, std::move(verdict));
             co_return;
         }
         const auto* definition = registry_.find(envelope->type);
         if (definition == nullptr) {
-            co_await dead_letter(delivery, family, metrics_.job(delivery.queue, envelope->type), envelope->attempt,
-                                 {"unknown_type", fmt::format("no handler for job type '{}'", envelope->type)});
+            Verdict verdict{"unknown_type", fmt::format("no handler for job type '{}'", envelope->type)};
+            auto& unknown = metrics_.job(delivery.queue, envelope->type);
+            co_await dead_letter(delivery, family, unknown, envelope->attempt, std::move(verdict));
             co_return;
         }
 

@@ -211,6 +211,16 @@ class Connection {
             token, std::move(queue));
     }
 
+    /// Deletes the ready messages of a queue (queue.purge); the counts report how many were deleted.
+    template <typename Token>
+    auto async_purge_queue(std::string queue, Token&& token) {
+        return boost::asio::async_initiate<Token, void(boost::system::error_code, QueueCounts)>(
+            [this](QueueCountsHandler handler, std::string q) {
+                initiate_purge_queue(std::move(q), std::move(handler));
+            },
+            token, std::move(queue));
+    }
+
     /// Completes when the topology has been declared on a live connection (or connecting gave up).
     template <typename Token>
     auto async_wait_ready(Token&& token) {
@@ -222,6 +232,7 @@ class Connection {
     void initiate_publish(Message message, ErrorHandler handler);
     void initiate_cancel_consumers(ErrorHandler handler);
     void initiate_queue_counts(std::string queue, QueueCountsHandler handler);
+    void initiate_purge_queue(std::string queue, QueueCountsHandler handler);
     void initiate_wait_ready(ErrorHandler handler);
 
     class Impl;

@@ -1,0 +1,308 @@
+// Benchmark drivers. The raw ceiling is deliberately plain blocking rabbitmq-c on two threads: the simplest
+// client with the same durability as Conveyor (persistent messages, quorum queue, publisher confirms, manual
+// acks), so the ratio to it measures what Conveyor's runtime costs.
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "test_support.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using conveyor::amqp::Url;
+
+amqp_bytes_t bytes(std::string_view s) {
+    return {s.size(), const_cast<char*>(s.data())};
+}
+
+void check(amqp_connection_state_t conn, const char* what) {
+    const auto reply = amqp_get_rpc_reply(conn);
+    if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+        throw std::runtime_error(fmt::format("{} failed (reply type {})", what, static_cast<int>(reply.reply_type)));
+    }
+}
+
+/// A blocking rabbitmq-c connection with channel 1 open.
+class RawConnection {
+  public:
+    explicit RawConnection(const Url& url) : conn_(amqp_new_connection()) {
+        auto* socket = amqp_tcp_socket_new(conn_);
+        if (socket == nullptr || amqp_socket_open(socket, url.host.c_str(), url.port) != AMQP_STATUS_OK) {
+            throw std::runtime_error("cannot connect to " + url.redacted());
+        }
+        const auto reply = amqp_login(conn_, url.vhost.c_str(), 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, url.user.c_str(),
+                                      url.password.c_str());
+        if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+            throw std::runtime_error("login failed");
+        }
+        amqp_channel_open(conn_, 1);
+        check(conn_, "channel.open");
+    }
+    ~RawConnection() {
+        amqp_channel_close(conn_, 1, AMQP_REPLY_SUCCESS);
+        amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
+        amqp_destroy_connection(conn_);
+    }
+    RawConnection(const RawConnection&) = delete;
+    RawConnection& operator=(const RawConnection&) = delete;
+    [[nodiscard]] amqp_connection_state_t get() const { return conn_; }
+
+  private:
+    amqp_connection_state_t conn_;
+};
+
+std::int64_t epoch_millis() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+/// Publishes `count` persistent messages with confirms, at most `window` unconfirmed.
+void publish(const Url& url, const std::string& exchange, const std::string& routing_key, const std::string& body,
+             std::uint64_t count, unsigned window, bool as_jobs) {
+    RawConnection connection(url);
+    auto* conn = connection.get();
+    amqp_confirm_select(conn, 1);
+    check(conn, "confirm.select");
+    std::uint64_t sent = 0;
+    std::uint64_t confirmed = 0;
+    auto wait_for_confirm = [&] {
+        amqp_frame_t frame;
+        if (amqp_simple_wait_frame(conn, &frame) != AMQP_STATUS_OK) {
+            throw std::runtime_error("lost the connection while waiting for confirms");
+        }
+        if (frame.frame_type != AMQP_FRAME_METHOD) {
+            return;
+        }
+        if (frame.payload.method.id == AMQP_BASIC_NACK_METHOD) {
+            throw std::runtime_error("broker nacked a publish");
+        }
+        if (frame.payload.method.id == AMQP_BASIC_ACK_METHOD) {
+            const auto* ack = static_cast<amqp_basic_ack_t*>(frame.payload.method.decoded);
+            // RabbitMQ confirms in publish order, so the highest tag seen bounds what is still outstanding.
+            confirmed = std::max(confirmed, ack->delivery_tag);
+        }
+        amqp_maybe_release_buffers(conn);
+    };
+    while (sent < count) {
+        while (sent - confirmed >= window) {
+            wait_for_confirm();
+        }
+        amqp_basic_properties_t props{};
+        props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG;
+        props.delivery_mode = 2;
+        props.content_type = bytes("application/json");
+        std::string id;
+        amqp_table_entry_t enqueued_at{};
+        if (as_jobs) {
+            id = fmt::format("bench-{}-{}", ::getpid(), sent);
+            props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+            props.message_id = bytes(id);
+            enqueued_at.key = bytes("x-conveyor-enqueued-at");
+            enqueued_at.value.kind = AMQP_FIELD_KIND_I64;
+            enqueued_at.value.value.i64 = epoch_millis();
+            props.headers = {1, &enqueued_at};
+        }
+        if (amqp_basic_publish(conn, 1, bytes(exchange), bytes(routing_key), 0, 0, &props, bytes(body)) !=
+            AMQP_STATUS_OK) {
+            throw std::runtime_error("basic.publish failed");
+        }
+        ++sent;
+    }
+    while (confirmed < sent) {
+        wait_for_confirm();
+    }
+}
+
+/// The raw consumer: basic.consume with manual acks, one ack per message, until `count` arrived.
+void consume(const Url& url, const std::string& queue, std::uint64_t count, unsigned prefetch) {
+    RawConnection connection(url);
+    auto* conn = connection.get();
+    amqp_basic_qos(conn, 1, 0, static_cast<std::uint16_t>(prefetch), 0);
+    check(conn, "basic.qos");
+    amqp_basic_consume(conn, 1, bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+    check(conn, "basic.consume");
+    for (std::uint64_t received = 0; received < count; ++received) {
+        amqp_envelope_t envelope;
+        amqp_maybe_release_buffers(conn);
+        const auto reply = amqp_consume_message(conn, &envelope, nullptr, 0);
+        if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+            throw std::runtime_error("consume failed");
+        }
+        amqp_basic_ack(conn, 1, envelope.delivery_tag, 0);
+        amqp_destroy_envelope(&envelope);
+    }
+}
+
+std::string payload_of_size(std::size_t size) {
+    std::string body = R"({"pad":")";
+    body.append(size > body.size() + 2 ? size - body.size() - 2 : 0, 'x');
+    body += R"("})";
+    return body;
+}
+
+/// histogram_quantile over a Prometheus histogram summed across its series, as Prometheus itself computes it.
+double histogram_quantile(const std::string& metrics, const std::string& name, double q) {
+    std::map<double, double> buckets;
+    std::istringstream lines(metrics);
+    std::string line;
+    const auto prefix = name + "_bucket{";
+    while (std::getline(lines, line)) {
+        if (!line.starts_with(prefix)) {
+            continue;
+        }
+        const auto le_at = line.find("le=\"");
+        const auto le_end = line.find('"', le_at + 4);
+        const auto le_text = line.substr(le_at + 4, le_end - le_at - 4);
+        const double le = le_text == "+Inf" ? INFINITY : std::stod(le_text);
+        buckets[le] += std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    if (buckets.empty() || buckets.rbegin()->second == 0) {
+        return NAN;
+    }
+    const double rank = q * buckets.rbegin()->second;
+    double lower = 0;
+    double below = 0;
+    for (const auto& [le, cumulative] : buckets) {
+        if (cumulative >= rank) {
+            if (std::isinf(le)) {
+                return lower;
+            }
+            return lower + (le - lower) * (rank - below) / std::max(cumulative - below, 1e-12);
+        }
+        lower = le;
+        below = cumulative;
+    }
+    return lower;
+}
+
+double peak_rss_mb(pid_t pid) {
+    std::ifstream status(fmt::format("/proc/{}/status", pid));
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.starts_with("VmHWM:")) {
+            return std::stod(line.substr(6)) / 1024.0;
+        }
+    }
+    return NAN;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"conveyor-bench: benchmark drivers (see tests/bench/run)"};
+    app.require_subcommand(1);
+    std::string url_text = conveyor::testing::amqp_url();
+    std::uint64_t count = 20000;
+    unsigned window = 1000;
+    std::size_t size = 200;
+    app.add_option("--amqp-url", url_text)->envname("CONVEYOR_AMQP_URL");
+    app.add_option("--count", count, "Messages");
+    app.add_option("--window", window, "Unconfirmed publishes at once");
+    app.add_option("--size", size, "Body size in bytes");
+
+    auto* raw = app.add_subcommand("raw", "Raw rabbitmq-c ceiling: publisher + consumer through a quorum queue");
+    unsigned prefetch = 500;
+    raw->add_option("--prefetch", prefetch);
+
+    auto* e2e = app.add_subcommand("e2e", "Publish diag jobs and time a running conveyor-worker until it did them all");
+    std::string name;
+    std::string type = "diag.noop";
+    std::string payload;
+    std::uint16_t metrics_port = 9464;
+    pid_t worker_pid = 0;
+    double ceiling = 0;
+    double ideal = 0;
+    e2e->add_option("--name", name)->required();
+    e2e->add_option("--type", type);
+    e2e->add_option("--payload", payload);
+    e2e->add_option("--metrics-port", metrics_port);
+    e2e->add_option("--worker-pid", worker_pid)->required();
+    e2e->add_option("--ceiling", ceiling, "raw_ceiling jobs/s, for the ratio");
+    e2e->add_option("--ideal", ideal, "ideal jobs/s (e.g. concurrency / latency), for the ratio");
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        const auto url = Url::parse(url_text);
+        if (*raw) {
+            const std::string queue = "conveyor.bench.raw";
+            {
+                RawConnection setup(url);
+                amqp_table_entry_t quorum{bytes("x-queue-type"), {AMQP_FIELD_KIND_UTF8, {}}};
+                quorum.value.value.bytes = bytes("quorum");
+                const amqp_table_t arguments{1, &quorum};
+                amqp_queue_declare(setup.get(), 1, bytes(queue), 0, 1, 0, 0, arguments);
+                check(setup.get(), "queue.declare");
+                amqp_queue_purge(setup.get(), 1, bytes(queue));
+                check(setup.get(), "queue.purge");
+            }
+            const auto body = payload_of_size(size);
+            const auto started = Clock::now();
+            std::thread consumer([&] { consume(url, queue, count, prefetch); });
+            publish(url, "", queue, body, count, window, false);
+            consumer.join();
+            const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+            std::cout
+                << fmt::format(
+                       R"({{"name":"raw_ceiling","jobs_per_s":{:.0f},"messages":{},"seconds":{:.2f},"body_bytes":{}}})",
+                       static_cast<double>(count) / seconds, count, seconds, body.size())
+                << std::endl;
+            return 0;
+        }
+
+        const auto body = payload.empty() ? payload_of_size(size) : payload;
+        const auto baseline = conveyor::testing::metric_sum(
+            conveyor::testing::http_get(metrics_port, "/metrics").value_or(std::pair{0U, std::string()}).second,
+            "conveyor_jobs_completed_total", {"outcome=\"success\""});
+        const auto started = Clock::now();
+        std::thread publisher([&] { publish(url, "conveyor.jobs", type, body, count, window, true); });
+        std::string metrics;
+        double done = 0;
+        const auto deadline = started + std::chrono::minutes(10);
+        while (done < static_cast<double>(count) + baseline && Clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            metrics =
+                conveyor::testing::http_get(metrics_port, "/metrics").value_or(std::pair{0U, std::string()}).second;
+            done = conveyor::testing::metric_sum(metrics, "conveyor_jobs_completed_total", {"outcome=\"success\""});
+        }
+        const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+        publisher.join();
+        if (done < static_cast<double>(count) + baseline) {
+            std::cerr << fmt::format("conveyor-bench: only {} of {} jobs completed\n", done - baseline, count);
+            return 1;
+        }
+        const double rate = static_cast<double>(count) / seconds;
+        std::string ratios;
+        if (ceiling > 0) {
+            ratios += fmt::format(R"(,"ratio_to_ceiling":{:.3f})", rate / ceiling);
+        }
+        if (ideal > 0) {
+            const double capped = ceiling > 0 ? std::min(ideal, ceiling) : ideal;
+            ratios += fmt::format(R"(,"ideal_jobs_per_s":{:.0f},"ratio_to_ideal":{:.3f})", capped, rate / capped);
+        }
+        std::cout
+            << fmt::format(
+                   R"({{"name":"{}","jobs_per_s":{:.0f}{},"jobs":{},"seconds":{:.2f},"queue_wait_p50_ms":{:.1f},"queue_wait_p99_ms":{:.1f},"rss_mb":{:.1f}}})",
+                   name, rate, ratios, count, seconds,
+                   1000 * histogram_quantile(metrics, "conveyor_job_queue_wait_seconds", 0.5),
+                   1000 * histogram_quantile(metrics, "conveyor_job_queue_wait_seconds", 0.99), peak_rss_mb(worker_pid))
+            << std::endl;
+        return 0;
+    } catch (const std::exception& e) {
+        std::cerr << "conveyor-bench: " << e.what() << '\n';
+        return 1;
+    }
+}

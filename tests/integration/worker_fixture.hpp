@@ -1,0 +1,68 @@
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "test_support.hpp"
+
+namespace conveyor::testing {
+
+/// A conveyor-worker process consuming the diag family, with its HTTP port and log.
+struct WorkerUnderTest {
+    std::unique_ptr<Process> process;
+    std::uint16_t port;
+
+    [[nodiscard]] std::string metrics() const {
+        auto response = http_get(port, "/metrics");
+        return response ? response->second : std::string();
+    }
+    [[nodiscard]] double metric(const std::string& name, const std::vector<std::string>& labels = {}) const {
+        return metric_sum(metrics(), name, labels);
+    }
+    [[nodiscard]] double succeeded() const { return metric("conveyor_jobs_completed_total", {"outcome=\"success\""}); }
+    [[nodiscard]] bool ready() const {
+        auto response = http_get(port, "/readyz");
+        return response && response->first == 200;
+    }
+};
+
+/// Each test starts from empty diag queues on the real broker.
+class WorkerTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        broker_.connect();
+        run_cli({"topology", "declare", "--families", "diag"});
+        broker_.purge("conveyor.diag");
+        broker_.purge("conveyor.diag.dlq");
+    }
+
+    WorkerUnderTest start_worker(std::vector<std::string> args, const std::string& log_name) {
+        static std::uint16_t next_port = 19470;
+        const auto port = next_port++;
+        args.insert(args.end(), {"--queues", "diag", "--http-address", "127.0.0.1", "--http-port", std::to_string(port),
+                                 "--amqp-url", amqp_url()});
+        const auto log = std::filesystem::temp_directory_path() / ("conveyor-" + log_name + ".log");
+        WorkerUnderTest worker{std::make_unique<Process>(binary_dir() / "conveyor-worker", args, log), port};
+        const bool ready =
+            eventually([&] { return worker.ready() || !worker.process->running(); }, std::chrono::seconds(30));
+        if (!ready || !worker.process->running()) {
+            ADD_FAILURE() << "worker did not become ready; its log:\n" << worker.process->log();
+        }
+        return worker;
+    }
+
+    std::string run_cli(std::vector<std::string> args) {
+        args.insert(args.begin(), (binary_dir() / "conveyor").string());
+        args.insert(args.begin() + 1, {"--amqp-url", amqp_url()});
+        auto [status, output] = run_command(args, std::chrono::seconds(120));
+        EXPECT_EQ(status, 0) << output;
+        return output;
+    }
+
+    Broker broker_;
+};
+
+}  // namespace conveyor::testing

@@ -1,0 +1,345 @@
+#include "test_support.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/uuid/random_generator.hpp>
+#include <boost/uuid/uuid_io.hpp>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "conveyor/core/topology.hpp"
+
+extern char** environ;
+
+namespace conveyor::testing {
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using boost::system::error_code;
+
+std::string amqp_url() {
+    const char* url = std::getenv("CONVEYOR_AMQP_URL");
+    return url != nullptr && *url != '\0' ? url : "amqp://guest:guest@127.0.0.1:5672/%2f";
+}
+
+std::filesystem::path binary_dir() {
+    return CONVEYOR_BINARY_DIR;
+}
+std::filesystem::path source_dir() {
+    return CONVEYOR_SOURCE_DIR;
+}
+
+namespace {
+
+std::vector<char*> c_strings(std::vector<std::string>& strings) {
+    std::vector<char*> pointers;
+    pointers.reserve(strings.size() + 1);
+    for (auto& s : strings) {
+        pointers.push_back(s.data());
+    }
+    pointers.push_back(nullptr);
+    return pointers;
+}
+
+int decode_status(int status) {
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+Process::Process(std::filesystem::path program, std::vector<std::string> args, std::filesystem::path log_file,
+                 std::map<std::string, std::string> extra_env)
+    : log_file_(std::move(log_file)) {
+    std::vector<std::string> argv{program.string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+        const std::string entry(*e);
+        if (!extra_env.contains(entry.substr(0, entry.find('=')))) {
+            env.push_back(entry);
+        }
+    }
+    for (const auto& [key, value] : extra_env) {
+        env.push_back(key + "=" + value);
+    }
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+    auto argv_c = c_strings(argv);
+    auto env_c = c_strings(env);
+    const int rc = posix_spawn(&pid_, argv[0].c_str(), &actions, nullptr, argv_c.data(), env_c.data());
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
+        throw std::runtime_error(fmt::format("cannot start {}: {}", argv[0], std::strerror(rc)));
+    }
+}
+
+Process::~Process() {
+    if (running()) {
+        ::kill(pid_, SIGKILL);
+        (void)wait(std::chrono::seconds(10));
+    }
+}
+
+void Process::signal(int signo) const {
+    ::kill(pid_, signo);
+}
+
+std::optional<int> Process::wait(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!status_) {
+        int status = 0;
+        const pid_t done = ::waitpid(pid_, &status, WNOHANG);
+        if (done == pid_) {
+            status_ = decode_status(status);
+            break;
+        }
+        if (std::chrono::steady_clock::now() >= deadline) {
+            return std::nullopt;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return status_;
+}
+
+bool Process::running() {
+    return !wait(std::chrono::milliseconds(0)).has_value();
+}
+
+std::string Process::log() const {
+    std::ifstream in(log_file_);
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    return buffer.str();
+}
+
+std::pair<int, std::string> run_command(const std::vector<std::string>& command, std::chrono::seconds timeout) {
+    const auto log = std::filesystem::temp_directory_path() /
+                     fmt::format("conveyor-command-{}-{}.log", ::getpid(),
+                                 std::chrono::steady_clock::now().time_since_epoch().count());
+    std::vector<std::string> args(command.begin() + 1, command.end());
+    Process process(command.front(), args, log);
+    const auto status = process.wait(timeout);
+    if (!status) {
+        process.signal(SIGKILL);
+        (void)process.wait(std::chrono::seconds(5));
+    }
+    auto output = process.log();
+    std::filesystem::remove(log);
+    return {status.value_or(-1), std::move(output)};
+}
+
+std::optional<std::pair<unsigned, std::string>> http_get(std::uint16_t port, const std::string& path) {
+    try {
+        asio::io_context io;
+        asio::ip::tcp::socket socket(io);
+        socket.connect({asio::ip::make_address("127.0.0.1"), port});
+        const timeval timeout{5, 0};
+        ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+        http::request<http::empty_body> request{http::verb::get, path, 11};
+        request.set(http::field::host, "127.0.0.1");
+        request.keep_alive(false);
+        http::write(socket, request);
+        beast::flat_buffer buffer;
+        http::response<http::string_body> response;
+        http::read(socket, buffer, response);
+        return std::pair{response.result_int(), response.body()};
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+}
+
+double metric_sum(const std::string& exposition, const std::string& name, const std::vector<std::string>& labels) {
+    double sum = 0;
+    std::istringstream lines(exposition);
+    std::string line;
+    while (std::getline(lines, line)) {
+        if (line.empty() || line[0] == '#' || !line.starts_with(name)) {
+            continue;
+        }
+        const auto rest = line.substr(name.size());
+        if (!rest.empty() && rest[0] != '{' && rest[0] != ' ') {
+            continue;  // another metric whose name starts with this one
+        }
+        bool matches = true;
+        for (const auto& label : labels) {
+            matches = matches && rest.find(label) != std::string::npos;
+        }
+        if (matches) {
+            sum += std::stod(line.substr(line.rfind(' ') + 1));
+        }
+    }
+    return sum;
+}
+
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!condition()) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+            return false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return true;
+}
+
+class Broker::Impl {
+  public:
+    explicit Impl(std::string url) : url_(std::move(url)) {
+        amqp::ConnectionSettings settings;
+        settings.url = amqp::Url::parse(url_);
+        settings.name = "conveyor tests";
+        settings.max_connect_attempts = 3;
+        settings.connect_timeout = std::chrono::seconds(3);
+        connection_ = std::make_unique<amqp::Connection>(settings, amqp::Topology{});
+        connection_->start();
+        thread_ = std::thread([this] { io_.run(); });
+    }
+
+    ~Impl() {
+        work_.reset();
+        thread_.join();
+        connection_->stop();
+    }
+
+    template <typename T>
+    T run(asio::awaitable<T> operation) {
+        return asio::co_spawn(io_, std::move(operation), asio::use_future).get();
+    }
+
+    std::string url_;
+    asio::io_context io_;
+    asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
+    std::unique_ptr<amqp::Connection> connection_;
+    std::thread thread_;
+};
+
+Broker::Broker(std::string url) : impl_(std::make_unique<Impl>(std::move(url))) {}
+Broker::~Broker() = default;
+
+void Broker::connect() {
+    auto& connection = *impl_->connection_;
+    const auto error = impl_->run([&]() -> asio::awaitable<error_code> {
+        auto [e] = co_await connection.async_wait_ready(asio::as_tuple(asio::use_awaitable));
+        co_return e;
+    }());
+    if (error) {
+        throw std::runtime_error(fmt::format(
+            "RabbitMQ is not reachable at {} ({}). Start the local stack with `deploy/local/services start`.",
+            amqp::Url::parse(impl_->url_).redacted(), connection.last_error()));
+    }
+}
+
+void Broker::publish(amqp::Message message) {
+    auto& connection = *impl_->connection_;
+    const auto error = impl_->run([&]() -> asio::awaitable<error_code> {
+        auto [e] = co_await connection.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
+        co_return e;
+    }());
+    if (error) {
+        throw std::runtime_error("publish failed: " + error.message());
+    }
+}
+
+amqp::Message Broker::job(const std::string& type, const std::string& body, std::string job_id) {
+    static boost::uuids::random_generator uuids;
+    amqp::Message message;
+    message.exchange = topology::kJobsExchange;
+    message.routing_key = type;
+    message.body = body;
+    message.properties.content_type = "application/json";
+    message.properties.message_id = job_id.empty() ? boost::uuids::to_string(uuids()) : std::move(job_id);
+    const auto now =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
+    amqp::set_header(message.properties.headers, "x-conveyor-enqueued-at", std::int64_t{now});
+    return message;
+}
+
+std::uint32_t Broker::ready(const std::string& queue) {
+    auto& connection = *impl_->connection_;
+    const auto [error, counts] = impl_->run([&]() -> asio::awaitable<std::pair<error_code, amqp::QueueCounts>> {
+        auto [e, c] = co_await connection.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
+        co_return std::pair{e, c};
+    }());
+    if (error) {
+        throw std::runtime_error(fmt::format("queue counts of {}: {}", queue, error.message()));
+    }
+    return counts.messages;
+}
+
+std::uint32_t Broker::consumers(const std::string& queue) {
+    auto& connection = *impl_->connection_;
+    const auto [error, counts] = impl_->run([&]() -> asio::awaitable<std::pair<error_code, amqp::QueueCounts>> {
+        auto [e, c] = co_await connection.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
+        co_return std::pair{e, c};
+    }());
+    if (error) {
+        throw std::runtime_error(fmt::format("queue counts of {}: {}", queue, error.message()));
+    }
+    return counts.consumers;
+}
+
+void Broker::purge(const std::string& queue) {
+    auto& connection = *impl_->connection_;
+    const auto error = impl_->run([&]() -> asio::awaitable<error_code> {
+        auto [e, c] = co_await connection.async_purge_queue(queue, asio::as_tuple(asio::use_awaitable));
+        co_return e;
+    }());
+    if (error) {
+        throw std::runtime_error(fmt::format("purge {}: {}", queue, error.message()));
+    }
+}
+
+std::vector<amqp::Delivery> Broker::take(const std::string& queue, std::size_t count,
+                                         std::chrono::milliseconds timeout) {
+    amqp::ConnectionSettings settings;
+    settings.url = amqp::Url::parse(impl_->url_);
+    settings.name = "conveyor tests (take)";
+    settings.max_connect_attempts = 3;
+    amqp::Connection consumer(settings, amqp::Topology{});
+    amqp::DeliveryChannel deliveries(impl_->io_, count);
+    consumer.add_consumer({queue, static_cast<std::uint16_t>(count)}, deliveries);
+    consumer.start();
+    auto taken = impl_->run([&]() -> asio::awaitable<std::vector<amqp::Delivery>> {
+        using namespace std::chrono;
+        std::vector<amqp::Delivery> result;
+        const auto deadline = steady_clock::now() + timeout;
+        asio::steady_timer timer(co_await asio::this_coro::executor);
+        while (result.size() < count && steady_clock::now() < deadline) {
+            if (deliveries.try_receive([&](error_code, amqp::Delivery d) { result.push_back(std::move(d)); })) {
+                continue;
+            }
+            timer.expires_after(milliseconds(20));
+            co_await timer.async_wait(asio::use_awaitable);
+        }
+        co_return result;
+    }());
+    for (const auto& delivery : taken) {
+        consumer.ack(delivery);
+    }
+    consumer.stop();
+    return taken;
+}
+
+}  // namespace conveyor::testing

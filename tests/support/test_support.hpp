@@ -1,0 +1,85 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "conveyor/core/amqp.hpp"
+
+/// Real processes, real HTTP and a real broker for the integration tests and the benchmark.
+namespace conveyor::testing {
+
+/// Environment the tests were pointed at (CONVEYOR_AMQP_URL), defaulting to the local stack.
+[[nodiscard]] std::string amqp_url();
+
+/// Where the project's binaries and scripts are.
+[[nodiscard]] std::filesystem::path binary_dir();
+[[nodiscard]] std::filesystem::path source_dir();
+
+/// A child process with its output in a log file; killed (SIGKILL) and reaped on destruction if still running.
+class Process {
+  public:
+    Process(std::filesystem::path program, std::vector<std::string> args, std::filesystem::path log_file,
+            std::map<std::string, std::string> extra_env = {});
+    ~Process();
+    Process(const Process&) = delete;
+    Process& operator=(const Process&) = delete;
+
+    [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+    void signal(int signo) const;
+    /// Waits for exit; the exit status (or 128 + signal), or nullopt on timeout.
+    std::optional<int> wait(std::chrono::milliseconds timeout);
+    [[nodiscard]] bool running();
+    [[nodiscard]] std::string log() const;
+
+  private:
+    pid_t pid_ = -1;
+    std::optional<int> status_;
+    std::filesystem::path log_file_;
+};
+
+/// Runs a command to completion; returns its exit status and combined output.
+std::pair<int, std::string> run_command(const std::vector<std::string>& argv, std::chrono::seconds timeout);
+
+/// GET http://127.0.0.1:port/path; nullopt if nothing answers. The pair is (status, body).
+std::optional<std::pair<unsigned, std::string>> http_get(std::uint16_t port, const std::string& path);
+
+/// Sum of the samples of a metric in a Prometheus text exposition whose labels include all of `labels`
+/// (e.g. {"outcome=\"success\""}); 0 if absent.
+double metric_sum(const std::string& exposition, const std::string& name, const std::vector<std::string>& labels = {});
+
+/// Polls `condition` every 50 ms until it holds or the timeout passes.
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
+
+/// A synchronous facade over amqp::Connection for test code: its own io thread, blocking calls.
+class Broker {
+  public:
+    explicit Broker(std::string url = amqp_url());
+    ~Broker();
+
+    /// Waits for the connection (three quick attempts); throws std::runtime_error with a clear message if the
+    /// broker is not there.
+    void connect();
+    /// Publishes with confirm; throws on nack, return or connection loss.
+    void publish(amqp::Message message);
+    /// A diag job as the wire contract describes it, with a fresh id unless given.
+    static amqp::Message job(const std::string& type, const std::string& body, std::string job_id = {});
+    std::uint32_t ready(const std::string& queue);
+    std::uint32_t consumers(const std::string& queue);
+    void purge(const std::string& queue);
+    /// Takes up to `count` messages off a queue (acknowledging them), waiting at most `timeout`.
+    std::vector<amqp::Delivery> take(const std::string& queue, std::size_t count, std::chrono::milliseconds timeout);
+
+  private:
+    class Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace conveyor::testing

@@ -1,0 +1,64 @@
+#include "conveyor/core/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor {
+namespace {
+
+using std::chrono::milliseconds;
+
+TEST(ParseDuration, AcceptsEveryUnit) {
+    EXPECT_EQ(parse_duration("250ms"), milliseconds(250));
+    EXPECT_EQ(parse_duration("30s"), milliseconds(30'000));
+    EXPECT_EQ(parse_duration("30"), milliseconds(30'000));
+    EXPECT_EQ(parse_duration("5m"), milliseconds(300'000));
+    EXPECT_EQ(parse_duration("2h"), milliseconds(7'200'000));
+    EXPECT_EQ(parse_duration("0s"), milliseconds(0));
+}
+
+TEST(ParseDuration, RejectsGarbageWithTheReason) {
+    for (const char* bad : {"", "s", "-1s", "10 s", "1.5s", "10d", "99999999999999999999h"}) {
+        EXPECT_THROW((void)parse_duration(bad), std::invalid_argument) << bad;
+    }
+    try {
+        (void)parse_duration("10d");
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("unknown unit 'd'"), std::string::npos) << e.what();
+    }
+}
+
+TEST(Topology, FamiliesAreCheckedAgainstTheContract) {
+    EXPECT_EQ(topology::parse_families("diag, orders,diag"), (std::vector<std::string>{"diag", "orders"}));
+    EXPECT_THROW((void)topology::parse_families("diag,billing"), std::invalid_argument);
+    EXPECT_THROW((void)topology::parse_families(" , "), std::invalid_argument);
+}
+
+TEST(Topology, NamesFollowTheWireContract) {
+    EXPECT_EQ(topology::queue_name("orders"), "conveyor.orders");
+    EXPECT_EQ(topology::dead_letter_queue_name("orders"), "conveyor.orders.dlq");
+    EXPECT_EQ(topology::family_of_queue("conveyor.orders"), "orders");
+    EXPECT_EQ(topology::family_of_queue("conveyor.orders.dlq"), "");
+    EXPECT_EQ(topology::family_of_queue("other"), "");
+}
+
+TEST(Topology, DeclaresAQuorumQueueAndADeadLetterQueuePerFamily) {
+    const std::vector<std::string> families{"diag", "emails"};
+    const auto topology = topology::job_topology(families);
+    ASSERT_EQ(topology.exchanges.size(), 1U);
+    EXPECT_EQ(topology.exchanges[0].name, "conveyor.jobs");
+    EXPECT_EQ(topology.exchanges[0].type, "topic");
+    ASSERT_EQ(topology.queues.size(), 4U);
+    for (const auto& queue : topology.queues) {
+        const auto* type = amqp::find_header(queue.arguments, "x-queue-type");
+        ASSERT_NE(type, nullptr) << queue.name;
+        EXPECT_EQ(std::get<std::string>(*type), "quorum");
+    }
+    ASSERT_EQ(topology.bindings.size(), 2U);
+    EXPECT_EQ(topology.bindings[1].queue, "conveyor.emails");
+    EXPECT_EQ(topology.bindings[1].routing_key, "emails.#");
+}
+
+}  // namespace
+}  // namespace conveyor

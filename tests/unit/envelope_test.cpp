@@ -1,0 +1,111 @@
+#include "conveyor/core/envelope.hpp"
+
+#include <gtest/gtest.h>
+
+namespace conveyor {
+namespace {
+
+amqp::Message job(std::string body, std::string routing_key = "diag.noop", std::string id = "job-1") {
+    amqp::Message message;
+    message.routing_key = std::move(routing_key);
+    message.body = std::move(body);
+    message.properties.message_id = std::move(id);
+    return message;
+}
+
+class EnvelopeTest : public ::testing::Test {
+  protected:
+    boost::system::result<Envelope, EnvelopeError> parse(const amqp::Message& message) {
+        return parse_envelope(message, limits_, parser_);
+    }
+    EnvelopeErrc error_of(const amqp::Message& message) {
+        auto result = parse(message);
+        EXPECT_FALSE(result.has_value());
+        return result.has_value() ? EnvelopeErrc::invalid_envelope : result.error().errc;
+    }
+
+    EnvelopeLimits limits_{.max_body_bytes = 64};
+    simdjson::dom::parser parser_;
+};
+
+TEST_F(EnvelopeTest, ParsesAValidJob) {
+    auto message = job(R"({"ms": 5})", "diag.sleep", "abc");
+    message.properties.correlation_id = "order-7";
+    amqp::set_header(message.properties.headers, "traceparent",
+                     std::string("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+    amqp::set_header(message.properties.headers, "x-conveyor-enqueued-at", std::int64_t{1'700'000'000'123});
+    auto envelope = parse(message);
+    ASSERT_TRUE(envelope.has_value()) << envelope.error().detail;
+    EXPECT_EQ(envelope->job_id, "abc");
+    EXPECT_EQ(envelope->type, "diag.sleep");
+    EXPECT_EQ(envelope->family, "diag");
+    EXPECT_EQ(envelope->correlation_id, "order-7");
+    EXPECT_EQ(envelope->traceparent, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    ASSERT_TRUE(envelope->enqueued_at.has_value());
+    EXPECT_EQ(std::chrono::duration_cast<std::chrono::milliseconds>(envelope->enqueued_at->time_since_epoch()).count(),
+              1'700'000'000'123);
+    EXPECT_EQ(envelope->attempt, 1U);
+    int64_t ms = 0;
+    EXPECT_EQ(envelope->payload["ms"].get(ms), simdjson::SUCCESS);
+    EXPECT_EQ(ms, 5);
+}
+
+TEST_F(EnvelopeTest, FallsBackToTheAmqpTimestampInSeconds) {
+    auto message = job("{}");
+    message.properties.timestamp = 1'700'000'000;
+    auto envelope = parse(message);
+    ASSERT_TRUE(envelope.has_value());
+    EXPECT_EQ(std::chrono::duration_cast<std::chrono::seconds>(envelope->enqueued_at->time_since_epoch()).count(),
+              1'700'000'000);
+}
+
+TEST_F(EnvelopeTest, ReadsTheAttemptHeader) {
+    auto message = job("{}");
+    amqp::set_header(message.properties.headers, "x-conveyor-attempt", std::int64_t{3});
+    EXPECT_EQ(parse(message)->attempt, 3U);
+}
+
+TEST_F(EnvelopeTest, RejectsABodyOverTheLimit) {
+    EXPECT_EQ(error_of(job(R"({"pad": ")" + std::string(100, 'x') + R"("})")), EnvelopeErrc::too_large);
+}
+
+TEST_F(EnvelopeTest, RejectsInvalidJson) {
+    EXPECT_EQ(error_of(job("not json")), EnvelopeErrc::bad_json);
+    EXPECT_EQ(error_of(job(R"({"a": )")), EnvelopeErrc::bad_json);
+    EXPECT_EQ(error_of(job("")), EnvelopeErrc::bad_json);
+}
+
+TEST_F(EnvelopeTest, RejectsJsonThatIsNotAnObject) {
+    EXPECT_EQ(error_of(job("[1, 2]")), EnvelopeErrc::invalid_payload);
+    EXPECT_EQ(error_of(job("42")), EnvelopeErrc::invalid_payload);
+}
+
+TEST_F(EnvelopeTest, RequiresAJobIdOfBoundedLength) {
+    EXPECT_EQ(error_of(job("{}", "diag.noop", "")), EnvelopeErrc::invalid_envelope);
+    EXPECT_EQ(error_of(job("{}", "diag.noop", std::string(129, 'i'))), EnvelopeErrc::invalid_envelope);
+    EXPECT_TRUE(parse(job("{}", "diag.noop", std::string(128, 'i'))).has_value());
+}
+
+TEST_F(EnvelopeTest, RequiresAJobTypeRoutingKey) {
+    for (const char* bad : {"", "diag", ".noop", "diag.", "Diag.noop", "diag..noop", "diag.no op"}) {
+        EXPECT_EQ(error_of(job("{}", bad)), EnvelopeErrc::invalid_envelope) << bad;
+    }
+    EXPECT_TRUE(parse(job("{}", "orders.place_v2")).has_value());
+}
+
+TEST_F(EnvelopeTest, ErrorsNameTheirDeadLetterReason) {
+    EXPECT_EQ(reason_code(EnvelopeErrc::too_large), "too_large");
+    EXPECT_EQ(reason_code(EnvelopeErrc::bad_json), "bad_json");
+    EXPECT_EQ(reason_code(EnvelopeErrc::invalid_payload), "invalid_payload");
+    EXPECT_EQ(reason_code(EnvelopeErrc::invalid_envelope), "invalid_envelope");
+    EXPECT_THROW((void)parse(job("nope")).value(), InvalidEnvelope);
+}
+
+TEST_F(EnvelopeTest, ParsesInPlaceWhenTheBodyHasPadding) {
+    auto message = job(R"({"k": "v"})");
+    message.body.reserve(message.body.size() + simdjson::SIMDJSON_PADDING);
+    EXPECT_TRUE(parse(message).has_value());
+}
+
+}  // namespace
+}  // namespace conveyor

@@ -1,0 +1,116 @@
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <sstream>
+
+#include "conveyor/worker/settings.hpp"
+
+namespace conveyor::worker {
+namespace {
+
+/// Sets an environment variable for one test and restores the previous state after it.
+class ScopedEnv {
+  public:
+    ScopedEnv(const char* name, const char* value) : name_(name) {
+        if (const char* old = std::getenv(name)) {
+            old_ = old;
+        }
+        ::setenv(name, value, 1);
+    }
+    ~ScopedEnv() {
+        if (old_) {
+            ::setenv(name_, old_->c_str(), 1);
+        } else {
+            ::unsetenv(name_);
+        }
+    }
+
+  private:
+    const char* name_;
+    std::optional<std::string> old_;
+};
+
+struct Parsed {
+    ParseResult result;
+    std::string out;
+    std::string err;
+};
+
+Parsed parse(std::vector<const char*> args) {
+    args.insert(args.begin(), "conveyor-worker");
+    std::ostringstream out;
+    std::ostringstream err;
+    auto result = parse_worker_settings(args, out, err);
+    return {std::move(result), out.str(), err.str()};
+}
+
+TEST(WorkerSettings, DefaultsWorkAgainstTheLocalStack) {
+    const auto parsed = parse({});
+    ASSERT_TRUE(parsed.result.settings) << parsed.err;
+    const auto& settings = *parsed.result.settings;
+    EXPECT_EQ(settings.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    EXPECT_EQ(settings.families, (std::vector<std::string>{"orders", "payments", "emails", "projections", "diag"}));
+    EXPECT_EQ(settings.http_port, 9464);
+    EXPECT_EQ(settings.prefetch, settings.concurrency);
+    EXPECT_GE(settings.threads, 1U);
+    EXPECT_FALSE(settings.name.empty());
+}
+
+TEST(WorkerSettings, FlagsSetEveryOption) {
+    const auto parsed = parse({"--queues", "diag,orders", "--concurrency", "7", "--prefetch", "3", "--threads", "1",
+                               "--job-timeout", "1500ms", "--shutdown-grace", "2m", "--http-port", "19999",
+                               "--max-message-bytes", "2048", "--name", "w-1"});
+    ASSERT_TRUE(parsed.result.settings) << parsed.err;
+    const auto& settings = *parsed.result.settings;
+    EXPECT_EQ(settings.families, (std::vector<std::string>{"diag", "orders"}));
+    EXPECT_EQ(settings.concurrency, 7U);
+    EXPECT_EQ(settings.prefetch, 3U);
+    EXPECT_EQ(settings.threads, 1U);
+    EXPECT_EQ(settings.job_timeout, std::chrono::milliseconds(1500));
+    EXPECT_EQ(settings.shutdown_grace, std::chrono::minutes(2));
+    EXPECT_EQ(settings.http_port, 19999);
+    EXPECT_EQ(settings.max_message_bytes, 2048U);
+    EXPECT_EQ(settings.name, "w-1");
+}
+
+TEST(WorkerSettings, EnvironmentIsReadAndAFlagWins) {
+    ScopedEnv concurrency("CONVEYOR_CONCURRENCY", "42");
+    ScopedEnv grace("CONVEYOR_SHUTDOWN_GRACE", "5s");
+    ScopedEnv port("CONVEYOR_HTTP_PORT", "19000");
+    const auto parsed = parse({"--http-port", "19001"});
+    ASSERT_TRUE(parsed.result.settings) << parsed.err;
+    EXPECT_EQ(parsed.result.settings->concurrency, 42U);
+    EXPECT_EQ(parsed.result.settings->shutdown_grace, std::chrono::seconds(5));
+    EXPECT_EQ(parsed.result.settings->http_port, 19001);
+}
+
+TEST(WorkerSettings, BadValuesExitNonZeroSayingWhatIsWrong) {
+    const std::vector<std::pair<std::vector<const char*>, std::string>> cases{
+        {{"--queues", "diag,billing"}, "unknown job family 'billing'"},
+        {{"--concurrency", "0"}, "--concurrency"},
+        {{"--job-timeout", "soon"}, "invalid duration 'soon'"},
+        {{"--amqp-url", "http://x"}, "amqp or amqps"},
+        {{"--log-level", "loud"}, "--log-level"},
+        {{"--no-such-flag"}, "--no-such-flag"},
+    };
+    for (const auto& [args, expected] : cases) {
+        const auto parsed = parse(args);
+        EXPECT_FALSE(parsed.result.settings) << expected;
+        EXPECT_EQ(parsed.result.exit_code, 2) << expected;
+        EXPECT_NE(parsed.err.find(expected), std::string::npos) << "stderr was: " << parsed.err;
+    }
+}
+
+TEST(WorkerSettings, HelpListsTheEnvironmentAndHidesSecrets) {
+    ScopedEnv url("CONVEYOR_AMQP_URL", "amqp://app:hunter2@broker:5672/%2f");
+    const auto parsed = parse({"--help"});
+    EXPECT_FALSE(parsed.result.settings);
+    EXPECT_EQ(parsed.result.exit_code, 0);
+    EXPECT_NE(parsed.out.find("CONVEYOR_AMQP_URL"), std::string::npos);
+    EXPECT_NE(parsed.out.find("CONVEYOR_SHUTDOWN_GRACE"), std::string::npos);
+    EXPECT_EQ(parsed.out.find("hunter2"), std::string::npos) << parsed.out;
+    EXPECT_EQ(parsed.out.find("guest:guest"), std::string::npos) << parsed.out;
+}
+
+}  // namespace
+}  // namespace conveyor::worker
