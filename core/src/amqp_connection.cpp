@@ -171,12 +171,75 @@ struct WaitReadyCommand {
 using Command = std::variant<AckCommand, RejectCommand, PublishCommand, CancelConsumersCommand, QueueCountsCommand,
                              WaitReadyCommand>;
 
+/// Deliveries of one consumer channel not yet settled, in delivery-tag order. Tags on a channel are consecutive,
+/// so an index is tag - first_tag. Acks are coalesced: a settled prefix goes out as one basic.ack with
+/// multiple=true, which for a quorum queue is also one Raft command instead of many.
+class Unsettled {
+  public:
+    enum class State : std::uint8_t { pending, acked, settled };
+
+    void delivered(std::uint64_t tag) {
+        if (states_.empty() || tag != first_tag_ + states_.size()) {
+            // Not the next tag (first delivery of a session, or a gap): start tracking afresh from here; the
+            // acks of tags dropped from tracking go out one by one.
+            states_.clear();
+            first_tag_ = tag;
+        }
+        states_.push_back(State::pending);
+    }
+
+    /// Marks a tag; false if it is not tracked (the caller then settles it on its own).
+    bool mark(std::uint64_t tag, State state) {
+        if (tag < first_tag_ || tag - first_tag_ >= states_.size() || states_[tag - first_tag_] != State::pending) {
+            return false;
+        }
+        states_[tag - first_tag_] = state;
+        if (state == State::acked) {
+            acked_.push_back(tag);
+        }
+        return true;
+    }
+
+    /// Drops the settled prefix and returns the highest acked tag in it (0 if none); tags acked behind a
+    /// pending one are returned in `stragglers`, to be acked one by one, so a slow job never holds others back.
+    std::uint64_t take_settled_prefix(std::vector<std::uint64_t>& stragglers) {
+        std::uint64_t highest_acked = 0;
+        while (!states_.empty() && states_.front() != State::pending) {
+            if (states_.front() == State::acked) {
+                highest_acked = first_tag_;
+            }
+            states_.pop_front();
+            ++first_tag_;
+        }
+        for (const auto tag : acked_) {
+            if (tag >= first_tag_ && states_[tag - first_tag_] == State::acked) {
+                states_[tag - first_tag_] = State::settled;
+                stragglers.push_back(tag);
+            }
+        }
+        acked_.clear();
+        return highest_acked;
+    }
+
+    void clear() {
+        states_.clear();
+        acked_.clear();
+    }
+
+  private:
+    std::deque<State> states_;
+    std::uint64_t first_tag_ = 0;
+    std::vector<std::uint64_t> acked_;  ///< acked since the last take_settled_prefix
+};
+
 struct Consumer {
     ConsumerSpec spec;
     DeliveryChannel* deliveries;
     amqp_channel_t channel;
     std::string tag;
     bool subscribed = false;
+    Unsettled unsettled;
+    bool has_new_acks = false;
 };
 
 /// A message arriving as method, header and body frames.
@@ -215,7 +278,7 @@ class Connection::Impl {
 
     void add_consumer(ConsumerSpec spec, DeliveryChannel& deliveries) {
         const auto channel = static_cast<amqp_channel_t>(kFirstConsumerChannel + consumers_.size());
-        consumers_.push_back(Consumer{std::move(spec), &deliveries, channel, {}, false});
+        consumers_.push_back(Consumer{std::move(spec), &deliveries, channel, {}, false, {}, false});
     }
 
     void start() {
@@ -641,7 +704,9 @@ class Connection::Impl {
         }
         auto* consumer = consumer_on(channel);
         const auto tag = content.delivery.delivery_tag;
+        consumer->unsettled.delivered(tag);
         if (!consumer->deliveries->try_send(error_code{}, std::move(content.delivery))) {
+            consumer->unsettled.mark(tag, Unsettled::State::settled);
             // The delivery channel is sized for the prefetch of every consumer, so this means misconfiguration.
             spdlog::error("{}: delivery channel full; requeueing delivery {} of {}", log_prefix_, tag,
                           consumer->spec.queue);
@@ -708,6 +773,7 @@ class Connection::Impl {
         for (auto& command : batch) {
             std::visit([this](auto& c) { execute(c); }, command);
         }
+        send_coalesced_acks();
         // Synchronous calls may have queued incoming frames inside rabbitmq-c, which the socket will not announce.
         if (conn_ != nullptr && connected_ && !session_error_ &&
             (amqp_frames_enqueued(conn_) != 0 || amqp_data_in_buffer(conn_) != 0)) {
@@ -721,6 +787,11 @@ class Connection::Impl {
         if (ack.session != session_ || !connected_) {
             return;
         }
+        auto* consumer = consumer_on(ack.channel);
+        if (consumer != nullptr && consumer->unsettled.mark(ack.delivery_tag, Unsettled::State::acked)) {
+            consumer->has_new_acks = true;  // sent, coalesced, at the end of the batch
+            return;
+        }
         sent(amqp_basic_ack(conn_, ack.channel, ack.delivery_tag, 0), "basic.ack");
     }
 
@@ -728,7 +799,28 @@ class Connection::Impl {
         if (reject.session != session_ || !connected_) {
             return;
         }
+        if (auto* consumer = consumer_on(reject.channel)) {
+            (void)consumer->unsettled.mark(reject.delivery_tag, Unsettled::State::settled);
+            consumer->has_new_acks = true;  // a rejected head may let acked tags behind it go out
+        }
         sent(amqp_basic_reject(conn_, reject.channel, reject.delivery_tag, reject.requeue ? 1 : 0), "basic.reject");
+    }
+
+    void send_coalesced_acks() {
+        std::vector<std::uint64_t> stragglers;
+        for (auto& consumer : consumers_) {
+            if (!consumer.has_new_acks || !connected_ || session_error_) {
+                continue;
+            }
+            consumer.has_new_acks = false;
+            stragglers.clear();
+            if (const auto highest = consumer.unsettled.take_settled_prefix(stragglers); highest != 0) {
+                sent(amqp_basic_ack(conn_, consumer.channel, highest, 1), "basic.ack");
+            }
+            for (const auto tag : stragglers) {
+                sent(amqp_basic_ack(conn_, consumer.channel, tag, 0), "basic.ack");
+            }
+        }
     }
 
     void execute(PublishCommand& publish) {
@@ -865,6 +957,8 @@ class Connection::Impl {
         returned_.clear();
         for (auto& consumer : consumers_) {
             consumer.subscribed = false;
+            consumer.unsettled.clear();
+            consumer.has_new_acks = false;
         }
         for (auto& [tag, publish] : std::exchange(outstanding_, {})) {
             complete(std::move(publish.handler), error_code(Errc::connection_lost));

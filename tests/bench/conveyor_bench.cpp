@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "conveyor/core/logging.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -218,6 +219,10 @@ int main(int argc, char** argv) {
     unsigned prefetch = 500;
     raw->add_option("--prefetch", prefetch);
 
+    auto* purge = app.add_subcommand("purge", "Empty a queue before a run, so leftovers cannot skew it");
+    std::string purge_queue;
+    purge->add_option("queue", purge_queue)->required();
+
     auto* e2e = app.add_subcommand("e2e", "Publish diag jobs and time a running conveyor-worker until it did them all");
     std::string name;
     std::string type = "diag.noop";
@@ -234,9 +239,16 @@ int main(int argc, char** argv) {
     e2e->add_option("--ceiling", ceiling, "raw_ceiling jobs/s, for the ratio");
     e2e->add_option("--ideal", ideal, "ideal jobs/s (e.g. concurrency / latency), for the ratio");
     CLI11_PARSE(app, argc, argv);
+    conveyor::setup_logging("warn");
 
     try {
         const auto url = Url::parse(url_text);
+        if (*purge) {
+            conveyor::testing::Broker broker(url_text);
+            broker.connect();
+            broker.purge(purge_queue);
+            return 0;
+        }
         if (*raw) {
             const std::string queue = "conveyor.bench.raw";
             {
@@ -252,7 +264,7 @@ int main(int argc, char** argv) {
             const auto body = payload_of_size(size);
             const auto started = Clock::now();
             std::thread consumer([&] { consume(url, queue, count, prefetch); });
-            publish(url, "", queue, body, count, window, false);
+            publish(url, "", queue, body, count, window, true);
             consumer.join();
             const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
             std::cout
@@ -273,7 +285,7 @@ int main(int argc, char** argv) {
         double done = 0;
         const auto deadline = started + std::chrono::minutes(10);
         while (done < static_cast<double>(count) + baseline && Clock::now() < deadline) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
             metrics =
                 conveyor::testing::http_get(metrics_port, "/metrics").value_or(std::pair{0U, std::string()}).second;
             done = conveyor::testing::metric_sum(metrics, "conveyor_jobs_completed_total", {"outcome=\"success\""});

@@ -54,23 +54,23 @@ amqp::ConnectionSettings connection_settings(const WorkerSettings& settings, std
 
 /// One of the pool's coroutines. Each runs on its own strand so that the shutdown can cancel it safely.
 struct Slot {
-    explicit Slot(asio::io_context& io) : strand(asio::make_strand(io)) {}
+    explicit Slot(asio::io_context& io) : strand(asio::make_strand(io)), deadline(strand) {}
     asio::strand<asio::io_context::executor_type> strand;
+    /// Cancels the running handler: at its deadline, or when the shutdown's grace period is over.
     asio::cancellation_signal cancel;
+    /// The watchdog's timer. It is armed for the running job's deadline and re-armed only when it fires or a
+    /// job with an earlier deadline starts, so a job that finishes in time costs no timer operation at all.
+    asio::steady_timer deadline;
+    Clock::time_point armed_until;
+    std::optional<Clock::time_point> job_deadline;  ///< set while a job runs
+    bool timed_out = false;
+    bool closed = false;
 };
 
-/// Wraps the handler's Outcome: operator|| flattens variant results, and Outcome is a variant.
-struct HandlerResult {
-    Outcome outcome;
+struct Verdict {
+    std::string reason;
+    std::string error;
 };
-
-// g++ 12 mishandles temporaries in co_await and co_return expressions (double destruction in conditionals and
-// braced initialisers), so coroutines here name their intermediate values.
-asio::awaitable<HandlerResult> run_handler(const JobDefinition& definition, JobContext& context) {
-    Outcome outcome = co_await definition.handler(context);
-    HandlerResult result{std::move(outcome)};
-    co_return result;
-}
 
 std::string or_dash(std::string_view text, std::size_t limit) {
     if (text.empty()) {
@@ -78,11 +78,6 @@ std::string or_dash(std::string_view text, std::size_t limit) {
     }
     return bounded(text, limit);
 }
-
-struct Verdict {
-    std::string reason;
-    std::string error;
-};
 
 }  // namespace
 
@@ -114,11 +109,11 @@ class Worker::Impl {
         slots_.reserve(settings_.concurrency);
         for (unsigned i = 0; i < settings_.concurrency; ++i) {
             auto& slot = *slots_.emplace_back(std::make_unique<Slot>(io_));
-            asio::co_spawn(slot.strand, work(),
-                           asio::bind_cancellation_slot(slot.cancel.slot(), [this](std::exception_ptr error) {
-                               log_failure("worker coroutine")(error);
-                               finished_.try_send(error_code{});
-                           }));
+            asio::co_spawn(slot.strand, work(slot), [this](const std::exception_ptr& error) {
+                log_failure("worker coroutine")(error);
+                finished_.try_send(error_code{});
+            });
+            asio::co_spawn(slot.strand, watch(slot), log_failure("job watchdog"));
         }
         spdlog::info("worker {} started: queues {}, concurrency {}, prefetch {}, {} threads, job timeout {} ms",
                      settings_.name, fmt::join(settings_.families, ","), settings_.concurrency, settings_.prefetch,
@@ -180,6 +175,7 @@ class Worker::Impl {
         }
         spdlog::warn("shutdown: grace period over with {} jobs running; cancelling them for requeue",
                      slots_.size() - finished);
+        aborting_ = true;
         for (auto& slot : slots_) {
             asio::post(slot->strand, [&slot = *slot] { slot.cancel.emit(asio::cancellation_type::terminal); });
         }
@@ -191,26 +187,39 @@ class Worker::Impl {
         }
     }
 
-    asio::awaitable<void> work() {
+    asio::awaitable<void> work(Slot& slot) {
         simdjson::dom::parser parser;
         while (true) {
             auto [error, delivery] = co_await deliveries_.async_receive(asio::as_tuple(asio::use_awaitable));
             if (error) {
-                co_return;  // closed at shutdown
+                slot.closed = true;  // the channel closed at shutdown
+                slot.deadline.cancel();
+                co_return;
             }
             if (draining_) {
                 consumer_.reject(delivery, true);
                 ++stats_.requeued;
                 continue;
             }
-            co_await process(delivery, parser);
-            if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
-                co_return;
+            co_await process(delivery, parser, slot);
+        }
+    }
+
+    /// Cancels the slot's job when it passes its deadline.
+    asio::awaitable<void> watch(Slot& slot) {
+        while (!slot.closed) {
+            const bool watching = slot.job_deadline && !slot.timed_out;
+            slot.armed_until = watching ? *slot.job_deadline : Clock::now() + settings_.job_timeout;
+            slot.deadline.expires_at(slot.armed_until);
+            co_await slot.deadline.async_wait(asio::as_tuple(asio::use_awaitable));
+            if (slot.job_deadline && !slot.timed_out && Clock::now() >= *slot.job_deadline) {
+                slot.timed_out = true;
+                slot.cancel.emit(asio::cancellation_type::terminal);
             }
         }
     }
 
-    asio::awaitable<void> process(const amqp::Delivery& delivery, simdjson::dom::parser& parser) {
+    asio::awaitable<void> process(const amqp::Delivery& delivery, simdjson::dom::parser& parser, Slot& slot) {
         const auto family = topology::family_of_queue(delivery.queue);
         auto envelope = parse_envelope(delivery.message, limits_, parser);
         if (!envelope) {
@@ -243,25 +252,37 @@ class Worker::Impl {
             context.log().debug("redelivered; running again");
         }
 
-        std::optional<Outcome> outcome;
-        try {
-            asio::steady_timer deadline(co_await asio::this_coro::executor, started + timeout);
-            auto result = co_await (run_handler(*definition, context) || deadline.async_wait(asio::use_awaitable));
-            if (result.index() == 0) {
-                outcome = std::move(std::get<0>(result).outcome);
-            } else {
-                outcome = DeadLetter{"timeout", fmt::format("job exceeded its deadline of {} ms", timeout.count())};
-            }
-        } catch (const std::exception& e) {
-            // An escaped exception is a transient failure; a cancellation is the shutdown taking the job back.
-            outcome = Retry{{}, e.what()};
+        // The handler runs as a child coroutine bound to the slot's cancellation signal, which the slot's
+        // watchdog emits at the deadline and the shutdown emits when its grace period is over.
+        slot.timed_out = false;
+        slot.job_deadline = started + timeout;
+        if (*slot.job_deadline < slot.armed_until) {
+            slot.deadline.cancel();  // the watchdog waits for a later time; wake it to re-arm
         }
-        if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
+        std::optional<Outcome> outcome;
+        std::string failure;
+        try {
+            outcome = co_await asio::co_spawn(slot.strand, definition->handler(context),
+                                              asio::bind_cancellation_slot(slot.cancel.slot(), asio::use_awaitable));
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+        slot.job_deadline.reset();
+        slot.cancel.slot().clear();
+        if (!outcome && !slot.timed_out && aborting_) {
             in_flight.Decrement();
             context.log().warn("cancelled at shutdown; requeued");
             consumer_.reject(delivery, true);
             ++stats_.requeued;
             co_return;
+        }
+        if (!outcome) {
+            // A timeout is final; any other escaped exception is a transient failure.
+            if (slot.timed_out) {
+                outcome = DeadLetter{"timeout", fmt::format("job exceeded its deadline of {} ms", timeout.count())};
+            } else {
+                outcome = Retry{{}, std::move(failure)};
+            }
         }
         metrics.duration->Observe(std::chrono::duration<double>(Clock::now() - started).count());
         in_flight.Decrement();
@@ -339,6 +360,7 @@ class Worker::Impl {
     HttpServer http_;
     std::vector<std::unique_ptr<Slot>> slots_;
     std::atomic<bool> draining_{false};
+    std::atomic<bool> aborting_{false};
     struct {
         std::atomic<std::uint64_t> succeeded{0};
         std::atomic<std::uint64_t> dead_lettered{0};

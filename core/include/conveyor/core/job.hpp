@@ -34,12 +34,14 @@ struct DeadLetter {
 
 using Outcome = std::variant<Success, Retry, DeadLetter>;
 
-/// Logs through the default logger with the job's id and correlation id on every line.
+/// Logs through the default logger with the job's id, type and correlation id on every line. It holds views:
+/// the strings must outlive it (JobContext's do). Nothing is formatted unless the level is enabled.
 class JobLogger {
   public:
     JobLogger(std::string_view job_id, std::string_view correlation_id, std::string_view type)
-        : prefix_(fmt::format("job={} type={} correlation={}", job_id, type,
-                              correlation_id.empty() ? std::string_view("-") : correlation_id)) {}
+        : job_id_(job_id),
+          correlation_id_(correlation_id.empty() ? std::string_view("-") : correlation_id),
+          type_(type) {}
 
     template <typename... Args>
     void debug(fmt::format_string<Args...> format, Args&&... args) const {
@@ -62,11 +64,14 @@ class JobLogger {
     template <typename... Args>
     void log(spdlog::level::level_enum level, fmt::format_string<Args...> format, Args&&... args) const {
         if (spdlog::should_log(level)) {
-            spdlog::log(level, "{} {}", prefix_, fmt::format(format, std::forward<Args>(args)...));
+            spdlog::log(level, "job={} type={} correlation={} {}", job_id_, type_, correlation_id_,
+                        fmt::format(format, std::forward<Args>(args)...));
         }
     }
 
-    std::string prefix_;
+    std::string_view job_id_;
+    std::string_view correlation_id_;
+    std::string_view type_;
 };
 
 /// What a handler gets: the validated envelope, a logger, and the deadline it must finish by. The worker
