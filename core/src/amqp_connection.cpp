@@ -25,6 +25,7 @@
 #include "amqp_codec.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/logging.hpp"
+#include "unsettled.hpp"
 
 namespace conveyor::amqp {
 namespace asio = boost::asio;
@@ -171,74 +172,14 @@ struct WaitReadyCommand {
 using Command = std::variant<AckCommand, RejectCommand, PublishCommand, CancelConsumersCommand, QueueCountsCommand,
                              WaitReadyCommand>;
 
-/// Deliveries of one consumer channel not yet settled, in delivery-tag order. Tags on a channel are consecutive,
-/// so an index is tag - first_tag. Acks are coalesced: a settled prefix goes out as one basic.ack with
-/// multiple=true, which for a quorum queue is also one Raft command instead of many.
-class Unsettled {
-  public:
-    enum class State : std::uint8_t { pending, acked, settled };
-
-    void delivered(std::uint64_t tag) {
-        if (states_.empty() || tag != first_tag_ + states_.size()) {
-            // Not the next tag (first delivery of a session, or a gap): start tracking afresh from here; the
-            // acks of tags dropped from tracking go out one by one.
-            states_.clear();
-            first_tag_ = tag;
-        }
-        states_.push_back(State::pending);
-    }
-
-    /// Marks a tag; false if it is not tracked (the caller then settles it on its own).
-    bool mark(std::uint64_t tag, State state) {
-        if (tag < first_tag_ || tag - first_tag_ >= states_.size() || states_[tag - first_tag_] != State::pending) {
-            return false;
-        }
-        states_[tag - first_tag_] = state;
-        if (state == State::acked) {
-            acked_.push_back(tag);
-        }
-        return true;
-    }
-
-    /// Drops the settled prefix and returns the highest acked tag in it (0 if none); tags acked behind a
-    /// pending one are returned in `stragglers`, to be acked one by one, so a slow job never holds others back.
-    std::uint64_t take_settled_prefix(std::vector<std::uint64_t>& stragglers) {
-        std::uint64_t highest_acked = 0;
-        while (!states_.empty() && states_.front() != State::pending) {
-            if (states_.front() == State::acked) {
-                highest_acked = first_tag_;
-            }
-            states_.pop_front();
-            ++first_tag_;
-        }
-        for (const auto tag : acked_) {
-            if (tag >= first_tag_ && states_[tag - first_tag_] == State::acked) {
-                states_[tag - first_tag_] = State::settled;
-                stragglers.push_back(tag);
-            }
-        }
-        acked_.clear();
-        return highest_acked;
-    }
-
-    void clear() {
-        states_.clear();
-        acked_.clear();
-    }
-
-  private:
-    std::deque<State> states_;
-    std::uint64_t first_tag_ = 0;
-    std::vector<std::uint64_t> acked_;  ///< acked since the last take_settled_prefix
-};
-
 struct Consumer {
     ConsumerSpec spec;
     DeliveryChannel* deliveries;
+    DeliveryBatch batch;  ///< assembled in this read turn, handed over at its end
     amqp_channel_t channel;
     std::string tag;
     bool subscribed = false;
-    Unsettled unsettled;
+    detail::Unsettled unsettled;
     bool has_new_acks = false;
 };
 
@@ -278,7 +219,7 @@ class Connection::Impl {
 
     void add_consumer(ConsumerSpec spec, DeliveryChannel& deliveries) {
         const auto channel = static_cast<amqp_channel_t>(kFirstConsumerChannel + consumers_.size());
-        consumers_.push_back(Consumer{std::move(spec), &deliveries, channel, {}, false, {}, false});
+        consumers_.push_back(Consumer{std::move(spec), &deliveries, {}, channel, {}, false, {}, false});
     }
 
     void start() {
@@ -332,6 +273,7 @@ class Connection::Impl {
     }
 
     std::atomic<bool> connected_{false};
+    std::atomic<std::uint64_t> live_session_{0};  ///< session_ while connected, 0 otherwise
     std::atomic<bool> consuming_{false};
     std::atomic<bool> blocked_{false};
 
@@ -372,9 +314,11 @@ class Connection::Impl {
                 break;
             }
             const auto delay = backoff(failures);
-            spdlog::warn("{}: {}; reconnecting to {} in {} ms", log_prefix_,
-                         was_connected ? "connection lost: " + failure : "connect failed: " + failure,
-                         settings_.url.redacted(), delay.count());
+            if (was_connected) {
+                spdlog::warn("{}: connection lost: {}; reconnecting in {} ms", log_prefix_, failure, delay.count());
+            } else {
+                spdlog::warn("{}: {}; retrying in {} ms", log_prefix_, failure, delay.count());
+            }
             backoff_timer_.expires_after(delay);
             co_await backoff_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
         }
@@ -442,6 +386,7 @@ class Connection::Impl {
         last_sent_ = Clock::now();
         next_publish_tag_ = 0;
         ++session_;
+        live_session_ = session_;
         connected_ = true;
         consuming_ = !consumers_cancelled_;
         spdlog::info("{}: connected to {} (heartbeat {} s, {} consumers)", log_prefix_, settings_.url.redacted(),
@@ -555,14 +500,20 @@ class Connection::Impl {
             timeval no_wait{0, 0};
             const int status = amqp_simple_wait_frame_noblock(conn_, &frame, &no_wait);
             if (status == AMQP_STATUS_TIMEOUT) {
+                hand_over_batches();
                 amqp_maybe_release_buffers(conn_);
                 return false;
             }
             if (status != AMQP_STATUS_OK) {
                 throw SessionError(fmt::format("read failed: {}", amqp_error_string2(status)));
             }
+            if (handled == 0) {
+                // A busy connection may go long without waiting on its socket; its frames prove the peer alive.
+                last_received_ = Clock::now();
+            }
             handle_frame(frame);
         }
+        hand_over_batches();
         return true;
     }
 
@@ -705,12 +656,27 @@ class Connection::Impl {
         auto* consumer = consumer_on(channel);
         const auto tag = content.delivery.delivery_tag;
         consumer->unsettled.delivered(tag);
-        if (!consumer->deliveries->try_send(error_code{}, std::move(content.delivery))) {
-            consumer->unsettled.mark(tag, Unsettled::State::settled);
+        consumer->batch.push_back(std::move(content.delivery));
+    }
+
+    /// Hands each consumer's deliveries of this read turn over in one batch.
+    void hand_over_batches() {
+        for (auto& consumer : consumers_) {
+            if (consumer.batch.empty()) {
+                continue;
+            }
+            if (consumer.deliveries->try_send(error_code{}, std::move(consumer.batch))) {
+                consumer.batch = {};
+                continue;
+            }
             // The delivery channel is sized for the prefetch of every consumer, so this means misconfiguration.
-            spdlog::error("{}: delivery channel full; requeueing delivery {} of {}", log_prefix_, tag,
-                          consumer->spec.queue);
-            amqp_basic_reject(conn_, channel, tag, 1);
+            spdlog::error("{}: delivery channel full; requeueing {} deliveries of {}", log_prefix_,
+                          consumer.batch.size(), consumer.spec.queue);
+            for (const auto& delivery : consumer.batch) {
+                consumer.unsettled.mark(delivery.delivery_tag, detail::Unsettled::State::settled);
+                sent(amqp_basic_reject(conn_, consumer.channel, delivery.delivery_tag, 1), "basic.reject");
+            }
+            consumer.batch.clear();
         }
     }
 
@@ -788,7 +754,7 @@ class Connection::Impl {
             return;
         }
         auto* consumer = consumer_on(ack.channel);
-        if (consumer != nullptr && consumer->unsettled.mark(ack.delivery_tag, Unsettled::State::acked)) {
+        if (consumer != nullptr && consumer->unsettled.mark(ack.delivery_tag, detail::Unsettled::State::acked)) {
             consumer->has_new_acks = true;  // sent, coalesced, at the end of the batch
             return;
         }
@@ -800,7 +766,7 @@ class Connection::Impl {
             return;
         }
         if (auto* consumer = consumer_on(reject.channel)) {
-            (void)consumer->unsettled.mark(reject.delivery_tag, Unsettled::State::settled);
+            (void)consumer->unsettled.mark(reject.delivery_tag, detail::Unsettled::State::settled);
             consumer->has_new_acks = true;  // a rejected head may let acked tags behind it go out
         }
         sent(amqp_basic_reject(conn_, reject.channel, reject.delivery_tag, reject.requeue ? 1 : 0), "basic.reject");
@@ -942,6 +908,7 @@ class Connection::Impl {
     void close_session() {
         const bool was_connected = connected_;
         connected_ = false;
+        live_session_ = 0;
         consuming_ = false;
         blocked_ = false;
         if (socket_) {
@@ -959,6 +926,7 @@ class Connection::Impl {
             consumer.subscribed = false;
             consumer.unsettled.clear();
             consumer.has_new_acks = false;
+            consumer.batch.clear();
         }
         for (auto& [tag, publish] : std::exchange(outstanding_, {})) {
             complete(std::move(publish.handler), error_code(Errc::connection_lost));
@@ -1096,6 +1064,9 @@ bool Connection::consuming() const noexcept {
 }
 bool Connection::blocked() const noexcept {
     return impl_->blocked_;
+}
+bool Connection::is_current(const Delivery& delivery) const noexcept {
+    return delivery.session == impl_->live_session_;
 }
 std::string Connection::last_error() const {
     return impl_->last_error();

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,6 +30,14 @@ struct WorkerUnderTest {
     }
 };
 
+/// Runs rabbitmqctl against the local node through the stack script.
+inline void rabbitmqctl(const std::vector<std::string>& args) {
+    std::vector<std::string> command{(source_dir() / "deploy/local/services").string(), "rabbitmqctl"};
+    command.insert(command.end(), args.begin(), args.end());
+    auto [status, output] = run_command(command, std::chrono::seconds(60));
+    ASSERT_EQ(status, 0) << output;
+}
+
 /// Each test starts from empty diag queues on the real broker.
 class WorkerTest : public ::testing::Test {
   protected:
@@ -39,17 +48,22 @@ class WorkerTest : public ::testing::Test {
         broker_.purge("conveyor.diag.dlq");
     }
 
-    WorkerUnderTest start_worker(std::vector<std::string> args, const std::string& log_name) {
+    WorkerUnderTest start_worker(std::vector<std::string> args, const std::string& log_name, bool expect_ready = true) {
         static std::uint16_t next_port = 19470;
         const auto port = next_port++;
-        args.insert(args.end(), {"--queues", "diag", "--http-address", "127.0.0.1", "--http-port", std::to_string(port),
-                                 "--amqp-url", amqp_url()});
+        args.insert(args.end(),
+                    {"--queues", "diag", "--http-address", "127.0.0.1", "--http-port", std::to_string(port)});
+        if (std::find(args.begin(), args.end(), "--amqp-url") == args.end()) {
+            args.insert(args.end(), {"--amqp-url", amqp_url()});
+        }
         const auto log = std::filesystem::temp_directory_path() / ("conveyor-" + log_name + ".log");
         WorkerUnderTest worker{std::make_unique<Process>(binary_dir() / "conveyor-worker", args, log), port};
-        const bool ready =
-            eventually([&] { return worker.ready() || !worker.process->running(); }, std::chrono::seconds(30));
-        if (!ready || !worker.process->running()) {
-            ADD_FAILURE() << "worker did not become ready; its log:\n" << worker.process->log();
+        if (expect_ready) {
+            const bool ready =
+                eventually([&] { return worker.ready() || !worker.process->running(); }, std::chrono::seconds(30));
+            if (!ready || !worker.process->running()) {
+                ADD_FAILURE() << "worker did not become ready; its log:\n" << worker.process->log();
+            }
         }
         return worker;
     }

@@ -107,8 +107,14 @@ TEST_F(WorkerTest, MalformedMessagesAreDeadLetteredWithTheirReasonWhileWorkConti
 
 TEST_F(WorkerTest, AJobInFlightWhenTheWorkerIsKilledIsRedeliveredToASecondWorker) {
     auto first = start_worker({}, "killed-first");
-    broker_.publish(Broker::job("diag.sleep", R"({"ms": 1500})", "survivor"));
-    ASSERT_TRUE(eventually([&] { return first.metric("conveyor_jobs_in_flight") == 1; }, 10s));
+    broker_.publish(Broker::job("diag.sleep", R"({"ms": 3000})", "survivor"));
+    // Jobs delivered after it finish first: acknowledging them must not acknowledge the survivor too.
+    for (int i = 0; i < 50; ++i) {
+        broker_.publish(Broker::job("diag.noop", "{}"));
+    }
+    ASSERT_TRUE(
+        eventually([&] { return first.succeeded() == 50 && first.metric("conveyor_jobs_in_flight") == 1; }, 10s));
+    std::this_thread::sleep_for(200ms);  // let the acks reach the broker
     first.process->signal(SIGKILL);
     ASSERT_EQ(first.process->wait(10s), 128 + SIGKILL);
 

@@ -327,7 +327,11 @@ std::vector<amqp::Delivery> Broker::take(const std::string& queue, std::size_t c
         const auto deadline = steady_clock::now() + timeout;
         asio::steady_timer timer(co_await asio::this_coro::executor);
         while (result.size() < count && steady_clock::now() < deadline) {
-            if (deliveries.try_receive([&](error_code, amqp::Delivery d) { result.push_back(std::move(d)); })) {
+            if (deliveries.try_receive([&](error_code, amqp::DeliveryBatch batch) {
+                    for (auto& delivery : batch) {
+                        result.push_back(std::move(delivery));
+                    }
+                })) {
                 continue;
             }
             timer.expires_after(milliseconds(20));

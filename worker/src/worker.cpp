@@ -88,7 +88,8 @@ class Worker::Impl {
           settings_(std::move(settings)),
           registry_(registry),
           metrics_(*prometheus_, settings_.families, registry_),
-          deliveries_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
+          batches_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
+          jobs_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
           finished_(io_, settings_.concurrency),
           shutdown_requests_(io_, 1),
           consumer_(connection_settings(settings_, "consumer", metrics_.consumer_observer),
@@ -102,17 +103,21 @@ class Worker::Impl {
         serve_http();
         for (const auto& family : settings_.families) {
             consumer_.add_consumer({topology::queue_name(family), static_cast<std::uint16_t>(settings_.prefetch)},
-                                   deliveries_);
+                                   batches_);
         }
         consumer_.start();
         publisher_.start();
+        asio::co_spawn(io_, dispatch(), log_failure("delivery dispatcher"));
         slots_.reserve(settings_.concurrency);
         for (unsigned i = 0; i < settings_.concurrency; ++i) {
             auto& slot = *slots_.emplace_back(std::make_unique<Slot>(io_));
-            asio::co_spawn(slot.strand, work(slot), [this](const std::exception_ptr& error) {
-                log_failure("worker coroutine")(error);
-                finished_.try_send(error_code{});
-            });
+            // The slot's signal cancels whatever the coroutine awaits: the running job, at its deadline or when the
+            // shutdown's grace period is over.
+            asio::co_spawn(slot.strand, work(slot),
+                           asio::bind_cancellation_slot(slot.cancel.slot(), [this](const std::exception_ptr& error) {
+                               log_failure("worker coroutine")(error);
+                               finished_.try_send(error_code{});
+                           }));
             asio::co_spawn(slot.strand, watch(slot), log_failure("job watchdog"));
         }
         spdlog::info("worker {} started: queues {}, concurrency {}, prefetch {}, {} threads, job timeout {} ms",
@@ -153,13 +158,11 @@ class Worker::Impl {
         draining_ = true;
         spdlog::info("shutdown: cancelling consumers; jobs in flight get {} ms", settings_.shutdown_grace.count());
         co_await consumer_.async_cancel_consumers(asio::as_tuple(asio::use_awaitable));
-        // Deliveries that arrived before the cancel was confirmed but have not started go straight back.
-        while (deliveries_.try_receive([this](error_code, amqp::Delivery delivery) {
-            consumer_.reject(delivery, true);
-            ++stats_.requeued;
-        })) {
+        // Deliveries that arrived before the cancel was confirmed but have not started go straight back; closing
+        // the batch channel makes the dispatcher return the rest and close the job channel, which ends the slots.
+        while (batches_.try_receive([this](error_code, amqp::DeliveryBatch batch) { requeue(batch); })) {
         }
-        deliveries_.close();
+        batches_.close();
 
         std::size_t finished = 0;
         auto wait_for_slots = [&]() -> asio::awaitable<void> {
@@ -187,14 +190,51 @@ class Worker::Impl {
         }
     }
 
+    void requeue(const amqp::DeliveryBatch& batch) {
+        for (const auto& delivery : batch) {
+            consumer_.reject(delivery, true);
+            ++stats_.requeued;
+        }
+    }
+
+    /// Fans each batch from the connection thread out to the slots. Running on the worker's own threads, it
+    /// wakes slots without system calls; only the batch itself crossed threads.
+    asio::awaitable<void> dispatch() {
+        while (true) {
+            auto [error, batch] = co_await batches_.async_receive(asio::as_tuple(asio::use_awaitable));
+            if (error) {
+                break;  // closed at shutdown
+            }
+            for (auto& delivery : batch) {
+                if (!jobs_.try_send(error_code{}, std::move(delivery))) {
+                    co_await jobs_.async_send(error_code{}, std::move(delivery), asio::as_tuple(asio::use_awaitable));
+                }
+            }
+        }
+        while (jobs_.try_receive([this](error_code, amqp::Delivery delivery) {
+            consumer_.reject(delivery, true);
+            ++stats_.requeued;
+        })) {
+        }
+        jobs_.close();
+    }
+
     asio::awaitable<void> work(Slot& slot) {
         simdjson::dom::parser parser;
         while (true) {
-            auto [error, delivery] = co_await deliveries_.async_receive(asio::as_tuple(asio::use_awaitable));
+            auto [error, delivery] = co_await jobs_.async_receive(asio::as_tuple(asio::use_awaitable));
+            if (error == asio::error::operation_aborted && !aborting_) {
+                // A deadline that fired just as its job ended can land here; it was meant for that job.
+                co_await asio::this_coro::reset_cancellation_state();
+                continue;
+            }
             if (error) {
                 slot.closed = true;  // the channel closed at shutdown
                 slot.deadline.cancel();
                 co_return;
+            }
+            if (!consumer_.is_current(delivery)) {
+                continue;  // its connection dropped, so the broker has requeued it already
             }
             if (draining_) {
                 consumer_.reject(delivery, true);
@@ -252,8 +292,8 @@ class Worker::Impl {
             context.log().debug("redelivered; running again");
         }
 
-        // The handler runs as a child coroutine bound to the slot's cancellation signal, which the slot's
-        // watchdog emits at the deadline and the shutdown emits when its grace period is over.
+        // The watchdog emits the slot's cancellation signal at the deadline; the shutdown does when its grace
+        // period is over. Either way the handler's pending operation fails with operation_aborted.
         slot.timed_out = false;
         slot.job_deadline = started + timeout;
         if (*slot.job_deadline < slot.armed_until) {
@@ -262,13 +302,13 @@ class Worker::Impl {
         std::optional<Outcome> outcome;
         std::string failure;
         try {
-            outcome = co_await asio::co_spawn(slot.strand, definition->handler(context),
-                                              asio::bind_cancellation_slot(slot.cancel.slot(), asio::use_awaitable));
+            outcome = co_await definition->handler(context);
         } catch (const std::exception& e) {
             failure = e.what();
         }
         slot.job_deadline.reset();
-        slot.cancel.slot().clear();
+        // A cancelled coroutine fails every later wait at once; what follows (dead-lettering) must still run.
+        co_await asio::this_coro::reset_cancellation_state();
         if (!outcome && !slot.timed_out && aborting_) {
             in_flight.Decrement();
             context.log().warn("cancelled at shutdown; requeued");
@@ -352,7 +392,8 @@ class Worker::Impl {
     EnvelopeLimits limits_;
     std::shared_ptr<prometheus::Registry> prometheus_ = std::make_shared<prometheus::Registry>();
     WorkerMetrics metrics_;
-    amqp::DeliveryChannel deliveries_;
+    amqp::DeliveryChannel batches_;
+    asio::experimental::concurrent_channel<void(error_code, amqp::Delivery)> jobs_;
     asio::experimental::concurrent_channel<void(error_code)> finished_;
     asio::experimental::concurrent_channel<void(error_code)> shutdown_requests_;
     amqp::Connection consumer_;

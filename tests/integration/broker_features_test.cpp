@@ -1,0 +1,75 @@
+#include <cstdlib>
+
+#include "worker_fixture.hpp"
+
+namespace conveyor::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string required_env(const char* name) {
+    const char* value = std::getenv(name);
+    if (value == nullptr || *value == '\0') {
+        ADD_FAILURE() << name << " is not set; start the stack with `eval \"$(deploy/local/services start)\"`";
+        return {};
+    }
+    return value;
+}
+
+TEST_F(WorkerTest, RunsJobsOverTlsWithTheBrokersCertificateVerified) {
+    const auto url = required_env("CONVEYOR_AMQPS_URL");
+    const auto ca = required_env("CONVEYOR_AMQP_CA_FILE");
+    ASSERT_FALSE(url.empty() || ca.empty());
+    auto worker = start_worker({"--amqp-url", url, "--amqp-ca-file", ca}, "tls");
+    broker_.publish(Broker::job("diag.noop", "{}"));
+    ASSERT_TRUE(eventually([&] { return worker.succeeded() == 1; }, 20s)) << worker.process->log();
+    EXPECT_NE(worker.process->log().find("connected to amqps://guest:***@localhost:5671"), std::string::npos)
+        << worker.process->log();
+}
+
+TEST_F(WorkerTest, RefusesABrokerCertificateItsCaDidNotSign) {
+    const auto url = required_env("CONVEYOR_AMQPS_URL");
+    ASSERT_FALSE(url.empty());
+    // A real CA bundle, but not the one that signed the local broker's certificate.
+    auto worker = start_worker({"--amqp-url", url, "--amqp-ca-file", "/etc/ssl/certs/ca-certificates.crt"},
+                               "tls-untrusted", false);
+    ASSERT_TRUE(eventually(
+        [&] { return worker.process->log().find("SSL peer cert verification failed") != std::string::npos; }, 20s))
+        << worker.process->log();
+    EXPECT_FALSE(worker.ready());
+    auto readiness = http_get(worker.port, "/readyz");
+    ASSERT_TRUE(readiness.has_value());
+    EXPECT_EQ(readiness->first, 503U);
+}
+
+/// Puts the broker under a memory alarm for the scope, so it blocks publishing connections.
+class MemoryAlarm {
+  public:
+    MemoryAlarm() { rabbitmqctl({"set_vm_memory_high_watermark", "0"}); }
+    ~MemoryAlarm() { lift(); }
+    void lift() {
+        if (!lifted_) {
+            lifted_ = true;
+            rabbitmqctl({"set_vm_memory_high_watermark", "0.4"});
+        }
+    }
+
+  private:
+    bool lifted_ = false;
+};
+
+TEST_F(WorkerTest, PublishesWaitWhileTheBrokerBlocksThemAndCompleteAfterwards) {
+    MemoryAlarm alarm;
+    const auto log = std::filesystem::temp_directory_path() / "conveyor-blocked-enqueue.log";
+    Process enqueue(binary_dir() / "conveyor", {"--amqp-url", amqp_url(), "enqueue", "diag.noop", "--count", "5"}, log);
+    std::this_thread::sleep_for(3s);
+    EXPECT_TRUE(enqueue.running()) << "enqueue should wait while publishing is blocked:\n" << enqueue.log();
+    alarm.lift();
+    const auto status = enqueue.wait(60s);
+    ASSERT_TRUE(status.has_value()) << "enqueue still waiting after the alarm cleared:\n" << enqueue.log();
+    EXPECT_EQ(*status, 0) << enqueue.log();
+    EXPECT_EQ(broker_.ready("conveyor.diag"), 5U);
+}
+
+}  // namespace
+}  // namespace conveyor::testing
