@@ -794,10 +794,15 @@ class Connection::Impl {
             complete(std::move(publish.handler), error_code(stopping_ ? Errc::stopped : Errc::connection_failed));
             return;
         }
+        // Behind earlier waiting publishes, so that they keep their order.
         if (!connected_ || blocked_ || !waiting_.empty()) {
             waiting_.emplace_back(std::move(publish));
             return;
         }
+        publish_now(publish);
+    }
+
+    void publish_now(PublishCommand& publish) {
         const auto& message = publish.message;
         codec::EncodedProperties properties(message.properties);
         const int status =
@@ -944,7 +949,11 @@ class Connection::Impl {
         while (!waiting_.empty() && connected_ && !blocked_ && !session_error_) {
             auto command = std::move(waiting_.front());
             waiting_.pop_front();
-            std::visit([this](auto& c) { execute(c); }, command);
+            if (auto* publish = std::get_if<PublishCommand>(&command)) {
+                publish_now(*publish);  // execute() would queue it again behind the others
+            } else {
+                std::visit([this](auto& c) { execute(c); }, command);
+            }
         }
     }
 

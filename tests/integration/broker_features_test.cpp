@@ -61,14 +61,16 @@ class MemoryAlarm {
 TEST_F(WorkerTest, PublishesWaitWhileTheBrokerBlocksThemAndCompleteAfterwards) {
     MemoryAlarm alarm;
     const auto log = std::filesystem::temp_directory_path() / "conveyor-blocked-enqueue.log";
-    Process enqueue(binary_dir() / "conveyor", {"--amqp-url", amqp_url(), "enqueue", "diag.noop", "--count", "5"}, log);
-    std::this_thread::sleep_for(3s);
+    // Paced, so that most publishes are issued after the broker said it blocks them: they must wait in order.
+    Process enqueue(binary_dir() / "conveyor",
+                    {"--amqp-url", amqp_url(), "enqueue", "diag.noop", "--count", "20", "--rate", "10"}, log);
+    std::this_thread::sleep_for(4s);
     EXPECT_TRUE(enqueue.running()) << "enqueue should wait while publishing is blocked:\n" << enqueue.log();
     alarm.lift();
     const auto status = enqueue.wait(60s);
     ASSERT_TRUE(status.has_value()) << "enqueue still waiting after the alarm cleared:\n" << enqueue.log();
     EXPECT_EQ(*status, 0) << enqueue.log();
-    EXPECT_EQ(broker_.ready("conveyor.diag"), 5U);
+    EXPECT_EQ(broker_.ready("conveyor.diag"), 20U);
 }
 
 }  // namespace

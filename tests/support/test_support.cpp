@@ -276,7 +276,7 @@ amqp::Message Broker::job(const std::string& type, const std::string& body, std:
     return message;
 }
 
-std::uint32_t Broker::ready(const std::string& queue) {
+amqp::QueueCounts Broker::counts(const std::string& queue) {
     auto& connection = *impl_->connection_;
     const auto [error, counts] = impl_->run([&]() -> asio::awaitable<std::pair<error_code, amqp::QueueCounts>> {
         auto [e, c] = co_await connection.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
@@ -285,19 +285,11 @@ std::uint32_t Broker::ready(const std::string& queue) {
     if (error) {
         throw std::runtime_error(fmt::format("queue counts of {}: {}", queue, error.message()));
     }
-    return counts.messages;
+    return counts;
 }
 
-std::uint32_t Broker::consumers(const std::string& queue) {
-    auto& connection = *impl_->connection_;
-    const auto [error, counts] = impl_->run([&]() -> asio::awaitable<std::pair<error_code, amqp::QueueCounts>> {
-        auto [e, c] = co_await connection.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
-        co_return std::pair{e, c};
-    }());
-    if (error) {
-        throw std::runtime_error(fmt::format("queue counts of {}: {}", queue, error.message()));
-    }
-    return counts.consumers;
+std::uint32_t Broker::ready(const std::string& queue) {
+    return counts(queue).messages;
 }
 
 void Broker::purge(const std::string& queue) {

@@ -71,8 +71,9 @@ class Broker {
     void publish(amqp::Message message);
     /// A diag job as the wire contract describes it, with a fresh id unless given.
     static amqp::Message job(const std::string& type, const std::string& body, std::string job_id = {});
+    amqp::QueueCounts counts(const std::string& queue);
+    /// Ready (not unacknowledged) messages of a queue.
     std::uint32_t ready(const std::string& queue);
-    std::uint32_t consumers(const std::string& queue);
     void purge(const std::string& queue);
     /// Takes up to `count` messages off a queue (acknowledging them), waiting at most `timeout`.
     std::vector<amqp::Delivery> take(const std::string& queue, std::size_t count, std::chrono::milliseconds timeout);

@@ -16,21 +16,7 @@
 namespace conveyor::cli {
 namespace asio = boost::asio;
 
-amqp::ConnectionSettings cli_connection_settings(const CommonOptions& common, std::string name) {
-    amqp::ConnectionSettings settings;
-    settings.url = amqp::Url::parse(common.amqp_url);
-    settings.name = std::move(name);
-    settings.tls_ca_file = common.amqp_ca_file;
-    settings.connect_timeout = std::chrono::seconds(5);
-    settings.max_connect_attempts = 3;
-    return settings;
-}
-
-namespace {
-
-/// Runs `body` on a fresh io_context after the connection is ready; returns its exit code.
-template <typename Body>
-int with_connection(amqp::Connection& connection, std::string_view command, Body body) {
+int with_connection(amqp::Connection& connection, std::string_view command, const ConnectedBody& body) {
     asio::io_context io;
     connection.start();
     int exit_code = kOk;
@@ -44,7 +30,7 @@ int with_connection(amqp::Connection& connection, std::string_view command, Body
                 exit_code = kUnavailable;
                 co_return;
             }
-            exit_code = co_await body();
+            exit_code = co_await body(io);
         },
         log_failure(std::string(command)));
     io.run();
@@ -52,11 +38,23 @@ int with_connection(amqp::Connection& connection, std::string_view command, Body
     return exit_code;
 }
 
+amqp::ConnectionSettings cli_connection_settings(const CommonOptions& common, std::string name) {
+    amqp::ConnectionSettings settings;
+    settings.url = amqp::Url::parse(common.amqp_url);
+    settings.name = std::move(name);
+    settings.tls_ca_file = common.amqp_ca_file;
+    settings.connect_timeout = std::chrono::seconds(5);
+    settings.max_connect_attempts = 3;
+    return settings;
+}
+
+namespace {
+
 int declare_topology(const CommonOptions& common, const std::string& families_list) {
     const auto families = topology::parse_families(families_list);
     const auto topology = topology::job_topology(families);
     amqp::Connection connection(cli_connection_settings(common, "conveyor topology"), topology);
-    return with_connection(connection, "topology declare", [&]() -> asio::awaitable<int> {
+    return with_connection(connection, "topology declare", [&](asio::io_context&) -> asio::awaitable<int> {
         for (const auto& exchange : topology.exchanges) {
             std::cout << fmt::format("exchange {} ({})\n", exchange.name, exchange.type);
         }
@@ -74,7 +72,7 @@ int declare_topology(const CommonOptions& common, const std::string& families_li
 int show_queues(const CommonOptions& common, const std::string& families_list, bool json) {
     const auto families = topology::parse_families(families_list);
     amqp::Connection connection(cli_connection_settings(common, "conveyor queues"), {});
-    return with_connection(connection, "queues", [&]() -> asio::awaitable<int> {
+    return with_connection(connection, "queues", [&](asio::io_context&) -> asio::awaitable<int> {
         int exit_code = kOk;
         if (!json) {
             std::cout << fmt::format("{:<28} {:>10} {:>10}\n", "QUEUE", "READY", "CONSUMERS");

@@ -1,7 +1,11 @@
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 
 #include "conveyor/core/amqp.hpp"
 
@@ -26,6 +30,13 @@ struct EnqueueOptions {
 
 /// The settings a short-lived CLI connection uses: a few quick attempts, then a clear failure.
 [[nodiscard]] amqp::ConnectionSettings cli_connection_settings(const CommonOptions& common, std::string name);
+
+/// What a command does once connected: may spawn more work on the io_context; returns the exit code.
+using ConnectedBody = std::function<boost::asio::awaitable<int>(boost::asio::io_context&)>;
+
+/// Starts the connection, runs `body` once it is ready (or reports that the broker is unreachable), runs the
+/// io_context until all work is done, stops the connection and returns the exit code.
+int with_connection(amqp::Connection& connection, std::string_view command, const ConnectedBody& body);
 
 int enqueue(const CommonOptions& common, const EnqueueOptions& options);
 

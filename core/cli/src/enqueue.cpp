@@ -139,10 +139,7 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
         return kUsage;
     }
 
-    asio::io_context io;
     amqp::Connection connection(cli_connection_settings(common, "conveyor enqueue"), {});
-    connection.start();
-
     Run run{options, connection, {}, {}, Clock::now(), 0, 0, 0, {}, {}};
     run.properties.content_type = "application/json";
     run.properties.delivery_mode = 2;
@@ -151,29 +148,17 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
         run.ids.resize(options.count);
     }
 
-    int exit_code = kOk;
-    asio::co_spawn(
-        io,
-        [&]() -> asio::awaitable<void> {
-            auto [error] = co_await connection.async_wait_ready(asio::as_tuple(asio::use_awaitable));
-            if (error) {
-                std::cerr << fmt::format("conveyor enqueue: cannot reach the broker: {}\n", connection.last_error());
-                exit_code = kUnavailable;
-                co_return;
-            }
-            run.started = Clock::now();
-            const bool show_progress = options.progress && options.count >= kProgressThreshold;
-            if (show_progress) {
-                asio::co_spawn(io, report_progress(run, isatty(STDERR_FILENO) != 0), log_failure("progress"));
-            }
-            const auto publishers = std::min<std::uint64_t>(options.window, options.count);
-            for (std::uint64_t i = 0; i < publishers; ++i) {
-                asio::co_spawn(io, publisher(run), log_failure("publisher"));
-            }
-        },
-        log_failure("enqueue"));
-    io.run();
-    connection.stop();
+    const int exit_code = with_connection(connection, "enqueue", [&](asio::io_context& io) -> asio::awaitable<int> {
+        run.started = Clock::now();
+        if (options.progress && options.count >= kProgressThreshold) {
+            asio::co_spawn(io, report_progress(run, isatty(STDERR_FILENO) != 0), log_failure("progress"));
+        }
+        const auto publishers = std::min<std::uint64_t>(options.window, options.count);
+        for (std::uint64_t i = 0; i < publishers; ++i) {
+            asio::co_spawn(io, publisher(run), log_failure("publisher"));
+        }
+        co_return kOk;
+    });
     if (exit_code != kOk) {
         return exit_code;
     }
