@@ -42,6 +42,6 @@ class EncodedProperties {
 };
 
 [[nodiscard]] Headers decode_table(const amqp_table_t& table);
-[[nodiscard]] Properties decode_properties(const amqp_basic_properties_t& properties);
+[[nodiscard]] Properties decode_properties(const amqp_basic_properties_t& in);
 
 }  // namespace conveyor::amqp::codec

@@ -54,22 +54,27 @@ asio::awaitable<Outcome> fail(JobContext& context) {
     std::string error;
     const auto times = integer_field(context.payload(), "times", error).value_or(1);
     if (!error.empty()) {
-        co_return DeadLetter{"invalid_payload", error};
+        Outcome invalid = DeadLetter{"invalid_payload", error};
+        co_return invalid;
     }
     bool permanent = false;
     if (auto field = context.payload()["permanent"]; field.error() != simdjson::NO_SUCH_FIELD) {
         if (field.get(permanent) != simdjson::SUCCESS) {
-            co_return DeadLetter{"invalid_payload", "'permanent' must be a boolean"};
+            Outcome invalid = DeadLetter{"invalid_payload", "'permanent' must be a boolean"};
+            co_return invalid;
         }
     }
     if (context.attempt() > times) {
         co_return Success{};
     }
     auto reason = fmt::format("diag.fail: failing attempt {} of {}", context.attempt(), times);
+    Outcome failure;
     if (permanent) {
-        co_return DeadLetter{"permanent_failure", std::move(reason)};
+        failure = DeadLetter{"permanent_failure", std::move(reason)};
+    } else {
+        failure = Retry{std::chrono::milliseconds(0), std::move(reason)};
     }
-    co_return Retry{std::chrono::milliseconds(0), std::move(reason)};
+    co_return failure;
 }
 
 }  // namespace

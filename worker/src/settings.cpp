@@ -13,16 +13,15 @@ namespace {
 
 /// CLI11 validator that accepts what parse_duration accepts.
 CLI::Validator duration_validator() {
-    return CLI::Validator(
-        [](std::string& value) -> std::string {
-            try {
-                (void)parse_duration(value);
-                return {};
-            } catch (const std::invalid_argument& e) {
-                return e.what();
-            }
-        },
-        "DURATION");
+    return {[](std::string& value) -> std::string {
+                try {
+                    (void)parse_duration(value);
+                    return {};
+                } catch (const std::invalid_argument& e) {
+                    return e.what();
+                }
+            },
+            "DURATION"};
 }
 
 }  // namespace

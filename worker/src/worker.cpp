@@ -160,7 +160,7 @@ class Worker::Impl {
         co_await consumer_.async_cancel_consumers(asio::as_tuple(asio::use_awaitable));
         // Deliveries that arrived before the cancel was confirmed but have not started go straight back; closing
         // the batch channel makes the dispatcher return the rest and close the job channel, which ends the slots.
-        while (batches_.try_receive([this](error_code, amqp::DeliveryBatch batch) { requeue(batch); })) {
+        while (batches_.try_receive([this](error_code, const amqp::DeliveryBatch& batch) { requeue(batch); })) {
         }
         batches_.close();
 
@@ -206,12 +206,14 @@ class Worker::Impl {
                 break;  // closed at shutdown
             }
             for (auto& delivery : batch) {
+                // try_send moves the delivery only when it succeeds.
                 if (!jobs_.try_send(error_code{}, std::move(delivery))) {
-                    co_await jobs_.async_send(error_code{}, std::move(delivery), asio::as_tuple(asio::use_awaitable));
+                    co_await jobs_.async_send(error_code{}, std::move(delivery),  // NOLINT(bugprone-use-after-move)
+                                              asio::as_tuple(asio::use_awaitable));
                 }
             }
         }
-        while (jobs_.try_receive([this](error_code, amqp::Delivery delivery) {
+        while (jobs_.try_receive([this](error_code, const amqp::Delivery& delivery) {
             consumer_.reject(delivery, true);
             ++stats_.requeued;
         })) {
@@ -246,7 +248,7 @@ class Worker::Impl {
     }
 
     /// Cancels the slot's job when it passes its deadline.
-    asio::awaitable<void> watch(Slot& slot) {
+    asio::awaitable<void> watch(Slot& slot) const {
         while (!slot.closed) {
             const bool watching = slot.job_deadline && !slot.timed_out;
             slot.armed_until = watching ? *slot.job_deadline : Clock::now() + settings_.job_timeout;

@@ -43,7 +43,7 @@ class InvalidEnvelope : public std::runtime_error {
 
 struct EnvelopeLimits {
     /// Largest accepted body in bytes.
-    std::size_t max_body_bytes = 1024 * 1024;
+    std::size_t max_body_bytes = std::size_t{1024} * 1024;
 };
 
 /// A validated job: its identity from the AMQP properties, its type from the routing key, its payload parsed.

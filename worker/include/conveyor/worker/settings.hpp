@@ -29,7 +29,7 @@ struct WorkerSettings {
     /// After SIGTERM, how long in-flight jobs may run before they are requeued (CONVEYOR_SHUTDOWN_GRACE).
     std::chrono::milliseconds shutdown_grace{30'000};
     /// Largest message body accepted (CONVEYOR_MAX_MESSAGE_BYTES); bigger ones are dead-lettered as too_large.
-    std::size_t max_message_bytes = 1024 * 1024;
+    std::size_t max_message_bytes = std::size_t{1024} * 1024;
     /// Address and port of /healthz, /readyz and /metrics (CONVEYOR_HTTP_ADDRESS, CONVEYOR_HTTP_PORT).
     std::string http_address = "127.0.0.1";
     std::uint16_t http_port = 9464;
