@@ -2,7 +2,10 @@
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #include <fmt/format.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include <atomic>
@@ -13,6 +16,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/system_executor.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <deque>
 #include <map>
@@ -251,21 +255,32 @@ class Connection::Impl {
             leftovers.swap(commands_);
         }
         for (auto& command : leftovers) {
-            fail_command(command, Errc::stopped);
+            fail_from_outside(std::move(command));
         }
+    }
+
+    /// Fails a command on a thread of the system executor: the caller may run on the handler's own executor,
+    /// where completing it would resume the awaiting coroutine inside this call.
+    static void fail_from_outside(Command command) {
+        asio::post(asio::system_executor(),
+                   [command = std::move(command)]() mutable { fail_command(command, Errc::stopped); });
     }
 
     void enqueue(Command command) {
         bool post_drain = false;
+        bool refused = false;
         {
             std::lock_guard lock(commands_mutex_);
-            if (stopped_) {
-                fail_command(command, Errc::stopped);
-                return;
+            refused = stopped_;
+            if (!refused) {
+                commands_.push_back(std::move(command));
+                post_drain = !drain_posted_;
+                drain_posted_ = true;
             }
-            commands_.push_back(std::move(command));
-            post_drain = !drain_posted_;
-            drain_posted_ = true;
+        }
+        if (refused) {
+            fail_from_outside(std::move(command));
+            return;
         }
         if (post_drain) {
             asio::post(io_, [this] { drain_commands(); });
@@ -380,6 +395,7 @@ class Connection::Impl {
             }
         }
 
+        limit_unacknowledged_sends(amqp_get_sockfd(conn_));
         socket_.emplace(io_, amqp_get_sockfd(conn_));
         heartbeat_ = std::chrono::seconds(amqp_get_heartbeat(conn_));
         last_received_ = Clock::now();
@@ -401,6 +417,16 @@ class Connection::Impl {
             complete(std::move(waiter), error_code{});
         }
         flush_waiting();
+    }
+
+    /// rabbitmq-c's writes wait without a deadline; on a half-open connection that could hold this thread (and a
+    /// shutdown joining it) for the kernel's retransmission timeout, some 15 minutes. The kernel gives up sooner.
+    void limit_unacknowledged_sends(int fd) const {
+        const unsigned timeout_ms =
+            static_cast<unsigned>(std::max<std::int64_t>(60, 2 * settings_.heartbeat.count()) * 1000);
+        const int enable = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout_ms, sizeof(timeout_ms));
+        ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &enable, sizeof(enable));
     }
 
     void login() {
@@ -501,7 +527,7 @@ class Connection::Impl {
             const int status = amqp_simple_wait_frame_noblock(conn_, &frame, &no_wait);
             if (status == AMQP_STATUS_TIMEOUT) {
                 hand_over_batches();
-                amqp_maybe_release_buffers(conn_);
+                amqp_maybe_release_buffers(conn_);  // frames are copied out by now; frees rabbitmq-c's pools
                 return false;
             }
             if (status != AMQP_STATUS_OK) {
@@ -514,6 +540,7 @@ class Connection::Impl {
             handle_frame(frame);
         }
         hand_over_batches();
+        amqp_maybe_release_buffers(conn_);
         return true;
     }
 
@@ -601,6 +628,9 @@ class Connection::Impl {
                 }
                 if (std::none_of(consumers_.begin(), consumers_.end(),
                                  [](const Consumer& c) { return c.subscribed; })) {
+                    // Deliveries read before the cancel-ok in this turn must be handed over before the waiters
+                    // learn that no more will come.
+                    hand_over_batches();
                     for (auto& waiter : std::exchange(cancel_waiters_, {})) {
                         complete(std::move(waiter), error_code{});
                     }
@@ -650,12 +680,15 @@ class Connection::Impl {
             spdlog::warn("{}: broker returned an unroutable message (exchange '{}', routing key '{}', id {})",
                          log_prefix_, content.delivery.message.exchange, content.delivery.message.routing_key,
                          content.delivery.message.properties.message_id);
-            returned_.push_back({content.delivery.message.routing_key, content.delivery.message.properties.message_id});
+            returned_.push_back(returned_key(content.delivery.message.exchange, content.delivery.message.routing_key,
+                                             content.delivery.message.properties.message_id));
             return;
         }
         auto* consumer = consumer_on(channel);
         const auto tag = content.delivery.delivery_tag;
-        consumer->unsettled.delivered(tag);
+        if (!consumer->unsettled.delivered(tag)) {
+            throw SessionError(fmt::format("delivery tag {} on channel {} is out of sequence", tag, channel));
+        }
         consumer->batch.push_back(std::move(content.delivery));
     }
 
@@ -690,7 +723,8 @@ class Connection::Impl {
             error_code outcome = result;
             if (!outcome) {
                 const auto returned =
-                    std::find(returned_.begin(), returned_.end(), std::pair{publish.routing_key, publish.message_id});
+                    std::find(returned_.begin(), returned_.end(),
+                              returned_key(publish.exchange, publish.routing_key, publish.message_id));
                 if (returned != returned_.end()) {
                     returned_.erase(returned);
                     outcome = Errc::unroutable;
@@ -979,6 +1013,10 @@ class Connection::Impl {
             command);
     }
 
+    static std::string returned_key(std::string_view exchange, std::string_view routing_key, std::string_view id) {
+        return fmt::format("{}\n{}\n{}", exchange, routing_key, id);
+    }
+
     Consumer* consumer_on(amqp_channel_t channel) {
         if (channel < kFirstConsumerChannel || channel >= kFirstConsumerChannel + consumers_.size()) {
             return nullptr;
@@ -1025,7 +1063,9 @@ class Connection::Impl {
     std::unordered_map<amqp_channel_t, IncomingContent> incoming_;
     std::uint64_t next_publish_tag_ = 0;
     std::map<std::uint64_t, OutstandingPublish> outstanding_;
-    std::vector<std::pair<std::string, std::string>> returned_;
+    /// basic.return carries no delivery tag; RabbitMQ sends it just before the confirm of the same publish, which
+    /// is matched by exchange, routing key and message id.
+    std::vector<std::string> returned_;
     std::deque<Command> waiting_;
     std::vector<PendingError> cancel_waiters_;
     std::vector<PendingError> ready_waiters_;

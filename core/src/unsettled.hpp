@@ -13,14 +13,17 @@ class Unsettled {
   public:
     enum class State : std::uint8_t { pending, acked, settled };
 
-    void delivered(std::uint64_t tag) {
-        if (states_.empty() || tag != first_tag_ + states_.size()) {
-            // Not the next tag (first delivery of a session, or a gap): start tracking afresh from here; the
-            // acks of tags dropped from tracking go out one by one.
-            states_.clear();
+    /// Records the next delivery; false if its tag is not the next one, which the protocol rules out (a
+    /// multiple=true ack would then be unsafe, so the caller must end the session).
+    [[nodiscard]] bool delivered(std::uint64_t tag) {
+        if (!started_) {
+            started_ = true;
             first_tag_ = tag;
+        } else if (tag != first_tag_ + states_.size()) {
+            return false;
         }
         states_.push_back(State::pending);
+        return true;
     }
 
     /// Marks a tag; false if it is not tracked (the caller then settles it on its own).
@@ -56,14 +59,18 @@ class Unsettled {
         return highest_acked;
     }
 
+    /// Forgets everything, for a new session (whose tags start again).
     void clear() {
         states_.clear();
         acked_.clear();
+        started_ = false;
+        first_tag_ = 0;
     }
 
   private:
     std::deque<State> states_;
     std::uint64_t first_tag_ = 0;
+    bool started_ = false;
     std::vector<std::uint64_t> acked_;  ///< acked since the last take_settled_prefix
 };
 

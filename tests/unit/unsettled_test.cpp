@@ -10,7 +10,7 @@ using State = Unsettled::State;
 TEST(Unsettled, AContiguousAckedPrefixGoesOutAsOneMultipleAck) {
     Unsettled unsettled;
     for (std::uint64_t tag = 1; tag <= 5; ++tag) {
-        unsettled.delivered(tag);
+        ASSERT_TRUE(unsettled.delivered(tag));
     }
     ASSERT_TRUE(unsettled.mark(2, State::acked));
     ASSERT_TRUE(unsettled.mark(1, State::acked));
@@ -23,7 +23,7 @@ TEST(Unsettled, AContiguousAckedPrefixGoesOutAsOneMultipleAck) {
 TEST(Unsettled, NeverAcksPastAJobStillRunning) {
     Unsettled unsettled;
     for (std::uint64_t tag = 1; tag <= 4; ++tag) {
-        unsettled.delivered(tag);
+        ASSERT_TRUE(unsettled.delivered(tag));
     }
     // Tag 1 is a long job still running; 2..4 finished.
     ASSERT_TRUE(unsettled.mark(2, State::acked));
@@ -42,29 +42,31 @@ TEST(Unsettled, NeverAcksPastAJobStillRunning) {
 TEST(Unsettled, ARejectedTagIsNeverTheTargetOfAMultipleAck) {
     Unsettled unsettled;
     for (std::uint64_t tag = 10; tag <= 12; ++tag) {
-        unsettled.delivered(tag);
+        ASSERT_TRUE(unsettled.delivered(tag));
     }
     ASSERT_TRUE(unsettled.mark(10, State::acked));
     ASSERT_TRUE(unsettled.mark(11, State::acked));
     ASSERT_TRUE(unsettled.mark(12, State::settled));
     std::vector<std::uint64_t> stragglers;
     EXPECT_EQ(unsettled.take_settled_prefix(stragglers), 11U);
-    unsettled.delivered(13);
+    ASSERT_TRUE(unsettled.delivered(13));
     ASSERT_TRUE(unsettled.mark(13, State::acked));
     EXPECT_EQ(unsettled.take_settled_prefix(stragglers), 13U);
 }
 
-TEST(Unsettled, UnknownTagsAreLeftToTheCaller) {
+TEST(Unsettled, UnknownTagsAreLeftToTheCallerAndAGapIsRefused) {
     Unsettled unsettled;
-    unsettled.delivered(5);
+    ASSERT_TRUE(unsettled.delivered(5));
     EXPECT_FALSE(unsettled.mark(4, State::acked));
     EXPECT_FALSE(unsettled.mark(6, State::acked));
-    // A gap restarts tracking; the tags before it are then settled one by one by the caller.
-    unsettled.delivered(9);
-    EXPECT_FALSE(unsettled.mark(5, State::acked));
-    EXPECT_TRUE(unsettled.mark(9, State::acked));
+    // A multiple=true ack past a gap could cover deliveries still running: the connection must give up instead.
+    EXPECT_FALSE(unsettled.delivered(9));
+    ASSERT_TRUE(unsettled.delivered(6));
+    // A new session starts its tags again.
     unsettled.clear();
-    EXPECT_FALSE(unsettled.mark(9, State::acked));
+    EXPECT_FALSE(unsettled.mark(5, State::acked));
+    ASSERT_TRUE(unsettled.delivered(1));
+    EXPECT_TRUE(unsettled.mark(1, State::acked));
 }
 
 }  // namespace

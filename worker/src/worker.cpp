@@ -222,18 +222,32 @@ class Worker::Impl {
     }
 
     asio::awaitable<void> work(Slot& slot) {
+        try {
+            co_await serve_jobs(slot);
+        } catch (...) {
+            close(slot);
+            throw;
+        }
+        close(slot);
+    }
+
+    static void close(Slot& slot) {
+        slot.closed = true;  // ends the watchdog
+        slot.deadline.cancel();
+    }
+
+    asio::awaitable<void> serve_jobs(Slot& slot) {
         simdjson::dom::parser parser;
         while (true) {
+            // A cancellation is meant for the job it interrupted (or one that ended as it fired); it must not
+            // fail the waits that follow.
+            co_await asio::this_coro::reset_cancellation_state();
             auto [error, delivery] = co_await jobs_.async_receive(asio::as_tuple(asio::use_awaitable));
             if (error == asio::error::operation_aborted && !aborting_) {
-                // A deadline that fired just as its job ended can land here; it was meant for that job.
-                co_await asio::this_coro::reset_cancellation_state();
                 continue;
             }
             if (error) {
-                slot.closed = true;  // the channel closed at shutdown
-                slot.deadline.cancel();
-                co_return;
+                co_return;  // the channel closed at shutdown
             }
             if (!consumer_.is_current(delivery)) {
                 continue;  // its connection dropped, so the broker has requeued it already
@@ -311,7 +325,10 @@ class Worker::Impl {
         slot.job_deadline.reset();
         // A cancelled coroutine fails every later wait at once; what follows (dead-lettering) must still run.
         co_await asio::this_coro::reset_cancellation_state();
-        if (!outcome && !slot.timed_out && aborting_) {
+        // Interrupted by the shutdown: whatever the handler made of its cancellation, the job goes back to the
+        // queue for another worker, unless it had finished.
+        const bool interrupted = aborting_ && !slot.timed_out;
+        if (interrupted && !(outcome && std::holds_alternative<Success>(*outcome))) {
             in_flight.Decrement();
             context.log().warn("cancelled at shutdown; requeued");
             consumer_.reject(delivery, true);

@@ -82,6 +82,7 @@ prometheus::Gauge& WorkerMetrics::in_flight(const std::string& queue) {
 }
 
 void WorkerMetrics::BrokerObserver::on_connection_state(bool connected) {
+    std::lock_guard lock(metrics_.connections_mutex_);
     metrics_.connections_up_[index_] = connected;
     const bool all_up = metrics_.connections_up_[0] && metrics_.connections_up_[1];
     metrics_.broker_connected_.Set(all_up ? 1 : 0);

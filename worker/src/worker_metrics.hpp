@@ -6,8 +6,8 @@
 #include <prometheus/registry.h>
 
 #include <array>
-#include <atomic>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -60,7 +60,8 @@ class WorkerMetrics {
     prometheus::Family<prometheus::Gauge>& in_flight_;
     prometheus::Gauge& broker_connected_;
     prometheus::Family<prometheus::Histogram>& publish_confirm_;
-    std::array<std::atomic<bool>, 2> connections_up_{};
+    std::mutex connections_mutex_;  ///< both connection threads report; the gauge reflects both flags
+    std::array<bool, 2> connections_up_{};
 
     std::map<std::string, Job, std::less<>> by_type_;
     std::map<std::string, Job, std::less<>> unknown_by_queue_;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -78,7 +79,9 @@ int show_queues(const CommonOptions& common, const std::string& families_list, b
             std::cout << fmt::format("{:<28} {:>10} {:>10}\n", "QUEUE", "READY", "CONSUMERS");
         }
         for (const auto& family : families) {
-            for (const auto& queue : {topology::queue_name(family), topology::dead_letter_queue_name(family)}) {
+            const std::array<std::string, 2> queues{topology::queue_name(family),
+                                                    topology::dead_letter_queue_name(family)};
+            for (const auto& queue : queues) {
                 auto [error, counts] =
                     co_await connection.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
                 if (error == amqp::Errc::not_found) {
