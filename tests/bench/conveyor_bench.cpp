@@ -217,7 +217,11 @@ int main(int argc, char** argv) {
 
     auto* raw = app.add_subcommand("raw", "Raw rabbitmq-c ceiling: publisher + consumer through a quorum queue");
     unsigned prefetch = 500;
+    bool direct = false;
     raw->add_option("--prefetch", prefetch);
+    raw->add_flag("--direct", direct,
+                  "Publish straight to the queue through the default exchange (the broker's cheapest path) and "
+                  "report raw_direct");
 
     auto* purge = app.add_subcommand("purge", "Empty a queue before a run, so leftovers cannot skew it");
     std::string purge_queue;
@@ -250,27 +254,39 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (*raw) {
+            // The same path through the broker as a Conveyor job: a durable topic exchange routing by
+            // "<family>.#" to a quorum queue, so the ratio isolates what the consumer side costs.
+            const std::string exchange = "conveyor.bench";
             const std::string queue = "conveyor.bench.raw";
             {
                 RawConnection setup(url);
+                amqp_exchange_declare(setup.get(), 1, bytes(exchange), bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
+                check(setup.get(), "exchange.declare");
                 amqp_table_entry_t quorum{bytes("x-queue-type"), {AMQP_FIELD_KIND_UTF8, {}}};
                 quorum.value.value.bytes = bytes("quorum");
                 const amqp_table_t arguments{1, &quorum};
                 amqp_queue_declare(setup.get(), 1, bytes(queue), 0, 1, 0, 0, arguments);
                 check(setup.get(), "queue.declare");
+                amqp_queue_bind(setup.get(), 1, bytes(queue), bytes(exchange), bytes("bench.#"), amqp_empty_table);
+                check(setup.get(), "queue.bind");
                 amqp_queue_purge(setup.get(), 1, bytes(queue));
                 check(setup.get(), "queue.purge");
             }
             const auto body = payload_of_size(size);
             const auto started = Clock::now();
             std::thread consumer([&] { consume(url, queue, count, prefetch); });
-            publish(url, "", queue, body, count, window, true);
+            if (direct) {
+                publish(url, "", queue, body, count, window, true);
+            } else {
+                publish(url, exchange, "bench.noop", body, count, window, true);
+            }
             consumer.join();
             const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
             std::cout
                 << fmt::format(
-                       R"({{"name":"raw_ceiling","jobs_per_s":{:.0f},"messages":{},"seconds":{:.2f},"body_bytes":{}}})",
-                       static_cast<double>(count) / seconds, count, seconds, body.size())
+                       R"({{"name":"{}","jobs_per_s":{:.0f},"messages":{},"seconds":{:.2f},"body_bytes":{}}})",
+                       direct ? "raw_direct" : "raw_ceiling", static_cast<double>(count) / seconds, count, seconds,
+                       body.size())
                 << std::endl;
             return 0;
         }
