@@ -45,6 +45,8 @@ constexpr amqp_channel_t kPublishChannel = 2;
 constexpr amqp_channel_t kFirstConsumerChannel = 3;
 constexpr int kFrameMax = 131072;
 constexpr std::size_t kBodyPadding = 64;
+// How long stop() waits for the broker's connection.close-ok; a shutdown must not hang on a stalled broker.
+constexpr std::chrono::milliseconds kCloseTimeout{2000};
 // Frames handled before the read loop yields, so queued acks and publishes are not starved by a busy consumer.
 constexpr int kFramesPerTurn = 512;
 
@@ -238,7 +240,10 @@ class Connection::Impl {
         asio::post(io_, [this] {
             stopping_ = true;
             if (conn_ != nullptr && connected_) {
-                // Graceful close: the broker requeues our unacknowledged deliveries at once.
+                // Graceful close: the broker requeues our unacknowledged deliveries at once. A broker that does
+                // not answer within kCloseTimeout requeues them when the socket closes instead.
+                auto close_timeout = to_timeval(kCloseTimeout);
+                amqp_set_rpc_timeout(conn_, &close_timeout);
                 amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
             }
             fail_session("connection stopped");

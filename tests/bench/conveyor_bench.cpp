@@ -282,12 +282,11 @@ int main(int argc, char** argv) {
             }
             consumer.join();
             const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
-            std::cout
-                << fmt::format(
-                       R"({{"name":"{}","jobs_per_s":{:.0f},"messages":{},"seconds":{:.2f},"body_bytes":{}}})",
-                       direct ? "raw_direct" : "raw_ceiling", static_cast<double>(count) / seconds, count, seconds,
-                       body.size())
-                << std::endl;
+            std::cout << fmt::format(
+                             R"({{"name":"{}","jobs_per_s":{:.0f},"messages":{},"seconds":{:.2f},"body_bytes":{}}})",
+                             direct ? "raw_direct" : "raw_ceiling", static_cast<double>(count) / seconds, count,
+                             seconds, body.size())
+                      << std::endl;
             return 0;
         }
 

@@ -1,4 +1,7 @@
+#include <signal.h>
+
 #include <cstdlib>
+#include <fstream>
 
 #include "worker_fixture.hpp"
 
@@ -71,6 +74,62 @@ TEST_F(WorkerTest, PublishesWaitWhileTheBrokerBlocksThemAndCompleteAfterwards) {
     ASSERT_TRUE(status.has_value()) << "enqueue still waiting after the alarm cleared:\n" << enqueue.log();
     EXPECT_EQ(*status, 0) << enqueue.log();
     EXPECT_EQ(broker_.ready("conveyor.diag"), 20U);
+}
+
+}  // namespace
+}  // namespace conveyor::testing
+
+namespace conveyor::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+/// Freezes the local broker (SIGSTOP) for the scope, as a stalled or partitioned broker would look.
+class FrozenBroker {
+  public:
+    FrozenBroker() {
+        const char* state_dir = std::getenv("CONVEYOR_STATE_DIR");
+        const std::filesystem::path state = state_dir != nullptr ? state_dir : source_dir() / ".state";
+        std::ifstream pid_file(state / "rabbitmq/rabbitmq.pid");
+        pid_file >> pid_;
+        if (pid_ > 0) {
+            ::kill(pid_, SIGSTOP);
+        }
+    }
+    ~FrozenBroker() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGCONT);
+        }
+    }
+    [[nodiscard]] bool frozen() const { return pid_ > 0; }
+
+  private:
+    pid_t pid_ = 0;
+};
+
+TEST_F(WorkerTest, ShutdownStaysBoundedWhenTheBrokerStalls) {
+    auto worker = start_worker({"--concurrency", "10", "--shutdown-grace", "2s"}, "stalled-broker");
+    for (int i = 0; i < 10; ++i) {
+        broker_.publish(Broker::job("diag.sleep", R"({"ms": 20000})"));
+    }
+    ASSERT_TRUE(eventually([&] { return worker.metric("conveyor_jobs_in_flight") == 10; }, 20s));
+    const auto signalled = std::chrono::steady_clock::now();
+    {
+        FrozenBroker frozen;
+        ASSERT_TRUE(frozen.frozen()) << "no pid file for the local broker (deploy/local/services state dir)";
+        worker.process->signal(SIGTERM);
+        const auto status = worker.process->wait(20s);
+        ASSERT_TRUE(status.has_value()) << "the worker hung on the stalled broker:\n" << worker.process->log();
+        EXPECT_EQ(*status, 0) << worker.process->log();
+    }
+    // Grace (2 s) plus a bounded close of each connection; without the bounds this took over 20 s.
+    EXPECT_LT(std::chrono::steady_clock::now() - signalled, 12s);
+    EXPECT_NE(worker.process->log().find("10 requeued"), std::string::npos) << worker.process->log();
+    // Nothing was lost: the broker requeues the unacknowledged jobs once it runs again.
+    Broker after;
+    after.connect();
+    EXPECT_TRUE(eventually([&] { return after.ready("conveyor.diag") == 10; }, 30s))
+        << "ready: " << after.ready("conveyor.diag");
 }
 
 }  // namespace

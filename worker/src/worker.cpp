@@ -31,6 +31,7 @@ constexpr std::size_t kMaxErrorHeaderBytes = 1024;
 // After the grace period the remaining jobs are cancelled; this bounds how long they get to unwind.
 constexpr auto kCancelledJobsUnwind = std::chrono::seconds(5);
 constexpr auto kDeadLetterFailureBackoff = std::chrono::seconds(1);
+constexpr auto kShutdownPoll = std::chrono::milliseconds(10);
 
 std::string utc_timestamp(std::chrono::system_clock::time_point at) {
     const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count();
@@ -90,7 +91,6 @@ class Worker::Impl {
           metrics_(*prometheus_, settings_.families, registry_),
           batches_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
           jobs_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
-          finished_(io_, settings_.concurrency),
           shutdown_requests_(io_, 1),
           consumer_(connection_settings(settings_, "consumer", metrics_.consumer_observer),
                     topology::job_topology(settings_.families)),
@@ -116,7 +116,7 @@ class Worker::Impl {
             asio::co_spawn(slot.strand, work(slot),
                            asio::bind_cancellation_slot(slot.cancel.slot(), [this](const std::exception_ptr& error) {
                                log_failure("worker coroutine")(error);
-                               finished_.try_send(error_code{});
+                               ++finished_slots_;
                            }));
             asio::co_spawn(slot.strand, watch(slot), log_failure("job watchdog"));
         }
@@ -157,37 +157,49 @@ class Worker::Impl {
         const auto grace_deadline = Clock::now() + settings_.shutdown_grace;
         draining_ = true;
         spdlog::info("shutdown: cancelling consumers; jobs in flight get {} ms", settings_.shutdown_grace.count());
-        co_await consumer_.async_cancel_consumers(asio::as_tuple(asio::use_awaitable));
+        // The broker confirms the cancel within a round trip; a stalled one must not eat the grace period, so the
+        // wait for it is bounded by the grace deadline (the connection's close requeues whatever follows).
+        auto cancelled = std::make_shared<asio::experimental::concurrent_channel<void(error_code)>>(io_, 1);
+        consumer_.async_cancel_consumers([cancelled](error_code) { cancelled->try_send(error_code{}); });
+        asio::steady_timer cancel_deadline(co_await asio::this_coro::executor, grace_deadline);
+        const auto confirmed = co_await (cancelled->async_receive(asio::as_tuple(asio::use_awaitable)) ||
+                                         cancel_deadline.async_wait(asio::as_tuple(asio::use_awaitable)));
+        if (confirmed.index() == 1) {
+            spdlog::warn("shutdown: the broker did not confirm the consumer cancel within the grace period");
+        }
         // Deliveries that arrived before the cancel was confirmed but have not started go straight back; closing
         // the batch channel makes the dispatcher return the rest and close the job channel, which ends the slots.
         while (batches_.try_receive([this](error_code, const amqp::DeliveryBatch& batch) { requeue(batch); })) {
         }
         batches_.close();
 
-        std::size_t finished = 0;
-        auto wait_for_slots = [&]() -> asio::awaitable<void> {
-            while (finished < slots_.size()) {
-                co_await finished_.async_receive(asio::use_awaitable);
-                ++finished;
-            }
-        };
-        asio::steady_timer timer(co_await asio::this_coro::executor, grace_deadline);
-        const auto first = co_await (wait_for_slots() || timer.async_wait(asio::use_awaitable));
-        if (first.index() == 0) {
+        if (co_await slots_finished_by(grace_deadline)) {
             co_return;
         }
         spdlog::warn("shutdown: grace period over with {} jobs running; cancelling them for requeue",
-                     slots_.size() - finished);
+                     slots_.size() - finished_slots_);
         aborting_ = true;
         for (auto& slot : slots_) {
             asio::post(slot->strand, [&slot = *slot] { slot.cancel.emit(asio::cancellation_type::terminal); });
         }
-        timer.expires_after(kCancelledJobsUnwind);
-        const auto second = co_await (wait_for_slots() || timer.async_wait(asio::use_awaitable));
-        if (second.index() == 1) {
+        if (!co_await slots_finished_by(Clock::now() + kCancelledJobsUnwind)) {
             spdlog::error("shutdown: {} jobs did not unwind; closing the connection requeues them",
-                          slots_.size() - finished);
+                          slots_.size() - finished_slots_);
         }
+    }
+
+    /// Whether every slot coroutine has ended by the deadline. Polled, only during shutdown: a counter cannot
+    /// lose a wake-up the way a cancelled channel receive can.
+    asio::awaitable<bool> slots_finished_by(Clock::time_point deadline) {
+        asio::steady_timer tick(co_await asio::this_coro::executor);
+        while (finished_slots_ < slots_.size()) {
+            if (Clock::now() >= deadline) {
+                co_return false;
+            }
+            tick.expires_after(kShutdownPoll);
+            co_await tick.async_wait(asio::use_awaitable);
+        }
+        co_return true;
     }
 
     void requeue(const amqp::DeliveryBatch& batch) {
@@ -413,7 +425,7 @@ class Worker::Impl {
     WorkerMetrics metrics_;
     amqp::DeliveryChannel batches_;
     asio::experimental::concurrent_channel<void(error_code, amqp::Delivery)> jobs_;
-    asio::experimental::concurrent_channel<void(error_code)> finished_;
+    std::atomic<std::size_t> finished_slots_{0};
     asio::experimental::concurrent_channel<void(error_code)> shutdown_requests_;
     amqp::Connection consumer_;
     amqp::Connection publisher_;
