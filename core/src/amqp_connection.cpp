@@ -50,6 +50,8 @@ constexpr std::chrono::milliseconds kCloseTimeout{2000};
 // Frames handled before the read loop yields, so queued acks and publishes are not starved by a busy consumer.
 constexpr int kFramesPerTurn = 512;
 
+// Boost's error_category has a non-virtual destructor by design; this final class is only ever a static.
+// NOLINTNEXTLINE(cppcoreguidelines-virtual-class-destructor)
 class ErrorCategory final : public boost::system::error_category {
   public:
     const char* name() const noexcept override { return "conveyor.amqp"; }
@@ -239,7 +241,7 @@ class Connection::Impl {
         }
         asio::post(io_, [this] {
             stopping_ = true;
-            if (conn_ != nullptr && connected_) {
+            if (conn_ != nullptr && connected()) {
                 // Graceful close: the broker requeues our unacknowledged deliveries at once. A broker that does
                 // not answer within kCloseTimeout requeues them when the socket closes instead.
                 auto close_timeout = to_timeval(kCloseTimeout);
@@ -272,28 +274,22 @@ class Connection::Impl {
     }
 
     void enqueue(Command command) {
-        bool post_drain = false;
-        bool refused = false;
-        {
-            std::lock_guard lock(commands_mutex_);
-            refused = stopped_;
-            if (!refused) {
-                commands_.push_back(std::move(command));
-                post_drain = !drain_posted_;
-                drain_posted_ = true;
-            }
-        }
-        if (refused) {
+        std::unique_lock lock(commands_mutex_);
+        if (stopped_) {
+            lock.unlock();
             fail_from_outside(std::move(command));
             return;
         }
+        commands_.push_back(std::move(command));
+        const bool post_drain = !std::exchange(drain_posted_, true);
+        lock.unlock();
         if (post_drain) {
             asio::post(io_, [this] { drain_commands(); });
         }
     }
 
-    std::atomic<bool> connected_{false};
     std::atomic<std::uint64_t> live_session_{0};  ///< session_ while connected, 0 otherwise
+    [[nodiscard]] bool connected() const noexcept { return live_session_ != 0; }
     std::atomic<bool> consuming_{false};
     std::atomic<bool> blocked_{false};
 
@@ -316,7 +312,7 @@ class Connection::Impl {
             } catch (const std::exception& e) {
                 failure = e.what();
             }
-            const bool was_connected = connected_;
+            const bool was_connected = connected();
             close_session();
             if (stopping_) {
                 break;
@@ -408,7 +404,6 @@ class Connection::Impl {
         next_publish_tag_ = 0;
         ++session_;
         live_session_ = session_;
-        connected_ = true;
         consuming_ = !consumers_cancelled_;
         spdlog::info("{}: connected to {} (heartbeat {} s, {} consumers)", log_prefix_, settings_.url.redacted(),
                      heartbeat_.count(), consumers_cancelled_ ? 0 : consumers_.size());
@@ -526,14 +521,14 @@ class Connection::Impl {
 
     /// Handles frames rabbitmq-c has buffered or can read without blocking; true if it stopped with frames left.
     bool process_available_frames() {
+        bool more = true;
         for (int handled = 0; handled < kFramesPerTurn; ++handled) {
             amqp_frame_t frame;
             timeval no_wait{0, 0};
             const int status = amqp_simple_wait_frame_noblock(conn_, &frame, &no_wait);
             if (status == AMQP_STATUS_TIMEOUT) {
-                hand_over_batches();
-                amqp_maybe_release_buffers(conn_);  // frames are copied out by now; frees rabbitmq-c's pools
-                return false;
+                more = false;
+                break;
             }
             if (status != AMQP_STATUS_OK) {
                 throw SessionError(fmt::format("read failed: {}", amqp_error_string2(status)));
@@ -545,8 +540,8 @@ class Connection::Impl {
             handle_frame(frame);
         }
         hand_over_batches();
-        amqp_maybe_release_buffers(conn_);
-        return true;
+        amqp_maybe_release_buffers(conn_);  // frames are copied out by now; frees rabbitmq-c's pools
+        return more;
     }
 
     void handle_frame(const amqp_frame_t& frame) {
@@ -744,10 +739,10 @@ class Connection::Impl {
 
     asio::awaitable<void> heartbeat_loop(std::uint64_t session) {
         // rabbitmq-c only services heartbeats inside its blocking waits, which this client never makes.
-        while (session == session_ && connected_ && !stopping_) {
+        while (session == session_ && connected() && !stopping_) {
             heartbeat_timer_.expires_after(heartbeat_ / 2);
             auto [error] = co_await heartbeat_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-            if (error || session != session_ || !connected_ || stopping_) {
+            if (error || session != session_ || !connected() || stopping_) {
                 co_return;
             }
             const auto now = Clock::now();
@@ -780,7 +775,7 @@ class Connection::Impl {
         }
         send_coalesced_acks();
         // Synchronous calls may have queued incoming frames inside rabbitmq-c, which the socket will not announce.
-        if (conn_ != nullptr && connected_ && !session_error_ &&
+        if (conn_ != nullptr && connected() && !session_error_ &&
             (amqp_frames_enqueued(conn_) != 0 || amqp_data_in_buffer(conn_) != 0)) {
             if (socket_) {
                 socket_->cancel();  // wakes the read loop, which processes them
@@ -789,7 +784,7 @@ class Connection::Impl {
     }
 
     void execute(AckCommand& ack) {
-        if (ack.session != session_ || !connected_) {
+        if (ack.session != session_ || !connected()) {
             return;
         }
         auto* consumer = consumer_on(ack.channel);
@@ -801,7 +796,7 @@ class Connection::Impl {
     }
 
     void execute(RejectCommand& reject) {
-        if (reject.session != session_ || !connected_) {
+        if (reject.session != session_ || !connected()) {
             return;
         }
         if (auto* consumer = consumer_on(reject.channel)) {
@@ -814,7 +809,7 @@ class Connection::Impl {
     void send_coalesced_acks() {
         std::vector<std::uint64_t> stragglers;
         for (auto& consumer : consumers_) {
-            if (!consumer.has_new_acks || !connected_ || session_error_) {
+            if (!consumer.has_new_acks || !connected() || session_error_) {
                 continue;
             }
             consumer.has_new_acks = false;
@@ -834,7 +829,7 @@ class Connection::Impl {
             return;
         }
         // Behind earlier waiting publishes, so that they keep their order.
-        if (!connected_ || blocked_ || !waiting_.empty()) {
+        if (!connected() || blocked_ || !waiting_.empty()) {
             waiting_.emplace_back(std::move(publish));
             return;
         }
@@ -862,7 +857,7 @@ class Connection::Impl {
         consumers_cancelled_ = true;
         consuming_ = false;
         bool any = false;
-        if (connected_) {
+        if (connected()) {
             for (auto& consumer : consumers_) {
                 if (!consumer.subscribed) {
                     continue;
@@ -885,7 +880,7 @@ class Connection::Impl {
                      QueueCounts{});
             return;
         }
-        if (!connected_) {
+        if (!connected()) {
             waiting_.emplace_back(std::move(query));
             return;
         }
@@ -922,7 +917,7 @@ class Connection::Impl {
     }
 
     void execute(WaitReadyCommand& wait) {
-        if (connected_) {
+        if (connected()) {
             complete(std::move(wait.handler), error_code{});
         } else if (gave_up_ || stopping_) {
             complete(std::move(wait.handler), error_code(stopping_ ? Errc::stopped : Errc::connection_failed));
@@ -950,8 +945,7 @@ class Connection::Impl {
     }
 
     void close_session() {
-        const bool was_connected = connected_;
-        connected_ = false;
+        const bool was_connected = connected();
         live_session_ = 0;
         consuming_ = false;
         blocked_ = false;
@@ -985,7 +979,7 @@ class Connection::Impl {
     }
 
     void flush_waiting() {
-        while (!waiting_.empty() && connected_ && !blocked_ && !session_error_) {
+        while (!waiting_.empty() && connected() && !blocked_ && !session_error_) {
             auto command = std::move(waiting_.front());
             waiting_.pop_front();
             if (auto* publish = std::get_if<PublishCommand>(&command)) {
@@ -1111,7 +1105,7 @@ void Connection::stop() {
     impl_->stop();
 }
 bool Connection::connected() const noexcept {
-    return impl_->connected_;
+    return impl_->connected();
 }
 bool Connection::consuming() const noexcept {
     return impl_->consuming_;

@@ -109,9 +109,7 @@ class FrozenBroker {
 
 TEST_F(WorkerTest, ShutdownStaysBoundedWhenTheBrokerStalls) {
     auto worker = start_worker({"--concurrency", "10", "--shutdown-grace", "2s"}, "stalled-broker");
-    for (int i = 0; i < 10; ++i) {
-        broker_.publish(Broker::job("diag.sleep", R"({"ms": 20000})"));
-    }
+    publish_sleeps(10, 20000);
     ASSERT_TRUE(eventually([&] { return worker.metric("conveyor_jobs_in_flight") == 10; }, 20s));
     const auto signalled = std::chrono::steady_clock::now();
     {

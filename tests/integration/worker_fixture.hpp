@@ -1,5 +1,6 @@
 #pragma once
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -66,6 +67,13 @@ class WorkerTest : public ::testing::Test {
             }
         }
         return worker;
+    }
+
+    /// Publishes `count` diag.sleep jobs of `ms` milliseconds each.
+    void publish_sleeps(int count, int ms) {
+        for (int i = 0; i < count; ++i) {
+            broker_.publish(Broker::job("diag.sleep", fmt::format(R"({{"ms": {}}})", ms)));
+        }
     }
 
     std::string run_cli(std::vector<std::string> args) {

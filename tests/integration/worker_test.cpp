@@ -128,9 +128,7 @@ TEST_F(WorkerTest, AJobInFlightWhenTheWorkerIsKilledIsRedeliveredToASecondWorker
 
 TEST_F(WorkerTest, SigtermFinishesTheJobsInFlightAndLosesNone) {
     auto worker = start_worker({"--concurrency", "200", "--shutdown-grace", "30s"}, "sigterm");
-    for (int i = 0; i < 300; ++i) {
-        broker_.publish(Broker::job("diag.sleep", R"({"ms": 2000})"));
-    }
+    publish_sleeps(300, 2000);
     ASSERT_TRUE(eventually([&] { return worker.metric("conveyor_jobs_in_flight") == 200; }, 20s))
         << "in flight: " << worker.metric("conveyor_jobs_in_flight");
     const auto signalled = std::chrono::steady_clock::now();
@@ -148,9 +146,7 @@ TEST_F(WorkerTest, SigtermFinishesTheJobsInFlightAndLosesNone) {
 
 TEST_F(WorkerTest, GracePeriodOverRequeuesTheJobsStillRunning) {
     auto worker = start_worker({"--concurrency", "5", "--shutdown-grace", "1s"}, "grace");
-    for (int i = 0; i < 5; ++i) {
-        broker_.publish(Broker::job("diag.sleep", R"({"ms": 20000})"));
-    }
+    publish_sleeps(5, 20000);
     ASSERT_TRUE(eventually([&] { return worker.metric("conveyor_jobs_in_flight") == 5; }, 20s));
     worker.process->signal(SIGTERM);
     const auto status = worker.process->wait(15s);

@@ -169,7 +169,11 @@ class Worker::Impl {
         }
         // Deliveries that arrived before the cancel was confirmed but have not started go straight back; closing
         // the batch channel makes the dispatcher return the rest and close the job channel, which ends the slots.
-        while (batches_.try_receive([this](error_code, const amqp::DeliveryBatch& batch) { requeue(batch); })) {
+        while (batches_.try_receive([this](error_code, const amqp::DeliveryBatch& batch) {
+            for (const auto& delivery : batch) {
+                requeue(delivery);
+            }
+        })) {
         }
         batches_.close();
 
@@ -202,11 +206,10 @@ class Worker::Impl {
         co_return true;
     }
 
-    void requeue(const amqp::DeliveryBatch& batch) {
-        for (const auto& delivery : batch) {
-            consumer_.reject(delivery, true);
-            ++stats_.requeued;
-        }
+    /// Hands a delivery back to the broker for another attempt (here or on another worker).
+    void requeue(const amqp::Delivery& delivery) {
+        consumer_.reject(delivery, true);
+        ++stats_.requeued;
     }
 
     /// Fans each batch from the connection thread out to the slots. Running on the worker's own threads, it
@@ -225,10 +228,7 @@ class Worker::Impl {
                 }
             }
         }
-        while (jobs_.try_receive([this](error_code, const amqp::Delivery& delivery) {
-            consumer_.reject(delivery, true);
-            ++stats_.requeued;
-        })) {
+        while (jobs_.try_receive([this](error_code, const amqp::Delivery& delivery) { requeue(delivery); })) {
         }
         jobs_.close();
     }
@@ -265,8 +265,7 @@ class Worker::Impl {
                 continue;  // its connection dropped, so the broker has requeued it already
             }
             if (draining_) {
-                consumer_.reject(delivery, true);
-                ++stats_.requeued;
+                requeue(delivery);
                 continue;
             }
             co_await process(delivery, parser, slot);
@@ -343,8 +342,7 @@ class Worker::Impl {
         if (interrupted && !(outcome && std::holds_alternative<Success>(*outcome))) {
             in_flight.Decrement();
             context.log().warn("cancelled at shutdown; requeued");
-            consumer_.reject(delivery, true);
-            ++stats_.requeued;
+            requeue(delivery);
             co_return;
         }
         if (!outcome) {
@@ -413,8 +411,7 @@ class Worker::Impl {
                   error.message());
         asio::steady_timer pause(co_await asio::this_coro::executor, kDeadLetterFailureBackoff);
         co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
-        consumer_.reject(delivery, true);
-        ++stats_.requeued;
+        requeue(delivery);
     }
 
     asio::io_context& io_;
