@@ -477,6 +477,12 @@ class Connection::Impl {
             check_reply(conn_,
                         fmt::format("bind {} to {} by {}", binding.queue, binding.exchange, binding.routing_key));
         }
+        for (const auto& binding : topology_.exchange_bindings) {
+            amqp_exchange_bind(conn_, kControlChannel, bytes_of(binding.destination), bytes_of(binding.source),
+                               bytes_of(binding.routing_key), amqp_empty_table);
+            check_reply(conn_, fmt::format("bind exchange {} to {} by {}", binding.destination, binding.source,
+                                           binding.routing_key));
+        }
     }
 
     void subscribe(Consumer& consumer) {

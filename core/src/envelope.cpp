@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
+
+#include "conveyor/core/topology.hpp"
 
 namespace conveyor {
 
@@ -14,6 +17,17 @@ bool is_type_char(char c) noexcept {
 
 EnvelopeError error(EnvelopeErrc errc, std::string detail) {
     return EnvelopeError{errc, std::move(detail)};
+}
+
+/// Publishers that set no content type are trusted to send JSON, as the contract asks; one that names another
+/// type (e.g. text/plain, application/x-protobuf) is sending something this worker cannot read.
+bool is_json_content_type(std::string_view content_type) noexcept {
+    const auto media_type = content_type.substr(0, content_type.find(';'));
+    constexpr std::string_view kJson = "application/json";
+    return media_type.empty() || (media_type.size() == kJson.size() &&
+                                  std::equal(media_type.begin(), media_type.end(), kJson.begin(), [](char a, char b) {
+                                      return std::tolower(static_cast<unsigned char>(a)) == b;
+                                  }));
 }
 
 }  // namespace
@@ -28,6 +42,8 @@ std::string_view reason_code(EnvelopeErrc errc) noexcept {
             return "invalid_payload";
         case EnvelopeErrc::invalid_envelope:
             return "invalid_envelope";
+        case EnvelopeErrc::unknown_type:
+            return "unknown_type";
     }
     return "invalid_envelope";
 }
@@ -63,9 +79,14 @@ boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Messag
         return error(EnvelopeErrc::invalid_envelope,
                      fmt::format("message_id is {} bytes, limit is {}", properties.message_id.size(), kMaxJobIdBytes));
     }
-    if (!is_valid_job_type(message.routing_key)) {
-        return error(EnvelopeErrc::invalid_envelope, fmt::format("routing key '{}' is not a job type <family>.<action>",
-                                                                 message.routing_key.substr(0, 64)));
+    if (!is_json_content_type(properties.content_type)) {
+        return error(EnvelopeErrc::invalid_envelope,
+                     fmt::format("content_type '{}' is not application/json", properties.content_type.substr(0, 64)));
+    }
+    const auto type = topology::job_type_of_routing_key(message.routing_key);
+    if (!is_valid_job_type(type)) {
+        return error(EnvelopeErrc::unknown_type,
+                     fmt::format("routing key '{}' is not a job type <family>.<action>", type.substr(0, 64)));
     }
 
     Envelope envelope;
@@ -81,7 +102,7 @@ boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Messag
     }
     envelope.payload = parsed.value_unsafe();
     envelope.job_id = properties.message_id;
-    envelope.type = message.routing_key;
+    envelope.type = type;
     envelope.family = envelope.type.substr(0, envelope.type.find('.'));
     envelope.correlation_id = properties.correlation_id;
 

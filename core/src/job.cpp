@@ -1,8 +1,25 @@
 #include "conveyor/core/job.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace conveyor {
+
+std::chrono::milliseconds RetryPolicy::ceiling(std::uint32_t failed_attempt) const noexcept {
+    // Doubling stops once it passes the cap, so a large attempt number cannot overflow.
+    auto delay = base_delay;
+    for (std::uint32_t n = 1; n < failed_attempt && delay < max_delay; ++n) {
+        delay *= 2;
+    }
+    return std::min(delay, max_delay);
+}
+
+std::chrono::milliseconds RetryPolicy::delay_after(std::uint32_t failed_attempt, std::chrono::milliseconds requested,
+                                                   double unit_random) const noexcept {
+    const auto jittered = std::chrono::milliseconds(static_cast<std::int64_t>(
+        static_cast<double>(ceiling(failed_attempt).count()) * std::clamp(unit_random, 0.0, 1.0)));
+    return std::max(jittered, requested);
+}
 
 void JobRegistry::add(std::string type, JobHandler handler, JobOptions options) {
     if (!is_valid_job_type(type)) {

@@ -9,6 +9,75 @@ namespace conveyor::topology {
 
 namespace {
 constexpr std::string_view kQueuePrefix = "conveyor.";
+/// "0." or "1." per level.
+constexpr std::size_t kDelayPrefixBytes = 2 * kDelayLevels;
+
+/// A topic pattern that matches delay keys by the bit of `level` alone.
+std::string level_pattern(unsigned level, char bit) {
+    std::string pattern;
+    for (unsigned higher = kDelayLevels - 1; higher > level; --higher) {
+        pattern += "*.";
+    }
+    pattern += bit;
+    pattern += ".#";
+    return pattern;
+}
+
+amqp::Headers quorum() {
+    return {{"x-queue-type", std::string("quorum")}};
+}
+
+void add_delay_ladder(amqp::Topology& topology) {
+    for (unsigned level = 0; level < kDelayLevels; ++level) {
+        const auto name = delay_level_name(level);
+        const auto next = level == 0 ? std::string(kDelayDueExchange) : delay_level_name(level - 1);
+        topology.exchanges.push_back({name, "topic"});
+        auto arguments = quorum();
+        arguments.emplace_back("x-message-ttl", std::int64_t{1000} << level);
+        arguments.emplace_back("x-dead-letter-exchange", next);
+        // At-least-once dead-lettering keeps a message in the level until the next one has confirmed it, so a
+        // broker restart or crash mid-hop cannot lose a waiting retry. It requires reject-publish overflow.
+        arguments.emplace_back("x-dead-letter-strategy", std::string("at-least-once"));
+        arguments.emplace_back("x-overflow", std::string("reject-publish"));
+        topology.queues.push_back({name, std::move(arguments)});
+        topology.bindings.push_back({name, name, level_pattern(level, '1')});
+        topology.exchange_bindings.push_back({next, name, level_pattern(level, '0')});
+    }
+    topology.exchanges.push_back({std::string(kDelayDueExchange), "topic"});
+}
+}  // namespace
+
+std::string delay_entry_exchange() {
+    return delay_level_name(kDelayLevels - 1);
+}
+
+std::string delay_level_name(unsigned level) {
+    return fmt::format("conveyor.delay.{}", level);
+}
+
+std::string delay_routing_key(std::chrono::milliseconds delay, std::string_view type) {
+    const auto rounded_up = std::chrono::ceil<std::chrono::seconds>(delay);
+    const auto seconds = static_cast<std::uint64_t>(std::clamp(rounded_up, std::chrono::seconds(1), kMaxDelay).count());
+    std::string key;
+    key.reserve(kDelayPrefixBytes + type.size());
+    for (unsigned level = kDelayLevels; level-- > 0;) {
+        key += ((seconds >> level) & 1U) != 0 ? '1' : '0';
+        key += '.';
+    }
+    key += type;
+    return key;
+}
+
+std::string_view job_type_of_routing_key(std::string_view routing_key) noexcept {
+    if (routing_key.size() <= kDelayPrefixBytes) {
+        return routing_key;
+    }
+    for (std::size_t i = 0; i < kDelayPrefixBytes; i += 2) {
+        if ((routing_key[i] != '0' && routing_key[i] != '1') || routing_key[i + 1] != '.') {
+            return routing_key;
+        }
+    }
+    return routing_key.substr(kDelayPrefixBytes);
 }
 
 const std::vector<std::string>& default_families() {
@@ -61,15 +130,27 @@ std::vector<std::string> parse_families(std::string_view list) {
     return families;
 }
 
-amqp::Topology job_topology(std::span<const std::string> families) {
+amqp::Topology job_topology(std::span<const std::string> families, std::int64_t delivery_limit) {
     amqp::Topology topology;
     topology.exchanges.push_back({std::string(kJobsExchange), "topic"});
+    add_delay_ladder(topology);
+    std::string any_delay;
+    for (unsigned level = 0; level < kDelayLevels; ++level) {
+        any_delay += "*.";
+    }
     for (const auto& family : families) {
-        // Only the queue type is fixed at declaration: quorum queues cannot change arguments later, so
-        // limits such as delivery-limit or dead-lettering belong in policies that can evolve.
-        topology.queues.push_back({queue_name(family), {{"x-queue-type", std::string("quorum")}}});
-        topology.queues.push_back({dead_letter_queue_name(family), {{"x-queue-type", std::string("quorum")}}});
+        // The broker's backstop against poison messages lives in the queue's arguments rather than a policy: the
+        // no-loss guarantee must not depend on an operator applying one. A policy can still lower the limit.
+        auto arguments = quorum();
+        arguments.emplace_back("x-delivery-limit", delivery_limit);
+        arguments.emplace_back("x-dead-letter-exchange", std::string());
+        arguments.emplace_back("x-dead-letter-routing-key", dead_letter_queue_name(family));
+        arguments.emplace_back("x-dead-letter-strategy", std::string("at-least-once"));
+        arguments.emplace_back("x-overflow", std::string("reject-publish"));
+        topology.queues.push_back({queue_name(family), std::move(arguments)});
+        topology.queues.push_back({dead_letter_queue_name(family), quorum()});
         topology.bindings.push_back({queue_name(family), std::string(kJobsExchange), family + ".#"});
+        topology.bindings.push_back({queue_name(family), std::string(kDelayDueExchange), any_delay + family + ".#"});
     }
     return topology;
 }

@@ -8,9 +8,25 @@
 #include <string>
 #include <vector>
 
+#include "conveyor/core/topology.hpp"
 #include "test_support.hpp"
 
 namespace conveyor::testing {
+
+/// A header of a delivery as text ("" if absent), for assertions.
+inline std::string header_text(const amqp::Delivery& delivery, const std::string& name) {
+    const auto* value = amqp::find_header(delivery.message.properties.headers, name);
+    if (value == nullptr) {
+        return {};
+    }
+    if (const auto* text = std::get_if<std::string>(value)) {
+        return *text;
+    }
+    if (const auto* number = std::get_if<std::int64_t>(value)) {
+        return std::to_string(*number);
+    }
+    return "?";
+}
 
 /// A conveyor-worker process consuming the diag family, with its HTTP port and log.
 struct WorkerUnderTest {

@@ -10,20 +10,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::string header_text(const amqp::Delivery& delivery, const std::string& name) {
-    const auto* value = amqp::find_header(delivery.message.properties.headers, name);
-    if (value == nullptr) {
-        return {};
-    }
-    if (const auto* text = std::get_if<std::string>(value)) {
-        return *text;
-    }
-    if (const auto* number = std::get_if<std::int64_t>(value)) {
-        return std::to_string(*number);
-    }
-    return "?";
-}
-
 TEST_F(WorkerTest, ProcessesTenThousandNoopJobsExactlyOnce) {
     auto worker = start_worker({"--concurrency", "100"}, "ten-thousand");
     run_cli({"enqueue", "diag.noop", "--count", "10000", "--no-progress"});

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor {
@@ -46,18 +48,26 @@ TEST(Topology, NamesFollowTheWireContract) {
 TEST(Topology, DeclaresAQuorumQueueAndADeadLetterQueuePerFamily) {
     const std::vector<std::string> families{"diag", "emails"};
     const auto topology = topology::job_topology(families);
-    ASSERT_EQ(topology.exchanges.size(), 1U);
     EXPECT_EQ(topology.exchanges[0].name, "conveyor.jobs");
     EXPECT_EQ(topology.exchanges[0].type, "topic");
-    ASSERT_EQ(topology.queues.size(), 4U);
+    // The job exchange, a level exchange per delay level, and the ladder's exit.
+    EXPECT_EQ(topology.exchanges.size(), 2 + topology::kDelayLevels);
+    EXPECT_EQ(topology.queues.size(), 4 + topology::kDelayLevels);
     for (const auto& queue : topology.queues) {
         const auto* type = amqp::find_header(queue.arguments, "x-queue-type");
         ASSERT_NE(type, nullptr) << queue.name;
         EXPECT_EQ(std::get<std::string>(*type), "quorum");
     }
-    ASSERT_EQ(topology.bindings.size(), 2U);
-    EXPECT_EQ(topology.bindings[1].queue, "conveyor.emails");
-    EXPECT_EQ(topology.bindings[1].routing_key, "emails.#");
+    auto bound_by = [&](const std::string& queue, std::string_view exchange) {
+        return std::find_if(topology.bindings.begin(), topology.bindings.end(), [&](const auto& binding) {
+            return binding.queue == queue && binding.exchange == exchange;
+        });
+    };
+    ASSERT_NE(bound_by("conveyor.emails", topology::kJobsExchange), topology.bindings.end());
+    EXPECT_EQ(bound_by("conveyor.emails", topology::kJobsExchange)->routing_key, "emails.#");
+    ASSERT_NE(bound_by("conveyor.emails", topology::kDelayDueExchange), topology.bindings.end());
+    EXPECT_TRUE(bound_by("conveyor.emails", topology::kDelayDueExchange)->routing_key.ends_with(".emails.#"));
+    EXPECT_EQ(bound_by("conveyor.emails.dlq", topology::kJobsExchange), topology.bindings.end());
 }
 
 }  // namespace

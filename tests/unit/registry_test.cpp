@@ -17,10 +17,15 @@ boost::asio::awaitable<Outcome> succeed(JobContext&) {
 TEST(JobRegistry, FindsWhatWasAdded) {
     JobRegistry registry;
     registry.add("orders.place", succeed);
-    registry.add("orders.cancel", succeed, {.timeout = std::chrono::seconds(5)});
+    JobOptions options;
+    options.timeout = std::chrono::seconds(5);
+    options.retry = RetryPolicy{};
+    options.retry->max_attempts = 3;
+    registry.add("orders.cancel", succeed, options);
     registry.add("emails.send", succeed);
     ASSERT_NE(registry.find("orders.cancel"), nullptr);
     EXPECT_EQ(registry.find("orders.cancel")->options.timeout, std::chrono::seconds(5));
+    EXPECT_EQ(registry.find("orders.cancel")->options.retry->max_attempts, 3U);
     EXPECT_EQ(registry.find("orders.refund"), nullptr);
     EXPECT_EQ(registry.types_of_family("orders"), (std::vector<std::string>{"orders.cancel", "orders.place"}));
     EXPECT_EQ(registry.types_of_family("order"), std::vector<std::string>{});

@@ -92,6 +92,11 @@ TEST(WorkerSettings, BadValuesExitNonZeroSayingWhatIsWrong) {
         {{"--amqp-url", "http://x"}, "amqp or amqps"},
         {{"--log-level", "loud"}, "--log-level"},
         {{"--no-such-flag"}, "--no-such-flag"},
+        {{"--retry", "diag.fail"}, "expected TYPE=attempts:N"},
+        {{"--retry", "diag.fail=tries:3"}, "unknown field 'tries'"},
+        {{"--retry", "diag.fail=attempts:0"}, "invalid attempts '0'"},
+        {{"--retry", "Diag=attempts:2"}, "neither a job type nor 'family.*'"},
+        {{"--retry-base-delay", "10s", "--retry-max-delay", "1s"}, "must not be shorter"},
     };
     for (const auto& [args, expected] : cases) {
         const auto parsed = parse(args);
@@ -99,6 +104,30 @@ TEST(WorkerSettings, BadValuesExitNonZeroSayingWhatIsWrong) {
         EXPECT_EQ(parsed.result.exit_code, 2) << expected;
         EXPECT_NE(parsed.err.find(expected), std::string::npos) << "stderr was: " << parsed.err;
     }
+}
+
+TEST(WorkerSettings, RetryPolicyComesFromDefaultsTheTypeAndOverrides) {
+    ScopedEnv overrides("CONVEYOR_RETRY", "diag.*=attempts:4,base:2s;diag.fail=cap:30s");
+    const auto parsed = parse({"--retry-max-attempts", "6", "--retry-max-delay", "10m"});
+    ASSERT_TRUE(parsed.result.settings) << parsed.err;
+    const auto& settings = *parsed.result.settings;
+    EXPECT_EQ(settings.retry.max_attempts, 6U);
+    EXPECT_EQ(settings.retry.base_delay, std::chrono::seconds(1));
+    EXPECT_EQ(settings.retry.max_delay, std::chrono::minutes(10));
+    ASSERT_EQ(settings.retry_overrides.size(), 2U);
+
+    JobDefinition fail{"diag.fail", {}, {}};
+    const auto fail_policy = effective_retry_policy(settings, fail);
+    EXPECT_EQ(fail_policy.max_attempts, 4U);
+    EXPECT_EQ(fail_policy.base_delay, std::chrono::seconds(2));
+    EXPECT_EQ(fail_policy.max_delay, std::chrono::seconds(30));
+
+    JobDefinition own{"orders.place", {}, {}};
+    own.options.retry = RetryPolicy{};
+    own.options.retry->max_attempts = 3;
+    EXPECT_EQ(effective_retry_policy(settings, own).max_attempts, 3U);
+    JobDefinition plain{"orders.cancel", {}, {}};
+    EXPECT_EQ(effective_retry_policy(settings, plain).max_attempts, 6U);
 }
 
 TEST(WorkerSettings, HelpListsTheEnvironmentAndHidesSecrets) {

@@ -1,6 +1,9 @@
 #include "conveyor/worker/settings.hpp"
 
+#include <fmt/format.h>
+
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <ostream>
 #include <thread>
 
@@ -24,13 +27,90 @@ CLI::Validator duration_validator() {
             "DURATION"};
 }
 
+std::uint32_t parse_attempts(std::string_view text) {
+    std::uint32_t value = 0;
+    const auto [rest, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (error != std::errc{} || rest != text.data() + text.size() || value < 1 || value > 1000) {
+        throw std::invalid_argument(fmt::format("invalid attempts '{}': expected a number from 1 to 1000", text));
+    }
+    return value;
+}
+
 }  // namespace
+
+RetryOverride RetryOverride::parse(std::string_view text) {
+    const auto equals = text.find('=');
+    if (equals == std::string_view::npos) {
+        throw std::invalid_argument(
+            fmt::format("invalid retry override '{}': expected TYPE=attempts:N,base:DURATION,cap:DURATION", text));
+    }
+    RetryOverride result;
+    result.pattern = std::string(text.substr(0, equals));
+    const bool family_wide = result.pattern.ends_with(".*");
+    const auto family = std::string_view(result.pattern).substr(0, result.pattern.size() - 2);
+    if (family_wide ? !is_valid_job_type(fmt::format("{}.x", family)) : !is_valid_job_type(result.pattern)) {
+        throw std::invalid_argument(fmt::format(
+            "invalid retry override '{}': '{}' is neither a job type nor 'family.*'", text, result.pattern));
+    }
+    auto fields = text.substr(equals + 1);
+    while (!fields.empty()) {
+        const auto comma = fields.find(',');
+        const auto field = fields.substr(0, comma);
+        fields = comma == std::string_view::npos ? std::string_view() : fields.substr(comma + 1);
+        const auto colon = field.find(':');
+        const auto name = field.substr(0, colon);
+        const auto value = colon == std::string_view::npos ? std::string_view() : field.substr(colon + 1);
+        if (name == "attempts") {
+            result.max_attempts = parse_attempts(value);
+        } else if (name == "base") {
+            result.base_delay = parse_duration(value);
+        } else if (name == "cap") {
+            result.max_delay = parse_duration(value);
+        } else {
+            throw std::invalid_argument(fmt::format(
+                "invalid retry override '{}': unknown field '{}' (known: attempts, base, cap)", text, name));
+        }
+    }
+    if (!result.max_attempts && !result.base_delay && !result.max_delay) {
+        throw std::invalid_argument(fmt::format("invalid retry override '{}': it changes nothing", text));
+    }
+    return result;
+}
+
+bool RetryOverride::matches(std::string_view type) const noexcept {
+    if (pattern.ends_with(".*")) {
+        const auto family = std::string_view(pattern).substr(0, pattern.size() - 1);  // keeps the dot
+        return type.starts_with(family);
+    }
+    return type == pattern;
+}
+
+void RetryOverride::apply_to(RetryPolicy& policy) const noexcept {
+    policy.max_attempts = max_attempts.value_or(policy.max_attempts);
+    policy.base_delay = base_delay.value_or(policy.base_delay);
+    policy.max_delay = max_delay.value_or(policy.max_delay);
+}
+
+RetryPolicy effective_retry_policy(const WorkerSettings& settings, const JobDefinition& definition) {
+    auto policy = definition.options.retry.value_or(settings.retry);
+    for (const bool family_wide : {true, false}) {
+        for (const auto& override : settings.retry_overrides) {
+            if (override.pattern.ends_with(".*") == family_wide && override.matches(definition.type)) {
+                override.apply_to(policy);
+            }
+        }
+    }
+    return policy;
+}
 
 ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostream& out, std::ostream& err) {
     WorkerSettings settings;
     std::string queues = "orders,payments,emails,projections,diag";
     std::string job_timeout = "30s";
     std::string shutdown_grace = "30s";
+    std::string retry_base_delay = "1s";
+    std::string retry_max_delay = "1h";
+    std::vector<std::string> retry_overrides;
 
     CLI::App app{
         "conveyor-worker: consumes Conveyor job queues from RabbitMQ and runs their handlers.\n"
@@ -61,6 +141,21 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
     app.add_option("--shutdown-grace", shutdown_grace, "On SIGTERM, time in-flight jobs get before being requeued")
         ->envname("CONVEYOR_SHUTDOWN_GRACE")
         ->check(duration_validator());
+    app.add_option("--retry-max-attempts", settings.retry.max_attempts,
+                   "Attempts in all before a failing job is dead-lettered (job types may set their own)")
+        ->envname("CONVEYOR_RETRY_MAX_ATTEMPTS")
+        ->check(CLI::Range(1U, 1000U));
+    app.add_option("--retry-base-delay", retry_base_delay, "Backoff ceiling of the first retry; doubles per retry")
+        ->envname("CONVEYOR_RETRY_BASE_DELAY")
+        ->check(duration_validator());
+    app.add_option("--retry-max-delay", retry_max_delay, "Cap of the backoff ceiling")
+        ->envname("CONVEYOR_RETRY_MAX_DELAY")
+        ->check(duration_validator());
+    app.add_option("--retry", retry_overrides,
+                   "Per-type policy, repeatable: TYPE=attempts:N,base:DURATION,cap:DURATION (TYPE may be family.*)")
+        ->envname("CONVEYOR_RETRY")
+        ->delimiter(';')
+        ->default_str("");
     app.add_option("--max-message-bytes", settings.max_message_bytes, "Largest accepted message body")
         ->envname("CONVEYOR_MAX_MESSAGE_BYTES")
         ->check(CLI::Range(std::size_t{1}, std::size_t{128} * 1024 * 1024));
@@ -80,6 +175,14 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
         settings.families = topology::parse_families(queues);
         settings.job_timeout = parse_duration(job_timeout);
         settings.shutdown_grace = parse_duration(shutdown_grace);
+        settings.retry.base_delay = parse_duration(retry_base_delay);
+        settings.retry.max_delay = parse_duration(retry_max_delay);
+        for (const auto& text : retry_overrides) {
+            settings.retry_overrides.push_back(RetryOverride::parse(text));
+        }
+        if (settings.retry.max_delay < settings.retry.base_delay) {
+            throw std::invalid_argument("--retry-max-delay must not be shorter than --retry-base-delay");
+        }
         (void)amqp::Url::parse(settings.amqp_url);
         if (settings.job_timeout.count() == 0) {
             throw std::invalid_argument("--job-timeout must be greater than zero");

@@ -11,6 +11,8 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <map>
+#include <random>
 
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/http_server.hpp"
@@ -97,6 +99,9 @@ class Worker::Impl {
           publisher_(connection_settings(settings_, "publisher", metrics_.publisher_observer), {}),
           http_(io_.get_executor(), settings_.http_address, settings_.http_port) {
         limits_.max_body_bytes = settings_.max_message_bytes;
+        for (const auto& type : registry_.types()) {
+            policies_.emplace(type, effective_retry_policy(settings_, *registry_.find(type)));
+        }
     }
 
     asio::awaitable<WorkerStats> run() {
@@ -127,9 +132,10 @@ class Worker::Impl {
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         co_await drain();
         http_.stop();
-        spdlog::info("worker {} stopped: {} succeeded, {} dead-lettered, {} requeued", settings_.name,
-                     stats_.succeeded.load(), stats_.dead_lettered.load(), stats_.requeued.load());
-        co_return WorkerStats{stats_.succeeded, stats_.dead_lettered, stats_.requeued};
+        spdlog::info("worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} requeued", settings_.name,
+                     stats_.succeeded.load(), stats_.retried.load(), stats_.dead_lettered.load(),
+                     stats_.requeued.load());
+        co_return WorkerStats{stats_.succeeded, stats_.retried, stats_.dead_lettered, stats_.requeued};
     }
 
     void shutdown() { shutdown_requests_.try_send(error_code{}); }
@@ -328,8 +334,12 @@ class Worker::Impl {
         }
         std::optional<Outcome> outcome;
         std::string failure;
+        bool permanent = false;
         try {
             outcome = co_await definition->handler(context);
+        } catch (const PermanentError& e) {
+            failure = e.what();
+            permanent = true;
         } catch (const std::exception& e) {
             failure = e.what();
         }
@@ -346,9 +356,11 @@ class Worker::Impl {
             co_return;
         }
         if (!outcome) {
-            // A timeout is final; any other escaped exception is a transient failure.
+            // A timeout or an escaped exception is a transient failure unless the exception says otherwise.
             if (slot.timed_out) {
-                outcome = DeadLetter{"timeout", fmt::format("job exceeded its deadline of {} ms", timeout.count())};
+                outcome = Retry{{}, fmt::format("job exceeded its deadline of {} ms", timeout.count())};
+            } else if (permanent) {
+                outcome = DeadLetter{"permanent_failure", std::move(failure)};
             } else {
                 outcome = Retry{{}, std::move(failure)};
             }
@@ -360,21 +372,65 @@ class Worker::Impl {
             consumer_.ack(delivery);
             metrics.success->Increment();
             ++stats_.succeeded;
+            context.log().debug("attempt {} succeeded", envelope->attempt);
             co_return;
         }
-        // Retries with delays arrive with the retry policy; until then every failure is final.
-        Verdict verdict;
-        if (const auto* retry = std::get_if<Retry>(&*outcome)) {
-            verdict = {"attempts_exhausted", retry->reason};
-        } else {
-            const auto& dead = std::get<DeadLetter>(*outcome);
-            verdict.reason = dead.reason;
-            verdict.error = dead.error;
-            if (verdict.reason.empty()) {
-                verdict.reason = "permanent_failure";
+        if (auto* retry = std::get_if<Retry>(&*outcome)) {
+            const auto& policy = policies_.at(envelope->type);
+            if (envelope->attempt < policy.max_attempts) {
+                const auto delay = policy.delay_after(envelope->attempt, retry->after, unit_random());
+                co_await schedule_retry(delivery, *envelope, metrics, delay, std::move(retry->reason));
+                co_return;
             }
+            Verdict exhausted{
+                slot.timed_out ? "timeout" : "attempts_exhausted",
+                fmt::format("attempt {} of {} failed: {}", envelope->attempt, policy.max_attempts, retry->reason)};
+            co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(exhausted));
+            co_return;
         }
+        auto& dead = std::get<DeadLetter>(*outcome);
+        Verdict verdict{dead.reason.empty() ? "permanent_failure" : std::move(dead.reason), std::move(dead.error)};
         co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(verdict));
+    }
+
+    /// Sends the job to the delay ladder as its next attempt and acks the original only once the broker has
+    /// confirmed the copy: a crash in between leaves two copies (the inbox absorbs the second), never none.
+    asio::awaitable<void> schedule_retry(const amqp::Delivery& delivery, const Envelope& envelope,
+                                         WorkerMetrics::Job& metrics, std::chrono::milliseconds delay,
+                                         std::string reason) {
+        const auto next_attempt = envelope.attempt + 1;
+        const auto due = std::chrono::system_clock::now() + std::chrono::ceil<std::chrono::seconds>(delay);
+        amqp::Message message = delivery.message;
+        message.exchange = topology::delay_entry_exchange();
+        message.routing_key = topology::delay_routing_key(delay, envelope.type);
+        auto& headers = message.properties.headers;
+        amqp::set_header(headers, "x-conveyor-attempt", std::int64_t{next_attempt});
+        amqp::set_header(headers, "x-conveyor-error", bounded(reason, kMaxErrorHeaderBytes));
+        amqp::set_header(
+            headers, "x-conveyor-retry-at",
+            std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(due.time_since_epoch()).count()});
+        const JobLogger log(envelope.job_id, envelope.correlation_id, envelope.type);
+        auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
+        if (!error) {
+            consumer_.ack(delivery);
+            metrics.retry->Increment();
+            metrics.retry_delay->Observe(std::chrono::duration<double>(delay).count());
+            ++stats_.retried;
+            log.info("attempt {} failed: {}; attempt {} in {} ms", envelope.attempt, bounded(reason, 256), next_attempt,
+                     delay.count());
+            co_return;
+        }
+        log.error("could not schedule attempt {} ({}); requeueing: {}", next_attempt, bounded(reason, 256),
+                  error.message());
+        asio::steady_timer pause(co_await asio::this_coro::executor, kDeadLetterFailureBackoff);
+        co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+        requeue(delivery);
+    }
+
+    /// Each I/O thread draws retry jitter from its own generator: no lock on the failure path.
+    static double unit_random() {
+        thread_local std::mt19937_64 generator{std::random_device{}()};
+        return std::uniform_real_distribution<double>(0.0, 1.0)(generator);
     }
 
     asio::awaitable<void> dead_letter(const amqp::Delivery& delivery, const std::string& family,
@@ -386,7 +442,8 @@ class Worker::Impl {
         amqp::set_header(headers, "x-conveyor-reason", verdict.reason);
         amqp::set_header(headers, "x-conveyor-error", bounded(verdict.error, kMaxErrorHeaderBytes));
         amqp::set_header(headers, "x-conveyor-attempts", std::int64_t{attempts});
-        amqp::set_header(headers, "x-conveyor-original-routing-key", delivery.message.routing_key);
+        amqp::set_header(headers, "x-conveyor-original-routing-key",
+                         std::string(topology::job_type_of_routing_key(delivery.message.routing_key)));
         amqp::set_header(headers, "x-conveyor-original-queue", delivery.queue);
         amqp::set_header(headers, "x-conveyor-failed-at", utc_timestamp(std::chrono::system_clock::now()));
         amqp::set_header(headers, "x-conveyor-worker", settings_.name);
@@ -395,7 +452,7 @@ class Worker::Impl {
         const auto& properties = delivery.message.properties;
         const auto job_id = or_dash(properties.message_id, 128);
         const auto correlation_id = bounded(properties.correlation_id, 128);
-        const auto type = bounded(delivery.message.routing_key, 64);
+        const auto type = bounded(topology::job_type_of_routing_key(delivery.message.routing_key), 64);
         const JobLogger log(job_id, correlation_id, type);
         auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
         if (!error) {
@@ -418,6 +475,7 @@ class Worker::Impl {
     WorkerSettings settings_;
     const JobRegistry& registry_;
     EnvelopeLimits limits_;
+    std::map<std::string, RetryPolicy, std::less<>> policies_;
     std::shared_ptr<prometheus::Registry> prometheus_ = std::make_shared<prometheus::Registry>();
     WorkerMetrics metrics_;
     amqp::DeliveryChannel batches_;
@@ -432,6 +490,7 @@ class Worker::Impl {
     std::atomic<bool> aborting_{false};
     struct {
         std::atomic<std::uint64_t> succeeded{0};
+        std::atomic<std::uint64_t> retried{0};
         std::atomic<std::uint64_t> dead_lettered{0};
         std::atomic<std::uint64_t> requeued{0};
     } stats_;

@@ -10,6 +10,11 @@ prometheus::Histogram::BucketBoundaries seconds_buckets() {
     return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
 }
 
+/// From the delay ladder's resolution (1 s) to its longest (about 48 days).
+prometheus::Histogram::BucketBoundaries delay_buckets() {
+    return {1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400};
+}
+
 }  // namespace
 
 WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<std::string>& families,
@@ -30,6 +35,10 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                       .Name("conveyor_job_queue_wait_seconds")
                       .Help("Time from enqueue (x-conveyor-enqueued-at) to handler start")
                       .Register(registry)),
+      retry_delay_(prometheus::BuildHistogram()
+                       .Name("conveyor_job_retry_delay_seconds")
+                       .Help("Delay chosen for each retry, which the job then waits in the delay ladder")
+                       .Register(registry)),
       in_flight_(prometheus::BuildGauge()
                      .Name("conveyor_jobs_in_flight")
                      .Help("Jobs whose handler is running")
@@ -61,13 +70,14 @@ WorkerMetrics::Job WorkerMetrics::make_job(const std::string& queue, const std::
         return &completed_.Add(with_outcome);
     };
     // Created now so that every series exists (as zero) from the first scrape; rate() needs that.
-    outcome("duplicate");
     return Job{&started_.Add(labels),
                outcome("success"),
                outcome("retry"),
                outcome("dead_letter"),
+               outcome("duplicate"),
                &duration_.Add(labels, seconds_buckets()),
-               &queue_wait_.Add(labels, seconds_buckets())};
+               &queue_wait_.Add(labels, seconds_buckets()),
+               &retry_delay_.Add(labels, delay_buckets())};
 }
 
 WorkerMetrics::Job& WorkerMetrics::job(const std::string& queue, std::string_view type) {

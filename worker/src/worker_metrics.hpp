@@ -26,8 +26,10 @@ class WorkerMetrics {
         prometheus::Counter* success;
         prometheus::Counter* retry;
         prometheus::Counter* dead_letter;
+        prometheus::Counter* duplicate;
         prometheus::Histogram* duration;
         prometheus::Histogram* queue_wait;
+        prometheus::Histogram* retry_delay;
     };
 
     WorkerMetrics(prometheus::Registry& registry, const std::vector<std::string>& families, const JobRegistry& jobs);
@@ -57,6 +59,7 @@ class WorkerMetrics {
     prometheus::Family<prometheus::Counter>& completed_;
     prometheus::Family<prometheus::Histogram>& duration_;
     prometheus::Family<prometheus::Histogram>& queue_wait_;
+    prometheus::Family<prometheus::Histogram>& retry_delay_;
     prometheus::Family<prometheus::Gauge>& in_flight_;
     prometheus::Gauge& broker_connected_;
     prometheus::Family<prometheus::Histogram>& publish_confirm_;

@@ -60,10 +60,23 @@ int declare_topology(const CommonOptions& common, const std::string& families_li
             std::cout << fmt::format("exchange {} ({})\n", exchange.name, exchange.type);
         }
         for (const auto& queue : topology.queues) {
-            std::cout << fmt::format("queue    {} (quorum)\n", queue.name);
+            const auto* ttl = amqp::find_header(queue.arguments, "x-message-ttl");
+            const auto* limit = amqp::find_header(queue.arguments, "x-delivery-limit");
+            std::string details = "quorum";
+            if (ttl != nullptr) {
+                details += fmt::format(", delay {} s", std::get<std::int64_t>(*ttl) / 1000);
+            }
+            if (limit != nullptr) {
+                details += fmt::format(", delivery limit {}", std::get<std::int64_t>(*limit));
+            }
+            std::cout << fmt::format("queue    {} ({})\n", queue.name, details);
         }
         for (const auto& binding : topology.bindings) {
             std::cout << fmt::format("binding  {} -> {} by '{}'\n", binding.exchange, binding.queue,
+                                     binding.routing_key);
+        }
+        for (const auto& binding : topology.exchange_bindings) {
+            std::cout << fmt::format("binding  {} -> exchange {} by '{}'\n", binding.source, binding.destination,
                                      binding.routing_key);
         }
         co_return kOk;

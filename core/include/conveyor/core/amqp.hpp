@@ -93,11 +93,19 @@ struct BindingSpec {
     std::string routing_key;
 };
 
+/// An exchange-to-exchange binding: messages `source` routes by `routing_key` also go through `destination`.
+struct ExchangeBindingSpec {
+    std::string destination;
+    std::string source;
+    std::string routing_key;
+};
+
 /// Durable exchanges, queues and bindings, declared on every (re)connect before consuming starts.
 struct Topology {
     std::vector<ExchangeSpec> exchanges;
     std::vector<QueueSpec> queues;
     std::vector<BindingSpec> bindings;
+    std::vector<ExchangeBindingSpec> exchange_bindings;
 };
 
 struct ConsumerSpec {

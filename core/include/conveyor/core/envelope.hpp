@@ -18,10 +18,12 @@ enum class EnvelopeErrc {
     too_large,         ///< body exceeds the size limit
     bad_json,          ///< body is not valid JSON
     invalid_payload,   ///< body is JSON but not an object
-    invalid_envelope,  ///< message_id or job type missing or malformed
+    invalid_envelope,  ///< message_id missing or malformed, or a content type other than JSON
+    unknown_type,      ///< the routing key is not a job type
 };
 
-/// The dead-letter reason for an envelope error: "too_large", "bad_json", "invalid_payload", "invalid_envelope".
+/// The dead-letter reason for an envelope error: "too_large", "bad_json", "invalid_payload", "invalid_envelope",
+/// "unknown_type".
 [[nodiscard]] std::string_view reason_code(EnvelopeErrc errc) noexcept;
 
 struct EnvelopeError {
@@ -49,7 +51,7 @@ struct EnvelopeLimits {
 /// A validated job: its identity from the AMQP properties, its type from the routing key, its payload parsed.
 struct Envelope {
     std::string job_id;          ///< message_id
-    std::string type;            ///< routing key, "<family>.<action>"
+    std::string type;            ///< routing key, "<family>.<action>" (without the delay ladder's prefix)
     std::string family;          ///< the part of type before the first dot
     std::string correlation_id;  ///< may be empty
     std::string traceparent;     ///< W3C trace context header, may be empty

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -33,6 +35,32 @@ struct DeadLetter {
 };
 
 using Outcome = std::variant<Success, Retry, DeadLetter>;
+
+/// Thrown by a handler (or by what it calls) for a failure that retrying cannot fix: the job is dead-lettered at
+/// once with reason permanent_failure. Any other exception is taken as transient and retried.
+class PermanentError : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+/// How often and how patiently a job type is retried. The n-th retry waits a uniformly random time between zero
+/// and min(max_delay, base_delay * 2^(n-1)) ("full jitter": retries of jobs that failed together spread out
+/// instead of failing together again), or what the handler asked for if that is longer. The delay ladder
+/// rounds up to whole seconds.
+struct RetryPolicy {
+    /// Attempts in all, the first included; the job is dead-lettered (attempts_exhausted) after the last.
+    std::uint32_t max_attempts = 10;
+    std::chrono::milliseconds base_delay{1000};
+    std::chrono::milliseconds max_delay{std::chrono::hours(1)};
+
+    /// The delay before the retry that follows failed attempt `failed_attempt` (1-based), for a `unit_random`
+    /// drawn uniformly from [0, 1).
+    [[nodiscard]] std::chrono::milliseconds delay_after(std::uint32_t failed_attempt,
+                                                        std::chrono::milliseconds requested,
+                                                        double unit_random) const noexcept;
+    /// The longest delay_after can choose for `failed_attempt` when the handler asks for nothing.
+    [[nodiscard]] std::chrono::milliseconds ceiling(std::uint32_t failed_attempt) const noexcept;
+};
 
 /// Logs through the default logger with the job's id, type and correlation id on every line. It holds views:
 /// the strings must outlive it (JobContext's do). Nothing is formatted unless the level is enabled.
@@ -102,6 +130,8 @@ using JobHandler = std::function<boost::asio::awaitable<Outcome>(JobContext&)>;
 struct JobOptions {
     /// Per-job deadline; zero uses the worker's --job-timeout.
     std::chrono::milliseconds timeout{0};
+    /// The type's own retry policy; unset uses the worker's (--retry-*), and a --retry override beats both.
+    std::optional<RetryPolicy> retry;
 };
 
 struct JobDefinition {

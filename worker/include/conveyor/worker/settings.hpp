@@ -8,7 +8,23 @@
 #include <string>
 #include <vector>
 
+#include "conveyor/core/job.hpp"
+
 namespace conveyor::worker {
+
+/// A --retry override: replaces some fields of the policy of the job types `pattern` names, "family.action" or
+/// "family.*".
+struct RetryOverride {
+    std::string pattern;
+    std::optional<std::uint32_t> max_attempts;
+    std::optional<std::chrono::milliseconds> base_delay;
+    std::optional<std::chrono::milliseconds> max_delay;
+
+    /// Parses "payments.charge=attempts:8,base:2s,cap:10m"; throws std::invalid_argument saying what is wrong.
+    [[nodiscard]] static RetryOverride parse(std::string_view text);
+    [[nodiscard]] bool matches(std::string_view type) const noexcept;
+    void apply_to(RetryPolicy& policy) const noexcept;
+};
 
 /// Everything conveyor-worker can be told, from flags or CONVEYOR_* environment variables (a flag wins).
 struct WorkerSettings {
@@ -28,6 +44,11 @@ struct WorkerSettings {
     std::chrono::milliseconds job_timeout{30'000};
     /// After SIGTERM, how long in-flight jobs may run before they are requeued (CONVEYOR_SHUTDOWN_GRACE).
     std::chrono::milliseconds shutdown_grace{30'000};
+    /// The retry policy of job types that do not set their own (CONVEYOR_RETRY_MAX_ATTEMPTS,
+    /// CONVEYOR_RETRY_BASE_DELAY, CONVEYOR_RETRY_MAX_DELAY).
+    RetryPolicy retry;
+    /// Per-type changes that beat both the default and the type's own policy (CONVEYOR_RETRY, ';'-separated).
+    std::vector<RetryOverride> retry_overrides;
     /// Largest message body accepted (CONVEYOR_MAX_MESSAGE_BYTES); bigger ones are dead-lettered as too_large.
     std::size_t max_message_bytes = std::size_t{1024} * 1024;
     /// Address and port of /healthz, /readyz and /metrics (CONVEYOR_HTTP_ADDRESS, CONVEYOR_HTTP_PORT).
@@ -43,6 +64,10 @@ struct ParseResult {
     std::optional<WorkerSettings> settings;  ///< empty when the process should exit (help, or an error)
     int exit_code = 0;
 };
+
+/// The policy a job type runs under: its own or the default, with the overrides that match it applied, a
+/// family-wide one before an exact one.
+[[nodiscard]] RetryPolicy effective_retry_policy(const WorkerSettings& settings, const JobDefinition& definition);
 
 /// Parses argv (without the program name at index 0 being special: pass argv as is). Help goes to `out`,
 /// errors to `err` with a hint, and the result says which exit code to use.

@@ -12,6 +12,7 @@ namespace conveyor::worker {
 /// Totals since start, for logs and tests.
 struct WorkerStats {
     std::uint64_t succeeded = 0;
+    std::uint64_t retried = 0;
     std::uint64_t dead_lettered = 0;
     std::uint64_t requeued = 0;
 };
