@@ -41,6 +41,11 @@ std::string amqp_url() {
     return url != nullptr && *url != '\0' ? url : "amqp://guest:guest@127.0.0.1:5672/%2f";
 }
 
+std::string pg_url() {
+    const char* url = std::getenv("CONVEYOR_PG_URL");
+    return url != nullptr && *url != '\0' ? url : "postgresql://postgres@127.0.0.1:5432/conveyor";
+}
+
 std::filesystem::path binary_dir() {
     return CONVEYOR_BINARY_DIR;
 }

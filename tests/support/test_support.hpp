@@ -18,6 +18,8 @@ namespace conveyor::testing {
 
 /// Environment the tests were pointed at (CONVEYOR_AMQP_URL), defaulting to the local stack.
 [[nodiscard]] std::string amqp_url();
+/// CONVEYOR_PG_URL, defaulting to the local stack's database.
+[[nodiscard]] std::string pg_url();
 
 /// Where the project's binaries and scripts are.
 [[nodiscard]] std::filesystem::path binary_dir();

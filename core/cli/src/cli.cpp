@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "conveyor/core/config.hpp"
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/topology.hpp"
 
@@ -122,8 +123,10 @@ int show_queues(const CommonOptions& common, const std::string& families_list, b
 
 }  // namespace
 
-int run(std::span<const char* const> argv) {
+int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations) {
     CommonOptions common;
+    MigrateOptions migrate_options;
+    std::string statement_timeout = "10m";
     EnqueueOptions enqueue_options;
     std::string families = fmt::format("{}", fmt::join(topology::default_families(), ","));
     bool json = false;
@@ -168,6 +171,15 @@ int run(std::span<const char* const> argv) {
     queues_cmd->add_option("--families", families, "Comma-separated job families");
     queues_cmd->add_flag("--json", json, "One JSON object per line");
 
+    auto* migrate_cmd = app.add_subcommand(
+        "migrate",
+        "Apply the database migrations not yet applied, each in a transaction (idempotent, safe to run "
+        "from several pods at once)");
+    migrate_cmd->add_option("--pg-url", migrate_options.pg_url, "PostgreSQL URL")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    migrate_cmd->add_option("--statement-timeout", statement_timeout, "Limit on each migration statement");
+
     try {
         app.parse(static_cast<int>(argv.size()), argv.data());
         (void)amqp::Url::parse(common.amqp_url);
@@ -180,6 +192,10 @@ int run(std::span<const char* const> argv) {
         }
         if (*queues_cmd) {
             return show_queues(common, families, json);
+        }
+        if (*migrate_cmd) {
+            migrate_options.statement_timeout = parse_duration(statement_timeout);
+            return migrate(migrate_options, std::move(migrations));
         }
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? kOk : kUsage;

@@ -2,12 +2,14 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
 
 #include "conveyor/core/amqp.hpp"
+#include "conveyor/core/migrations.hpp"
 
 namespace conveyor::cli {
 
@@ -28,6 +30,11 @@ struct EnqueueOptions {
     bool progress = true;
 };
 
+struct MigrateOptions {
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    std::chrono::milliseconds statement_timeout{std::chrono::minutes(10)};
+};
+
 /// The settings a short-lived CLI connection uses: a few quick attempts, then a clear failure.
 [[nodiscard]] amqp::ConnectionSettings cli_connection_settings(const CommonOptions& common, std::string name);
 
@@ -39,5 +46,6 @@ using ConnectedBody = std::function<boost::asio::awaitable<int>(boost::asio::io_
 int with_connection(amqp::Connection& connection, std::string_view command, const ConnectedBody& body);
 
 int enqueue(const CommonOptions& common, const EnqueueOptions& options);
+int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations);
 
 }  // namespace conveyor::cli

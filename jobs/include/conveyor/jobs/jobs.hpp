@@ -1,6 +1,7 @@
 #pragma once
 
 #include "conveyor/core/job.hpp"
+#include "conveyor/core/migrations.hpp"
 
 namespace conveyor::jobs {
 
@@ -9,5 +10,8 @@ void register_diag_jobs(JobRegistry& registry);
 
 /// Every job family this build knows.
 void register_all(JobRegistry& registry);
+
+/// The schema the job families need (jobs/migrations), applied by `conveyor migrate` after Conveyor's own.
+[[nodiscard]] std::vector<pg::Migration> migrations();
 
 }  // namespace conveyor::jobs

@@ -2,6 +2,9 @@
 
 #include <iosfwd>
 #include <span>
+#include <vector>
+
+#include "conveyor/core/migrations.hpp"
 
 namespace conveyor::cli {
 
@@ -10,10 +13,11 @@ enum ExitCode : int {
     kOk = 0,
     kFailed = 1,       ///< the operation ran but some of it failed (e.g. a publish was nacked)
     kUsage = 2,        ///< bad flags or arguments
-    kUnavailable = 3,  ///< the broker could not be reached
+    kUnavailable = 3,  ///< the broker or the database could not be reached
 };
 
-/// Runs the operator CLI (`conveyor enqueue|topology|queues …`) with the given argv.
-[[nodiscard]] int run(std::span<const char* const> argv);
+/// Runs the operator CLI (`conveyor enqueue|topology|queues|migrate …`) with the given argv. `migrations` is the
+/// schema `conveyor migrate` applies: the main composes Conveyor's own with the job families'.
+[[nodiscard]] int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations);
 
 }  // namespace conveyor::cli

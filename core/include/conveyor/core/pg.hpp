@@ -1,0 +1,182 @@
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "fmt/format.h"
+
+struct pg_result;
+struct pg_conn;
+
+/// PostgreSQL client on libpq's asynchronous API, driven by Asio: the socket's readiness is awaited, never
+/// blocked on, so queries run on the same threads as the jobs that issue them. Values travel as text parameters
+/// ($1, $2, …); SQL is never assembled from data.
+namespace conveyor::pg {
+
+struct Settings {
+    /// libpq connection URL or key=value string (CONVEYOR_PG_URL).
+    std::string url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    /// Connections at most; a caller beyond that waits in line for one.
+    std::size_t pool_size = 10;
+    /// Server-side limit on every statement (SET statement_timeout); the client gives up a little later.
+    std::chrono::milliseconds statement_timeout{10'000};
+    std::chrono::milliseconds connect_timeout{5'000};
+    /// How long a caller waits for a free connection before failing.
+    std::chrono::milliseconds acquire_timeout{10'000};
+    /// Shown in pg_stat_activity.
+    std::string application_name = "conveyor";
+};
+
+/// A failed statement or connection. `sqlstate` is PostgreSQL's code ("40P01" …) or, for failures on our
+/// side, "08006" (connection lost or refused) and "57014" (the client-side deadline passed).
+class Error : public std::runtime_error {
+  public:
+    Error(std::string sqlstate, const std::string& message);
+    [[nodiscard]] const std::string& sqlstate() const noexcept { return sqlstate_; }
+    /// Whether running the same work again can succeed: lost connections, serialization failures (40001),
+    /// deadlocks (40P01), lock timeouts (55P03), cancelled statements, server shutdown, resource exhaustion.
+    [[nodiscard]] bool transient() const noexcept;
+
+  private:
+    std::string sqlstate_;
+};
+
+/// The rows of a statement, owned; values are text as PostgreSQL prints them.
+class Result {
+  public:
+    Result() noexcept = default;
+    explicit Result(pg_result* result) noexcept;
+    ~Result();
+    Result(Result&& other) noexcept;
+    Result& operator=(Result&& other) noexcept;
+    Result(const Result&) = delete;
+    Result& operator=(const Result&) = delete;
+
+    [[nodiscard]] int rows() const noexcept;
+    [[nodiscard]] int columns() const noexcept;
+    [[nodiscard]] bool is_null(int row, int column) const noexcept;
+    [[nodiscard]] std::string_view text(int row, int column) const noexcept;
+    /// Throws Error if the value is not an integer.
+    [[nodiscard]] std::int64_t integer(int row, int column) const;
+    /// Rows inserted, updated or deleted.
+    [[nodiscard]] std::int64_t affected() const noexcept;
+
+  private:
+    pg_result* result_ = nullptr;
+};
+
+/// A statement parameter: text, or NULL.
+using Param = std::optional<std::string>;
+
+template <typename T>
+Param to_param(const T& value) {
+    if constexpr (std::is_same_v<T, std::nullopt_t>) {
+        return std::nullopt;
+    } else if constexpr (std::is_same_v<T, bool>) {
+        return std::string(value ? "true" : "false");
+    } else if constexpr (std::is_arithmetic_v<T>) {
+        return fmt::format("{}", value);
+    } else if constexpr (requires {
+                             value.has_value();
+                             *value;
+                         }) {
+        return value ? to_param(*value) : std::nullopt;
+    } else {
+        return std::string(std::string_view(value));
+    }
+}
+
+class Connection;
+class Pool;
+
+/// A connection taken from the pool, given back when the lease ends. A lease that ends inside a transaction
+/// hands its connection back for a rollback before anyone else uses it.
+class Lease {
+  public:
+    Lease(Pool& pool, std::unique_ptr<Connection> connection) noexcept;
+    ~Lease();
+    Lease(Lease&& other) noexcept;
+    Lease& operator=(Lease&&) = delete;
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+
+    [[nodiscard]] Connection& connection() const noexcept { return *connection_; }
+
+  private:
+    Pool* pool_;
+    std::unique_ptr<Connection> connection_;
+};
+
+/// A transaction bound to the coroutine that began it. Commit it explicitly; one that goes out of scope
+/// otherwise (an exception, an early return) is rolled back.
+class Transaction {
+  public:
+    explicit Transaction(Lease lease) noexcept : lease_(std::move(lease)) {}
+    Transaction(Transaction&&) noexcept = default;
+
+    template <typename... Args>
+    boost::asio::awaitable<Result> query(std::string_view sql, const Args&... args) {
+        return execute(std::string(sql), {to_param(args)...});
+    }
+    /// Runs SQL that has no parameters and may hold several statements (migrations).
+    boost::asio::awaitable<void> run_script(std::string sql);
+    boost::asio::awaitable<void> commit();
+    boost::asio::awaitable<void> rollback();
+
+  private:
+    boost::asio::awaitable<Result> execute(std::string sql, std::vector<Param> params);
+
+    Lease lease_;
+    bool open_ = true;
+};
+
+/// A bounded set of connections shared by coroutines on any thread. Connections open lazily, and one found
+/// broken (the server restarted) is replaced on its next use.
+class Pool {
+  public:
+    Pool(boost::asio::any_io_executor executor, Settings settings);
+    ~Pool();
+    Pool(const Pool&) = delete;
+    Pool& operator=(const Pool&) = delete;
+
+    /// One statement in its own transaction.
+    template <typename... Args>
+    boost::asio::awaitable<Result> query(std::string_view sql, const Args&... args) {
+        return execute(std::string(sql), {to_param(args)...});
+    }
+
+    /// Begins a transaction ("BEGIN", or e.g. "BEGIN ISOLATION LEVEL SERIALIZABLE"). A connection that turns
+    /// out to be dead is replaced and the BEGIN sent again: nothing has happened on it yet.
+    boost::asio::awaitable<Transaction> begin(std::string begin_statement = "BEGIN");
+
+    /// Waits for a free connection (at most acquire_timeout) and opens it if needed.
+    boost::asio::awaitable<Lease> acquire();
+
+    [[nodiscard]] const Settings& settings() const noexcept;
+    /// Connections not leased out, and leases waited for right now.
+    [[nodiscard]] std::size_t idle() const;
+    [[nodiscard]] std::size_t waiting() const;
+
+  private:
+    friend class Lease;
+    void give_back(std::unique_ptr<Connection> connection) noexcept;
+    boost::asio::awaitable<Result> execute(std::string sql, std::vector<Param> params);
+
+    class Impl;
+    std::shared_ptr<Impl> impl_;
+};
+
+/// The URL with its password masked, for logs and errors.
+[[nodiscard]] std::string redacted(std::string_view url);
+
+}  // namespace conveyor::pg

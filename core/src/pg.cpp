@@ -1,0 +1,543 @@
+#include "conveyor/core/pg.hpp"
+
+#include <arpa/inet.h>
+#include <libpq-fe.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <charconv>
+#include <cstring>
+#include <deque>
+#include <mutex>
+
+namespace conveyor::pg {
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::string_view kConnectionFailure = "08006";
+constexpr std::string_view kQueryCanceled = "57014";
+constexpr std::string_view kTooManyConnections = "53300";
+/// The server's statement_timeout fires first; this is for a server that does not answer at all.
+constexpr auto kClientDeadlineMargin = std::chrono::seconds(2);
+
+std::string trimmed(const char* message) {
+    std::string text = message == nullptr ? std::string() : std::string(message);
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) {
+        text.pop_back();
+    }
+    return text;
+}
+
+bool is_numeric_address(const std::string& host) {
+    in6_addr address{};
+    return inet_pton(AF_INET, host.c_str(), &address) == 1 || inet_pton(AF_INET6, host.c_str(), &address) == 1;
+}
+
+void log_notice(void* /*context*/, const char* message) {
+    spdlog::debug("postgres: {}", trimmed(message));
+}
+
+}  // namespace
+
+Error::Error(std::string sqlstate, const std::string& message)
+    : std::runtime_error(fmt::format("{} (SQLSTATE {})", message, sqlstate)), sqlstate_(std::move(sqlstate)) {}
+
+bool Error::transient() const noexcept {
+    const std::string_view code = sqlstate_;
+    return code.starts_with("08") ||  // connection exceptions
+           code == "40001" ||         // serialization_failure
+           code == "40P01" ||         // deadlock_detected
+           code == "55P03" ||         // lock_not_available
+           code.starts_with("57") ||  // query_canceled, admin/crash shutdown, cannot_connect_now
+           code.starts_with("53");    // insufficient resources, too many connections
+}
+
+Result::Result(pg_result* result) noexcept : result_(result) {}
+
+Result::~Result() {
+    PQclear(result_);
+}
+
+Result::Result(Result&& other) noexcept : result_(std::exchange(other.result_, nullptr)) {}
+
+Result& Result::operator=(Result&& other) noexcept {
+    if (this != &other) {
+        PQclear(result_);
+        result_ = std::exchange(other.result_, nullptr);
+    }
+    return *this;
+}
+
+int Result::rows() const noexcept {
+    return result_ == nullptr ? 0 : PQntuples(result_);
+}
+
+int Result::columns() const noexcept {
+    return result_ == nullptr ? 0 : PQnfields(result_);
+}
+
+bool Result::is_null(int row, int column) const noexcept {
+    return PQgetisnull(result_, row, column) != 0;
+}
+
+std::string_view Result::text(int row, int column) const noexcept {
+    return {PQgetvalue(result_, row, column), static_cast<std::size_t>(PQgetlength(result_, row, column))};
+}
+
+std::int64_t Result::integer(int row, int column) const {
+    const auto value = text(row, column);
+    std::int64_t number = 0;
+    const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), number);
+    if (error != std::errc{} || end != value.data() + value.size()) {
+        throw Error("22P02", fmt::format("column {} of row {} is '{}', not an integer", column, row, value));
+    }
+    return number;
+}
+
+std::int64_t Result::affected() const noexcept {
+    const char* tuples = result_ == nullptr ? "" : PQcmdTuples(result_);
+    std::int64_t number = 0;
+    std::from_chars(tuples, tuples + std::strlen(tuples), number);
+    return number;
+}
+
+/// One server connection. Used by one coroutine at a time (whoever holds its lease).
+class Connection {
+  public:
+    Connection(asio::any_io_executor executor, const Settings& settings)
+        : settings_(settings), socket_(executor), timer_(executor), resolver_(executor) {}
+
+    ~Connection() { close(); }
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    [[nodiscard]] bool usable() const noexcept {
+        return conn_ != nullptr && !broken_ && PQstatus(conn_) == CONNECTION_OK;
+    }
+    [[nodiscard]] bool in_transaction() const noexcept {
+        return conn_ != nullptr && PQtransactionStatus(conn_) != PQTRANS_IDLE;
+    }
+
+    asio::awaitable<void> connect() {
+        close();
+        const auto deadline = Clock::now() + settings_.connect_timeout;
+        auto parameters = co_await connection_parameters();
+        std::vector<const char*> keywords;
+        std::vector<const char*> values;
+        for (const auto& [keyword, value] : parameters) {
+            keywords.push_back(keyword.c_str());
+            values.push_back(value.c_str());
+        }
+        keywords.push_back(nullptr);
+        values.push_back(nullptr);
+        conn_ = PQconnectStartParams(keywords.data(), values.data(), 0);
+        if (conn_ == nullptr) {
+            throw std::bad_alloc();
+        }
+        if (PQstatus(conn_) == CONNECTION_BAD) {
+            throw failure("cannot connect");
+        }
+        // libpq's protocol: start as if PQconnectPoll had asked to wait for writing.
+        auto polling = PGRES_POLLING_WRITING;
+        while (polling != PGRES_POLLING_OK) {
+            if (polling == PGRES_POLLING_FAILED) {
+                throw failure("cannot connect");
+            }
+            track_socket();
+            co_await wait(polling == PGRES_POLLING_READING ? Ready::read : Ready::write, deadline,
+                          "connecting took too long");
+            polling = PQconnectPoll(conn_);
+        }
+        track_socket();
+        if (PQsetnonblocking(conn_, 1) != 0) {
+            throw failure("cannot switch to non-blocking mode");
+        }
+        PQsetNoticeProcessor(conn_, log_notice, nullptr);
+    }
+
+    asio::awaitable<Result> execute(const std::string& sql, const std::vector<Param>& params) {
+        std::vector<const char*> values;
+        values.reserve(params.size());
+        for (const auto& param : params) {
+            values.push_back(param ? param->c_str() : nullptr);
+        }
+        if (PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
+                              nullptr, 0) == 0) {
+            throw failure("cannot send the statement");
+        }
+        auto result = co_await finish_statement();
+        co_return result;
+    }
+
+    asio::awaitable<void> run_script(const std::string& sql) {
+        if (PQsendQuery(conn_, sql.c_str()) == 0) {
+            throw failure("cannot send the script");
+        }
+        co_await finish_statement();
+    }
+
+  private:
+    enum class Ready { read, write, either };
+
+    asio::awaitable<Result> finish_statement() {
+        const auto deadline = Clock::now() + settings_.statement_timeout + kClientDeadlineMargin;
+        while (true) {
+            const int pending = PQflush(conn_);
+            if (pending == 0) {
+                break;
+            }
+            if (pending < 0) {
+                throw failure("cannot send the statement");
+            }
+            // libpq may need to read (e.g. a notice) before it can write on: wait for either.
+            co_await wait(Ready::either, deadline, "the server did not take the statement in time");
+            if (PQconsumeInput(conn_) == 0) {
+                throw failure("connection lost");
+            }
+        }
+        std::optional<Error> error;
+        Result last(nullptr);
+        while (true) {
+            while (PQisBusy(conn_) != 0) {
+                co_await wait(Ready::read, deadline, "the server did not answer in time");
+                if (PQconsumeInput(conn_) == 0) {
+                    throw failure("connection lost");
+                }
+            }
+            PGresult* next = PQgetResult(conn_);
+            if (next == nullptr) {
+                break;
+            }
+            Result result(next);
+            const auto status = PQresultStatus(next);
+            if (status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE || status == PGRES_NONFATAL_ERROR) {
+                if (!error) {
+                    const char* sqlstate = PQresultErrorField(next, PG_DIAG_SQLSTATE);
+                    error.emplace(sqlstate == nullptr ? std::string(kConnectionFailure) : std::string(sqlstate),
+                                  trimmed(PQresultErrorMessage(next)));
+                }
+            } else {
+                last = std::move(result);
+            }
+        }
+        if (error) {
+            if (PQstatus(conn_) != CONNECTION_OK) {
+                broken_ = true;
+            }
+            throw *error;
+        }
+        co_return last;
+    }
+
+    /// Waits until the socket is ready, or throws once the deadline passes. Anything that interrupts a wait
+    /// (the deadline, a cancelled job) leaves the protocol mid-statement, so the connection is not reused.
+    asio::awaitable<void> wait(Ready ready, Clock::time_point deadline, std::string_view what) {
+        try {
+            timer_.expires_at(deadline);
+            using Wait = asio::posix::stream_descriptor::wait_type;
+            auto readable = [this] { return socket_.async_wait(Wait::wait_read, asio::as_tuple(asio::use_awaitable)); };
+            auto writable = [this] {
+                return socket_.async_wait(Wait::wait_write, asio::as_tuple(asio::use_awaitable));
+            };
+            auto expired = [this] { return timer_.async_wait(asio::as_tuple(asio::use_awaitable)); };
+            std::size_t winner = 0;
+            if (ready == Ready::read) {
+                winner = (co_await (readable() || expired())).index();
+            } else if (ready == Ready::write) {
+                winner = (co_await (writable() || expired())).index();
+            } else {
+                const auto either = co_await (readable() || writable() || expired());
+                winner = either.index() == 2 ? 1 : 0;
+            }
+            if (winner == 1 && Clock::now() >= deadline) {
+                broken_ = true;
+                throw Error(std::string(kQueryCanceled), std::string(what));
+            }
+        } catch (const boost::system::system_error&) {
+            broken_ = true;
+            throw;
+        }
+    }
+
+    Error failure(std::string_view what) {
+        broken_ = true;
+        return Error(std::string(kConnectionFailure), fmt::format("{}: {}", what, trimmed(PQerrorMessage(conn_))));
+    }
+
+    /// The descriptor can change while connecting (another address, SSL retry); the socket follows it.
+    void track_socket() {
+        const int fd = PQsocket(conn_);
+        if (socket_.is_open() && socket_.native_handle() == fd) {
+            return;
+        }
+        if (socket_.is_open()) {
+            (void)socket_.release();
+        }
+        if (fd >= 0) {
+            socket_.assign(fd);
+        }
+    }
+
+    void close() noexcept {
+        if (socket_.is_open()) {
+            (void)socket_.release();  // libpq owns the descriptor
+        }
+        if (conn_ != nullptr) {
+            PQfinish(conn_);
+            conn_ = nullptr;
+        }
+        broken_ = false;
+    }
+
+    /// The URL's parameters, completed: an address resolved here (libpq would resolve a host name with a
+    /// blocking call), the statement timeout, the application name.
+    asio::awaitable<std::vector<std::pair<std::string, std::string>>> connection_parameters() {
+        char* parse_error = nullptr;
+        PQconninfoOption* options = PQconninfoParse(settings_.url.c_str(), &parse_error);
+        if (options == nullptr) {
+            std::string message = parse_error == nullptr ? "out of memory" : trimmed(parse_error);
+            PQfreemem(parse_error);
+            throw std::invalid_argument(fmt::format("invalid PostgreSQL URL {}: {}", redacted(settings_.url), message));
+        }
+        std::vector<std::pair<std::string, std::string>> parameters;
+        for (auto* option = options; option->keyword != nullptr; ++option) {
+            if (option->val != nullptr && *option->val != '\0') {
+                parameters.emplace_back(option->keyword, option->val);
+            }
+        }
+        PQconninfoFree(options);
+        auto find = [&](std::string_view keyword) -> std::string* {
+            for (auto& [key, value] : parameters) {
+                if (key == keyword) {
+                    return &value;
+                }
+            }
+            return nullptr;
+        };
+        const auto* host = find("host");
+        if (host != nullptr && find("hostaddr") == nullptr && !host->starts_with('/') &&
+            host->find(',') == std::string::npos && !is_numeric_address(*host)) {
+            const auto* port = find("port");
+            auto [error, endpoints] = co_await resolver_.async_resolve(
+                *host, port == nullptr ? std::string("5432") : *port, asio::as_tuple(asio::use_awaitable));
+            if (error || endpoints.empty()) {
+                throw Error(std::string(kConnectionFailure),
+                            fmt::format("cannot resolve {}: {}", *host, error ? error.message() : "no address"));
+            }
+            parameters.emplace_back("hostaddr", endpoints.begin()->endpoint().address().to_string());
+        }
+        const auto timeout = fmt::format("-c statement_timeout={}", settings_.statement_timeout.count());
+        if (auto* existing = find("options")) {
+            *existing += " " + timeout;
+        } else {
+            parameters.emplace_back("options", timeout);
+        }
+        if (find("application_name") == nullptr) {
+            parameters.emplace_back("application_name", settings_.application_name);
+        }
+        // GSSAPI negotiation can call into Kerberos libraries that block.
+        if (find("gssencmode") == nullptr) {
+            parameters.emplace_back("gssencmode", "disable");
+        }
+        co_return parameters;
+    }
+
+    const Settings& settings_;
+    PGconn* conn_ = nullptr;
+    bool broken_ = false;
+    asio::posix::stream_descriptor socket_;
+    asio::steady_timer timer_;
+    asio::ip::tcp::resolver resolver_;
+};
+
+Lease::Lease(Pool& pool, std::unique_ptr<Connection> connection) noexcept
+    : pool_(&pool), connection_(std::move(connection)) {}
+
+Lease::~Lease() {
+    if (connection_) {
+        pool_->give_back(std::move(connection_));
+    }
+}
+
+Lease::Lease(Lease&& other) noexcept : pool_(other.pool_), connection_(std::move(other.connection_)) {}
+
+asio::awaitable<Result> Transaction::execute(std::string sql, std::vector<Param> params) {
+    if (!open_) {
+        throw std::logic_error("statement on a finished transaction");
+    }
+    auto result = co_await lease_.connection().execute(sql, params);
+    co_return result;
+}
+
+asio::awaitable<void> Transaction::run_script(std::string sql) {
+    if (!open_) {
+        throw std::logic_error("script on a finished transaction");
+    }
+    co_await lease_.connection().run_script(sql);
+}
+
+asio::awaitable<void> Transaction::commit() {
+    co_await execute("COMMIT", {});
+    open_ = false;
+}
+
+asio::awaitable<void> Transaction::rollback() {
+    co_await execute("ROLLBACK", {});
+    open_ = false;
+}
+
+class Pool::Impl {
+  public:
+    Impl(asio::any_io_executor executor, Settings settings)
+        : executor_(std::move(executor)), settings_(std::move(settings)) {
+        if (settings_.pool_size == 0) {
+            throw std::invalid_argument("the PostgreSQL pool needs at least one connection");
+        }
+        for (std::size_t i = 0; i < settings_.pool_size; ++i) {
+            idle_.push_back(std::make_unique<Connection>(executor_, settings_));
+        }
+    }
+
+    struct Waiter {
+        explicit Waiter(const asio::any_io_executor& executor) : wake(executor, 1) {}
+        asio::experimental::concurrent_channel<void(boost::system::error_code)> wake;
+        std::unique_ptr<Connection> handed;  ///< set under the pool's mutex
+    };
+
+    asio::any_io_executor executor_;
+    Settings settings_;
+    mutable std::mutex mutex_;
+    std::vector<std::unique_ptr<Connection>> idle_;
+    std::deque<std::shared_ptr<Waiter>> waiters_;
+};
+
+Pool::Pool(asio::any_io_executor executor, Settings settings)
+    : impl_(std::make_shared<Impl>(std::move(executor), std::move(settings))) {}
+
+Pool::~Pool() = default;
+
+const Settings& Pool::settings() const noexcept {
+    return impl_->settings_;
+}
+
+std::size_t Pool::idle() const {
+    std::lock_guard lock(impl_->mutex_);
+    return impl_->idle_.size();
+}
+
+std::size_t Pool::waiting() const {
+    std::lock_guard lock(impl_->mutex_);
+    return impl_->waiters_.size();
+}
+
+void Pool::give_back(std::unique_ptr<Connection> connection) noexcept {
+    std::lock_guard lock(impl_->mutex_);
+    if (impl_->waiters_.empty()) {
+        impl_->idle_.push_back(std::move(connection));
+        return;
+    }
+    auto waiter = std::move(impl_->waiters_.front());
+    impl_->waiters_.pop_front();
+    waiter->handed = std::move(connection);
+    // The wake-up may be lost to a waiter that is timing out at this moment; it finds `handed` set either way.
+    (void)waiter->wake.try_send(boost::system::error_code{});
+}
+
+asio::awaitable<Lease> Pool::acquire() {
+    std::unique_ptr<Connection> connection;
+    std::shared_ptr<Impl::Waiter> waiter;
+    {
+        std::lock_guard lock(impl_->mutex_);
+        if (!impl_->idle_.empty()) {
+            connection = std::move(impl_->idle_.back());
+            impl_->idle_.pop_back();
+        } else {
+            waiter = std::make_shared<Impl::Waiter>(impl_->executor_);
+            impl_->waiters_.push_back(waiter);
+        }
+    }
+    if (waiter) {
+        asio::steady_timer timeout(impl_->executor_, impl_->settings_.acquire_timeout);
+        co_await (waiter->wake.async_receive(asio::as_tuple(asio::use_awaitable)) ||
+                  timeout.async_wait(asio::as_tuple(asio::use_awaitable)));
+        std::lock_guard lock(impl_->mutex_);
+        if (waiter->handed) {
+            connection = std::move(waiter->handed);
+        } else {
+            std::erase(impl_->waiters_, waiter);
+        }
+    }
+    if (!connection) {
+        throw Error(std::string(kTooManyConnections),
+                    fmt::format("no PostgreSQL connection free within {} ms (pool of {})",
+                                impl_->settings_.acquire_timeout.count(), impl_->settings_.pool_size));
+    }
+    Lease lease(*this, std::move(connection));
+    auto& leased = lease.connection();
+    if (leased.usable() && leased.in_transaction()) {
+        // Its last holder left a transaction open (an exception, a cancelled job).
+        try {
+            co_await leased.execute("ROLLBACK", {});
+        } catch (const Error& e) {
+            spdlog::debug("postgres: rollback of an abandoned transaction failed ({}); reconnecting", e.what());
+        }
+    }
+    if (!leased.usable()) {
+        co_await leased.connect();
+    }
+    co_return lease;
+}
+
+asio::awaitable<Result> Pool::execute(std::string sql, std::vector<Param> params) {
+    auto lease = co_await acquire();
+    auto result = co_await lease.connection().execute(sql, params);
+    co_return result;
+}
+
+asio::awaitable<Transaction> Pool::begin(std::string begin_statement) {
+    // Every idle connection may have died with a server restart; each is replaced in turn.
+    for (std::size_t attempt = 0;; ++attempt) {
+        auto lease = co_await acquire();
+        try {
+            co_await lease.connection().execute(begin_statement, {});
+            Transaction transaction(std::move(lease));
+            co_return transaction;
+        } catch (const Error& e) {
+            if (!e.sqlstate().starts_with("08") || attempt >= impl_->settings_.pool_size) {
+                throw;
+            }
+            spdlog::debug("postgres: a pooled connection was lost ({}); trying a fresh one", e.what());
+        }
+    }
+}
+
+std::string redacted(std::string_view url) {
+    // postgresql://user:password@host/… → postgresql://user:***@host/…
+    const auto scheme = url.find("://");
+    const auto at = url.find('@');
+    if (scheme == std::string_view::npos || at == std::string_view::npos || at < scheme) {
+        const auto password = url.find("password=");
+        if (password == std::string_view::npos) {
+            return std::string(url);
+        }
+        const auto end = url.find(' ', password);
+        return fmt::format("{}password=***{}", url.substr(0, password),
+                           end == std::string_view::npos ? std::string_view() : url.substr(end));
+    }
+    const auto colon = url.find(':', scheme + 3);
+    if (colon == std::string_view::npos || colon > at) {
+        return std::string(url);
+    }
+    return fmt::format("{}:***{}", url.substr(0, colon), url.substr(at));
+}
+
+}  // namespace conveyor::pg

@@ -1,0 +1,281 @@
+#include "conveyor/core/pg.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include "conveyor/core/migrations.hpp"
+#include "test_support.hpp"
+
+namespace conveyor::testing {
+namespace {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+
+/// Each test gets a pool on the real database and runs its coroutines to completion.
+class PgTest : public ::testing::Test {
+  protected:
+    pg::Pool make_pool(std::size_t size = 4, std::chrono::milliseconds statement_timeout = 5s,
+                       std::chrono::milliseconds acquire_timeout = 5s) {
+        pg::Settings settings;
+        settings.url = pg_url();
+        settings.pool_size = size;
+        settings.statement_timeout = statement_timeout;
+        settings.acquire_timeout = acquire_timeout;
+        return pg::Pool(io_.get_executor(), settings);
+    }
+
+    template <typename T>
+    T run(asio::awaitable<T> work) {
+        auto result = asio::co_spawn(io_, std::move(work), asio::use_future);
+        io_.restart();
+        io_.run();
+        return result.get();
+    }
+
+    struct Failure {
+        std::string sqlstate;
+        bool transient = false;
+        std::string what;
+    };
+
+    /// How a statement fails; sqlstate "00000" if it succeeds.
+    Failure error_of(pg::Pool& pool, std::string sql) {
+        return run([&pool, sql]() -> asio::awaitable<Failure> {
+            try {
+                co_await pool.query(sql);
+            } catch (const pg::Error& e) {
+                co_return Failure{e.sqlstate(), e.transient(), e.what()};
+            }
+            co_return Failure{"00000", false, "the statement succeeded"};
+        }());
+    }
+
+    asio::io_context io_;
+};
+
+TEST_F(PgTest, RunsParameterisedQueriesWithNullsAndIntegers) {
+    auto pool = make_pool();
+    const auto result = run([&]() -> asio::awaitable<pg::Result> {
+        auto rows = co_await pool.query("SELECT $1::text, $2::bigint, $3::text IS NULL, $4::boolean",
+                                        std::string_view("it's \"quoted\"; DROP TABLE x"), std::int64_t{-42},
+                                        std::nullopt, true);
+        co_return rows;
+    }());
+    ASSERT_EQ(result.rows(), 1);
+    EXPECT_EQ(result.text(0, 0), "it's \"quoted\"; DROP TABLE x");
+    EXPECT_EQ(result.integer(0, 1), -42);
+    EXPECT_EQ(result.text(0, 2), "t");
+    EXPECT_EQ(result.text(0, 3), "t");
+}
+
+TEST_F(PgTest, APoolNeverOpensMoreConnectionsThanItsSizeAndQueuesTheRest) {
+    auto pool = make_pool(2);
+    std::atomic<int> running{0};
+    std::atomic<int> most{0};
+    std::atomic<int> done{0};
+    std::size_t most_waiting = 0;
+    for (int i = 0; i < 6; ++i) {
+        asio::co_spawn(
+            io_,
+            [&]() -> asio::awaitable<void> {
+                auto lease = co_await pool.acquire();
+                const int now = ++running;
+                most = std::max(most.load(), now);
+                most_waiting = std::max(most_waiting, pool.waiting());
+                auto transaction = pg::Transaction(std::move(lease));
+                co_await transaction.query("SELECT pg_sleep(0.1)");
+                --running;
+                ++done;
+            },
+            asio::detached);
+    }
+    io_.run();
+    EXPECT_EQ(done, 6);
+    EXPECT_EQ(most, 2);
+    EXPECT_GE(most_waiting, 3U);
+    EXPECT_EQ(pool.idle(), 2U);
+}
+
+TEST_F(PgTest, AWaitForAConnectionGivesUpAfterTheAcquireTimeout) {
+    auto pool = make_pool(1, 5s, 200ms);
+    const auto error = run([&]() -> asio::awaitable<std::string> {
+        auto held = co_await pool.acquire();
+        try {
+            co_await pool.acquire();
+        } catch (const pg::Error& e) {
+            co_return e.sqlstate();
+        }
+        co_return std::string("acquired");
+    }());
+    EXPECT_EQ(error, "53300");
+    EXPECT_EQ(pool.waiting(), 0U);
+    EXPECT_EQ(pool.idle(), 1U);
+}
+
+TEST_F(PgTest, TheStatementTimeoutCancelsASlowStatementAsATransientError) {
+    auto pool = make_pool(1, 300ms);
+    const auto error = error_of(pool, "SELECT pg_sleep(5)");
+    EXPECT_EQ(error.sqlstate, "57014") << error.what;
+    EXPECT_TRUE(error.transient);
+    // The connection is still good for the next statement.
+    EXPECT_EQ(run(pool.query("SELECT 1")).integer(0, 0), 1);
+}
+
+TEST_F(PgTest, ATransactionLeftWithoutCommitIsRolledBack) {
+    auto pool = make_pool(1);
+    run([&]() -> asio::awaitable<void> {
+        co_await pool.query("CREATE TABLE IF NOT EXISTS pg_test_rollback (id text PRIMARY KEY)");
+        co_await pool.query("TRUNCATE pg_test_rollback");
+        {
+            auto transaction = co_await pool.begin();
+            co_await transaction.query("INSERT INTO pg_test_rollback VALUES ($1)", std::string_view("lost"));
+        }
+        auto transaction = co_await pool.begin();
+        co_await transaction.query("INSERT INTO pg_test_rollback VALUES ($1)", std::string_view("kept"));
+        co_await transaction.commit();
+    }());
+    const auto rows = run(pool.query("SELECT id FROM pg_test_rollback ORDER BY id"));
+    ASSERT_EQ(rows.rows(), 1);
+    EXPECT_EQ(rows.text(0, 0), "kept");
+}
+
+TEST_F(PgTest, ServerErrorsCarryTheirSqlstateAndOnlyRetryableOnesAreTransient) {
+    auto pool = make_pool(1);
+    const auto syntax = error_of(pool, "SELEC 1");
+    EXPECT_EQ(syntax.sqlstate, "42601");
+    EXPECT_FALSE(syntax.transient);
+    const auto division = error_of(pool, "SELECT 1/0");
+    EXPECT_EQ(division.sqlstate, "22012");
+    EXPECT_FALSE(division.transient);
+}
+
+/// Two transactions lock two rows in opposite orders: PostgreSQL aborts one of them with 40P01.
+TEST_F(PgTest, ARealDeadlockIsReportedAsATransientError) {
+    auto pool = make_pool(2);
+    run(pool.query("CREATE TABLE IF NOT EXISTS pg_test_locks (id int PRIMARY KEY, n int NOT NULL)"));
+    run(pool.query("INSERT INTO pg_test_locks VALUES (1, 0), (2, 0) ON CONFLICT DO NOTHING"));
+    std::vector<std::string> outcomes;
+    auto lock_both = [&](int first, int second) -> asio::awaitable<void> {
+        try {
+            auto transaction = co_await pool.begin();
+            co_await transaction.query("UPDATE pg_test_locks SET n = n + 1 WHERE id = $1", first);
+            asio::steady_timer pause(co_await asio::this_coro::executor, 200ms);
+            co_await pause.async_wait(asio::use_awaitable);
+            co_await transaction.query("UPDATE pg_test_locks SET n = n + 1 WHERE id = $1", second);
+            co_await transaction.commit();
+            outcomes.emplace_back("committed");
+        } catch (const pg::Error& e) {
+            outcomes.push_back(e.sqlstate() + (e.transient() ? " transient" : " permanent"));
+        }
+    };
+    asio::co_spawn(io_, lock_both(1, 2), asio::detached);
+    asio::co_spawn(io_, lock_both(2, 1), asio::detached);
+    io_.restart();
+    io_.run();
+    std::sort(outcomes.begin(), outcomes.end());
+    EXPECT_EQ(outcomes, (std::vector<std::string>{"40P01 transient", "committed"}));
+}
+
+/// Two serializable transactions read what the other writes: one of them must fail with 40001.
+TEST_F(PgTest, ARealSerializationFailureIsReportedAsATransientError) {
+    auto pool = make_pool(2);
+    run(pool.query("CREATE TABLE IF NOT EXISTS pg_test_serial (id int PRIMARY KEY, n int NOT NULL)"));
+    run(pool.query("INSERT INTO pg_test_serial VALUES (1, 0) ON CONFLICT DO NOTHING"));
+    std::vector<std::string> outcomes;
+    auto increment = [&]() -> asio::awaitable<void> {
+        try {
+            auto transaction = co_await pool.begin("BEGIN ISOLATION LEVEL SERIALIZABLE");
+            const auto n = (co_await transaction.query("SELECT n FROM pg_test_serial WHERE id = 1")).integer(0, 0);
+            asio::steady_timer pause(co_await asio::this_coro::executor, 200ms);
+            co_await pause.async_wait(asio::use_awaitable);
+            co_await transaction.query("UPDATE pg_test_serial SET n = $1 WHERE id = 1", n + 1);
+            co_await transaction.commit();
+            outcomes.emplace_back("committed");
+        } catch (const pg::Error& e) {
+            outcomes.push_back(e.sqlstate() + (e.transient() ? " transient" : " permanent"));
+        }
+    };
+    asio::co_spawn(io_, increment(), asio::detached);
+    asio::co_spawn(io_, increment(), asio::detached);
+    io_.restart();
+    io_.run();
+    std::sort(outcomes.begin(), outcomes.end());
+    EXPECT_EQ(outcomes, (std::vector<std::string>{"40001 transient", "committed"}));
+}
+
+TEST_F(PgTest, ALockTimeoutIsReportedAsATransientError) {
+    auto pool = make_pool(2);
+    run(pool.query("CREATE TABLE IF NOT EXISTS pg_test_locks (id int PRIMARY KEY, n int NOT NULL)"));
+    run(pool.query("INSERT INTO pg_test_locks VALUES (1, 0) ON CONFLICT DO NOTHING"));
+    const auto sqlstate = run([&]() -> asio::awaitable<std::string> {
+        auto holder = co_await pool.begin();
+        co_await holder.query("SELECT n FROM pg_test_locks WHERE id = 1 FOR UPDATE");
+        auto waiter = co_await pool.begin();
+        co_await waiter.query("SET LOCAL lock_timeout = '100ms'");
+        try {
+            co_await waiter.query("UPDATE pg_test_locks SET n = n + 1 WHERE id = 1");
+        } catch (const pg::Error& e) {
+            co_return e.sqlstate() + (e.transient() ? " transient" : " permanent");
+        }
+        co_return std::string("updated");
+    }());
+    EXPECT_EQ(sqlstate, "55P03 transient");
+}
+
+TEST_F(PgTest, PooledConnectionsRecoverAfterTheServerRestarts) {
+    auto pool = make_pool(3);
+    // Open every pooled connection, so all of them die with the server.
+    run([&]() -> asio::awaitable<void> {
+        auto a = co_await pool.begin();
+        auto b = co_await pool.begin();
+        auto c = co_await pool.begin();
+        co_await c.commit();
+    }());
+    const auto [status, output] =
+        run_command({(source_dir() / "deploy/local/services").string(), "restart", "postgres"}, 120s);
+    ASSERT_EQ(status, 0) << output;
+    const auto value = run([&]() -> asio::awaitable<std::int64_t> {
+        auto transaction = co_await pool.begin();
+        const auto result = co_await transaction.query("SELECT 7");
+        co_await transaction.commit();
+        co_return result.integer(0, 0);
+    }());
+    EXPECT_EQ(value, 7);
+}
+
+TEST_F(PgTest, MigrationsApplyOnceInOrderAndRefuseAnEditedOne) {
+    auto pool = make_pool(1);
+    run(pool.query("DROP TABLE IF EXISTS pg_test_migrated"));
+    run(pool.query("DELETE FROM conveyor.schema_migrations WHERE version >= 900000"));
+    std::vector<pg::Migration> migrations{
+        {900002, "second", "INSERT INTO pg_test_migrated VALUES (2);"},
+        {900001, "first", "CREATE TABLE pg_test_migrated (n int); INSERT INTO pg_test_migrated VALUES (1);"},
+    };
+    EXPECT_EQ(run(pg::migrate(pool, migrations)), 2);
+    EXPECT_EQ(run(pg::migrate(pool, migrations)), 0);
+    EXPECT_EQ(run(pool.query("SELECT string_agg(n::text, ',' ORDER BY n) FROM pg_test_migrated")).text(0, 0), "1,2");
+
+    migrations[0].sql = "INSERT INTO pg_test_migrated VALUES (3);";
+    EXPECT_THROW(run(pg::migrate(pool, migrations)), std::runtime_error);
+    migrations.push_back({900001, "again", "SELECT 1;"});
+    EXPECT_THROW(run(pg::migrate(pool, migrations)), std::invalid_argument);
+
+    // A failing migration leaves no trace: its transaction rolls back.
+    std::vector<pg::Migration> failing{{900003, "broken", "INSERT INTO pg_test_migrated VALUES (4); SELEC 1;"}};
+    EXPECT_THROW(run(pg::migrate(pool, failing)), pg::Error);
+    EXPECT_EQ(run(pool.query("SELECT count(*) FROM pg_test_migrated")).integer(0, 0), 2);
+    EXPECT_EQ(run(pool.query("SELECT count(*) FROM conveyor.schema_migrations WHERE version = 900003")).integer(0, 0),
+              0);
+    run(pool.query("DELETE FROM conveyor.schema_migrations WHERE version >= 900000"));
+    run(pool.query("DROP TABLE pg_test_migrated"));
+}
+
+}  // namespace
+}  // namespace conveyor::testing
