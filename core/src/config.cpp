@@ -17,7 +17,7 @@ std::chrono::milliseconds parse_duration(std::string_view text) {
     const auto [rest, error] = std::from_chars(begin, end, value);
     if (error != std::errc{} || rest == begin || value < 0) {
         throw std::invalid_argument(
-            fmt::format("invalid duration '{}': expected a non-negative number with unit ms, s, m or h", text));
+            fmt::format("invalid duration '{}': expected a non-negative number with unit ms, s, m, h or d", text));
     }
     const std::string_view unit(rest, static_cast<std::size_t>(end - rest));
     std::int64_t scale = 0;
@@ -29,8 +29,11 @@ std::chrono::milliseconds parse_duration(std::string_view text) {
         scale = 60'000;
     } else if (unit == "h") {
         scale = 3'600'000;
+    } else if (unit == "d") {
+        scale = 86'400'000;
     } else {
-        throw std::invalid_argument(fmt::format("invalid duration '{}': unknown unit '{}' (ms, s, m, h)", text, unit));
+        throw std::invalid_argument(
+            fmt::format("invalid duration '{}': unknown unit '{}' (ms, s, m, h, d)", text, unit));
     }
     if (value > INT64_MAX / scale) {
         throw std::invalid_argument(fmt::format("invalid duration '{}': too large", text));

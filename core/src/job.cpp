@@ -3,7 +3,62 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "conveyor/core/topology.hpp"
+
 namespace conveyor {
+
+namespace {
+
+/// Derived ids must fit the wire contract's 128 bytes whatever the parent's id is.
+std::string emitted_message_id(std::string_view job_id, std::size_t index) {
+    auto id = fmt::format("{}/{}", job_id, index);
+    if (id.size() <= kMaxJobIdBytes) {
+        return id;
+    }
+    std::uint64_t hash = 0xcbf29ce484222325ULL;
+    for (const char c : job_id) {
+        hash = (hash ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
+    }
+    return fmt::format("{:016x}/{}", hash, index);
+}
+
+}  // namespace
+
+pg::Transaction& JobContext::transaction() const {
+    if (transaction_ == nullptr) {
+        throw std::logic_error(
+            fmt::format("job type {} is not transactional: register it with transactional = true", envelope_.type));
+    }
+    return *transaction_;
+}
+
+boost::asio::awaitable<void> JobContext::emit(std::string type, std::string payload) {
+    if (!is_valid_job_type(type)) {
+        throw PermanentError(fmt::format("cannot emit job type '{}': expected <family>.<action>", type));
+    }
+    thread_local simdjson::dom::parser parser;
+    auto parsed = parser.parse(payload);
+    if (parsed.error() != simdjson::SUCCESS || !parsed.value_unsafe().is_object()) {
+        throw PermanentError(fmt::format("cannot emit {}: the payload is not a JSON object", type));
+    }
+    OutboxMessage message;
+    message.message_id = emitted_message_id(envelope_.job_id, emitted_.size());
+    message.exchange = std::string(topology::kJobsExchange);
+    message.routing_key = std::move(type);
+    // The emitted job belongs to the same business flow: it keeps the correlation id, or starts one here.
+    message.correlation_id = envelope_.correlation_id.empty() ? envelope_.job_id : envelope_.correlation_id;
+    message.traceparent = envelope_.traceparent;
+    message.body = std::move(payload);
+    const auto row = co_await transaction().query(
+        "INSERT INTO conveyor.outbox (message_id, exchange, routing_key, correlation_id, traceparent, body) "
+        "VALUES ($1, $2, $3, $4, NULLIF($5, ''), $6) "
+        "RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
+        message.message_id, message.exchange, message.routing_key, message.correlation_id, message.traceparent,
+        message.body);
+    message.row_id = row.integer(0, 0);
+    message.enqueued_at_ms = row.integer(0, 1);
+    emitted_.push_back(std::move(message));
+}
 
 std::chrono::milliseconds RetryPolicy::ceiling(std::uint32_t failed_attempt) const noexcept {
     // Doubling stops once it passes the cap, so a large attempt number cannot overflow.

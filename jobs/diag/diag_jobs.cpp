@@ -3,6 +3,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cstdlib>
 
 #include "conveyor/jobs/jobs.hpp"
 
@@ -13,6 +14,7 @@ namespace {
 
 // A sleep longer than this is a typo, not a test; it would only hold a worker slot until its deadline.
 constexpr std::int64_t kMaxSleepMs = 3'600'000;
+constexpr std::int64_t kMaxEmits = 100;
 
 /// Reads an optional non-negative integer field; nullopt in `error` means absent is fine.
 std::optional<std::int64_t> integer_field(const simdjson::dom::element& payload, std::string_view key,
@@ -77,12 +79,55 @@ asio::awaitable<Outcome> fail(JobContext& context) {
     co_return failure;
 }
 
+/// Applies the job's effect once per run, inside the inbox transaction: the ledger shows any effect applied twice
+/// (applied > 1) or lost (no row). "ms" holds the transaction open that long, to widen the window for faults;
+/// "emit" emits that many diag.ledger jobs through the outbox, whose effects show in the ledger too.
+asio::awaitable<Outcome> ledger(JobContext& context) {
+    std::string error;
+    const auto ms = integer_field(context.payload(), "ms", error).value_or(0);
+    const auto emit = integer_field(context.payload(), "emit", error).value_or(0);
+    if (!error.empty() || ms > kMaxSleepMs || emit > kMaxEmits) {
+        Outcome invalid = DeadLetter{
+            "invalid_payload",
+            fmt::format("diag.ledger takes 'ms' from 0 to {} and 'emit' from 0 to {}", kMaxSleepMs, kMaxEmits)};
+        co_return invalid;
+    }
+    for (std::int64_t i = 0; i < emit; ++i) {
+        co_await context.emit("diag.ledger", "{}");
+    }
+    co_await context.transaction().query(
+        "INSERT INTO conveyor.diag_ledger (job_id, applied) VALUES ($1, 1) "
+        "ON CONFLICT (job_id) DO UPDATE SET applied = diag_ledger.applied + 1",
+        context.job_id());
+    if (ms > 0) {
+        asio::steady_timer timer(co_await asio::this_coro::executor, std::chrono::milliseconds(ms));
+        co_await timer.async_wait(asio::use_awaitable);
+    }
+    co_return Success{};
+}
+
 }  // namespace
 
 void register_diag_jobs(JobRegistry& registry) {
     registry.add("diag.noop", noop);
     registry.add("diag.sleep", sleep);
     registry.add("diag.fail", fail);
+    JobOptions transactional;
+    transactional.transactional = true;
+    registry.add("diag.ledger", ledger, transactional);
+    // Killing the process is for poison-message tests only; a production worker dead-letters the job instead.
+    const char* crash_enabled = std::getenv("CONVEYOR_ENABLE_CRASH_JOBS");
+    const bool may_crash = crash_enabled != nullptr && std::string_view(crash_enabled) == "1";
+    registry.add("diag.crash", [may_crash](JobContext& context) -> asio::awaitable<Outcome> {
+        if (!may_crash) {
+            Outcome refused = DeadLetter{"permanent_failure",
+                                         "diag.crash is disabled; set CONVEYOR_ENABLE_CRASH_JOBS=1 to let it abort "
+                                         "the worker"};
+            co_return refused;
+        }
+        context.log().error("diag.crash: aborting the worker process");
+        std::abort();
+    });
 }
 
 void register_all(JobRegistry& registry) {

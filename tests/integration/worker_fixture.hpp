@@ -55,17 +55,25 @@ inline void rabbitmqctl(const std::vector<std::string>& args) {
     ASSERT_EQ(status, 0) << output;
 }
 
-/// Each test starts from empty diag queues on the real broker.
+/// Each test starts from empty diag queues on the real broker and empty Conveyor tables in the real database.
 class WorkerTest : public ::testing::Test {
   protected:
     void SetUp() override {
         broker_.connect();
+        static const bool migrated = [this] {
+            run_cli({"migrate", "--pg-url", pg_url()});
+            return true;
+        }();
+        (void)migrated;
         run_cli({"topology", "declare", "--families", "diag"});
         broker_.purge("conveyor.diag");
         broker_.purge("conveyor.diag.dlq");
+        database_.query(
+            "TRUNCATE conveyor.diag_ledger, conveyor.inbox, conveyor.outbox, conveyor.job_executions RESTART IDENTITY");
     }
 
-    WorkerUnderTest start_worker(std::vector<std::string> args, const std::string& log_name, bool expect_ready = true) {
+    WorkerUnderTest start_worker(std::vector<std::string> args, const std::string& log_name, bool expect_ready = true,
+                                 std::map<std::string, std::string> env = {}) {
         static std::uint16_t next_port = 19470;
         const auto port = next_port++;
         args.insert(args.end(),
@@ -73,8 +81,12 @@ class WorkerTest : public ::testing::Test {
         if (std::find(args.begin(), args.end(), "--amqp-url") == args.end()) {
             args.insert(args.end(), {"--amqp-url", amqp_url()});
         }
+        if (std::find(args.begin(), args.end(), "--pg-url") == args.end()) {
+            args.insert(args.end(), {"--pg-url", pg_url()});
+        }
         const auto log = std::filesystem::temp_directory_path() / ("conveyor-" + log_name + ".log");
-        WorkerUnderTest worker{std::make_unique<Process>(binary_dir() / "conveyor-worker", args, log), port};
+        WorkerUnderTest worker{std::make_unique<Process>(binary_dir() / "conveyor-worker", args, log, std::move(env)),
+                               port};
         if (expect_ready) {
             const bool ready =
                 eventually([&] { return worker.ready() || !worker.process->running(); }, std::chrono::seconds(30));
@@ -101,6 +113,7 @@ class WorkerTest : public ::testing::Test {
     }
 
     Broker broker_;
+    Database database_;
 };
 
 }  // namespace conveyor::testing

@@ -124,7 +124,7 @@ TEST_F(WorkerTest, SigtermFinishesTheJobsInFlightAndLosesNone) {
     EXPECT_EQ(*status, 0) << worker.process->log();
     EXPECT_LT(std::chrono::steady_clock::now() - signalled, 10s);
     const auto log = worker.process->log();
-    EXPECT_NE(log.find("200 succeeded, 0 dead-lettered"), std::string::npos) << log;
+    EXPECT_NE(log.find("200 succeeded, 0 retried, 0 dead-lettered"), std::string::npos) << log;
     // The 100 jobs that never started are back in the queue (or never left it): none lost, none run.
     EXPECT_EQ(broker_.ready("conveyor.diag"), 100U);
     EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
@@ -138,7 +138,8 @@ TEST_F(WorkerTest, GracePeriodOverRequeuesTheJobsStillRunning) {
     const auto status = worker.process->wait(15s);
     ASSERT_TRUE(status.has_value()) << "worker did not exit";
     EXPECT_EQ(*status, 0) << worker.process->log();
-    EXPECT_NE(worker.process->log().find("0 succeeded, 0 dead-lettered, 5 requeued"), std::string::npos)
+    EXPECT_NE(worker.process->log().find("0 succeeded, 0 retried, 0 dead-lettered, 0 duplicates, 5 requeued"),
+              std::string::npos)
         << worker.process->log();
     EXPECT_EQ(broker_.ready("conveyor.diag"), 5U);
 }

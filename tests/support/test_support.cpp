@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "conveyor/core/pg.hpp"
 #include "conveyor/core/topology.hpp"
 
 extern char** environ;
@@ -341,6 +342,65 @@ std::vector<amqp::Delivery> Broker::take(const std::string& queue, std::size_t c
     }
     consumer.stop();
     return taken;
+}
+
+class Database::Impl {
+  public:
+    explicit Impl(std::string url) : pool_(io_.get_executor(), settings(std::move(url))) {
+        thread_ = std::thread([this] { io_.run(); });
+    }
+    ~Impl() {
+        work_.reset();
+        thread_.join();
+    }
+
+    static pg::Settings settings(std::string url) {
+        pg::Settings settings;
+        settings.url = std::move(url);
+        settings.pool_size = 1;
+        settings.application_name = "conveyor tests";
+        return settings;
+    }
+
+    asio::io_context io_;
+    asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
+    pg::Pool pool_;
+    std::thread thread_;
+};
+
+Database::Database(std::string url) : impl_(std::make_unique<Impl>(std::move(url))) {}
+Database::~Database() = default;
+
+Database::Rows Database::query(const std::string& sql, const std::vector<std::string>& params) {
+    auto& pool = impl_->pool_;
+    return asio::co_spawn(
+               impl_->io_,
+               [&]() -> asio::awaitable<Rows> {
+                   auto transaction = co_await pool.begin();
+                   std::string statement = sql;
+                   // Parameters go through pg's text protocol like the product's own queries.
+                   std::vector<pg::Param> values(params.begin(), params.end());
+                   const auto result = co_await transaction.query_params(std::move(statement), std::move(values));
+                   co_await transaction.commit();
+                   Rows rows;
+                   for (int r = 0; r < result.rows(); ++r) {
+                       auto& row = rows.emplace_back();
+                       for (int c = 0; c < result.columns(); ++c) {
+                           row.emplace_back(result.text(r, c));
+                       }
+                   }
+                   co_return rows;
+               },
+               asio::use_future)
+        .get();
+}
+
+std::int64_t Database::scalar(const std::string& sql, const std::vector<std::string>& params) {
+    const auto rows = query(sql, params);
+    if (rows.empty() || rows[0].empty()) {
+        throw std::runtime_error("no value from: " + sql);
+    }
+    return std::stoll(rows[0][0]);
 }
 
 }  // namespace conveyor::testing

@@ -85,4 +85,21 @@ class Broker {
     std::unique_ptr<Impl> impl_;
 };
 
+/// A synchronous facade over a one-connection pg::Pool for test code. Values come back as text; NULL as "".
+class Database {
+  public:
+    explicit Database(std::string url = pg_url());
+    ~Database();
+
+    using Rows = std::vector<std::vector<std::string>>;
+    /// Runs one statement with text parameters; throws pg::Error.
+    Rows query(const std::string& sql, const std::vector<std::string>& params = {});
+    /// The first column of the first row as an integer.
+    std::int64_t scalar(const std::string& sql, const std::vector<std::string>& params = {});
+
+  private:
+    class Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
 }  // namespace conveyor::testing

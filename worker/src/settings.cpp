@@ -111,6 +111,9 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
     std::string retry_base_delay = "1s";
     std::string retry_max_delay = "1h";
     std::vector<std::string> retry_overrides;
+    std::string pg_statement_timeout = "10s";
+    std::string inbox_retention = "14d";
+    std::string outbox_sweep_interval = "5s";
 
     CLI::App app{
         "conveyor-worker: consumes Conveyor job queues from RabbitMQ and runs their handlers.\n"
@@ -156,6 +159,27 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
         ->envname("CONVEYOR_RETRY")
         ->delimiter(';')
         ->default_str("");
+    app.add_option("--pg-url", settings.pg_url, "PostgreSQL URL (inbox, outbox, execution records)")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    app.add_option("--pg-pool-size", settings.pg_pool_size, "Database connections at most")
+        ->envname("CONVEYOR_PG_POOL_SIZE")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1000}));
+    app.add_option("--pg-statement-timeout", pg_statement_timeout, "Limit on each SQL statement")
+        ->envname("CONVEYOR_PG_STATEMENT_TIMEOUT")
+        ->check(duration_validator());
+    app.add_option("--inbox-retention", inbox_retention,
+                   "How long processed job ids are kept to recognise duplicates (e.g. 14d)")
+        ->envname("CONVEYOR_INBOX_RETENTION")
+        ->check(duration_validator());
+    app.add_option("--outbox-sweep-interval", outbox_sweep_interval,
+                   "How often outbox rows left behind by a crash are published")
+        ->envname("CONVEYOR_OUTBOX_SWEEP_INTERVAL")
+        ->check(duration_validator());
+    app.add_option("--quarantine-after", settings.quarantine_after,
+                   "Worker deaths while a job ran alone before it is dead-lettered as poison")
+        ->envname("CONVEYOR_QUARANTINE_AFTER")
+        ->check(CLI::Range(1U, 100U));
     app.add_option("--max-message-bytes", settings.max_message_bytes, "Largest accepted message body")
         ->envname("CONVEYOR_MAX_MESSAGE_BYTES")
         ->check(CLI::Range(std::size_t{1}, std::size_t{128} * 1024 * 1024));
@@ -177,6 +201,12 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
         settings.shutdown_grace = parse_duration(shutdown_grace);
         settings.retry.base_delay = parse_duration(retry_base_delay);
         settings.retry.max_delay = parse_duration(retry_max_delay);
+        settings.pg_statement_timeout = parse_duration(pg_statement_timeout);
+        settings.inbox_retention = parse_duration(inbox_retention);
+        settings.outbox_sweep_interval = parse_duration(outbox_sweep_interval);
+        if (settings.outbox_sweep_interval.count() == 0 || settings.pg_statement_timeout.count() == 0) {
+            throw std::invalid_argument("--outbox-sweep-interval and --pg-statement-timeout must be greater than zero");
+        }
         for (const auto& text : retry_overrides) {
             settings.retry_overrides.push_back(RetryOverride::parse(text));
         }

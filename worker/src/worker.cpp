@@ -19,6 +19,8 @@
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/metrics.hpp"
 #include "conveyor/core/topology.hpp"
+#include "housekeeping.hpp"
+#include "quarantine.hpp"
 #include "worker_metrics.hpp"
 
 namespace conveyor::worker {
@@ -43,6 +45,15 @@ std::string utc_timestamp(std::chrono::system_clock::time_point at) {
 
 std::string bounded(std::string_view text, std::size_t limit) {
     return text.size() <= limit ? std::string(text) : fmt::format("{}…", text.substr(0, limit));
+}
+
+pg::Settings database_settings(const WorkerSettings& settings) {
+    pg::Settings database;
+    database.url = settings.pg_url;
+    database.pool_size = settings.pg_pool_size;
+    database.statement_timeout = settings.pg_statement_timeout;
+    database.application_name = fmt::format("conveyor-worker {}", settings.name);
+    return database;
 }
 
 amqp::ConnectionSettings connection_settings(const WorkerSettings& settings, std::string_view role,
@@ -97,7 +108,10 @@ class Worker::Impl {
           consumer_(connection_settings(settings_, "consumer", metrics_.consumer_observer),
                     topology::job_topology(settings_.families)),
           publisher_(connection_settings(settings_, "publisher", metrics_.publisher_observer), {}),
-          http_(io_.get_executor(), settings_.http_address, settings_.http_port) {
+          http_(io_.get_executor(), settings_.http_address, settings_.http_port),
+          pool_(io_.get_executor(), database_settings(settings_)),
+          quarantine_(pool_, settings_.quarantine_after),
+          outbox_(pool_, publisher_) {
         limits_.max_body_bytes = settings_.max_message_bytes;
         for (const auto& type : registry_.types()) {
             policies_.emplace(type, effective_retry_policy(settings_, *registry_.find(type)));
@@ -113,6 +127,15 @@ class Worker::Impl {
         consumer_.start();
         publisher_.start();
         asio::co_spawn(io_, dispatch(), log_failure("delivery dispatcher"));
+        HousekeepingSettings chores;
+        chores.outbox_sweep_interval = settings_.outbox_sweep_interval;
+        chores.inbox_retention = settings_.inbox_retention;
+        asio::co_spawn(io_,
+                       run_housekeeping(pool_, outbox_, chores, metrics_.outbox_pending(), database_ok_, stopping_),
+                       [this](const std::exception_ptr& error) {
+                           log_failure("housekeeping")(error);
+                           housekeeping_done_ = true;
+                       });
         slots_.reserve(settings_.concurrency);
         for (unsigned i = 0; i < settings_.concurrency; ++i) {
             auto& slot = *slots_.emplace_back(std::make_unique<Slot>(io_));
@@ -131,10 +154,12 @@ class Worker::Impl {
 
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         co_await drain();
+        stopping_ = true;
+        co_await housekeeping_finished();
         http_.stop();
-        spdlog::info("worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} requeued", settings_.name,
-                     stats_.succeeded.load(), stats_.retried.load(), stats_.dead_lettered.load(),
-                     stats_.requeued.load());
+        spdlog::info("worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} requeued",
+                     settings_.name, stats_.succeeded.load(), stats_.retried.load(), stats_.dead_lettered.load(),
+                     stats_.duplicates.load(), stats_.requeued.load());
         co_return WorkerStats{stats_.succeeded, stats_.retried, stats_.dead_lettered, stats_.requeued};
     }
 
@@ -150,6 +175,10 @@ class Worker::Impl {
             if (!consumer_.consuming() || !publisher_.connected()) {
                 return HttpResponse{503, "text/plain; charset=utf-8",
                                     fmt::format("broker not connected: {}\n", consumer_.last_error())};
+            }
+            if (!database_ok_) {
+                return HttpResponse{503, "text/plain; charset=utf-8",
+                                    fmt::format("database not reachable at {}\n", pg::redacted(settings_.pg_url))};
             }
             return HttpResponse{200, "text/plain; charset=utf-8", "ready\n"};
         });
@@ -195,6 +224,16 @@ class Worker::Impl {
         if (!co_await slots_finished_by(Clock::now() + kCancelledJobsUnwind)) {
             spdlog::error("shutdown: {} jobs did not unwind; closing the connection requeues them",
                           slots_.size() - finished_slots_);
+        }
+    }
+
+    /// Housekeeping notices `stopping_` within a tick, or once its current statement ends (bounded by the
+    /// statement timeout).
+    asio::awaitable<void> housekeeping_finished() {
+        asio::steady_timer tick(co_await asio::this_coro::executor);
+        while (!housekeeping_done_) {
+            tick.expires_after(kShutdownPoll);
+            co_await tick.async_wait(asio::use_awaitable);
         }
     }
 
@@ -310,6 +349,63 @@ class Worker::Impl {
         }
 
         auto& metrics = metrics_.job(delivery.queue, envelope->type);
+        const JobLogger log(envelope->job_id, envelope->correlation_id, envelope->type);
+
+        // Only a redelivered job can have been running when a worker died: read its record before running it.
+        auto admission = Quarantine::Decision::run;
+        if (delivery.redelivered) {
+            log.debug("redelivered; running again");
+            std::optional<Quarantine::History> history;
+            std::string failure;
+            try {
+                history = co_await quarantine_.judge(envelope->job_id);
+            } catch (const std::exception& e) {
+                failure = e.what();
+            }
+            if (!history) {
+                co_await requeue_later(delivery, log, fmt::format("cannot read its execution record: {}", failure));
+                co_return;
+            }
+            admission = history->decision;
+            if (admission == Quarantine::Decision::dead_letter) {
+                Verdict poison{"delivery_limit",
+                               fmt::format("quarantined as poison: a worker died {} times while running it alone "
+                                           "(--quarantine-after {})",
+                                           history->solo_starts, settings_.quarantine_after)};
+                co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(poison));
+                co_await forget_start(envelope->job_id, log);
+                co_return;
+            }
+        }
+        const bool alone = admission == Quarantine::Decision::run_alone;
+        bool entered = !alone && quarantine_.try_enter_shared();
+        if (!entered) {
+            if (alone) {
+                log.warn("was running when a worker died; running it alone to see whether it is poison");
+                entered = co_await quarantine_.enter_exclusive(draining_);
+            } else {
+                entered = co_await quarantine_.enter_shared(draining_);
+            }
+        }
+        if (!entered) {
+            requeue(delivery);  // the worker is draining
+            co_return;
+        }
+        Quarantine::Pass pass(quarantine_, alone);
+        if (delivery.redelivered) {
+            std::string failure;
+            try {
+                co_await quarantine_.record_start(envelope->job_id, delivery.queue, alone);
+            } catch (const std::exception& e) {
+                failure = e.what();
+            }
+            if (!failure.empty()) {
+                pass.release();
+                co_await requeue_later(delivery, log, fmt::format("cannot record its start: {}", failure));
+                co_return;
+            }
+        }
+
         auto& in_flight = metrics_.in_flight(delivery.queue);
         metrics.started->Increment();
         in_flight.Increment();
@@ -321,9 +417,6 @@ class Worker::Impl {
             definition->options.timeout.count() > 0 ? definition->options.timeout : settings_.job_timeout;
         const auto started = Clock::now();
         JobContext context(*envelope, started + timeout);
-        if (delivery.redelivered) {
-            context.log().debug("redelivered; running again");
-        }
 
         // The watchdog emits the slot's cancellation signal at the deadline; the shutdown does when its grace
         // period is over. Either way the handler's pending operation fails with operation_aborted.
@@ -333,10 +426,11 @@ class Worker::Impl {
             slot.deadline.cancel();  // the watchdog waits for a later time; wake it to re-arm
         }
         std::optional<Outcome> outcome;
+        bool duplicate = false;
         std::string failure;
         bool permanent = false;
         try {
-            outcome = co_await definition->handler(context);
+            outcome = co_await run_handler(*definition, context, duplicate);
         } catch (const PermanentError& e) {
             failure = e.what();
             permanent = true;
@@ -344,14 +438,19 @@ class Worker::Impl {
             failure = e.what();
         }
         slot.job_deadline.reset();
+        pass.release();
         // A cancelled coroutine fails every later wait at once; what follows (dead-lettering) must still run.
         co_await asio::this_coro::reset_cancellation_state();
+        // The worker survived the job, whatever its outcome: it is no suspect any more.
+        if (delivery.redelivered) {
+            co_await forget_start(envelope->job_id, log);
+        }
         // Interrupted by the shutdown: whatever the handler made of its cancellation, the job goes back to the
         // queue for another worker, unless it had finished.
         const bool interrupted = aborting_ && !slot.timed_out;
         if (interrupted && !(outcome && std::holds_alternative<Success>(*outcome))) {
             in_flight.Decrement();
-            context.log().warn("cancelled at shutdown; requeued");
+            log.warn("cancelled at shutdown; requeued");
             requeue(delivery);
             co_return;
         }
@@ -368,11 +467,21 @@ class Worker::Impl {
         metrics.duration->Observe(std::chrono::duration<double>(Clock::now() - started).count());
         in_flight.Decrement();
 
+        if (duplicate) {
+            consumer_.ack(delivery);
+            metrics.duplicate->Increment();
+            ++stats_.duplicates;
+            log.info("duplicate: already processed (found in the inbox); acknowledged without running");
+            co_return;
+        }
         if (std::holds_alternative<Success>(*outcome)) {
             consumer_.ack(delivery);
             metrics.success->Increment();
             ++stats_.succeeded;
-            context.log().debug("attempt {} succeeded", envelope->attempt);
+            log.debug("attempt {} succeeded", envelope->attempt);
+            if (!context.emitted().empty()) {
+                co_await publish_emitted(context.emitted(), log);
+            }
             co_return;
         }
         if (auto* retry = std::get_if<Retry>(&*outcome)) {
@@ -391,6 +500,69 @@ class Worker::Impl {
         auto& dead = std::get<DeadLetter>(*outcome);
         Verdict verdict{dead.reason.empty() ? "permanent_failure" : std::move(dead.reason), std::move(dead.error)};
         co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(verdict));
+    }
+
+    /// Runs the handler; a transactional one inside a transaction that first claims the job in the inbox, so
+    /// that its effects and the claim commit together or not at all.
+    asio::awaitable<Outcome> run_handler(const JobDefinition& definition, JobContext& context, bool& duplicate) {
+        if (!definition.options.transactional) {
+            auto outcome = co_await definition.handler(context);
+            co_return outcome;
+        }
+        auto transaction = co_await pool_.begin();
+        const auto claim = co_await transaction.query(
+            "INSERT INTO conveyor.inbox (message_id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING", context.job_id(),
+            context.type());
+        if (claim.affected() == 0) {
+            co_await transaction.rollback();
+            duplicate = true;
+            co_return Success{};
+        }
+        context.bind_transaction(&transaction);
+        auto outcome = co_await definition.handler(context);
+        context.bind_transaction(nullptr);
+        if (std::holds_alternative<Success>(outcome)) {
+            co_await transaction.commit();
+        } else {
+            co_await transaction.rollback();
+        }
+        co_return outcome;
+    }
+
+    /// Publishes what a job emitted once its transaction has committed; whatever fails here, the rows are still in
+    /// the outbox for the sweeper.
+    asio::awaitable<void> publish_emitted(const std::vector<OutboxMessage>& emitted, const JobLogger& log) {
+        std::string failure;
+        try {
+            co_await outbox_.publish(emitted);
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+        if (!failure.empty()) {
+            log.warn("emitted jobs stay in the outbox for the sweeper: {}", failure);
+        }
+    }
+
+    asio::awaitable<void> forget_start(const std::string& job_id, const JobLogger& log) {
+        std::string failure;
+        try {
+            co_await quarantine_.record_end(job_id);
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+        if (!failure.empty()) {
+            // Harmless: the job will run alone if it ever comes back, and the record is pruned with the inbox.
+            log.warn("could not clear its execution record: {}", failure);
+        }
+    }
+
+    /// Puts a job back after a pause, for failures of the worker's own machinery (the database is down): the job
+    /// is not at fault, so it keeps its attempts, and the pause keeps it from spinning.
+    asio::awaitable<void> requeue_later(const amqp::Delivery& delivery, const JobLogger& log, std::string why) {
+        log.error("requeued: {}", why);
+        asio::steady_timer pause(co_await asio::this_coro::executor, kDeadLetterFailureBackoff);
+        co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+        requeue(delivery);
     }
 
     /// Sends the job to the delay ladder as its next attempt and acks the original only once the broker has
@@ -485,12 +657,19 @@ class Worker::Impl {
     amqp::Connection consumer_;
     amqp::Connection publisher_;
     HttpServer http_;
+    pg::Pool pool_;
+    Quarantine quarantine_;
+    OutboxRelay outbox_;
+    std::atomic<bool> database_ok_{false};
+    std::atomic<bool> stopping_{false};
+    std::atomic<bool> housekeeping_done_{false};
     std::vector<std::unique_ptr<Slot>> slots_;
     std::atomic<bool> draining_{false};
     std::atomic<bool> aborting_{false};
     struct {
         std::atomic<std::uint64_t> succeeded{0};
         std::atomic<std::uint64_t> retried{0};
+        std::atomic<std::uint64_t> duplicates{0};
         std::atomic<std::uint64_t> dead_lettered{0};
         std::atomic<std::uint64_t> requeued{0};
     } stats_;

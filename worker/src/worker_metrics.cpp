@@ -51,7 +51,12 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
       publish_confirm_(prometheus::BuildHistogram()
                            .Name("conveyor_publish_confirm_seconds")
                            .Help("Time from basic.publish to the broker's confirm")
-                           .Register(registry)) {
+                           .Register(registry)),
+      outbox_pending_(prometheus::BuildGauge()
+                          .Name("conveyor_outbox_pending")
+                          .Help("Rows in conveyor.outbox: emitted jobs not yet published")
+                          .Register(registry)
+                          .Add({})) {
     for (const auto& family : families) {
         const auto queue = topology::queue_name(family);
         for (const auto& type : jobs.types_of_family(family)) {

@@ -36,6 +36,7 @@ class WorkerMetrics {
 
     [[nodiscard]] Job& job(const std::string& queue, std::string_view type);
     [[nodiscard]] prometheus::Gauge& in_flight(const std::string& queue);
+    [[nodiscard]] prometheus::Gauge& outbox_pending() noexcept { return outbox_pending_; }
 
     /// Observes one of the worker's two broker connections; the gauge is 1 only while both are up.
     class BrokerObserver final : public amqp::ConnectionObserver {
@@ -63,6 +64,7 @@ class WorkerMetrics {
     prometheus::Family<prometheus::Gauge>& in_flight_;
     prometheus::Gauge& broker_connected_;
     prometheus::Family<prometheus::Histogram>& publish_confirm_;
+    prometheus::Gauge& outbox_pending_;
     std::mutex connections_mutex_;  ///< both connection threads report; the gauge reflects both flags
     std::array<bool, 2> connections_up_{};
 

@@ -6,7 +6,7 @@
 
 namespace conveyor {
 
-/// Parses "250ms", "30s", "5m", "1h" (a bare number means seconds); throws std::invalid_argument otherwise.
+/// Parses "250ms", "30s", "5m", "1h", "14d" (a bare number means seconds); throws std::invalid_argument otherwise.
 [[nodiscard]] std::chrono::milliseconds parse_duration(std::string_view text);
 
 /// This process's identity in logs and dead-letter headers: $CONVEYOR_WORKER_NAME, $POD_NAME or the host name.

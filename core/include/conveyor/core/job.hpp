@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/pg.hpp"
 
 /// The contract between the worker runtime and job handlers. Handlers live in jobs/ and know only this header.
 namespace conveyor {
@@ -102,13 +103,31 @@ class JobLogger {
     std::string_view type_;
 };
 
+/// A job emitted by a handler through the outbox: a row of conveyor.outbox, published once the handler's
+/// transaction has committed.
+struct OutboxMessage {
+    std::int64_t row_id = 0;
+    std::string message_id;
+    std::string exchange;
+    std::string routing_key;
+    std::string correlation_id;
+    std::string traceparent;
+    std::string body;
+    std::int64_t enqueued_at_ms = 0;
+};
+
 /// What a handler gets: the validated envelope, a logger, and the deadline it must finish by. The worker
 /// also cancels the handler's coroutine at the deadline; the deadline lets handlers pass it on to their
-/// own calls (HTTP, SQL).
+/// own calls (HTTP, SQL). A transactional job type also gets its transaction, in which the worker has already
+/// recorded the job in the inbox, and can emit jobs through the outbox.
 class JobContext {
   public:
-    JobContext(const Envelope& envelope, std::chrono::steady_clock::time_point deadline)
-        : envelope_(envelope), deadline_(deadline), logger_(envelope.job_id, envelope.correlation_id, envelope.type) {}
+    JobContext(const Envelope& envelope, std::chrono::steady_clock::time_point deadline,
+               pg::Transaction* transaction = nullptr)
+        : envelope_(envelope),
+          deadline_(deadline),
+          logger_(envelope.job_id, envelope.correlation_id, envelope.type),
+          transaction_(transaction) {}
 
     [[nodiscard]] const Envelope& envelope() const noexcept { return envelope_; }
     [[nodiscard]] const std::string& job_id() const noexcept { return envelope_.job_id; }
@@ -119,10 +138,26 @@ class JobContext {
     [[nodiscard]] std::chrono::steady_clock::time_point deadline() const noexcept { return deadline_; }
     [[nodiscard]] const JobLogger& log() const noexcept { return logger_; }
 
+    /// The job's transaction; throws std::logic_error unless the job type is transactional. Commit and rollback
+    /// are the worker's: the handler's outcome decides.
+    [[nodiscard]] pg::Transaction& transaction() const;
+
+    /// Emits a job of `type` with the JSON object `payload` through the outbox, in the job's transaction. Its
+    /// message id is derived from this job's id and the emit's position, so every attempt emits the same ids.
+    boost::asio::awaitable<void> emit(std::string type, std::string payload);
+
+    /// Set by the worker around the handler's run.
+    void bind_transaction(pg::Transaction* transaction) noexcept { transaction_ = transaction; }
+
+    /// What emit() wrote, for the worker to publish after the commit.
+    [[nodiscard]] std::vector<OutboxMessage>& emitted() noexcept { return emitted_; }
+
   private:
     const Envelope& envelope_;
     std::chrono::steady_clock::time_point deadline_;
     JobLogger logger_;
+    pg::Transaction* transaction_;
+    std::vector<OutboxMessage> emitted_;
 };
 
 using JobHandler = std::function<boost::asio::awaitable<Outcome>(JobContext&)>;
@@ -132,6 +167,9 @@ struct JobOptions {
     std::chrono::milliseconds timeout{0};
     /// The type's own retry policy; unset uses the worker's (--retry-*), and a --retry override beats both.
     std::optional<RetryPolicy> retry;
+    /// Runs the handler in a database transaction that also records the job in conveyor.inbox: committed on
+    /// success, rolled back otherwise, and a job found there already is acknowledged as a duplicate.
+    bool transactional = false;
 };
 
 struct JobDefinition {

@@ -128,6 +128,10 @@ class Transaction {
     boost::asio::awaitable<Result> query(std::string_view sql, const Args&... args) {
         return execute(std::string(sql), {to_param(args)...});
     }
+    /// The same with parameters already converted, for callers that build them at run time.
+    boost::asio::awaitable<Result> query_params(std::string sql, std::vector<Param> params) {
+        return execute(std::move(sql), std::move(params));
+    }
     /// Runs SQL that has no parameters and may hold several statements (migrations).
     boost::asio::awaitable<void> run_script(std::string sql);
     boost::asio::awaitable<void> commit();

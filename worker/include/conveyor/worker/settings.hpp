@@ -49,6 +49,20 @@ struct WorkerSettings {
     RetryPolicy retry;
     /// Per-type changes that beat both the default and the type's own policy (CONVEYOR_RETRY, ';'-separated).
     std::vector<RetryOverride> retry_overrides;
+    /// PostgreSQL for the inbox, the outbox and execution records (CONVEYOR_PG_URL).
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    /// Database connections at most (CONVEYOR_PG_POOL_SIZE); jobs beyond that wait for one.
+    std::size_t pg_pool_size = 20;
+    /// Limit on each SQL statement (CONVEYOR_PG_STATEMENT_TIMEOUT).
+    std::chrono::milliseconds pg_statement_timeout{10'000};
+    /// How long processed job ids stay in conveyor.inbox (CONVEYOR_INBOX_RETENTION): a duplicate delivered later
+    /// than this would run again.
+    std::chrono::milliseconds inbox_retention{std::chrono::hours(24 * 14)};
+    /// How often outbox rows left behind by a crash are published (CONVEYOR_OUTBOX_SWEEP_INTERVAL).
+    std::chrono::milliseconds outbox_sweep_interval{5'000};
+    /// A job that was running alone when the worker died this many times is dead-lettered as poison
+    /// (CONVEYOR_QUARANTINE_AFTER).
+    unsigned quarantine_after = 1;
     /// Largest message body accepted (CONVEYOR_MAX_MESSAGE_BYTES); bigger ones are dead-lettered as too_large.
     std::size_t max_message_bytes = std::size_t{1024} * 1024;
     /// Address and port of /healthz, /readyz and /metrics (CONVEYOR_HTTP_ADDRESS, CONVEYOR_HTTP_PORT).

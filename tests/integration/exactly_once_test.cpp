@@ -1,0 +1,89 @@
+#include "worker_fixture.hpp"
+
+namespace conveyor::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST_F(WorkerTest, LedgerJobsApplyTheirEffectOnceAndRedeliveredCopiesAreAbsorbedByTheInbox) {
+    auto worker = start_worker({}, "inbox");
+    for (int i = 0; i < 200; ++i) {
+        broker_.publish(Broker::job("diag.ledger", "{}", fmt::format("ledger-{}", i)));
+    }
+    // The same ids again, as a publisher retrying after a lost confirm would send them.
+    for (int i = 0; i < 200; i += 4) {
+        broker_.publish(Broker::job("diag.ledger", "{}", fmt::format("ledger-{}", i)));
+    }
+    ASSERT_TRUE(eventually(
+        [&] { return worker.metric("conveyor_jobs_completed_total", {"type=\"diag.ledger\""}) == 250; }, 30s))
+        << worker.process->log();
+    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"outcome=\"duplicate\""}), 50);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.diag_ledger"), 200);
+    EXPECT_EQ(database_.scalar("SELECT max(applied) FROM conveyor.diag_ledger"), 1);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.inbox WHERE type = 'diag.ledger'"), 200);
+}
+
+TEST_F(WorkerTest, EmittedJobsArePublishedAfterTheCommitAndLeaveTheOutboxEmpty) {
+    auto worker = start_worker({}, "outbox");
+    auto parent = Broker::job("diag.ledger", R"({"emit": 3})", "parent");
+    parent.properties.correlation_id = "flow-9";
+    broker_.publish(std::move(parent));
+    ASSERT_TRUE(eventually([&] { return database_.scalar("SELECT count(*) FROM conveyor.diag_ledger") == 4; }, 30s))
+        << worker.process->log();
+    const auto rows = database_.query("SELECT job_id, applied FROM conveyor.diag_ledger ORDER BY job_id");
+    const Database::Rows expected{{"parent", "1"}, {"parent/0", "1"}, {"parent/1", "1"}, {"parent/2", "1"}};
+    EXPECT_EQ(rows, expected);
+    ASSERT_TRUE(eventually([&] { return database_.scalar("SELECT count(*) FROM conveyor.outbox") == 0; }, 10s));
+    EXPECT_TRUE(eventually([&] { return worker.metric("conveyor_outbox_pending") == 0; }, 10s));
+}
+
+TEST_F(WorkerTest, TheSweeperPublishesWhatACrashLeftInTheOutboxAndARepublishedRowIsADuplicate) {
+    auto worker = start_worker({"--outbox-sweep-interval", "300ms"}, "outbox-sweep");
+    // Two rows as a worker that died between its commit and its publish would leave them.
+    const std::string left_behind =
+        "INSERT INTO conveyor.outbox (message_id, exchange, routing_key, body, created_at) "
+        "VALUES ($1, 'conveyor.jobs', 'diag.ledger', '{}', now() - interval '1 minute')";
+    database_.query(left_behind, {"orphan-1"});
+    database_.query(left_behind, {"orphan-2"});
+    ASSERT_TRUE(eventually([&] { return database_.scalar("SELECT count(*) FROM conveyor.diag_ledger") == 2; }, 30s))
+        << worker.process->log();
+    EXPECT_TRUE(eventually([&] { return database_.scalar("SELECT count(*) FROM conveyor.outbox") == 0; }, 10s));
+
+    // A crash between the broker's confirm and the row's delete publishes the same message again.
+    database_.query(left_behind, {"orphan-1"});
+    ASSERT_TRUE(
+        eventually([&] { return worker.metric("conveyor_jobs_completed_total", {"outcome=\"duplicate\""}) == 1; }, 30s))
+        << worker.process->log();
+    EXPECT_EQ(database_.scalar("SELECT max(applied) FROM conveyor.diag_ledger"), 1);
+}
+
+TEST_F(WorkerTest, AJobThatTimesOutIsRetriedRolledBackEachTimeAndDeadLetteredAsTimeout) {
+    auto worker = start_worker({"--job-timeout", "300ms", "--retry", "diag.ledger=attempts:2,base:1s"}, "timeout");
+    broker_.publish(Broker::job("diag.ledger", R"({"ms": 2000})", "too-slow"));
+    const auto dead = broker_.take("conveyor.diag.dlq", 1, 30s);
+    ASSERT_EQ(dead.size(), 1U) << worker.process->log();
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-reason"), "timeout");
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-attempts"), "2");
+    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"outcome=\"retry\""}), 1);
+    // Neither attempt committed: no effect, no inbox row, so a replay would run it.
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.diag_ledger"), 0);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.inbox"), 0);
+}
+
+TEST_F(WorkerTest, ReadinessFollowsTheDatabaseAndJobsResumeWhenItIsBack) {
+    auto worker = start_worker({}, "database-down");
+    const auto services = (source_dir() / "deploy/local/services").string();
+    ASSERT_EQ(run_command({services, "stop", "postgres"}, 60s).first, 0);
+    const bool unready = eventually([&] { return !worker.ready(); }, 15s);
+    broker_.publish(Broker::job("diag.ledger", "{}", "while-down"));
+    ASSERT_EQ(run_command({services, "start", "postgres"}, 60s).first, 0);
+    ASSERT_TRUE(unready) << "/readyz stayed 200 with the database stopped";
+    ASSERT_TRUE(eventually([&] { return worker.ready(); }, 15s)) << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return database_.scalar("SELECT count(*) FROM conveyor.diag_ledger") == 1; }, 60s))
+        << worker.process->log();
+    EXPECT_EQ(database_.scalar("SELECT applied FROM conveyor.diag_ledger WHERE job_id = 'while-down'"), 1);
+    EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
+}
+
+}  // namespace
+}  // namespace conveyor::testing

@@ -1,0 +1,164 @@
+#include "housekeeping.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace conveyor::worker {
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr int kSweepBatch = 500;
+constexpr int kPruneBatch = 10'000;
+constexpr auto kTick = std::chrono::milliseconds(100);
+
+/// "{1,2,3}": a bigint[] parameter, so a batch is deleted by one parameterised statement.
+std::string id_array(const std::vector<std::int64_t>& ids) {
+    return fmt::format("{{{}}}", fmt::join(ids, ","));
+}
+
+/// Deletes in batches so a large backlog never holds long locks or one huge transaction.
+asio::awaitable<std::int64_t> prune(pg::Pool& pool, std::string_view sql, std::chrono::milliseconds retention) {
+    std::int64_t total = 0;
+    while (true) {
+        const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(retention).count();
+        const auto deleted = (co_await pool.query(sql, seconds, kPruneBatch)).affected();
+        total += deleted;
+        if (deleted < kPruneBatch) {
+            co_return total;
+        }
+    }
+}
+
+}  // namespace
+
+amqp::Message outbox_to_message(const OutboxMessage& row) {
+    amqp::Message message;
+    message.exchange = row.exchange;
+    message.routing_key = row.routing_key;
+    message.body = row.body;
+    auto& properties = message.properties;
+    properties.content_type = "application/json";
+    properties.message_id = row.message_id;
+    properties.correlation_id = row.correlation_id;
+    properties.timestamp = static_cast<std::uint64_t>(row.enqueued_at_ms / 1000);
+    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", row.enqueued_at_ms);
+    if (!row.traceparent.empty()) {
+        amqp::set_header(properties.headers, "traceparent", row.traceparent);
+    }
+    return message;
+}
+
+asio::awaitable<std::size_t> OutboxRelay::publish(const std::vector<OutboxMessage>& rows) {
+    std::vector<std::int64_t> published;
+    for (const auto& row : rows) {
+        auto [error] = co_await publisher_.async_publish(outbox_to_message(row), asio::as_tuple(asio::use_awaitable));
+        if (error) {
+            spdlog::warn("outbox: could not publish {} ({}): {}; the sweeper will retry", row.message_id,
+                         row.routing_key, error.message());
+            continue;
+        }
+        published.push_back(row.row_id);
+    }
+    if (!published.empty()) {
+        co_await pool_.query("DELETE FROM conveyor.outbox WHERE id = ANY($1::bigint[])", id_array(published));
+    }
+    co_return published.size();
+}
+
+asio::awaitable<std::size_t> OutboxRelay::sweep(std::chrono::milliseconds min_age) {
+    std::size_t total = 0;
+    while (true) {
+        auto transaction = co_await pool_.begin();
+        const auto rows = co_await transaction.query(
+            "SELECT id, message_id, exchange, routing_key, coalesce(correlation_id, ''), coalesce(traceparent, ''), "
+            "body, (extract(epoch FROM created_at) * 1000)::bigint FROM conveyor.outbox "
+            "WHERE created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            static_cast<double>(min_age.count()) / 1000.0, kSweepBatch);
+        std::vector<OutboxMessage> batch;
+        batch.reserve(static_cast<std::size_t>(rows.rows()));
+        for (int i = 0; i < rows.rows(); ++i) {
+            batch.push_back({rows.integer(i, 0), std::string(rows.text(i, 1)), std::string(rows.text(i, 2)),
+                             std::string(rows.text(i, 3)), std::string(rows.text(i, 4)), std::string(rows.text(i, 5)),
+                             std::string(rows.text(i, 6)), rows.integer(i, 7)});
+        }
+        std::vector<std::int64_t> published;
+        for (const auto& row : batch) {
+            auto [error] =
+                co_await publisher_.async_publish(outbox_to_message(row), asio::as_tuple(asio::use_awaitable));
+            if (error) {
+                spdlog::warn("outbox sweep: could not publish {}: {}", row.message_id, error.message());
+                break;
+            }
+            published.push_back(row.row_id);
+        }
+        if (!published.empty()) {
+            co_await transaction.query("DELETE FROM conveyor.outbox WHERE id = ANY($1::bigint[])", id_array(published));
+        }
+        co_await transaction.commit();
+        total += published.size();
+        if (batch.size() < static_cast<std::size_t>(kSweepBatch) || published.size() < batch.size()) {
+            co_return total;
+        }
+    }
+}
+
+asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,
+                                       prometheus::Gauge& outbox_pending, std::atomic<bool>& database_ok,
+                                       const std::atomic<bool>& stopping) {
+    auto next_probe = Clock::now();
+    auto next_sweep = Clock::now() + settings.outbox_sweep_interval;
+    auto next_prune = Clock::now();
+    asio::steady_timer tick(co_await asio::this_coro::executor);
+    while (!stopping) {
+        const auto now = Clock::now();
+        try {
+            if (now >= next_probe) {
+                next_probe = now + settings.probe_interval;
+                const auto backlog = co_await pool.query("SELECT count(*) FROM conveyor.outbox");
+                outbox_pending.Set(static_cast<double>(backlog.integer(0, 0)));
+                if (!database_ok.exchange(true)) {
+                    spdlog::info("database reachable");
+                }
+            }
+            if (now >= next_sweep) {
+                next_sweep = now + settings.outbox_sweep_interval;
+                // Rows younger than a sweep interval are most likely still being published by their job.
+                if (const auto swept = co_await relay.sweep(settings.outbox_sweep_interval); swept > 0) {
+                    spdlog::info("outbox sweep published {} messages left behind", swept);
+                }
+            }
+            if (now >= next_prune) {
+                next_prune = now + settings.prune_interval;
+                const auto inbox = co_await prune(pool,
+                                                  "DELETE FROM conveyor.inbox WHERE message_id IN (SELECT message_id "
+                                                  "FROM conveyor.inbox WHERE processed_at < now() - "
+                                                  "make_interval(secs => $1) LIMIT $2)",
+                                                  settings.inbox_retention);
+                const auto executions = co_await prune(pool,
+                                                       "DELETE FROM conveyor.job_executions WHERE job_id IN (SELECT "
+                                                       "job_id FROM conveyor.job_executions WHERE last_started_at < "
+                                                       "now() - make_interval(secs => $1) LIMIT $2)",
+                                                       settings.inbox_retention);
+                if (inbox + executions > 0) {
+                    spdlog::info("pruned {} inbox rows and {} execution records older than {} h", inbox, executions,
+                                 std::chrono::duration_cast<std::chrono::hours>(settings.inbox_retention).count());
+                }
+            }
+        } catch (const std::exception& e) {
+            if (database_ok.exchange(false)) {
+                spdlog::error("database unreachable: {}", e.what());
+            }
+        }
+        tick.expires_after(kTick);
+        co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
+}  // namespace conveyor::worker

@@ -1,0 +1,51 @@
+#pragma once
+
+#include <prometheus/gauge.h>
+
+#include <atomic>
+#include <boost/asio/awaitable.hpp>
+#include <chrono>
+#include <vector>
+
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/job.hpp"
+#include "conveyor/core/pg.hpp"
+
+namespace conveyor::worker {
+
+/// The AMQP message for an outbox row, as the wire contract describes a job.
+[[nodiscard]] amqp::Message outbox_to_message(const OutboxMessage& row);
+
+/// Publishes outbox rows with confirms and deletes them once confirmed. A row that cannot be published stays for
+/// the sweeper; one published twice (a crash between confirm and delete) keeps its message id, and the
+/// receiving job's inbox absorbs the copy.
+class OutboxRelay {
+  public:
+    OutboxRelay(pg::Pool& pool, amqp::Connection& publisher) : pool_(pool), publisher_(publisher) {}
+
+    /// Publishes rows whose transaction has committed; returns how many were published and deleted.
+    boost::asio::awaitable<std::size_t> publish(const std::vector<OutboxMessage>& rows);
+
+    /// Publishes rows older than `min_age` (left behind by a crash or a failed publish), a batch at a time, under
+    /// row locks that keep concurrent sweepers apart. Returns how many were published.
+    boost::asio::awaitable<std::size_t> sweep(std::chrono::milliseconds min_age);
+
+  private:
+    pg::Pool& pool_;
+    amqp::Connection& publisher_;
+};
+
+struct HousekeepingSettings {
+    std::chrono::milliseconds outbox_sweep_interval{5'000};
+    std::chrono::milliseconds inbox_retention{std::chrono::hours(24 * 14)};
+    std::chrono::milliseconds prune_interval{std::chrono::minutes(10)};
+    std::chrono::milliseconds probe_interval{2'000};
+};
+
+/// The worker's periodic database chores: probe the database for /readyz, sweep the outbox (and report its
+/// backlog), prune the inbox and old execution records. Runs until `stopping` is set.
+boost::asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,
+                                              prometheus::Gauge& outbox_pending, std::atomic<bool>& database_ok,
+                                              const std::atomic<bool>& stopping);
+
+}  // namespace conveyor::worker
