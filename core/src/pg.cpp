@@ -129,6 +129,18 @@ class Connection {
 
     asio::awaitable<void> connect() {
         close();
+        try {
+            co_await open();
+        } catch (...) {
+            // A half-open connection left behind would hold a server process waiting for its startup packet, which
+            // also holds up the server's shutdown: hang up at once.
+            close();
+            throw;
+        }
+    }
+
+  private:
+    asio::awaitable<void> open() {
         const auto deadline = Clock::now() + settings_.connect_timeout;
         auto parameters = co_await connection_parameters();
         std::vector<const char*> keywords;
@@ -164,6 +176,7 @@ class Connection {
         PQsetNoticeProcessor(conn_, log_notice, nullptr);
     }
 
+  public:
     asio::awaitable<Result> execute(const std::string& sql, const std::vector<Param>& params) {
         std::vector<const char*> values;
         values.reserve(params.size());

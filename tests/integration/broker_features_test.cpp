@@ -84,29 +84,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-/// Freezes the local broker (SIGSTOP) for the scope, as a stalled or partitioned broker would look.
-class FrozenBroker {
-  public:
-    FrozenBroker() {
-        const char* state_dir = std::getenv("CONVEYOR_STATE_DIR");
-        const std::filesystem::path state = state_dir != nullptr ? state_dir : source_dir() / ".state";
-        std::ifstream pid_file(state / "rabbitmq/rabbitmq.pid");
-        pid_file >> pid_;
-        if (pid_ > 0) {
-            ::kill(pid_, SIGSTOP);
-        }
-    }
-    ~FrozenBroker() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGCONT);
-        }
-    }
-    [[nodiscard]] bool frozen() const { return pid_ > 0; }
-
-  private:
-    pid_t pid_ = 0;
-};
-
 TEST_F(WorkerTest, ShutdownStaysBoundedWhenTheBrokerStalls) {
     auto worker = start_worker({"--concurrency", "10", "--shutdown-grace", "2s"}, "stalled-broker");
     publish_sleeps(10, 20000);

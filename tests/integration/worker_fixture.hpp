@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <algorithm>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +47,29 @@ struct WorkerUnderTest {
         auto response = http_get(port, "/readyz");
         return response && response->first == 200;
     }
+};
+
+/// Freezes the local broker (SIGSTOP) for the scope, as a stalled or partitioned broker would look.
+class FrozenBroker {
+  public:
+    FrozenBroker() {
+        const char* state_dir = std::getenv("CONVEYOR_STATE_DIR");
+        const std::filesystem::path state = state_dir != nullptr ? state_dir : source_dir() / ".state";
+        std::ifstream pid_file(state / "rabbitmq/rabbitmq.pid");
+        pid_file >> pid_;
+        if (pid_ > 0) {
+            ::kill(pid_, SIGSTOP);
+        }
+    }
+    ~FrozenBroker() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGCONT);
+        }
+    }
+    [[nodiscard]] bool frozen() const { return pid_ > 0; }
+
+  private:
+    pid_t pid_ = 0;
 };
 
 /// Runs rabbitmqctl against the local node through the stack script.

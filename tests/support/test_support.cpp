@@ -22,6 +22,7 @@
 #include <boost/uuid/uuid_io.hpp>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -256,6 +257,13 @@ void Broker::connect() {
     }
 }
 
+void Broker::reconnect() {
+    auto url = impl_->url_;
+    impl_.reset();
+    impl_ = std::make_unique<Impl>(std::move(url));
+    connect();
+}
+
 void Broker::publish(amqp::Message message) {
     auto& connection = *impl_->connection_;
     const auto error = impl_->run([&]() -> asio::awaitable<error_code> {
@@ -264,6 +272,31 @@ void Broker::publish(amqp::Message message) {
     }());
     if (error) {
         throw std::runtime_error("publish failed: " + error.message());
+    }
+}
+
+void Broker::publish_all(std::vector<amqp::Message> messages) {
+    constexpr std::size_t kWindow = 2000;
+    auto& connection = *impl_->connection_;
+    for (std::size_t begin = 0; begin < messages.size(); begin += kWindow) {
+        const auto end = std::min(messages.size(), begin + kWindow);
+        std::atomic<std::size_t> pending{end - begin};
+        std::atomic<std::size_t> failed{0};
+        std::promise<void> confirmed;
+        for (auto i = begin; i < end; ++i) {
+            connection.async_publish(std::move(messages[i]), [&](error_code error) {
+                if (error) {
+                    ++failed;
+                }
+                if (--pending == 0) {
+                    confirmed.set_value();
+                }
+            });
+        }
+        confirmed.get_future().wait();
+        if (failed > 0) {
+            throw std::runtime_error(fmt::format("{} of {} publishes failed", failed.load(), end - begin));
+        }
     }
 }
 

@@ -69,8 +69,12 @@ class Broker {
     /// Waits for the connection (three quick attempts); throws std::runtime_error with a clear message if the
     /// broker is not there.
     void connect();
+    /// A fresh connection, after the broker restarted (the old one gives up after three attempts).
+    void reconnect();
     /// Publishes with confirm; throws on nack, return or connection loss.
     void publish(amqp::Message message);
+    /// Publishes many messages, a window of confirms at a time; throws if any is not confirmed.
+    void publish_all(std::vector<amqp::Message> messages);
     /// A diag job as the wire contract describes it, with a fresh id unless given.
     static amqp::Message job(const std::string& type, const std::string& body, std::string job_id = {});
     amqp::QueueCounts counts(const std::string& queue);

@@ -39,7 +39,7 @@ struct HousekeepingSettings {
     std::chrono::milliseconds outbox_sweep_interval{5'000};
     std::chrono::milliseconds inbox_retention{std::chrono::hours(24 * 14)};
     std::chrono::milliseconds prune_interval{std::chrono::minutes(10)};
-    std::chrono::milliseconds probe_interval{2'000};
+    std::chrono::milliseconds probe_interval{1'000};
 };
 
 /// The worker's periodic database chores: probe the database for /readyz, sweep the outbox (and report its

@@ -112,6 +112,7 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
     std::string retry_max_delay = "1h";
     std::vector<std::string> retry_overrides;
     std::string pg_statement_timeout = "10s";
+    std::string amqp_heartbeat = "10s";
     std::string inbox_retention = "14d";
     std::string outbox_sweep_interval = "5s";
 
@@ -128,6 +129,10 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
     app.add_option("--amqp-ca-file", settings.amqp_ca_file, "CA certificate (PEM) to verify an amqps:// broker")
         ->envname("CONVEYOR_AMQP_CA_FILE")
         ->check(CLI::ExistingFile);
+    app.add_option("--amqp-heartbeat", amqp_heartbeat,
+                   "Heartbeat interval; a broker silent for two of them is treated as gone")
+        ->envname("CONVEYOR_AMQP_HEARTBEAT")
+        ->check(duration_validator());
     app.add_option("--queues", queues, "Comma-separated job families to consume")->envname("CONVEYOR_QUEUES");
     app.add_option("--concurrency", settings.concurrency, "Jobs run at once")
         ->envname("CONVEYOR_CONCURRENCY")
@@ -202,6 +207,10 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
         settings.retry.base_delay = parse_duration(retry_base_delay);
         settings.retry.max_delay = parse_duration(retry_max_delay);
         settings.pg_statement_timeout = parse_duration(pg_statement_timeout);
+        settings.amqp_heartbeat = std::chrono::duration_cast<std::chrono::seconds>(parse_duration(amqp_heartbeat));
+        if (settings.amqp_heartbeat < std::chrono::seconds(1)) {
+            throw std::invalid_argument("--amqp-heartbeat must be at least 1s");
+        }
         settings.inbox_retention = parse_duration(inbox_retention);
         settings.outbox_sweep_interval = parse_duration(outbox_sweep_interval);
         if (settings.outbox_sweep_interval.count() == 0 || settings.pg_statement_timeout.count() == 0) {

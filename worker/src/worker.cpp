@@ -36,6 +36,7 @@ constexpr std::size_t kMaxErrorHeaderBytes = 1024;
 constexpr auto kCancelledJobsUnwind = std::chrono::seconds(5);
 constexpr auto kDeadLetterFailureBackoff = std::chrono::seconds(1);
 constexpr auto kShutdownPoll = std::chrono::milliseconds(10);
+constexpr auto kDatabasePoll = std::chrono::milliseconds(100);
 
 std::string utc_timestamp(std::chrono::system_clock::time_point at) {
     const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count();
@@ -62,6 +63,7 @@ amqp::ConnectionSettings connection_settings(const WorkerSettings& settings, std
     connection.url = amqp::Url::parse(settings.amqp_url);
     connection.name = fmt::format("conveyor-worker {} {}", settings.name, role);
     connection.tls_ca_file = settings.amqp_ca_file;
+    connection.heartbeat = settings.amqp_heartbeat;
     connection.observer = &observer;
     return connection;
 }
@@ -351,20 +353,29 @@ class Worker::Impl {
         auto& metrics = metrics_.job(delivery.queue, envelope->type);
         const JobLogger log(envelope->job_id, envelope->correlation_id, envelope->type);
 
+        // A job that needs the database waits for it, holding its delivery: requeueing would spin it through the
+        // queue and count against the broker's delivery limit, and running it would only burn an attempt.
+        const bool needs_database = definition->options.transactional || delivery.redelivered;
+        if (needs_database && !co_await database_available(log)) {
+            requeue(delivery);  // the worker is draining
+            co_return;
+        }
+
         // Only a redelivered job can have been running when a worker died: read its record before running it.
         auto admission = Quarantine::Decision::run;
         if (delivery.redelivered) {
             log.debug("redelivered; running again");
             std::optional<Quarantine::History> history;
-            std::string failure;
-            try {
-                history = co_await quarantine_.judge(envelope->job_id);
-            } catch (const std::exception& e) {
-                failure = e.what();
-            }
-            if (!history) {
-                co_await requeue_later(delivery, log, fmt::format("cannot read its execution record: {}", failure));
-                co_return;
+            while (!history) {
+                try {
+                    history = co_await quarantine_.judge(envelope->job_id);
+                } catch (const pg::Error& e) {
+                    database_lost(e);
+                }
+                if (!history && !co_await database_available(log)) {
+                    requeue(delivery);
+                    co_return;
+                }
             }
             admission = history->decision;
             if (admission == Quarantine::Decision::dead_letter) {
@@ -392,16 +403,17 @@ class Worker::Impl {
             co_return;
         }
         Quarantine::Pass pass(quarantine_, alone);
-        if (delivery.redelivered) {
-            std::string failure;
+        // The start must be on record before the job runs: it is the evidence if the job kills the process.
+        for (bool recorded = !delivery.redelivered; !recorded;) {
             try {
                 co_await quarantine_.record_start(envelope->job_id, delivery.queue, alone);
-            } catch (const std::exception& e) {
-                failure = e.what();
+                recorded = true;
+            } catch (const pg::Error& e) {
+                database_lost(e);
             }
-            if (!failure.empty()) {
+            if (!recorded && !co_await database_available(log)) {
                 pass.release();
-                co_await requeue_later(delivery, log, fmt::format("cannot record its start: {}", failure));
+                requeue(delivery);
                 co_return;
             }
         }
@@ -509,22 +521,33 @@ class Worker::Impl {
             auto outcome = co_await definition.handler(context);
             co_return outcome;
         }
-        auto transaction = co_await pool_.begin();
-        const auto claim = co_await transaction.query(
-            "INSERT INTO conveyor.inbox (message_id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING", context.job_id(),
-            context.type());
-        if (claim.affected() == 0) {
-            co_await transaction.rollback();
+        std::optional<pg::Transaction> transaction;
+        std::optional<pg::Result> claim;
+        try {
+            auto begun = co_await pool_.begin();
+            transaction.emplace(std::move(begun));
+            auto claimed = co_await transaction->query(
+                "INSERT INTO conveyor.inbox (message_id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                context.job_id(), context.type());
+            claim.emplace(std::move(claimed));
+        } catch (const pg::Error& e) {
+            if (e.sqlstate().starts_with("08")) {
+                database_lost(e);  // later jobs wait for the database instead of failing like this one
+            }
+            throw;
+        }
+        if (claim->affected() == 0) {
+            co_await transaction->rollback();
             duplicate = true;
             co_return Success{};
         }
-        context.bind_transaction(&transaction);
+        context.bind_transaction(&*transaction);
         auto outcome = co_await definition.handler(context);
         context.bind_transaction(nullptr);
         if (std::holds_alternative<Success>(outcome)) {
-            co_await transaction.commit();
+            co_await transaction->commit();
         } else {
-            co_await transaction.rollback();
+            co_await transaction->rollback();
         }
         co_return outcome;
     }
@@ -556,13 +579,29 @@ class Worker::Impl {
         }
     }
 
-    /// Puts a job back after a pause, for failures of the worker's own machinery (the database is down): the job
-    /// is not at fault, so it keeps its attempts, and the pause keeps it from spinning.
-    asio::awaitable<void> requeue_later(const amqp::Delivery& delivery, const JobLogger& log, std::string why) {
-        log.error("requeued: {}", why);
-        asio::steady_timer pause(co_await asio::this_coro::executor, kDeadLetterFailureBackoff);
-        co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
-        requeue(delivery);
+    /// Waits until the housekeeping probe finds the database reachable; false if the worker starts draining first.
+    asio::awaitable<bool> database_available(const JobLogger& log) {
+        if (database_ok_) {
+            co_return true;
+        }
+        log.debug("waiting for the database");
+        asio::steady_timer tick(co_await asio::this_coro::executor);
+        while (!database_ok_) {
+            if (draining_) {
+                co_return false;
+            }
+            tick.expires_after(kDatabasePoll);
+            co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+        co_return true;
+    }
+
+    /// The worker's own statement failed (lost connection, missing schema …): jobs that need the database wait
+    /// until the housekeeping probe finds it usable again.
+    void database_lost(const pg::Error& error) {
+        if (database_ok_.exchange(false)) {
+            spdlog::error("database unreachable: {}; jobs that need it wait", error.what());
+        }
     }
 
     /// Sends the job to the delay ladder as its next attempt and acks the original only once the broker has

@@ -32,6 +32,8 @@ struct WorkerSettings {
     std::string amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
     /// PEM CA file for amqps:// (CONVEYOR_AMQP_CA_FILE); empty skips peer verification.
     std::string amqp_ca_file;
+    /// AMQP heartbeat interval (CONVEYOR_AMQP_HEARTBEAT): a silent broker is noticed after two to two and a half.
+    std::chrono::seconds amqp_heartbeat{10};
     /// Job families whose queues this worker consumes (CONVEYOR_QUEUES).
     std::vector<std::string> families;
     /// Jobs run at once (CONVEYOR_CONCURRENCY).

@@ -1,0 +1,262 @@
+#include <cstdio>
+#include <random>
+
+#include "worker_fixture.hpp"
+
+/// Faults against the real stack while workers run diag.ledger jobs, whose effect (a row per job id, counting
+/// how often it was applied) shows every lost or duplicated effect. Each test is bounded in time and prints its
+/// figures as one JSON line.
+namespace conveyor::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kJobs = 20'000;
+/// Each ledger job holds its transaction this long, so 3 workers of 10 take about 15 s over 20,000 jobs and
+/// the faults land mid-run.
+constexpr int kJobMs = 20;
+constexpr auto kRunBound = 240s;
+
+struct Tally {
+    std::int64_t applied_once = 0;
+    std::int64_t duplicate_effects = 0;
+    std::int64_t lost = 0;
+    std::uint32_t dead_lettered = 0;
+};
+
+class ChaosTest : public WorkerTest {
+  protected:
+    WorkerUnderTest start_chaos_worker(int index, std::vector<std::string> extra = {}) {
+        std::vector<std::string> args{"--concurrency", "10", "--shutdown-grace", "10s", "--amqp-heartbeat", "5s"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        return start_worker(args, fmt::format("chaos-{}-{}", index, ++generation_));
+    }
+
+    void start_workers(int count) {
+        for (int i = 0; i < count; ++i) {
+            workers_.push_back(start_chaos_worker(i));
+        }
+    }
+
+    void publish_ledger_jobs(int count, const std::string& prefix, int ms = kJobMs) {
+        std::vector<amqp::Message> jobs;
+        jobs.reserve(static_cast<std::size_t>(count));
+        for (int i = 0; i < count; ++i) {
+            jobs.push_back(
+                Broker::job("diag.ledger", fmt::format(R"({{"ms": {}}})", ms), fmt::format("{}{}", prefix, i)));
+        }
+        broker_.publish_all(std::move(jobs));
+    }
+
+    std::int64_t ledger_rows() { return database_.scalar("SELECT count(*) FROM conveyor.diag_ledger"); }
+
+    /// Waits (bounded) until every job left its row, then counts.
+    Tally settle(int jobs) {
+        const bool complete = eventually([&] { return ledger_rows() >= jobs; }, kRunBound);
+        // Late duplicates would show up now, if the inbox let any through.
+        std::this_thread::sleep_for(2s);
+        Tally tally;
+        tally.applied_once = database_.scalar("SELECT count(*) FROM conveyor.diag_ledger WHERE applied = 1");
+        tally.duplicate_effects =
+            database_.scalar("SELECT coalesce(sum(applied - 1), 0) FROM conveyor.diag_ledger WHERE applied > 1");
+        tally.lost = jobs - ledger_rows();
+        tally.dead_lettered = broker_.ready("conveyor.diag.dlq");
+        EXPECT_TRUE(complete) << "only " << ledger_rows() << " of " << jobs << " jobs applied within the bound";
+        return tally;
+    }
+
+    /// Milliseconds from the fault's start until the ledger grows again, once the fault is over: the outage the
+    /// workload saw.
+    std::int64_t recovered_since(Clock::time_point fault_start) {
+        const auto before = ledger_rows();
+        eventually([&] { return ledger_rows() > before || ledger_rows() >= kJobs; }, 120s);
+        return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - fault_start).count();
+    }
+
+    void report(const std::string& name, const Tally& tally, const std::vector<std::int64_t>& recovery_ms,
+                Clock::time_point started) {
+        const auto seconds = std::chrono::duration<double>(Clock::now() - started).count();
+        std::printf(
+            "{\"name\":\"%s\",\"jobs\":%d,\"applied_once\":%lld,\"lost\":%lld,\"duplicate_effects\":%lld,"
+            "\"dead_lettered\":%u,\"faults\":%zu,\"recovery_ms\":[%s],\"seconds\":%.1f}\n",
+            name.c_str(), kJobs, static_cast<long long>(tally.applied_once), static_cast<long long>(tally.lost),
+            static_cast<long long>(tally.duplicate_effects), tally.dead_lettered, recovery_ms.size(),
+            fmt::format("{}", fmt::join(recovery_ms, ",")).c_str(), seconds);
+        std::fflush(stdout);
+        EXPECT_EQ(tally.applied_once, kJobs);
+        EXPECT_EQ(tally.lost, 0);
+        EXPECT_EQ(tally.duplicate_effects, 0);
+        EXPECT_EQ(tally.dead_lettered, 0U);
+    }
+
+    void stop_workers() {
+        for (auto& worker : workers_) {
+            worker.process->signal(SIGTERM);
+        }
+        for (auto& worker : workers_) {
+            const auto status = worker.process->wait(30s);
+            EXPECT_TRUE(status.has_value()) << worker.process->log();
+        }
+        workers_.clear();
+    }
+
+    std::vector<WorkerUnderTest> workers_;
+    int generation_ = 0;
+};
+
+TEST_F(ChaosTest, KillingARandomWorkerEveryTwoSecondsLosesAndDuplicatesNothing) {
+    start_workers(3);
+    const auto started = Clock::now();
+    publish_ledger_jobs(kJobs, "kill-");
+    std::mt19937 random(std::random_device{}());
+    std::vector<std::int64_t> recovery_ms;
+    while (ledger_rows() < kJobs && Clock::now() - started < kRunBound) {
+        std::this_thread::sleep_for(2s);
+        if (ledger_rows() >= kJobs) {
+            break;
+        }
+        const auto victim = static_cast<std::size_t>(random() % workers_.size());
+        const auto killed = Clock::now();
+        workers_[victim].process->signal(SIGKILL);
+        ASSERT_TRUE(workers_[victim].process->wait(10s).has_value());
+        // A pod's replacement: the time until it is ready again is this fault's recovery time.
+        workers_[victim] = start_chaos_worker(static_cast<int>(victim));
+        recovery_ms.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed).count());
+    }
+    const auto tally = settle(kJobs);
+    report("chaos_sigkill_workers", tally, recovery_ms, started);
+    EXPECT_GE(recovery_ms.size(), 3U) << "the run ended before enough kills to mean anything";
+    stop_workers();
+}
+
+TEST_F(ChaosTest, RestartingRabbitMqMidRunLosesAndDuplicatesNothing) {
+    start_workers(3);
+    const auto started = Clock::now();
+    publish_ledger_jobs(kJobs, "broker-");
+    ASSERT_TRUE(eventually([&] { return ledger_rows() >= kJobs / 4; }, 60s));
+    const auto fault = Clock::now();
+    const auto [status, output] =
+        run_command({(source_dir() / "deploy/local/services").string(), "restart", "rabbitmq"}, 120s);
+    ASSERT_EQ(status, 0) << output;
+    broker_.reconnect();
+    std::vector<std::int64_t> recovery_ms{recovered_since(fault)};
+    const auto tally = settle(kJobs);
+    report("chaos_restart_rabbitmq", tally, recovery_ms, started);
+    stop_workers();
+}
+
+TEST_F(ChaosTest, RestartingPostgresqlMidRunLosesAndDuplicatesNothing) {
+    start_workers(3);
+    const auto started = Clock::now();
+    publish_ledger_jobs(kJobs, "database-");
+    ASSERT_TRUE(eventually([&] { return ledger_rows() >= kJobs / 4; }, 60s));
+    const auto fault = Clock::now();
+    const auto [status, output] =
+        run_command({(source_dir() / "deploy/local/services").string(), "restart", "postgres"}, 120s);
+    ASSERT_EQ(status, 0) << output;
+    std::vector<std::int64_t> recovery_ms{recovered_since(fault)};
+    const auto tally = settle(kJobs);
+    report("chaos_restart_postgresql", tally, recovery_ms, started);
+    stop_workers();
+}
+
+TEST_F(ChaosTest, StoppingEveryWorkerWithSigtermMidRunAndStartingThemAgainLosesNothing) {
+    start_workers(3);
+    const auto started = Clock::now();
+    publish_ledger_jobs(kJobs, "drain-");
+    ASSERT_TRUE(eventually([&] { return ledger_rows() >= kJobs / 3; }, 60s));
+    const auto fault = Clock::now();
+    stop_workers();
+    start_workers(3);
+    std::vector<std::int64_t> recovery_ms{recovered_since(fault)};
+    const auto tally = settle(kJobs);
+    report("chaos_sigterm_all_workers", tally, recovery_ms, started);
+    stop_workers();
+}
+
+/// A job that aborts the worker every time it runs must end in the dead-letter queue after a bounded number of
+/// deliveries, and none of the 500 jobs the worker had prefetched alongside it may go with it.
+TEST_F(ChaosTest, APoisonJobIsQuarantinedWithoutTakingItsPrefetchedNeighbours) {
+    constexpr int kNeighbours = 5'000;
+    const std::map<std::string, std::string> crash_enabled{{"CONVEYOR_ENABLE_CRASH_JOBS", "1"}};
+    auto start = [&] {
+        return start_worker({"--concurrency", "50", "--prefetch", "500"}, fmt::format("poison-{}", ++generation_), true,
+                            crash_enabled);
+    };
+    const auto started = Clock::now();
+    publish_ledger_jobs(kNeighbours / 2, "before-poison-", 5);
+    broker_.publish(Broker::job("diag.crash", "{}", "poison"));
+    publish_ledger_jobs(kNeighbours / 2, "after-poison-", 5);
+
+    auto worker = start();
+    int deaths = 0;
+    std::vector<amqp::Delivery> dead;
+    // A supervisor's loop, as Kubernetes would restart the pod: bounded in restarts and time.
+    while (dead.empty() && deaths < 10 && Clock::now() - started < 180s) {
+        if (!worker.process->running()) {
+            ++deaths;
+            worker = start();
+        }
+        dead = broker_.take("conveyor.diag.dlq", 1, 200ms);
+    }
+    ASSERT_EQ(dead.size(), 1U) << "the poison job was not quarantined after " << deaths << " deaths";
+    EXPECT_EQ(dead[0].message.properties.message_id, "poison");
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-reason"), "delivery_limit");
+    EXPECT_TRUE(eventually([&] { return ledger_rows() == kNeighbours; }, 120s))
+        << ledger_rows() << " of " << kNeighbours << "\n"
+        << worker.process->log();
+    std::this_thread::sleep_for(1s);
+    const auto others_dead = broker_.ready("conveyor.diag.dlq");
+    const auto duplicates = database_.scalar("SELECT count(*) FROM conveyor.diag_ledger WHERE applied > 1");
+    std::printf(
+        "{\"name\":\"chaos_poison_job\",\"neighbours\":%d,\"completed\":%lld,\"worker_deaths\":%d,"
+        "\"neighbours_dead_lettered\":%u,\"duplicate_effects\":%lld,\"seconds\":%.1f}\n",
+        kNeighbours, static_cast<long long>(ledger_rows()), deaths, others_dead, static_cast<long long>(duplicates),
+        std::chrono::duration<double>(Clock::now() - started).count());
+    EXPECT_EQ(others_dead, 0U);
+    EXPECT_EQ(duplicates, 0);
+    EXPECT_LE(deaths, 4) << "quarantine took more deaths than its bound";
+    worker.process->signal(SIGTERM);
+    worker.process->wait(30s);
+}
+
+/// A broker frozen with SIGSTOP (a stalled node, a partition) must be noticed by heartbeats, reported by /readyz,
+/// and survived: after SIGCONT the work resumes with nothing lost or applied twice.
+TEST_F(ChaosTest, AFrozenBrokerIsDetectedByHeartbeatsAndWorkResumesAfterItThaws) {
+    constexpr int kFrozenJobs = 3'000;
+    start_workers(1);
+    auto& worker = workers_[0];
+    publish_ledger_jobs(kFrozenJobs, "frozen-", 10);
+    ASSERT_TRUE(eventually([&] { return ledger_rows() >= 200; }, 30s));
+    std::int64_t detected_ms = -1;
+    {
+        FrozenBroker frozen;
+        ASSERT_TRUE(frozen.frozen());
+        const auto froze = Clock::now();
+        if (eventually([&] { return !worker.ready(); }, 40s)) {
+            detected_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - froze).count();
+        }
+        std::this_thread::sleep_until(froze + 60s);
+    }
+    const auto thawed = Clock::now();
+    ASSERT_TRUE(eventually([&] { return worker.ready(); }, 60s)) << worker.process->log();
+    const auto ready_again_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - thawed).count();
+    broker_.reconnect();
+    ASSERT_TRUE(eventually([&] { return ledger_rows() >= kFrozenJobs; }, 120s)) << worker.process->log();
+    std::this_thread::sleep_for(1s);
+    const auto duplicates = database_.scalar("SELECT count(*) FROM conveyor.diag_ledger WHERE applied > 1");
+    std::printf(
+        "{\"name\":\"chaos_frozen_broker\",\"jobs\":%d,\"completed\":%lld,\"detected_ms\":%lld,"
+        "\"ready_after_thaw_ms\":%lld,\"duplicate_effects\":%lld}\n",
+        kFrozenJobs, static_cast<long long>(ledger_rows()), static_cast<long long>(detected_ms),
+        static_cast<long long>(ready_again_ms), static_cast<long long>(duplicates));
+    EXPECT_GE(detected_ms, 0) << "/readyz stayed 200 with the broker frozen";
+    EXPECT_LE(detected_ms, 30'000);
+    EXPECT_EQ(duplicates, 0);
+    EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
+    stop_workers();
+}
+
+}  // namespace
+}  // namespace conveyor::testing
