@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "conveyor/core/topology.hpp"
+
 namespace conveyor {
 namespace {
 
@@ -91,6 +93,46 @@ TEST_F(EnvelopeTest, RequiresAJobTypeRoutingKey) {
         EXPECT_EQ(error_of(job("{}", bad)), EnvelopeErrc::unknown_type) << bad;
     }
     EXPECT_TRUE(parse(job("{}", "orders.place_v2")).has_value());
+}
+
+TEST_F(EnvelopeTest, AcceptsJsonOrNoContentTypeAndRefusesOthers) {
+    auto message = job("{}");
+    for (const auto* accepted : {"", "application/json", "application/json; charset=utf-8", "Application/JSON"}) {
+        message.properties.content_type = accepted;
+        EXPECT_TRUE(parse(message).has_value()) << accepted;
+    }
+    for (const auto* refused : {"text/plain", "application/x-protobuf", "application/jsonx"}) {
+        message.properties.content_type = refused;
+        EXPECT_EQ(error_of(message), EnvelopeErrc::invalid_envelope) << refused;
+    }
+}
+
+TEST_F(EnvelopeTest, RejectsBodiesSimdjsonCannotTrust) {
+    EXPECT_EQ(error_of(job("")), EnvelopeErrc::bad_json);
+    EXPECT_EQ(error_of(job("{\"a\": \"\xC3\x28\"}")), EnvelopeErrc::bad_json);
+    limits_.max_body_bytes = 1 << 20;
+    const std::string deep = "{\"a\": " + std::string(10'000, '[') + std::string(10'000, ']') + "}";
+    EXPECT_EQ(error_of(job(deep)), EnvelopeErrc::bad_json);
+}
+
+TEST_F(EnvelopeTest, TakesTheJobTypeFromBehindTheDelayLaddersPrefix) {
+    auto message = job("{}", topology::delay_routing_key(std::chrono::seconds(3), "diag.fail"));
+    auto envelope = parse(message);
+    ASSERT_TRUE(envelope.has_value()) << envelope.error().detail;
+    EXPECT_EQ(envelope->type, "diag.fail");
+    EXPECT_EQ(envelope->family, "diag");
+}
+
+TEST_F(EnvelopeTest, IgnoresHeadersOfTheWrongType) {
+    auto message = job("{}");
+    amqp::set_header(message.properties.headers, "x-conveyor-attempt", std::string("two"));
+    amqp::set_header(message.properties.headers, "x-conveyor-enqueued-at", true);
+    amqp::set_header(message.properties.headers, "traceparent", std::int64_t{7});
+    auto envelope = parse(message);
+    ASSERT_TRUE(envelope.has_value());
+    EXPECT_EQ(envelope->attempt, 1U);
+    EXPECT_FALSE(envelope->enqueued_at.has_value());
+    EXPECT_TRUE(envelope->traceparent.empty());
 }
 
 TEST_F(EnvelopeTest, ErrorsNameTheirDeadLetterReason) {
