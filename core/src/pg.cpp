@@ -4,6 +4,7 @@
 #include <libpq-fe.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
@@ -42,6 +43,19 @@ bool is_numeric_address(const std::string& host) {
     return inet_pton(AF_INET, host.c_str(), &address) == 1 || inet_pton(AF_INET6, host.c_str(), &address) == 1;
 }
 
+/// One line for logs and dead-letter headers: the primary message and its detail, without libpq's layout.
+Error server_error(const PGresult* result) {
+    const char* sqlstate = PQresultErrorField(result, PG_DIAG_SQLSTATE);
+    const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY);
+    const char* detail = PQresultErrorField(result, PG_DIAG_MESSAGE_DETAIL);
+    auto message = primary != nullptr ? trimmed(primary) : trimmed(PQresultErrorMessage(result));
+    if (detail != nullptr) {
+        message += fmt::format(" ({})", trimmed(detail));
+    }
+    std::replace(message.begin(), message.end(), '\n', ' ');
+    return Error(sqlstate == nullptr ? std::string(kConnectionFailure) : std::string(sqlstate), message);
+}
+
 void log_notice(void* /*context*/, const char* message) {
     spdlog::debug("postgres: {}", trimmed(message));
 }
@@ -49,7 +63,7 @@ void log_notice(void* /*context*/, const char* message) {
 }  // namespace
 
 Error::Error(std::string sqlstate, const std::string& message)
-    : std::runtime_error(fmt::format("{} (SQLSTATE {})", message, sqlstate)), sqlstate_(std::move(sqlstate)) {}
+    : std::runtime_error(fmt::format("postgres {}: {}", sqlstate, message)), sqlstate_(std::move(sqlstate)) {}
 
 bool Error::transient() const noexcept {
     const std::string_view code = sqlstate_;
@@ -234,9 +248,7 @@ class Connection {
             const auto status = PQresultStatus(next);
             if (status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE || status == PGRES_NONFATAL_ERROR) {
                 if (!error) {
-                    const char* sqlstate = PQresultErrorField(next, PG_DIAG_SQLSTATE);
-                    error.emplace(sqlstate == nullptr ? std::string(kConnectionFailure) : std::string(sqlstate),
-                                  trimmed(PQresultErrorMessage(next)));
+                    error.emplace(server_error(next));
                 }
             } else {
                 last = std::move(result);
@@ -283,7 +295,9 @@ class Connection {
 
     Error failure(std::string_view what) {
         broken_ = true;
-        return Error(std::string(kConnectionFailure), fmt::format("{}: {}", what, trimmed(PQerrorMessage(conn_))));
+        auto message = fmt::format("{}: {}", what, trimmed(PQerrorMessage(conn_)));
+        std::replace(message.begin(), message.end(), '\n', ' ');
+        return Error(std::string(kConnectionFailure), message);
     }
 
     /// The descriptor can change while connecting (another address, SSL retry); the socket follows it.

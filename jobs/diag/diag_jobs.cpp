@@ -80,28 +80,44 @@ asio::awaitable<Outcome> fail(JobContext& context) {
 }
 
 /// Applies the job's effect once per run, inside the inbox transaction: the ledger shows any effect applied twice
-/// (applied > 1) or lost (no row). "ms" holds the transaction open that long, to widen the window for faults;
-/// "emit" emits that many diag.ledger jobs through the outbox, whose effects show in the ledger too.
+/// (applied > 1) or lost (no row). Options, for fault tests:
+///   "ms": holds the transaction open that long after its first write, to widen the window for faults;
+///   "emit": emits that many diag.ledger jobs through the outbox;
+///   "also": a second ledger row to write after the hold (two jobs naming each other deadlock);
+///   "lock_timeout_ms": how long to wait for a row lock before failing with 55P03.
 asio::awaitable<Outcome> ledger(JobContext& context) {
     std::string error;
     const auto ms = integer_field(context.payload(), "ms", error).value_or(0);
     const auto emit = integer_field(context.payload(), "emit", error).value_or(0);
-    if (!error.empty() || ms > kMaxSleepMs || emit > kMaxEmits) {
-        Outcome invalid = DeadLetter{
-            "invalid_payload",
-            fmt::format("diag.ledger takes 'ms' from 0 to {} and 'emit' from 0 to {}", kMaxSleepMs, kMaxEmits)};
+    const auto lock_timeout_ms = integer_field(context.payload(), "lock_timeout_ms", error).value_or(0);
+    std::string_view also;
+    if (auto field = context.payload()["also"]; field.error() != simdjson::NO_SUCH_FIELD) {
+        if (field.get(also) != simdjson::SUCCESS || also.empty() || also.size() > kMaxJobIdBytes) {
+            error = "'also' must be a job id";
+        }
+    }
+    if (!error.empty() || ms > kMaxSleepMs || emit > kMaxEmits || lock_timeout_ms > kMaxSleepMs) {
+        Outcome invalid = DeadLetter{"invalid_payload",
+                                     fmt::format("diag.ledger: {}", error.empty() ? "a value is out of range" : error)};
         co_return invalid;
+    }
+    auto& transaction = context.transaction();
+    if (lock_timeout_ms > 0) {
+        co_await transaction.query("SELECT set_config('lock_timeout', $1, true)", fmt::format("{}ms", lock_timeout_ms));
     }
     for (std::int64_t i = 0; i < emit; ++i) {
         co_await context.emit("diag.ledger", "{}");
     }
-    co_await context.transaction().query(
+    constexpr std::string_view kApply =
         "INSERT INTO conveyor.diag_ledger (job_id, applied) VALUES ($1, 1) "
-        "ON CONFLICT (job_id) DO UPDATE SET applied = diag_ledger.applied + 1",
-        context.job_id());
+        "ON CONFLICT (job_id) DO UPDATE SET applied = diag_ledger.applied + 1";
+    co_await transaction.query(kApply, context.job_id());
     if (ms > 0) {
         asio::steady_timer timer(co_await asio::this_coro::executor, std::chrono::milliseconds(ms));
         co_await timer.async_wait(asio::use_awaitable);
+    }
+    if (!also.empty()) {
+        co_await transaction.query(kApply, also);
     }
     co_return Success{};
 }

@@ -70,6 +70,52 @@ TEST_F(WorkerTest, AJobThatTimesOutIsRetriedRolledBackEachTimeAndDeadLetteredAsT
     EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.inbox"), 0);
 }
 
+TEST_F(WorkerTest, ALockTimeoutIsRetriedNotDeadLettered) {
+    auto worker = start_worker({"--retry", "diag.ledger=base:1s,cap:1s"}, "lock-timeout");
+    database_.query("INSERT INTO conveyor.diag_ledger (job_id, applied) VALUES ('locked', 0)");
+    // Another session holds the row for 3 s, as a long report or a stuck migration would.
+    Process holder("/usr/bin/psql",
+                   {pg_url(), "-X", "-q", "-c",
+                    "BEGIN; SELECT * FROM conveyor.diag_ledger WHERE job_id = 'locked' FOR UPDATE; "
+                    "SELECT pg_sleep(3); COMMIT;"},
+                   std::filesystem::temp_directory_path() / "conveyor-lock-holder.log");
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar(
+                       "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                       "WHERE c.relname = 'diag_ledger' AND l.mode = 'RowShareLock'") > 0;
+        },
+        10s));
+    broker_.publish(Broker::job("diag.ledger", R"({"lock_timeout_ms": 200})", "locked"));
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar(
+                       "SELECT applied FROM conveyor.diag_ledger WHERE job_id = "
+                       "'locked'") == 1;
+        },
+        30s))
+        << worker.process->log();
+    EXPECT_GE(worker.metric("conveyor_jobs_completed_total", {"outcome=\"retry\""}), 1);
+    EXPECT_NE(worker.process->log().find("55P03"), std::string::npos) << worker.process->log();
+    EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
+    holder.wait(10s);
+}
+
+TEST_F(WorkerTest, ADeadlockBetweenTwoJobsIsRetriedNotDeadLettered) {
+    auto worker = start_worker({"--retry", "diag.ledger=base:1s,cap:1s"}, "deadlock");
+    // Each job writes its own row, waits, then writes the other's: PostgreSQL aborts one of them (40P01).
+    broker_.publish(Broker::job("diag.ledger", R"({"ms": 300, "also": "deadlock-b"})", "deadlock-a"));
+    broker_.publish(Broker::job("diag.ledger", R"({"ms": 300, "also": "deadlock-a"})", "deadlock-b"));
+    ASSERT_TRUE(
+        eventually([&] { return worker.metric("conveyor_jobs_completed_total", {"outcome=\"success\""}) == 2; }, 30s))
+        << worker.process->log();
+    EXPECT_GE(worker.metric("conveyor_jobs_completed_total", {"outcome=\"retry\""}), 1);
+    EXPECT_NE(worker.process->log().find("40P01"), std::string::npos) << worker.process->log();
+    // Each row was written once by its own job and once by the other: the aborted attempt left nothing.
+    EXPECT_EQ(database_.scalar("SELECT sum(applied) FROM conveyor.diag_ledger"), 4);
+    EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
+}
+
 TEST_F(WorkerTest, ReadinessFollowsTheDatabaseAndJobsResumeWhenItIsBack) {
     auto worker = start_worker({}, "database-down");
     const auto services = (source_dir() / "deploy/local/services").string();

@@ -627,7 +627,7 @@ class Worker::Impl {
             metrics.retry->Increment();
             metrics.retry_delay->Observe(std::chrono::duration<double>(delay).count());
             ++stats_.retried;
-            log.info("attempt {} failed: {}; attempt {} in {} ms", envelope.attempt, bounded(reason, 256), next_attempt,
+            log.warn("attempt {} failed: {}; attempt {} in {} ms", envelope.attempt, bounded(reason, 256), next_attempt,
                      delay.count());
             co_return;
         }
