@@ -355,10 +355,13 @@ class Worker::Impl {
 
         // A job that needs the database waits for it, holding its delivery: requeueing would spin it through the
         // queue and count against the broker's delivery limit, and running it would only burn an attempt.
-        const bool needs_database = definition->options.transactional || delivery.redelivered;
-        if (needs_database && !co_await database_available(log)) {
-            requeue(delivery);  // the worker is draining
-            co_return;
+        // (No co_await inside && or ?: in this file: g++ 12 mishandles temporaries there.)
+        if (definition->options.transactional || delivery.redelivered) {
+            const bool available = co_await database_available(log);
+            if (!available) {
+                requeue(delivery);  // the worker is draining
+                co_return;
+            }
         }
 
         // Only a redelivered job can have been running when a worker died: read its record before running it.
@@ -372,9 +375,12 @@ class Worker::Impl {
                 } catch (const pg::Error& e) {
                     database_lost(e);
                 }
-                if (!history && !co_await database_available(log)) {
-                    requeue(delivery);
-                    co_return;
+                if (!history) {
+                    const bool available = co_await database_available(log);
+                    if (!available) {
+                        requeue(delivery);
+                        co_return;
+                    }
                 }
             }
             admission = history->decision;
@@ -411,10 +417,13 @@ class Worker::Impl {
             } catch (const pg::Error& e) {
                 database_lost(e);
             }
-            if (!recorded && !co_await database_available(log)) {
-                pass.release();
-                requeue(delivery);
-                co_return;
+            if (!recorded) {
+                const bool available = co_await database_available(log);
+                if (!available) {
+                    pass.release();
+                    requeue(delivery);
+                    co_return;
+                }
             }
         }
 
