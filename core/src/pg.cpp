@@ -1,8 +1,10 @@
 #include "conveyor/core/pg.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
@@ -300,24 +302,38 @@ class Connection {
         return Error(std::string(kConnectionFailure), message);
     }
 
-    /// The descriptor can change while connecting (another address, SSL retry); the socket follows it.
+    /// Asio watches a duplicate of libpq's socket, never libpq's descriptor itself. libpq closes its descriptor on
+    /// its own when the server hangs up, and the number is then free for another connection's socket: a watch
+    /// kept by that number would, when finally dropped, deregister the other connection's socket, whose waits would
+    /// then never finish. The duplicate's number stays ours until close(). While connecting, libpq may also open a
+    /// new socket (another address, a retry without SSL), which the inode tells apart even under a reused number.
     void track_socket() {
         const int fd = PQsocket(conn_);
-        if (socket_.is_open() && socket_.native_handle() == fd) {
+        struct stat current {};
+        if (fd < 0 || ::fstat(fd, &current) != 0) {
+            throw failure("the connection has no socket");
+        }
+        if (socket_.is_open() && watched_inode_ == current.st_ino) {
             return;
         }
-        if (socket_.is_open()) {
-            (void)socket_.release();
+        forget_socket();
+        const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (copy < 0) {
+            throw failure("cannot duplicate the socket");
         }
-        if (fd >= 0) {
-            socket_.assign(fd);
+        socket_.assign(copy);
+        watched_inode_ = current.st_ino;
+    }
+
+    void forget_socket() noexcept {
+        if (socket_.is_open()) {
+            boost::system::error_code ignored;
+            socket_.close(ignored);  // our duplicate; libpq's descriptor is libpq's to close
         }
     }
 
     void close() noexcept {
-        if (socket_.is_open()) {
-            (void)socket_.release();  // libpq owns the descriptor
-        }
+        forget_socket();
         if (conn_ != nullptr) {
             PQfinish(conn_);
             conn_ = nullptr;
@@ -382,6 +398,7 @@ class Connection {
     PGconn* conn_ = nullptr;
     bool broken_ = false;
     asio::posix::stream_descriptor socket_;
+    ino_t watched_inode_ = 0;
     asio::steady_timer timer_;
     asio::ip::tcp::resolver resolver_;
 };

@@ -101,6 +101,28 @@ class ChaosTest : public WorkerTest {
         workers_.clear();
     }
 
+    /// Restarts one of the local stack's servers once a quarter of the jobs are done.
+    void restart_mid_run(const std::string& service, const std::string& name) {
+        start_workers(3);
+        const auto started = Clock::now();
+        publish_ledger_jobs(kJobs, service + "-");
+        ASSERT_TRUE(eventually([&] { return ledger_rows() >= kJobs / 4; }, 60s));
+        const auto fault = Clock::now();
+        const auto [status, output] =
+            run_command({(source_dir() / "deploy/local/services").string(), "restart", service}, 120s);
+        ASSERT_EQ(status, 0) << output;
+        std::printf("{\"name\":\"%s_restart\",\"restart_ms\":%lld}\n", service.c_str(),
+                    static_cast<long long>(
+                        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - fault).count()));
+        if (service == "rabbitmq") {
+            broker_.reconnect();
+        }
+        std::vector<std::int64_t> recovery_ms{recovered_since(fault)};
+        const auto tally = settle(kJobs);
+        report(name, tally, recovery_ms, started);
+        stop_workers();
+    }
+
     std::vector<WorkerUnderTest> workers_;
     int generation_ = 0;
 };
@@ -131,34 +153,11 @@ TEST_F(ChaosTest, KillingARandomWorkerEveryTwoSecondsLosesAndDuplicatesNothing) 
 }
 
 TEST_F(ChaosTest, RestartingRabbitMqMidRunLosesAndDuplicatesNothing) {
-    start_workers(3);
-    const auto started = Clock::now();
-    publish_ledger_jobs(kJobs, "broker-");
-    ASSERT_TRUE(eventually([&] { return ledger_rows() >= kJobs / 4; }, 60s));
-    const auto fault = Clock::now();
-    const auto [status, output] =
-        run_command({(source_dir() / "deploy/local/services").string(), "restart", "rabbitmq"}, 120s);
-    ASSERT_EQ(status, 0) << output;
-    broker_.reconnect();
-    std::vector<std::int64_t> recovery_ms{recovered_since(fault)};
-    const auto tally = settle(kJobs);
-    report("chaos_restart_rabbitmq", tally, recovery_ms, started);
-    stop_workers();
+    restart_mid_run("rabbitmq", "chaos_restart_rabbitmq");
 }
 
 TEST_F(ChaosTest, RestartingPostgresqlMidRunLosesAndDuplicatesNothing) {
-    start_workers(3);
-    const auto started = Clock::now();
-    publish_ledger_jobs(kJobs, "database-");
-    ASSERT_TRUE(eventually([&] { return ledger_rows() >= kJobs / 4; }, 60s));
-    const auto fault = Clock::now();
-    const auto [status, output] =
-        run_command({(source_dir() / "deploy/local/services").string(), "restart", "postgres"}, 120s);
-    ASSERT_EQ(status, 0) << output;
-    std::vector<std::int64_t> recovery_ms{recovered_since(fault)};
-    const auto tally = settle(kJobs);
-    report("chaos_restart_postgresql", tally, recovery_ms, started);
-    stop_workers();
+    restart_mid_run("postgres", "chaos_restart_postgresql");
 }
 
 TEST_F(ChaosTest, StoppingEveryWorkerWithSigtermMidRunAndStartingThemAgainLosesNothing) {

@@ -38,6 +38,23 @@ asio::awaitable<std::int64_t> prune(pg::Pool& pool, std::string_view sql, std::c
 
 }  // namespace
 
+bool DatabaseHealth::set_up() {
+    return !ok_.exchange(true);
+}
+
+bool DatabaseHealth::set_down(std::string why) {
+    {
+        std::lock_guard lock(mutex_);
+        why_down_ = std::move(why);
+    }
+    return ok_.exchange(false);
+}
+
+std::string DatabaseHealth::why_down() const {
+    std::lock_guard lock(mutex_);
+    return why_down_;
+}
+
 amqp::Message outbox_to_message(const OutboxMessage& row) {
     amqp::Message message;
     message.exchange = row.exchange;
@@ -110,7 +127,7 @@ asio::awaitable<std::size_t> OutboxRelay::sweep(std::chrono::milliseconds min_ag
 }
 
 asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,
-                                       prometheus::Gauge& outbox_pending, std::atomic<bool>& database_ok,
+                                       prometheus::Gauge& outbox_pending, DatabaseHealth& database,
                                        const std::atomic<bool>& stopping) {
     auto next_probe = Clock::now();
     auto next_sweep = Clock::now() + settings.outbox_sweep_interval;
@@ -123,8 +140,8 @@ asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, House
                 next_probe = now + settings.probe_interval;
                 const auto backlog = co_await pool.query("SELECT count(*) FROM conveyor.outbox");
                 outbox_pending.Set(static_cast<double>(backlog.integer(0, 0)));
-                if (!database_ok.exchange(true)) {
-                    spdlog::info("database reachable");
+                if (database.set_up()) {
+                    spdlog::info("database usable");
                 }
             }
             if (now >= next_sweep) {
@@ -152,8 +169,8 @@ asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, House
                 }
             }
         } catch (const std::exception& e) {
-            if (database_ok.exchange(false)) {
-                spdlog::error("database unreachable: {}", e.what());
+            if (database.set_down(e.what())) {
+                spdlog::error("database not usable: {}", e.what());
             }
         }
         tick.expires_after(kTick);

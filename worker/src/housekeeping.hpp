@@ -5,6 +5,8 @@
 #include <atomic>
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "conveyor/core/amqp.hpp"
@@ -35,6 +37,21 @@ class OutboxRelay {
     amqp::Connection& publisher_;
 };
 
+/// Whether the database is usable, as the worker last found it, and why not. Thread-safe.
+class DatabaseHealth {
+  public:
+    [[nodiscard]] bool ok() const noexcept { return ok_; }
+    /// Returns true if this changed the state (so the change is logged once).
+    bool set_up();
+    bool set_down(std::string why);
+    [[nodiscard]] std::string why_down() const;
+
+  private:
+    std::atomic<bool> ok_{false};
+    mutable std::mutex mutex_;
+    std::string why_down_ = "not probed yet";
+};
+
 struct HousekeepingSettings {
     std::chrono::milliseconds outbox_sweep_interval{5'000};
     std::chrono::milliseconds inbox_retention{std::chrono::hours(24 * 14)};
@@ -45,7 +62,7 @@ struct HousekeepingSettings {
 /// The worker's periodic database chores: probe the database for /readyz, sweep the outbox (and report its
 /// backlog), prune the inbox and old execution records. Runs until `stopping` is set.
 boost::asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,
-                                              prometheus::Gauge& outbox_pending, std::atomic<bool>& database_ok,
+                                              prometheus::Gauge& outbox_pending, DatabaseHealth& database,
                                               const std::atomic<bool>& stopping);
 
 }  // namespace conveyor::worker

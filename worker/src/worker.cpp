@@ -132,8 +132,7 @@ class Worker::Impl {
         HousekeepingSettings chores;
         chores.outbox_sweep_interval = settings_.outbox_sweep_interval;
         chores.inbox_retention = settings_.inbox_retention;
-        asio::co_spawn(io_,
-                       run_housekeeping(pool_, outbox_, chores, metrics_.outbox_pending(), database_ok_, stopping_),
+        asio::co_spawn(io_, run_housekeeping(pool_, outbox_, chores, metrics_.outbox_pending(), database_, stopping_),
                        [this](const std::exception_ptr& error) {
                            log_failure("housekeeping")(error);
                            housekeeping_done_ = true;
@@ -178,9 +177,10 @@ class Worker::Impl {
                 return HttpResponse{503, "text/plain; charset=utf-8",
                                     fmt::format("broker not connected: {}\n", consumer_.last_error())};
             }
-            if (!database_ok_) {
-                return HttpResponse{503, "text/plain; charset=utf-8",
-                                    fmt::format("database not reachable at {}\n", pg::redacted(settings_.pg_url))};
+            if (!database_.ok()) {
+                return HttpResponse{
+                    503, "text/plain; charset=utf-8",
+                    fmt::format("database {} not usable: {}\n", pg::redacted(settings_.pg_url), database_.why_down())};
             }
             return HttpResponse{200, "text/plain; charset=utf-8", "ready\n"};
         });
@@ -561,41 +561,44 @@ class Worker::Impl {
         co_return outcome;
     }
 
-    /// Publishes what a job emitted once its transaction has committed; whatever fails here, the rows are still in
-    /// the outbox for the sweeper.
-    asio::awaitable<void> publish_emitted(const std::vector<OutboxMessage>& emitted, const JobLogger& log) {
+    /// Runs bookkeeping whose failure the job must not pay for, logging what the failure means.
+    static asio::awaitable<void> best_effort(asio::awaitable<void> work, const JobLogger& log,
+                                             std::string_view consequence) {
         std::string failure;
         try {
-            co_await outbox_.publish(emitted);
+            co_await std::move(work);
         } catch (const std::exception& e) {
             failure = e.what();
         }
         if (!failure.empty()) {
-            log.warn("emitted jobs stay in the outbox for the sweeper: {}", failure);
+            log.warn("{}: {}", consequence, failure);
         }
     }
 
+    /// Publishes what a job emitted once its transaction has committed.
+    asio::awaitable<void> publish_emitted(const std::vector<OutboxMessage>& emitted, const JobLogger& log) {
+        auto publishing = publish_outbox_rows(emitted);  // named: no temporaries inside co_await for g++ 12
+        co_await best_effort(std::move(publishing), log, "emitted jobs stay in the outbox for the sweeper");
+    }
+
+    asio::awaitable<void> publish_outbox_rows(const std::vector<OutboxMessage>& emitted) {
+        co_await outbox_.publish(emitted);
+    }
+
+    /// Harmless if it fails: the job runs alone if it ever comes back, and the record is pruned with the inbox.
     asio::awaitable<void> forget_start(const std::string& job_id, const JobLogger& log) {
-        std::string failure;
-        try {
-            co_await quarantine_.record_end(job_id);
-        } catch (const std::exception& e) {
-            failure = e.what();
-        }
-        if (!failure.empty()) {
-            // Harmless: the job will run alone if it ever comes back, and the record is pruned with the inbox.
-            log.warn("could not clear its execution record: {}", failure);
-        }
+        auto clearing = quarantine_.record_end(job_id);
+        co_await best_effort(std::move(clearing), log, "could not clear its execution record");
     }
 
     /// Waits until the housekeeping probe finds the database reachable; false if the worker starts draining first.
     asio::awaitable<bool> database_available(const JobLogger& log) {
-        if (database_ok_) {
+        if (database_.ok()) {
             co_return true;
         }
         log.debug("waiting for the database");
         asio::steady_timer tick(co_await asio::this_coro::executor);
-        while (!database_ok_) {
+        while (!database_.ok()) {
             if (draining_) {
                 co_return false;
             }
@@ -608,8 +611,8 @@ class Worker::Impl {
     /// The worker's own statement failed (lost connection, missing schema …): jobs that need the database wait
     /// until the housekeeping probe finds it usable again.
     void database_lost(const pg::Error& error) {
-        if (database_ok_.exchange(false)) {
-            spdlog::error("database unreachable: {}; jobs that need it wait", error.what());
+        if (database_.set_down(error.what())) {
+            spdlog::error("database not usable: {}; jobs that need it wait", error.what());
         }
     }
 
@@ -708,7 +711,7 @@ class Worker::Impl {
     pg::Pool pool_;
     Quarantine quarantine_;
     OutboxRelay outbox_;
-    std::atomic<bool> database_ok_{false};
+    DatabaseHealth database_;
     std::atomic<bool> stopping_{false};
     std::atomic<bool> housekeeping_done_{false};
     std::vector<std::unique_ptr<Slot>> slots_;
