@@ -55,7 +55,7 @@ Error server_error(const PGresult* result) {
         message += fmt::format(" ({})", trimmed(detail));
     }
     std::replace(message.begin(), message.end(), '\n', ' ');
-    return Error(sqlstate == nullptr ? std::string(kConnectionFailure) : std::string(sqlstate), message);
+    return {sqlstate == nullptr ? std::string(kConnectionFailure) : std::string(sqlstate), message};
 }
 
 void log_notice(void* /*context*/, const char* message) {
@@ -129,7 +129,7 @@ std::int64_t Result::affected() const noexcept {
 /// One server connection. Used by one coroutine at a time (whoever holds its lease).
 class Connection {
   public:
-    Connection(asio::any_io_executor executor, const Settings& settings)
+    Connection(const asio::any_io_executor& executor, const Settings& settings)
         : settings_(settings), socket_(executor), timer_(executor), resolver_(executor) {}
 
     ~Connection() { close(); }
@@ -155,7 +155,30 @@ class Connection {
         }
     }
 
+    asio::awaitable<Result> execute(const std::string& sql, const std::vector<Param>& params) {
+        std::vector<const char*> values;
+        values.reserve(params.size());
+        for (const auto& param : params) {
+            values.push_back(param ? param->c_str() : nullptr);
+        }
+        if (PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
+                              nullptr, 0) == 0) {
+            throw failure("cannot send the statement");
+        }
+        auto result = co_await finish_statement();
+        co_return result;
+    }
+
+    asio::awaitable<void> run_script(const std::string& sql) {
+        if (PQsendQuery(conn_, sql.c_str()) == 0) {
+            throw failure("cannot send the script");
+        }
+        co_await finish_statement();
+    }
+
   private:
+    enum class Ready { read, write, either };
+
     asio::awaitable<void> open() {
         const auto deadline = Clock::now() + settings_.connect_timeout;
         auto parameters = co_await connection_parameters();
@@ -181,8 +204,8 @@ class Connection {
                 throw failure("cannot connect");
             }
             track_socket();
-            co_await wait(polling == PGRES_POLLING_READING ? Ready::read : Ready::write, deadline,
-                          "connecting took too long");
+            const auto ready = polling == PGRES_POLLING_READING ? Ready::read : Ready::write;
+            co_await wait(ready, deadline, "connecting took too long");
             polling = PQconnectPoll(conn_);
         }
         track_socket();
@@ -191,31 +214,6 @@ class Connection {
         }
         PQsetNoticeProcessor(conn_, log_notice, nullptr);
     }
-
-  public:
-    asio::awaitable<Result> execute(const std::string& sql, const std::vector<Param>& params) {
-        std::vector<const char*> values;
-        values.reserve(params.size());
-        for (const auto& param : params) {
-            values.push_back(param ? param->c_str() : nullptr);
-        }
-        if (PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
-                              nullptr, 0) == 0) {
-            throw failure("cannot send the statement");
-        }
-        auto result = co_await finish_statement();
-        co_return result;
-    }
-
-    asio::awaitable<void> run_script(const std::string& sql) {
-        if (PQsendQuery(conn_, sql.c_str()) == 0) {
-            throw failure("cannot send the script");
-        }
-        co_await finish_statement();
-    }
-
-  private:
-    enum class Ready { read, write, either };
 
     asio::awaitable<Result> finish_statement() {
         const auto deadline = Clock::now() + settings_.statement_timeout + kClientDeadlineMargin;
@@ -299,7 +297,7 @@ class Connection {
         broken_ = true;
         auto message = fmt::format("{}: {}", what, trimmed(PQerrorMessage(conn_)));
         std::replace(message.begin(), message.end(), '\n', ' ');
-        return Error(std::string(kConnectionFailure), message);
+        return {std::string(kConnectionFailure), message};
     }
 
     /// Asio watches a duplicate of libpq's socket, never libpq's descriptor itself. libpq closes its descriptor on

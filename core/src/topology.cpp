@@ -10,7 +10,7 @@ namespace conveyor::topology {
 namespace {
 constexpr std::string_view kQueuePrefix = "conveyor.";
 /// "0." or "1." per level.
-constexpr std::size_t kDelayPrefixBytes = 2 * kDelayLevels;
+constexpr std::size_t kDelayPrefixBytes = std::size_t{2} * kDelayLevels;
 
 /// A topic pattern that matches delay keys by the bit of `level` alone.
 std::string level_pattern(unsigned level, char bit) {

@@ -22,8 +22,8 @@ void publish_raw(const std::string& json) {
     ASSERT_NE(output.find(R"("routed":true)"), std::string::npos) << output;
 }
 
-amqp::Message job_with_body(std::string body, const std::string& id, std::string type = "diag.noop") {
-    return Broker::job(type, std::move(body), id);
+amqp::Message job_with_body(const std::string& body, const std::string& id, const std::string& type = "diag.noop") {
+    return Broker::job(type, body, id);
 }
 
 struct BadInput {
@@ -197,7 +197,7 @@ TEST_P(BadInputTest, IsDeadLetteredWithItsReasonOrHandledAndTheWorkerGoesOn) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Messages, BadInputTest, ::testing::ValuesIn(bad_inputs()),
-                         [](const ::testing::TestParamInfo<BadInput>& info) { return info.param.name; });
+                         [](const ::testing::TestParamInfo<BadInput>& case_info) { return case_info.param.name; });
 
 TEST_F(WorkerTest, AJobTypeNoQueueIsBoundForIsRefusedToItsPublisher) {
     EXPECT_THROW(broker_.publish(Broker::job("billing.charge", "{}", "nowhere")), std::runtime_error);

@@ -57,6 +57,25 @@ TEST_F(WorkerTest, TheSweeperPublishesWhatACrashLeftInTheOutboxAndARepublishedRo
     EXPECT_EQ(database_.scalar("SELECT max(applied) FROM conveyor.diag_ledger"), 1);
 }
 
+TEST_F(WorkerTest, InboxRowsAndExecutionRecordsOlderThanTheRetentionArePruned) {
+    database_.query(
+        "INSERT INTO conveyor.inbox (message_id, type, processed_at) "
+        "SELECT 'old-' || n, 'diag.ledger', now() - interval '3 days' FROM generate_series(1, 25000) AS n");
+    database_.query("INSERT INTO conveyor.inbox (message_id, type) VALUES ('recent', 'diag.ledger')");
+    database_.query(
+        "INSERT INTO conveyor.job_executions (job_id, queue, starts, last_started_at) "
+        "VALUES ('stale', 'conveyor.diag', 1, now() - interval '3 days'), ('fresh', 'conveyor.diag', 1, now())");
+    // Pruning runs when the worker starts and every 10 minutes after, in batches of 10,000.
+    auto worker = start_worker({"--inbox-retention", "2d"}, "inbox-prune");
+    ASSERT_TRUE(eventually([&] { return database_.scalar("SELECT count(*) FROM conveyor.inbox") == 1; }, 30s))
+        << database_.scalar("SELECT count(*) FROM conveyor.inbox") << " rows left\n"
+        << worker.process->log();
+    EXPECT_EQ(database_.query("SELECT message_id FROM conveyor.inbox"), (Database::Rows{{"recent"}}));
+    EXPECT_EQ(database_.query("SELECT job_id FROM conveyor.job_executions"), (Database::Rows{{"fresh"}}));
+    EXPECT_NE(worker.process->log().find("pruned 25000 inbox rows and 1 execution records"), std::string::npos)
+        << worker.process->log();
+}
+
 TEST_F(WorkerTest, AJobThatTimesOutIsRetriedRolledBackEachTimeAndDeadLetteredAsTimeout) {
     auto worker = start_worker({"--job-timeout", "300ms", "--retry", "diag.ledger=attempts:2,base:1s"}, "timeout");
     broker_.publish(Broker::job("diag.ledger", R"({"ms": 2000})", "too-slow"));
@@ -74,10 +93,9 @@ TEST_F(WorkerTest, ALockTimeoutIsRetriedNotDeadLettered) {
     auto worker = start_worker({"--retry", "diag.ledger=base:1s,cap:1s"}, "lock-timeout");
     database_.query("INSERT INTO conveyor.diag_ledger (job_id, applied) VALUES ('locked', 0)");
     // Another session holds the row for 3 s, as a long report or a stuck migration would.
-    Process holder("/usr/bin/psql",
-                   {pg_url(), "-X", "-q", "-c",
-                    "BEGIN; SELECT * FROM conveyor.diag_ledger WHERE job_id = 'locked' FOR UPDATE; "
-                    "SELECT pg_sleep(3); COMMIT;"},
+    const std::string hold_the_row =
+        "BEGIN; SELECT * FROM conveyor.diag_ledger WHERE job_id = 'locked' FOR UPDATE; SELECT pg_sleep(3); COMMIT;";
+    Process holder("/usr/bin/psql", {pg_url(), "-X", "-q", "-c", hold_the_row},
                    std::filesystem::temp_directory_path() / "conveyor-lock-holder.log");
     ASSERT_TRUE(eventually(
         [&] {

@@ -28,7 +28,7 @@ class PgTest : public ::testing::Test {
         settings.pool_size = size;
         settings.statement_timeout = statement_timeout;
         settings.acquire_timeout = acquire_timeout;
-        return pg::Pool(io_.get_executor(), settings);
+        return {io_.get_executor(), settings};
     }
 
     template <typename T>
@@ -46,7 +46,7 @@ class PgTest : public ::testing::Test {
     };
 
     /// How a statement fails; sqlstate "00000" if it succeeds.
-    Failure error_of(pg::Pool& pool, std::string sql) {
+    Failure error_of(pg::Pool& pool, const std::string& sql) {
         return run([&pool, sql]() -> asio::awaitable<Failure> {
             try {
                 co_await pool.query(sql);

@@ -31,7 +31,7 @@ TEST(RetryPolicy, FullJitterSpansZeroToTheCeilingAndHonoursALongerRequest) {
 }
 
 std::string bits_of(std::string_view key) {
-    return std::string(key.substr(0, 2 * topology::kDelayLevels));
+    return std::string(key.substr(0, std::size_t{2} * topology::kDelayLevels));
 }
 
 TEST(DelayLadder, RoutingKeySpellsTheDelayInWholeSecondsHighestBitFirst) {
