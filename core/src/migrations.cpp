@@ -44,7 +44,8 @@ boost::asio::awaitable<int> migrate(Pool& pool, std::vector<Migration> migration
     {
         auto bootstrap = co_await pool.begin();
         co_await bootstrap.query("SELECT pg_advisory_xact_lock($1)", kMigrationLock);
-        co_await bootstrap.run_script(std::string(kBootstrap));
+        std::string bootstrap_sql(kBootstrap);
+        co_await bootstrap.run_script(std::move(bootstrap_sql));
         co_await bootstrap.commit();
     }
     int applied = 0;

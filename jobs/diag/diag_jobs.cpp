@@ -103,7 +103,8 @@ asio::awaitable<Outcome> ledger(JobContext& context) {
     }
     auto& transaction = context.transaction();
     if (lock_timeout_ms > 0) {
-        co_await transaction.query("SELECT set_config('lock_timeout', $1, true)", fmt::format("{}ms", lock_timeout_ms));
+        const auto lock_timeout = fmt::format("{}ms", lock_timeout_ms);
+        co_await transaction.query("SELECT set_config('lock_timeout', $1, true)", lock_timeout);
     }
     for (std::int64_t i = 0; i < emit; ++i) {
         co_await context.emit("diag.ledger", "{}");

@@ -75,7 +75,8 @@ amqp::Message outbox_to_message(const OutboxMessage& row) {
 asio::awaitable<std::size_t> OutboxRelay::publish(const std::vector<OutboxMessage>& rows) {
     std::vector<std::int64_t> published;
     for (const auto& row : rows) {
-        auto [error] = co_await publisher_.async_publish(outbox_to_message(row), asio::as_tuple(asio::use_awaitable));
+        auto message = outbox_to_message(row);  // named: no temporaries inside co_await for g++ 12
+        auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
         if (error) {
             spdlog::warn("outbox: could not publish {} ({}): {}; the sweeper will retry", row.message_id,
                          row.routing_key, error.message());
@@ -107,8 +108,8 @@ asio::awaitable<std::size_t> OutboxRelay::sweep(std::chrono::milliseconds min_ag
         }
         std::vector<std::int64_t> published;
         for (const auto& row : batch) {
-            auto [error] =
-                co_await publisher_.async_publish(outbox_to_message(row), asio::as_tuple(asio::use_awaitable));
+            auto message = outbox_to_message(row);
+            auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
             if (error) {
                 spdlog::warn("outbox sweep: could not publish {}: {}", row.message_id, error.message());
                 break;
