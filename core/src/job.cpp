@@ -33,8 +33,11 @@ pg::Transaction& JobContext::transaction() const {
 }
 
 boost::asio::awaitable<void> JobContext::emit(std::string type, std::string payload) {
-    if (!is_valid_job_type(type)) {
-        throw PermanentError(fmt::format("cannot emit job type '{}': expected <family>.<action>", type));
+    const auto& families = topology::default_families();
+    const auto family = std::string_view(type).substr(0, type.find('.'));
+    if (!is_valid_job_type(type) || std::find(families.begin(), families.end(), family) == families.end()) {
+        throw PermanentError(
+            fmt::format("cannot emit job type '{}': expected <family>.<action> of a known family", type));
     }
     thread_local simdjson::dom::parser parser;
     auto parsed = parser.parse(payload);

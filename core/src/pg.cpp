@@ -119,6 +119,10 @@ std::int64_t Result::integer(int row, int column) const {
     return number;
 }
 
+std::string_view Result::command_status() const noexcept {
+    return result_ == nullptr ? std::string_view() : std::string_view(PQcmdStatus(result_));
+}
+
 std::int64_t Result::affected() const noexcept {
     const char* tuples = result_ == nullptr ? "" : PQcmdTuples(result_);
     std::int64_t number = 0;
@@ -142,6 +146,11 @@ class Connection {
     [[nodiscard]] bool in_transaction() const noexcept {
         return conn_ != nullptr && PQtransactionStatus(conn_) != PQTRANS_IDLE;
     }
+    [[nodiscard]] bool transaction_failed() const noexcept {
+        return conn_ != nullptr && PQtransactionStatus(conn_) == PQTRANS_INERROR;
+    }
+    /// Hangs up now: a broken connection should not hold a server process until its next use.
+    void discard() noexcept { close(); }
 
     asio::awaitable<void> connect() {
         close();
@@ -428,12 +437,26 @@ asio::awaitable<void> Transaction::run_script(std::string sql) {
 }
 
 asio::awaitable<void> Transaction::commit() {
-    co_await execute("COMMIT", {});
+    // A statement that failed inside the transaction aborted it, and PostgreSQL answers a COMMIT of an aborted
+    // transaction with a rollback, not an error: a caller that caught the failure must not take that for success.
+    if (lease_.connection().transaction_failed()) {
+        co_await rollback();
+        throw Error("25P02", "the transaction was rolled back: a statement in it had failed");
+    }
+    std::string commit_sql("COMMIT");  // named: no temporaries inside co_await for g++ 12
+    std::vector<Param> no_params;
+    const auto result = co_await execute(std::move(commit_sql), std::move(no_params));
     open_ = false;
+    if (result.command_status() != "COMMIT") {
+        throw Error("25P02",
+                    fmt::format("COMMIT answered '{}': the transaction was rolled back", result.command_status()));
+    }
 }
 
 asio::awaitable<void> Transaction::rollback() {
-    co_await execute("ROLLBACK", {});
+    std::string rollback_sql("ROLLBACK");
+    std::vector<Param> no_params;
+    co_await execute(std::move(rollback_sql), std::move(no_params));
     open_ = false;
 }
 
@@ -482,6 +505,9 @@ std::size_t Pool::waiting() const {
 }
 
 void Pool::give_back(std::unique_ptr<Connection> connection) noexcept {
+    if (!connection->usable()) {
+        connection->discard();
+    }
     std::lock_guard lock(impl_->mutex_);
     if (impl_->waiters_.empty()) {
         impl_->idle_.push_back(std::move(connection));
@@ -528,7 +554,9 @@ asio::awaitable<Lease> Pool::acquire() {
     if (leased.usable() && leased.in_transaction()) {
         // Its last holder left a transaction open (an exception, a cancelled job).
         try {
-            co_await leased.execute("ROLLBACK", {});
+            const std::string rollback_sql("ROLLBACK");
+            const std::vector<Param> no_params;
+            co_await leased.execute(rollback_sql, no_params);
         } catch (const Error& e) {
             spdlog::debug("postgres: rollback of an abandoned transaction failed ({}); reconnecting", e.what());
         }
@@ -545,12 +573,14 @@ asio::awaitable<Result> Pool::execute(std::string sql, std::vector<Param> params
     co_return result;
 }
 
-asio::awaitable<Transaction> Pool::begin(std::string begin_statement) {
+asio::awaitable<Transaction> Pool::begin(std::string_view statement) {
+    const std::string begin_statement(statement);
+    const std::vector<Param> no_params;
     // Every idle connection may have died with a server restart; each is replaced in turn.
     for (std::size_t attempt = 0;; ++attempt) {
         auto lease = co_await acquire();
         try {
-            co_await lease.connection().execute(begin_statement, {});
+            co_await lease.connection().execute(begin_statement, no_params);
             Transaction transaction(std::move(lease));
             co_return transaction;
         } catch (const Error& e) {

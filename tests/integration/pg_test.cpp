@@ -146,6 +146,29 @@ TEST_F(PgTest, ATransactionLeftWithoutCommitIsRolledBack) {
     EXPECT_EQ(rows.text(0, 0), "kept");
 }
 
+TEST_F(PgTest, CommittingATransactionThatAStatementAbortedFailsInsteadOfLookingLikeSuccess) {
+    auto pool = make_pool(1);
+    const auto outcome = run([&]() -> asio::awaitable<std::string> {
+        co_await pool.query("CREATE TABLE IF NOT EXISTS pg_test_rollback (id text PRIMARY KEY)");
+        co_await pool.query("TRUNCATE pg_test_rollback");
+        auto transaction = co_await pool.begin();
+        co_await transaction.query("INSERT INTO pg_test_rollback VALUES ($1)", std::string_view("written"));
+        try {
+            co_await transaction.query("SELECT 1/0");
+        } catch (const pg::Error&) {
+            // A handler that swallows the failure and reports success.
+        }
+        try {
+            co_await transaction.commit();
+        } catch (const pg::Error& e) {
+            co_return e.sqlstate();
+        }
+        co_return std::string("committed");
+    }());
+    EXPECT_EQ(outcome, "25P02");
+    EXPECT_EQ(run(pool.query("SELECT count(*) FROM pg_test_rollback")).integer(0, 0), 0);
+}
+
 TEST_F(PgTest, ServerErrorsCarryTheirSqlstateAndOnlyRetryableOnesAreTransient) {
     auto pool = make_pool(1);
     const auto syntax = error_of(pool, "SELEC 1");

@@ -28,7 +28,8 @@ asio::awaitable<std::int64_t> prune(pg::Pool& pool, std::string_view sql, std::c
     std::int64_t total = 0;
     while (true) {
         const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(retention).count();
-        const auto deleted = (co_await pool.query(sql, seconds, kPruneBatch)).affected();
+        const auto result = co_await pool.query(sql, seconds, kPruneBatch);
+        const auto deleted = result.affected();
         total += deleted;
         if (deleted < kPruneBatch) {
             co_return total;
@@ -85,13 +86,17 @@ asio::awaitable<std::size_t> OutboxRelay::publish(const std::vector<OutboxMessag
         published.push_back(row.row_id);
     }
     if (!published.empty()) {
-        co_await pool_.query("DELETE FROM conveyor.outbox WHERE id = ANY($1::bigint[])", id_array(published));
+        const auto ids = id_array(published);
+        co_await pool_.query("DELETE FROM conveyor.outbox WHERE id = ANY($1::bigint[])", ids);
     }
     co_return published.size();
 }
 
 asio::awaitable<std::size_t> OutboxRelay::sweep(std::chrono::milliseconds min_age) {
     std::size_t total = 0;
+    if (!publisher_.connected()) {
+        co_return total;  // rows are locked while they are published: do not hold them waiting for the broker
+    }
     while (true) {
         auto transaction = co_await pool_.begin();
         const auto rows = co_await transaction.query(
@@ -107,45 +112,73 @@ asio::awaitable<std::size_t> OutboxRelay::sweep(std::chrono::milliseconds min_ag
                              std::string(rows.text(i, 6)), rows.integer(i, 7)});
         }
         std::vector<std::int64_t> published;
+        bool broker_gone = false;
         for (const auto& row : batch) {
             auto message = outbox_to_message(row);
             auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
-            if (error) {
-                spdlog::warn("outbox sweep: could not publish {}: {}", row.message_id, error.message());
+            if (!error) {
+                published.push_back(row.row_id);
+                continue;
+            }
+            // A row the broker refuses (nothing bound for its type) must not hold up the rows behind it; it stays,
+            // reported on every sweep. A lost connection ends the sweep.
+            spdlog::warn("outbox sweep: could not publish {} ({}): {}", row.message_id, row.routing_key,
+                         error.message());
+            if (error != amqp::Errc::unroutable && error != amqp::Errc::nacked) {
+                broker_gone = true;
                 break;
             }
-            published.push_back(row.row_id);
         }
         if (!published.empty()) {
-            co_await transaction.query("DELETE FROM conveyor.outbox WHERE id = ANY($1::bigint[])", id_array(published));
+            const auto ids = id_array(published);
+            co_await transaction.query("DELETE FROM conveyor.outbox WHERE id = ANY($1::bigint[])", ids);
         }
         co_await transaction.commit();
         total += published.size();
-        if (batch.size() < static_cast<std::size_t>(kSweepBatch) || published.size() < batch.size()) {
+        if (batch.size() < static_cast<std::size_t>(kSweepBatch) || broker_gone) {
             co_return total;
         }
     }
 }
 
-asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,
-                                       prometheus::Gauge& outbox_pending, DatabaseHealth& database,
-                                       const std::atomic<bool>& stopping) {
+asio::awaitable<void> run_database_probe(pg::Pool& pool, std::chrono::milliseconds interval,
+                                         prometheus::Gauge& outbox_pending, DatabaseHealth& database,
+                                         const std::atomic<bool>& stopping) {
     auto next_probe = Clock::now();
+    asio::steady_timer tick(co_await asio::this_coro::executor);
+    while (!stopping) {
+        if (Clock::now() >= next_probe) {
+            next_probe = Clock::now() + interval;
+            std::string failure;
+            try {
+                const auto backlog = co_await pool.query("SELECT count(*) FROM conveyor.outbox");
+                outbox_pending.Set(static_cast<double>(backlog.integer(0, 0)));
+            } catch (const std::exception& e) {
+                failure = e.what();
+            }
+            if (failure.empty() && database.set_up()) {
+                spdlog::info("database usable");
+            }
+            if (!failure.empty() && database.set_down(failure)) {
+                spdlog::error("database not usable: {}", failure);
+            }
+        }
+        tick.expires_after(kTick);
+        co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
+asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,
+                                       const DatabaseHealth& database, const std::atomic<bool>& stopping) {
     auto next_sweep = Clock::now() + settings.outbox_sweep_interval;
     auto next_prune = Clock::now();
     asio::steady_timer tick(co_await asio::this_coro::executor);
     while (!stopping) {
         const auto now = Clock::now();
         try {
-            if (now >= next_probe) {
-                next_probe = now + settings.probe_interval;
-                const auto backlog = co_await pool.query("SELECT count(*) FROM conveyor.outbox");
-                outbox_pending.Set(static_cast<double>(backlog.integer(0, 0)));
-                if (database.set_up()) {
-                    spdlog::info("database usable");
-                }
-            }
-            if (now >= next_sweep) {
+            if (!database.ok()) {
+                // The probe notices when it is back; until then there is nothing to do.
+            } else if (now >= next_sweep) {
                 next_sweep = now + settings.outbox_sweep_interval;
                 // Rows younger than a sweep interval are most likely still being published by their job.
                 if (const auto swept = co_await relay.sweep(settings.outbox_sweep_interval); swept > 0) {
@@ -170,9 +203,7 @@ asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, House
                 }
             }
         } catch (const std::exception& e) {
-            if (database.set_down(e.what())) {
-                spdlog::error("database not usable: {}", e.what());
-            }
+            spdlog::warn("housekeeping: {}; trying again later", e.what());
         }
         tick.expires_after(kTick);
         co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));

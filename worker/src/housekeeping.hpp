@@ -59,10 +59,16 @@ struct HousekeepingSettings {
     std::chrono::milliseconds probe_interval{1'000};
 };
 
-/// The worker's periodic database chores: probe the database for /readyz, sweep the outbox (and report its
-/// backlog), prune the inbox and old execution records. Runs until `stopping` is set.
+/// Probes the database every `interval` for /readyz and the jobs that wait for it, and reports the outbox backlog.
+/// Runs on its own, so a sweep that waits for the broker never leaves the database's state stale. Runs until
+/// `stopping` is set.
+boost::asio::awaitable<void> run_database_probe(pg::Pool& pool, std::chrono::milliseconds interval,
+                                                prometheus::Gauge& outbox_pending, DatabaseHealth& database,
+                                                const std::atomic<bool>& stopping);
+
+/// The worker's periodic chores while the database is usable: sweep the outbox, prune the inbox and old
+/// execution records. Runs until `stopping` is set.
 boost::asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,
-                                              prometheus::Gauge& outbox_pending, DatabaseHealth& database,
-                                              const std::atomic<bool>& stopping);
+                                              const DatabaseHealth& database, const std::atomic<bool>& stopping);
 
 }  // namespace conveyor::worker

@@ -132,11 +132,17 @@ class Worker::Impl {
         HousekeepingSettings chores;
         chores.outbox_sweep_interval = settings_.outbox_sweep_interval;
         chores.inbox_retention = settings_.inbox_retention;
-        asio::co_spawn(io_, run_housekeeping(pool_, outbox_, chores, metrics_.outbox_pending(), database_, stopping_),
+        asio::co_spawn(io_, run_housekeeping(pool_, outbox_, chores, database_, stopping_),
                        [this](const std::exception_ptr& error) {
                            log_failure("housekeeping")(error);
-                           housekeeping_done_ = true;
+                           ++background_done_;
                        });
+        asio::co_spawn(
+            io_, run_database_probe(pool_, chores.probe_interval, metrics_.outbox_pending(), database_, stopping_),
+            [this](const std::exception_ptr& error) {
+                log_failure("database probe")(error);
+                ++background_done_;
+            });
         slots_.reserve(settings_.concurrency);
         for (unsigned i = 0; i < settings_.concurrency; ++i) {
             auto& slot = *slots_.emplace_back(std::make_unique<Slot>(io_));
@@ -156,6 +162,8 @@ class Worker::Impl {
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         co_await drain();
         stopping_ = true;
+        // Nothing publishes after the drain but an outbox sweep, which must not wait for a broker that is gone.
+        publisher_.stop();
         co_await housekeeping_finished();
         http_.stop();
         spdlog::info("worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} requeued",
@@ -229,11 +237,11 @@ class Worker::Impl {
         }
     }
 
-    /// Housekeeping notices `stopping_` within a tick, or once its current statement ends (bounded by the
-    /// statement timeout).
+    /// The background coroutines notice `stopping_` within a tick, or once their current statement ends (bounded
+    /// by the statement timeout); a sweep's publish fails at once on the stopped publisher.
     asio::awaitable<void> housekeeping_finished() {
         asio::steady_timer tick(co_await asio::this_coro::executor);
-        while (!housekeeping_done_) {
+        while (background_done_ < 2) {
             tick.expires_after(kShutdownPoll);
             co_await tick.async_wait(asio::use_awaitable);
         }
@@ -389,8 +397,12 @@ class Worker::Impl {
                                fmt::format("quarantined as poison: a worker died {} times while running it alone "
                                            "(--quarantine-after {})",
                                            history->solo_starts, settings_.quarantine_after)};
-                co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(poison));
-                co_await forget_start(envelope->job_id, log);
+                // Its record is the evidence: it is cleared only once the job is safely in its dead-letter queue.
+                const bool quarantined =
+                    co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(poison));
+                if (quarantined) {
+                    co_await forget_start(envelope->job_id, log);
+                }
                 co_return;
             }
         }
@@ -409,6 +421,11 @@ class Worker::Impl {
             co_return;
         }
         Quarantine::Pass pass(quarantine_, alone);
+        // The waits above can outlast the delivery's session: then the broker has requeued it already, and
+        // running it here would only duplicate it (its ack would be dropped).
+        if (!consumer_.is_current(delivery)) {
+            co_return;
+        }
         // The start must be on record before the job runs: it is the evidence if the job kills the process.
         for (bool recorded = !delivery.redelivered; !recorded;) {
             try {
@@ -622,6 +639,7 @@ class Worker::Impl {
                                          WorkerMetrics::Job& metrics, std::chrono::milliseconds delay,
                                          std::string reason) {
         const auto next_attempt = envelope.attempt + 1;
+        delay = std::clamp<std::chrono::milliseconds>(delay, std::chrono::seconds(1), topology::kMaxDelay);
         const auto due = std::chrono::system_clock::now() + std::chrono::ceil<std::chrono::seconds>(delay);
         amqp::Message message = delivery.message;
         message.exchange = topology::delay_entry_exchange();
@@ -656,7 +674,8 @@ class Worker::Impl {
         return std::uniform_real_distribution<double>(0.0, 1.0)(generator);
     }
 
-    asio::awaitable<void> dead_letter(const amqp::Delivery& delivery, const std::string& family,
+    /// Returns whether the dead letter is confirmed (and the original acked); otherwise the original is requeued.
+    asio::awaitable<bool> dead_letter(const amqp::Delivery& delivery, const std::string& family,
                                       WorkerMetrics::Job& metrics, std::uint32_t attempts, Verdict verdict) {
         amqp::Message message = delivery.message;
         message.exchange.clear();
@@ -684,7 +703,7 @@ class Worker::Impl {
             ++stats_.dead_lettered;
             log.warn("dead-lettered to {}: {}: {}", topology::dead_letter_queue_name(family), verdict.reason,
                      bounded(verdict.error, 256));
-            co_return;
+            co_return true;
         }
         // Never drop the message: put it back, after a pause so a broken dead-letter queue cannot make it spin.
         log.error("could not dead-letter ({}: {}): {}; requeueing", verdict.reason, bounded(verdict.error, 256),
@@ -692,6 +711,7 @@ class Worker::Impl {
         asio::steady_timer pause(co_await asio::this_coro::executor, kDeadLetterFailureBackoff);
         co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
         requeue(delivery);
+        co_return false;
     }
 
     asio::io_context& io_;
@@ -713,7 +733,7 @@ class Worker::Impl {
     OutboxRelay outbox_;
     DatabaseHealth database_;
     std::atomic<bool> stopping_{false};
-    std::atomic<bool> housekeeping_done_{false};
+    std::atomic<int> background_done_{0};
     std::vector<std::unique_ptr<Slot>> slots_;
     std::atomic<bool> draining_{false};
     std::atomic<bool> aborting_{false};

@@ -26,8 +26,9 @@ using MigrationProgress = std::function<void(const Migration&, MigrationStatus)>
 
 /// Applies the migrations not applied yet, in version order, each in its own transaction together with its row
 /// in conveyor.schema_migrations. Concurrent runs (several pods starting) wait for each other on an advisory
-/// lock. Throws std::invalid_argument for duplicate versions and pg::Error when an applied migration's SQL has
-/// changed since (its checksum differs) or a statement fails; the migrations before it stay applied.
+/// lock. Throws std::invalid_argument for duplicate versions, std::runtime_error when an applied migration's SQL
+/// has changed since (its checksum differs), and pg::Error when a statement fails; the migrations before it stay
+/// applied.
 boost::asio::awaitable<int> migrate(Pool& pool, std::vector<Migration> migrations, MigrationProgress progress = {});
 
 }  // namespace pg

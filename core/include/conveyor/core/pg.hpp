@@ -68,6 +68,8 @@ class Result {
     [[nodiscard]] std::string_view text(int row, int column) const noexcept;
     /// Throws Error if the value is not an integer.
     [[nodiscard]] std::int64_t integer(int row, int column) const;
+    /// The command tag, e.g. "INSERT 0 1" or "COMMIT".
+    [[nodiscard]] std::string_view command_status() const noexcept;
     /// Rows inserted, updated or deleted.
     [[nodiscard]] std::int64_t affected() const noexcept;
 
@@ -134,6 +136,7 @@ class Transaction {
     }
     /// Runs SQL that has no parameters and may hold several statements (migrations).
     boost::asio::awaitable<void> run_script(std::string sql);
+    /// Throws Error 25P02 if the transaction was aborted by a failed statement (it is rolled back instead).
     boost::asio::awaitable<void> commit();
     boost::asio::awaitable<void> rollback();
 
@@ -161,7 +164,7 @@ class Pool {
 
     /// Begins a transaction ("BEGIN", or e.g. "BEGIN ISOLATION LEVEL SERIALIZABLE"). A connection that turns
     /// out to be dead is replaced and the BEGIN sent again: nothing has happened on it yet.
-    boost::asio::awaitable<Transaction> begin(std::string begin_statement = "BEGIN");
+    boost::asio::awaitable<Transaction> begin(std::string_view statement = "BEGIN");
 
     /// Waits for a free connection (at most acquire_timeout) and opens it if needed.
     boost::asio::awaitable<Lease> acquire();
