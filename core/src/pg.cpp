@@ -284,13 +284,27 @@ class Connection {
             };
             auto expired = [this] { return timer_.async_wait(asio::as_tuple(asio::use_awaitable)); };
             std::size_t winner = 0;
+            boost::system::error_code socket_error;
             if (ready == Ready::read) {
-                winner = (co_await (readable() || expired())).index();
+                const auto result = co_await (readable() || expired());
+                winner = result.index();
+                socket_error = winner == 0 ? std::get<0>(std::get<0>(result)) : boost::system::error_code();
             } else if (ready == Ready::write) {
-                winner = (co_await (writable() || expired())).index();
+                const auto result = co_await (writable() || expired());
+                winner = result.index();
+                socket_error = winner == 0 ? std::get<0>(std::get<0>(result)) : boost::system::error_code();
             } else {
-                const auto either = co_await (readable() || writable() || expired());
-                winner = either.index() == 2 ? 1 : 0;
+                const auto result = co_await (readable() || writable() || expired());
+                winner = result.index() == 2 ? 1 : 0;
+                if (result.index() == 0) {
+                    socket_error = std::get<0>(std::get<0>(result));
+                } else if (result.index() == 1) {
+                    socket_error = std::get<0>(std::get<1>(result));
+                }
+            }
+            if (socket_error) {
+                // Cancelled (the job's deadline, a shutdown) or a failed socket: the statement is abandoned midway.
+                throw boost::system::system_error(socket_error);
             }
             if (winner == 1 && Clock::now() >= deadline) {
                 broken_ = true;
@@ -385,7 +399,11 @@ class Connection {
             }
             parameters.emplace_back("hostaddr", endpoints.begin()->endpoint().address().to_string());
         }
-        const auto timeout = fmt::format("-c statement_timeout={}", settings_.statement_timeout.count());
+        // A statement whose caller gave up (a cancelled job, the client deadline) loses its connection, which is
+        // closed at once; the server checks for a vanished client every second and stops the statement there
+        // instead of running on, holding its locks, until the statement timeout.
+        const auto timeout = fmt::format("-c statement_timeout={} -c client_connection_check_interval=1000",
+                                         settings_.statement_timeout.count());
         if (auto* existing = find("options")) {
             *existing += " " + timeout;
         } else {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -126,6 +127,25 @@ TEST_F(PgTest, TheStatementTimeoutCancelsASlowStatementAsATransientError) {
     EXPECT_TRUE(error.transient);
     // The connection is still good for the next statement.
     EXPECT_EQ(run(pool.query("SELECT 1")).integer(0, 0), 1);
+}
+
+TEST_F(PgTest, AStatementWhoseCallerGaveUpStopsOnTheServer) {
+    auto pool = make_pool(1, 60s);
+    asio::cancellation_signal give_up;
+    asio::co_spawn(
+        io_, [&]() -> asio::awaitable<void> { co_await pool.query("SELECT pg_sleep(30) /* abandoned */"); },
+        asio::bind_cancellation_slot(give_up.slot(), asio::detached));
+    asio::steady_timer later(io_, 300ms);
+    later.async_wait([&](boost::system::error_code) { give_up.emit(asio::cancellation_type::terminal); });
+    io_.restart();
+    io_.run();
+    Database observer;
+    const auto still_running = [&] {
+        return observer.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%/* abandoned */%' "
+            "AND pid <> pg_backend_pid()");
+    };
+    EXPECT_TRUE(eventually([&] { return still_running() == 0; }, 5s)) << "the server kept running it";
 }
 
 TEST_F(PgTest, ATransactionLeftWithoutCommitIsRolledBack) {
