@@ -58,6 +58,25 @@ class PgTest : public ::testing::Test {
         }());
     }
 
+    /// Runs two coroutines side by side to the end; what each reported, sorted.
+    std::vector<std::string> race(asio::awaitable<std::string> first, asio::awaitable<std::string> second) {
+        std::vector<std::string> outcomes;
+        for (auto* contender : {&first, &second}) {
+            asio::co_spawn(io_, std::move(*contender), [&outcomes](const std::exception_ptr&, std::string outcome) {
+                outcomes.push_back(std::move(outcome));
+            });
+        }
+        io_.restart();
+        io_.run();
+        std::sort(outcomes.begin(), outcomes.end());
+        return outcomes;
+    }
+
+    /// "40P01 transient": how a test reports a pg::Error.
+    static std::string describe(const pg::Error& error) {
+        return error.sqlstate() + (error.transient() ? " transient" : " permanent");
+    }
+
     asio::io_context io_;
 };
 
@@ -204,8 +223,7 @@ TEST_F(PgTest, ARealDeadlockIsReportedAsATransientError) {
     auto pool = make_pool(2);
     run(pool.query("CREATE TABLE IF NOT EXISTS pg_test_locks (id int PRIMARY KEY, n int NOT NULL)"));
     run(pool.query("INSERT INTO pg_test_locks VALUES (1, 0), (2, 0) ON CONFLICT DO NOTHING"));
-    std::vector<std::string> outcomes;
-    auto lock_both = [&](int first, int second) -> asio::awaitable<void> {
+    auto lock_both = [&](int first, int second) -> asio::awaitable<std::string> {
         try {
             auto transaction = co_await pool.begin();
             co_await transaction.query("UPDATE pg_test_locks SET n = n + 1 WHERE id = $1", first);
@@ -213,16 +231,12 @@ TEST_F(PgTest, ARealDeadlockIsReportedAsATransientError) {
             co_await pause.async_wait(asio::use_awaitable);
             co_await transaction.query("UPDATE pg_test_locks SET n = n + 1 WHERE id = $1", second);
             co_await transaction.commit();
-            outcomes.emplace_back("committed");
         } catch (const pg::Error& e) {
-            outcomes.push_back(e.sqlstate() + (e.transient() ? " transient" : " permanent"));
+            co_return describe(e);
         }
+        co_return std::string("committed");
     };
-    asio::co_spawn(io_, lock_both(1, 2), asio::detached);
-    asio::co_spawn(io_, lock_both(2, 1), asio::detached);
-    io_.restart();
-    io_.run();
-    std::sort(outcomes.begin(), outcomes.end());
+    const auto outcomes = race(lock_both(1, 2), lock_both(2, 1));
     EXPECT_EQ(outcomes, (std::vector<std::string>{"40P01 transient", "committed"}));
 }
 
@@ -231,25 +245,20 @@ TEST_F(PgTest, ARealSerializationFailureIsReportedAsATransientError) {
     auto pool = make_pool(2);
     run(pool.query("CREATE TABLE IF NOT EXISTS pg_test_serial (id int PRIMARY KEY, n int NOT NULL)"));
     run(pool.query("INSERT INTO pg_test_serial VALUES (1, 0) ON CONFLICT DO NOTHING"));
-    std::vector<std::string> outcomes;
-    auto increment = [&]() -> asio::awaitable<void> {
+    auto increment = [&]() -> asio::awaitable<std::string> {
         try {
             auto transaction = co_await pool.begin("BEGIN ISOLATION LEVEL SERIALIZABLE");
-            const auto n = (co_await transaction.query("SELECT n FROM pg_test_serial WHERE id = 1")).integer(0, 0);
+            const auto read = co_await transaction.query("SELECT n FROM pg_test_serial WHERE id = 1");
             asio::steady_timer pause(co_await asio::this_coro::executor, 200ms);
             co_await pause.async_wait(asio::use_awaitable);
-            co_await transaction.query("UPDATE pg_test_serial SET n = $1 WHERE id = 1", n + 1);
+            co_await transaction.query("UPDATE pg_test_serial SET n = $1 WHERE id = 1", read.integer(0, 0) + 1);
             co_await transaction.commit();
-            outcomes.emplace_back("committed");
         } catch (const pg::Error& e) {
-            outcomes.push_back(e.sqlstate() + (e.transient() ? " transient" : " permanent"));
+            co_return describe(e);
         }
+        co_return std::string("committed");
     };
-    asio::co_spawn(io_, increment(), asio::detached);
-    asio::co_spawn(io_, increment(), asio::detached);
-    io_.restart();
-    io_.run();
-    std::sort(outcomes.begin(), outcomes.end());
+    const auto outcomes = race(increment(), increment());
     EXPECT_EQ(outcomes, (std::vector<std::string>{"40001 transient", "committed"}));
 }
 
@@ -265,7 +274,7 @@ TEST_F(PgTest, ALockTimeoutIsReportedAsATransientError) {
         try {
             co_await waiter.query("UPDATE pg_test_locks SET n = n + 1 WHERE id = 1");
         } catch (const pg::Error& e) {
-            co_return e.sqlstate() + (e.transient() ? " transient" : " permanent");
+            co_return describe(e);
         }
         co_return std::string("updated");
     }());
