@@ -10,18 +10,26 @@
 
 int main(int argc, char** argv) {
     namespace asio = boost::asio;
-    auto parsed = conveyor::worker::parse_worker_settings({argv, static_cast<std::size_t>(argc)}, std::cout, std::cerr);
+    conveyor::jobs::Settings job_settings;
+    auto parsed = conveyor::worker::parse_worker_settings(
+        {argv, static_cast<std::size_t>(argc)}, std::cout, std::cerr,
+        [&job_settings](CLI::App& app) { conveyor::jobs::add_options(app, job_settings); });
     if (!parsed.settings) {
         return parsed.exit_code;
     }
     const auto settings = *parsed.settings;
     conveyor::setup_logging(settings.log_level);
 
-    conveyor::JobRegistry registry;
-    conveyor::jobs::register_all(registry);
-
     asio::io_context io(static_cast<int>(settings.threads));
-    conveyor::worker::Worker worker(io, settings, registry);
+    auto metrics = std::make_shared<prometheus::Registry>();
+    conveyor::JobRegistry registry;
+    try {
+        conveyor::jobs::register_all(registry, job_settings, *metrics, io.get_executor());
+    } catch (const std::invalid_argument& e) {
+        std::cerr << "conveyor-worker: " << e.what() << "\nRun with --help for more information.\n";
+        return 2;
+    }
+    conveyor::worker::Worker worker(io, settings, registry, metrics);
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](boost::system::error_code error, int signal) {
         if (!error) {

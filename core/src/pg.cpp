@@ -152,6 +152,11 @@ class Connection {
     /// Hangs up now: a broken connection should not hold a server process until its next use.
     void discard() noexcept { close(); }
 
+    /// The client-side deadline follows a statement_timeout the current transaction set for itself.
+    void set_transaction_statement_timeout(std::optional<std::chrono::milliseconds> timeout) noexcept {
+        transaction_statement_timeout_ = timeout;
+    }
+
     asio::awaitable<void> connect() {
         close();
         try {
@@ -225,7 +230,8 @@ class Connection {
     }
 
     asio::awaitable<Result> finish_statement() {
-        const auto deadline = Clock::now() + settings_.statement_timeout + kClientDeadlineMargin;
+        const auto limit = transaction_statement_timeout_.value_or(settings_.statement_timeout);
+        const auto deadline = Clock::now() + limit + kClientDeadlineMargin;
         while (true) {
             const int pending = PQflush(conn_);
             if (pending == 0) {
@@ -420,6 +426,7 @@ class Connection {
     }
 
     const Settings& settings_;
+    std::optional<std::chrono::milliseconds> transaction_statement_timeout_;
     PGconn* conn_ = nullptr;
     bool broken_ = false;
     asio::posix::stream_descriptor socket_;
@@ -454,6 +461,13 @@ asio::awaitable<void> Transaction::run_script(std::string sql) {
     co_await lease_.connection().run_script(sql);
 }
 
+asio::awaitable<void> Transaction::set_statement_timeout(std::chrono::milliseconds timeout) {
+    std::string sql("SELECT set_config('statement_timeout', $1, true)");
+    std::vector<Param> params{fmt::format("{}ms", timeout.count())};
+    co_await execute(std::move(sql), std::move(params));
+    lease_.connection().set_transaction_statement_timeout(timeout);
+}
+
 asio::awaitable<void> Transaction::commit() {
     // A statement that failed inside the transaction aborted it, and PostgreSQL answers a COMMIT of an aborted
     // transaction with a rollback, not an error: a caller that caught the failure must not take that for success.
@@ -465,6 +479,7 @@ asio::awaitable<void> Transaction::commit() {
     std::vector<Param> no_params;
     const auto result = co_await execute(std::move(commit_sql), std::move(no_params));
     open_ = false;
+    lease_.connection().set_transaction_statement_timeout(std::nullopt);
     if (result.command_status() != "COMMIT") {
         throw Error("25P02",
                     fmt::format("COMMIT answered '{}': the transaction was rolled back", result.command_status()));
@@ -476,6 +491,7 @@ asio::awaitable<void> Transaction::rollback() {
     std::vector<Param> no_params;
     co_await execute(std::move(rollback_sql), std::move(no_params));
     open_ = false;
+    lease_.connection().set_transaction_statement_timeout(std::nullopt);
 }
 
 class Pool::Impl {
@@ -526,6 +542,8 @@ void Pool::give_back(std::unique_ptr<Connection> connection) noexcept {
     if (!connection->usable()) {
         connection->discard();
     }
+    // A transaction left open is rolled back before the next use, and its settings go with it.
+    connection->set_transaction_statement_timeout(std::nullopt);
     std::lock_guard lock(impl_->mutex_);
     if (impl_->waiters_.empty()) {
         impl_->idle_.push_back(std::move(connection));
@@ -628,6 +646,38 @@ std::string redacted(std::string_view url) {
         return std::string(url);
     }
     return fmt::format("{}:***{}", url.substr(0, colon), url.substr(at));
+}
+
+namespace {
+
+template <typename Text>
+std::string quoted_array(std::span<const Text> values) {
+    std::string literal = "{";
+    for (const auto& value : values) {
+        if (literal.size() > 1) {
+            literal += ',';
+        }
+        literal += '"';
+        for (const char c : std::string_view(value)) {
+            if (c == '"' || c == '\\') {
+                literal += '\\';
+            }
+            literal += c;
+        }
+        literal += '"';
+    }
+    literal += '}';
+    return literal;
+}
+
+}  // namespace
+
+std::string text_array(std::span<const std::string_view> values) {
+    return quoted_array(values);
+}
+
+std::string text_array(std::span<const std::string> values) {
+    return quoted_array(values);
 }
 
 }  // namespace conveyor::pg

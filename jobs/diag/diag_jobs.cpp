@@ -5,6 +5,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <cstdlib>
 
+#include "../common/payload.hpp"
 #include "conveyor/jobs/jobs.hpp"
 
 namespace conveyor::jobs {
@@ -107,7 +108,7 @@ asio::awaitable<Outcome> ledger(JobContext& context) {
         co_await transaction.query("SELECT set_config('lock_timeout', $1, true)", lock_timeout);
     }
     for (std::int64_t i = 0; i < emit; ++i) {
-        co_await context.emit("diag.ledger", "{}");
+        context.emit("diag.ledger", "{}");
     }
     constexpr std::string_view kApply =
         "INSERT INTO conveyor.diag_ledger (job_id, applied) VALUES ($1, 1) "
@@ -123,14 +124,42 @@ asio::awaitable<Outcome> ledger(JobContext& context) {
     co_return Success{};
 }
 
+JobOptions validated_by(PayloadValidator validate) {
+    JobOptions options;
+    options.validate = std::move(validate);
+    return options;
+}
+
+std::optional<std::string> validate_sleep(simdjson::dom::element payload) {
+    PayloadReader reader(payload);
+    (void)reader.integer("ms", Need::required, 0, kMaxSleepMs);
+    return reader.error();
+}
+
+std::optional<std::string> validate_fail(simdjson::dom::element payload) {
+    PayloadReader reader(payload);
+    (void)reader.integer("times", Need::optional, 0, std::numeric_limits<std::int64_t>::max());
+    (void)reader.boolean("permanent", Need::optional);
+    return reader.error();
+}
+
+std::optional<std::string> validate_ledger(simdjson::dom::element payload) {
+    PayloadReader reader(payload);
+    (void)reader.integer("ms", Need::optional, 0, kMaxSleepMs);
+    (void)reader.integer("emit", Need::optional, 0, kMaxEmits);
+    (void)reader.integer("lock_timeout_ms", Need::optional, 0, kMaxSleepMs);
+    (void)reader.string("also", Need::optional, 1, kMaxJobIdBytes);
+    return reader.error();
+}
+
 }  // namespace
 
 void register_diag_jobs(JobRegistry& registry) {
     registry.add("diag.noop", noop);
-    registry.add("diag.sleep", sleep);
-    registry.add("diag.fail", fail);
-    JobOptions transactional;
-    transactional.transactional = true;
+    registry.add("diag.sleep", sleep, validated_by(validate_sleep));
+    registry.add("diag.fail", fail, validated_by(validate_fail));
+    auto transactional = validated_by(validate_ledger);
+    transactional.transaction = TransactionMode::per_job;
     registry.add("diag.ledger", ledger, transactional);
     // Killing the process is for poison-message tests only; a production worker dead-letters the job instead.
     const char* crash_enabled = std::getenv("CONVEYOR_ENABLE_CRASH_JOBS");
@@ -145,10 +174,6 @@ void register_diag_jobs(JobRegistry& registry) {
         context.log().error("diag.crash: aborting the worker process");
         std::abort();
     });
-}
-
-void register_all(JobRegistry& registry) {
-    register_diag_jobs(registry);
 }
 
 }  // namespace conveyor::jobs

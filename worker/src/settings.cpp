@@ -103,7 +103,8 @@ RetryPolicy effective_retry_policy(const WorkerSettings& settings, const JobDefi
     return policy;
 }
 
-ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostream& out, std::ostream& err) {
+ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostream& out, std::ostream& err,
+                                  const std::function<void(CLI::App&)>& more_options) {
     WorkerSettings settings;
     std::string queues = "orders,payments,emails,projections,diag";
     std::string job_timeout = "30s";
@@ -198,6 +199,9 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
     app.add_option("--name", settings.name, "Worker identity in logs and dead-letter headers")
         ->envname("CONVEYOR_WORKER_NAME")
         ->default_str("$POD_NAME or host name");
+    if (more_options) {
+        more_options(app);
+    }
 
     try {
         app.parse(static_cast<int>(argv.size()), argv.data());

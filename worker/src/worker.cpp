@@ -99,10 +99,12 @@ std::string or_dash(std::string_view text, std::size_t limit) {
 
 class Worker::Impl {
   public:
-    Impl(asio::io_context& io, WorkerSettings settings, const JobRegistry& registry)
+    Impl(asio::io_context& io, WorkerSettings settings, const JobRegistry& registry,
+         std::shared_ptr<prometheus::Registry> prometheus)
         : io_(io),
           settings_(std::move(settings)),
           registry_(registry),
+          prometheus_(std::move(prometheus)),
           metrics_(*prometheus_, settings_.families, registry_),
           batches_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
           jobs_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
@@ -360,11 +362,18 @@ class Worker::Impl {
 
         auto& metrics = metrics_.job(delivery.queue, envelope->type);
         const JobLogger log(envelope->job_id, envelope->correlation_id, envelope->type);
+        if (definition->options.validate) {
+            if (auto invalid = definition->options.validate(envelope->payload)) {
+                Verdict verdict{"invalid_payload", std::move(*invalid)};
+                co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(verdict));
+                co_return;
+            }
+        }
 
         // A job that needs the database waits for it, holding its delivery: requeueing would spin it through the
         // queue and count against the broker's delivery limit, and running it would only burn an attempt.
         // (No co_await inside && or ?: in this file: g++ 12 mishandles temporaries there.)
-        if (definition->options.transactional || delivery.redelivered) {
+        if (definition->options.transaction != TransactionMode::none || delivery.redelivered) {
             const bool available = co_await database_available(log);
             if (!available) {
                 requeue(delivery);  // the worker is draining
@@ -454,7 +463,7 @@ class Worker::Impl {
         const auto timeout =
             definition->options.timeout.count() > 0 ? definition->options.timeout : settings_.job_timeout;
         const auto started = Clock::now();
-        JobContext context(*envelope, started + timeout);
+        JobContext context(*envelope, started + timeout, &pool_);
 
         // The watchdog emits the slot's cancellation signal at the deadline; the shutdown does when its grace
         // period is over. Either way the handler's pending operation fails with operation_aborted.
@@ -524,9 +533,14 @@ class Worker::Impl {
         }
         if (auto* retry = std::get_if<Retry>(&*outcome)) {
             const auto& policy = policies_.at(envelope->type);
+            if (!retry->counts_attempt) {
+                const auto delay = std::max(retry->after, policy.delay_after(1, {}, unit_random()));
+                co_await schedule_retry(delivery, *envelope, metrics, delay, std::move(retry->reason), false);
+                co_return;
+            }
             if (envelope->attempt < policy.max_attempts) {
                 const auto delay = policy.delay_after(envelope->attempt, retry->after, unit_random());
-                co_await schedule_retry(delivery, *envelope, metrics, delay, std::move(retry->reason));
+                co_await schedule_retry(delivery, *envelope, metrics, delay, std::move(retry->reason), true);
                 co_return;
             }
             Verdict exhausted{
@@ -541,13 +555,62 @@ class Worker::Impl {
     }
 
     /// Runs the handler; a transactional one inside a transaction that first claims the job in the inbox, so
-    /// that its effects and the claim commit together or not at all.
+    /// that its effects, the claim and its emitted jobs commit together or not at all.
     asio::awaitable<Outcome> run_handler(const JobDefinition& definition, JobContext& context, bool& duplicate) {
-        if (!definition.options.transactional) {
+        const auto mode = definition.options.transaction;
+        if (mode == TransactionMode::none) {
             auto outcome = co_await definition.handler(context);
             co_return outcome;
         }
         std::optional<pg::Transaction> transaction;
+        if (mode == TransactionMode::per_job) {
+            const bool claimed = co_await claim_in_transaction(context, transaction);
+            if (!claimed) {
+                duplicate = true;
+                co_return Success{};
+            }
+            context.bind_transaction(&*transaction);
+        } else {
+            context.set_transaction_opener(
+                [this, &context, &transaction, &duplicate]() -> asio::awaitable<pg::Transaction*> {
+                    const bool claimed = co_await claim_in_transaction(context, transaction);
+                    duplicate = !claimed;
+                    pg::Transaction* opened = nullptr;
+                    if (claimed) {
+                        opened = &*transaction;
+                    }
+                    co_return opened;
+                });
+        }
+        auto outcome = co_await definition.handler(context);
+        context.set_transaction_opener({});
+        const bool succeeded = std::holds_alternative<Success>(outcome) && !duplicate;
+        if (!succeeded) {
+            context.bind_transaction(nullptr);
+            context.emitted().clear();  // staged for a transaction that never commits
+            if (transaction) {
+                co_await transaction->rollback();
+            }
+            if (duplicate) {
+                outcome = Success{};
+            }
+            co_return outcome;
+        }
+        if (!transaction) {
+            if (!context.emitted().empty()) {
+                throw std::logic_error(
+                    fmt::format("job type {} emitted jobs but never began its transaction", context.type()));
+            }
+            co_return outcome;
+        }
+        co_await context.write_outbox();
+        context.bind_transaction(nullptr);
+        co_await transaction->commit();
+        co_return outcome;
+    }
+
+    /// Begins the job's transaction and records the job in the inbox; false (rolled back) if it is there already.
+    asio::awaitable<bool> claim_in_transaction(const JobContext& context, std::optional<pg::Transaction>& transaction) {
         std::optional<pg::Result> claim;
         try {
             auto begun = co_await pool_.begin();
@@ -564,18 +627,10 @@ class Worker::Impl {
         }
         if (claim->affected() == 0) {
             co_await transaction->rollback();
-            duplicate = true;
-            co_return Success{};
+            transaction.reset();
+            co_return false;
         }
-        context.bind_transaction(&*transaction);
-        auto outcome = co_await definition.handler(context);
-        context.bind_transaction(nullptr);
-        if (std::holds_alternative<Success>(outcome)) {
-            co_await transaction->commit();
-        } else {
-            co_await transaction->rollback();
-        }
-        co_return outcome;
+        co_return true;
     }
 
     /// Runs bookkeeping whose failure the job must not pay for, logging what the failure means.
@@ -637,8 +692,8 @@ class Worker::Impl {
     /// confirmed the copy: a crash in between leaves two copies (the inbox absorbs the second), never none.
     asio::awaitable<void> schedule_retry(const amqp::Delivery& delivery, const Envelope& envelope,
                                          WorkerMetrics::Job& metrics, std::chrono::milliseconds delay,
-                                         std::string reason) {
-        const auto next_attempt = envelope.attempt + 1;
+                                         std::string reason, bool counts_attempt) {
+        const auto next_attempt = counts_attempt ? envelope.attempt + 1 : envelope.attempt;
         delay = std::clamp<std::chrono::milliseconds>(delay, std::chrono::seconds(1), topology::kMaxDelay);
         const auto due = std::chrono::system_clock::now() + std::chrono::ceil<std::chrono::seconds>(delay);
         amqp::Message message = delivery.message;
@@ -657,8 +712,13 @@ class Worker::Impl {
             metrics.retry->Increment();
             metrics.retry_delay->Observe(std::chrono::duration<double>(delay).count());
             ++stats_.retried;
-            log.warn("attempt {} failed: {}; attempt {} in {} ms", envelope.attempt, bounded(reason, 256), next_attempt,
-                     delay.count());
+            if (counts_attempt) {
+                log.warn("attempt {} failed: {}; attempt {} in {} ms", envelope.attempt, bounded(reason, 256),
+                         next_attempt, delay.count());
+            } else {
+                log.info("waiting: {}; attempt {} runs again in {} ms (not counted)", bounded(reason, 256),
+                         next_attempt, delay.count());
+            }
             co_return;
         }
         log.error("could not schedule attempt {} ({}); requeueing: {}", next_attempt, bounded(reason, 256),
@@ -719,7 +779,7 @@ class Worker::Impl {
     const JobRegistry& registry_;
     EnvelopeLimits limits_;
     std::map<std::string, RetryPolicy, std::less<>> policies_;
-    std::shared_ptr<prometheus::Registry> prometheus_ = std::make_shared<prometheus::Registry>();
+    std::shared_ptr<prometheus::Registry> prometheus_;
     WorkerMetrics metrics_;
     amqp::DeliveryChannel batches_;
     asio::experimental::concurrent_channel<void(error_code, amqp::Delivery)> jobs_;
@@ -746,8 +806,9 @@ class Worker::Impl {
     } stats_;
 };
 
-Worker::Worker(asio::io_context& io, WorkerSettings settings, const JobRegistry& registry)
-    : impl_(std::make_unique<Impl>(io, std::move(settings), registry)) {}
+Worker::Worker(asio::io_context& io, WorkerSettings settings, const JobRegistry& registry,
+               std::shared_ptr<prometheus::Registry> metrics)
+    : impl_(std::make_unique<Impl>(io, std::move(settings), registry, std::move(metrics))) {}
 
 Worker::~Worker() = default;
 

@@ -27,6 +27,9 @@ struct Success {};
 struct Retry {
     std::chrono::milliseconds after{0};
     std::string reason;
+    /// False when the job waits for something outside it (e.g. an open circuit breaker): the wait does not use
+    /// up one of its attempts, so an outage of a dependency cannot exhaust the jobs that need it.
+    bool counts_attempt = true;
 };
 
 /// A permanent failure: retrying cannot help. The message goes to its family's dead-letter queue.
@@ -119,15 +122,18 @@ struct OutboxMessage {
 /// What a handler gets: the validated envelope, a logger, and the deadline it must finish by. The worker
 /// also cancels the handler's coroutine at the deadline; the deadline lets handlers pass it on to their
 /// own calls (HTTP, SQL). A transactional job type also gets its transaction, in which the worker has already
-/// recorded the job in the inbox, and can emit jobs through the outbox.
+/// recorded the job in the inbox (or records it when the handler begins it), and can emit jobs through the
+/// outbox.
 class JobContext {
   public:
-    JobContext(const Envelope& envelope, std::chrono::steady_clock::time_point deadline,
-               pg::Transaction* transaction = nullptr)
+    /// Begins the job's transaction and claims the job in the inbox; nullptr means the inbox has it already.
+    using TransactionOpener = std::function<boost::asio::awaitable<pg::Transaction*>()>;
+
+    JobContext(const Envelope& envelope, std::chrono::steady_clock::time_point deadline, pg::Pool* database = nullptr)
         : envelope_(envelope),
           deadline_(deadline),
           logger_(envelope.job_id, envelope.correlation_id, envelope.type),
-          transaction_(transaction) {}
+          database_(database) {}
 
     [[nodiscard]] const Envelope& envelope() const noexcept { return envelope_; }
     [[nodiscard]] const std::string& job_id() const noexcept { return envelope_.job_id; }
@@ -138,38 +144,71 @@ class JobContext {
     [[nodiscard]] std::chrono::steady_clock::time_point deadline() const noexcept { return deadline_; }
     [[nodiscard]] const JobLogger& log() const noexcept { return logger_; }
 
-    /// The job's transaction; throws std::logic_error unless the job type is transactional. Commit and rollback
-    /// are the worker's: the handler's outcome decides.
+    /// The job's transaction; throws std::logic_error unless it is open (a per_job type's always is, an
+    /// on_demand type's once begin_transaction() returned it). Commit and rollback are the worker's: the
+    /// handler's outcome decides.
     [[nodiscard]] pg::Transaction& transaction() const;
 
-    /// Emits a job of `type` with the JSON object `payload` through the outbox, in the job's transaction. Its
-    /// message id is derived from this job's id and the emit's position, so every attempt emits the same ids.
-    boost::asio::awaitable<void> emit(std::string type, std::string payload);
+    /// For TransactionMode::on_demand: begins the transaction and claims the job in the inbox, after the
+    /// handler's calls to the outside world, so no database connection waits on them. Returns nullptr when the
+    /// inbox already has the job: the handler returns Success at once and the worker counts a duplicate.
+    boost::asio::awaitable<pg::Transaction*> begin_transaction();
+
+    /// The worker's connection pool, for reads outside the job's transaction; throws std::logic_error in a
+    /// context without one.
+    [[nodiscard]] pg::Pool& database() const;
+
+    /// Emits a job of `type` with the JSON object `payload` through the outbox: staged here, and written by the
+    /// worker in one statement just before the job's transaction commits. Its message id is derived from this
+    /// job's id and the emit's position, so every attempt emits the same ids. Throws PermanentError for an
+    /// unknown family or a payload that is not a JSON object.
+    void emit(std::string type, std::string payload);
+
+    /// Writes the staged emits to conveyor.outbox in the job's transaction (the worker calls it before commit).
+    boost::asio::awaitable<void> write_outbox();
 
     /// Set by the worker around the handler's run.
     void bind_transaction(pg::Transaction* transaction) noexcept { transaction_ = transaction; }
+    void set_transaction_opener(TransactionOpener opener) { opener_ = std::move(opener); }
 
-    /// What emit() wrote, for the worker to publish after the commit.
+    /// What emit() staged (and write_outbox() wrote), for the worker to publish after the commit.
     [[nodiscard]] std::vector<OutboxMessage>& emitted() noexcept { return emitted_; }
 
   private:
     const Envelope& envelope_;
     std::chrono::steady_clock::time_point deadline_;
     JobLogger logger_;
-    pg::Transaction* transaction_;
+    pg::Pool* database_;
+    pg::Transaction* transaction_ = nullptr;
+    TransactionOpener opener_;
     std::vector<OutboxMessage> emitted_;
 };
 
 using JobHandler = std::function<boost::asio::awaitable<Outcome>(JobContext&)>;
+
+/// How a job type uses a database transaction. A transactional job runs in one that also records the job in
+/// conveyor.inbox: committed on success, rolled back otherwise, and a job found there already is acknowledged
+/// as a duplicate.
+enum class TransactionMode {
+    none,
+    /// The worker begins the transaction before the handler runs.
+    per_job,
+    /// The handler begins it (JobContext::begin_transaction) once its calls to the outside world are done.
+    on_demand,
+};
+
+/// Checks a payload before the job runs: returns what is wrong with it, or nothing. A payload it refuses is
+/// dead-lettered as invalid_payload without running the handler.
+using PayloadValidator = std::function<std::optional<std::string>(simdjson::dom::element payload)>;
 
 struct JobOptions {
     /// Per-job deadline; zero uses the worker's --job-timeout.
     std::chrono::milliseconds timeout{0};
     /// The type's own retry policy; unset uses the worker's (--retry-*), and a --retry override beats both.
     std::optional<RetryPolicy> retry;
-    /// Runs the handler in a database transaction that also records the job in conveyor.inbox: committed on
-    /// success, rolled back otherwise, and a job found there already is acknowledged as a duplicate.
-    bool transactional = false;
+    TransactionMode transaction = TransactionMode::none;
+    /// Unset accepts any JSON object.
+    PayloadValidator validate;
 };
 
 struct JobDefinition {

@@ -136,6 +136,9 @@ class Transaction {
     }
     /// Runs SQL that has no parameters and may hold several statements (migrations).
     boost::asio::awaitable<void> run_script(std::string sql);
+    /// Raises (or lowers) statement_timeout for the rest of this transaction, for work bigger than a job's
+    /// statements (a projection rebuild); the client-side deadline follows it.
+    boost::asio::awaitable<void> set_statement_timeout(std::chrono::milliseconds timeout);
     /// Throws Error 25P02 if the transaction was aborted by a failed statement (it is rolled back instead).
     boost::asio::awaitable<void> commit();
     boost::asio::awaitable<void> rollback();
@@ -185,5 +188,10 @@ class Pool {
 
 /// The URL with its password masked, for logs and errors.
 [[nodiscard]] std::string redacted(std::string_view url);
+
+/// A PostgreSQL array literal of text values (every element quoted), for one parameter such as `$1::text[]`:
+/// a batch goes to the server in one statement (`unnest`) instead of one statement per row.
+[[nodiscard]] std::string text_array(std::span<const std::string_view> values);
+[[nodiscard]] std::string text_array(std::span<const std::string> values);
 
 }  // namespace conveyor::pg

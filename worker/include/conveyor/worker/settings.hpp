@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <optional>
 #include <span>
@@ -9,6 +10,10 @@
 #include <vector>
 
 #include "conveyor/core/job.hpp"
+
+namespace CLI {
+class App;
+}
 
 namespace conveyor::worker {
 
@@ -86,8 +91,9 @@ struct ParseResult {
 [[nodiscard]] RetryPolicy effective_retry_policy(const WorkerSettings& settings, const JobDefinition& definition);
 
 /// Parses argv (without the program name at index 0 being special: pass argv as is). Help goes to `out`,
-/// errors to `err` with a hint, and the result says which exit code to use.
-[[nodiscard]] ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostream& out,
-                                                std::ostream& err);
+/// errors to `err` with a hint, and the result says which exit code to use. `more_options` adds the options of
+/// what the binary links besides the worker (the job families').
+[[nodiscard]] ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostream& out, std::ostream& err,
+                                                const std::function<void(CLI::App&)>& more_options = {});
 
 }  // namespace conveyor::worker

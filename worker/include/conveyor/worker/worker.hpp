@@ -1,5 +1,7 @@
 #pragma once
 
+#include <prometheus/registry.h>
+
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <memory>
@@ -21,7 +23,9 @@ struct WorkerStats {
 /// of coroutines, acknowledges or dead-letters it, serves health and metrics, and drains on shutdown.
 class Worker {
   public:
-    Worker(boost::asio::io_context& io, WorkerSettings settings, const JobRegistry& registry);
+    /// `metrics` is served on /metrics; job handlers may have registered their own families in it.
+    Worker(boost::asio::io_context& io, WorkerSettings settings, const JobRegistry& registry,
+           std::shared_ptr<prometheus::Registry> metrics = std::make_shared<prometheus::Registry>());
     ~Worker();
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;

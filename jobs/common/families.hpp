@@ -1,0 +1,14 @@
+#pragma once
+
+#include "conveyor/jobs/jobs.hpp"
+
+/// Each family registers its job types; register_all (jobs/common/register.cpp) calls them all.
+namespace conveyor::jobs {
+
+void register_order_jobs(JobRegistry& registry);
+void register_payment_jobs(JobRegistry& registry, const Settings& settings, prometheus::Registry& metrics,
+                           boost::asio::any_io_executor executor);
+void register_email_jobs(JobRegistry& registry, const Settings& settings);
+void register_projection_jobs(JobRegistry& registry);
+
+}  // namespace conveyor::jobs

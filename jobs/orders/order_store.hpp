@@ -1,0 +1,61 @@
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/json/object.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conveyor/core/job.hpp"
+
+/// The order aggregate as the saga's jobs see it: its state machine, and the one way its state changes (a
+/// locked row, a legal transition, events appended with the next versions).
+namespace conveyor::jobs {
+
+/// placed → reserved → paid → confirmed; placed or reserved → cancelled; placed → rejected.
+enum class OrderStatus { placed, reserved, paid, confirmed, cancelled, rejected };
+
+[[nodiscard]] std::string_view to_string(OrderStatus status) noexcept;
+[[nodiscard]] std::optional<OrderStatus> parse_order_status(std::string_view text) noexcept;
+[[nodiscard]] bool can_transition(OrderStatus from, OrderStatus to) noexcept;
+
+/// An order row locked by the job's transaction, with its customer.
+struct LockedOrder {
+    std::string id;
+    OrderStatus status = OrderStatus::placed;
+    std::int64_t version = 0;
+    std::string customer_id;
+    std::string customer_email;
+    std::string customer_name;
+    std::string currency;
+    std::int64_t total_cents = 0;
+};
+
+struct DomainEvent {
+    std::string type;
+    boost::json::object data;
+};
+
+/// Locks the order's row (FOR UPDATE) until the transaction ends; nullopt if there is no such order.
+boost::asio::awaitable<std::optional<LockedOrder>> lock_order(pg::Transaction& transaction, std::string_view order_id);
+
+/// Moves a locked order to `to` (or keeps its status, when `to` is it) and appends `events` with the versions after
+/// its own; returns the events' ids in version order. Throws PermanentError for a transition the state machine
+/// refuses.
+boost::asio::awaitable<std::vector<std::int64_t>> advance_order(pg::Transaction& transaction, LockedOrder& order,
+                                                                OrderStatus to, std::string_view reason,
+                                                                const std::vector<DomainEvent>& events);
+
+/// Emits projections.update for each event, so the read models follow.
+void emit_projection_updates(JobContext& context, const std::vector<std::int64_t>& event_ids);
+
+/// Emits emails.send with a dedupe key naming the order and the template: one such email per order, ever.
+void emit_order_email(JobContext& context, std::string_view template_name, const LockedOrder& order,
+                      boost::json::object data);
+
+/// The DeadLetter for a transition the state machine refuses.
+[[nodiscard]] DeadLetter illegal_transition(const LockedOrder& order, OrderStatus to);
+
+}  // namespace conveyor::jobs
