@@ -14,6 +14,8 @@ namespace {
 
 constexpr std::size_t kMaxDataFields = 50;
 constexpr std::size_t kMaxDedupeKeyChars = 200;
+// A claim outlives the SMTP deadline by this much before another job may take the email over.
+constexpr std::chrono::milliseconds kClaimMargin{30'000};
 
 /// A template's text with {{name}} placeholders, filled from the job's data; {{name?fallback}} for optional ones.
 struct EmailTemplate {
@@ -195,10 +197,10 @@ std::optional<std::string> validate_send_email(simdjson::dom::element payload) {
     return reader.error();
 }
 
-/// emails.send: renders the template and delivers it over SMTP, once per dedupe key. The delivery happens before
-/// the job's transaction begins (no connection waits on the mail server); its email_log row commits with the
-/// job's inbox record. A crash between the server's acceptance and that commit sends the email again on the
-/// retry, with the same Message-ID.
+/// emails.send: renders the template and delivers it over SMTP, once per dedupe key. The job claims the key in
+/// shop.email_log before it talks to the mail server (no transaction is open meanwhile) and marks it sent in its
+/// own transaction, with its inbox record. Only a crash between the server's acceptance and that commit sends
+/// the email twice, with the same Message-ID, so the receiving side can still tell.
 asio::awaitable<Outcome> send_email(JobContext& context, smtp::Client& mailer, const Settings& settings) {
     PayloadReader reader(context.payload());
     const auto email = read_send_email(reader);
@@ -222,14 +224,30 @@ asio::awaitable<Outcome> send_email(JobContext& context, smtp::Client& mailer, c
         co_return invalid;
     }
     const auto recipient = smtp::masked_address(email->to);
-    const auto sent =
-        co_await context.database().query("SELECT 1 FROM shop.email_log WHERE dedupe_key = $1", dedupe_key);
-    if (sent.rows() > 0) {
-        context.log().info("{} to {} was sent already (dedupe key {}); not sending again", chosen.name, recipient,
-                           dedupe_key);
-        co_return Success{};
-    }
     const auto id = message_id(dedupe_key);
+    const auto claim_for = fmt::format("{} milliseconds", (settings.smtp.timeout + kClaimMargin).count());
+    const auto claimed = co_await context.database().query(
+        "INSERT INTO shop.email_log AS l (dedupe_key, template, recipient, subject, message_id, status, claimed_by, "
+        "  claimed_until) VALUES ($1, $2, $3, $4, $5, 'sending', $6, now() + $7::interval) "
+        "ON CONFLICT (dedupe_key) DO UPDATE SET claimed_by = excluded.claimed_by, "
+        "  claimed_until = excluded.claimed_until "
+        "WHERE l.status = 'sending' AND (l.claimed_until < now() OR l.claimed_by = excluded.claimed_by) "
+        "RETURNING 1",
+        dedupe_key, chosen.name, email->to, subject, id, context.job_id(), claim_for);
+    if (claimed.rows() == 0) {
+        const auto state = co_await context.database().query(
+            "SELECT status, greatest(0, extract(epoch FROM claimed_until - now()) * 1000)::bigint "
+            "FROM shop.email_log WHERE dedupe_key = $1",
+            dedupe_key);
+        if (state.rows() == 0 || state.text(0, 0) == "sent") {
+            context.log().info("{} to {} was sent already (dedupe key {}); not sending again", chosen.name, recipient,
+                               dedupe_key);
+            co_return Success{};
+        }
+        Outcome wait = Retry{std::chrono::milliseconds(state.integer(0, 1)),
+                             fmt::format("another job is sending the email with dedupe key {}", dedupe_key), false};
+        co_return wait;
+    }
     const auto now = std::time(nullptr);
     std::tm utc{};
     gmtime_r(&now, &utc);
@@ -249,6 +267,15 @@ asio::awaitable<Outcome> send_email(JobContext& context, smtp::Client& mailer, c
         refused = e;
     }
     if (refused) {
+        // The claim goes at once, so that a retry (or another job) need not wait for it to expire.
+        auto release = context.database().query(
+            "DELETE FROM shop.email_log WHERE dedupe_key = $1 AND claimed_by = $2 AND status = 'sending'", dedupe_key,
+            context.job_id());
+        try {
+            co_await std::move(release);
+        } catch (const pg::Error& e) {
+            context.log().warn("could not release the claim on dedupe key {}: {}", dedupe_key, e.what());
+        }
         const auto error = fmt::format("{} to {}: {}", chosen.name, recipient, refused->what());
         Outcome failure;
         if (refused->transient()) {
@@ -263,9 +290,8 @@ asio::awaitable<Outcome> send_email(JobContext& context, smtp::Client& mailer, c
         co_return Success{};
     }
     co_await transaction->query(
-        "INSERT INTO shop.email_log (dedupe_key, template, recipient, subject, message_id) VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (dedupe_key) DO NOTHING",
-        dedupe_key, chosen.name, email->to, subject, id);
+        "UPDATE shop.email_log SET status = 'sent', sent_at = now() WHERE dedupe_key = $1 AND claimed_by = $2",
+        dedupe_key, context.job_id());
     context.log().info("sent {} to {}", chosen.name, recipient);
     co_return Success{};
 }

@@ -76,14 +76,19 @@ CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON shop.events
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON shop.events
     FOR EACH STATEMENT EXECUTE FUNCTION shop.refuse_event_change();
 
--- Every email sent, under its dedupe key: a retried emails.send finds its row and does not send again.
+-- Every email, under its dedupe key. A job claims the key ('sending', until claimed_until) before it talks to the
+-- mail server and marks it 'sent' in its own transaction afterwards: two jobs for the same email never send it
+-- both, a retried one finds it sent, and the claim of a job that died expires.
 CREATE TABLE shop.email_log (
-    dedupe_key text PRIMARY KEY,
-    template   text NOT NULL,
-    recipient  text NOT NULL,
-    subject    text NOT NULL,
-    message_id text NOT NULL,
-    sent_at    timestamptz NOT NULL DEFAULT now()
+    dedupe_key    text PRIMARY KEY,
+    template      text NOT NULL,
+    recipient     text NOT NULL,
+    subject       text NOT NULL,
+    message_id    text NOT NULL,
+    status        text NOT NULL CHECK (status IN ('sending', 'sent')),
+    claimed_by    text NOT NULL,
+    claimed_until timestamptz NOT NULL,
+    sent_at       timestamptz
 );
 
 -- Read models. Each is a function of the event stream alone (times come from the events, never from now()),

@@ -9,17 +9,11 @@
 #include <vector>
 
 #include "conveyor/core/job.hpp"
+#include "conveyor/jobs/order_status.hpp"
 
 /// The order aggregate as the saga's jobs see it: its state machine, and the one way its state changes (a
 /// locked row, a legal transition, events appended with the next versions).
 namespace conveyor::jobs {
-
-/// placed → reserved → paid → confirmed; placed or reserved → cancelled; placed → rejected.
-enum class OrderStatus { placed, reserved, paid, confirmed, cancelled, rejected };
-
-[[nodiscard]] std::string_view to_string(OrderStatus status) noexcept;
-[[nodiscard]] std::optional<OrderStatus> parse_order_status(std::string_view text) noexcept;
-[[nodiscard]] bool can_transition(OrderStatus from, OrderStatus to) noexcept;
 
 /// An order row locked by the job's transaction, with its customer.
 struct LockedOrder {

@@ -251,9 +251,11 @@ asio::awaitable<Outcome> charge_order(JobContext& context, PaymentGateway& gatew
         gateway.count(transport_result(e));
         transport_failure = e.what();
     }
+    // A failed trial call only confirms the outage the circuit already knows about: the job waits, uncounted.
+    const bool counts_attempt = !permit.trial();
     if (!response) {
         permit.failed();
-        Outcome retry = Retry{{}, fmt::format("payment gateway: {}", transport_failure)};
+        Outcome retry = Retry{{}, fmt::format("payment gateway: {}", transport_failure), counts_attempt};
         co_return retry;
     }
     gateway.observe(std::chrono::steady_clock::now() - sent);
@@ -287,7 +289,8 @@ asio::awaitable<Outcome> charge_order(JobContext& context, PaymentGateway& gatew
     }
     if (code == 429 || code >= 500) {
         permit.failed();
-        Outcome retry = Retry{retry_after(*response), fmt::format("payment gateway answered {}: {}", code, body)};
+        Outcome retry =
+            Retry{retry_after(*response), fmt::format("payment gateway answered {}: {}", code, body), counts_attempt};
         co_return retry;
     }
     // Any other answer (400, 401, 422 …) is the same on every attempt: a bug or a configuration error.

@@ -101,8 +101,10 @@ class WorkerTest : public ::testing::Test {
                                  std::map<std::string, std::string> env = {}) {
         static std::uint16_t next_port = 19470;
         const auto port = next_port++;
-        args.insert(args.end(),
-                    {"--queues", "diag", "--http-address", "127.0.0.1", "--http-port", std::to_string(port)});
+        if (std::find(args.begin(), args.end(), "--queues") == args.end()) {
+            args.insert(args.end(), {"--queues", "diag"});
+        }
+        args.insert(args.end(), {"--http-address", "127.0.0.1", "--http-port", std::to_string(port)});
         if (std::find(args.begin(), args.end(), "--amqp-url") == args.end()) {
             args.insert(args.end(), {"--amqp-url", amqp_url()});
         }

@@ -156,16 +156,24 @@ std::pair<int, std::string> run_command(const std::vector<std::string>& command,
     return {status.value_or(-1), std::move(output)};
 }
 
-std::optional<std::pair<unsigned, std::string>> http_get(std::uint16_t port, const std::string& path) {
+namespace {
+
+std::optional<std::pair<unsigned, std::string>> http_call(std::uint16_t port, http::verb verb, const std::string& path,
+                                                          const std::string& json) {
     try {
         asio::io_context io;
         asio::ip::tcp::socket socket(io);
         socket.connect({asio::ip::make_address("127.0.0.1"), port});
         const timeval timeout{5, 0};
         ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-        http::request<http::empty_body> request{http::verb::get, path, 11};
+        http::request<http::string_body> request{verb, path, 11};
         request.set(http::field::host, "127.0.0.1");
         request.keep_alive(false);
+        if (verb == http::verb::post) {
+            request.set(http::field::content_type, "application/json");
+            request.body() = json;
+            request.prepare_payload();
+        }
         http::write(socket, request);
         beast::flat_buffer buffer;
         http::response<http::string_body> response;
@@ -174,6 +182,17 @@ std::optional<std::pair<unsigned, std::string>> http_get(std::uint16_t port, con
     } catch (const std::exception&) {
         return std::nullopt;
     }
+}
+
+}  // namespace
+
+std::optional<std::pair<unsigned, std::string>> http_get(std::uint16_t port, const std::string& path) {
+    return http_call(port, http::verb::get, path, {});
+}
+
+std::optional<std::pair<unsigned, std::string>> http_post(std::uint16_t port, const std::string& path,
+                                                          const std::string& json) {
+    return http_call(port, http::verb::post, path, json);
 }
 
 double metric_sum(const std::string& exposition, const std::string& name, const std::vector<std::string>& labels) {

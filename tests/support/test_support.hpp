@@ -53,6 +53,10 @@ std::pair<int, std::string> run_command(const std::vector<std::string>& argv, st
 /// GET http://127.0.0.1:port/path; nullopt if nothing answers. The pair is (status, body).
 std::optional<std::pair<unsigned, std::string>> http_get(std::uint16_t port, const std::string& path);
 
+/// POST http://127.0.0.1:port/path with a JSON body; nullopt if nothing answers. The pair is (status, body).
+std::optional<std::pair<unsigned, std::string>> http_post(std::uint16_t port, const std::string& path,
+                                                          const std::string& json);
+
 /// Sum of the samples of a metric in a Prometheus text exposition whose labels include all of `labels`
 /// (e.g. {"outcome=\"success\""}); 0 if absent.
 double metric_sum(const std::string& exposition, const std::string& name, const std::vector<std::string>& labels = {});

@@ -27,7 +27,10 @@ class CircuitBreaker {
     /// either (the caller was cancelled) counts as neither.
     class Permit {
       public:
-        Permit(Permit&& other) noexcept : breaker_(other.breaker_), trial_(other.trial_) { other.breaker_ = nullptr; }
+        Permit(Permit&& other) noexcept
+            : breaker_(other.breaker_), trial_(other.trial_), retry_after_(other.retry_after_) {
+            other.breaker_ = nullptr;
+        }
         Permit& operator=(Permit&&) = delete;
         Permit(const Permit&) = delete;
         Permit& operator=(const Permit&) = delete;
@@ -35,6 +38,8 @@ class CircuitBreaker {
 
         /// The call went ahead: false while the circuit is open (or another trial call is under way).
         [[nodiscard]] bool granted() const noexcept { return breaker_ != nullptr; }
+        /// The one call a half-open circuit lets through to see whether the dependency is back.
+        [[nodiscard]] bool trial() const noexcept { return trial_; }
         /// When it is not granted, how long until the circuit may let a call through.
         [[nodiscard]] std::chrono::milliseconds retry_after() const noexcept { return retry_after_; }
 

@@ -1,0 +1,177 @@
+#pragma once
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <simdjson.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "test_support.hpp"
+
+/// The outside world the jobs talk to, played by real local servers speaking the real protocols: the payment
+/// gateway (HTTP/1.1, optionally TLS) and a mail server (SMTP), both from deploy/local.
+namespace conveyor::testing {
+
+/// The local stack's state folder (certificates, pid files).
+inline std::filesystem::path state_dir() {
+    const char* configured = std::getenv("CONVEYOR_STATE_DIR");
+    return configured != nullptr ? std::filesystem::path(configured) : source_dir() / ".state";
+}
+
+/// Waits for a server to write the port it bound.
+inline std::uint16_t read_port_file(const std::filesystem::path& file, Process& server) {
+    std::uint16_t port = 0;
+    eventually(
+        [&] {
+            std::ifstream in(file);
+            in >> port;
+            return port != 0 || !server.running();
+        },
+        std::chrono::seconds(15));
+    if (port == 0) {
+        ADD_FAILURE() << "no port in " << file << "; the server's log:\n" << server.log();
+    }
+    return port;
+}
+
+inline std::filesystem::path scratch_dir(const std::string& name) {
+    auto dir = std::filesystem::temp_directory_path() / fmt::format("conveyor-{}-{}", name, ::getpid());
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    return dir;
+}
+
+/// deploy/local/payment_gateway.py: charges with idempotency keys, switchable faults on its control port.
+class PaymentGatewayServer {
+  public:
+    explicit PaymentGatewayServer(bool tls = false) : dir_(scratch_dir(tls ? "gateway-tls" : "gateway")), tls_(tls) {
+        std::vector<std::string> args{(source_dir() / "deploy/local/payment_gateway.py").string(), "--port-file",
+                                      (dir_ / "port").string(), "--control-port-file",
+                                      (dir_ / "control-port").string()};
+        if (tls) {
+            args.insert(args.end(), {"--tls-cert", (state_dir() / "rabbitmq/tls/server.pem").string(), "--tls-key",
+                                     (state_dir() / "rabbitmq/tls/server.key").string()});
+        }
+        process_ = std::make_unique<Process>("/usr/bin/python3", args, dir_ / "log");
+        port_ = read_port_file(dir_ / "port", *process_);
+        control_port_ = read_port_file(dir_ / "control-port", *process_);
+    }
+    ~PaymentGatewayServer() {
+        process_->signal(SIGTERM);
+        process_->wait(std::chrono::seconds(5));
+        std::filesystem::remove_all(dir_);
+    }
+    PaymentGatewayServer(const PaymentGatewayServer&) = delete;
+    PaymentGatewayServer& operator=(const PaymentGatewayServer&) = delete;
+
+    [[nodiscard]] std::string url() const { return fmt::format("{}://127.0.0.1:{}", tls_ ? "https" : "http", port_); }
+    [[nodiscard]] static std::string ca_file() { return (state_dir() / "rabbitmq/tls/ca.pem").string(); }
+
+    /// Merges settings into the gateway's behaviour, e.g. {"fail_next": 2}.
+    void control(const std::string& json) const {
+        const auto response = http_post(control_port_, "/control", json);
+        ASSERT_TRUE(response && response->first == 200)
+            << "gateway control " << json << ": " << (response ? response->second : "no answer");
+    }
+
+    /// A number from GET /stats by JSON pointer, e.g. "/charges" or "/by_status/503" (0 if absent).
+    [[nodiscard]] std::int64_t stat(const std::string& pointer) const {
+        const auto response = http_get(control_port_, "/stats");
+        if (!response) {
+            ADD_FAILURE() << "the gateway's control port does not answer";
+            return -1;
+        }
+        simdjson::dom::parser parser;
+        std::int64_t value = 0;
+        if (parser.parse(response->second).at_pointer(pointer).get(value) != simdjson::SUCCESS) {
+            return 0;
+        }
+        return value;
+    }
+
+  private:
+    std::filesystem::path dir_;
+    bool tls_;
+    std::unique_ptr<Process> process_;
+    std::uint16_t port_ = 0;
+    std::uint16_t control_port_ = 0;
+};
+
+struct CapturedMail {
+    std::string to;
+    std::string template_name;
+    std::string subject;
+    std::string message_id;
+    std::string body;
+};
+
+/// deploy/local/smtp_sink.py: accepts mail and appends each message to a JSON-lines mailbox. Recipients with
+/// "+tempfail" get 451, "+reject" 550, and "+flaky" 451 once.
+class SmtpSink {
+  public:
+    SmtpSink() : dir_(scratch_dir("smtp")) {
+        process_ = std::make_unique<Process>(
+            "/usr/bin/python3",
+            std::vector<std::string>{(source_dir() / "deploy/local/smtp_sink.py").string(), "--port-file",
+                                     (dir_ / "port").string(), "--mailbox", (dir_ / "mailbox.jsonl").string()},
+            dir_ / "log");
+        port_ = read_port_file(dir_ / "port", *process_);
+    }
+    ~SmtpSink() {
+        process_->signal(SIGTERM);
+        process_->wait(std::chrono::seconds(5));
+        std::filesystem::remove_all(dir_);
+    }
+    SmtpSink(const SmtpSink&) = delete;
+    SmtpSink& operator=(const SmtpSink&) = delete;
+
+    [[nodiscard]] std::string url() const { return fmt::format("smtp://127.0.0.1:{}", port_); }
+
+    [[nodiscard]] std::vector<CapturedMail> mails() const {
+        std::vector<CapturedMail> mails;
+        std::ifstream in(dir_ / "mailbox.jsonl");
+        simdjson::dom::parser parser;
+        for (std::string line; std::getline(in, line);) {
+            simdjson::dom::element mail;
+            if (parser.parse(line).get(mail) != simdjson::SUCCESS) {
+                continue;  // a line being written
+            }
+            CapturedMail captured;
+            std::string_view text;
+            if (mail["rcpt_tos"].at(0).get(text) == simdjson::SUCCESS) {
+                captured.to = text;
+            }
+            if (mail["headers"]["X-Conveyor-Template"].get(text) == simdjson::SUCCESS) {
+                captured.template_name = text;
+            }
+            if (mail["subject"].get(text) == simdjson::SUCCESS) {
+                captured.subject = text;
+            }
+            if (mail["message_id"].get(text) == simdjson::SUCCESS) {
+                captured.message_id = text;
+            }
+            if (mail["body"].get(text) == simdjson::SUCCESS) {
+                captured.body = text;
+            }
+            mails.push_back(std::move(captured));
+        }
+        return mails;
+    }
+
+    [[nodiscard]] std::size_t count(const std::string& template_name) const {
+        const auto all = mails();
+        return static_cast<std::size_t>(std::count_if(
+            all.begin(), all.end(), [&](const CapturedMail& mail) { return mail.template_name == template_name; }));
+    }
+
+  private:
+    std::filesystem::path dir_;
+    std::unique_ptr<Process> process_;
+    std::uint16_t port_ = 0;
+};
+
+}  // namespace conveyor::testing

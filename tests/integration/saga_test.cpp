@@ -1,0 +1,485 @@
+#include <random>
+#include <set>
+
+#include "local_servers.hpp"
+#include "worker_fixture.hpp"
+
+namespace conveyor::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+const std::vector<std::string> kSagaFamilies{"orders", "payments", "emails", "projections"};
+
+struct Line {
+    std::string product;
+    int quantity = 1;
+};
+
+std::string order_payload(const std::string& order_id, const std::string& customer, const std::vector<Line>& lines,
+                          const std::string& currency = "EUR") {
+    std::string items;
+    for (const auto& line : lines) {
+        items += fmt::format(R"({}{{"product_id":"{}","quantity":{}}})", items.empty() ? "" : ",", line.product,
+                             line.quantity);
+    }
+    return fmt::format(
+        R"({{"order_id":"{}","customer":{{"id":"{}","email":"{}@example.com","name":"Customer {}"}},"items":[{}],"currency":"{}"}})",
+        order_id, customer, customer, customer, items, currency);
+}
+
+/// The order saga against the real broker, the real database, a local payment gateway and a local mail server.
+class SagaTest : public WorkerTest {
+  protected:
+    void SetUp() override {
+        WorkerTest::SetUp();
+        run_cli({"topology", "declare"});
+        for (const auto& family : kSagaFamilies) {
+            broker_.purge(topology::queue_name(family));
+            broker_.purge(topology::dead_letter_queue_name(family));
+        }
+        // The event store refuses TRUNCATE to everyone but a replica session.
+        database_.query("SET session_replication_role = replica");
+        database_.query(
+            "TRUNCATE shop.events, shop.payments, shop.order_items, shop.orders, shop.customers, shop.products, "
+            "shop.email_log, shop.order_summary, shop.customer_stats, shop.daily_sales, shop.projection_checkpoints "
+            "RESTART IDENTITY");
+        database_.query("SET session_replication_role = DEFAULT");
+    }
+
+    void add_product(const std::string& id, std::int64_t price_cents, std::int64_t stock) {
+        database_.query("INSERT INTO shop.products (id, name, price_cents, stock) VALUES ($1, $1, $2, $3)",
+                        {id, std::to_string(price_cents), std::to_string(stock)});
+    }
+
+    WorkerUnderTest start_saga_worker(const PaymentGatewayServer& gateway, const SmtpSink& mail,
+                                      std::vector<std::string> args, const std::string& log_name) {
+        args.insert(args.end(), {"--queues", "orders,payments,emails,projections", "--payment-gateway-url",
+                                 gateway.url(), "--smtp-url", mail.url()});
+        return start_worker(std::move(args), log_name);
+    }
+
+    void place(const std::string& order_id, const std::string& customer, const std::vector<Line>& lines,
+               const std::string& currency = "EUR") {
+        broker_.publish(Broker::job("orders.place", order_payload(order_id, customer, lines, currency)));
+    }
+
+    std::string status_of(const std::string& order_id) {
+        const auto rows = database_.query("SELECT status FROM shop.orders WHERE id = $1", {order_id});
+        return rows.empty() ? std::string("(none)") : rows[0][0];
+    }
+
+    bool has_status(const std::string& order_id, const std::string& status) { return status_of(order_id) == status; }
+
+    /// Every order in a final state and every read model caught up with every order's events.
+    bool settled(std::int64_t orders) {
+        return database_.scalar(
+                   "SELECT count(*) FROM shop.orders WHERE status IN ('confirmed', 'cancelled', "
+                   "'rejected')") == orders &&
+               database_.scalar(
+                   "SELECT count(*) FROM shop.orders o JOIN shop.projection_checkpoints c "
+                   "ON c.aggregate_id = o.id AND c.version = o.version") == 3 * orders;
+    }
+
+    std::int64_t stock_of(const std::string& product) {
+        return database_.scalar("SELECT stock FROM shop.products WHERE id = $1", {product});
+    }
+};
+
+TEST_F(SagaTest, AnOrderIsReservedChargedOnceConfirmedMailedAndProjected) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 1250, 10);
+    add_product("sku-2", 999, 5);
+    auto worker = start_saga_worker(gateway, mail, {}, "saga-happy");
+    place("order-1", "alice", {{"sku-1", 2}, {"sku-2", 1}});
+
+    ASSERT_TRUE(eventually([&] { return has_status("order-1", "confirmed"); }, 30s)) << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return mail.count("order_confirmed") == 1; }, 30s)) << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+
+    EXPECT_EQ(stock_of("sku-1"), 8);
+    EXPECT_EQ(stock_of("sku-2"), 4);
+    EXPECT_EQ(gateway.stat("/charges"), 1);
+    EXPECT_EQ(gateway.stat("/charges_by_order/order-1"), 1);
+    const auto payment = database_.query("SELECT status, amount_cents, idempotency_key FROM shop.payments");
+    const Database::Rows expected_payment{{"captured", "3499", "conveyor-order-order-1"}};
+    EXPECT_EQ(payment, expected_payment);
+    const auto events = database_.query(
+        "SELECT version, type FROM shop.events WHERE aggregate_id = 'order-1' "
+        "ORDER BY version");
+    const Database::Rows expected_events{
+        {"1", "OrderPlaced"}, {"2", "StockReserved"}, {"3", "PaymentCaptured"}, {"4", "OrderConfirmed"}};
+    EXPECT_EQ(events, expected_events);
+
+    const auto receipt = mail.mails().at(0);
+    EXPECT_EQ(receipt.to, "alice@example.com");
+    EXPECT_EQ(receipt.subject, "Your order order-1 is confirmed");
+    EXPECT_NE(receipt.body.find("34.99 EUR"), std::string::npos) << receipt.body;
+    EXPECT_NE(receipt.body.find("Hello Customer alice"), std::string::npos) << receipt.body;
+
+    const auto summary =
+        database_.query("SELECT status, total_cents, item_count FROM shop.order_summary WHERE order_id = 'order-1'");
+    const Database::Rows expected_summary{{"confirmed", "3499", "3"}};
+    EXPECT_EQ(summary, expected_summary);
+    const auto stats = database_.query(
+        "SELECT order_count, lifetime_value_cents FROM shop.customer_stats "
+        "WHERE customer_id = 'alice' AND currency = 'EUR'");
+    const Database::Rows expected_stats{{"1", "3499"}};
+    EXPECT_EQ(stats, expected_stats);
+    EXPECT_EQ(database_.scalar("SELECT revenue_cents FROM shop.daily_sales WHERE currency = 'EUR'"), 3499);
+    // The customer's address never reaches the log in full.
+    EXPECT_EQ(worker.process->log().find("alice@example.com"), std::string::npos);
+    EXPECT_NE(worker.process->log().find("a***@example.com"), std::string::npos);
+}
+
+TEST_F(SagaTest, ADeclinedPaymentCancelsTheOrderReleasesItsStockOnceAndMailsTheCustomer) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 500, 10);
+    gateway.control(R"({"decline_customers": ["bob"]})");
+    auto worker = start_saga_worker(gateway, mail, {}, "saga-decline");
+    place("order-2", "bob", {{"sku-1", 4}});
+
+    ASSERT_TRUE(eventually([&] { return has_status("order-2", "cancelled"); }, 30s)) << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return mail.count("payment_failed") == 1; }, 30s)) << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    EXPECT_EQ(stock_of("sku-1"), 10);
+    EXPECT_EQ(gateway.stat("/charges"), 0);
+    EXPECT_EQ(gateway.stat("/declines"), 1);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.payments WHERE status = 'declined'"), 1);
+    EXPECT_EQ(mail.count("order_confirmed"), 0);
+
+    // The compensation again, as another system (or a replay) might send it: the stock is not released twice.
+    broker_.publish(Broker::job("orders.cancel", R"({"order_id":"order-2","reason":"again"})"));
+    ASSERT_TRUE(eventually(
+        [&] { return worker.metric("conveyor_jobs_completed_total", {"type=\"orders.cancel\""}) == 2; }, 30s));
+    EXPECT_EQ(stock_of("sku-1"), 10);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.events WHERE type = 'OrderCancelled'"), 1);
+
+    // Confirming a cancelled order is an illegal transition: dead-lettered with that reason, nothing changes.
+    broker_.publish(Broker::job("orders.confirm", R"({"order_id":"order-2"})"));
+    const auto dead = broker_.take("conveyor.orders.dlq", 1, 30s);
+    ASSERT_EQ(dead.size(), 1U) << worker.process->log();
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-reason"), "illegal_transition");
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-error"), "order order-2 is cancelled; it cannot become confirmed");
+    EXPECT_EQ(status_of("order-2"), "cancelled");
+}
+
+TEST_F(SagaTest, OutOfStockRejectsTheOrderWithoutChargingAndMailsTheCustomer) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("rare", 100, 1);
+    auto worker = start_saga_worker(gateway, mail, {}, "saga-out-of-stock");
+    place("order-3", "carol", {{"rare", 2}});
+    ASSERT_TRUE(eventually([&] { return mail.count("out_of_stock") == 1; }, 30s)) << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    EXPECT_EQ(status_of("order-3"), "rejected");
+    EXPECT_EQ(stock_of("rare"), 1);
+    EXPECT_EQ(gateway.stat("/requests"), 0);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.order_summary WHERE status = 'rejected'"), 1);
+}
+
+TEST_F(SagaTest, AFlakyGatewayIsRetriedUnderOneIdempotencyKeyAndChargesOnce) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 700, 10);
+    gateway.control(R"({"fail_next": 2, "fail_status": 503})");
+    auto worker = start_saga_worker(gateway, mail, {"--retry", "payments.*=attempts:5,base:1s,cap:1s"}, "saga-flaky");
+    place("order-4", "dave", {{"sku-1", 1}});
+    ASSERT_TRUE(eventually([&] { return has_status("order-4", "confirmed"); }, 40s)) << worker.process->log();
+    EXPECT_EQ(gateway.stat("/by_status/503"), 2);
+    EXPECT_EQ(gateway.stat("/requests"), 3);
+    EXPECT_EQ(gateway.stat("/charges"), 1);
+    EXPECT_EQ(gateway.stat("/idempotency_keys"), 1);
+    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"type=\"payments.charge\"", "outcome=\"retry\""}), 2);
+    EXPECT_EQ(worker.metric("conveyor_payment_gateway_requests_total", {"result=\"5xx\""}), 2);
+}
+
+TEST_F(SagaTest, AResponseLostAfterTheChargeIsRecoveredByTheRetryWithoutASecondCharge) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 700, 10);
+    gateway.control(R"({"reset_after_charge_next": 1})");
+    auto worker = start_saga_worker(gateway, mail, {"--retry", "payments.*=attempts:5,base:1s,cap:1s"}, "saga-lost");
+    place("order-5", "erin", {{"sku-1", 1}});
+    ASSERT_TRUE(eventually([&] { return has_status("order-5", "confirmed"); }, 40s)) << worker.process->log();
+    EXPECT_EQ(gateway.stat("/charges"), 1);
+    EXPECT_EQ(gateway.stat("/replays"), 1);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.payments"), 1);
+    EXPECT_EQ(worker.metric("conveyor_payment_gateway_requests_total", {"result=\"broken\""}), 1);
+}
+
+TEST_F(SagaTest, AGatewayOutageOpensTheCircuitAndPaymentsWaitWithoutUsingUpTheirAttempts) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 100, 100);
+    gateway.control(R"({"refuse": true})");
+    // Two attempts each: without the circuit breaker, 20 payments against a dead gateway would be dead letters
+    // within seconds.
+    auto worker = start_saga_worker(gateway, mail,
+                                    {"--retry", "payments.*=attempts:2,base:1s,cap:1s", "--payment-circuit-failures",
+                                     "3", "--payment-circuit-open-for", "2s"},
+                                    "saga-outage");
+    for (int i = 0; i < 20; ++i) {
+        place(fmt::format("outage-{}", i), fmt::format("c{}", i), {{"sku-1", 1}});
+    }
+    ASSERT_TRUE(eventually(
+        [&] { return worker.metric("conveyor_circuit_breaker_state", {"circuit=\"payment_gateway\""}) == 2; }, 30s))
+        << worker.process->log();
+    const auto opened = std::chrono::steady_clock::now();
+    const auto calls_when_opened = worker.metric("conveyor_payment_gateway_requests_total");
+    // The jobs keep waiting on the open circuit: each wait is a retry that does not count as an attempt.
+    ASSERT_TRUE(eventually(
+        [&] {
+            return worker.metric("conveyor_jobs_completed_total", {"type=\"payments.charge\"", "outcome=\"retry\""}) >=
+                   60;
+        },
+        40s))
+        << worker.process->log();
+    EXPECT_EQ(broker_.ready("conveyor.payments.dlq"), 0U);
+    // While open, the gateway sees one trial call per 2 s interval, not one call per waiting job.
+    const auto intervals =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - opened) / 2;
+    EXPECT_LE(worker.metric("conveyor_payment_gateway_requests_total") - calls_when_opened,
+              static_cast<double>(intervals.count() + 2));
+
+    gateway.control(R"({"refuse": false})");
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar(
+                       "SELECT count(*) FROM shop.orders WHERE status = "
+                       "'confirmed'") == 20;
+        },
+        60s))
+        << worker.process->log();
+    EXPECT_EQ(gateway.stat("/charges"), 20);
+    EXPECT_EQ(broker_.ready("conveyor.payments.dlq"), 0U);
+    EXPECT_TRUE(eventually(
+        [&] { return worker.metric("conveyor_circuit_breaker_state", {"circuit=\"payment_gateway\""}) == 0; }, 10s));
+}
+
+TEST_F(SagaTest, ConcurrentOrdersForScarceStockNeverOversellAndNeverDeadlock) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("hot-a", 100, 50);
+    add_product("hot-b", 100, 1000);
+    auto worker = start_saga_worker(gateway, mail, {}, "saga-oversell");
+    // Every order takes both products, listed in either order: rows locked in payload order would deadlock.
+    std::mt19937 random(7);
+    std::vector<amqp::Message> orders;
+    for (int i = 0; i < 200; ++i) {
+        std::vector<Line> lines{{"hot-a", 1}, {"hot-b", 1}};
+        if (random() % 2 == 0) {
+            std::swap(lines[0], lines[1]);
+        }
+        orders.push_back(
+            Broker::job("orders.place", order_payload(fmt::format("rush-{}", i), fmt::format("buyer-{}", i), lines)));
+    }
+    broker_.publish_all(std::move(orders));
+    ASSERT_TRUE(eventually([&] { return settled(200); }, 90s)) << worker.process->log();
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.orders WHERE status = 'confirmed'"), 50);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.orders WHERE status = 'rejected'"), 150);
+    EXPECT_EQ(stock_of("hot-a"), 0);
+    EXPECT_EQ(stock_of("hot-b"), 950);
+    EXPECT_EQ(gateway.stat("/charges"), 50);
+    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"type=\"orders.place\"", "outcome=\"retry\""}), 0);
+    EXPECT_EQ(worker.process->log().find("40P01"), std::string::npos) << "a deadlock was reported";
+}
+
+TEST_F(SagaTest, AnEventThatArrivesBeforeItsPredecessorWaitsAndTheModelIsNeverCorrupted) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    auto worker =
+        start_saga_worker(gateway, mail, {"--retry", "projections.*=attempts:20,base:1s,cap:1s"}, "saga-order");
+    const std::string placed = R"({"customer_id":"zoe","currency":"EUR","total_cents":900,"item_count":1})";
+    database_.query(
+        "INSERT INTO shop.events (aggregate_id, version, type, data) VALUES "
+        "('late-1', 1, 'OrderPlaced', $1), ('late-1', 3, 'PaymentCaptured', "
+        "'{\"customer_id\":\"zoe\",\"currency\":\"EUR\",\"amount_cents\":900}')",
+        {placed});
+    const auto third = database_.scalar("SELECT id FROM shop.events WHERE aggregate_id = 'late-1' AND version = 3");
+    broker_.publish(Broker::job("projections.update", fmt::format(R"({{"event_id":{}}})", third)));
+    ASSERT_TRUE(eventually(
+        [&] {
+            return worker.metric("conveyor_jobs_completed_total",
+                                 {"type=\"projections.update\"", "outcome=\"retry\""}) >= 1;
+        },
+        30s))
+        << worker.process->log();
+    // Nothing was applied past the gap: no model shows a payment the order never reached.
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.daily_sales"), 0);
+    EXPECT_EQ(database_.scalar("SELECT coalesce(max(version), 0) FROM shop.projection_checkpoints "
+                               "WHERE aggregate_id = 'late-1'"),
+              0);
+
+    database_.query(
+        "INSERT INTO shop.events (aggregate_id, version, type, data) VALUES ('late-1', 2, "
+        "'StockReserved', '{}')");
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar(
+                       "SELECT count(*) FROM shop.projection_checkpoints WHERE aggregate_id = 'late-1' "
+                       "AND version = 3") == 3;
+        },
+        30s))
+        << worker.process->log();
+    const auto summary = database_.query("SELECT status FROM shop.order_summary WHERE order_id = 'late-1'");
+    const Database::Rows paid{{"paid"}};
+    EXPECT_EQ(summary, paid);
+    EXPECT_EQ(database_.scalar("SELECT revenue_cents FROM shop.daily_sales"), 900);
+}
+
+TEST_F(SagaTest, MailIsRetriedOnTemporaryRefusalsDeadLetteredOnPermanentOnesAndSentOncePerDedupeKey) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    auto worker = start_saga_worker(gateway, mail, {"--retry", "emails.*=attempts:5,base:1s,cap:1s"}, "saga-mail");
+    const auto email = [](const std::string& to, const std::string& key) {
+        return fmt::format(
+            R"({{"template":"payment_failed","to":"{}","data":{{"order_id":"m-1","reason":"card declined"}},"dedupe_key":"{}"}})",
+            to, key);
+    };
+    broker_.publish(Broker::job("emails.send", email("frank+flaky@example.com", "flaky")));
+    broker_.publish(Broker::job("emails.send", email("gina+reject@example.com", "rejected")));
+    broker_.publish(Broker::job("emails.send", email("hank@example.com", "twice")));
+    broker_.publish(Broker::job("emails.send", email("hank@example.com", "twice")));
+
+    const auto dead = broker_.take("conveyor.emails.dlq", 1, 30s);
+    ASSERT_EQ(dead.size(), 1U) << worker.process->log();
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-reason"), "permanent_failure");
+    EXPECT_NE(header_text(dead[0], "x-conveyor-error").find("550"), std::string::npos)
+        << header_text(dead[0], "x-conveyor-error");
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-error").find("gina+reject@"), std::string::npos)
+        << "the address is masked";
+    ASSERT_TRUE(eventually([&] { return mail.mails().size() == 2; }, 30s)) << worker.process->log();
+    ASSERT_TRUE(
+        eventually([&] { return worker.metric("conveyor_jobs_completed_total", {"type=\"emails.send\""}) == 5; }, 30s))
+        << worker.process->log();
+    std::multiset<std::string> recipients;
+    for (const auto& captured : mail.mails()) {
+        recipients.insert(captured.to);
+    }
+    const std::multiset<std::string> expected{"frank+flaky@example.com", "hank@example.com"};
+    EXPECT_EQ(recipients, expected);
+    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"type=\"emails.send\"", "outcome=\"retry\""}), 1);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.email_log"), 2);
+}
+
+TEST_F(SagaTest, PaymentsReachAGatewayOverTlsAndVerifyItsCertificate) {
+    PaymentGatewayServer gateway(true);
+    SmtpSink mail;
+    add_product("sku-1", 100, 10);
+    auto worker =
+        start_saga_worker(gateway, mail, {"--payment-gateway-ca-file", PaymentGatewayServer::ca_file()}, "saga-tls");
+    place("order-tls", "ivy", {{"sku-1", 1}});
+    ASSERT_TRUE(eventually([&] { return has_status("order-tls", "confirmed"); }, 30s)) << worker.process->log();
+    EXPECT_EQ(gateway.stat("/charges"), 1);
+}
+
+TEST_F(SagaTest, AGatewayWhoseCertificateIsNotTrustedIsNeverSentACharge) {
+    PaymentGatewayServer gateway(true);
+    SmtpSink mail;
+    add_product("sku-1", 100, 10);
+    // No CA file: the system's store does not know the local CA, so the handshake must fail.
+    auto worker = start_saga_worker(gateway, mail, {"--retry", "payments.*=attempts:1"}, "saga-tls-untrusted");
+    place("order-untrusted", "jack", {{"sku-1", 1}});
+    const auto dead = broker_.take("conveyor.payments.dlq", 1, 30s);
+    ASSERT_EQ(dead.size(), 1U) << worker.process->log();
+    EXPECT_NE(header_text(dead[0], "x-conveyor-error").find("TLS handshake"), std::string::npos)
+        << header_text(dead[0], "x-conveyor-error");
+    EXPECT_EQ(gateway.stat("/requests"), 0);
+    EXPECT_EQ(status_of("order-untrusted"), "reserved");
+}
+
+TEST_F(SagaTest, AnInvalidOrderIsDeadLetteredWithAPreciseReason) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    auto worker = start_saga_worker(gateway, mail, {}, "saga-invalid");
+    broker_.publish(Broker::job(
+        "orders.place",
+        R"({"order_id":"bad-1","customer":{"id":"kim","email":"not-an-address"},"items":[{"product_id":"x","quantity":1}],"currency":"EUR"})"));
+    const auto dead = broker_.take("conveyor.orders.dlq", 1, 30s);
+    ASSERT_EQ(dead.size(), 1U) << worker.process->log();
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-reason"), "invalid_payload");
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-error"),
+              "'customer.email' must be an email address (local@domain.tld, no spaces, at most 254 characters)");
+    EXPECT_EQ(status_of("bad-1"), "(none)");
+}
+
+TEST_F(SagaTest, ARebuiltProjectionEqualsWhatIncrementalUpdatesBuiltFromFiveThousandRandomOrders) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    for (int p = 0; p < 20; ++p) {
+        // A few scarce products make some orders fail for stock; most have plenty.
+        add_product(fmt::format("p{}", p), 100 + 37 * p, p < 3 ? 40 : 100'000);
+    }
+    gateway.control(R"({"decline_customers": ["cust-7", "cust-13", "cust-99"]})");
+    auto worker = start_saga_worker(gateway, mail, {"--concurrency", "200"}, "saga-rebuild");
+    std::mt19937 random(2026);
+    constexpr int kOrders = 5000;
+    std::vector<amqp::Message> orders;
+    for (int i = 0; i < kOrders; ++i) {
+        std::vector<Line> lines;
+        const auto line_count = 1 + random() % 3;
+        for (std::uint32_t l = 0; l < line_count; ++l) {
+            lines.push_back({fmt::format("p{}", random() % 20), static_cast<int>(1 + random() % 3)});
+        }
+        orders.push_back(
+            Broker::job("orders.place", order_payload(fmt::format("r-{}", i), fmt::format("cust-{}", random() % 300),
+                                                      lines, random() % 4 == 0 ? "USD" : "EUR")));
+    }
+    const std::vector<std::string> projections{"order_summary", "customer_stats", "daily_sales"};
+    std::vector<amqp::Message> first_half(std::make_move_iterator(orders.begin()),
+                                          std::make_move_iterator(orders.begin() + kOrders / 2));
+    std::vector<amqp::Message> second_half(std::make_move_iterator(orders.begin() + kOrders / 2),
+                                           std::make_move_iterator(orders.end()));
+    broker_.publish_all(std::move(first_half));
+    // Rebuilds in the middle of the stream: incremental updates go on around them.
+    for (const auto& projection : projections) {
+        broker_.publish(Broker::job("projections.rebuild", fmt::format(R"({{"projection":"{}"}})", projection)));
+    }
+    broker_.publish_all(std::move(second_half));
+    ASSERT_TRUE(eventually([&] { return settled(kOrders); }, 240s)) << worker.process->log().substr(0, 20'000);
+    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"type=\"projections.rebuild\"", "outcome=\"success\""}),
+              3);
+    EXPECT_EQ(broker_.ready("conveyor.projections.dlq"), 0U);
+    EXPECT_GT(database_.scalar("SELECT count(*) FROM shop.orders WHERE status = 'rejected'"), 0);
+    EXPECT_GT(database_.scalar("SELECT count(*) FROM shop.orders WHERE status = 'cancelled'"), 0);
+
+    // What the incremental updates built, then a rebuild of each model from the event store alone.
+    database_.query(
+        "DROP TABLE IF EXISTS incremental_order_summary, incremental_customer_stats, "
+        "incremental_daily_sales");
+    for (const auto& projection : projections) {
+        database_.query(fmt::format("CREATE TABLE incremental_{0} AS SELECT * FROM shop.{0}", projection));
+        broker_.publish(Broker::job("projections.rebuild", fmt::format(R"({{"projection":"{}"}})", projection)));
+    }
+    ASSERT_TRUE(eventually(
+        [&] {
+            return worker.metric("conveyor_jobs_completed_total",
+                                 {"type=\"projections.rebuild\"", "outcome=\"success\""}) == 6;
+        },
+        120s))
+        << worker.process->log().substr(0, 20'000);
+    for (const auto& projection : projections) {
+        const auto rows = database_.scalar(fmt::format("SELECT count(*) FROM shop.{}", projection));
+        EXPECT_GT(rows, 0) << projection;
+        const auto differences = database_.scalar(fmt::format(
+            "SELECT count(*) FROM ((SELECT * FROM shop.{0} EXCEPT ALL SELECT * FROM incremental_{0}) UNION ALL "
+            "(SELECT * FROM incremental_{0} EXCEPT ALL SELECT * FROM shop.{0})) AS difference",
+            projection));
+        EXPECT_EQ(differences, 0) << projection << " differs from its rebuild in " << differences << " rows";
+        database_.query(fmt::format("DROP TABLE incremental_{}", projection));
+    }
+    // And the models agree with the system of record.
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.order_summary s JOIN shop.orders o ON o.id = s.order_id "
+                               "AND o.status::text = s.status"),
+              kOrders);
+    EXPECT_EQ(database_.scalar("SELECT coalesce(sum(revenue_cents), 0) FROM shop.daily_sales"),
+              database_.scalar("SELECT coalesce(sum(amount_cents), 0) FROM shop.payments WHERE status = 'captured'"));
+    EXPECT_EQ(gateway.stat("/charges"),
+              database_.scalar("SELECT count(*) FROM shop.payments WHERE status = 'captured'"));
+}
+
+}  // namespace
+}  // namespace conveyor::testing
