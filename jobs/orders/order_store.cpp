@@ -112,9 +112,9 @@ boost::asio::awaitable<std::vector<std::int64_t>> advance_order(pg::Transaction&
     co_return ids;
 }
 
-void emit_projection_updates(JobContext& context, const std::vector<std::int64_t>& event_ids) {
-    for (const auto id : event_ids) {
-        context.emit("projections.update", fmt::format(R"({{"event_id":{}}})", id));
+void emit_projection_update(JobContext& context, const std::vector<std::int64_t>& event_ids) {
+    if (!event_ids.empty()) {
+        context.emit("projections.update", fmt::format(R"({{"event_id":{}}})", event_ids.back()));
     }
 }
 

@@ -42,8 +42,9 @@ boost::asio::awaitable<std::vector<std::int64_t>> advance_order(pg::Transaction&
                                                                 OrderStatus to, std::string_view reason,
                                                                 const std::vector<DomainEvent>& events);
 
-/// Emits projections.update for each event, so the read models follow.
-void emit_projection_updates(JobContext& context, const std::vector<std::int64_t>& event_ids);
+/// Emits one projections.update for the last of the events, so the read models follow: updating for an event
+/// applies every earlier event of its order too, so one job per step of the saga is enough.
+void emit_projection_update(JobContext& context, const std::vector<std::int64_t>& event_ids);
 
 /// Emits emails.send with a dedupe key naming the order and the template: one such email per order, ever.
 void emit_order_email(JobContext& context, std::string_view template_name, const LockedOrder& order,

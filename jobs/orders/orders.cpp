@@ -188,7 +188,7 @@ asio::awaitable<Outcome> place(JobContext& context) {
         context.log().info("order {} rejected: {} product(s) out of stock", created.id, shortages.size());
         emit_order_email(context, "out_of_stock", created, {{"products", fmt::format("{}", shortages.size())}});
     }
-    emit_projection_updates(context, event_ids);
+    emit_projection_update(context, event_ids);
     co_return Success{};
 }
 
@@ -217,7 +217,7 @@ asio::awaitable<Outcome> confirm(JobContext& context) {
     }
     const std::vector<DomainEvent> confirmed{{"OrderConfirmed", {}}};
     const auto events = co_await advance_order(context.transaction(), *order, OrderStatus::confirmed, {}, confirmed);
-    emit_projection_updates(context, events);
+    emit_projection_update(context, events);
     co_return Success{};
 }
 
@@ -272,7 +272,7 @@ asio::awaitable<Outcome> cancel(JobContext& context) {
     const std::vector<DomainEvent> cancelled{{"OrderCancelled", {{"reason", reason}, {"released", released}}}};
     const auto events = co_await advance_order(transaction, *order, OrderStatus::cancelled, reason, cancelled);
     context.log().info("order {} cancelled ({}); {} product line(s) released", order_id, reason, released.size());
-    emit_projection_updates(context, events);
+    emit_projection_update(context, events);
     co_return Success{};
 }
 

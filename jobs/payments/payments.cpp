@@ -167,7 +167,7 @@ asio::awaitable<Outcome> record_capture(JobContext& context, const Charge& charg
                      {{"amount", fmt::format("{}.{:02}", charge.amount_cents / 100, charge.amount_cents % 100)},
                       {"currency", std::string(charge.currency)},
                       {"charge_id", charge_id}});
-    emit_projection_updates(context, events);
+    emit_projection_update(context, events);
     co_return Success{};
 }
 
@@ -193,7 +193,7 @@ asio::awaitable<Outcome> record_decline(JobContext& context, const Charge& charg
     const auto reason = fmt::format("payment declined ({})", decline_code);
     context.emit("orders.cancel", to_json({{"order_id", order->id}, {"reason", reason}}));
     emit_order_email(context, "payment_failed", *order, {{"reason", reason}});
-    emit_projection_updates(context, events);
+    emit_projection_update(context, events);
     context.log().info("order {}: payment declined ({}); cancelling", order->id, decline_code);
     co_return Success{};
 }

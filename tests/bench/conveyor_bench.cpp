@@ -6,7 +6,11 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <simdjson.h>
+
 #include <CLI/CLI.hpp>
+#include <charconv>
+#include <functional>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -71,9 +75,29 @@ std::int64_t epoch_millis() {
         .count();
 }
 
-/// Publishes `count` persistent messages with confirms, at most `window` unconfirmed.
-void publish(const Url& url, const std::string& exchange, const std::string& routing_key, const std::string& body,
-             std::uint64_t count, unsigned window, bool as_jobs) {
+/// The body of message number n.
+using BodyOf = std::function<std::string(std::uint64_t)>;
+
+/// An orders.place payload: a unique order from one of 1,000 customers for one to three of 100 products, as
+/// tests/bench/run seeds them (bench-p0 … bench-p99, stock enough for any run).
+std::string order_payload(std::uint64_t n) {
+    const auto lines = 1 + n % 3;
+    std::string items;
+    for (std::uint64_t line = 0; line < lines; ++line) {
+        items += fmt::format(R"({}{{"product_id":"bench-p{}","quantity":{}}})", line == 0 ? "" : ",",
+                             (n * 7 + line * 31) % 100, 1 + (n + line) % 2);
+    }
+    return fmt::format(
+        R"({{"order_id":"bench-{}-{}","customer":{{"id":"bench-c{}","email":"c{}@bench.example"}},"items":[{}],"currency":"EUR"}})",
+        ::getpid(), n, n % 1000, n % 1000, items);
+}
+
+/// Publishes `count` persistent messages with confirms, at most `window` unconfirmed; `sent_at` (if given) gets
+/// each message's publish time in epoch milliseconds.
+void publish(const Url& url, const std::string& exchange, const std::string& routing_key, const BodyOf& body_of,
+             std::uint64_t count, unsigned window, bool as_jobs, std::vector<std::int64_t>* sent_at = nullptr,
+             double per_second = 0) {
+    const auto started = Clock::now();
     RawConnection connection(url);
     auto* conn = connection.get();
     amqp_confirm_select(conn, 1);
@@ -116,6 +140,15 @@ void publish(const Url& url, const std::string& exchange, const std::string& rou
             enqueued_at.value.kind = AMQP_FIELD_KIND_I64;
             enqueued_at.value.value.i64 = epoch_millis();
             props.headers = {1, &enqueued_at};
+        }
+        if (per_second > 0) {
+            std::this_thread::sleep_until(started + std::chrono::duration_cast<Clock::duration>(
+                                                        std::chrono::duration<double>(static_cast<double>(sent) /
+                                                                                      per_second)));
+        }
+        const auto body = body_of(sent);
+        if (sent_at != nullptr) {
+            sent_at->push_back(epoch_millis());
         }
         if (amqp_basic_publish(conn, 1, bytes(exchange), bytes(routing_key), 0, 0, &props, bytes(body)) !=
             AMQP_STATUS_OK) {
@@ -201,6 +234,75 @@ double peak_rss_mb(pid_t pid) {
     return NAN;
 }
 
+/// The whole saga, order to receipt: publishes `count` orders and reads the SMTP sink's mailbox until every
+/// order's receipt has arrived. Latency is publish → the sink's acceptance of the receipt, per order.
+int run_saga(const Url& url, std::uint64_t count, unsigned window, const std::string& mailbox,
+             std::chrono::seconds timeout, double per_second) {
+    std::vector<std::int64_t> sent_at;
+    sent_at.reserve(count);
+    const auto started = Clock::now();
+    const auto started_ms = epoch_millis();
+    // Paced, it measures latency at a given load rather than the queue of a burst. The sink stamps each receipt's
+    // arrival, so the mailbox can be read once everything is published.
+    publish(url, "conveyor.jobs", "orders.place", BodyOf(order_payload), count, window, true, &sent_at, per_second);
+    const auto prefix = fmt::format("Your order bench-{}-", ::getpid());
+    std::vector<double> latencies_ms;
+    double last_received_ms = 0;
+    std::ifstream in;
+    std::string pending;
+    simdjson::dom::parser parser;
+    const auto deadline = started + timeout;
+    while (latencies_ms.size() < count && Clock::now() < deadline) {
+        if (!in.is_open()) {
+            in.open(mailbox);
+        }
+        std::string line;
+        while (in.is_open() && std::getline(in, line)) {
+            if (in.eof()) {  // a line still being written: read it again whole
+                pending = line;
+                break;
+            }
+            line = pending + line;
+            pending.clear();
+            simdjson::dom::element mail;
+            std::string_view subject;
+            double received = 0;
+            if (parser.parse(line).get(mail) != simdjson::SUCCESS || mail["subject"].get(subject) != simdjson::SUCCESS ||
+                mail["received_at"].get(received) != simdjson::SUCCESS || !subject.starts_with(prefix)) {
+                continue;
+            }
+            const auto rest = subject.substr(prefix.size());
+            std::uint64_t n = 0;
+            std::from_chars(rest.data(), rest.data() + rest.size(), n);
+            if (n < sent_at.size()) {
+                latencies_ms.push_back(received * 1000 - static_cast<double>(sent_at[n]));
+                last_received_ms = std::max(last_received_ms, received * 1000);
+            }
+        }
+        if (in.is_open()) {
+            in.clear();
+        }
+        if (latencies_ms.size() < count) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+    }
+    if (latencies_ms.size() < count) {
+        std::cerr << fmt::format("conveyor-bench: only {} of {} receipts arrived\n", latencies_ms.size(), count);
+        return 1;
+    }
+    std::sort(latencies_ms.begin(), latencies_ms.end());
+    const auto quantile = [&](double q) {
+        return latencies_ms[std::min(latencies_ms.size() - 1, static_cast<std::size_t>(q * latencies_ms.size()))];
+    };
+    const double seconds = (last_received_ms - static_cast<double>(started_ms)) / 1000;
+    std::cout << fmt::format(
+                     R"({{"name":"{}","orders_per_s":{:.0f},"p50_ms":{:.1f},"p99_ms":{:.1f},"orders":{},"seconds":{:.2f}}})",
+                     per_second > 0 ? "order_saga_paced" : "order_saga_burst", static_cast<double>(count) / seconds,
+                     quantile(0.5), quantile(0.99), count, seconds)
+              << std::endl;
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -242,6 +344,17 @@ int main(int argc, char** argv) {
     e2e->add_option("--worker-pid", worker_pid)->required();
     e2e->add_option("--ceiling", ceiling, "raw_ceiling jobs/s, for the ratio");
     e2e->add_option("--ideal", ideal, "ideal jobs/s (e.g. concurrency / latency), for the ratio");
+    bool orders = false;
+    e2e->add_flag("--orders", orders, "Publish a distinct orders.place payload per job (see order_payload)");
+
+    auto* saga = app.add_subcommand(
+        "saga", "Publish orders.place jobs and time each until its receipt email reaches the SMTP sink's mailbox");
+    std::string mailbox;
+    int saga_timeout = 600;
+    saga->add_option("--mailbox", mailbox, "The SMTP sink's JSON-lines mailbox")->required();
+    saga->add_option("--timeout", saga_timeout, "Seconds to wait for every receipt");
+    double saga_rate = 0;
+    saga->add_option("--rate", saga_rate, "Orders per second (0: all at once, a burst)");
     CLI11_PARSE(app, argc, argv);
     conveyor::setup_logging("warn");
 
@@ -275,10 +388,11 @@ int main(int argc, char** argv) {
             const auto body = payload_of_size(size);
             const auto started = Clock::now();
             std::thread consumer([&] { consume(url, queue, count, prefetch); });
+            const BodyOf same_body = [&body](std::uint64_t) { return body; };
             if (direct) {
-                publish(url, "", queue, body, count, window, true);
+                publish(url, "", queue, same_body, count, window, true);
             } else {
-                publish(url, exchange, "bench.noop", body, count, window, true);
+                publish(url, exchange, "bench.noop", same_body, count, window, true);
             }
             consumer.join();
             const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
@@ -290,12 +404,16 @@ int main(int argc, char** argv) {
             return 0;
         }
 
+        if (*saga) {
+            return run_saga(url, count, window, mailbox, std::chrono::seconds(saga_timeout), saga_rate);
+        }
         const auto body = payload.empty() ? payload_of_size(size) : payload;
+        const BodyOf body_of = orders ? BodyOf(order_payload) : BodyOf([&body](std::uint64_t) { return body; });
         const auto baseline = conveyor::testing::metric_sum(
             conveyor::testing::http_get(metrics_port, "/metrics").value_or(std::pair{0U, std::string()}).second,
             "conveyor_jobs_completed_total", {"outcome=\"success\""});
         const auto started = Clock::now();
-        std::thread publisher([&] { publish(url, "conveyor.jobs", type, body, count, window, true); });
+        std::thread publisher([&] { publish(url, "conveyor.jobs", type, body_of, count, window, true); });
         std::string metrics;
         double done = 0;
         const auto deadline = started + std::chrono::minutes(10);
@@ -322,10 +440,12 @@ int main(int argc, char** argv) {
         }
         std::cout
             << fmt::format(
-                   R"({{"name":"{}","jobs_per_s":{:.0f}{},"jobs":{},"seconds":{:.2f},"queue_wait_p50_ms":{:.1f},"queue_wait_p99_ms":{:.1f},"rss_mb":{:.1f}}})",
+                   R"({{"name":"{}","jobs_per_s":{:.0f}{},"jobs":{},"seconds":{:.2f},"queue_wait_p50_ms":{:.1f},"queue_wait_p99_ms":{:.1f},"duration_p50_ms":{:.1f},"duration_p99_ms":{:.1f},"rss_mb":{:.1f}}})",
                    name, rate, ratios, count, seconds,
                    1000 * histogram_quantile(metrics, "conveyor_job_queue_wait_seconds", 0.5),
-                   1000 * histogram_quantile(metrics, "conveyor_job_queue_wait_seconds", 0.99), peak_rss_mb(worker_pid))
+                   1000 * histogram_quantile(metrics, "conveyor_job_queue_wait_seconds", 0.99),
+                   1000 * histogram_quantile(metrics, "conveyor_job_duration_seconds", 0.5),
+                   1000 * histogram_quantile(metrics, "conveyor_job_duration_seconds", 0.99), peak_rss_mb(worker_pid))
             << std::endl;
         return 0;
     } catch (const std::exception& e) {

@@ -85,11 +85,33 @@ asio::awaitable<std::size_t> OutboxRelay::publish(const std::vector<OutboxMessag
         }
         published.push_back(row.row_id);
     }
-    if (!published.empty()) {
-        const auto ids = id_array(published);
-        co_await pool_.query("DELETE FROM conveyor.outbox WHERE id = ANY($1::bigint[])", ids);
-    }
+    const std::lock_guard lock(published_mutex_);
+    published_.insert(published_.end(), published.begin(), published.end());
     co_return published.size();
+}
+
+asio::awaitable<std::size_t> OutboxRelay::delete_published() {
+    std::vector<std::int64_t> batch;
+    {
+        const std::lock_guard lock(published_mutex_);
+        batch.swap(published_);
+    }
+    if (batch.empty()) {
+        co_return 0;
+    }
+    const auto ids = id_array(batch);
+    std::string failure;
+    try {
+        co_await pool_.query("DELETE FROM conveyor.outbox WHERE id = ANY($1::bigint[])", ids);
+    } catch (const std::exception& e) {
+        failure = e.what();
+    }
+    if (!failure.empty()) {
+        const std::lock_guard lock(published_mutex_);
+        published_.insert(published_.end(), batch.begin(), batch.end());
+        throw std::runtime_error(fmt::format("could not delete {} published outbox rows: {}", batch.size(), failure));
+    }
+    co_return batch.size();
 }
 
 asio::awaitable<std::size_t> OutboxRelay::sweep(std::chrono::milliseconds min_age) {
@@ -176,13 +198,16 @@ asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, House
     while (!stopping) {
         const auto now = Clock::now();
         try {
-            if (!database.ok()) {
-                // The probe notices when it is back; until then there is nothing to do.
-            } else if (now >= next_sweep) {
-                next_sweep = now + settings.outbox_sweep_interval;
-                // Rows younger than a sweep interval are most likely still being published by their job.
-                if (const auto swept = co_await relay.sweep(settings.outbox_sweep_interval); swept > 0) {
-                    spdlog::info("outbox sweep published {} messages left behind", swept);
+            // While the database is down the probe notices when it is back; until then there is nothing to do.
+            if (database.ok()) {
+                // Before the sweep: rows published but not yet deleted must not look left behind.
+                co_await relay.delete_published();
+                if (now >= next_sweep) {
+                    next_sweep = now + settings.outbox_sweep_interval;
+                    // Rows younger than a sweep interval are most likely still being published by their job.
+                    if (const auto swept = co_await relay.sweep(settings.outbox_sweep_interval); swept > 0) {
+                        spdlog::info("outbox sweep published {} messages left behind", swept);
+                    }
                 }
             }
             if (now >= next_prune) {
@@ -207,6 +232,16 @@ asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, House
         }
         tick.expires_after(kTick);
         co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    // The last jobs' rows: left here, the next worker's sweeper would publish them again.
+    std::string failure;
+    try {
+        co_await relay.delete_published();
+    } catch (const std::exception& e) {
+        failure = e.what();
+    }
+    if (!failure.empty()) {
+        spdlog::warn("housekeeping: {}; the sweeper publishes them again (duplicates the inbox absorbs)", failure);
     }
 }
 

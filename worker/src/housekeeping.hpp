@@ -25,8 +25,15 @@ class OutboxRelay {
   public:
     OutboxRelay(pg::Pool& pool, amqp::Connection& publisher) : pool_(pool), publisher_(publisher) {}
 
-    /// Publishes rows whose transaction has committed; returns how many were published and deleted.
+    /// Publishes rows whose transaction has committed; returns how many were published. Their rows go at the
+    /// next delete_published().
     boost::asio::awaitable<std::size_t> publish(const std::vector<OutboxMessage>& rows);
+
+    /// Deletes the rows of everything published since the last call in one statement: one commit for the rows
+    /// of many jobs, not one per job. Rows a crash leaves behind are published again by the sweeper, and the
+    /// copies are duplicates the inbox absorbs. Returns how many rows were deleted; on failure they are kept for
+    /// the next call.
+    boost::asio::awaitable<std::size_t> delete_published();
 
     /// Publishes rows older than `min_age` (left behind by a crash or a failed publish), a batch at a time, under
     /// row locks that keep concurrent sweepers apart. Returns how many were published.
@@ -35,6 +42,8 @@ class OutboxRelay {
   private:
     pg::Pool& pool_;
     amqp::Connection& publisher_;
+    std::mutex published_mutex_;
+    std::vector<std::int64_t> published_;
 };
 
 /// Whether the database is usable, as the worker last found it, and why not. Thread-safe.
