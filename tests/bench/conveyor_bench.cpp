@@ -4,18 +4,17 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 #include <fmt/format.h>
+#include <simdjson.h>
 #include <unistd.h>
 
-#include <simdjson.h>
-
 #include <CLI/CLI.hpp>
-#include <charconv>
-#include <functional>
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -142,9 +141,9 @@ void publish(const Url& url, const std::string& exchange, const std::string& rou
             props.headers = {1, &enqueued_at};
         }
         if (per_second > 0) {
-            std::this_thread::sleep_until(started + std::chrono::duration_cast<Clock::duration>(
-                                                        std::chrono::duration<double>(static_cast<double>(sent) /
-                                                                                      per_second)));
+            std::this_thread::sleep_until(started +
+                                          std::chrono::duration_cast<Clock::duration>(
+                                              std::chrono::duration<double>(static_cast<double>(sent) / per_second)));
         }
         const auto body = body_of(sent);
         if (sent_at != nullptr) {
@@ -267,7 +266,8 @@ int run_saga(const Url& url, std::uint64_t count, unsigned window, const std::st
             simdjson::dom::element mail;
             std::string_view subject;
             double received = 0;
-            if (parser.parse(line).get(mail) != simdjson::SUCCESS || mail["subject"].get(subject) != simdjson::SUCCESS ||
+            if (parser.parse(line).get(mail) != simdjson::SUCCESS ||
+                mail["subject"].get(subject) != simdjson::SUCCESS ||
                 mail["received_at"].get(received) != simdjson::SUCCESS || !subject.starts_with(prefix)) {
                 continue;
             }
@@ -295,11 +295,12 @@ int run_saga(const Url& url, std::uint64_t count, unsigned window, const std::st
         return latencies_ms[std::min(latencies_ms.size() - 1, static_cast<std::size_t>(q * latencies_ms.size()))];
     };
     const double seconds = (last_received_ms - static_cast<double>(started_ms)) / 1000;
-    std::cout << fmt::format(
-                     R"({{"name":"{}","orders_per_s":{:.0f},"p50_ms":{:.1f},"p99_ms":{:.1f},"orders":{},"seconds":{:.2f}}})",
-                     per_second > 0 ? "order_saga_paced" : "order_saga_burst", static_cast<double>(count) / seconds,
-                     quantile(0.5), quantile(0.99), count, seconds)
-              << std::endl;
+    std::cout
+        << fmt::format(
+               R"({{"name":"{}","orders_per_s":{:.0f},"p50_ms":{:.1f},"p99_ms":{:.1f},"orders":{},"seconds":{:.2f}}})",
+               per_second > 0 ? "order_saga_paced" : "order_saga_burst", static_cast<double>(count) / seconds,
+               quantile(0.5), quantile(0.99), count, seconds)
+        << std::endl;
     return 0;
 }
 
@@ -346,6 +347,12 @@ int main(int argc, char** argv) {
     e2e->add_option("--ideal", ideal, "ideal jobs/s (e.g. concurrency / latency), for the ratio");
     bool orders = false;
     e2e->add_flag("--orders", orders, "Publish a distinct orders.place payload per job (see order_payload)");
+    bool published = false;
+    e2e->add_flag("--published", published,
+                  "The jobs are in the queue already (conveyor-bench publish): time the worker from its first "
+                  "completion to its last, without a publisher beside it");
+
+    auto* preload = app.add_subcommand("publish", "Publish orders.place jobs (order_payload) and exit");
 
     auto* saga = app.add_subcommand(
         "saga", "Publish orders.place jobs and time each until its receipt email reaches the SMTP sink's mailbox");
@@ -404,16 +411,28 @@ int main(int argc, char** argv) {
             return 0;
         }
 
+        if (*preload) {
+            publish(url, "conveyor.jobs", "orders.place", BodyOf(order_payload), count, window, true);
+            return 0;
+        }
         if (*saga) {
             return run_saga(url, count, window, mailbox, std::chrono::seconds(saga_timeout), saga_rate);
         }
         const auto body = payload.empty() ? payload_of_size(size) : payload;
         const BodyOf body_of = orders ? BodyOf(order_payload) : BodyOf([&body](std::uint64_t) { return body; });
-        const auto baseline = conveyor::testing::metric_sum(
-            conveyor::testing::http_get(metrics_port, "/metrics").value_or(std::pair{0U, std::string()}).second,
-            "conveyor_jobs_completed_total", {"outcome=\"success\""});
-        const auto started = Clock::now();
-        std::thread publisher([&] { publish(url, "conveyor.jobs", type, body_of, count, window, true); });
+        const auto baseline =
+            published ? 0.0
+                      : conveyor::testing::metric_sum(conveyor::testing::http_get(metrics_port, "/metrics")
+                                                          .value_or(std::pair{0U, std::string()})
+                                                          .second,
+                                                      "conveyor_jobs_completed_total", {"outcome=\"success\""});
+        auto started = Clock::now();
+        std::thread publisher([&] {
+            if (!published) {
+                publish(url, "conveyor.jobs", type, body_of, count, window, true);
+            }
+        });
+        double done_at_start = 0;
         std::string metrics;
         double done = 0;
         const auto deadline = started + std::chrono::minutes(10);
@@ -422,6 +441,11 @@ int main(int argc, char** argv) {
             metrics =
                 conveyor::testing::http_get(metrics_port, "/metrics").value_or(std::pair{0U, std::string()}).second;
             done = conveyor::testing::metric_sum(metrics, "conveyor_jobs_completed_total", {"outcome=\"success\""});
+            if (published && done_at_start == 0 && done > 0) {
+                // The clock starts at the first completion seen; what was done by then is not counted.
+                started = Clock::now();
+                done_at_start = done;
+            }
         }
         const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
         publisher.join();
@@ -429,7 +453,7 @@ int main(int argc, char** argv) {
             std::cerr << fmt::format("conveyor-bench: only {} of {} jobs completed\n", done - baseline, count);
             return 1;
         }
-        const double rate = static_cast<double>(count) / seconds;
+        const double rate = (static_cast<double>(count) - done_at_start) / seconds;
         std::string ratios;
         if (ceiling > 0) {
             ratios += fmt::format(R"(,"ratio_to_ceiling":{:.3f})", rate / ceiling);

@@ -150,7 +150,9 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     auto* enqueue_cmd = app.add_subcommand(
         "enqueue", "Publish jobs to conveyor.jobs with publisher confirms; prints the job ids (up to 100) or a count");
     enqueue_cmd->add_option("type", enqueue_options.type, "Job type, <family>.<action> (e.g. diag.noop)")->required();
-    enqueue_cmd->add_option("--payload", enqueue_options.payload, "Job payload, a JSON object");
+    enqueue_cmd->add_option("--payload", enqueue_options.payload,
+                            "Job payload, a JSON object; {{seq}} becomes each job's number (0, 1, …) and "
+                            "{{job_id}} its id");
     enqueue_cmd->add_option("--count", enqueue_options.count, "How many jobs to publish (each gets its own id)")
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}));
     enqueue_cmd->add_option("--rate", enqueue_options.rate, "Jobs per second (0: as fast as the broker confirms)")

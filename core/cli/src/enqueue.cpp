@@ -26,6 +26,35 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+/// The payload of job number `index`: "{{seq}}" becomes the number and "{{job_id}}" the job's id, so one
+/// command can publish distinct jobs (e.g. orders with their own ids).
+std::string expand_payload(const std::string& payload, std::uint64_t index, std::string_view job_id) {
+    if (payload.find("{{") == std::string::npos) {
+        return payload;
+    }
+    std::string expanded;
+    std::string_view rest = payload;
+    while (!rest.empty()) {
+        const auto open = rest.find("{{");
+        expanded += rest.substr(0, open);
+        if (open == std::string_view::npos) {
+            break;
+        }
+        rest.remove_prefix(open);
+        if (rest.starts_with("{{seq}}")) {
+            expanded += std::to_string(index);
+            rest.remove_prefix(7);
+        } else if (rest.starts_with("{{job_id}}")) {
+            expanded += job_id;
+            rest.remove_prefix(10);
+        } else {
+            expanded += "{{";
+            rest.remove_prefix(2);
+        }
+    }
+    return expanded;
+}
+
 // Below this many jobs a progress line is noise.
 constexpr std::uint64_t kProgressThreshold = 1000;
 // Up to this many jobs the ids are printed; above it, a count.
@@ -70,7 +99,7 @@ asio::awaitable<void> publisher(Run& run) {
         const auto now_ms = epoch_millis();
         message.properties.timestamp = static_cast<std::uint64_t>(now_ms / 1000);
         amqp::set_header(message.properties.headers, "x-conveyor-enqueued-at", now_ms);
-        message.body = run.options.payload;
+        message.body = expand_payload(run.options.payload, index, message.properties.message_id);
         auto id = message.properties.message_id;
         auto [error] = co_await run.connection.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
         if (error) {
@@ -120,7 +149,8 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
         return kUsage;
     }
     simdjson::dom::parser parser;
-    auto parsed = parser.parse(options.payload);
+    const auto first_payload = expand_payload(options.payload, 0, "job-id");
+    auto parsed = parser.parse(first_payload);
     if (parsed.error() != simdjson::SUCCESS) {
         std::cerr << fmt::format("conveyor enqueue: --payload is not valid JSON: {}\n",
                                  simdjson::error_message(parsed.error()));
