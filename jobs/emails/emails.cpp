@@ -16,6 +16,8 @@ constexpr std::size_t kMaxDataFields = 50;
 constexpr std::size_t kMaxDedupeKeyChars = 200;
 // A claim outlives the SMTP deadline by this much before another job may take the email over.
 constexpr std::chrono::milliseconds kClaimMargin{30'000};
+// How soon a job that found an email claimed by another looks again.
+constexpr std::chrono::milliseconds kClaimRecheck{5'000};
 
 /// A template's text with {{name}} placeholders, filled from the job's data; {{name?fallback}} for optional ones.
 struct EmailTemplate {
@@ -244,7 +246,9 @@ asio::awaitable<Outcome> send_email(JobContext& context, smtp::Client& mailer, c
                                dedupe_key);
             co_return Success{};
         }
-        Outcome wait = Retry{std::chrono::milliseconds(state.integer(0, 1)),
+        // Look again soon: the other job usually finishes long before its claim would expire.
+        const auto claim_left = std::chrono::milliseconds(state.integer(0, 1));
+        Outcome wait = Retry{std::min(claim_left, kClaimRecheck),
                              fmt::format("another job is sending the email with dedupe key {}", dedupe_key), false};
         co_return wait;
     }

@@ -38,6 +38,10 @@ class SagaTest : public WorkerTest {
             broker_.purge(topology::queue_name(family));
             broker_.purge(topology::dead_letter_queue_name(family));
         }
+        // Retries an earlier test left waiting in the delay ladder would come back into this one.
+        for (unsigned level = 0; level < topology::kDelayLevels; ++level) {
+            broker_.purge(topology::delay_level_name(level));
+        }
         // The event store refuses TRUNCATE to everyone but a replica session.
         database_.query("SET session_replication_role = replica");
         database_.query(
@@ -352,8 +356,11 @@ TEST_F(SagaTest, MailIsRetriedOnTemporaryRefusalsDeadLetteredOnPermanentOnesAndS
     EXPECT_EQ(header_text(dead[0], "x-conveyor-error").find("gina+reject@"), std::string::npos)
         << "the address is masked";
     ASSERT_TRUE(eventually([&] { return mail.mails().size() == 2; }, 30s)) << worker.process->log();
-    ASSERT_TRUE(
-        eventually([&] { return worker.metric("conveyor_jobs_completed_total", {"type=\"emails.send\""}) == 5; }, 30s))
+    ASSERT_TRUE(eventually(
+        [&] {
+            return worker.metric("conveyor_jobs_completed_total", {"type=\"emails.send\"", "outcome=\"success\""}) == 3;
+        },
+        30s))
         << worker.process->log();
     std::multiset<std::string> recipients;
     for (const auto& captured : mail.mails()) {
@@ -361,7 +368,10 @@ TEST_F(SagaTest, MailIsRetriedOnTemporaryRefusalsDeadLetteredOnPermanentOnesAndS
     }
     const std::multiset<std::string> expected{"frank+flaky@example.com", "hank@example.com"};
     EXPECT_EQ(recipients, expected);
-    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"type=\"emails.send\"", "outcome=\"retry\""}), 1);
+    // The flaky address's retry, and perhaps a wait of the second "twice" job while the first held the claim.
+    const auto retries = worker.metric("conveyor_jobs_completed_total", {"type=\"emails.send\"", "outcome=\"retry\""});
+    EXPECT_GE(retries, 1);
+    EXPECT_LE(retries, 2);
     EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.email_log"), 2);
 }
 
