@@ -149,7 +149,7 @@ void JobRegistry::add(std::string type, JobHandler handler, JobOptions options) 
         throw std::invalid_argument(fmt::format("job type '{}' is registered twice", type));
     }
     auto key = type;
-    definitions_.emplace(std::move(key), JobDefinition{std::move(type), std::move(handler), options});
+    definitions_.emplace(std::move(key), JobDefinition{std::move(type), std::move(handler), std::move(options)});
 }
 
 const JobDefinition* JobRegistry::find(std::string_view type) const noexcept {

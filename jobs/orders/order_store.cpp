@@ -99,11 +99,13 @@ boost::asio::awaitable<std::vector<std::int64_t>> advance_order(pg::Transaction&
             fmt::format("order {} changed under its lock (version {} expected)", order.id, order.version));
     }
     std::vector<std::pair<std::int64_t, std::int64_t>> by_version;
+    by_version.reserve(events.size());
     for (int row = 0; row < rows.rows(); ++row) {
         by_version.emplace_back(rows.integer(row, 1), rows.integer(row, 0));
     }
     std::sort(by_version.begin(), by_version.end());
     std::vector<std::int64_t> ids;
+    ids.reserve(by_version.size());
     for (const auto& [version, id] : by_version) {
         ids.push_back(id);
     }

@@ -261,7 +261,7 @@ int run_saga(const Url& url, std::uint64_t count, unsigned window, const std::st
                 pending = line;
                 break;
             }
-            line = pending + line;
+            line.insert(0, pending);
             pending.clear();
             simdjson::dom::element mail;
             std::string_view subject;
@@ -292,7 +292,8 @@ int run_saga(const Url& url, std::uint64_t count, unsigned window, const std::st
     }
     std::sort(latencies_ms.begin(), latencies_ms.end());
     const auto quantile = [&](double q) {
-        return latencies_ms[std::min(latencies_ms.size() - 1, static_cast<std::size_t>(q * latencies_ms.size()))];
+        return latencies_ms[std::min(latencies_ms.size() - 1,
+                                     static_cast<std::size_t>(q * static_cast<double>(latencies_ms.size())))];
     };
     const double seconds = (last_received_ms - static_cast<double>(started_ms)) / 1000;
     std::cout
@@ -395,7 +396,7 @@ int main(int argc, char** argv) {
             const auto body = payload_of_size(size);
             const auto started = Clock::now();
             std::thread consumer([&] { consume(url, queue, count, prefetch); });
-            const BodyOf same_body = [&body](std::uint64_t) { return body; };
+            const BodyOf same_body = [&body](std::uint64_t) { return std::string(body); };
             if (direct) {
                 publish(url, "", queue, same_body, count, window, true);
             } else {
@@ -419,7 +420,8 @@ int main(int argc, char** argv) {
             return run_saga(url, count, window, mailbox, std::chrono::seconds(saga_timeout), saga_rate);
         }
         const auto body = payload.empty() ? payload_of_size(size) : payload;
-        const BodyOf body_of = orders ? BodyOf(order_payload) : BodyOf([&body](std::uint64_t) { return body; });
+        const BodyOf body_of =
+            orders ? BodyOf(order_payload) : BodyOf([&body](std::uint64_t) { return std::string(body); });
         const auto baseline =
             published ? 0.0
                       : conveyor::testing::metric_sum(conveyor::testing::http_get(metrics_port, "/metrics")
