@@ -157,7 +157,8 @@ class Client::Impl : public std::enable_shared_from_this<Impl> {
         // exchange with no response byte, and the request goes once more on a new connection. Callers send
         // requests that are safe to repeat (the gateway's carry an idempotency key).
         for (int round = 0;; ++round) {
-            auto connection = take_idle();
+            // The second round always opens a new connection: the other idle ones are likely as stale.
+            auto connection = round == 0 ? take_idle() : nullptr;
             const bool reused = connection != nullptr;
             if (!connection) {
                 connection = co_await connect(expiry);
@@ -177,7 +178,8 @@ class Client::Impl : public std::enable_shared_from_this<Impl> {
                 }
                 co_return std::move(result.response);
             }
-            if (reused && round == 0 && !result.response_started && stale_connection(result.error)) {
+            if (reused && !result.response_started && stale_connection(result.error)) {
+                drop_idle();
                 continue;
             }
             if (result.error == beast::error::timeout) {
@@ -229,6 +231,13 @@ class Client::Impl : public std::enable_shared_from_this<Impl> {
         auto connection = std::move(idle_.back());
         idle_.pop_back();
         return connection;
+    }
+
+    /// After one kept-alive connection turned out closed (a server restart, its idle timeout), the others are
+    /// no better.
+    void drop_idle() {
+        const std::lock_guard lock(mutex_);
+        idle_.clear();
     }
 
     void give_back(std::unique_ptr<Connection> connection) {

@@ -55,6 +55,12 @@ pg::Pool& JobContext::database() const {
 }
 
 void JobContext::emit(std::string type, std::string payload) {
+    if (transaction_ == nullptr && !opener_) {
+        // Without the outbox an emitted job could be published though nothing committed, or lost.
+        throw std::logic_error(fmt::format(
+            "job type {} emits jobs but has no transaction: register it with TransactionMode::per_job or on_demand",
+            envelope_.type));
+    }
     const auto& families = topology::default_families();
     const auto family = std::string_view(type).substr(0, type.find('.'));
     if (!is_valid_job_type(type) || std::find(families.begin(), families.end(), family) == families.end()) {

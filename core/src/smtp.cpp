@@ -44,11 +44,36 @@ struct ListDeleter {
     void operator()(curl_slist* list) const noexcept { curl_slist_free_all(list); }
 };
 
-/// One blocking delivery, on a thread of the client's pool.
-void deliver(const Settings& settings, const Mail& mail, std::chrono::milliseconds budget) {
+/// Failures that happen before any mail could have reached the server.
+bool before_any_mail(CURLcode result) {
+    switch (result) {
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_COULDNT_RESOLVE_PROXY:
+        case CURLE_COULDNT_CONNECT:
+        case CURLE_LOGIN_DENIED:
+        case CURLE_USE_SSL_FAILED:
+        case CURLE_SSL_CONNECT_ERROR:
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_UNSUPPORTED_PROTOCOL:
+        case CURLE_URL_MALFORMAT:
+            return true;
+        default:
+            return false;
+    }
+}
+
+/// One blocking delivery, on a thread of the client's pool. Its time budget is what is left of the job's when it
+/// starts: it may have waited for a free thread.
+void deliver(const Settings& settings, const Mail& mail, std::chrono::steady_clock::time_point deadline) {
+    const auto budget =
+        std::min(settings.timeout,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
+    if (budget.count() <= 0) {
+        throw Error(0, false, "SMTP delivery not attempted: the job's deadline passed while it waited for a thread");
+    }
     std::unique_ptr<CURL, CurlDeleter> curl(curl_easy_init());
     if (!curl) {
-        throw Error(0, "libcurl could not create a handle");
+        throw Error(0, false, "libcurl could not create a handle");
     }
     std::unique_ptr<curl_slist, ListDeleter> recipients(curl_slist_append(nullptr, mail.to.c_str()));
     Upload upload{mail.message};
@@ -79,8 +104,11 @@ void deliver(const Settings& settings, const Mail& mail, std::chrono::millisecon
     long reply = 0;
     curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &reply);
     const std::string_view text = detail[0] != '\0' ? std::string_view(detail.data()) : curl_easy_strerror(result);
-    // libcurl keeps the reply code of the last completed command; a refused connection has none.
-    throw Error(static_cast<int>(reply),
+    // libcurl keeps the reply code of the last completed command; a refused connection has none. A 4xx or 5xx is
+    // a refusal (of a recipient, or of the message after DATA); any other failure after connecting may have left
+    // the mail with the server without its final reply reaching us.
+    const bool refused = reply >= 400;
+    throw Error(static_cast<int>(reply), !refused && !before_any_mail(result),
                 fmt::format("SMTP delivery failed{}: {}", reply > 0 ? fmt::format(" with reply {}", reply) : "", text));
 }
 
@@ -109,17 +137,13 @@ Client::Client(Settings settings) {
 Client::~Client() = default;
 
 asio::awaitable<void> Client::send(const Mail& mail, std::chrono::steady_clock::time_point deadline) {
+    // The awaiting coroutine keeps the pool alive; the transfer holds no reference to it, so the pool is never
+    // joined from one of its own threads.
     auto impl = impl_;
-    const auto budget =
-        std::min(impl->settings_.timeout,
-                 std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
-    if (budget.count() <= 0) {
-        throw Error(0, "SMTP delivery not attempted: the job's deadline has passed");
-    }
     // The blocking transfer runs on the pool; the coroutine resumes on its own executor when it is done. (Named:
     // g++ 12 mishandles non-trivial temporaries inside a co_await expression.)
-    auto transfer = [impl, mail, budget]() -> asio::awaitable<void> {
-        deliver(impl->settings_, mail, budget);
+    auto transfer = [settings = impl->settings_, mail, deadline]() -> asio::awaitable<void> {
+        deliver(settings, mail, deadline);
         co_return;
     };
     co_await asio::co_spawn(impl->pool_, std::move(transfer), asio::use_awaitable);

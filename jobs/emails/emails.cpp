@@ -3,6 +3,7 @@
 
 #include <array>
 #include <ctime>
+#include <random>
 
 #include "../common/families.hpp"
 #include "../common/payload.hpp"
@@ -149,6 +150,12 @@ std::string message_id(std::string_view dedupe_key) {
     return fmt::format("<{:016x}.{}@conveyor>", hash, dedupe_key.size());
 }
 
+/// A claim token unique to this run of the job.
+std::string claim_token(std::string_view job_id) {
+    thread_local std::mt19937_64 generator{std::random_device{}()};
+    return fmt::format("{}#{:016x}", job_id, generator());
+}
+
 /// The address inside "Name <address>", or the whole text.
 std::string envelope_address(std::string_view from) {
     const auto open = from.find('<');
@@ -228,26 +235,30 @@ asio::awaitable<Outcome> send_email(JobContext& context, smtp::Client& mailer, c
     const auto recipient = smtp::masked_address(email->to);
     const auto id = message_id(dedupe_key);
     const auto claim_for = fmt::format("{} milliseconds", (settings.smtp.timeout + kClaimMargin).count());
+    // Each run claims under its own token: two copies of the same job must not both send.
+    const auto claim = claim_token(context.job_id());
     const auto claimed = co_await context.database().query(
         "INSERT INTO shop.email_log AS l (dedupe_key, template, recipient, subject, message_id, status, claimed_by, "
         "  claimed_until) VALUES ($1, $2, $3, $4, $5, 'sending', $6, now() + $7::interval) "
         "ON CONFLICT (dedupe_key) DO UPDATE SET claimed_by = excluded.claimed_by, "
         "  claimed_until = excluded.claimed_until "
-        "WHERE l.status = 'sending' AND (l.claimed_until < now() OR l.claimed_by = excluded.claimed_by) "
+        "WHERE l.status = 'sending' AND l.claimed_until < now() "
         "RETURNING 1",
-        dedupe_key, chosen.name, email->to, subject, id, context.job_id(), claim_for);
+        dedupe_key, chosen.name, email->to, subject, id, claim, claim_for);
     if (claimed.rows() == 0) {
         const auto state = co_await context.database().query(
             "SELECT status, greatest(0, extract(epoch FROM claimed_until - now()) * 1000)::bigint "
             "FROM shop.email_log WHERE dedupe_key = $1",
             dedupe_key);
-        if (state.rows() == 0 || state.text(0, 0) == "sent") {
+        if (state.rows() > 0 && state.text(0, 0) == "sent") {
             context.log().info("{} to {} was sent already (dedupe key {}); not sending again", chosen.name, recipient,
                                dedupe_key);
             co_return Success{};
         }
-        // Look again soon: the other job usually finishes long before its claim would expire.
-        const auto claim_left = std::chrono::milliseconds(state.integer(0, 1));
+        // Held by another run (or just released by one that failed): look again soon, as the holder usually
+        // finishes long before its claim would expire.
+        const auto claim_left =
+            state.rows() > 0 ? std::chrono::milliseconds(state.integer(0, 1)) : std::chrono::milliseconds(1000);
         Outcome wait = Retry{std::min(claim_left, kClaimRecheck),
                              fmt::format("another job is sending the email with dedupe key {}", dedupe_key), false};
         co_return wait;
@@ -270,16 +281,24 @@ asio::awaitable<Outcome> send_email(JobContext& context, smtp::Client& mailer, c
     } catch (const smtp::Error& e) {
         refused = e;
     }
-    if (refused) {
-        // The claim goes at once, so that a retry (or another job) need not wait for it to expire.
+    if (refused && refused->maybe_delivered()) {
+        // The server may have the mail: the claim stays until it expires, so nothing sends it again sooner.
+        context.log().warn(
+            "{} to {}: the transfer broke off after the message went out; it is sent again only after "
+            "its claim expires",
+            chosen.name, recipient);
+    } else if (refused) {
+        // Refused for sure: the claim goes at once, so that the retry need not wait for it to expire.
         auto release = context.database().query(
             "DELETE FROM shop.email_log WHERE dedupe_key = $1 AND claimed_by = $2 AND status = 'sending'", dedupe_key,
-            context.job_id());
+            claim);
         try {
             co_await std::move(release);
         } catch (const pg::Error& e) {
             context.log().warn("could not release the claim on dedupe key {}: {}", dedupe_key, e.what());
         }
+    }
+    if (refused) {
         const auto error = fmt::format("{} to {}: {}", chosen.name, recipient, refused->what());
         Outcome failure;
         if (refused->transient()) {
@@ -293,10 +312,15 @@ asio::awaitable<Outcome> send_email(JobContext& context, smtp::Client& mailer, c
     if (transaction == nullptr) {
         co_return Success{};
     }
-    co_await transaction->query(
+    const auto marked = co_await transaction->query(
         "UPDATE shop.email_log SET status = 'sent', sent_at = now() WHERE dedupe_key = $1 AND claimed_by = $2",
-        dedupe_key, context.job_id());
-    context.log().info("sent {} to {}", chosen.name, recipient);
+        dedupe_key, claim);
+    if (marked.affected() == 0) {
+        context.log().warn("sent {} to {}, but its claim had expired: another run may send it too", chosen.name,
+                           recipient);
+    } else {
+        context.log().info("sent {} to {}", chosen.name, recipient);
+    }
     co_return Success{};
 }
 

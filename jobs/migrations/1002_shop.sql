@@ -182,8 +182,9 @@ $$;
 
 -- Brings every read model up to date with the aggregate of event `event_id`, in version order. Returns the
 -- number of (event, projection) applications, 0 when everything was applied already, or NULL when the event
--- does not exist. Raises 'conveyor_gap' (SQLSTATE CV001) when a version is missing: an event is not visible
--- yet, so the job waits rather than apply a later event first.
+-- does not exist. Raises SQLSTATE CV001 when a version is missing: an event is not visible yet, so the job waits
+-- rather than apply a later event first. Waits at most a second for a lock (55P03 after that): a rebuild holds
+-- the checkpoints for its whole run, and the job had better wait in the delay ladder than hold a connection.
 CREATE FUNCTION shop.project_aggregate(event_id bigint) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     aggregate text;
@@ -192,6 +193,7 @@ DECLARE
     applied integer := 0;
     e shop.events;
 BEGIN
+    PERFORM set_config('lock_timeout', '1s', true);
     SELECT aggregate_id INTO aggregate FROM shop.events WHERE id = event_id;
     IF NOT FOUND THEN
         RETURN NULL;

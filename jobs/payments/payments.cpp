@@ -183,10 +183,13 @@ asio::awaitable<Outcome> record_decline(JobContext& context, const Charge& charg
     if (!order || order->status != OrderStatus::reserved) {
         co_return Success{};
     }
-    co_await transaction->query(
+    const auto recorded = co_await transaction->query(
         "INSERT INTO shop.payments (order_id, status, amount_cents, currency, idempotency_key, decline_code) "
         "VALUES ($1, 'declined', $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING",
         charge.order_id, charge.amount_cents, charge.currency, idempotency_key, decline_code);
+    if (recorded.affected() == 0) {
+        co_return Success{};  // another charge job for this order recorded the decline and started the cancel
+    }
     const std::vector<DomainEvent> declined{
         {"PaymentDeclined", {{"customer_id", order->customer_id}, {"decline_code", decline_code}}}};
     const auto events = co_await advance_order(*transaction, *order, OrderStatus::reserved, {}, declined);

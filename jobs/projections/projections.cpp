@@ -11,8 +11,12 @@ namespace {
 constexpr std::int64_t kMaxEventId = std::numeric_limits<std::int64_t>::max();
 // SQLSTATE raised by shop.project_aggregate when an earlier event of the aggregate is not visible yet.
 constexpr std::string_view kEventGap = "CV001";
+// A rebuild holds the checkpoints: shop.project_aggregate gives up waiting for them after a second.
+constexpr std::string_view kLockNotAvailable = "55P03";
 // A rebuild replays the whole event store in one statement; the pool's per-statement limit is for job-sized work.
-constexpr std::chrono::minutes kRebuildTimeout{30};
+// It stays under RabbitMQ's consumer_timeout (30 min by default), past which the broker would take the delivery
+// back.
+constexpr std::chrono::minutes kRebuildTimeout{20};
 
 std::optional<std::string> validate_update(simdjson::dom::element payload) {
     PayloadReader reader(payload);
@@ -29,14 +33,21 @@ asio::awaitable<Outcome> update(JobContext& context) {
     const auto event_id = reader.integer("event_id", Need::required, 1, kMaxEventId).value_or(0);
     std::optional<pg::Result> applied;
     std::string gap;
+    bool rebuilding = false;
     try {
         auto result = co_await context.transaction().query("SELECT shop.project_aggregate($1)", event_id);
         applied.emplace(std::move(result));
     } catch (const pg::Error& e) {
-        if (e.sqlstate() != kEventGap) {
+        rebuilding = e.sqlstate() == kLockNotAvailable;
+        if (e.sqlstate() != kEventGap && !rebuilding) {
             throw;
         }
         gap = e.what();
+    }
+    if (rebuilding) {
+        // Not the job's failure: it waits for the rebuild without using up an attempt.
+        Outcome wait = Retry{std::chrono::seconds(2), "a projection rebuild holds the checkpoints", false};
+        co_return wait;
     }
     if (!applied) {
         Outcome wait = Retry{std::chrono::seconds(1), fmt::format("event {}: {}", event_id, gap)};
@@ -87,7 +98,7 @@ void register_projection_jobs(JobRegistry& registry) {
     JobOptions rebuild_options;
     rebuild_options.transaction = TransactionMode::per_job;
     rebuild_options.validate = validate_rebuild;
-    rebuild_options.timeout = kRebuildTimeout + std::chrono::minutes(1);
+    rebuild_options.timeout = kRebuildTimeout + std::chrono::minutes(2);
     registry.add("projections.rebuild", rebuild, rebuild_options);
 }
 

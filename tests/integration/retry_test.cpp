@@ -138,7 +138,9 @@ TEST_F(WorkerTest, DelayedMessagesSurviveABrokerRestart) {
     ASSERT_EQ(arrived.size(), 1U);
     EXPECT_EQ(arrived[0].message.properties.message_id, "outlives-restart");
     EXPECT_GE(waited, 29s);
-    EXPECT_LE(waited, 32s);
+    // A level whose messages came due while the broker was down expires them once its queue has recovered: a
+    // slow restart (20 s under a loaded CI machine) can add a few seconds.
+    EXPECT_LE(waited, 36s);
 }
 
 }  // namespace

@@ -101,6 +101,7 @@ TEST_F(SagaTest, AnOrderIsReservedChargedOnceConfirmedMailedAndProjected) {
     ASSERT_TRUE(eventually([&] { return has_status("order-1", "confirmed"); }, 30s)) << worker.process->log();
     ASSERT_TRUE(eventually([&] { return mail.count("order_confirmed") == 1; }, 30s)) << worker.process->log();
     ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    EXPECT_EQ(mail.mails().size(), 1U) << "one email per order, even once everything has settled";
 
     EXPECT_EQ(stock_of("sku-1"), 8);
     EXPECT_EQ(stock_of("sku-2"), 4);
@@ -148,6 +149,7 @@ TEST_F(SagaTest, ADeclinedPaymentCancelsTheOrderReleasesItsStockOnceAndMailsTheC
     ASSERT_TRUE(eventually([&] { return has_status("order-2", "cancelled"); }, 30s)) << worker.process->log();
     ASSERT_TRUE(eventually([&] { return mail.count("payment_failed") == 1; }, 30s)) << worker.process->log();
     ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    EXPECT_EQ(mail.mails().size(), 1U);
     EXPECT_EQ(stock_of("sku-1"), 10);
     EXPECT_EQ(gateway.stat("/charges"), 0);
     EXPECT_EQ(gateway.stat("/declines"), 1);
@@ -178,6 +180,7 @@ TEST_F(SagaTest, OutOfStockRejectsTheOrderWithoutChargingAndMailsTheCustomer) {
     place("order-3", "carol", {{"rare", 2}});
     ASSERT_TRUE(eventually([&] { return mail.count("out_of_stock") == 1; }, 30s)) << worker.process->log();
     ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    EXPECT_EQ(mail.mails().size(), 1U);
     EXPECT_EQ(status_of("order-3"), "rejected");
     EXPECT_EQ(stock_of("rare"), 1);
     EXPECT_EQ(gateway.stat("/requests"), 0);
@@ -212,6 +215,26 @@ TEST_F(SagaTest, AResponseLostAfterTheChargeIsRecoveredByTheRetryWithoutASecondC
     EXPECT_EQ(gateway.stat("/replays"), 1);
     EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.payments"), 1);
     EXPECT_EQ(worker.metric("conveyor_payment_gateway_requests_total", {"result=\"broken\""}), 1);
+}
+
+TEST_F(SagaTest, AGatewayThatChargesButAnswersTooLateIsRetriedAndTheRetryFindsTheSameCharge) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 700, 10);
+    // The gateway takes 3 s, charges, and answers a client that gave up after 1 s.
+    gateway.control(R"({"latency_ms": 3000})");
+    auto worker = start_saga_worker(
+        gateway, mail, {"--payment-gateway-timeout", "1s", "--retry", "payments.*=attempts:10,base:1s,cap:1s"},
+        "saga-timeout");
+    place("order-6", "fred", {{"sku-1", 1}});
+    ASSERT_TRUE(eventually(
+        [&] { return worker.metric("conveyor_payment_gateway_requests_total", {"result=\"timeout\""}) >= 1; }, 30s))
+        << worker.process->log();
+    gateway.control(R"({"latency_ms": 0})");
+    ASSERT_TRUE(eventually([&] { return has_status("order-6", "confirmed"); }, 40s)) << worker.process->log();
+    EXPECT_EQ(gateway.stat("/charges"), 1);
+    EXPECT_GE(gateway.stat("/replays"), 1) << "the retry did not get the charge the timed-out request made";
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.payments"), 1);
 }
 
 TEST_F(SagaTest, AGatewayOutageOpensTheCircuitAndPaymentsWaitWithoutUsingUpTheirAttempts) {

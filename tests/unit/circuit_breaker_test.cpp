@@ -11,7 +11,9 @@ namespace {
 using std::chrono::milliseconds;
 using State = CircuitBreaker::State;
 
-constexpr milliseconds kOpenFor{50};
+// Long enough that no pause of a loaded (or sanitized) test machine between a failure and the next acquire()
+// reaches it; the tests that wait it out sleep just past it.
+constexpr milliseconds kOpenFor{400};
 constexpr unsigned kThreshold = 3;
 
 /// The value of conveyor_circuit_breaker_state{circuit=`circuit`} as a scrape would see it, or nothing if the

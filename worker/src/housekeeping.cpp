@@ -199,15 +199,11 @@ asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, House
         const auto now = Clock::now();
         try {
             // While the database is down the probe notices when it is back; until then there is nothing to do.
-            if (database.ok()) {
-                // Before the sweep: rows published but not yet deleted must not look left behind.
-                co_await relay.delete_published();
-                if (now >= next_sweep) {
-                    next_sweep = now + settings.outbox_sweep_interval;
-                    // Rows younger than a sweep interval are most likely still being published by their job.
-                    if (const auto swept = co_await relay.sweep(settings.outbox_sweep_interval); swept > 0) {
-                        spdlog::info("outbox sweep published {} messages left behind", swept);
-                    }
+            if (database.ok() && now >= next_sweep) {
+                next_sweep = now + settings.outbox_sweep_interval;
+                // Rows younger than a sweep interval are most likely still being published by their job.
+                if (const auto swept = co_await relay.sweep(settings.outbox_sweep_interval); swept > 0) {
+                    spdlog::info("outbox sweep published {} messages left behind", swept);
                 }
             }
             if (now >= next_prune) {
@@ -233,15 +229,33 @@ asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, House
         tick.expires_after(kTick);
         co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
     }
-    // The last jobs' rows: left here, the next worker's sweeper would publish them again.
-    std::string failure;
-    try {
-        co_await relay.delete_published();
-    } catch (const std::exception& e) {
-        failure = e.what();
-    }
-    if (!failure.empty()) {
-        spdlog::warn("housekeeping: {}; the sweeper publishes them again (duplicates the inbox absorbs)", failure);
+}
+
+asio::awaitable<void> run_outbox_cleanup(OutboxRelay& relay, const DatabaseHealth& database,
+                                         const std::atomic<bool>& stopping) {
+    asio::steady_timer tick(co_await asio::this_coro::executor);
+    bool last_round = false;
+    while (!last_round) {
+        // After the stop, once more: the last jobs' rows, left here, would be published again by a sweeper.
+        last_round = stopping;
+        std::string failure;
+        if (database.ok() || last_round) {
+            try {
+                co_await relay.delete_published();
+            } catch (const std::exception& e) {
+                failure = e.what();
+            }
+        }
+        if (!failure.empty()) {
+            spdlog::warn(
+                "outbox: {}; trying again (a sweeper may publish them again meanwhile: duplicates the inbox "
+                "absorbs)",
+                failure);
+        }
+        if (!last_round) {
+            tick.expires_after(kTick);
+            co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
     }
 }
 

@@ -75,6 +75,12 @@ boost::asio::awaitable<void> run_database_probe(pg::Pool& pool, std::chrono::mil
                                                 prometheus::Gauge& outbox_pending, DatabaseHealth& database,
                                                 const std::atomic<bool>& stopping);
 
+/// Deletes the outbox rows of published messages every 100 ms, on its own, so that no sweep or prune can hold
+/// them up long enough for another worker's sweeper to publish them again. Runs until `stopping` is set, then
+/// deletes once more.
+boost::asio::awaitable<void> run_outbox_cleanup(OutboxRelay& relay, const DatabaseHealth& database,
+                                                const std::atomic<bool>& stopping);
+
 /// The worker's periodic chores while the database is usable: sweep the outbox, prune the inbox and old
 /// execution records. Runs until `stopping` is set.
 boost::asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,

@@ -36,6 +36,8 @@ constexpr std::size_t kMaxErrorHeaderBytes = 1024;
 constexpr auto kCancelledJobsUnwind = std::chrono::seconds(5);
 constexpr auto kDeadLetterFailureBackoff = std::chrono::seconds(1);
 constexpr auto kShutdownPoll = std::chrono::milliseconds(10);
+// Housekeeping, the outbox cleanup and the database probe: the shutdown waits for all three to end.
+constexpr int kBackgroundCoroutines = 3;
 constexpr auto kDatabasePoll = std::chrono::milliseconds(100);
 
 std::string utc_timestamp(std::chrono::system_clock::time_point at) {
@@ -139,6 +141,10 @@ class Worker::Impl {
                            log_failure("housekeeping")(error);
                            ++background_done_;
                        });
+        asio::co_spawn(io_, run_outbox_cleanup(outbox_, database_, stopping_), [this](const std::exception_ptr& error) {
+            log_failure("outbox cleanup")(error);
+            ++background_done_;
+        });
         asio::co_spawn(
             io_, run_database_probe(pool_, chores.probe_interval, metrics_.outbox_pending(), database_, stopping_),
             [this](const std::exception_ptr& error) {
@@ -243,7 +249,7 @@ class Worker::Impl {
     /// by the statement timeout); a sweep's publish fails at once on the stopped publisher.
     asio::awaitable<void> housekeeping_finished() {
         asio::steady_timer tick(co_await asio::this_coro::executor);
-        while (background_done_ < 2) {
+        while (background_done_ < kBackgroundCoroutines) {
             tick.expires_after(kShutdownPoll);
             co_await tick.async_wait(asio::use_awaitable);
         }
@@ -582,7 +588,17 @@ class Worker::Impl {
                     co_return opened;
                 });
         }
-        auto outcome = co_await definition.handler(context);
+        std::optional<Outcome> handled;
+        try {
+            handled = co_await definition.handler(context);
+        } catch (...) {
+            // The opener and the binding refer to this frame's locals: they must not outlive it in the context.
+            context.set_transaction_opener({});
+            context.bind_transaction(nullptr);
+            context.emitted().clear();
+            throw;
+        }
+        auto outcome = std::move(*handled);
         context.set_transaction_opener({});
         const bool succeeded = std::holds_alternative<Success>(outcome) && !duplicate;
         if (!succeeded) {

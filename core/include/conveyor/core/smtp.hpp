@@ -33,13 +33,18 @@ struct Mail {
 /// reply at all may succeed later; a 5xx reply will not.
 class Error : public std::runtime_error {
   public:
-    Error(int reply_code, const std::string& what) : std::runtime_error(what), reply_code_(reply_code) {}
+    Error(int reply_code, bool maybe_delivered, const std::string& what)
+        : std::runtime_error(what), reply_code_(reply_code), maybe_delivered_(maybe_delivered) {}
     /// The server's last reply code, 0 if there was none (refused, timed out).
     [[nodiscard]] int reply_code() const noexcept { return reply_code_; }
     [[nodiscard]] bool transient() const noexcept { return reply_code_ < 500; }
+    /// Whether the server may have taken the mail anyway: the transfer broke off after the message went out
+    /// (no final reply). A refusal (a 4xx or 5xx reply) or a failure to connect never delivered it.
+    [[nodiscard]] bool maybe_delivered() const noexcept { return maybe_delivered_; }
 
   private:
     int reply_code_;
+    bool maybe_delivered_;
 };
 
 /// Delivers mail over SMTP with libcurl (the packaged SMTP client that handles STARTTLS, AUTH and dot-stuffing).
