@@ -5,6 +5,8 @@
 function(conveyor_embed_migrations target function dir)
     file(GLOB sql_files CONFIGURE_DEPENDS "${dir}/*.sql")
     list(SORT sql_files)
+    # The glob notices added and removed files; this makes an edited one re-run the configuration too.
+    set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${sql_files})
     string(REGEX REPLACE "::[^:]+$" "" namespace "${function}")
     string(REGEX REPLACE "^.*::" "" name "${function}")
     set(body "")
