@@ -190,6 +190,30 @@ class Connection {
         co_await finish_statement();
     }
 
+    /// Notifications already received, or the first ones to arrive before `deadline`.
+    asio::awaitable<std::vector<Notification>> notifications(Clock::time_point deadline) {
+        auto received = take_notifications();
+        while (received.empty() && Clock::now() < deadline) {
+            timer_.expires_at(deadline);
+            using Wait = asio::posix::stream_descriptor::wait_type;
+            auto readable = [this] { return socket_.async_wait(Wait::wait_read, asio::as_tuple(asio::use_awaitable)); };
+            auto expired = [this] { return timer_.async_wait(asio::as_tuple(asio::use_awaitable)); };
+            const auto result = co_await (readable() || expired());
+            if (result.index() == 1) {
+                break;
+            }
+            if (const auto error = std::get<0>(std::get<0>(result))) {
+                broken_ = true;
+                throw boost::system::system_error(error);
+            }
+            if (PQconsumeInput(conn_) == 0) {
+                throw failure("connection lost");
+            }
+            received = take_notifications();
+        }
+        co_return received;
+    }
+
   private:
     enum class Ready { read, write, either };
 
@@ -320,6 +344,15 @@ class Connection {
             broken_ = true;
             throw;
         }
+    }
+
+    std::vector<Notification> take_notifications() {
+        std::vector<Notification> received;
+        while (PGnotify* notification = PQnotifies(conn_)) {
+            received.push_back({notification->relname, notification->extra});
+            PQfreemem(notification);
+        }
+        return received;
     }
 
     Error failure(std::string_view what) {
@@ -626,6 +659,39 @@ asio::awaitable<Transaction> Pool::begin(std::string_view statement) {
             spdlog::debug("postgres: a pooled connection was lost ({}); trying a fresh one", e.what());
         }
     }
+}
+
+Session::Session(asio::any_io_executor executor, Settings settings)
+    : settings_(std::move(settings)), connection_(std::make_unique<Connection>(executor, settings_)) {}
+
+Session::~Session() = default;
+
+asio::awaitable<void> Session::connect() {
+    co_await connection_->connect();
+}
+
+bool Session::connected() const noexcept {
+    return connection_->usable();
+}
+
+void Session::disconnect() noexcept {
+    connection_->discard();
+}
+
+asio::awaitable<Result> Session::execute(std::string sql, std::vector<Param> params) {
+    if (!connection_->usable()) {
+        throw Error(std::string(kConnectionFailure), "the session is not connected");
+    }
+    auto result = co_await connection_->execute(sql, params);
+    co_return result;
+}
+
+asio::awaitable<std::vector<Notification>> Session::notifications(Clock::time_point deadline) {
+    if (!connection_->usable()) {
+        throw Error(std::string(kConnectionFailure), "the session is not connected");
+    }
+    auto received = co_await connection_->notifications(deadline);
+    co_return received;
 }
 
 std::string redacted(std::string_view url) {

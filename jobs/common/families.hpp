@@ -1,5 +1,10 @@
 #pragma once
 
+#include <simdjson.h>
+
+#include <optional>
+#include <string>
+
 #include "conveyor/jobs/jobs.hpp"
 
 /// Each family registers its job types; register_all (jobs/common/register.cpp) calls them all.
@@ -10,5 +15,9 @@ void register_payment_jobs(JobRegistry& registry, const Settings& settings, prom
                            boost::asio::any_io_executor executor);
 void register_email_jobs(JobRegistry& registry, const Settings& settings);
 void register_projection_jobs(JobRegistry& registry);
+
+/// The validators of the families whose registration needs outside clients, for payload_validators().
+[[nodiscard]] std::optional<std::string> validate_charge(simdjson::dom::element payload);
+[[nodiscard]] std::optional<std::string> validate_send_email(simdjson::dom::element payload);
 
 }  // namespace conveyor::jobs

@@ -101,4 +101,18 @@ void register_all(JobRegistry& registry, const Settings& settings, prometheus::R
     register_projection_jobs(registry);
 }
 
+std::map<std::string, PayloadValidator, std::less<>> payload_validators() {
+    JobRegistry registry;
+    register_diag_jobs(registry);
+    register_order_jobs(registry);
+    register_projection_jobs(registry);
+    std::map<std::string, PayloadValidator, std::less<>> validators;
+    for (const auto& type : registry.types()) {
+        validators.emplace(type, registry.find(type)->options.validate);
+    }
+    validators.emplace("payments.charge", validate_charge);
+    validators.emplace("emails.send", validate_send_email);
+    return validators;
+}
+
 }  // namespace conveyor::jobs

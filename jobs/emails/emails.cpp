@@ -200,11 +200,15 @@ std::optional<SendEmail> read_send_email(PayloadReader& reader) {
     return email;
 }
 
+}  // namespace
+
 std::optional<std::string> validate_send_email(simdjson::dom::element payload) {
     PayloadReader reader(payload);
     (void)read_send_email(reader);
     return reader.error();
 }
+
+namespace {
 
 /// emails.send: renders the template and delivers it over SMTP, once per dedupe key. The job claims the key in
 /// shop.email_log before it talks to the mail server (no transaction is open meanwhile) and marks it sent in its

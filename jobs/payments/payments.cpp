@@ -37,11 +37,15 @@ std::optional<Charge> read_charge(PayloadReader& reader) {
     return charge;
 }
 
+}  // namespace
+
 std::optional<std::string> validate_charge(simdjson::dom::element payload) {
     PayloadReader reader(payload);
     (void)read_charge(reader);
     return reader.error();
 }
+
+namespace {
 
 /// The gateway as the payment jobs share it: one keep-alive client, one circuit breaker, request metrics.
 class PaymentGateway {

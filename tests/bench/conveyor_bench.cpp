@@ -180,6 +180,85 @@ void consume(const Url& url, const std::string& queue, std::uint64_t count, unsi
     }
 }
 
+std::int64_t epoch_micros() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+/// Consumes `count` messages and returns when each arrived (epoch microseconds), by message id.
+std::map<std::string, std::int64_t> consume_timed(const Url& url, const std::string& queue, std::uint64_t count) {
+    RawConnection connection(url);
+    auto* conn = connection.get();
+    amqp_basic_consume(conn, 1, bytes(queue), amqp_empty_bytes, 0, 1, 0, amqp_empty_table);
+    check(conn, "basic.consume");
+    std::map<std::string, std::int64_t> arrivals;
+    const timeval patience{30, 0};
+    while (arrivals.size() < count) {
+        amqp_envelope_t envelope;
+        amqp_maybe_release_buffers(conn);
+        const auto reply = amqp_consume_message(conn, &envelope, &patience, 0);
+        if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+            throw std::runtime_error(fmt::format("consume failed after {} of {} messages", arrivals.size(), count));
+        }
+        const auto& id = envelope.message.properties.message_id;
+        arrivals.emplace(std::string(static_cast<const char*>(id.bytes), id.len), epoch_micros());
+        amqp_destroy_envelope(&envelope);
+    }
+    return arrivals;
+}
+
+double percentile_ms(std::vector<double> micros, double q) {
+    std::sort(micros.begin(), micros.end());
+    const auto index = static_cast<std::size_t>(q * static_cast<double>(micros.size() - 1));
+    return micros[index] / 1000.0;
+}
+
+/// Commit → in a consumer's hands through conveyor.enqueue() and a running conveyor-scheduler, paced at `rate`;
+/// and, as the baseline, the same through a direct publish with confirm.
+int run_relay_latency(const Url& url, std::uint64_t count, double rate) {
+    const std::string queue = "conveyor.diag";
+    const auto interval = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.0 / rate));
+    std::map<std::string, std::int64_t> committed;
+    {
+        std::map<std::string, std::int64_t> arrivals;
+        std::thread consumer([&] { arrivals = consume_timed(url, queue, count); });
+        conveyor::testing::Database database;
+        auto next = Clock::now();
+        for (std::uint64_t i = 0; i < count; ++i) {
+            std::this_thread::sleep_until(next);
+            next += interval;
+            // From the start of the enqueueing statement (it commits on return): an upper bound on commit → arrival.
+            const auto started = epoch_micros();
+            const auto id = database.query("SELECT conveyor.enqueue('diag.noop', '{}')")[0][0];
+            committed.emplace(id, started);
+        }
+        consumer.join();
+        std::vector<double> relay;
+        for (const auto& [id, at] : committed) {
+            relay.push_back(static_cast<double>(arrivals.at(id) - at));
+        }
+        std::vector<std::int64_t> sent_at;
+        std::map<std::string, std::int64_t> direct_arrivals;
+        std::thread direct_consumer([&] { direct_arrivals = consume_timed(url, queue, count); });
+        publish(
+            url, "conveyor.jobs", "diag.noop", [](std::uint64_t) { return std::string("{}"); }, count, 1, true,
+            &sent_at, rate);
+        direct_consumer.join();
+        std::vector<double> direct;
+        for (std::uint64_t i = 0; i < count; ++i) {
+            direct.push_back(
+                static_cast<double>(direct_arrivals.at(fmt::format("bench-{}-{}", ::getpid(), i)) - sent_at[i] * 1000));
+        }
+        std::cout
+            << fmt::format(
+                   R"({{"name":"relay_latency","p50_ms":{:.1f},"p99_ms":{:.1f},"max_ms":{:.1f},"jobs":{},"rate_per_s":{:.0f},"direct_publish_p50_ms":{:.1f},"direct_publish_p99_ms":{:.1f}}})",
+                   percentile_ms(relay, 0.5), percentile_ms(relay, 0.99), percentile_ms(relay, 1.0), count, rate,
+                   percentile_ms(direct, 0.5), percentile_ms(direct, 0.99))
+            << std::endl;
+    }
+    return 0;
+}
+
 std::string payload_of_size(std::size_t size) {
     std::string body = R"({"pad":")";
     body.append(size > body.size() + 2 ? size - body.size() - 2 : 0, 'x');
@@ -363,6 +442,10 @@ int main(int argc, char** argv) {
     saga->add_option("--timeout", saga_timeout, "Seconds to wait for every receipt");
     double saga_rate = 0;
     saga->add_option("--rate", saga_rate, "Orders per second (0: all at once, a burst)");
+    auto* relay = app.add_subcommand(
+        "relay", "Time jobs from conveyor.enqueue() to a consumer through a running conveyor-scheduler, paced");
+    double relay_rate = 50;
+    relay->add_option("--rate", relay_rate, "Enqueues per second (light load)")->check(CLI::PositiveNumber);
     CLI11_PARSE(app, argc, argv);
     conveyor::setup_logging("warn");
 
@@ -415,6 +498,9 @@ int main(int argc, char** argv) {
         if (*preload) {
             publish(url, "conveyor.jobs", "orders.place", BodyOf(order_payload), count, window, true);
             return 0;
+        }
+        if (*relay) {
+            return run_relay_latency(url, count, relay_rate);
         }
         if (*saga) {
             return run_saga(url, count, window, mailbox, std::chrono::seconds(saga_timeout), saga_rate);

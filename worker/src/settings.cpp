@@ -7,25 +7,13 @@
 #include <ostream>
 #include <thread>
 
+#include "conveyor/core/cli_options.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor::worker {
 
 namespace {
-
-/// CLI11 validator that accepts what parse_duration accepts.
-CLI::Validator duration_validator() {
-    return {[](std::string& value) -> std::string {
-                try {
-                    (void)parse_duration(value);
-                    return {};
-                } catch (const std::invalid_argument& e) {
-                    return e.what();
-                }
-            },
-            "DURATION"};
-}
 
 std::uint32_t parse_attempts(std::string_view text) {
     std::uint32_t value = 0;

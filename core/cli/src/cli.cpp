@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "conveyor/core/cli_options.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/topology.hpp"
@@ -162,6 +163,46 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     enqueue_cmd->add_option("--window", enqueue_options.window, "Publishes awaiting a confirm at once")
         ->check(CLI::Range(1U, 100'000U));
     enqueue_cmd->add_flag("!--no-progress", enqueue_options.progress, "Do not print progress on stderr");
+    auto* at_option = enqueue_cmd->add_option(
+        "--at", enqueue_options.at,
+        "Run at this time (e.g. 2026-12-24T18:00:00Z or '2026-12-24 18:00 Europe/Berlin'); stored in PostgreSQL and "
+        "published by conveyor-scheduler");
+    enqueue_cmd->add_option("--in", enqueue_options.in, "Run after this delay (e.g. 90s, 15m, 2h); like --at")
+        ->check(duration_validator())
+        ->excludes(at_option);
+    enqueue_cmd->add_option("--idempotency-key", enqueue_options.idempotency_key,
+                            "Enqueue through conveyor.enqueue() once per key: the same key returns the same job id");
+    enqueue_cmd->add_option("--pg-url", enqueue_options.pg_url, "PostgreSQL URL (with --at, --in, --idempotency-key)")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+
+    ScheduledListOptions scheduled_options;
+    std::vector<std::string> cancel_ids;
+    auto* scheduled_cmd = app.add_subcommand("scheduled", "Jobs waiting in PostgreSQL to be published when due");
+    scheduled_cmd->require_subcommand(1);
+    scheduled_cmd->add_option("--pg-url", scheduled_options.pg_url, "PostgreSQL URL")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    auto* scheduled_list_cmd = scheduled_cmd->add_subcommand("list", "List scheduled jobs, earliest first");
+    scheduled_list_cmd->add_option("--state", scheduled_options.state, "pending, published, cancelled, failed or all");
+    scheduled_list_cmd->add_option("--type", scheduled_options.type, "Only jobs of this type");
+    scheduled_list_cmd->add_option("--limit", scheduled_options.limit, "At most this many rows")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}));
+    scheduled_list_cmd->add_flag("--json", scheduled_options.json, "One JSON object per line");
+    auto* scheduled_cancel_cmd =
+        scheduled_cmd->add_subcommand("cancel", "Cancel pending scheduled jobs by id (published ones cannot be)");
+    scheduled_cancel_cmd->add_option("id", cancel_ids, "Job ids")->required();
+
+    std::string schedules_pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    bool schedules_json = false;
+    auto* schedules_cmd = app.add_subcommand("schedules", "The cron schedules the scheduler fires");
+    schedules_cmd->require_subcommand(1);
+    auto* schedules_list_cmd =
+        schedules_cmd->add_subcommand("list", "Each schedule with its next fire time and how often it fired");
+    schedules_list_cmd->add_option("--pg-url", schedules_pg_url, "PostgreSQL URL")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    schedules_list_cmd->add_flag("--json", schedules_json, "One JSON object per line");
 
     auto* topology_cmd = app.add_subcommand("topology", "Manage the broker topology");
     topology_cmd->require_subcommand(1);
@@ -188,6 +229,15 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         setup_logging(common.log_level);
         if (*enqueue_cmd) {
             return enqueue(common, enqueue_options);
+        }
+        if (*scheduled_list_cmd) {
+            return list_scheduled(scheduled_options);
+        }
+        if (*scheduled_cancel_cmd) {
+            return cancel_scheduled(scheduled_options.pg_url, cancel_ids);
+        }
+        if (*schedules_list_cmd) {
+            return list_schedules(schedules_pg_url, schedules_json);
         }
         if (*declare_cmd) {
             return declare_topology(common, families);

@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/migrations.hpp"
@@ -28,6 +29,20 @@ struct EnqueueOptions {
     std::string job_id;      ///< only with count 1; default a fresh UUID
     unsigned window = 1000;  ///< publishes awaiting their confirm at once
     bool progress = true;
+    /// With --at, --in or --idempotency-key the jobs go through conveyor.enqueue() in PostgreSQL, and a
+    /// conveyor-scheduler publishes them when due.
+    std::string at;  ///< a timestamp PostgreSQL understands, e.g. 2026-12-24T18:00:00+01:00
+    std::string in;  ///< a duration from now, e.g. 90s, 15m
+    std::string idempotency_key;
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+};
+
+struct ScheduledListOptions {
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    std::string state = "pending";
+    std::string type;
+    std::size_t limit = 100;
+    bool json = false;
 };
 
 struct MigrateOptions {
@@ -46,6 +61,11 @@ using ConnectedBody = std::function<boost::asio::awaitable<int>(boost::asio::io_
 int with_connection(amqp::Connection& connection, std::string_view command, const ConnectedBody& body);
 
 int enqueue(const CommonOptions& common, const EnqueueOptions& options);
+/// Schedules one job per payload through conveyor.enqueue(), due at --at or after --in.
+int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string>& payloads);
+int list_scheduled(const ScheduledListOptions& options);
+int cancel_scheduled(const std::string& pg_url, const std::vector<std::string>& ids);
+int list_schedules(const std::string& pg_url, bool json);
 int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations);
 
 }  // namespace conveyor::cli

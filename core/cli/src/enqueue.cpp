@@ -160,6 +160,31 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
         std::cerr << "conveyor enqueue: --payload must be a JSON object\n";
         return kUsage;
     }
+    if (!options.at.empty() || !options.in.empty() || !options.idempotency_key.empty()) {
+        if (!options.job_id.empty()) {
+            std::cerr << "conveyor enqueue: --job-id cannot be combined with --at, --in or --idempotency-key "
+                         "(conveyor.enqueue() assigns the id)\n";
+            return kUsage;
+        }
+        if (options.payload.find("{{job_id}}") != std::string::npos) {
+            std::cerr << "conveyor enqueue: {{job_id}} is not available with --at, --in or --idempotency-key\n";
+            return kUsage;
+        }
+        if (!options.idempotency_key.empty() && options.count != 1) {
+            std::cerr << "conveyor enqueue: --idempotency-key needs --count 1 (one key names one job)\n";
+            return kUsage;
+        }
+        if (options.rate > 0) {
+            std::cerr << "conveyor enqueue: --rate paces immediate publishing; scheduled jobs publish when due\n";
+            return kUsage;
+        }
+        std::vector<std::string> payloads;
+        payloads.reserve(options.count);
+        for (std::uint64_t index = 0; index < options.count; ++index) {
+            payloads.push_back(expand_payload(options.payload, index, {}));
+        }
+        return enqueue_delayed(options, payloads);
+    }
     if (!options.job_id.empty() && options.count != 1) {
         std::cerr << "conveyor enqueue: --job-id needs --count 1 (job ids are unique)\n";
         return kUsage;

@@ -186,6 +186,45 @@ class Pool {
     std::shared_ptr<Impl> impl_;
 };
 
+/// A NOTIFY received on a channel this session listens on.
+struct Notification {
+    std::string channel;
+    std::string payload;
+};
+
+/// A connection of its own, outside the pool, for state that lives as long as a server session: LISTEN
+/// subscriptions and session-level advisory locks (the server releases those when the connection ends, however the
+/// process ends). Used by one coroutine at a time. A statement that fails on a lost connection leaves the session
+/// disconnected; connect() opens a new one, and the caller must listen or lock again.
+class Session {
+  public:
+    Session(boost::asio::any_io_executor executor, Settings settings);
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    boost::asio::awaitable<void> connect();
+    [[nodiscard]] bool connected() const noexcept;
+
+    template <typename... Args>
+    boost::asio::awaitable<Result> query(std::string_view sql, const Args&... args) {
+        return execute(std::string(sql), {to_param(args)...});
+    }
+
+    /// Notifications that arrive before `deadline` (all of those already received, without waiting, if there are
+    /// any); none if the deadline passes first. Throws Error if the connection is lost.
+    boost::asio::awaitable<std::vector<Notification>> notifications(std::chrono::steady_clock::time_point deadline);
+
+    /// Closes the connection now (its locks and subscriptions end with it).
+    void disconnect() noexcept;
+
+  private:
+    boost::asio::awaitable<Result> execute(std::string sql, std::vector<Param> params);
+
+    Settings settings_;
+    std::unique_ptr<Connection> connection_;
+};
+
 /// The URL with its password masked, for logs and errors.
 [[nodiscard]] std::string redacted(std::string_view url);
 

@@ -3,6 +3,7 @@
 #include <prometheus/registry.h>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,10 @@ void register_diag_jobs(JobRegistry& registry);
 /// their HTTP connections on `executor`. Throws std::invalid_argument for unusable settings.
 void register_all(JobRegistry& registry, const Settings& settings, prometheus::Registry& metrics,
                   boost::asio::any_io_executor executor);
+
+/// Every job type this build knows, with its payload validator and without its handler (no client is created): what
+/// a service that enqueues jobs (conveyor-scheduler) checks a job against before accepting it.
+[[nodiscard]] std::map<std::string, PayloadValidator, std::less<>> payload_validators();
 
 /// The schema the job families need (jobs/migrations), applied by `conveyor migrate` after Conveyor's own.
 [[nodiscard]] std::vector<pg::Migration> migrations();

@@ -43,6 +43,10 @@ class CronExpression {
 
     [[nodiscard]] const std::string& text() const noexcept { return text_; }
 
+    /// Whether the hour field allows exactly one hour: such a schedule fires only once when a fall-back repeats
+    /// that hour (zoned_cron.hpp).
+    [[nodiscard]] bool fixed_hour() const noexcept { return hours_.count() == 1; }
+
   private:
     [[nodiscard]] bool day_matches(int year, unsigned month, unsigned day) const;
 

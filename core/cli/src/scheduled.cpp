@@ -1,0 +1,240 @@
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <iostream>
+
+#include "commands.hpp"
+#include "conveyor/cli/cli.hpp"
+#include "conveyor/core/config.hpp"
+#include "conveyor/core/pg.hpp"
+
+namespace conveyor::cli {
+namespace asio = boost::asio;
+
+namespace {
+
+// Rows per INSERT when one command schedules many jobs.
+constexpr std::size_t kInsertBatch = 1000;
+
+using DatabaseBody = std::function<asio::awaitable<int>(pg::Pool&)>;
+
+/// Runs `body` against the database; a database error is printed and becomes the exit code (3 unreachable, 2 bad
+/// input, 1 otherwise).
+int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body) {
+    asio::io_context io;
+    pg::Settings settings;
+    settings.url = pg_url;
+    settings.pool_size = 1;
+    settings.application_name = fmt::format("conveyor {}", command);
+    pg::Pool pool(io.get_executor(), settings);
+    int exit_code = kOk;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            try {
+                exit_code = co_await body(pool);
+            } catch (const pg::Error& e) {
+                std::cerr << fmt::format("conveyor {}: {} ({})\n", command, e.what(), pg::redacted(pg_url));
+                // Class 22 is bad data (an --at PostgreSQL cannot read, a payload that is not JSON): a usage error.
+                if (e.sqlstate().starts_with("08")) {
+                    exit_code = kUnavailable;
+                } else {
+                    exit_code = e.sqlstate().starts_with("22") ? kUsage : kFailed;
+                }
+            } catch (const std::invalid_argument& e) {
+                std::cerr << fmt::format("conveyor {}: {}\n", command, e.what());
+                exit_code = kUsage;
+            }
+        },
+        asio::detached);
+    io.run();
+    return exit_code;
+}
+
+std::string or_dash(const pg::Result& rows, int row, int column) {
+    return rows.is_null(row, column) ? std::string("-") : std::string(rows.text(row, column));
+}
+
+/// A JSON string literal (the CLI's --json lines hold ids, types and times, but stay correct for anything).
+std::string json_string(std::string_view text) {
+    std::string quoted = "\"";
+    for (const char c : text) {
+        switch (c) {
+            case '"':
+                quoted += "\\\"";
+                break;
+            case '\\':
+                quoted += "\\\\";
+                break;
+            case '\n':
+                quoted += "\\n";
+                break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20) {
+                    quoted += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
+                } else {
+                    quoted += c;
+                }
+        }
+    }
+    return quoted + "\"";
+}
+
+std::string json_or_null(const pg::Result& rows, int row, int column) {
+    return rows.is_null(row, column) ? std::string("null") : json_string(rows.text(row, column));
+}
+
+}  // namespace
+
+int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string>& payloads) {
+    std::string run_at = options.at;
+    if (!options.in.empty()) {
+        const auto due = std::chrono::floor<std::chrono::milliseconds>(std::chrono::system_clock::now()) +
+                         parse_duration(options.in);
+        run_at = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", due);
+    }
+    return with_database(options.pg_url, "enqueue", [&](pg::Pool& pool) -> asio::awaitable<int> {
+        std::vector<std::string> ids;
+        std::string due_text;
+        for (std::size_t start = 0; start < payloads.size(); start += kInsertBatch) {
+            const auto end = std::min(payloads.size(), start + kInsertBatch);
+            const auto batch =
+                pg::text_array(std::span<const std::string>(payloads.begin() + static_cast<std::ptrdiff_t>(start),
+                                                            payloads.begin() + static_cast<std::ptrdiff_t>(end)));
+            const std::optional<std::string> key =
+                options.idempotency_key.empty() ? std::nullopt : std::optional(options.idempotency_key);
+            const std::optional<std::string> correlation =
+                options.correlation_id.empty() ? std::nullopt : std::optional(options.correlation_id);
+            const auto inserted = co_await pool.query(
+                "SELECT conveyor.enqueue($1, payload::jsonb, $3::timestamptz, $4, $5, NULL, 'cli'), "
+                "to_char($3::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') "
+                "FROM unnest($2::text[]) WITH ORDINALITY AS p(payload, n) ORDER BY n",
+                options.type, batch, run_at, key, correlation);
+            for (int row = 0; row < inserted.rows(); ++row) {
+                ids.emplace_back(inserted.text(row, 0));
+                due_text = inserted.text(row, 1);
+            }
+        }
+        if (ids.size() <= 100) {
+            for (const auto& id : ids) {
+                std::cout << id << '\n';
+            }
+        } else {
+            std::cout << fmt::format("{} jobs scheduled\n", ids.size());
+        }
+        std::cerr << fmt::format(
+            "conveyor enqueue: {} {} scheduled for {} (a conveyor-scheduler publishes {} when "
+            "due)\n",
+            ids.size(), ids.size() == 1 ? "job" : "jobs", due_text, ids.size() == 1 ? "it" : "them");
+        co_return kOk;
+    });
+}
+
+int list_scheduled(const ScheduledListOptions& options) {
+    static const std::vector<std::string> kStates = {"pending", "published", "cancelled", "failed", "all"};
+    if (std::find(kStates.begin(), kStates.end(), options.state) == kStates.end()) {
+        std::cerr << fmt::format("conveyor scheduled list: --state must be one of {}, not '{}'\n",
+                                 fmt::join(kStates, ", "), options.state);
+        return kUsage;
+    }
+    return with_database(options.pg_url, "scheduled list", [&](pg::Pool& pool) -> asio::awaitable<int> {
+        const std::optional<std::string> state = options.state == "all" ? std::nullopt : std::optional(options.state);
+        const std::optional<std::string> type = options.type.empty() ? std::nullopt : std::optional(options.type);
+        const auto rows = co_await pool.query(
+            "SELECT id, type, to_char(run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), state, "
+            "source, idempotency_key, payload::text, error FROM conveyor.scheduled_jobs "
+            "WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR type = $2) "
+            "ORDER BY run_at, id LIMIT $3",
+            state, type, static_cast<std::int64_t>(options.limit));
+        if (!options.json) {
+            std::cout << fmt::format("{:<36}  {:<22}  {:<24}  {:<9}  {}\n", "ID", "TYPE", "RUN AT (UTC)", "STATE",
+                                     "SOURCE");
+        }
+        for (int row = 0; row < rows.rows(); ++row) {
+            if (options.json) {
+                std::cout
+                    << fmt::format(
+                           R"({{"id":{},"type":{},"run_at":{},"state":{},"source":{},"idempotency_key":{},"payload":{},"error":{}}})",
+                           json_string(rows.text(row, 0)), json_string(rows.text(row, 1)),
+                           json_string(rows.text(row, 2)), json_string(rows.text(row, 3)),
+                           json_string(rows.text(row, 4)), json_or_null(rows, row, 5), rows.text(row, 6),
+                           json_or_null(rows, row, 7))
+                    << '\n';
+            } else {
+                std::cout << fmt::format("{:<36}  {:<22}  {:<24}  {:<9}  {}\n", rows.text(row, 0), rows.text(row, 1),
+                                         rows.text(row, 2), rows.text(row, 3), rows.text(row, 4));
+            }
+        }
+        if (!options.json && static_cast<std::size_t>(rows.rows()) == options.limit) {
+            std::cerr << fmt::format("conveyor scheduled list: showing the first {}; use --limit for more\n",
+                                     options.limit);
+        }
+        co_return kOk;
+    });
+}
+
+int cancel_scheduled(const std::string& pg_url, const std::vector<std::string>& ids) {
+    return with_database(pg_url, "scheduled cancel", [&](pg::Pool& pool) -> asio::awaitable<int> {
+        int exit_code = kOk;
+        for (const auto& id : ids) {
+            const auto cancelled = co_await pool.query(
+                "WITH target AS (SELECT id, state FROM conveyor.scheduled_jobs WHERE id::text = $1 FOR UPDATE), "
+                "cancelled AS (UPDATE conveyor.scheduled_jobs AS jobs SET state = 'cancelled', "
+                "finished_at = clock_timestamp() FROM target WHERE jobs.id = target.id AND target.state = 'pending' "
+                "RETURNING jobs.id) "
+                "SELECT target.state, EXISTS (SELECT 1 FROM cancelled) FROM target",
+                id);
+            if (cancelled.rows() == 0) {
+                std::cerr << fmt::format("conveyor scheduled cancel: no scheduled job {}\n", id);
+                exit_code = kFailed;
+            } else if (cancelled.text(0, 1) == "t") {
+                std::cout << fmt::format("cancelled {}\n", id);
+            } else {
+                std::cerr << fmt::format("conveyor scheduled cancel: {} is {}, not pending; nothing to cancel\n", id,
+                                         cancelled.text(0, 0));
+                exit_code = kFailed;
+            }
+        }
+        co_return exit_code;
+    });
+}
+
+int list_schedules(const std::string& pg_url, bool json) {
+    return with_database(pg_url, "schedules list", [&](pg::Pool& pool) -> asio::awaitable<int> {
+        const auto rows = co_await pool.query(
+            "SELECT name, cron, timezone, type, "
+            "to_char(next_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+            "to_char(last_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), fired, misfired, misfire, "
+            "payload::text FROM conveyor.schedules ORDER BY name");
+        if (!json) {
+            std::cout << fmt::format("{:<24}  {:<18}  {:<16}  {:<22}  {:<20}  {:>7}  {:>6}\n", "NAME", "CRON",
+                                     "TIMEZONE", "TYPE", "NEXT FIRE (UTC)", "FIRED", "MISSED");
+        }
+        for (int row = 0; row < rows.rows(); ++row) {
+            if (json) {
+                std::cout
+                    << fmt::format(
+                           R"({{"name":{},"cron":{},"timezone":{},"type":{},"next_fire_at":{},"last_fire_at":{},"fired":{},"misfired":{},"misfire":{},"payload":{}}})",
+                           json_string(rows.text(row, 0)), json_string(rows.text(row, 1)),
+                           json_string(rows.text(row, 2)), json_string(rows.text(row, 3)), json_or_null(rows, row, 4),
+                           json_string(rows.text(row, 5)), rows.text(row, 6), rows.text(row, 7),
+                           json_string(rows.text(row, 8)), rows.text(row, 9))
+                    << '\n';
+            } else {
+                std::cout << fmt::format("{:<24}  {:<18}  {:<16}  {:<22}  {:<20}  {:>7}  {:>6}\n", rows.text(row, 0),
+                                         rows.text(row, 1), rows.text(row, 2), rows.text(row, 3), or_dash(rows, row, 4),
+                                         rows.text(row, 6), rows.text(row, 7));
+            }
+        }
+        if (!json && rows.rows() == 0) {
+            std::cerr << "conveyor schedules list: no schedules (a conveyor-scheduler with CONVEYOR_SCHEDULES "
+                         "registers them when it leads)\n";
+        }
+        co_return kOk;
+    });
+}
+
+}  // namespace conveyor::cli

@@ -1,0 +1,52 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <span>
+#include <string>
+
+namespace conveyor::scheduler {
+
+/// conveyor-scheduler's configuration: every field is a flag and a CONVEYOR_* environment variable.
+struct SchedulerSettings {
+    /// Broker the relay publishes to (CONVEYOR_AMQP_URL).
+    std::string amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    /// PEM CA file for amqps:// (CONVEYOR_AMQP_CA_FILE); empty skips peer verification.
+    std::string amqp_ca_file;
+    std::chrono::seconds amqp_heartbeat{10};
+    /// Where scheduled jobs and schedule state live (CONVEYOR_PG_URL).
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    std::size_t pg_pool_size = 10;
+    std::chrono::milliseconds pg_statement_timeout{10'000};
+    /// The YAML file of cron schedules (CONVEYOR_SCHEDULES); empty runs no schedules (the relay still runs).
+    std::string schedules_file;
+    /// Rows the relay claims and publishes per transaction (CONVEYOR_RELAY_BATCH).
+    std::size_t relay_batch = 500;
+    /// The relay looks for due rows at least this often, in case a NOTIFY was missed (CONVEYOR_RELAY_POLL_INTERVAL).
+    std::chrono::milliseconds relay_poll_interval{1'000};
+    /// Published and cancelled rows are kept this long; it is also how long an idempotency key is honoured
+    /// (CONVEYOR_SCHEDULED_RETENTION).
+    std::chrono::milliseconds retention{std::chrono::hours(24 * 7)};
+    /// Threads running the io_context (CONVEYOR_THREADS).
+    unsigned threads = 2;
+    /// On SIGTERM, time a relay batch in progress gets to finish (CONVEYOR_SHUTDOWN_GRACE).
+    std::chrono::milliseconds shutdown_grace{10'000};
+    std::string http_address = "127.0.0.1";
+    std::uint16_t http_port = 9465;
+    std::string log_level = "info";
+    /// Identity in logs and in pg_stat_activity (CONVEYOR_SCHEDULER_NAME; default $POD_NAME or the host name).
+    std::string name;
+};
+
+struct SchedulerParseResult {
+    std::optional<SchedulerSettings> settings;  ///< empty when the process should exit (help, or an error)
+    int exit_code = 0;
+};
+
+/// Parses argv and the environment; prints --help to `out` and errors (with what is wrong) to `err`.
+[[nodiscard]] SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv, std::ostream& out,
+                                                            std::ostream& err);
+
+}  // namespace conveyor::scheduler

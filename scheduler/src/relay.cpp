@@ -1,0 +1,244 @@
+#include "relay.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor::scheduler {
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::string_view kChannel = "conveyor_scheduled_jobs";
+// Due rows that another relay holds are published within its round trip to the broker: look again soon.
+constexpr auto kContendedRetry = std::chrono::milliseconds(25);
+constexpr auto kFailureBackoff = std::chrono::seconds(1);
+
+constexpr std::string_view kClaimDue =
+    "SELECT id, type, payload::text, correlation_id, traceparent, "
+    "(extract(epoch FROM greatest(run_at, created_at)) * 1000)::bigint "
+    "FROM conveyor.scheduled_jobs WHERE state = 'pending' AND run_at <= now() "
+    "ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+struct DueJob {
+    std::string id;
+    std::string type;
+    std::string payload;
+    std::optional<std::string> correlation_id;
+    std::string traceparent;
+    std::int64_t due_ms = 0;
+};
+
+std::int64_t epoch_millis() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+/// The job as the wire contract describes it; enqueued-at is when it fell due, so queue-wait metrics measure the
+/// wait from then, not from when it was scheduled.
+amqp::Message to_message(const DueJob& job) {
+    amqp::Message message;
+    message.exchange = std::string(topology::kJobsExchange);
+    message.routing_key = job.type;
+    message.body = job.payload;
+    auto& properties = message.properties;
+    properties.content_type = "application/json";
+    properties.message_id = job.id;
+    properties.correlation_id = job.correlation_id.value_or("");
+    properties.timestamp = static_cast<std::uint64_t>(job.due_ms / 1000);
+    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", job.due_ms);
+    if (!job.traceparent.empty()) {
+        amqp::set_header(properties.headers, "traceparent", job.traceparent);
+    }
+    return message;
+}
+
+std::vector<DueJob> read_due(const pg::Result& rows) {
+    std::vector<DueJob> jobs;
+    jobs.reserve(static_cast<std::size_t>(rows.rows()));
+    for (int row = 0; row < rows.rows(); ++row) {
+        DueJob job;
+        job.id = rows.text(row, 0);
+        job.type = rows.text(row, 1);
+        job.payload = rows.text(row, 2);
+        if (!rows.is_null(row, 3)) {
+            job.correlation_id = std::string(rows.text(row, 3));
+        }
+        job.traceparent = rows.text(row, 4);
+        job.due_ms = rows.integer(row, 5);
+        jobs.push_back(std::move(job));
+    }
+    return jobs;
+}
+
+}  // namespace
+
+Relay::Relay(const asio::any_io_executor& executor, pg::Pool& pool, const pg::Settings& listener_settings,
+             amqp::Connection& publisher, SchedulerMetrics& metrics, RelaySettings settings)
+    : pool_(pool),
+      listener_(executor, listener_settings),
+      publisher_(publisher),
+      metrics_(metrics),
+      settings_(settings) {}
+
+asio::awaitable<Relay::Batch> Relay::publish_due() {
+    Batch batch;
+    if (!publisher_.connected()) {
+        // Claimed rows stay locked while they wait: leave them to a relay whose broker is up.
+        batch.transient_failures = 1;
+        co_return batch;
+    }
+    auto transaction = co_await pool_.begin();
+    const auto rows = co_await transaction.query(kClaimDue, static_cast<std::int64_t>(settings_.batch));
+    const auto jobs = read_due(rows);
+    if (jobs.empty()) {
+        co_await transaction.commit();
+        co_return batch;
+    }
+    // Every publish of the batch is in flight at once: one round of confirms, not one per job.
+    using Publish = decltype(publisher_.async_publish(amqp::Message{}, asio::deferred));
+    std::vector<Publish> publishes;
+    publishes.reserve(jobs.size());
+    for (const auto& job : jobs) {
+        publishes.push_back(publisher_.async_publish(to_message(job), asio::deferred));
+    }
+    auto group = asio::experimental::make_parallel_group(std::move(publishes));
+    auto [order, errors] = co_await group.async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+
+    const auto confirmed_ms = epoch_millis();
+    std::vector<std::string_view> published;
+    std::vector<std::string_view> unroutable;
+    std::string first_failure;
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+        const auto& job = jobs[i];
+        if (!errors[i]) {
+            published.push_back(job.id);
+            metrics_.relay_latency.Observe(static_cast<double>(std::max<std::int64_t>(confirmed_ms - job.due_ms, 0)) /
+                                           1000.0);
+        } else if (errors[i] == amqp::Errc::unroutable) {
+            unroutable.push_back(job.id);
+            spdlog::error(
+                "relay: job {} (type {}, correlation {}) is unroutable: no queue is bound for {} on {}; "
+                "marked failed",
+                job.id, job.type, job.correlation_id.value_or("-"), job.type, topology::kJobsExchange);
+        } else if (batch.transient_failures++ == 0) {
+            first_failure = fmt::format("job {} (type {}, correlation {}): {}", job.id, job.type,
+                                        job.correlation_id.value_or("-"), errors[i].message());
+        }
+    }
+    if (!published.empty()) {
+        const auto ids = pg::text_array(published);
+        co_await transaction.query(
+            "UPDATE conveyor.scheduled_jobs SET state = 'published', finished_at = clock_timestamp() "
+            "WHERE id = ANY($1::uuid[])",
+            ids);
+    }
+    if (!unroutable.empty()) {
+        const auto ids = pg::text_array(unroutable);
+        co_await transaction.query(
+            "UPDATE conveyor.scheduled_jobs SET state = 'failed', finished_at = clock_timestamp(), "
+            "error = 'unroutable: no queue is bound for ' || type || ' on conveyor.jobs' WHERE id = ANY($1::uuid[])",
+            ids);
+    }
+    co_await transaction.commit();
+    metrics_.relay_published.Increment(static_cast<double>(published.size()));
+    metrics_.relay_unroutable.Increment(static_cast<double>(unroutable.size()));
+    if (batch.transient_failures > 0) {
+        spdlog::warn("relay: {} of {} jobs not published, they stay pending for the next try; first: {}",
+                     batch.transient_failures, jobs.size(), first_failure);
+    }
+    batch.settled = published.size() + unroutable.size();
+    co_return batch;
+}
+
+asio::awaitable<std::chrono::milliseconds> Relay::time_until_next_due() {
+    const auto next = co_await pool_.query(
+        "SELECT greatest(0, (extract(epoch FROM (min(run_at) - clock_timestamp())) * 1000)::bigint) "
+        "FROM conveyor.scheduled_jobs WHERE state = 'pending'");
+    if (next.is_null(0, 0)) {
+        co_return settings_.poll_interval;
+    }
+    co_return std::min(std::chrono::milliseconds(next.integer(0, 0)), settings_.poll_interval);
+}
+
+asio::awaitable<void> Relay::wait_for_work(std::chrono::milliseconds longest) {
+    const auto deadline = Clock::now() + longest;
+    if (!listening_) {
+        std::string failure;
+        try {
+            co_await listener_.connect();
+            co_await listener_.query(fmt::format("LISTEN {}", kChannel));
+            listening_ = true;
+            spdlog::info("relay: listening for new jobs on channel {}", kChannel);
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+        if (failure.empty()) {
+            listener_warned_ = false;
+        } else if (!listener_warned_) {
+            listener_warned_ = true;
+            spdlog::warn("relay: cannot LISTEN ({}); looking for due jobs every {} ms until it can", failure,
+                         settings_.poll_interval.count());
+        }
+    }
+    if (listening_) {
+        std::string failure;
+        try {
+            co_await listener_.notifications(deadline);
+            co_return;
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+        listening_ = false;
+        listener_.disconnect();
+        spdlog::warn("relay: lost the LISTEN connection ({}); reconnecting", failure);
+    }
+    asio::steady_timer timer(co_await asio::this_coro::executor, deadline);
+    co_await timer.async_wait(asio::use_awaitable);
+}
+
+asio::awaitable<void> Relay::run(const std::atomic<bool>& stopping) {
+    asio::steady_timer backoff(co_await asio::this_coro::executor);
+    std::string last_failure;
+    while (!stopping) {
+        std::string failure;
+        try {
+            const auto batch = co_await publish_due();
+            if (batch.settled >= settings_.batch) {
+                continue;
+            }
+            auto wait = batch.transient_failures > 0 ? std::chrono::milliseconds(kFailureBackoff)
+                                                     : co_await time_until_next_due();
+            if (wait.count() == 0 && batch.settled == 0) {
+                wait = kContendedRetry;
+            }
+            co_await wait_for_work(wait);
+            if (!last_failure.empty()) {
+                spdlog::info("relay: working again");
+                last_failure.clear();
+            }
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+        if (!failure.empty()) {
+            if (failure != last_failure) {
+                spdlog::error("relay: {}; trying again every {} ms", failure,
+                              std::chrono::milliseconds(kFailureBackoff).count());
+                last_failure = failure;
+            }
+            backoff.expires_after(kFailureBackoff);
+            co_await backoff.async_wait(asio::use_awaitable);
+        }
+    }
+    listener_.disconnect();
+}
+
+}  // namespace conveyor::scheduler

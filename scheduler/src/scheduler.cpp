@@ -1,0 +1,230 @@
+#include "conveyor/scheduler/scheduler.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/http_server.hpp"
+#include "conveyor/core/logging.hpp"
+#include "conveyor/core/metrics.hpp"
+#include "conveyor/core/pg.hpp"
+#include "conveyor/core/topology.hpp"
+#include "firing.hpp"
+#include "relay.hpp"
+#include "scheduler_metrics.hpp"
+
+namespace conveyor::scheduler {
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// The relay, the schedule firing and the housekeeping: the shutdown waits for all three.
+constexpr int kBackgroundCoroutines = 3;
+constexpr auto kProbeInterval = std::chrono::seconds(1);
+constexpr auto kCountInterval = std::chrono::seconds(5);
+constexpr auto kPruneInterval = std::chrono::minutes(1);
+constexpr int kPruneBatch = 10'000;
+constexpr auto kShutdownPoll = std::chrono::milliseconds(10);
+
+pg::Settings database_settings(const SchedulerSettings& settings, std::size_t pool_size, std::string_view role) {
+    pg::Settings database;
+    database.url = settings.pg_url;
+    database.pool_size = pool_size;
+    database.statement_timeout = settings.pg_statement_timeout;
+    database.application_name = fmt::format("conveyor-scheduler {} {}", settings.name, role);
+    return database;
+}
+
+amqp::ConnectionSettings publisher_settings(const SchedulerSettings& settings, amqp::ConnectionObserver& observer) {
+    amqp::ConnectionSettings connection;
+    connection.url = amqp::Url::parse(settings.amqp_url);
+    connection.name = fmt::format("conveyor-scheduler {} publisher", settings.name);
+    connection.tls_ca_file = settings.amqp_ca_file;
+    connection.heartbeat = settings.amqp_heartbeat;
+    connection.observer = &observer;
+    return connection;
+}
+
+}  // namespace
+
+class Scheduler::Impl {
+  public:
+    Impl(asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue, std::vector<Schedule> schedules,
+         std::shared_ptr<prometheus::Registry> registry)
+        : io_(io),
+          settings_(std::move(settings)),
+          catalogue_(std::move(catalogue)),
+          registry_(std::move(registry)),
+          metrics_(*registry_),
+          shutdown_requests_(io_, 1),
+          publisher_(publisher_settings(settings_, metrics_), topology::job_topology(topology::default_families())),
+          pool_(io_.get_executor(), database_settings(settings_, settings_.pg_pool_size, "pool")),
+          http_(io_.get_executor(), settings_.http_address, settings_.http_port),
+          relay_(io_.get_executor(), pool_, database_settings(settings_, 1, "relay listener"), publisher_, metrics_,
+                 RelaySettings{settings_.relay_batch, settings_.relay_poll_interval}),
+          firing_(io_.get_executor(), pool_, database_settings(settings_, 1, "leadership"), std::move(schedules),
+                  metrics_) {}
+
+    asio::awaitable<void> run() {
+        serve_http();
+        publisher_.start();
+        asio::co_spawn(io_, relay_.run(stopping_), background_done("relay"));
+        asio::co_spawn(io_, firing_.run(stopping_), background_done("schedule firing"));
+        asio::co_spawn(io_, housekeeping(), background_done("housekeeping"));
+        spdlog::info("scheduler {} started: HTTP on {}:{}, relay batch {}, poll every {} ms, retention {} s",
+                     settings_.name, settings_.http_address, http_.port(), settings_.relay_batch,
+                     settings_.relay_poll_interval.count(),
+                     std::chrono::duration_cast<std::chrono::seconds>(settings_.retention).count());
+
+        co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
+        draining_ = true;
+        stopping_ = true;
+        spdlog::info("shutdown: finishing the work in progress (at most {} ms)", settings_.shutdown_grace.count());
+        const auto deadline = Clock::now() + settings_.shutdown_grace;
+        asio::steady_timer tick(co_await asio::this_coro::executor);
+        while (finished_ < kBackgroundCoroutines && Clock::now() < deadline) {
+            tick.expires_after(kShutdownPoll);
+            co_await tick.async_wait(asio::use_awaitable);
+        }
+        if (finished_ < kBackgroundCoroutines) {
+            spdlog::warn("shutdown: grace period over; rows being published stay pending and are published again");
+        }
+        publisher_.stop();
+        http_.stop();
+        spdlog::info("scheduler {} stopped", settings_.name);
+    }
+
+    void shutdown() { shutdown_requests_.try_send(boost::system::error_code{}); }
+
+    [[nodiscard]] std::uint16_t http_port() const noexcept { return http_.port(); }
+
+  private:
+    std::function<void(const std::exception_ptr&)> background_done(std::string what) {
+        return [this, what = std::move(what)](const std::exception_ptr& error) {
+            log_failure(what)(error);
+            ++finished_;
+        };
+    }
+
+    void serve_http() {
+        http_.get("/healthz", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+        http_.get("/readyz", [this] {
+            if (draining_) {
+                return HttpResponse{503, "text/plain; charset=utf-8", "draining\n"};
+            }
+            if (!publisher_.connected()) {
+                return HttpResponse{503, "text/plain; charset=utf-8",
+                                    fmt::format("broker not connected: {}\n", publisher_.last_error())};
+            }
+            if (!database_ok_) {
+                return HttpResponse{503, "text/plain; charset=utf-8",
+                                    fmt::format("database {} not usable\n", pg::redacted(settings_.pg_url))};
+            }
+            return HttpResponse{200, "text/plain; charset=utf-8", "ready\n"};
+        });
+        http_.get("/metrics", [this] {
+            return HttpResponse{200, kPrometheusContentType, serialize_metrics(*registry_)};
+        });
+        http_.start();
+    }
+
+    /// Database probe for /readyz, the backlog gauges, and retention of finished rows.
+    asio::awaitable<void> housekeeping() {
+        asio::steady_timer tick(co_await asio::this_coro::executor);
+        auto next_count = Clock::now();
+        auto next_prune = Clock::now() + kPruneInterval;
+        std::string last_failure;
+        while (!stopping_) {
+            std::string failure;
+            try {
+                co_await pool_.query("SELECT 1");
+                if (Clock::now() >= next_count) {
+                    next_count = Clock::now() + kCountInterval;
+                    const auto counts = co_await pool_.query(
+                        "SELECT count(*), count(*) FILTER (WHERE run_at < now() - interval '1 second') "
+                        "FROM conveyor.scheduled_jobs WHERE state = 'pending'");
+                    metrics_.pending.Set(static_cast<double>(counts.integer(0, 0)));
+                    metrics_.overdue.Set(static_cast<double>(counts.integer(0, 1)));
+                }
+                if (Clock::now() >= next_prune) {
+                    next_prune = Clock::now() + kPruneInterval;
+                    co_await prune();
+                }
+            } catch (const std::exception& e) {
+                failure = e.what();
+            }
+            if (failure.empty() && !database_ok_) {
+                spdlog::info("database {} usable", pg::redacted(settings_.pg_url));
+            } else if (!failure.empty() && failure != last_failure) {
+                spdlog::error("database {}: {}", pg::redacted(settings_.pg_url), failure);
+            }
+            database_ok_ = failure.empty();
+            last_failure = failure;
+            tick.expires_after(kProbeInterval);
+            co_await tick.async_wait(asio::use_awaitable);
+        }
+    }
+
+    asio::awaitable<void> prune() {
+        const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(settings_.retention).count();
+        std::int64_t total = 0;
+        while (!stopping_) {
+            const auto deleted = co_await pool_.query(
+                "DELETE FROM conveyor.scheduled_jobs WHERE id IN (SELECT id FROM conveyor.scheduled_jobs "
+                "WHERE state <> 'pending' AND finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+                seconds, kPruneBatch);
+            total += deleted.affected();
+            if (deleted.affected() < kPruneBatch) {
+                break;
+            }
+        }
+        if (total > 0) {
+            spdlog::info("retention: deleted {} finished scheduled jobs older than {} s", total, seconds);
+        }
+    }
+
+    asio::io_context& io_;
+    SchedulerSettings settings_;
+    JobCatalogue catalogue_;
+    std::shared_ptr<prometheus::Registry> registry_;
+    SchedulerMetrics metrics_;
+    asio::experimental::concurrent_channel<void(boost::system::error_code)> shutdown_requests_;
+    amqp::Connection publisher_;
+    pg::Pool pool_;
+    HttpServer http_;
+    Relay relay_;
+    ScheduleFiring firing_;
+    std::atomic<bool> stopping_ = false;
+    std::atomic<bool> draining_ = false;
+    std::atomic<bool> database_ok_ = false;
+    std::atomic<int> finished_ = 0;
+};
+
+Scheduler::Scheduler(asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue,
+                     std::vector<Schedule> schedules, std::shared_ptr<prometheus::Registry> metrics)
+    : impl_(std::make_unique<Impl>(io, std::move(settings), std::move(catalogue), std::move(schedules),
+                                   std::move(metrics))) {}
+
+Scheduler::~Scheduler() = default;
+
+asio::awaitable<void> Scheduler::run() {
+    co_await impl_->run();
+}
+
+void Scheduler::shutdown() {
+    impl_->shutdown();
+}
+
+std::uint16_t Scheduler::http_port() const noexcept {
+    return impl_->http_port();
+}
+
+}  // namespace conveyor::scheduler

@@ -1,0 +1,106 @@
+#include "conveyor/scheduler/settings.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/cli_options.hpp"
+#include "conveyor/core/config.hpp"
+
+namespace conveyor::scheduler {
+
+SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv, std::ostream& out, std::ostream& err) {
+    SchedulerSettings settings;
+    std::string amqp_heartbeat = "10s";
+    std::string pg_statement_timeout = "10s";
+    std::string relay_poll_interval = "1s";
+    std::string retention = "7d";
+    std::string shutdown_grace = "10s";
+
+    CLI::App app{
+        "conveyor-scheduler: fires cron schedules, publishes delayed and transactionally enqueued jobs when they are\n"
+        "due, and serves the HTTP enqueue API. Run several replicas: each fire time is enqueued exactly once.\n"
+        "Every option is also read from the CONVEYOR_* environment variable shown; a flag wins.",
+        "conveyor-scheduler"};
+    app.get_formatter()->column_width(40);
+    app.option_defaults()->always_capture_default();
+    // The broker URL can hold a password: its default is shown, an explicit value never is.
+    app.add_option("--amqp-url", settings.amqp_url, "RabbitMQ URL (amqp:// or amqps://)")
+        ->envname("CONVEYOR_AMQP_URL")
+        ->default_str("amqp://guest:***@127.0.0.1:5672/%2f");
+    app.add_option("--amqp-ca-file", settings.amqp_ca_file, "CA certificate (PEM) to verify an amqps:// broker")
+        ->envname("CONVEYOR_AMQP_CA_FILE")
+        ->check(CLI::ExistingFile);
+    app.add_option("--amqp-heartbeat", amqp_heartbeat, "Heartbeat interval")
+        ->envname("CONVEYOR_AMQP_HEARTBEAT")
+        ->check(duration_validator());
+    app.add_option("--pg-url", settings.pg_url, "PostgreSQL URL (scheduled jobs, schedule state)")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    app.add_option("--pg-pool-size", settings.pg_pool_size, "Database connections at most")
+        ->envname("CONVEYOR_PG_POOL_SIZE")
+        ->check(CLI::Range(std::size_t{2}, std::size_t{1000}));
+    app.add_option("--pg-statement-timeout", pg_statement_timeout, "Limit on each SQL statement")
+        ->envname("CONVEYOR_PG_STATEMENT_TIMEOUT")
+        ->check(duration_validator());
+    app.add_option("--schedules", settings.schedules_file, "YAML file of cron schedules (none: no schedules)")
+        ->envname("CONVEYOR_SCHEDULES")
+        ->check(CLI::ExistingFile);
+    app.add_option("--relay-batch", settings.relay_batch, "Due jobs published per transaction")
+        ->envname("CONVEYOR_RELAY_BATCH")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{10'000}));
+    app.add_option("--relay-poll-interval", relay_poll_interval,
+                   "Longest wait between looks for due jobs (NOTIFY wakes the relay sooner)")
+        ->envname("CONVEYOR_RELAY_POLL_INTERVAL")
+        ->check(duration_validator());
+    app.add_option("--retention", retention,
+                   "How long published and cancelled jobs are kept (and their idempotency keys honoured)")
+        ->envname("CONVEYOR_SCHEDULED_RETENTION")
+        ->check(duration_validator());
+    app.add_option("--threads", settings.threads, "I/O threads")
+        ->envname("CONVEYOR_THREADS")
+        ->check(CLI::Range(1U, 64U));
+    app.add_option("--shutdown-grace", shutdown_grace, "On SIGTERM, time the work in progress gets to finish")
+        ->envname("CONVEYOR_SHUTDOWN_GRACE")
+        ->check(duration_validator());
+    app.add_option("--http-address", settings.http_address, "Address of the HTTP API, /healthz, /readyz, /metrics")
+        ->envname("CONVEYOR_HTTP_ADDRESS");
+    app.add_option("--http-port", settings.http_port, "Port of the HTTP API, /healthz, /readyz, /metrics")
+        ->envname("CONVEYOR_HTTP_PORT");
+    app.add_option("--log-level", settings.log_level, "trace, debug, info, warn, error")
+        ->envname("CONVEYOR_LOG_LEVEL")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+    app.add_option("--name", settings.name, "Replica identity in logs")
+        ->envname("CONVEYOR_SCHEDULER_NAME")
+        ->default_str("$POD_NAME or host name");
+
+    try {
+        app.parse(static_cast<int>(argv.size()), argv.data());
+        (void)amqp::Url::parse(settings.amqp_url);
+        settings.amqp_heartbeat = std::chrono::duration_cast<std::chrono::seconds>(parse_duration(amqp_heartbeat));
+        if (settings.amqp_heartbeat < std::chrono::seconds(1)) {
+            throw std::invalid_argument("--amqp-heartbeat must be at least 1s");
+        }
+        settings.pg_statement_timeout = parse_duration(pg_statement_timeout);
+        settings.relay_poll_interval = parse_duration(relay_poll_interval);
+        settings.retention = parse_duration(retention);
+        settings.shutdown_grace = parse_duration(shutdown_grace);
+        if (settings.pg_statement_timeout.count() == 0 || settings.relay_poll_interval.count() == 0) {
+            throw std::invalid_argument("--pg-statement-timeout and --relay-poll-interval must be greater than zero");
+        }
+        if (settings.retention < std::chrono::minutes(1)) {
+            throw std::invalid_argument("--retention must be at least 1m (idempotency keys live that long)");
+        }
+    } catch (const CLI::ParseError& e) {
+        const int code = app.exit(e, out, err);
+        return {std::nullopt, code == 0 ? 0 : 2};
+    } catch (const std::invalid_argument& e) {
+        err << "conveyor-scheduler: " << e.what() << "\nRun with --help for more information.\n";
+        return {std::nullopt, 2};
+    }
+    if (settings.name.empty()) {
+        settings.name = default_instance_name();
+    }
+    return {std::move(settings), 0};
+}
+
+}  // namespace conveyor::scheduler

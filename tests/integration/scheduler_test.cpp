@@ -1,0 +1,319 @@
+// conveyor-scheduler against the real broker and database: the relay of conveyor.scheduled_jobs (transactional
+// enqueue, delayed jobs, a relay killed mid-batch) and cron schedules fired by two replicas, one of them killed.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <csignal>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "conveyor/core/pg.hpp"
+#include "worker_fixture.hpp"
+
+namespace conveyor::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct SchedulerUnderTest {
+    std::unique_ptr<Process> process;
+    std::uint16_t port;
+
+    [[nodiscard]] double metric(const std::string& name, const std::vector<std::string>& labels = {}) const {
+        auto response = http_get(port, "/metrics");
+        return response ? metric_sum(response->second, name, labels) : 0;
+    }
+    [[nodiscard]] bool ready() const {
+        auto response = http_get(port, "/readyz");
+        return response && response->first == 200;
+    }
+    [[nodiscard]] bool leading() const { return metric("conveyor_scheduler_leader") == 1; }
+};
+
+class SchedulerTest : public WorkerTest {
+  protected:
+    void SetUp() override {
+        WorkerTest::SetUp();
+        database_.query("TRUNCATE conveyor.scheduled_jobs, conveyor.schedules");
+    }
+
+    SchedulerUnderTest start_scheduler(std::vector<std::string> args, const std::string& log_name) {
+        static std::uint16_t next_port = 19560;
+        const auto port = next_port++;
+        args.insert(args.end(), {"--http-address", "127.0.0.1", "--http-port", std::to_string(port), "--amqp-url",
+                                 amqp_url(), "--pg-url", pg_url()});
+        const auto log = std::filesystem::temp_directory_path() / ("conveyor-" + log_name + ".log");
+        SchedulerUnderTest scheduler{std::make_unique<Process>(binary_dir() / "conveyor-scheduler", args, log), port};
+        const bool ready = eventually([&] { return scheduler.ready() || !scheduler.process->running(); }, 30s);
+        if (!ready || !scheduler.process->running()) {
+            ADD_FAILURE() << "scheduler did not become ready; its log:\n" << scheduler.process->log();
+        }
+        return scheduler;
+    }
+
+    static void stop(SchedulerUnderTest& scheduler) {
+        scheduler.process->signal(SIGTERM);
+        const auto status = scheduler.process->wait(15s);
+        EXPECT_EQ(status, std::optional<int>(0)) << scheduler.process->log();
+    }
+
+    std::filesystem::path write_schedules(const std::string& name, const std::string& yaml) {
+        const auto path = std::filesystem::temp_directory_path() / ("conveyor-" + name + ".yaml");
+        std::ofstream(path) << yaml;
+        return path;
+    }
+
+    std::int64_t count(const std::string& where) {
+        return database_.scalar("SELECT count(*) FROM conveyor.scheduled_jobs WHERE " + where);
+    }
+
+    /// Message ids of everything in conveyor.diag, with how often each arrived.
+    std::map<std::string, int> drain_diag_queue(std::size_t expected, std::chrono::milliseconds timeout) {
+        std::map<std::string, int> ids;
+        for (const auto& delivery : broker_.take("conveyor.diag", expected, timeout)) {
+            ++ids[delivery.message.properties.message_id];
+        }
+        // Anything beyond the expected count (duplicates) arrives with the rest; take it too.
+        for (const auto& delivery : broker_.take("conveyor.diag", expected, 1s)) {
+            ++ids[delivery.message.properties.message_id];
+        }
+        return ids;
+    }
+};
+
+TEST_F(SchedulerTest, RolledBackEnqueuesNothingAndCommittedOnesArriveOnceWithTheirIds) {
+    auto scheduler = start_scheduler({}, "scheduler-transactional");
+    // Another system's transaction that enqueues and then fails.
+    EXPECT_THROW(database_.query("DO $$ BEGIN PERFORM conveyor.enqueue('diag.noop', '{}'::jsonb); "
+                                 "RAISE EXCEPTION 'the business transaction failed'; END $$"),
+                 pg::Error);
+    const auto committed = database_.query(
+        "SELECT conveyor.enqueue('diag.noop', jsonb_build_object('n', n), correlation_id => 'order-' || n) "
+        "FROM generate_series(1, 50) AS n");
+    ASSERT_EQ(committed.size(), 50U);
+    ASSERT_TRUE(eventually([&] { return count("state = 'published'") == 50; }, 10s)) << scheduler.process->log();
+
+    const auto ids = drain_diag_queue(50, 10s);
+    EXPECT_EQ(ids.size(), 50U);
+    for (const auto& row : committed) {
+        ASSERT_TRUE(ids.contains(row[0])) << row[0];
+        EXPECT_EQ(ids.at(row[0]), 1);
+    }
+    EXPECT_EQ(count("true"), 50);
+    EXPECT_EQ(scheduler.metric("conveyor_relay_published_total"), 50);
+    stop(scheduler);
+}
+
+TEST_F(SchedulerTest, AnIdempotencyKeyNamesOneJob) {
+    const auto first = database_.query("SELECT conveyor.enqueue('diag.noop', '{}', idempotency_key => 'invoice-7')");
+    const auto again =
+        database_.query("SELECT conveyor.enqueue('diag.noop', '{\"other\": 1}', idempotency_key => 'invoice-7')");
+    EXPECT_EQ(first[0][0], again[0][0]);
+    EXPECT_EQ(count("idempotency_key = 'invoice-7'"), 1);
+    EXPECT_THROW(database_.query("SELECT conveyor.enqueue('not a type', '{}')"), pg::Error);
+    EXPECT_THROW(database_.query("SELECT conveyor.enqueue('diag.noop', '[1]')"), pg::Error);
+}
+
+TEST_F(SchedulerTest, DelayedJobsArePublishedWithinASecondOfTheirTime) {
+    auto scheduler = start_scheduler({}, "scheduler-delayed");
+    constexpr int kJobs = 1000;
+    database_.query(
+        "SELECT conveyor.enqueue('diag.noop', jsonb_build_object('n', n), now() + random() * interval '20 seconds') "
+        "FROM generate_series(1, $1::int) AS n",
+        {std::to_string(kJobs)});
+    // None is published early.
+    std::this_thread::sleep_for(1s);
+    EXPECT_EQ(count("state = 'published' AND finished_at < run_at"), 0);
+    ASSERT_TRUE(eventually([&] { return count("state = 'published'") == kJobs; }, 30s)) << scheduler.process->log();
+
+    const auto lateness = database_.query(
+        "SELECT max(extract(epoch FROM finished_at - run_at) * 1000)::bigint, "
+        "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - run_at) * 1000)::bigint, "
+        "count(*) FILTER (WHERE finished_at < run_at) FROM conveyor.scheduled_jobs");
+    std::cout << fmt::format("delayed jobs: published {} ms after their time at worst, p99 {} ms\n", lateness[0][0],
+                             lateness[0][1]);
+    EXPECT_LT(std::stoll(lateness[0][0]), 1000);
+    EXPECT_EQ(lateness[0][2], "0");
+    EXPECT_EQ(drain_diag_queue(kJobs, 10s).size(), static_cast<std::size_t>(kJobs));
+    stop(scheduler);
+}
+
+TEST_F(SchedulerTest, ARelayKilledMidBatchLosesNothing) {
+    constexpr int kJobs = 20'000;
+    database_.query(
+        "SELECT conveyor.enqueue('diag.noop', jsonb_build_object('n', n)) FROM generate_series(1, $1::int) AS n",
+        {std::to_string(kJobs)});
+    auto first = start_scheduler({"--relay-batch", "500"}, "scheduler-killed-relay");
+    ASSERT_TRUE(eventually([&] { return count("state = 'published'") >= 2000; }, 30s)) << first.process->log();
+    first.process->signal(SIGKILL);
+    first.process->wait(5s);
+    const auto published_before_kill = count("state = 'published'");
+    ASSERT_LT(published_before_kill, kJobs) << "the relay finished before it was killed; nothing was tested";
+
+    auto second = start_scheduler({"--relay-batch", "500"}, "scheduler-after-kill");
+    ASSERT_TRUE(eventually([&] { return count("state = 'published'") == kJobs; }, 60s)) << second.process->log();
+    const auto ids = drain_diag_queue(kJobs, 30s);
+    std::size_t copies = 0;
+    for (const auto& [id, arrivals] : ids) {
+        copies += static_cast<std::size_t>(arrivals);
+    }
+    std::cout << fmt::format("relay killed after {} of {} published: {} distinct jobs arrived, {} duplicates\n",
+                             published_before_kill, kJobs, ids.size(), copies - ids.size());
+    EXPECT_EQ(ids.size(), static_cast<std::size_t>(kJobs));
+    // Only the batch that was between its confirms and its commit can arrive twice (with the same id, which the
+    // receiving job's inbox absorbs).
+    EXPECT_LE(copies - ids.size(), 500U);
+    stop(second);
+}
+
+TEST_F(SchedulerTest, AnUnroutableJobIsMarkedFailedWithItsReason) {
+    auto scheduler = start_scheduler({}, "scheduler-unroutable");
+    const auto id = database_.query("SELECT conveyor.enqueue('nowhere.job', '{}')")[0][0];
+    ASSERT_TRUE(eventually([&] { return count("state = 'failed'") == 1; }, 10s)) << scheduler.process->log();
+    const auto error = database_.query("SELECT error FROM conveyor.scheduled_jobs WHERE id = $1", {id})[0][0];
+    EXPECT_NE(error.find("no queue is bound for nowhere.job"), std::string::npos) << error;
+    EXPECT_NE(scheduler.process->log().find(id), std::string::npos);
+    stop(scheduler);
+}
+
+TEST_F(SchedulerTest, CliSchedulesListsAndCancelsDelayedJobs) {
+    auto scheduler = start_scheduler({}, "scheduler-cli");
+    const auto kept = run_cli({"enqueue", "diag.noop", "--in", "2s", "--pg-url", pg_url()});
+    const auto cancelled = run_cli({"enqueue", "diag.noop", "--in", "3s", "--pg-url", pg_url()});
+    const auto kept_id = kept.substr(0, kept.find('\n'));
+    const auto cancelled_id = cancelled.substr(0, cancelled.find('\n'));
+    const auto listed = run_cli({"scheduled", "--pg-url", pg_url(), "list"});
+    EXPECT_NE(listed.find(kept_id), std::string::npos) << listed;
+    EXPECT_NE(listed.find(cancelled_id), std::string::npos) << listed;
+    EXPECT_NE(run_cli({"scheduled", "--pg-url", pg_url(), "cancel", cancelled_id}).find("cancelled"),
+              std::string::npos);
+
+    const auto ids = drain_diag_queue(1, 10s);
+    EXPECT_EQ(ids.size(), 1U);
+    EXPECT_TRUE(ids.contains(kept_id));
+    std::this_thread::sleep_for(2s);
+    EXPECT_EQ(broker_.ready("conveyor.diag"), 0U) << "a cancelled job was published";
+    EXPECT_EQ(count("state = 'cancelled'"), 1);
+
+    // Cancelling it again, or a published job, is refused with the reason.
+    auto [status, output] =
+        run_command({(binary_dir() / "conveyor").string(), "scheduled", "--pg-url", pg_url(), "cancel", kept_id}, 30s);
+    EXPECT_EQ(status, 1);
+    EXPECT_NE(output.find("published, not pending"), std::string::npos) << output;
+    auto [bad_status, bad_output] = run_command(
+        {(binary_dir() / "conveyor").string(), "enqueue", "diag.noop", "--at", "next tuesday", "--pg-url", pg_url()},
+        30s);
+    EXPECT_EQ(bad_status, 2) << bad_output;
+    stop(scheduler);
+}
+
+TEST_F(SchedulerTest, TwoReplicasFireEachSecondOnceEvenWhenTheLeaderIsKilled) {
+    const auto schedules = write_schedules("every-second", R"(schedules:
+  - name: every-second
+    cron: "* * * * * *"
+    type: diag.noop
+    payload: {source: cron}
+)");
+    auto first = start_scheduler({"--schedules", schedules.string()}, "scheduler-replica-1");
+    auto second = start_scheduler({"--schedules", schedules.string()}, "scheduler-replica-2");
+    ASSERT_TRUE(eventually([&] { return first.leading() || second.leading(); }, 10s));
+    std::this_thread::sleep_for(12s);
+    EXPECT_NE(first.leading(), second.leading()) << "exactly one replica leads";
+    auto& leader = first.leading() ? first : second;
+    auto& standby = first.leading() ? second : first;
+    leader.process->signal(SIGKILL);
+    leader.process->wait(5s);
+    ASSERT_TRUE(eventually([&] { return standby.leading(); }, 5s)) << standby.process->log();
+    std::this_thread::sleep_for(18s);
+    stop(standby);
+
+    const auto fires = database_.query(
+        "SELECT extract(epoch FROM run_at)::bigint, count(*) FROM conveyor.scheduled_jobs "
+        "WHERE source = 'schedule:every-second' GROUP BY run_at ORDER BY run_at");
+    ASSERT_GE(fires.size(), 30U);
+    const auto first_fire = std::stoll(fires.front()[0]);
+    const auto last_fire = std::stoll(fires.back()[0]);
+    // One job per fire time, and no fire time missing between the first and the last, across the kill.
+    EXPECT_EQ(static_cast<std::int64_t>(fires.size()), last_fire - first_fire + 1);
+    for (const auto& fire : fires) {
+        EXPECT_EQ(fire[1], "1") << "fire time " << fire[0];
+    }
+    const auto ids = drain_diag_queue(fires.size(), 10s);
+    EXPECT_EQ(ids.size(), fires.size());
+    std::size_t copies = 0;
+    for (const auto& [id, arrivals] : ids) {
+        copies += static_cast<std::size_t>(arrivals);
+    }
+    EXPECT_EQ(copies, fires.size());
+    const auto state = database_.query("SELECT fired, misfired, next_fire_at IS NOT NULL FROM conveyor.schedules");
+    ASSERT_EQ(state.size(), 1U);
+    EXPECT_EQ(std::stoull(state[0][0]), fires.size());
+    EXPECT_EQ(state[0][1], "0");
+}
+
+TEST_F(SchedulerTest, MissedFireTimesAreCaughtUpOrSkippedByPolicy) {
+    // Both schedules last fired an hour ago, as after an outage of every replica.
+    database_.query(
+        "INSERT INTO conveyor.schedules (name, cron, timezone, type, payload, misfire, last_fire_at) VALUES "
+        "('catching-up', '* * * * *', 'UTC', 'diag.noop', '{}', 'catch_up', date_trunc('minute', now()) - interval "
+        "'1 hour'), "
+        "('skipping', '* * * * *', 'UTC', 'diag.noop', '{}', 'skip', date_trunc('minute', now()) - interval '1 hour')");
+    const auto schedules = write_schedules("misfires", R"(schedules:
+  - name: catching-up
+    cron: "* * * * *"
+    type: diag.noop
+    misfire: catch_up
+    max_catch_up: 3
+    misfire_grace: 1s
+  - name: skipping
+    cron: "* * * * *"
+    type: diag.noop
+    misfire: skip
+    misfire_grace: 1s
+)");
+    auto scheduler = start_scheduler({"--schedules", schedules.string()}, "scheduler-misfires");
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar(
+                       "SELECT count(*) FROM conveyor.schedules "
+                       "WHERE last_fire_at > now() - interval '2 minutes'") == 2;
+        },
+        10s))
+        << scheduler.process->log();
+    stop(scheduler);
+    // 60 fire times since the last one; this minute's may still be within the 1 s grace (then it is on time).
+    const auto caught_up = count("source = 'schedule:catching-up'");
+    const auto skipped = count("source = 'schedule:skipping'");
+    const auto misfired = database_.query("SELECT name, misfired FROM conveyor.schedules ORDER BY name");
+    const auto on_time = caught_up - 3;
+    EXPECT_TRUE(on_time == 0 || on_time == 1) << caught_up;
+    EXPECT_EQ(skipped, on_time);
+    EXPECT_EQ(std::stoi(misfired[0][1]), 57 - on_time) << "catching-up";
+    EXPECT_EQ(std::stoi(misfired[1][1]), 60 - on_time) << "skipping";
+    const auto log = scheduler.process->log();
+    EXPECT_NE(log.find(fmt::format("catching-up missed {} fire times", 57 - on_time)), std::string::npos) << log;
+    EXPECT_NE(log.find(fmt::format("skipping missed {} fire times", 60 - on_time)), std::string::npos) << log;
+}
+
+TEST_F(SchedulerTest, AnInvalidSchedulesFileIsRefusedWithWhereAndWhy) {
+    const auto cases = std::vector<std::pair<std::string, std::string>>{
+        {"cron: \"61 * * * *\"\n    type: diag.noop", "minute"},
+        {"cron: \"* * * * *\"\n    type: diag.nothing", "unknown job type 'diag.nothing'"},
+        {"cron: \"* * * * *\"\n    timezone: Europe/Berln\n    type: diag.noop", "Europe/Berln"},
+        {"cron: \"* * * * *\"\n    type: diag.sleep\n    payload: {ms: -5}", "invalid payload for diag.sleep"},
+        {"cron: \"* * * * *\"\n    type: diag.noop\n    misfire: later", "misfire must be catch_up or skip"},
+    };
+    for (const auto& [entry, expected] : cases) {
+        const auto path = write_schedules("invalid", "schedules:\n  - name: broken\n    " + entry + "\n");
+        auto [status, output] =
+            run_command({(binary_dir() / "conveyor-scheduler").string(), "--schedules", path.string()}, 30s);
+        EXPECT_EQ(status, 2) << output;
+        EXPECT_NE(output.find(expected), std::string::npos) << output;
+        EXPECT_NE(output.find("schedule 'broken'"), std::string::npos) << output;
+    }
+}
+
+}  // namespace
+}  // namespace conveyor::testing
