@@ -10,6 +10,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "api.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/logging.hpp"
@@ -58,7 +59,7 @@ amqp::ConnectionSettings publisher_settings(const SchedulerSettings& settings, a
 class Scheduler::Impl {
   public:
     Impl(asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue, std::vector<Schedule> schedules,
-         std::shared_ptr<prometheus::Registry> registry)
+         std::vector<ApiToken> tokens, std::shared_ptr<prometheus::Registry> registry)
         : io_(io),
           settings_(std::move(settings)),
           catalogue_(std::move(catalogue)),
@@ -71,7 +72,8 @@ class Scheduler::Impl {
           relay_(io_.get_executor(), pool_, database_settings(settings_, 1, "relay listener"), publisher_, metrics_,
                  RelaySettings{settings_.relay_batch, settings_.relay_poll_interval}),
           firing_(io_.get_executor(), pool_, database_settings(settings_, 1, "leadership"), std::move(schedules),
-                  metrics_) {}
+                  metrics_),
+          api_(pool_, catalogue_, std::move(tokens), settings_.api_rate_limit, *registry_) {}
 
     asio::awaitable<void> run() {
         serve_http();
@@ -133,6 +135,8 @@ class Scheduler::Impl {
         http_.get("/metrics", [this] {
             return HttpResponse{200, kPrometheusContentType, serialize_metrics(*registry_)};
         });
+        api_.register_routes(http_);
+        http_.set_body_limit(settings_.api_max_body_bytes);
         http_.start();
     }
 
@@ -202,6 +206,7 @@ class Scheduler::Impl {
     HttpServer http_;
     Relay relay_;
     ScheduleFiring firing_;
+    EnqueueApi api_;
     std::atomic<bool> stopping_ = false;
     std::atomic<bool> draining_ = false;
     std::atomic<bool> database_ok_ = false;
@@ -209,9 +214,10 @@ class Scheduler::Impl {
 };
 
 Scheduler::Scheduler(asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue,
-                     std::vector<Schedule> schedules, std::shared_ptr<prometheus::Registry> metrics)
+                     std::vector<Schedule> schedules, std::vector<ApiToken> tokens,
+                     std::shared_ptr<prometheus::Registry> metrics)
     : impl_(std::make_unique<Impl>(io, std::move(settings), std::move(catalogue), std::move(schedules),
-                                   std::move(metrics))) {}
+                                   std::move(tokens), std::move(metrics))) {}
 
 Scheduler::~Scheduler() = default;
 

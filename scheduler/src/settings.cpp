@@ -66,6 +66,17 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
         ->envname("CONVEYOR_HTTP_ADDRESS");
     app.add_option("--http-port", settings.http_port, "Port of the HTTP API, /healthz, /readyz, /metrics")
         ->envname("CONVEYOR_HTTP_PORT");
+    app.add_option("--api-tokens-file", settings.api_tokens_file,
+                   "YAML file of API tokens: tokens: [{name, sha256, scopes: [enqueue|admin], rate_limit}]")
+        ->envname("CONVEYOR_API_TOKENS_FILE")
+        ->check(CLI::ExistingFile);
+    app.add_option("--api-rate-limit", settings.api_rate_limit,
+                   "API requests per second per token (a token may set its own)")
+        ->envname("CONVEYOR_API_RATE_LIMIT")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--api-max-body-bytes", settings.api_max_body_bytes, "Largest API request body")
+        ->envname("CONVEYOR_API_MAX_BODY_BYTES")
+        ->check(CLI::Range(std::size_t{1024}, std::size_t{256} * 1024 * 1024));
     app.add_option("--log-level", settings.log_level, "trace, debug, info, warn, error")
         ->envname("CONVEYOR_LOG_LEVEL")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));

@@ -317,3 +317,183 @@ TEST_F(SchedulerTest, AnInvalidSchedulesFileIsRefusedWithWhereAndWhy) {
 
 }  // namespace
 }  // namespace conveyor::testing
+
+namespace conveyor::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct ApiResponse {
+    int status = 0;
+    std::map<std::string, std::string> headers;  ///< lower-case names
+    std::string body;
+};
+
+/// The HTTP enqueue API, called with the real curl (as the README shows it).
+class SchedulerApiTest : public SchedulerTest {
+  protected:
+    void SetUp() override {
+        SchedulerTest::SetUp();
+        const auto tokens = write_schedules(
+            "api-tokens", fmt::format(R"(tokens:
+  - name: orders-service
+    sha256: {}
+    scopes: [enqueue]
+    rate_limit: 1000
+  - name: ops
+    sha256: {}
+    scopes: [admin]
+  - name: slow-client
+    sha256: {}
+    scopes: [enqueue]
+    rate_limit: 2
+)",
+                                      sha256("enqueue-secret"), sha256("admin-secret"), sha256("slow-secret")));
+        scheduler_ = start_scheduler({"--api-tokens-file", tokens.string()}, "scheduler-api");
+    }
+
+    void TearDown() override { stop(scheduler_); }
+
+    static std::string sha256(const std::string& secret) {
+        auto [status, output] = run_command({"/bin/sh", "-c", "printf %s '" + secret + "' | sha256sum"}, 10s);
+        return output.substr(0, 64);
+    }
+
+    ApiResponse call(const std::string& method, const std::string& path, const std::string& token,
+                     const std::string& body = {}) {
+        std::vector<std::string> command{"/usr/bin/curl", "-sS", "-i", "-X", method, "-H", "Expect:"};
+        if (!token.empty()) {
+            command.insert(command.end(), {"-H", "Authorization: Bearer " + token});
+        }
+        if (!body.empty()) {
+            const auto file = std::filesystem::temp_directory_path() / "conveyor-api-body.json";
+            std::ofstream(file) << body;
+            command.insert(command.end(),
+                           {"-H", "Content-Type: application/json", "--data-binary", "@" + file.string()});
+        }
+        command.push_back(fmt::format("http://127.0.0.1:{}{}", scheduler_.port, path));
+        auto [status, output] = run_command(command, 60s);
+        EXPECT_EQ(status, 0) << output;
+        ApiResponse response;
+        std::istringstream stream(output);
+        std::string line;
+        std::getline(stream, line);
+        response.status = std::stoi(line.substr(9, 3));
+        while (std::getline(stream, line) && line != "\r" && !line.empty()) {
+            const auto colon = line.find(':');
+            auto name = line.substr(0, colon);
+            std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+            response.headers[name] = line.substr(colon + 2, line.size() - colon - 3);
+        }
+        response.body.assign(std::istreambuf_iterator<char>(stream), {});
+        return response;
+    }
+
+    SchedulerUnderTest scheduler_;
+};
+
+TEST_F(SchedulerApiTest, EnqueuesOneJobAndAnswersWithItsId) {
+    const auto response = call("POST", "/v1/jobs", "enqueue-secret",
+                               R"({"type": "diag.sleep", "payload": {"ms": 1}, "correlation_id": "order-1"})");
+    ASSERT_EQ(response.status, 202) << response.body;
+    const auto id = response.body.substr(7, 36);
+    const auto ids = drain_diag_queue(1, 10s);
+    ASSERT_TRUE(ids.contains(id)) << response.body;
+    const auto row = database_.query("SELECT source, correlation_id FROM conveyor.scheduled_jobs WHERE id = $1", {id});
+    EXPECT_EQ(row[0][0], "api:orders-service");
+    EXPECT_EQ(row[0][1], "order-1");
+}
+
+TEST_F(SchedulerApiTest, RefusesWithTheRightStatusAndAPreciseError) {
+    const auto job = std::string(R"({"type": "diag.noop"})");
+    auto missing = call("POST", "/v1/jobs", "", job);
+    EXPECT_EQ(missing.status, 401);
+    EXPECT_EQ(missing.headers["www-authenticate"], "Bearer realm=\"conveyor\"");
+    EXPECT_EQ(call("POST", "/v1/jobs", "wrong-secret", job).status, 401);
+    auto forbidden = call("GET", "/v1/scheduled", "enqueue-secret");
+    EXPECT_EQ(forbidden.status, 403);
+    EXPECT_NE(forbidden.body.find("lacks the admin scope"), std::string::npos) << forbidden.body;
+
+    auto malformed = call("POST", "/v1/jobs", "enqueue-secret", R"({"type": "diag.noop")");
+    EXPECT_EQ(malformed.status, 400);
+    EXPECT_NE(malformed.body.find("not valid JSON"), std::string::npos) << malformed.body;
+    auto invalid = call("POST", "/v1/jobs", "enqueue-secret",
+                        R"({"jobs": [{"type": "diag.noop"}, {"type": "diag.sleep", "payload": {"ms": "soon"}}]})");
+    EXPECT_EQ(invalid.status, 400);
+    EXPECT_NE(invalid.body.find("jobs[1]: invalid payload for diag.sleep"), std::string::npos) << invalid.body;
+    auto unknown = call("POST", "/v1/jobs", "enqueue-secret", R"({"type": "diag.teleport"})");
+    EXPECT_NE(unknown.body.find("unknown job type 'diag.teleport'"), std::string::npos) << unknown.body;
+    auto bad_time = call("POST", "/v1/jobs", "enqueue-secret", R"({"type": "diag.noop", "run_at": "tomorrow"})");
+    EXPECT_EQ(bad_time.status, 400);
+    EXPECT_NE(bad_time.body.find("RFC 3339"), std::string::npos) << bad_time.body;
+    EXPECT_EQ(count("true"), 0) << "a refused batch enqueues nothing";
+
+    auto oversize =
+        call("POST", "/v1/jobs", "enqueue-secret",
+             fmt::format(R"({{"type": "diag.noop", "payload": {{"pad": "{}"}}}})", std::string(9 * 1024 * 1024, 'x')));
+    EXPECT_EQ(oversize.status, 413);
+
+    int limited = 0;
+    std::string retry_after;
+    for (int i = 0; i < 6; ++i) {
+        auto response = call("POST", "/v1/jobs", "slow-secret", job);
+        if (response.status == 429) {
+            ++limited;
+            retry_after = response.headers["retry-after"];
+        }
+    }
+    EXPECT_GE(limited, 2);
+    EXPECT_EQ(retry_after, "1");
+    const auto metrics = http_get(scheduler_.port, "/metrics")->second;
+    EXPECT_GE(metric_sum(metrics, "conveyor_api_requests_total", {"route=\"/v1/jobs\"", "status=\"429\""}), 2);
+    EXPECT_GE(metric_sum(metrics, "conveyor_api_requests_total", {"route=\"/v1/jobs\"", "status=\"401\""}), 2);
+}
+
+TEST_F(SchedulerApiTest, TheSameIdempotencyKeyGivesTheSameJob) {
+    const auto job = std::string(R"({"type": "diag.noop", "idempotency_key": "payment-42", "delay": "1h"})");
+    const auto first = call("POST", "/v1/jobs", "enqueue-secret", job);
+    const auto again = call("POST", "/v1/jobs", "enqueue-secret", job);
+    ASSERT_EQ(first.status, 202);
+    EXPECT_EQ(first.body, again.body);
+    EXPECT_EQ(count("idempotency_key = 'payment-42'"), 1);
+
+    // Listed, then cancelled, by an admin.
+    const auto id = first.body.substr(7, 36);
+    const auto listed = call("GET", "/v1/scheduled?state=pending&type=diag.noop", "admin-secret");
+    EXPECT_EQ(listed.status, 200);
+    EXPECT_NE(listed.body.find(id), std::string::npos) << listed.body;
+    EXPECT_EQ(call("DELETE", "/v1/scheduled/" + id, "admin-secret").status, 200);
+    EXPECT_EQ(call("DELETE", "/v1/scheduled/" + id, "admin-secret").status, 409);
+    EXPECT_EQ(call("DELETE", "/v1/scheduled/00000000-0000-0000-0000-000000000000", "admin-secret").status, 404);
+    EXPECT_EQ(call("DELETE", "/v1/scheduled/not-an-id", "admin-secret").status, 400);
+    const auto schedules = call("GET", "/v1/schedules", "enqueue-secret");
+    EXPECT_EQ(schedules.status, 200);
+    EXPECT_EQ(schedules.body, "{\"schedules\":[]}\n");
+}
+
+TEST_F(SchedulerApiTest, TenThousandJobsInBatchesAllArrive) {
+    std::set<std::string> accepted;
+    for (int request = 0; request < 10; ++request) {
+        std::string jobs;
+        for (int i = 0; i < 1000; ++i) {
+            jobs += fmt::format(R"({}{{"type":"diag.sleep","payload":{{"ms":{}}}}})", i == 0 ? "" : ",", i % 5);
+        }
+        const auto response = call("POST", "/v1/jobs", "enqueue-secret", R"({"jobs":[)" + jobs + "]}");
+        ASSERT_EQ(response.status, 202) << response.body.substr(0, 300);
+        for (std::size_t at = response.body.find('"', 8); at != std::string::npos && accepted.size() < 100'000;
+             at = response.body.find('"', at + 38)) {
+            if (response.body.size() > at + 37 && response.body[at + 37] == '"') {
+                accepted.insert(response.body.substr(at + 1, 36));
+            }
+        }
+    }
+    ASSERT_EQ(accepted.size(), 10'000U);
+    const auto ids = drain_diag_queue(10'000, 60s);
+    EXPECT_EQ(ids.size(), 10'000U);
+    for (const auto& id : accepted) {
+        ASSERT_TRUE(ids.contains(id)) << id;
+    }
+}
+
+}  // namespace
+}  // namespace conveyor::testing

@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "conveyor/scheduler/api_tokens.hpp"
 #include "conveyor/scheduler/catalogue.hpp"
 #include "conveyor/scheduler/schedules.hpp"
 #include "conveyor/scheduler/settings.hpp"
@@ -14,11 +15,12 @@
 namespace conveyor::scheduler {
 
 /// One conveyor-scheduler replica: the relay that publishes due rows of conveyor.scheduled_jobs, the schedule
-/// firing (on the elected leader), retention of finished rows, and the HTTP endpoints.
+/// firing (on the elected leader), retention of finished rows, the HTTP enqueue API and the health endpoints.
 class Scheduler {
   public:
     Scheduler(boost::asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue,
-              std::vector<Schedule> schedules, std::shared_ptr<prometheus::Registry> metrics);
+              std::vector<Schedule> schedules, std::vector<ApiToken> tokens,
+              std::shared_ptr<prometheus::Registry> metrics);
     ~Scheduler();
     Scheduler(const Scheduler&) = delete;
     Scheduler& operator=(const Scheduler&) = delete;

@@ -35,6 +35,12 @@ struct SchedulerSettings {
     std::chrono::milliseconds shutdown_grace{10'000};
     std::string http_address = "127.0.0.1";
     std::uint16_t http_port = 9465;
+    /// YAML file of API tokens, by SHA-256 (CONVEYOR_API_TOKENS_FILE); without it every API request gets 401.
+    std::string api_tokens_file;
+    /// Requests per second per token unless the token sets its own (CONVEYOR_API_RATE_LIMIT).
+    double api_rate_limit = 100;
+    /// Largest request body (CONVEYOR_API_MAX_BODY_BYTES); a batch of 1,000 jobs must fit.
+    std::size_t api_max_body_bytes = std::size_t{8} * 1024 * 1024;
     std::string log_level = "info";
     /// Identity in logs and in pg_stat_activity (CONVEYOR_SCHEDULER_NAME; default $POD_NAME or the host name).
     std::string name;

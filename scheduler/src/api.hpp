@@ -1,0 +1,54 @@
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <boost/asio/awaitable.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "conveyor/core/http_server.hpp"
+#include "conveyor/core/pg.hpp"
+#include "conveyor/scheduler/api_tokens.hpp"
+#include "conveyor/scheduler/catalogue.hpp"
+
+namespace conveyor::scheduler {
+
+/// The HTTP enqueue API on the scheduler's port:
+///   POST   /v1/jobs             (enqueue)  one job {type, payload, run_at | delay, idempotency_key, correlation_id,
+///                                          traceparent} or {"jobs": [...]} (up to 1,000) → 202 {"id"} / {"ids"}
+///   GET    /v1/scheduled        (admin)    scheduled jobs: ?state=pending|published|cancelled|failed|all&type=&limit=
+///   DELETE /v1/scheduled/{id}   (admin)    cancels a pending job
+///   GET    /v1/schedules        (any)      the cron schedules with their next fire times
+/// Every request needs `Authorization: Bearer <token>`; errors are JSON {"error": "..."}. A batch is accepted or
+/// refused whole, in one transaction, after every job was checked against the catalogue.
+class EnqueueApi {
+  public:
+    EnqueueApi(pg::Pool& pool, const JobCatalogue& catalogue, std::vector<ApiToken> tokens, double rate_limit,
+               prometheus::Registry& metrics);
+
+    void register_routes(HttpServer& server);
+
+  private:
+    using Handler = std::function<boost::asio::awaitable<HttpResponse>(const HttpRequest&, const ApiToken&)>;
+
+    /// Authentication, scope, rate limit, metrics and error handling around a handler.
+    HttpServer::AsyncRoute guarded(std::string route, std::optional<Scope> scope, Handler handler);
+    std::optional<HttpResponse> refuse(const HttpRequest& request, std::optional<Scope> scope, const ApiToken*& token);
+
+    boost::asio::awaitable<HttpResponse> enqueue(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> list_scheduled(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> cancel_scheduled(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> list_schedules(const HttpRequest& request, const ApiToken& token);
+
+    pg::Pool& pool_;
+    const JobCatalogue& catalogue_;
+    std::vector<ApiToken> tokens_;
+    RateLimiter limiter_;
+    prometheus::Family<prometheus::Counter>& requests_;
+    prometheus::Family<prometheus::Histogram>& latency_;
+};
+
+}  // namespace conveyor::scheduler
