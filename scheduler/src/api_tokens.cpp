@@ -15,6 +15,9 @@ namespace conveyor::scheduler {
 
 namespace {
 
+// One request in about 17 minutes: slower limits are a mistake, and would overflow Retry-After.
+constexpr double kMinRate = 0.001;
+
 std::optional<std::array<unsigned char, 32>> parse_hex_digest(std::string_view hex) {
     std::array<unsigned char, 32> digest{};
     if (hex.size() != 64) {
@@ -41,16 +44,16 @@ ApiToken parse_token(const YAML::Node& entry, std::string_view origin, std::size
     if (!entry.IsMap()) {
         fail("expected a mapping with name, sha256, scopes");
     }
+    if (!entry["name"] || !entry["name"].IsScalar() || entry["name"].Scalar().empty()) {
+        fail("'name' is required");
+    }
+    token.name = entry["name"].Scalar();
     for (const auto& key : entry) {
         const auto text = key.first.as<std::string>();
         if (text != "name" && text != "sha256" && text != "scopes" && text != "rate_limit") {
             fail(fmt::format("unknown key '{}' (known: name, sha256, scopes, rate_limit)", text));
         }
     }
-    if (!entry["name"] || !entry["name"].IsScalar() || entry["name"].Scalar().empty()) {
-        fail("'name' is required");
-    }
-    token.name = entry["name"].Scalar();
     if (!entry["sha256"] || !entry["sha256"].IsScalar()) {
         fail("'sha256' is required: the token's SHA-256 in hex (e.g. printf %s \"$TOKEN\" | sha256sum)");
     }
@@ -79,8 +82,8 @@ ApiToken parse_token(const YAML::Node& entry, std::string_view origin, std::size
         double rate = 0;
         const auto& text = limit.Scalar();
         const auto [rest, error] = std::from_chars(text.data(), text.data() + text.size(), rate);
-        if (error != std::errc{} || rest != text.data() + text.size() || !(rate > 0)) {
-            fail(fmt::format("'rate_limit' must be a positive number of requests per second, not '{}'", text));
+        if (error != std::errc{} || rest != text.data() + text.size() || !(rate >= kMinRate)) {
+            fail(fmt::format("'rate_limit' must be at least {} requests per second, not '{}'", kMinRate, text));
         }
         token.rate_limit = rate;
     }

@@ -73,7 +73,7 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
     app.add_option("--api-rate-limit", settings.api_rate_limit,
                    "API requests per second per token (a token may set its own)")
         ->envname("CONVEYOR_API_RATE_LIMIT")
-        ->check(CLI::PositiveNumber);
+        ->check(CLI::Range(0.001, 1e9));
     app.add_option("--api-max-body-bytes", settings.api_max_body_bytes, "Largest API request body")
         ->envname("CONVEYOR_API_MAX_BODY_BYTES")
         ->check(CLI::Range(std::size_t{1024}, std::size_t{256} * 1024 * 1024));
