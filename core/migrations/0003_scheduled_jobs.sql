@@ -15,10 +15,15 @@ CREATE TABLE conveyor.scheduled_jobs (
     state           text NOT NULL DEFAULT 'pending',
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at     timestamptz,
-    -- Why a row could not be published (no queue is bound for its type).
+    -- Failed publish attempts (the broker nacked the job or the connection dropped mid-publish) and when the next
+    -- may be made: a job that keeps failing backs off instead of holding up the jobs due after it.
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    -- Why the last publish failed, or why the row could not be published at all (state failed).
     error           text,
     CONSTRAINT scheduled_jobs_type CHECK (length(type) <= 255 AND type ~ '^[a-z0-9_-]+(\.[a-z0-9_-]+)+$'),
     CONSTRAINT scheduled_jobs_payload CHECK (jsonb_typeof(payload) = 'object'),
+    CONSTRAINT scheduled_jobs_run_at CHECK (isfinite(run_at)),
     CONSTRAINT scheduled_jobs_state CHECK (state IN ('pending', 'published', 'cancelled', 'failed')),
     CONSTRAINT scheduled_jobs_idempotency_key CHECK (length(idempotency_key) BETWEEN 1 AND 255)
 );
@@ -81,6 +86,10 @@ CREATE TABLE conveyor.schedules (
     next_fire_at timestamptz,
     fired        bigint NOT NULL DEFAULT 0,
     misfired     bigint NOT NULL DEFAULT 0,
+    -- In the leading replica's schedules file. A schedule missing from it is kept, inactive, with its
+    -- last_fire_at, so a replica with an older file leading for a while (a rolling update) loses nothing: once
+    -- active again, the fire times it missed meanwhile go through its misfire policy.
+    active       boolean NOT NULL DEFAULT true,
     updated_at   timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT schedules_misfire CHECK (misfire IN ('catch_up', 'skip'))
 );

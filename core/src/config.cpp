@@ -10,6 +10,29 @@
 
 namespace conveyor {
 
+namespace {
+
+std::string utc_date_time(std::chrono::sys_seconds at) {
+    const auto day = std::chrono::floor<std::chrono::days>(at);
+    const std::chrono::year_month_day date(day);
+    const std::chrono::hh_mm_ss time(at - day);
+    return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", static_cast<int>(date.year()),
+                       static_cast<unsigned>(date.month()), static_cast<unsigned>(date.day()), time.hours().count(),
+                       time.minutes().count(), time.seconds().count());
+}
+
+}  // namespace
+
+std::string utc_timestamp(std::chrono::system_clock::time_point at) {
+    const auto millis = std::chrono::floor<std::chrono::milliseconds>(at);
+    const auto seconds = std::chrono::floor<std::chrono::seconds>(millis);
+    return fmt::format("{}.{:03}Z", utc_date_time(seconds), (millis - seconds).count());
+}
+
+std::string utc_timestamp_seconds(std::chrono::sys_seconds at) {
+    return utc_date_time(at) + "Z";
+}
+
 std::chrono::milliseconds parse_duration(std::string_view text) {
     std::int64_t value = 0;
     const auto* begin = text.data();

@@ -441,8 +441,13 @@ class Connection {
         // A statement whose caller gave up (a cancelled job, the client deadline) loses its connection, which is
         // closed at once; the server checks for a vanished client every second and stops the statement there
         // instead of running on, holding its locks, until the statement timeout.
-        const auto timeout = fmt::format("-c statement_timeout={} -c client_connection_check_interval=1000",
-                                         settings_.statement_timeout.count());
+        // Keepalives on the server's side of the connection: a client whose host or network vanished without a
+        // FIN (no crash to close the socket) is noticed within about 11 s instead of the kernel's two hours, and
+        // what its session held (row locks, the scheduler's advisory lock on leadership) is released.
+        const auto timeout = fmt::format(
+            "-c statement_timeout={} -c client_connection_check_interval=1000 -c tcp_keepalives_idle=5 "
+            "-c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+            settings_.statement_timeout.count());
         if (auto* existing = find("options")) {
             *existing += " " + timeout;
         } else {
@@ -450,6 +455,14 @@ class Connection {
         }
         if (find("application_name") == nullptr) {
             parameters.emplace_back("application_name", settings_.application_name);
+        }
+        // The same on our side, so a session whose server vanished fails instead of waiting on a dead socket.
+        for (const auto& [keyword, value] :
+             {std::pair{"keepalives", "1"}, std::pair{"keepalives_idle", "5"}, std::pair{"keepalives_interval", "2"},
+              std::pair{"keepalives_count", "3"}}) {
+            if (find(keyword) == nullptr) {
+                parameters.emplace_back(keyword, value);
+            }
         }
         // GSSAPI negotiation can call into Kerberos libraries that block.
         if (find("gssencmode") == nullptr) {

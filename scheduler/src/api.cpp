@@ -1,6 +1,5 @@
 #include "api.hpp"
 
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <simdjson.h>
 #include <spdlog/spdlog.h>
@@ -9,6 +8,7 @@
 #include <boost/json/object.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
+#include <memory>
 #include <regex>
 
 #include "conveyor/core/config.hpp"
@@ -21,6 +21,7 @@ namespace {
 constexpr std::size_t kMaxBatch = 1000;
 constexpr std::size_t kMaxIdentifierBytes = 255;
 constexpr std::int64_t kMaxListed = 1000;
+constexpr auto kMaxDelay = std::chrono::hours(24 * 365 * 10);
 
 // RFC 3339 with an explicit offset: a time without one would be read in the database session's time zone.
 const std::regex kTimestamp(R"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}(:?\d{2})?))");
@@ -62,8 +63,7 @@ std::string bounded_string(simdjson::dom::element value, std::string_view field,
 }
 
 std::string run_at_after(std::chrono::milliseconds delay) {
-    const auto due = std::chrono::floor<std::chrono::milliseconds>(std::chrono::system_clock::now()) + delay;
-    return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", due);
+    return utc_timestamp(std::chrono::system_clock::now() + delay);
 }
 
 ApiJob read_job(simdjson::dom::element element, const JobCatalogue& catalogue) {
@@ -96,7 +96,7 @@ ApiJob read_job(simdjson::dom::element element, const JobCatalogue& catalogue) {
             double seconds = 0;
             std::string_view text;
             if (field.value.get(seconds) == simdjson::SUCCESS) {
-                if (!(seconds >= 0) || seconds > 10.0 * 365 * 86400) {
+                if (!(seconds >= 0) || seconds > std::chrono::duration<double>(kMaxDelay).count()) {
                     throw InvalidJob("delay must be from 0 to 10 years of seconds");
                 }
                 delay = std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
@@ -105,6 +105,9 @@ ApiJob read_job(simdjson::dom::element element, const JobCatalogue& catalogue) {
                     delay = parse_duration(text);
                 } catch (const std::invalid_argument& e) {
                     throw InvalidJob(fmt::format("delay: {}", e.what()));
+                }
+                if (delay > kMaxDelay) {
+                    throw InvalidJob("delay must be at most 10 years");
                 }
             } else {
                 throw InvalidJob("delay must be seconds (a number) or a duration such as \"90s\"");
@@ -211,6 +214,9 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scop
     return [this, route = std::move(route), scope, handler = std::move(handler),
             &latency](const HttpRequest& request) -> asio::awaitable<HttpResponse> {
         const auto started = std::chrono::steady_clock::now();
+        ++in_flight_;
+        const std::unique_ptr<std::atomic<int>, void (*)(std::atomic<int>*)> counted(
+            &in_flight_, [](std::atomic<int>* count) { --*count; });
         const ApiToken* token = nullptr;
         auto refusal = refuse(request, scope, token);
         HttpResponse response;
@@ -223,7 +229,7 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scop
                 response = co_await handler(request, *token);
             } catch (const pg::Error& e) {
                 failure = e.what();
-                unavailable = e.sqlstate().starts_with("08") || e.sqlstate() == "57014";
+                unavailable = e.transient();
                 if (e.sqlstate().starts_with("22")) {
                     response = error_response(400, e.what());
                     failure.clear();
@@ -231,7 +237,7 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scop
             }
             if (!failure.empty()) {
                 spdlog::error("api: {} {} (token {}): {}", request.method, request.path, token->name, failure);
-                response = unavailable ? error_response(503, "the database is unavailable; try again")
+                response = unavailable ? error_response(503, "the database is busy or unavailable; try again")
                                        : error_response(500, "internal error");
                 if (unavailable) {
                     response.headers.emplace_back("Retry-After", "1");
@@ -421,7 +427,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_schedules(const HttpRequest& /*re
         "SELECT name, cron, timezone, type, payload::text, misfire, "
         "to_char(next_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
         "to_char(last_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), fired, misfired "
-        "FROM conveyor.schedules ORDER BY name");
+        "FROM conveyor.schedules WHERE active ORDER BY name");
     boost::json::array schedules;
     for (int row = 0; row < rows.rows(); ++row) {
         schedules.emplace_back(boost::json::object{

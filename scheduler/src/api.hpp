@@ -4,6 +4,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <atomic>
 #include <boost/asio/awaitable.hpp>
 #include <optional>
 #include <string>
@@ -31,6 +32,9 @@ class EnqueueApi {
 
     void register_routes(HttpServer& server);
 
+    /// Requests being handled right now; the shutdown waits for them, since they use the database pool.
+    [[nodiscard]] int in_flight() const noexcept { return in_flight_; }
+
   private:
     using Handler = std::function<boost::asio::awaitable<HttpResponse>(const HttpRequest&, const ApiToken&)>;
 
@@ -49,6 +53,7 @@ class EnqueueApi {
     RateLimiter limiter_;
     prometheus::Family<prometheus::Counter>& requests_;
     prometheus::Family<prometheus::Histogram>& latency_;
+    std::atomic<int> in_flight_ = 0;
 };
 
 }  // namespace conveyor::scheduler

@@ -1,6 +1,5 @@
 #include "firing.hpp"
 
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -8,6 +7,8 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <deque>
+
+#include "conveyor/core/config.hpp"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
@@ -24,10 +25,6 @@ constexpr auto kLeadershipCheck = std::chrono::seconds(1);
 constexpr std::size_t kMaxMissedWalk = 100'000;
 constexpr auto kFirstMisfireWindow = std::chrono::minutes(1);
 constexpr int kMisfireWindowGrowth = 8;
-
-std::string iso_utc(std::chrono::sys_seconds at) {
-    return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", at);
-}
 
 std::chrono::sys_seconds now_seconds() {
     return std::chrono::floor<std::chrono::seconds>(SystemClock::now());
@@ -110,7 +107,13 @@ ScheduleFiring::ScheduleFiring(const asio::any_io_executor& executor, pg::Pool& 
       session_(executor, session_settings),
       schedules_(std::move(schedules)),
       metrics_(metrics),
-      next_due_(schedules_.size()) {}
+      next_due_(schedules_.size()) {
+    // Each schedule's series exist from the start at 0, so increase() and absent-fire alerts see them.
+    for (const auto& schedule : schedules_) {
+        (void)metrics_.fired(schedule.name);
+        (void)metrics_.misfired(schedule.name);
+    }
+}
 
 asio::awaitable<bool> ScheduleFiring::hold_leadership() {
     std::string failure;
@@ -145,19 +148,26 @@ asio::awaitable<void> ScheduleFiring::adopt_schedules() {
         names.push_back(schedule.name);
         const auto zone = schedule.zone.name();
         const auto misfire = to_string(schedule.misfire);
+        // A changed expression or zone starts from now: the old last fire time says nothing about the new times.
         co_await transaction.query(
-            "INSERT INTO conveyor.schedules (name, cron, timezone, type, payload, misfire, last_fire_at) "
+            "INSERT INTO conveyor.schedules AS s (name, cron, timezone, type, payload, misfire, last_fire_at) "
             "VALUES ($1, $2, $3, $4, $5::jsonb, $6, date_trunc('second', now())) "
-            "ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone, "
-            "type = excluded.type, payload = excluded.payload, misfire = excluded.misfire, updated_at = now()",
+            "ON CONFLICT (name) DO UPDATE SET last_fire_at = CASE WHEN s.cron <> excluded.cron "
+            "OR s.timezone <> excluded.timezone THEN greatest(s.last_fire_at, excluded.last_fire_at) "
+            "ELSE s.last_fire_at END, cron = excluded.cron, timezone = excluded.timezone, type = excluded.type, "
+            "payload = excluded.payload, misfire = excluded.misfire, active = true, updated_at = now()",
             schedule.name, schedule.cron.text(), zone, schedule.type, schedule.payload, misfire);
     }
-    // The leader's file is the truth: a schedule removed from it stops firing and leaves the list.
     const auto kept = pg::text_array(names);
-    const auto removed =
-        co_await transaction.query("DELETE FROM conveyor.schedules WHERE name <> ALL($1::text[]) RETURNING name", kept);
-    for (int row = 0; row < removed.rows(); ++row) {
-        spdlog::info("scheduler: schedule {} is no longer in the schedules file; removed", removed.text(row, 0));
+    const auto retired = co_await transaction.query(
+        "UPDATE conveyor.schedules SET active = false, next_fire_at = NULL, updated_at = now() "
+        "WHERE active AND name <> ALL($1::text[]) RETURNING name",
+        kept);
+    for (int row = 0; row < retired.rows(); ++row) {
+        spdlog::warn(
+            "scheduler: schedule {} is not in this replica's schedules file; it does not fire while this "
+            "replica leads",
+            retired.text(row, 0));
     }
     co_await transaction.commit();
     std::fill(next_due_.begin(), next_due_.end(), std::optional<SysSeconds>(now_seconds()));
@@ -166,7 +176,8 @@ asio::awaitable<void> ScheduleFiring::adopt_schedules() {
 asio::awaitable<std::optional<std::chrono::sys_seconds>> ScheduleFiring::fire(const Schedule& schedule) {
     auto transaction = co_await pool_.begin();
     const auto state = co_await transaction.query(
-        "SELECT floor(extract(epoch FROM last_fire_at))::bigint FROM conveyor.schedules WHERE name = $1 FOR UPDATE",
+        "SELECT floor(extract(epoch FROM last_fire_at))::bigint FROM conveyor.schedules WHERE name = $1 AND active "
+        "FOR UPDATE",
         schedule.name);
     if (state.rows() == 0) {
         // Another leader's file does not have it (a rolling update): not ours to fire until we lead again.
@@ -181,7 +192,7 @@ asio::awaitable<std::optional<std::chrono::sys_seconds>> ScheduleFiring::fire(co
         std::vector<std::string> times;
         times.reserve(plan.enqueue.size());
         for (const auto at : plan.enqueue) {
-            times.push_back(iso_utc(at));
+            times.push_back(utc_timestamp_seconds(at));
         }
         const auto fire_array = pg::text_array(times);
         const auto inserted = co_await transaction.query(
@@ -194,8 +205,8 @@ asio::awaitable<std::optional<std::chrono::sys_seconds>> ScheduleFiring::fire(co
         enqueued = inserted.affected();
     }
     const auto next = next_fire(schedule.cron, schedule.zone, std::max(plan.handled_until, now));
-    const std::optional<std::string> next_text = next ? std::optional(iso_utc(*next)) : std::nullopt;
-    const auto handled_text = iso_utc(plan.handled_until);
+    const std::optional<std::string> next_text = next ? std::optional(utc_timestamp_seconds(*next)) : std::nullopt;
+    const auto handled_text = utc_timestamp_seconds(plan.handled_until);
     co_await transaction.query(
         "UPDATE conveyor.schedules SET last_fire_at = $2::timestamptz, next_fire_at = $3::timestamptz, "
         "fired = fired + $4, misfired = misfired + $5, updated_at = now() WHERE name = $1",
@@ -211,7 +222,7 @@ asio::awaitable<std::optional<std::chrono::sys_seconds>> ScheduleFiring::fire(co
         spdlog::warn(
             "scheduler: {} missed {}{} fire times since {} by more than its grace of {} ms; {} ({} enqueued "
             "late)",
-            schedule.name, plan.misfires_uncounted ? "at least " : "", plan.misfired, iso_utc(last),
+            schedule.name, plan.misfires_uncounted ? "at least " : "", plan.misfired, utc_timestamp_seconds(last),
             schedule.misfire_grace.count(),
             schedule.misfire == Misfire::catch_up ? "caught up on the latest" : "skipped them",
             schedule.misfire == Misfire::catch_up ? plan.enqueue.size() : 0);
@@ -221,6 +232,11 @@ asio::awaitable<std::optional<std::chrono::sys_seconds>> ScheduleFiring::fire(co
 
 asio::awaitable<void> ScheduleFiring::run(const std::atomic<bool>& stopping) {
     asio::system_timer timer(co_await asio::this_coro::executor);
+    if (schedules_.empty()) {
+        // Nothing to fire: leading would only take the lead from a replica that has schedules.
+        spdlog::info("scheduler: no schedules; this replica relays and serves the API but never leads");
+        co_return;
+    }
     bool led = false;
     std::string last_failure;
     while (!stopping) {

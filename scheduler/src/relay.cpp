@@ -18,14 +18,19 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr std::string_view kChannel = "conveyor_scheduled_jobs";
-// Due rows that another relay holds are published within its round trip to the broker: look again soon.
+// Due rows that another relay holds are usually published within its round trip to the broker: look again soon,
+// then less and less often while they stay held (a relay waiting on a blocked broker).
 constexpr auto kContendedRetry = std::chrono::milliseconds(25);
 constexpr auto kFailureBackoff = std::chrono::seconds(1);
+// A job the broker keeps refusing (nacks, or a connection that drops whenever it is published) backs off from 1 s
+// to 5 min per attempt, so the jobs due after it go first; after this many attempts, about four hours, it is failed.
+constexpr int kMaxPublishAttempts = 50;
 
 constexpr std::string_view kClaimDue =
     "SELECT id, type, payload::text, correlation_id, traceparent, "
     "(extract(epoch FROM greatest(run_at, created_at)) * 1000)::bigint "
     "FROM conveyor.scheduled_jobs WHERE state = 'pending' AND run_at <= now() "
+    "AND (next_attempt_at IS NULL OR next_attempt_at <= now()) "
     "ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 struct DueJob {
@@ -116,6 +121,8 @@ asio::awaitable<Relay::Batch> Relay::publish_due() {
     const auto confirmed_ms = epoch_millis();
     std::vector<std::string_view> published;
     std::vector<std::string_view> unroutable;
+    std::vector<std::string_view> refused;
+    std::vector<std::string> refusals;
     std::string first_failure;
     for (std::size_t i = 0; i < jobs.size(); ++i) {
         const auto& job = jobs[i];
@@ -129,9 +136,13 @@ asio::awaitable<Relay::Batch> Relay::publish_due() {
                 "relay: job {} (type {}, correlation {}) is unroutable: no queue is bound for {} on {}; "
                 "marked failed",
                 job.id, job.type, job.correlation_id.value_or("-"), job.type, topology::kJobsExchange);
-        } else if (batch.transient_failures++ == 0) {
-            first_failure = fmt::format("job {} (type {}, correlation {}): {}", job.id, job.type,
-                                        job.correlation_id.value_or("-"), errors[i].message());
+        } else {
+            refused.push_back(job.id);
+            refusals.push_back(errors[i].message());
+            if (batch.transient_failures++ == 0) {
+                first_failure = fmt::format("job {} (type {}, correlation {}): {}", job.id, job.type,
+                                            job.correlation_id.value_or("-"), errors[i].message());
+            }
         }
     }
     if (!published.empty()) {
@@ -148,11 +159,31 @@ asio::awaitable<Relay::Batch> Relay::publish_due() {
             "error = 'unroutable: no queue is bound for ' || type || ' on conveyor.jobs' WHERE id = ANY($1::uuid[])",
             ids);
     }
+    if (!refused.empty()) {
+        const auto ids = pg::text_array(refused);
+        const auto reasons = pg::text_array(refusals);
+        const auto given_up = co_await transaction.query(
+            "UPDATE conveyor.scheduled_jobs AS jobs SET attempts = jobs.attempts + 1, "
+            "next_attempt_at = now() + least(interval '1 second' * power(2, jobs.attempts), interval '5 minutes'), "
+            "error = 'publish failed: ' || r.reason, "
+            "state = CASE WHEN jobs.attempts + 1 >= $3 THEN 'failed' ELSE jobs.state END, "
+            "finished_at = CASE WHEN jobs.attempts + 1 >= $3 THEN clock_timestamp() END "
+            "FROM unnest($1::uuid[], $2::text[]) AS r(id, reason) WHERE jobs.id = r.id "
+            "RETURNING jobs.id, jobs.type, jobs.correlation_id, jobs.state",
+            ids, reasons, kMaxPublishAttempts);
+        for (int row = 0; row < given_up.rows(); ++row) {
+            if (given_up.text(row, 3) == "failed") {
+                spdlog::error("relay: job {} (type {}, correlation {}) was refused {} times; marked failed",
+                              given_up.text(row, 0), given_up.text(row, 1),
+                              given_up.is_null(row, 2) ? "-" : given_up.text(row, 2), kMaxPublishAttempts);
+            }
+        }
+    }
     co_await transaction.commit();
     metrics_.relay_published.Increment(static_cast<double>(published.size()));
     metrics_.relay_unroutable.Increment(static_cast<double>(unroutable.size()));
     if (batch.transient_failures > 0) {
-        spdlog::warn("relay: {} of {} jobs not published, they stay pending for the next try; first: {}",
+        spdlog::warn("relay: {} of {} jobs not published; they are tried again with backoff; first: {}",
                      batch.transient_failures, jobs.size(), first_failure);
     }
     batch.settled = published.size() + unroutable.size();
@@ -161,8 +192,8 @@ asio::awaitable<Relay::Batch> Relay::publish_due() {
 
 asio::awaitable<std::chrono::milliseconds> Relay::time_until_next_due() {
     const auto next = co_await pool_.query(
-        "SELECT greatest(0, (extract(epoch FROM (min(run_at) - clock_timestamp())) * 1000)::bigint) "
-        "FROM conveyor.scheduled_jobs WHERE state = 'pending'");
+        "SELECT greatest(0, (extract(epoch FROM (min(greatest(run_at, coalesce(next_attempt_at, run_at))) "
+        "- clock_timestamp())) * 1000)::bigint) FROM conveyor.scheduled_jobs WHERE state = 'pending'");
     if (next.is_null(0, 0)) {
         co_return settings_.poll_interval;
     }
@@ -175,7 +206,8 @@ asio::awaitable<void> Relay::wait_for_work(std::chrono::milliseconds longest) {
         std::string failure;
         try {
             co_await listener_.connect();
-            co_await listener_.query(fmt::format("LISTEN {}", kChannel));
+            const auto listen = fmt::format("LISTEN {}", kChannel);
+            co_await listener_.query(listen);
             listening_ = true;
             spdlog::info("relay: listening for new jobs on channel {}", kChannel);
         } catch (const std::exception& e) {
@@ -208,17 +240,24 @@ asio::awaitable<void> Relay::wait_for_work(std::chrono::milliseconds longest) {
 asio::awaitable<void> Relay::run(const std::atomic<bool>& stopping) {
     asio::steady_timer backoff(co_await asio::this_coro::executor);
     std::string last_failure;
+    auto contended_wait = kContendedRetry;
     while (!stopping) {
         std::string failure;
         try {
             const auto batch = co_await publish_due();
             if (batch.settled >= settings_.batch) {
+                contended_wait = kContendedRetry;
                 continue;
             }
-            auto wait = batch.transient_failures > 0 ? std::chrono::milliseconds(kFailureBackoff)
-                                                     : co_await time_until_next_due();
+            std::chrono::milliseconds wait = kFailureBackoff;
+            if (batch.transient_failures == 0) {
+                wait = co_await time_until_next_due();
+            }
             if (wait.count() == 0 && batch.settled == 0) {
-                wait = kContendedRetry;
+                wait = contended_wait;
+                contended_wait = std::min<std::chrono::milliseconds>(contended_wait * 2, kFailureBackoff);
+            } else {
+                contended_wait = kContendedRetry;
             }
             co_await wait_for_work(wait);
             if (!last_failure.empty()) {

@@ -97,10 +97,19 @@ class Scheduler::Impl {
             co_await tick.async_wait(asio::use_awaitable);
         }
         if (finished_ < kBackgroundCoroutines) {
-            spdlog::warn("shutdown: grace period over; rows being published stay pending and are published again");
+            spdlog::warn(
+                "shutdown: grace period over; publishes still waiting for the broker fail, and their rows "
+                "stay pending for another replica");
         }
+        // A stopped publisher fails the publishes that still wait, so the relay's batch ends; every coroutine that
+        // holds a database connection must end before the pool goes away, and each is bounded by the statement
+        // timeout.
         publisher_.stop();
         http_.stop();
+        while (finished_ < kBackgroundCoroutines || api_.in_flight() > 0) {
+            tick.expires_after(kShutdownPoll);
+            co_await tick.async_wait(asio::use_awaitable);
+        }
         spdlog::info("scheduler {} stopped", settings_.name);
     }
 

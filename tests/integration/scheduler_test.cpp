@@ -154,17 +154,19 @@ TEST_F(SchedulerTest, ARelayKilledMidBatchLosesNothing) {
 
     auto second = start_scheduler({"--relay-batch", "500"}, "scheduler-after-kill");
     ASSERT_TRUE(eventually([&] { return count("state = 'published'") == kJobs; }, 60s)) << second.process->log();
-    const auto ids = drain_diag_queue(kJobs, 30s);
-    std::size_t copies = 0;
-    for (const auto& [id, arrivals] : ids) {
-        copies += static_cast<std::size_t>(arrivals);
-    }
-    std::cout << fmt::format("relay killed after {} of {} published: {} distinct jobs arrived, {} duplicates\n",
-                             published_before_kill, kJobs, ids.size(), copies - ids.size());
+    // Counted in the queue: only the batch that was between its confirms and its commit can be there twice (with
+    // the same id, which the receiving job's inbox absorbs).
+    const auto in_queue = broker_.ready("conveyor.diag");
+    std::cout << fmt::format("relay killed after {} of {} published: {} messages in the queue, {} duplicates\n",
+                             published_before_kill, kJobs, in_queue, in_queue - kJobs);
+    EXPECT_GE(in_queue, static_cast<std::uint32_t>(kJobs));
+    EXPECT_LE(in_queue, static_cast<std::uint32_t>(kJobs + 500));
+    const auto ids = drain_diag_queue(in_queue, 30s);
     EXPECT_EQ(ids.size(), static_cast<std::size_t>(kJobs));
-    // Only the batch that was between its confirms and its commit can arrive twice (with the same id, which the
-    // receiving job's inbox absorbs).
-    EXPECT_LE(copies - ids.size(), 500U);
+    const auto expected = database_.query("SELECT id FROM conveyor.scheduled_jobs");
+    for (const auto& row : expected) {
+        ASSERT_TRUE(ids.contains(row[0])) << row[0] << " never arrived";
+    }
     stop(second);
 }
 
@@ -181,7 +183,7 @@ TEST_F(SchedulerTest, AnUnroutableJobIsMarkedFailedWithItsReason) {
 TEST_F(SchedulerTest, CliSchedulesListsAndCancelsDelayedJobs) {
     auto scheduler = start_scheduler({}, "scheduler-cli");
     const auto kept = run_cli({"enqueue", "diag.noop", "--in", "2s", "--pg-url", pg_url()});
-    const auto cancelled = run_cli({"enqueue", "diag.noop", "--in", "3s", "--pg-url", pg_url()});
+    const auto cancelled = run_cli({"enqueue", "diag.noop", "--in", "60s", "--pg-url", pg_url()});
     const auto kept_id = kept.substr(0, kept.find('\n'));
     const auto cancelled_id = cancelled.substr(0, cancelled.find('\n'));
     const auto listed = run_cli({"scheduled", "--pg-url", pg_url(), "list"});
@@ -240,13 +242,17 @@ TEST_F(SchedulerTest, TwoReplicasFireEachSecondOnceEvenWhenTheLeaderIsKilled) {
     for (const auto& fire : fires) {
         EXPECT_EQ(fire[1], "1") << "fire time " << fire[0];
     }
-    const auto ids = drain_diag_queue(fires.size(), 10s);
-    EXPECT_EQ(ids.size(), fires.size());
-    std::size_t copies = 0;
-    for (const auto& [id, arrivals] : ids) {
-        copies += static_cast<std::size_t>(arrivals);
+    // Every published fire is in the queue once; a copy is possible only if the killed replica's relay was between
+    // a confirm and its commit (the last fire may still be pending, unpublished, when the standby stopped).
+    const auto published = database_.query("SELECT id FROM conveyor.scheduled_jobs WHERE state = 'published'");
+    const auto in_queue = broker_.ready("conveyor.diag");
+    EXPECT_GE(in_queue, published.size());
+    EXPECT_LE(in_queue, published.size() + 1);
+    const auto ids = drain_diag_queue(in_queue, 10s);
+    EXPECT_EQ(ids.size(), published.size());
+    for (const auto& row : published) {
+        EXPECT_TRUE(ids.contains(row[0])) << row[0] << " never arrived";
     }
-    EXPECT_EQ(copies, fires.size());
     const auto state = database_.query("SELECT fired, misfired, next_fire_at IS NOT NULL FROM conveyor.schedules");
     ASSERT_EQ(state.size(), 1U);
     EXPECT_EQ(std::stoull(state[0][0]), fires.size());
@@ -283,18 +289,48 @@ TEST_F(SchedulerTest, MissedFireTimesAreCaughtUpOrSkippedByPolicy) {
         10s))
         << scheduler.process->log();
     stop(scheduler);
-    // 60 fire times since the last one; this minute's may still be within the 1 s grace (then it is on time).
+    // 60 fire times since the last one (61 if a minute began since the INSERT); this minute's may still be within
+    // the 1 s grace, and then it is enqueued on time rather than missed.
     const auto caught_up = count("source = 'schedule:catching-up'");
     const auto skipped = count("source = 'schedule:skipping'");
     const auto misfired = database_.query("SELECT name, misfired FROM conveyor.schedules ORDER BY name");
-    const auto on_time = caught_up - 3;
-    EXPECT_TRUE(on_time == 0 || on_time == 1) << caught_up;
-    EXPECT_EQ(skipped, on_time);
-    EXPECT_EQ(std::stoi(misfired[0][1]), 57 - on_time) << "catching-up";
-    EXPECT_EQ(std::stoi(misfired[1][1]), 60 - on_time) << "skipping";
+    const auto missed_catching_up = std::stoll(misfired[0][1]);
+    const auto missed_skipping = std::stoll(misfired[1][1]);
+    EXPECT_TRUE(caught_up == 3 || caught_up == 4) << caught_up;
+    EXPECT_TRUE(skipped == 0 || skipped == 1) << skipped;
+    EXPECT_TRUE(caught_up + missed_catching_up == 60 || caught_up + missed_catching_up == 61) << missed_catching_up;
+    EXPECT_TRUE(skipped + missed_skipping == 60 || skipped + missed_skipping == 61) << missed_skipping;
     const auto log = scheduler.process->log();
-    EXPECT_NE(log.find(fmt::format("catching-up missed {} fire times", 57 - on_time)), std::string::npos) << log;
-    EXPECT_NE(log.find(fmt::format("skipping missed {} fire times", 60 - on_time)), std::string::npos) << log;
+    EXPECT_NE(log.find(fmt::format("catching-up missed {} fire times", missed_catching_up)), std::string::npos) << log;
+    EXPECT_NE(log.find(fmt::format("skipping missed {} fire times", missed_skipping)), std::string::npos) << log;
+}
+
+TEST_F(SchedulerTest, MetricsExposeEveryNameOfTheContract) {
+    const auto schedules = write_schedules("metric-names", R"(schedules:
+  - name: metric-names
+    cron: "* * * * * *"
+    type: diag.noop
+)");
+    auto scheduler = start_scheduler({"--schedules", schedules.string()}, "scheduler-metric-names");
+    ASSERT_TRUE(eventually([&] { return scheduler.metric("conveyor_relay_published_total") >= 1; }, 10s))
+        << scheduler.process->log();
+    const auto metrics = http_get(scheduler.port, "/metrics")->second;
+    std::ifstream golden(source_dir() / "tests/integration/scheduler_metric_names.txt");
+    ASSERT_TRUE(golden) << "golden file missing";
+    std::string name;
+    int checked = 0;
+    while (std::getline(golden, name)) {
+        if (name.empty() || name[0] == '#') {
+            continue;
+        }
+        ++checked;
+        EXPECT_NE(metrics.find("\n# TYPE " + name + " "), std::string::npos) << name << " missing from /metrics";
+    }
+    EXPECT_GE(checked, 10);
+    EXPECT_GE(metric_sum(metrics, "conveyor_schedule_fired_total", {"schedule=\"metric-names\""}), 1);
+    EXPECT_EQ(metric_sum(metrics, "conveyor_scheduler_leader"), 1);
+    EXPECT_EQ(metric_sum(metrics, "conveyor_broker_connected"), 1);
+    stop(scheduler);
 }
 
 TEST_F(SchedulerTest, AnInvalidSchedulesFileIsRefusedWithWhereAndWhy) {
@@ -346,7 +382,7 @@ class SchedulerApiTest : public SchedulerTest {
   - name: slow-client
     sha256: {}
     scopes: [enqueue]
-    rate_limit: 2
+    rate_limit: 0.1
 )",
                                       sha256("enqueue-secret"), sha256("admin-secret"), sha256("slow-secret")));
         scheduler_ = start_scheduler({"--api-tokens-file", tokens.string()}, "scheduler-api");
@@ -442,8 +478,9 @@ TEST_F(SchedulerApiTest, RefusesWithTheRightStatusAndAPreciseError) {
             retry_after = response.headers["retry-after"];
         }
     }
-    EXPECT_GE(limited, 2);
-    EXPECT_EQ(retry_after, "1");
+    // One request per 10 s: the first goes through, the next five within those 10 s are refused.
+    EXPECT_EQ(limited, 5);
+    EXPECT_TRUE(retry_after == "9" || retry_after == "10") << retry_after;
     const auto metrics = http_get(scheduler_.port, "/metrics")->second;
     EXPECT_GE(metric_sum(metrics, "conveyor_api_requests_total", {"route=\"/v1/jobs\"", "status=\"429\""}), 2);
     EXPECT_GE(metric_sum(metrics, "conveyor_api_requests_total", {"route=\"/v1/jobs\"", "status=\"401\""}), 2);

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <ctime>
 
 #include "conveyor/core/topology.hpp"
 
@@ -69,6 +71,25 @@ TEST(Topology, DeclaresAQuorumQueueAndADeadLetterQueuePerFamily) {
     ASSERT_NE(bound_by("conveyor.emails", topology::kDelayDueExchange), topology.bindings.end());
     EXPECT_TRUE(bound_by("conveyor.emails", topology::kDelayDueExchange)->routing_key.ends_with(".emails.#"));
     EXPECT_EQ(bound_by("conveyor.emails.dlq", topology::kJobsExchange), topology.bindings.end());
+}
+
+TEST(UtcTimestamp, IsUtcWhateverTheProcessTimeZone) {
+    const char* saved = std::getenv("TZ");
+    const std::string previous = saved != nullptr ? saved : "";
+    ::setenv("TZ", "Asia/Tokyo", 1);
+    ::tzset();
+    using namespace std::chrono;
+    const auto at = sys_days{year{2026} / 11 / 22} + hours(7) + minutes(5) + seconds(9) + milliseconds(42);
+    EXPECT_EQ(utc_timestamp(at), "2026-11-22T07:05:09.042Z");
+    EXPECT_EQ(utc_timestamp_seconds(floor<seconds>(at)), "2026-11-22T07:05:09Z");
+    EXPECT_EQ(utc_timestamp(sys_days{year{1999} / 12 / 31} + hours(23) + minutes(59) + seconds(59)),
+              "1999-12-31T23:59:59.000Z");
+    if (saved != nullptr) {
+        ::setenv("TZ", previous.c_str(), 1);
+    } else {
+        ::unsetenv("TZ");
+    }
+    ::tzset();
 }
 
 }  // namespace

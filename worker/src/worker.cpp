@@ -1,6 +1,5 @@
 #include "conveyor/worker/worker.hpp"
 
-#include <fmt/chrono.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -15,6 +14,7 @@
 #include <random>
 
 #include "conveyor/core/amqp.hpp"
+#include "conveyor/core/config.hpp"
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/metrics.hpp"
@@ -39,12 +39,6 @@ constexpr auto kShutdownPoll = std::chrono::milliseconds(10);
 // Housekeeping, the outbox cleanup and the database probe: the shutdown waits for all three to end.
 constexpr int kBackgroundCoroutines = 3;
 constexpr auto kDatabasePoll = std::chrono::milliseconds(100);
-
-std::string utc_timestamp(std::chrono::system_clock::time_point at) {
-    const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count();
-    const auto seconds = std::chrono::system_clock::time_point(std::chrono::seconds(millis / 1000));
-    return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", seconds, millis % 1000);
-}
 
 std::string bounded(std::string_view text, std::size_t limit) {
     return text.size() <= limit ? std::string(text) : fmt::format("{}…", text.substr(0, limit));

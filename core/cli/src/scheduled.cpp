@@ -1,9 +1,9 @@
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <cctype>
 #include <iostream>
 
 #include "commands.hpp"
@@ -87,14 +87,25 @@ std::string json_or_null(const pg::Result& rows, int row, int column) {
     return rows.is_null(row, column) ? std::string("null") : json_string(rows.text(row, column));
 }
 
+bool is_uuid(std::string_view text) {
+    if (text.size() != 36) {
+        return false;
+    }
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        const bool hyphen = i == 8 || i == 13 || i == 18 || i == 23;
+        if (hyphen ? text[i] != '-' : std::isxdigit(static_cast<unsigned char>(text[i])) == 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
 }  // namespace
 
 int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string>& payloads) {
     std::string run_at = options.at;
     if (!options.in.empty()) {
-        const auto due = std::chrono::floor<std::chrono::milliseconds>(std::chrono::system_clock::now()) +
-                         parse_duration(options.in);
-        run_at = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", due);
+        run_at = utc_timestamp(std::chrono::system_clock::now() + parse_duration(options.in));
     }
     return with_database(options.pg_url, "enqueue", [&](pg::Pool& pool) -> asio::awaitable<int> {
         std::vector<std::string> ids;
@@ -177,11 +188,17 @@ int list_scheduled(const ScheduledListOptions& options) {
 }
 
 int cancel_scheduled(const std::string& pg_url, const std::vector<std::string>& ids) {
+    for (const auto& id : ids) {
+        if (!is_uuid(id)) {
+            std::cerr << fmt::format("conveyor scheduled cancel: '{}' is not a job id (a UUID)\n", id);
+            return kUsage;
+        }
+    }
     return with_database(pg_url, "scheduled cancel", [&](pg::Pool& pool) -> asio::awaitable<int> {
         int exit_code = kOk;
         for (const auto& id : ids) {
             const auto cancelled = co_await pool.query(
-                "WITH target AS (SELECT id, state FROM conveyor.scheduled_jobs WHERE id::text = $1 FOR UPDATE), "
+                "WITH target AS (SELECT id, state FROM conveyor.scheduled_jobs WHERE id = $1::uuid FOR UPDATE), "
                 "cancelled AS (UPDATE conveyor.scheduled_jobs AS jobs SET state = 'cancelled', "
                 "finished_at = clock_timestamp() FROM target WHERE jobs.id = target.id AND target.state = 'pending' "
                 "RETURNING jobs.id) "
@@ -208,7 +225,7 @@ int list_schedules(const std::string& pg_url, bool json) {
             "SELECT name, cron, timezone, type, "
             "to_char(next_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
             "to_char(last_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), fired, misfired, misfire, "
-            "payload::text FROM conveyor.schedules ORDER BY name");
+            "payload::text FROM conveyor.schedules WHERE active ORDER BY name");
         if (!json) {
             std::cout << fmt::format("{:<24}  {:<18}  {:<16}  {:<22}  {:<20}  {:>7}  {:>6}\n", "NAME", "CRON",
                                      "TIMEZONE", "TYPE", "NEXT FIRE (UTC)", "FIRED", "MISSED");
