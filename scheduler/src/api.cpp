@@ -12,6 +12,7 @@
 #include <regex>
 
 #include "conveyor/core/config.hpp"
+#include "conveyor/core/scheduled_jobs.hpp"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
@@ -26,7 +27,6 @@ constexpr auto kMaxDelay = std::chrono::hours(24 * 365 * 10);
 // RFC 3339 with an explicit offset: a time without one would be read in the database session's time zone.
 const std::regex kTimestamp(R"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}(:?\d{2})?))");
 const std::regex kTraceparent(R"([0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})");
-const std::regex kUuid(R"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})");
 
 HttpResponse json_response(unsigned status, const boost::json::value& body) {
     return HttpResponse{status, "application/json", boost::json::serialize(body) + "\n"};
@@ -254,11 +254,9 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     simdjson::dom::parser parser;
     simdjson::dom::element body;
     if (const auto error = parser.parse(request.body).get(body)) {
-        {
-            auto response =
-                error_response(400, fmt::format("the body is not valid JSON: {}", simdjson::error_message(error)));
-            co_return response;
-        }
+        auto response =
+            error_response(400, fmt::format("the body is not valid JSON: {}", simdjson::error_message(error)));
+        co_return response;
     }
     std::vector<ApiJob> jobs;
     simdjson::dom::array batch;
@@ -266,16 +264,12 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     std::string failure;
     if (is_batch) {
         if (body["jobs"].get(batch) != simdjson::SUCCESS || batch.size() == 0 || batch.size() > kMaxBatch) {
-            {
-                auto response = error_response(400, fmt::format("jobs must be an array of 1 to {} jobs", kMaxBatch));
-                co_return response;
-            }
+            auto response = error_response(400, fmt::format("jobs must be an array of 1 to {} jobs", kMaxBatch));
+            co_return response;
         }
         if (body.get_object().size() != 1) {
-            {
-                auto response = error_response(400, "a batch is {\"jobs\": [...]} with no other field");
-                co_return response;
-            }
+            auto response = error_response(400, "a batch is {\"jobs\": [...]} with no other field");
+            co_return response;
         }
         std::size_t index = 0;
         for (const auto element : batch) {
@@ -295,10 +289,8 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
         }
     }
     if (!failure.empty()) {
-        {
-            auto response = error_response(400, failure);
-            co_return response;
-        }
+        auto response = error_response(400, failure);
+        co_return response;
     }
 
     std::vector<std::string> types, payloads, run_ats, keys, correlations, traceparents;
@@ -324,28 +316,22 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
         "AS j(type, payload, run_at, key, correlation, traceparent, n) ORDER BY j.n",
         type_array, payload_array, run_at_array, key_array, correlation_array, traceparent_array, source);
     if (!is_batch) {
-        {
-            auto response = json_response(202, boost::json::object{{"id", rows.text(0, 0)}});
-            co_return response;
-        }
+        auto response = json_response(202, boost::json::object{{"id", rows.text(0, 0)}});
+        co_return response;
     }
     boost::json::array ids;
     for (int row = 0; row < rows.rows(); ++row) {
         ids.emplace_back(rows.text(row, 0));
     }
-    {
-        auto response = json_response(202, boost::json::object{{"ids", std::move(ids)}});
-        co_return response;
-    }
+    auto response = json_response(202, boost::json::object{{"ids", std::move(ids)}});
+    co_return response;
 }
 
 asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& request, const ApiToken& /*token*/) {
     const auto state = request.query_param("state").value_or("pending");
-    if (state != "pending" && state != "published" && state != "cancelled" && state != "failed" && state != "all") {
-        {
-            auto response = error_response(400, "state must be pending, published, cancelled, failed or all");
-            co_return response;
-        }
+    if (state != "all" && !scheduled_jobs::is_state(state)) {
+        auto response = error_response(400, "state must be pending, published, cancelled, failed or all");
+        co_return response;
     }
     const auto type = request.query_param("type");
     std::int64_t limit = 100;
@@ -356,18 +342,17 @@ asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& requ
             limit = 0;
         }
         if (limit < 1 || limit > kMaxListed) {
-            {
-                auto response = error_response(400, fmt::format("limit must be from 1 to {}", kMaxListed));
-                co_return response;
-            }
+            auto response = error_response(400, fmt::format("limit must be from 1 to {}", kMaxListed));
+            co_return response;
         }
     }
-    const std::optional<std::string> state_filter = state == "all" ? std::nullopt : std::optional(state);
-    const auto rows = co_await pool_.query(
-        "SELECT id, type, to_char(run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), state, source, "
-        "idempotency_key, correlation_id, payload::text, error FROM conveyor.scheduled_jobs "
-        "WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR type = $2) ORDER BY run_at, id LIMIT $3",
-        state_filter, type, limit);
+    scheduled_jobs::Filter filter;
+    if (state != "all") {
+        filter.state = state;
+    }
+    filter.type = type;
+    filter.limit = limit;
+    const auto rows = co_await scheduled_jobs::list(pool_, filter);
     boost::json::array jobs;
     for (int row = 0; row < rows.rows(); ++row) {
         jobs.emplace_back(boost::json::object{
@@ -382,52 +367,32 @@ asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& requ
             {"error", json_or_null(rows, row, 8)},
         });
     }
-    {
-        auto response = json_response(200, boost::json::object{{"jobs", std::move(jobs)}});
-        co_return response;
-    }
+    auto response = json_response(200, boost::json::object{{"jobs", std::move(jobs)}});
+    co_return response;
 }
 
 asio::awaitable<HttpResponse> EnqueueApi::cancel_scheduled(const HttpRequest& request, const ApiToken& token) {
     const std::string id(request.param("id").value_or(""));
-    if (!std::regex_match(id, kUuid)) {
-        {
-            auto response = error_response(400, fmt::format("'{}' is not a job id (a UUID)", id));
-            co_return response;
-        }
-    }
-    const auto rows = co_await pool_.query(
-        "WITH target AS (SELECT id, state FROM conveyor.scheduled_jobs WHERE id = $1::uuid FOR UPDATE), "
-        "cancelled AS (UPDATE conveyor.scheduled_jobs AS jobs SET state = 'cancelled', "
-        "finished_at = clock_timestamp() FROM target WHERE jobs.id = target.id AND target.state = 'pending' "
-        "RETURNING jobs.id) "
-        "SELECT target.state, EXISTS (SELECT 1 FROM cancelled) FROM target",
-        id);
-    if (rows.rows() == 0) {
-        {
-            auto response = error_response(404, fmt::format("no scheduled job {}", id));
-            co_return response;
-        }
-    }
-    if (rows.text(0, 1) != "t") {
-        {
-            auto response = error_response(409, fmt::format("job {} is {}, not pending", id, rows.text(0, 0)));
-            co_return response;
-        }
-    }
-    spdlog::info("api: token {} cancelled scheduled job {}", token.name, id);
-    {
-        auto response = json_response(200, boost::json::object{{"id", id}, {"state", "cancelled"}});
+    if (!scheduled_jobs::is_job_id(id)) {
+        auto response = error_response(400, fmt::format("'{}' is not a job id (a UUID)", id));
         co_return response;
     }
+    const auto outcome = co_await scheduled_jobs::cancel(pool_, id);
+    if (outcome.result == scheduled_jobs::Cancel::not_found) {
+        auto response = error_response(404, fmt::format("no scheduled job {}", id));
+        co_return response;
+    }
+    if (outcome.result == scheduled_jobs::Cancel::not_pending) {
+        auto response = error_response(409, fmt::format("job {} is {}, not pending", id, outcome.state));
+        co_return response;
+    }
+    spdlog::info("api: token {} cancelled scheduled job {}", token.name, id);
+    auto response = json_response(200, boost::json::object{{"id", id}, {"state", "cancelled"}});
+    co_return response;
 }
 
 asio::awaitable<HttpResponse> EnqueueApi::list_schedules(const HttpRequest& /*request*/, const ApiToken& /*token*/) {
-    const auto rows = co_await pool_.query(
-        "SELECT name, cron, timezone, type, payload::text, misfire, "
-        "to_char(next_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-        "to_char(last_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), fired, misfired "
-        "FROM conveyor.schedules WHERE active ORDER BY name");
+    const auto rows = co_await scheduled_jobs::list_schedules(pool_);
     boost::json::array schedules;
     for (int row = 0; row < rows.rows(); ++row) {
         schedules.emplace_back(boost::json::object{
@@ -443,10 +408,8 @@ asio::awaitable<HttpResponse> EnqueueApi::list_schedules(const HttpRequest& /*re
             {"misfired", rows.integer(row, 9)},
         });
     }
-    {
-        auto response = json_response(200, boost::json::object{{"schedules", std::move(schedules)}});
-        co_return response;
-    }
+    auto response = json_response(200, boost::json::object{{"schedules", std::move(schedules)}});
+    co_return response;
 }
 
 }  // namespace conveyor::scheduler

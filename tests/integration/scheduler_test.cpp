@@ -315,17 +315,7 @@ TEST_F(SchedulerTest, MetricsExposeEveryNameOfTheContract) {
     ASSERT_TRUE(eventually([&] { return scheduler.metric("conveyor_relay_published_total") >= 1; }, 10s))
         << scheduler.process->log();
     const auto metrics = http_get(scheduler.port, "/metrics")->second;
-    std::ifstream golden(source_dir() / "tests/integration/scheduler_metric_names.txt");
-    ASSERT_TRUE(golden) << "golden file missing";
-    std::string name;
-    int checked = 0;
-    while (std::getline(golden, name)) {
-        if (name.empty() || name[0] == '#') {
-            continue;
-        }
-        ++checked;
-        EXPECT_NE(metrics.find("\n# TYPE " + name + " "), std::string::npos) << name << " missing from /metrics";
-    }
+    const int checked = expect_metric_names(metrics, source_dir() / "tests/integration/scheduler_metric_names.txt");
     EXPECT_GE(checked, 10);
     EXPECT_GE(metric_sum(metrics, "conveyor_schedule_fired_total", {"schedule=\"metric-names\""}), 1);
     EXPECT_EQ(metric_sum(metrics, "conveyor_scheduler_leader"), 1);

@@ -30,6 +30,23 @@ inline std::string header_text(const amqp::Delivery& delivery, const std::string
     return "?";
 }
 
+/// Expects every name in a golden file (one per line, # comments) to be a metric family of the exposition; returns
+/// how many names it checked.
+inline int expect_metric_names(const std::string& exposition, const std::filesystem::path& golden_file) {
+    std::ifstream golden(golden_file);
+    EXPECT_TRUE(golden) << golden_file << " missing";
+    std::string name;
+    int checked = 0;
+    while (std::getline(golden, name)) {
+        if (name.empty() || name[0] == '#') {
+            continue;
+        }
+        ++checked;
+        EXPECT_NE(exposition.find("\n# TYPE " + name + " "), std::string::npos) << name << " missing from /metrics";
+    }
+    return checked;
+}
+
 /// A conveyor-worker process consuming the diag family, with its HTTP port and log.
 struct WorkerUnderTest {
     std::unique_ptr<Process> process;

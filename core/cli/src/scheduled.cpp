@@ -10,6 +10,7 @@
 #include "conveyor/cli/cli.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/pg.hpp"
+#include "conveyor/core/scheduled_jobs.hpp"
 
 namespace conveyor::cli {
 namespace asio = boost::asio;
@@ -87,19 +88,6 @@ std::string json_or_null(const pg::Result& rows, int row, int column) {
     return rows.is_null(row, column) ? std::string("null") : json_string(rows.text(row, column));
 }
 
-bool is_uuid(std::string_view text) {
-    if (text.size() != 36) {
-        return false;
-    }
-    for (std::size_t i = 0; i < text.size(); ++i) {
-        const bool hyphen = i == 8 || i == 13 || i == 18 || i == 23;
-        if (hyphen ? text[i] != '-' : std::isxdigit(static_cast<unsigned char>(text[i])) == 0) {
-            return false;
-        }
-    }
-    return true;
-}
-
 }  // namespace
 
 int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string>& payloads) {
@@ -145,21 +133,20 @@ int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string
 }
 
 int list_scheduled(const ScheduledListOptions& options) {
-    static const std::vector<std::string> kStates = {"pending", "published", "cancelled", "failed", "all"};
-    if (std::find(kStates.begin(), kStates.end(), options.state) == kStates.end()) {
-        std::cerr << fmt::format("conveyor scheduled list: --state must be one of {}, not '{}'\n",
-                                 fmt::join(kStates, ", "), options.state);
+    if (options.state != "all" && !scheduled_jobs::is_state(options.state)) {
+        std::cerr << fmt::format(
+            "conveyor scheduled list: --state must be pending, published, cancelled, failed or all, not '{}'\n",
+            options.state);
         return kUsage;
     }
     return with_database(options.pg_url, "scheduled list", [&](pg::Pool& pool) -> asio::awaitable<int> {
         const std::optional<std::string> state = options.state == "all" ? std::nullopt : std::optional(options.state);
         const std::optional<std::string> type = options.type.empty() ? std::nullopt : std::optional(options.type);
-        const auto rows = co_await pool.query(
-            "SELECT id, type, to_char(run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), state, "
-            "source, idempotency_key, payload::text, error FROM conveyor.scheduled_jobs "
-            "WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR type = $2) "
-            "ORDER BY run_at, id LIMIT $3",
-            state, type, static_cast<std::int64_t>(options.limit));
+        scheduled_jobs::Filter filter;
+        filter.state = state;
+        filter.type = type;
+        filter.limit = static_cast<std::int64_t>(options.limit);
+        const auto rows = co_await scheduled_jobs::list(pool, filter);
         if (!options.json) {
             std::cout << fmt::format("{:<36}  {:<22}  {:<24}  {:<9}  {}\n", "ID", "TYPE", "RUN AT (UTC)", "STATE",
                                      "SOURCE");
@@ -168,11 +155,11 @@ int list_scheduled(const ScheduledListOptions& options) {
             if (options.json) {
                 std::cout
                     << fmt::format(
-                           R"({{"id":{},"type":{},"run_at":{},"state":{},"source":{},"idempotency_key":{},"payload":{},"error":{}}})",
+                           R"({{"id":{},"type":{},"run_at":{},"state":{},"source":{},"idempotency_key":{},"correlation_id":{},"payload":{},"error":{}}})",
                            json_string(rows.text(row, 0)), json_string(rows.text(row, 1)),
                            json_string(rows.text(row, 2)), json_string(rows.text(row, 3)),
-                           json_string(rows.text(row, 4)), json_or_null(rows, row, 5), rows.text(row, 6),
-                           json_or_null(rows, row, 7))
+                           json_string(rows.text(row, 4)), json_or_null(rows, row, 5), json_or_null(rows, row, 6),
+                           rows.text(row, 7), json_or_null(rows, row, 8))
                     << '\n';
             } else {
                 std::cout << fmt::format("{:<36}  {:<22}  {:<24}  {:<9}  {}\n", rows.text(row, 0), rows.text(row, 1),
@@ -189,7 +176,7 @@ int list_scheduled(const ScheduledListOptions& options) {
 
 int cancel_scheduled(const std::string& pg_url, const std::vector<std::string>& ids) {
     for (const auto& id : ids) {
-        if (!is_uuid(id)) {
+        if (!scheduled_jobs::is_job_id(id)) {
             std::cerr << fmt::format("conveyor scheduled cancel: '{}' is not a job id (a UUID)\n", id);
             return kUsage;
         }
@@ -197,21 +184,15 @@ int cancel_scheduled(const std::string& pg_url, const std::vector<std::string>& 
     return with_database(pg_url, "scheduled cancel", [&](pg::Pool& pool) -> asio::awaitable<int> {
         int exit_code = kOk;
         for (const auto& id : ids) {
-            const auto cancelled = co_await pool.query(
-                "WITH target AS (SELECT id, state FROM conveyor.scheduled_jobs WHERE id = $1::uuid FOR UPDATE), "
-                "cancelled AS (UPDATE conveyor.scheduled_jobs AS jobs SET state = 'cancelled', "
-                "finished_at = clock_timestamp() FROM target WHERE jobs.id = target.id AND target.state = 'pending' "
-                "RETURNING jobs.id) "
-                "SELECT target.state, EXISTS (SELECT 1 FROM cancelled) FROM target",
-                id);
-            if (cancelled.rows() == 0) {
+            const auto outcome = co_await scheduled_jobs::cancel(pool, id);
+            if (outcome.result == scheduled_jobs::Cancel::not_found) {
                 std::cerr << fmt::format("conveyor scheduled cancel: no scheduled job {}\n", id);
                 exit_code = kFailed;
-            } else if (cancelled.text(0, 1) == "t") {
+            } else if (outcome.result == scheduled_jobs::Cancel::cancelled) {
                 std::cout << fmt::format("cancelled {}\n", id);
             } else {
                 std::cerr << fmt::format("conveyor scheduled cancel: {} is {}, not pending; nothing to cancel\n", id,
-                                         cancelled.text(0, 0));
+                                         outcome.state);
                 exit_code = kFailed;
             }
         }
@@ -221,11 +202,7 @@ int cancel_scheduled(const std::string& pg_url, const std::vector<std::string>& 
 
 int list_schedules(const std::string& pg_url, bool json) {
     return with_database(pg_url, "schedules list", [&](pg::Pool& pool) -> asio::awaitable<int> {
-        const auto rows = co_await pool.query(
-            "SELECT name, cron, timezone, type, "
-            "to_char(next_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-            "to_char(last_fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), fired, misfired, misfire, "
-            "payload::text FROM conveyor.schedules WHERE active ORDER BY name");
+        const auto rows = co_await scheduled_jobs::list_schedules(pool);
         if (!json) {
             std::cout << fmt::format("{:<24}  {:<18}  {:<16}  {:<22}  {:<20}  {:>7}  {:>6}\n", "NAME", "CRON",
                                      "TIMEZONE", "TYPE", "NEXT FIRE (UTC)", "FIRED", "MISSED");
@@ -236,14 +213,14 @@ int list_schedules(const std::string& pg_url, bool json) {
                     << fmt::format(
                            R"({{"name":{},"cron":{},"timezone":{},"type":{},"next_fire_at":{},"last_fire_at":{},"fired":{},"misfired":{},"misfire":{},"payload":{}}})",
                            json_string(rows.text(row, 0)), json_string(rows.text(row, 1)),
-                           json_string(rows.text(row, 2)), json_string(rows.text(row, 3)), json_or_null(rows, row, 4),
-                           json_string(rows.text(row, 5)), rows.text(row, 6), rows.text(row, 7),
-                           json_string(rows.text(row, 8)), rows.text(row, 9))
+                           json_string(rows.text(row, 2)), json_string(rows.text(row, 3)), json_or_null(rows, row, 6),
+                           json_string(rows.text(row, 7)), rows.text(row, 8), rows.text(row, 9),
+                           json_string(rows.text(row, 5)), rows.text(row, 4))
                     << '\n';
             } else {
                 std::cout << fmt::format("{:<24}  {:<18}  {:<16}  {:<22}  {:<20}  {:>7}  {:>6}\n", rows.text(row, 0),
-                                         rows.text(row, 1), rows.text(row, 2), rows.text(row, 3), or_dash(rows, row, 4),
-                                         rows.text(row, 6), rows.text(row, 7));
+                                         rows.text(row, 1), rows.text(row, 2), rows.text(row, 3), or_dash(rows, row, 6),
+                                         rows.text(row, 8), rows.text(row, 9));
             }
         }
         if (!json && rows.rows() == 0) {
