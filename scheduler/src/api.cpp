@@ -8,6 +8,7 @@
 #include <boost/json/object.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
+#include <boost/json/string.hpp>
 #include <memory>
 #include <regex>
 
@@ -145,7 +146,7 @@ boost::json::value json_or_null(const pg::Result& rows, int row, int column) {
     if (rows.is_null(row, column)) {
         return nullptr;
     }
-    return boost::json::value(rows.text(row, column));
+    return boost::json::string(rows.text(row, column));
 }
 
 }  // namespace
@@ -192,7 +193,7 @@ std::optional<HttpResponse> EnqueueApi::refuse(const HttpRequest& request, std::
     if (token == nullptr) {
         spdlog::warn("api: {} {} from {} with an unknown token", request.method, request.path, request.remote_address);
         auto response = error_response(401, "the token is not valid");
-        response.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"conveyor\", error=\"invalid_token\"");
+        response.headers.emplace_back("WWW-Authenticate", R"(Bearer realm="conveyor", error="invalid_token")");
         return response;
     }
     if (scope && !token->allows(*scope)) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <boost/json/serialize.hpp>
+#include <boost/json/string.hpp>
 #include <boost/json/value.hpp>
 #include <charconv>
 #include <fstream>
@@ -60,7 +61,7 @@ boost::json::value to_json(const YAML::Node& node) {
     }
     const auto& text = node.Scalar();
     if (node.Tag() == "!") {
-        return boost::json::value(text);
+        return boost::json::string(text);
     }
     if (text == "~" || text == "null" || text == "Null" || text == "NULL") {
         return nullptr;
@@ -77,7 +78,7 @@ boost::json::value to_json(const YAML::Node& node) {
     if (double real = 0; parse_number(text, real)) {
         return real;
     }
-    return boost::json::value(text);
+    return boost::json::string(text);
 }
 
 class EntryReader {

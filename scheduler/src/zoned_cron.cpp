@@ -32,7 +32,9 @@ CivilTime to_civil(local_seconds time) {
 
 local_seconds from_civil(const CivilTime& time) {
     return local_seconds{std::chrono::local_days{std::chrono::year{time.year} / time.month / time.day} +
-                         std::chrono::hours{time.hour} + std::chrono::minutes{time.minute} + seconds{time.second}};
+                         std::chrono::hours{static_cast<std::int64_t>(time.hour)} +
+                         std::chrono::minutes{static_cast<std::int64_t>(time.minute)} +
+                         seconds{static_cast<std::int64_t>(time.second)}};
 }
 
 std::optional<local_seconds> first_match_from(const CronExpression& cron, local_seconds from) {
