@@ -182,4 +182,21 @@ std::vector<std::string> JobRegistry::types_of_family(std::string_view family) c
     return names;
 }
 
+amqp::Message outbox_to_message(const OutboxMessage& row) {
+    amqp::Message message;
+    message.exchange = row.exchange;
+    message.routing_key = row.routing_key;
+    message.body = row.body;
+    auto& properties = message.properties;
+    properties.content_type = "application/json";
+    properties.message_id = row.message_id;
+    properties.correlation_id = row.correlation_id;
+    properties.timestamp = static_cast<std::uint64_t>(row.enqueued_at_ms / 1000);
+    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", row.enqueued_at_ms);
+    if (!row.traceparent.empty()) {
+        amqp::set_header(properties.headers, "traceparent", row.traceparent);
+    }
+    return message;
+}
+
 }  // namespace conveyor

@@ -9,6 +9,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "conveyor/core/job.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor::scheduler {
@@ -33,55 +34,32 @@ constexpr std::string_view kClaimDue =
     "AND (next_attempt_at IS NULL OR next_attempt_at <= now()) "
     "ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED";
 
-struct DueJob {
-    std::string id;
-    std::string type;
-    std::string payload;
-    std::optional<std::string> correlation_id;
-    std::string traceparent;
-    std::int64_t due_ms = 0;
-};
-
 std::int64_t epoch_millis() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
 }
 
-/// The job as the wire contract describes it; enqueued-at is when it fell due, so queue-wait metrics measure the
-/// wait from then, not from when it was scheduled.
-amqp::Message to_message(const DueJob& job) {
-    amqp::Message message;
-    message.exchange = std::string(topology::kJobsExchange);
-    message.routing_key = job.type;
-    message.body = job.payload;
-    auto& properties = message.properties;
-    properties.content_type = "application/json";
-    properties.message_id = job.id;
-    properties.correlation_id = job.correlation_id.value_or("");
-    properties.timestamp = static_cast<std::uint64_t>(job.due_ms / 1000);
-    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", job.due_ms);
-    if (!job.traceparent.empty()) {
-        amqp::set_header(properties.headers, "traceparent", job.traceparent);
-    }
-    return message;
-}
-
-std::vector<DueJob> read_due(const pg::Result& rows) {
-    std::vector<DueJob> jobs;
+/// Due rows as the wire contract's messages: the job id as message_id, and enqueued-at when it fell due, so
+/// queue-wait metrics measure the wait from then, not from when it was scheduled.
+std::vector<OutboxMessage> read_due(const pg::Result& rows) {
+    std::vector<OutboxMessage> jobs;
     jobs.reserve(static_cast<std::size_t>(rows.rows()));
     for (int row = 0; row < rows.rows(); ++row) {
-        DueJob job;
-        job.id = rows.text(row, 0);
-        job.type = rows.text(row, 1);
-        job.payload = rows.text(row, 2);
-        if (!rows.is_null(row, 3)) {
-            job.correlation_id = std::string(rows.text(row, 3));
-        }
+        OutboxMessage job;
+        job.message_id = rows.text(row, 0);
+        job.exchange = topology::kJobsExchange;
+        job.routing_key = rows.text(row, 1);
+        job.body = rows.text(row, 2);
+        job.correlation_id = rows.text(row, 3);
         job.traceparent = rows.text(row, 4);
-        job.due_ms = rows.integer(row, 5);
+        job.enqueued_at_ms = rows.integer(row, 5);
         jobs.push_back(std::move(job));
     }
     return jobs;
+}
+
+std::string_view or_dash(std::string_view text) {
+    return text.empty() ? std::string_view("-") : text;
 }
 
 }  // namespace
@@ -113,7 +91,7 @@ asio::awaitable<Relay::Batch> Relay::publish_due() {
     std::vector<Publish> publishes;
     publishes.reserve(jobs.size());
     for (const auto& job : jobs) {
-        publishes.push_back(publisher_.async_publish(to_message(job), asio::deferred));
+        publishes.push_back(publisher_.async_publish(outbox_to_message(job), asio::deferred));
     }
     auto group = asio::experimental::make_parallel_group(std::move(publishes));
     auto [order, errors] = co_await group.async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
@@ -127,21 +105,21 @@ asio::awaitable<Relay::Batch> Relay::publish_due() {
     for (std::size_t i = 0; i < jobs.size(); ++i) {
         const auto& job = jobs[i];
         if (!errors[i]) {
-            published.push_back(job.id);
-            metrics_.relay_latency.Observe(static_cast<double>(std::max<std::int64_t>(confirmed_ms - job.due_ms, 0)) /
-                                           1000.0);
+            published.push_back(job.message_id);
+            metrics_.relay_latency.Observe(
+                static_cast<double>(std::max<std::int64_t>(confirmed_ms - job.enqueued_at_ms, 0)) / 1000.0);
         } else if (errors[i] == amqp::Errc::unroutable) {
-            unroutable.push_back(job.id);
+            unroutable.push_back(job.message_id);
             spdlog::error(
                 "relay: job {} (type {}, correlation {}) is unroutable: no queue is bound for {} on {}; "
                 "marked failed",
-                job.id, job.type, job.correlation_id.value_or("-"), job.type, topology::kJobsExchange);
+                job.message_id, job.routing_key, or_dash(job.correlation_id), job.routing_key, topology::kJobsExchange);
         } else {
-            refused.push_back(job.id);
+            refused.push_back(job.message_id);
             refusals.push_back(errors[i].message());
             if (batch.transient_failures++ == 0) {
-                first_failure = fmt::format("job {} (type {}, correlation {}): {}", job.id, job.type,
-                                            job.correlation_id.value_or("-"), errors[i].message());
+                first_failure = fmt::format("job {} (type {}, correlation {}): {}", job.message_id, job.routing_key,
+                                            or_dash(job.correlation_id), errors[i].message());
             }
         }
     }

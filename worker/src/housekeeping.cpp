@@ -56,23 +56,6 @@ std::string DatabaseHealth::why_down() const {
     return why_down_;
 }
 
-amqp::Message outbox_to_message(const OutboxMessage& row) {
-    amqp::Message message;
-    message.exchange = row.exchange;
-    message.routing_key = row.routing_key;
-    message.body = row.body;
-    auto& properties = message.properties;
-    properties.content_type = "application/json";
-    properties.message_id = row.message_id;
-    properties.correlation_id = row.correlation_id;
-    properties.timestamp = static_cast<std::uint64_t>(row.enqueued_at_ms / 1000);
-    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", row.enqueued_at_ms);
-    if (!row.traceparent.empty()) {
-        amqp::set_header(properties.headers, "traceparent", row.traceparent);
-    }
-    return message;
-}
-
 asio::awaitable<std::size_t> OutboxRelay::publish(const std::vector<OutboxMessage>& rows) {
     std::vector<std::int64_t> published;
     for (const auto& row : rows) {

@@ -15,9 +15,6 @@
 
 namespace conveyor::worker {
 
-/// The AMQP message for an outbox row, as the wire contract describes a job.
-[[nodiscard]] amqp::Message outbox_to_message(const OutboxMessage& row);
-
 /// Publishes outbox rows with confirms and deletes them once confirmed. A row that cannot be published stays for
 /// the sweeper; one published twice (a crash between confirm and delete) keeps its message id, and the
 /// receiving job's inbox absorbs the copy.

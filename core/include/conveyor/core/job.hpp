@@ -119,6 +119,10 @@ struct OutboxMessage {
     std::int64_t enqueued_at_ms = 0;
 };
 
+/// The AMQP message for an outbox row, as the wire contract describes a job: the id as message_id, enqueued-at in
+/// milliseconds, the correlation id and traceparent it carries.
+[[nodiscard]] amqp::Message outbox_to_message(const OutboxMessage& row);
+
 /// What a handler gets: the validated envelope, a logger, and the deadline it must finish by. The worker
 /// also cancels the handler's coroutine at the deadline; the deadline lets handlers pass it on to their
 /// own calls (HTTP, SQL). A transactional job type also gets its transaction, in which the worker has already
