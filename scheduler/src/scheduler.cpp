@@ -11,6 +11,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "api.hpp"
+#include "archiver.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/logging.hpp"
@@ -27,8 +28,8 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// The relay, the schedule firing and the housekeeping: the shutdown waits for all three.
-constexpr int kBackgroundCoroutines = 3;
+// Dead letters held by the archiver while it stores them, per DLQ.
+constexpr std::uint16_t kArchiverPrefetch = 200;
 constexpr auto kProbeInterval = std::chrono::seconds(1);
 constexpr auto kCountInterval = std::chrono::seconds(5);
 constexpr auto kPruneInterval = std::chrono::minutes(1);
@@ -44,13 +45,14 @@ pg::Settings database_settings(const SchedulerSettings& settings, std::size_t po
     return database;
 }
 
-amqp::ConnectionSettings publisher_settings(const SchedulerSettings& settings, amqp::ConnectionObserver& observer) {
+amqp::ConnectionSettings connection_settings(const SchedulerSettings& settings, std::string_view role,
+                                             amqp::ConnectionObserver* observer) {
     amqp::ConnectionSettings connection;
     connection.url = amqp::Url::parse(settings.amqp_url);
-    connection.name = fmt::format("conveyor-scheduler {} publisher", settings.name);
+    connection.name = fmt::format("conveyor-scheduler {} {}", settings.name, role);
     connection.tls_ca_file = settings.amqp_ca_file;
     connection.heartbeat = settings.amqp_heartbeat;
-    connection.observer = &observer;
+    connection.observer = observer;
     return connection;
 }
 
@@ -66,14 +68,20 @@ class Scheduler::Impl {
           registry_(std::move(registry)),
           metrics_(*registry_),
           shutdown_requests_(io_, 1),
-          publisher_(publisher_settings(settings_, metrics_), topology::job_topology(topology::default_families())),
+          publisher_(connection_settings(settings_, "publisher", &metrics_),
+                     topology::job_topology(topology::default_families())),
+          archiver_consumer_(connection_settings(settings_, "dead-letter archiver", nullptr),
+                             topology::job_topology(topology::default_families())),
+          dead_letters_(io_, topology::default_families().size() * kArchiverPrefetch),
           pool_(io_.get_executor(), database_settings(settings_, settings_.pg_pool_size, "pool")),
           http_(io_.get_executor(), settings_.http_address, settings_.http_port),
           relay_(io_.get_executor(), pool_, database_settings(settings_, 1, "relay listener"), publisher_, metrics_,
                  RelaySettings{settings_.relay_batch, settings_.relay_poll_interval}),
           firing_(io_.get_executor(), pool_, database_settings(settings_, 1, "leadership"), std::move(schedules),
                   metrics_),
-          api_(pool_, catalogue_, std::move(tokens), settings_.api_rate_limit, *registry_) {}
+          api_(pool_, catalogue_, std::move(tokens), settings_.api_rate_limit, *registry_),
+          archiver_(pool_, archiver_consumer_, dead_letters_),
+          background_(settings_.archive_dead_letters ? 4 : 3) {}
 
     asio::awaitable<void> run() {
         serve_http();
@@ -81,6 +89,14 @@ class Scheduler::Impl {
         asio::co_spawn(io_, relay_.run(stopping_), background_done("relay"));
         asio::co_spawn(io_, firing_.run(stopping_), background_done("schedule firing"));
         asio::co_spawn(io_, housekeeping(), background_done("housekeeping"));
+        if (settings_.archive_dead_letters) {
+            for (const auto& family : topology::default_families()) {
+                archiver_consumer_.add_consumer({topology::dead_letter_queue_name(family), kArchiverPrefetch},
+                                                dead_letters_);
+            }
+            archiver_consumer_.start();
+            asio::co_spawn(io_, archiver_.run(stopping_), background_done("dead-letter archiver"));
+        }
         spdlog::info("scheduler {} started: HTTP on {}:{}, relay batch {}, poll every {} ms, retention {} s",
                      settings_.name, settings_.http_address, http_.port(), settings_.relay_batch,
                      settings_.relay_poll_interval.count(),
@@ -92,11 +108,11 @@ class Scheduler::Impl {
         spdlog::info("shutdown: finishing the work in progress (at most {} ms)", settings_.shutdown_grace.count());
         const auto deadline = Clock::now() + settings_.shutdown_grace;
         asio::steady_timer tick(co_await asio::this_coro::executor);
-        while (finished_ < kBackgroundCoroutines && Clock::now() < deadline) {
+        while (finished_ < background_ && Clock::now() < deadline) {
             tick.expires_after(kShutdownPoll);
             co_await tick.async_wait(asio::use_awaitable);
         }
-        if (finished_ < kBackgroundCoroutines) {
+        if (finished_ < background_) {
             spdlog::warn(
                 "shutdown: grace period over; publishes still waiting for the broker fail, and their rows "
                 "stay pending for another replica");
@@ -105,8 +121,9 @@ class Scheduler::Impl {
         // holds a database connection must end before the pool goes away, and each is bounded by the statement
         // timeout.
         publisher_.stop();
+        archiver_consumer_.stop();
         http_.stop();
-        while (finished_ < kBackgroundCoroutines || api_.in_flight() > 0) {
+        while (finished_ < background_ || api_.in_flight() > 0) {
             tick.expires_after(kShutdownPoll);
             co_await tick.async_wait(asio::use_awaitable);
         }
@@ -134,6 +151,11 @@ class Scheduler::Impl {
             if (!publisher_.connected()) {
                 return HttpResponse{503, "text/plain; charset=utf-8",
                                     fmt::format("broker not connected: {}\n", publisher_.last_error())};
+            }
+            if (settings_.archive_dead_letters && !archiver_consumer_.consuming()) {
+                return HttpResponse{
+                    503, "text/plain; charset=utf-8",
+                    fmt::format("not consuming the dead-letter queues: {}\n", archiver_consumer_.last_error())};
             }
             if (!database_ok_) {
                 return HttpResponse{503, "text/plain; charset=utf-8",
@@ -211,11 +233,15 @@ class Scheduler::Impl {
     SchedulerMetrics metrics_;
     asio::experimental::concurrent_channel<void(boost::system::error_code)> shutdown_requests_;
     amqp::Connection publisher_;
+    amqp::Connection archiver_consumer_;
+    amqp::DeliveryChannel dead_letters_;
     pg::Pool pool_;
     HttpServer http_;
     Relay relay_;
     ScheduleFiring firing_;
     EnqueueApi api_;
+    DeadLetterArchiver archiver_;
+    const int background_;
     std::atomic<bool> stopping_ = false;
     std::atomic<bool> draining_ = false;
     std::atomic<bool> database_ok_ = false;

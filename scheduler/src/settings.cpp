@@ -56,6 +56,9 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
                    "How long published and cancelled jobs are kept (and their idempotency keys honoured)")
         ->envname("CONVEYOR_SCHEDULED_RETENTION")
         ->check(duration_validator());
+    app.add_option("--archive-dead-letters", settings.archive_dead_letters,
+                   "Move dead letters from the DLQs into PostgreSQL for inspection and replay (true/false)")
+        ->envname("CONVEYOR_ARCHIVE_DEAD_LETTERS");
     app.add_option("--threads", settings.threads, "I/O threads")
         ->envname("CONVEYOR_THREADS")
         ->check(CLI::Range(1U, 64U));

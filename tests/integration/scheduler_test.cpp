@@ -36,7 +36,7 @@ class SchedulerTest : public WorkerTest {
   protected:
     void SetUp() override {
         WorkerTest::SetUp();
-        database_.query("TRUNCATE conveyor.scheduled_jobs, conveyor.schedules");
+        database_.query("TRUNCATE conveyor.scheduled_jobs, conveyor.schedules, conveyor.dead_letters");
     }
 
     SchedulerUnderTest start_scheduler(std::vector<std::string> args, const std::string& log_name) {
@@ -320,6 +320,49 @@ TEST_F(SchedulerTest, MetricsExposeEveryNameOfTheContract) {
     EXPECT_GE(metric_sum(metrics, "conveyor_schedule_fired_total", {"schedule=\"metric-names\""}), 1);
     EXPECT_EQ(metric_sum(metrics, "conveyor_scheduler_leader"), 1);
     EXPECT_EQ(metric_sum(metrics, "conveyor_broker_connected"), 1);
+    stop(scheduler);
+}
+
+TEST_F(SchedulerTest, DeadLettersAreMovedIntoTheDatabaseOnceWithEverythingNeededToReplayThem) {
+    auto worker = start_worker({}, "archiver-worker");
+    constexpr int kJobs = 20;
+    for (int i = 0; i < kJobs; ++i) {
+        broker_.publish(Broker::job("diag.fail", R"({"times": 1, "permanent": true})", fmt::format("dead-{}", i)));
+    }
+    ASSERT_TRUE(eventually([&] { return broker_.ready("conveyor.diag.dlq") == kJobs; }, 30s));
+    // Two copies of one message no worker wrote (no headers, a body that is not even UTF-8): stored once, as is.
+    for (int copy = 0; copy < 2; ++copy) {
+        amqp::Message raw;
+        raw.routing_key = "conveyor.diag.dlq";
+        raw.body = "\xff\xfe not json";
+        raw.properties.message_id = "raw-1";
+        broker_.publish(raw);
+    }
+
+    auto scheduler = start_scheduler({}, "scheduler-archiver");
+    ASSERT_TRUE(eventually([&] { return broker_.ready("conveyor.diag.dlq") == 0; }, 30s)) << scheduler.process->log();
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.dead_letters"), kJobs + 1);
+    const auto failed = database_.query(
+        "SELECT reason, type, family, queue, attempts, count(*), count(DISTINCT fingerprint), min(error_pattern), "
+        "bool_and(body = convert_to('{\"times\": 1, \"permanent\": true}', 'UTF8')), "
+        "bool_and(headers ? 'x-conveyor-worker') "
+        "FROM conveyor.dead_letters WHERE job_id LIKE 'dead-%' GROUP BY 1, 2, 3, 4, 5");
+    ASSERT_EQ(failed.size(), 1U);
+    EXPECT_EQ(failed[0][0], "permanent_failure");
+    EXPECT_EQ(failed[0][1], "diag.fail");
+    EXPECT_EQ(failed[0][2], "diag");
+    EXPECT_EQ(failed[0][3], "conveyor.diag.dlq");
+    EXPECT_EQ(failed[0][4], "1");
+    EXPECT_EQ(failed[0][5], std::to_string(kJobs));
+    EXPECT_EQ(failed[0][6], "1") << "the same failure of different jobs has one fingerprint";
+    EXPECT_EQ(failed[0][8], "t") << "the body is kept byte for byte";
+    EXPECT_EQ(failed[0][9], "t") << "the headers are kept";
+    const auto raw =
+        database_.query("SELECT reason, encode(body, 'hex'), state FROM conveyor.dead_letters WHERE job_id = 'raw-1'");
+    ASSERT_EQ(raw.size(), 1U);
+    EXPECT_EQ(raw[0][0], "delivery_limit");
+    EXPECT_EQ(raw[0][1], "fffe206e6f74206a736f6e");
+    EXPECT_EQ(raw[0][2], "dead");
     stop(scheduler);
 }
 

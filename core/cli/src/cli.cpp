@@ -9,6 +9,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <iostream>
+#include <map>
 
 #include "commands.hpp"
 #include "conveyor/core/cli_options.hpp"
@@ -193,6 +194,44 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         scheduled_cmd->add_subcommand("cancel", "Cancel pending scheduled jobs by id (published ones cannot be)");
     scheduled_cancel_cmd->add_option("id", cancel_ids, "Job ids")->required();
 
+    DlqOptions dlq_options;
+    std::string dlq_state = "dead";
+    std::int64_t dlq_show_id = 0;
+    std::map<std::string, std::string> dlq_filter_values;
+    auto* dlq_cmd =
+        app.add_subcommand("dlq", "Dead letters, archived from the DLQs into PostgreSQL by conveyor-scheduler");
+    dlq_cmd->require_subcommand(1);
+    dlq_cmd->add_option("--pg-url", dlq_options.pg_url, "PostgreSQL URL")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    // The same filters on every command that selects dead letters.
+    auto add_filters = [&](CLI::App* command) {
+        for (const auto& [flag, help] : std::initializer_list<std::pair<const char*, const char*>>{
+                 {"--family", "Only this job family (orders, payments, …)"},
+                 {"--type", "Only this job type"},
+                 {"--reason", "Only this reason (permanent_failure, invalid_payload, timeout, …)"},
+                 {"--error", "Only errors containing this text (case-insensitive)"},
+                 {"--since", "Failed at or after this time (a timestamp, e.g. 2026-11-22T08:00:00Z)"},
+                 {"--until", "Failed before this time"},
+                 {"--job-id", "Only this job"},
+                 {"--fingerprint", "Only this error group (conveyor dlq groups)"}}) {
+            command->add_option(flag, dlq_filter_values[std::string(flag).substr(2)], help);
+        }
+        command->add_option("--state", dlq_state, "dead (default), replayed or all");
+        command->add_flag("--json", dlq_options.json, "One JSON object per line");
+    };
+    auto* dlq_list_cmd = dlq_cmd->add_subcommand("list", "Dead letters, oldest first");
+    add_filters(dlq_list_cmd);
+    dlq_list_cmd->add_option("--limit", dlq_options.limit, "At most this many")
+        ->check(CLI::Range(std::int64_t{1}, std::int64_t{10'000'000}));
+    auto* dlq_show_cmd = dlq_cmd->add_subcommand("show", "One dead letter: headers, error, payload pretty-printed");
+    dlq_show_cmd->add_option("id", dlq_show_id, "Dead letter id (conveyor dlq list)")->required();
+    auto* dlq_stats_cmd = dlq_cmd->add_subcommand("stats", "Counts by family, type and reason, and the oldest");
+    add_filters(dlq_stats_cmd);
+    auto* dlq_groups_cmd = dlq_cmd->add_subcommand(
+        "groups", "Dead letters grouped by error fingerprint (the error with ids, numbers and quoted values removed)");
+    add_filters(dlq_groups_cmd);
+
     std::string schedules_pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
     bool schedules_json = false;
     auto* schedules_cmd = app.add_subcommand("schedules", "The cron schedules the scheduler fires");
@@ -229,6 +268,35 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         setup_logging(common.log_level);
         if (*enqueue_cmd) {
             return enqueue(common, enqueue_options);
+        }
+        if (*dlq_cmd) {
+            auto& filter = dlq_options.filter;
+            auto value = [&](const std::string& name) -> std::optional<std::string> {
+                const auto& text = dlq_filter_values[name];
+                return text.empty() ? std::nullopt : std::optional(text);
+            };
+            filter.family = value("family");
+            filter.type = value("type");
+            filter.reason = value("reason");
+            filter.error_contains = value("error");
+            filter.since = value("since");
+            filter.until = value("until");
+            filter.job_id = value("job-id");
+            filter.fingerprint = value("fingerprint");
+            filter.state = dlq_state == "all" ? std::nullopt : std::optional(dlq_state);
+            filter.validate();
+            if (*dlq_list_cmd) {
+                return dlq_list(dlq_options);
+            }
+            if (*dlq_show_cmd) {
+                return dlq_show(dlq_options.pg_url, dlq_show_id);
+            }
+            if (*dlq_stats_cmd) {
+                return dlq_stats(dlq_options);
+            }
+            if (*dlq_groups_cmd) {
+                return dlq_groups(dlq_options);
+            }
         }
         if (*scheduled_list_cmd) {
             return list_scheduled(scheduled_options);

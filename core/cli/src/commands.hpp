@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "conveyor/core/amqp.hpp"
+#include "conveyor/core/dead_letters.hpp"
 #include "conveyor/core/migrations.hpp"
 
 namespace conveyor::cli {
@@ -60,12 +61,30 @@ using ConnectedBody = std::function<boost::asio::awaitable<int>(boost::asio::io_
 /// io_context until all work is done, stops the connection and returns the exit code.
 int with_connection(amqp::Connection& connection, std::string_view command, const ConnectedBody& body);
 
+struct DlqOptions {
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    dead_letters::Filter filter;
+    std::int64_t limit = 100;
+    bool json = false;
+};
+
+/// What a database command does with its pool; returns the exit code.
+using DatabaseBody = std::function<boost::asio::awaitable<int>(pg::Pool&)>;
+
+/// Runs `body` against the database; a database error is printed and becomes the exit code (3 unreachable, 2 bad
+/// input, 1 otherwise).
+int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body);
+
 int enqueue(const CommonOptions& common, const EnqueueOptions& options);
 /// Schedules one job per payload through conveyor.enqueue(), due at --at or after --in.
 int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string>& payloads);
 int list_scheduled(const ScheduledListOptions& options);
 int cancel_scheduled(const std::string& pg_url, const std::vector<std::string>& ids);
 int list_schedules(const std::string& pg_url, bool json);
+int dlq_list(const DlqOptions& options);
+int dlq_show(const std::string& pg_url, std::int64_t id);
+int dlq_stats(const DlqOptions& options);
+int dlq_groups(const DlqOptions& options);
 int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations);
 
 }  // namespace conveyor::cli

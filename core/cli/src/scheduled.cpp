@@ -20,41 +20,6 @@ namespace {
 // Rows per INSERT when one command schedules many jobs.
 constexpr std::size_t kInsertBatch = 1000;
 
-using DatabaseBody = std::function<asio::awaitable<int>(pg::Pool&)>;
-
-/// Runs `body` against the database; a database error is printed and becomes the exit code (3 unreachable, 2 bad
-/// input, 1 otherwise).
-int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body) {
-    asio::io_context io;
-    pg::Settings settings;
-    settings.url = pg_url;
-    settings.pool_size = 1;
-    settings.application_name = fmt::format("conveyor {}", command);
-    pg::Pool pool(io.get_executor(), settings);
-    int exit_code = kOk;
-    asio::co_spawn(
-        io,
-        [&]() -> asio::awaitable<void> {
-            try {
-                exit_code = co_await body(pool);
-            } catch (const pg::Error& e) {
-                std::cerr << fmt::format("conveyor {}: {} ({})\n", command, e.what(), pg::redacted(pg_url));
-                // Class 22 is bad data (an --at PostgreSQL cannot read, a payload that is not JSON): a usage error.
-                if (e.sqlstate().starts_with("08")) {
-                    exit_code = kUnavailable;
-                } else {
-                    exit_code = e.sqlstate().starts_with("22") ? kUsage : kFailed;
-                }
-            } catch (const std::invalid_argument& e) {
-                std::cerr << fmt::format("conveyor {}: {}\n", command, e.what());
-                exit_code = kUsage;
-            }
-        },
-        asio::detached);
-    io.run();
-    return exit_code;
-}
-
 std::string or_dash(const pg::Result& rows, int row, int column) {
     return rows.is_null(row, column) ? std::string("-") : std::string(rows.text(row, column));
 }
@@ -89,6 +54,39 @@ std::string json_or_null(const pg::Result& rows, int row, int column) {
 }
 
 }  // namespace
+
+/// Runs `body` against the database; a database error is printed and becomes the exit code (3 unreachable, 2 bad
+/// input, 1 otherwise).
+int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body) {
+    asio::io_context io;
+    pg::Settings settings;
+    settings.url = pg_url;
+    settings.pool_size = 1;
+    settings.application_name = fmt::format("conveyor {}", command);
+    pg::Pool pool(io.get_executor(), settings);
+    int exit_code = kOk;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            try {
+                exit_code = co_await body(pool);
+            } catch (const pg::Error& e) {
+                std::cerr << fmt::format("conveyor {}: {} ({})\n", command, e.what(), pg::redacted(pg_url));
+                // Class 22 is bad data (an --at PostgreSQL cannot read, a payload that is not JSON): a usage error.
+                if (e.sqlstate().starts_with("08")) {
+                    exit_code = kUnavailable;
+                } else {
+                    exit_code = e.sqlstate().starts_with("22") ? kUsage : kFailed;
+                }
+            } catch (const std::invalid_argument& e) {
+                std::cerr << fmt::format("conveyor {}: {}\n", command, e.what());
+                exit_code = kUsage;
+            }
+        },
+        asio::detached);
+    io.run();
+    return exit_code;
+}
 
 int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string>& payloads) {
     std::string run_at = options.at;

@@ -165,6 +165,11 @@ class Pool {
         return execute(std::string(sql), {to_param(args)...});
     }
 
+    /// The same with parameters already converted, for callers that build them at run time.
+    boost::asio::awaitable<Result> query_params(std::string sql, std::vector<Param> params) {
+        return execute(std::move(sql), std::move(params));
+    }
+
     /// Begins a transaction ("BEGIN", or e.g. "BEGIN ISOLATION LEVEL SERIALIZABLE"). A connection that turns
     /// out to be dead is replaced and the BEGIN sent again: nothing has happened on it yet.
     boost::asio::awaitable<Transaction> begin(std::string_view statement = "BEGIN");

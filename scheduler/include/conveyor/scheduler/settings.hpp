@@ -29,6 +29,8 @@ struct SchedulerSettings {
     /// Published and cancelled rows are kept this long; it is also how long an idempotency key is honoured
     /// (CONVEYOR_SCHEDULED_RETENTION).
     std::chrono::milliseconds retention{std::chrono::hours(24 * 7)};
+    /// Move dead letters from conveyor.<family>.dlq into conveyor.dead_letters (CONVEYOR_ARCHIVE_DEAD_LETTERS).
+    bool archive_dead_letters = true;
     /// Threads running the io_context (CONVEYOR_THREADS).
     unsigned threads = 2;
     /// On SIGTERM, time a relay batch in progress gets to finish (CONVEYOR_SHUTDOWN_GRACE).

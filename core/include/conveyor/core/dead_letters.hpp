@@ -1,0 +1,46 @@
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "conveyor/core/pg.hpp"
+
+/// Reading conveyor.dead_letters (filled by conveyor-scheduler's archiver), for the operator CLI and the admin API.
+namespace conveyor::dead_letters {
+
+/// Which dead letters an operation applies to; every field narrows it.
+struct Filter {
+    std::optional<std::string> family;
+    std::optional<std::string> type;
+    std::optional<std::string> reason;
+    std::optional<std::string> error_contains;  ///< case-insensitive substring of the error
+    std::optional<std::string> since;           ///< failed at or after (a timestamp PostgreSQL reads)
+    std::optional<std::string> until;           ///< failed before
+    std::optional<std::string> job_id;
+    std::optional<std::string> fingerprint;
+    /// dead (default), replayed, or nullopt for both.
+    std::optional<std::string> state = std::string("dead");
+
+    /// Throws std::invalid_argument naming the field: an unknown family or state, a malformed fingerprint.
+    void validate() const;
+};
+
+/// Oldest first, at most `limit`. Columns: id, job_id, type, family, reason, attempts, failed_at (RFC 3339 UTC),
+/// error, fingerprint, state, correlation_id (NULL if none).
+boost::asio::awaitable<pg::Result> list(pg::Pool& pool, const Filter& filter, std::int64_t limit);
+
+/// One dead letter, everything. Columns: id, job_id, type, family, queue, routing_key, reason, attempts, failed_at,
+/// archived_at, error, error_pattern, fingerprint, correlation_id, headers (JSON text), body (hex), state,
+/// replayed_at, replayed_by, replayed_as. No row if there is no such id.
+boost::asio::awaitable<pg::Result> show(pg::Pool& pool, std::int64_t id);
+
+/// Counts by family, type and reason, biggest first. Columns: family, type, reason, count, oldest failed_at.
+boost::asio::awaitable<pg::Result> stats(pg::Pool& pool, const Filter& filter);
+
+/// Dead letters grouped by error fingerprint, biggest first. Columns: fingerprint, count, error_pattern, types
+/// (comma-separated), first failed_at, last failed_at, an example error.
+boost::asio::awaitable<pg::Result> groups(pg::Pool& pool, const Filter& filter);
+
+}  // namespace conveyor::dead_letters

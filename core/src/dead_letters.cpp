@@ -1,0 +1,97 @@
+#include "conveyor/core/dead_letters.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <stdexcept>
+
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor::dead_letters {
+namespace asio = boost::asio;
+
+namespace {
+
+// $1…$9 are the filter's fields, in Filter's order; further parameters come after.
+constexpr std::string_view kWhere =
+    "($1::text IS NULL OR family = $1) AND ($2::text IS NULL OR type = $2) AND ($3::text IS NULL OR reason = $3) "
+    "AND ($4::text IS NULL OR strpos(lower(error), lower($4)) > 0) "
+    "AND ($5::timestamptz IS NULL OR failed_at >= $5::timestamptz) "
+    "AND ($6::timestamptz IS NULL OR failed_at < $6::timestamptz) AND ($7::text IS NULL OR job_id = $7) "
+    "AND ($8::text IS NULL OR fingerprint = $8) AND ($9::text IS NULL OR state = $9)";
+
+std::vector<pg::Param> filter_params(const Filter& filter) {
+    return {filter.family, filter.type,   filter.reason,      filter.error_contains, filter.since,
+            filter.until,  filter.job_id, filter.fingerprint, filter.state};
+}
+
+}  // namespace
+
+void Filter::validate() const {
+    if (family) {
+        const auto& known = topology::default_families();
+        if (std::find(known.begin(), known.end(), *family) == known.end()) {
+            throw std::invalid_argument(
+                fmt::format("unknown family '{}' (known: {})", *family, fmt::join(known, ", ")));
+        }
+    }
+    if (state && *state != "dead" && *state != "replayed") {
+        throw std::invalid_argument(fmt::format("state must be dead, replayed or all, not '{}'", *state));
+    }
+    if (fingerprint && (fingerprint->size() != 16 || !std::all_of(fingerprint->begin(), fingerprint->end(), [](char c) {
+                            return std::isxdigit(static_cast<unsigned char>(c)) != 0;
+                        }))) {
+        throw std::invalid_argument(
+            fmt::format("fingerprint '{}' is not 16 hexadecimal digits (see conveyor dlq groups)", *fingerprint));
+    }
+}
+
+asio::awaitable<pg::Result> list(pg::Pool& pool, const Filter& filter, std::int64_t limit) {
+    auto params = filter_params(filter);
+    params.emplace_back(std::to_string(limit));
+    auto rows = co_await pool.query_params(
+        fmt::format("SELECT id, job_id, type, family, reason, attempts, "
+                    "to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), error, fingerprint, "
+                    "state, correlation_id FROM conveyor.dead_letters WHERE {} ORDER BY id LIMIT $10",
+                    kWhere),
+        std::move(params));
+    co_return rows;
+}
+
+asio::awaitable<pg::Result> show(pg::Pool& pool, std::int64_t id) {
+    auto rows = co_await pool.query(
+        "SELECT id, job_id, type, family, queue, routing_key, reason, attempts, "
+        "to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), "
+        "to_char(archived_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), error, error_pattern, "
+        "fingerprint, correlation_id, headers::text, encode(body, 'hex'), state, "
+        "to_char(replayed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), replayed_by, replayed_as "
+        "FROM conveyor.dead_letters WHERE id = $1",
+        id);
+    co_return rows;
+}
+
+asio::awaitable<pg::Result> stats(pg::Pool& pool, const Filter& filter) {
+    auto rows = co_await pool.query_params(
+        fmt::format("SELECT family, type, reason, count(*), "
+                    "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+                    "FROM conveyor.dead_letters WHERE {} GROUP BY family, type, reason "
+                    "ORDER BY count(*) DESC, family, type, reason",
+                    kWhere),
+        filter_params(filter));
+    co_return rows;
+}
+
+asio::awaitable<pg::Result> groups(pg::Pool& pool, const Filter& filter) {
+    auto rows = co_await pool.query_params(
+        fmt::format("SELECT fingerprint, count(*), min(error_pattern), string_agg(DISTINCT type, ','), "
+                    "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+                    "to_char(max(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+                    "(array_agg(error ORDER BY id))[1] FROM conveyor.dead_letters WHERE {} "
+                    "GROUP BY fingerprint ORDER BY count(*) DESC, fingerprint",
+                    kWhere),
+        filter_params(filter));
+    co_return rows;
+}
+
+}  // namespace conveyor::dead_letters

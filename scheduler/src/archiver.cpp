@@ -1,0 +1,240 @@
+#include "archiver.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
+
+#include "conveyor/core/config.hpp"
+#include "conveyor/core/topology.hpp"
+#include "conveyor/scheduler/fingerprint.hpp"
+
+namespace conveyor::scheduler {
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+constexpr auto kRetryBackoff = std::chrono::seconds(1);
+// Deliveries wait in the channel at most this long for the stop flag to be looked at.
+constexpr auto kStopPoll = std::chrono::milliseconds(500);
+
+/// Text PostgreSQL accepts: invalid UTF-8 bytes become U+FFFD and NUL (which text cannot hold) becomes a space.
+std::string valid_utf8(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (std::size_t i = 0; i < text.size();) {
+        const auto c = static_cast<unsigned char>(text[i]);
+        std::size_t length = 0;
+        if (c < 0x80) {
+            out += c == 0 ? ' ' : static_cast<char>(c);
+            ++i;
+            continue;
+        }
+        if ((c >> 5) == 0x6) {
+            length = 2;
+        } else if ((c >> 4) == 0xe) {
+            length = 3;
+        } else if ((c >> 3) == 0x1e) {
+            length = 4;
+        }
+        bool valid = length != 0 && i + length <= text.size();
+        for (std::size_t k = 1; valid && k < length; ++k) {
+            valid = (static_cast<unsigned char>(text[i + k]) >> 6) == 0x2;
+        }
+        if (valid) {
+            out.append(text.substr(i, length));
+            i += length;
+        } else {
+            out += "\xEF\xBF\xBD";
+            ++i;
+        }
+    }
+    return out;
+}
+
+std::string header_text(const amqp::Headers& headers, std::string_view name) {
+    const auto* value = amqp::find_header(headers, name);
+    if (value == nullptr) {
+        return {};
+    }
+    if (const auto* text = std::get_if<std::string>(value)) {
+        return valid_utf8(*text);
+    }
+    if (const auto* number = std::get_if<std::int64_t>(value)) {
+        return std::to_string(*number);
+    }
+    return {};
+}
+
+std::string headers_json(const amqp::Headers& headers) {
+    boost::json::object object;
+    for (const auto& [name, value] : headers) {
+        std::visit(
+            [&object, &name](const auto& v) {
+                using T = std::decay_t<decltype(v)>;
+                if constexpr (std::is_same_v<T, std::string>) {
+                    object[valid_utf8(name)] = valid_utf8(v);
+                } else {
+                    object[valid_utf8(name)] = v;
+                }
+            },
+            value);
+    }
+    return boost::json::serialize(object);
+}
+
+/// bytea input syntax: the body exactly as it arrived, whatever its bytes.
+std::string bytea_hex(std::string_view bytes) {
+    std::string out = "\\x";
+    out.reserve(2 + 2 * bytes.size());
+    for (const char c : bytes) {
+        fmt::format_to(std::back_inserter(out), "{:02x}", static_cast<unsigned char>(c));
+    }
+    return out;
+}
+
+/// One dead letter's columns, in the order of the INSERT below.
+struct Row {
+    std::array<std::string, 15> columns;
+};
+
+Row row_of(const amqp::Delivery& delivery) {
+    const auto& message = delivery.message;
+    const auto& headers = message.properties.headers;
+    auto routing_key = header_text(headers, "x-conveyor-original-routing-key");
+    if (routing_key.empty()) {
+        routing_key = valid_utf8(message.routing_key);
+    }
+    auto type = std::string(topology::job_type_of_routing_key(routing_key));
+    if (type.empty()) {
+        type = "unknown";
+    }
+    const std::string_view queue = delivery.queue;
+    const auto job_queue = queue.substr(0, queue.rfind(".dlq"));
+    auto family = topology::family_of_queue(job_queue);
+    // A message the worker dead-lettered carries its reason; one without it was dead-lettered by the broker itself,
+    // at the queue's delivery limit (a job that kept killing its workers).
+    auto reason = header_text(headers, "x-conveyor-reason");
+    if (reason.empty()) {
+        reason = "delivery_limit";
+    }
+    const auto error = header_text(headers, "x-conveyor-error");
+    auto attempts = header_text(headers, "x-conveyor-attempts");
+    if (attempts.empty()) {
+        attempts = header_text(headers, "x-conveyor-attempt");
+    }
+    auto failed_at = header_text(headers, "x-conveyor-failed-at");
+    if (failed_at.empty()) {
+        failed_at = utc_timestamp(std::chrono::system_clock::now());
+    }
+    const auto pattern = error_pattern(error);
+    const auto job_id = valid_utf8(message.properties.message_id);
+    // The same message delivered twice has the same key; the same job dead-lettered again later does not.
+    const auto archive_key =
+        error_fingerprint(fmt::format("{}\n{}\n{}\n{}", queue, job_id, header_text(headers, "x-conveyor-failed-at"),
+                                      error_fingerprint(message.body))) +
+        ":" + job_id.substr(0, 100);
+    Row row;
+    row.columns = {job_id,
+                   type,
+                   family.empty() ? std::string("unknown") : family,
+                   std::string(queue),
+                   routing_key,
+                   reason,
+                   error,
+                   pattern,
+                   error_fingerprint(pattern),
+                   attempts.empty() ? std::string("0") : attempts,
+                   failed_at,
+                   valid_utf8(message.properties.correlation_id),
+                   headers_json(headers),
+                   bytea_hex(message.body),
+                   archive_key};
+    return row;
+}
+
+}  // namespace
+
+asio::awaitable<void> DeadLetterArchiver::archive(const amqp::DeliveryBatch& batch) {
+    std::array<std::vector<std::string>, 15> columns;
+    for (const auto& delivery : batch) {
+        auto row = row_of(delivery);
+        for (std::size_t i = 0; i < columns.size(); ++i) {
+            columns[i].push_back(std::move(row.columns[i]));
+        }
+    }
+    std::vector<pg::Param> params;
+    params.reserve(columns.size());
+    for (const auto& column : columns) {
+        params.emplace_back(pg::text_array(column));
+    }
+    auto transaction = co_await pool_.begin();
+    co_await transaction.query_params(
+        "INSERT INTO conveyor.dead_letters (job_id, type, family, queue, routing_key, reason, error, error_pattern, "
+        "fingerprint, attempts, failed_at, correlation_id, headers, body, archive_key) "
+        "SELECT job_id, type, family, queue, routing_key, reason, error, error_pattern, fingerprint, attempts::int, "
+        "failed_at::timestamptz, nullif(correlation_id, ''), headers::jsonb, body::bytea, archive_key "
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], "
+        "$9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[]) "
+        "AS d(job_id, type, family, queue, routing_key, reason, error, error_pattern, fingerprint, attempts, "
+        "failed_at, correlation_id, headers, body, archive_key) "
+        // The same message again is a no-op; a replayed dead letter that failed the same way again (the broker's
+        // delivery limit sets no failure time, so its key repeats) is dead again.
+        "ON CONFLICT (archive_key) DO UPDATE SET state = 'dead', archived_at = now(), failed_at = excluded.failed_at "
+        "WHERE dead_letters.state = 'replayed'",
+        std::move(params));
+    co_await transaction.commit();
+}
+
+asio::awaitable<void> DeadLetterArchiver::run(const std::atomic<bool>& stopping) {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (!stopping) {
+        timer.expires_after(kStopPoll);
+        auto received = co_await (deliveries_.async_receive(asio::as_tuple(asio::use_awaitable)) ||
+                                  timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+        if (received.index() == 1) {
+            continue;
+        }
+        auto [error, batch] = std::move(std::get<0>(received));
+        if (error) {
+            co_return;
+        }
+        std::string failure;
+        while (!stopping) {
+            try {
+                co_await archive(batch);
+                failure.clear();
+                break;
+            } catch (const std::exception& e) {
+                if (failure.empty()) {
+                    spdlog::error(
+                        "dead-letter archiver: cannot store {} dead letters (first: job {}): {}; retrying "
+                        "every second, they stay in their queue meanwhile",
+                        batch.size(), batch.front().message.properties.message_id, e.what());
+                }
+                failure = e.what();
+            }
+            timer.expires_after(kRetryBackoff);
+            co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+        if (!failure.empty()) {
+            co_return;  // stopping: the unacknowledged deliveries go back to the queue with the connection
+        }
+        for (const auto& delivery : batch) {
+            consumer_.ack(delivery);
+            spdlog::debug("dead-letter archiver: stored job {} (correlation {}) from {}",
+                          delivery.message.properties.message_id, delivery.message.properties.correlation_id,
+                          delivery.queue);
+        }
+        spdlog::info("dead-letter archiver: stored {} dead letters", batch.size());
+    }
+}
+
+}  // namespace conveyor::scheduler
