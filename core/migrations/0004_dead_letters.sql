@@ -21,7 +21,7 @@ CREATE TABLE conveyor.dead_letters (
     correlation_id text,
     -- Every header of the message as it arrived (x-conveyor-*, traceparent …), and its body untouched.
     headers        jsonb NOT NULL,
-    body           text NOT NULL,
+    body           bytea NOT NULL,
     -- A message redelivered from the DLQ (the archiver crashed between commit and ack) has the same key.
     archive_key    text NOT NULL UNIQUE,
     state          text NOT NULL DEFAULT 'dead',

@@ -10,6 +10,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
+#include <set>
 
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/topology.hpp"
@@ -164,8 +165,13 @@ Row row_of(const amqp::Delivery& delivery) {
 
 asio::awaitable<void> DeadLetterArchiver::archive(const amqp::DeliveryBatch& batch) {
     std::array<std::vector<std::string>, 15> columns;
+    // Copies of one message in one batch would make the statement update its own row twice: store one.
+    std::set<std::string> keys;
     for (const auto& delivery : batch) {
         auto row = row_of(delivery);
+        if (!keys.insert(row.columns.back()).second) {
+            continue;
+        }
         for (std::size_t i = 0; i < columns.size(); ++i) {
             columns[i].push_back(std::move(row.columns[i]));
         }

@@ -340,8 +340,10 @@ TEST_F(SchedulerTest, DeadLettersAreMovedIntoTheDatabaseOnceWithEverythingNeeded
     }
 
     auto scheduler = start_scheduler({}, "scheduler-archiver");
-    ASSERT_TRUE(eventually([&] { return broker_.ready("conveyor.diag.dlq") == 0; }, 30s)) << scheduler.process->log();
-    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.dead_letters"), kJobs + 1);
+    ASSERT_TRUE(
+        eventually([&] { return database_.scalar("SELECT count(*) FROM conveyor.dead_letters") == kJobs + 1; }, 30s))
+        << scheduler.process->log();
+    EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
     const auto failed = database_.query(
         "SELECT reason, type, family, queue, attempts, count(*), count(DISTINCT fingerprint), min(error_pattern), "
         "bool_and(body = convert_to('{\"times\": 1, \"permanent\": true}', 'UTF8')), "

@@ -214,8 +214,10 @@ int dlq_groups(const DlqOptions& options) {
                            json_text(rows.text(row, 6)))
                     << '\n';
             } else {
+                const auto pattern =
+                    rows.text(row, 2).empty() ? std::string_view("(no error text)") : rows.text(row, 2);
                 std::cout << fmt::format("{}  {:>7} × {}\n{:>26} types {}, {} … {}\n{:>26} e.g. {}\n",
-                                         rows.text(row, 0), rows.text(row, 1), rows.text(row, 2), "", rows.text(row, 3),
+                                         rows.text(row, 0), rows.text(row, 1), pattern, "", rows.text(row, 3),
                                          rows.text(row, 4), rows.text(row, 5), "", summary(rows.text(row, 6)));
             }
         }
