@@ -94,4 +94,36 @@ asio::awaitable<pg::Result> groups(pg::Pool& pool, const Filter& filter) {
     co_return rows;
 }
 
+asio::awaitable<std::int64_t> count(pg::Pool& pool, const Filter& filter) {
+    const auto rows = co_await pool.query_params(
+        fmt::format("SELECT count(*) FROM conveyor.dead_letters WHERE {}", kWhere), filter_params(filter));
+    co_return rows.integer(0, 0);
+}
+
+asio::awaitable<pg::Result> claim(pg::Transaction& transaction, const Filter& filter, std::int64_t after,
+                                  std::int64_t limit) {
+    auto params = filter_params(filter);
+    params.emplace_back(std::to_string(after));
+    params.emplace_back(std::to_string(limit));
+    auto rows = co_await transaction.query_params(
+        fmt::format("SELECT id, job_id, type, routing_key, correlation_id, headers::text, encode(body, 'hex') "
+                    "FROM conveyor.dead_letters WHERE {} AND id > $10 ORDER BY id LIMIT $11 FOR UPDATE SKIP LOCKED",
+                    kWhere),
+        std::move(params));
+    co_return rows;
+}
+
+asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vector<std::string>& ids,
+                                    const std::string& by, const std::string& as_type) {
+    if (ids.empty()) {
+        co_return;
+    }
+    const auto id_array = fmt::format("{{{}}}", fmt::join(ids, ","));
+    const std::optional<std::string> as = as_type.empty() ? std::nullopt : std::optional(as_type);
+    co_await transaction.query(
+        "UPDATE conveyor.dead_letters SET state = 'replayed', replayed_at = now(), replayed_by = $2, "
+        "replayed_as = coalesce($3, type) WHERE id = ANY($1::bigint[])",
+        id_array, by, as);
+}
+
 }  // namespace conveyor::dead_letters

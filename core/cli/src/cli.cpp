@@ -232,6 +232,18 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         "groups", "Dead letters grouped by error fingerprint (the error with ids, numbers and quoted values removed)");
     add_filters(dlq_groups_cmd);
 
+    ReplayOptions replay_options;
+    auto* dlq_replay_cmd = dlq_cmd->add_subcommand(
+        "replay", "Publish matching dead letters again, a fresh attempt count each, marked replayed once confirmed");
+    add_filters(dlq_replay_cmd);
+    dlq_replay_cmd->add_option("--limit", replay_options.limit, "At most this many (default: every match)")
+        ->check(CLI::Range(std::int64_t{1}, std::int64_t{100'000'000}));
+    dlq_replay_cmd->add_option("--rate", replay_options.rate, "Jobs per second (default: as fast as confirms allow)")
+        ->check(CLI::PositiveNumber);
+    dlq_replay_cmd->add_flag("--dry-run", replay_options.dry_run, "Show what would be replayed; change nothing");
+    dlq_replay_cmd->add_option("--to", replay_options.to_type, "Replay as this job type (e.g. a fixed version)");
+    dlq_replay_cmd->add_flag("!--no-progress", replay_options.progress, "Do not show progress on stderr");
+
     std::string schedules_pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
     bool schedules_json = false;
     auto* schedules_cmd = app.add_subcommand("schedules", "The cron schedules the scheduler fires");
@@ -296,6 +308,10 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
             }
             if (*dlq_groups_cmd) {
                 return dlq_groups(dlq_options);
+            }
+            if (*dlq_replay_cmd) {
+                replay_options.dlq = dlq_options;
+                return dlq_replay(common, replay_options);
             }
         }
         if (*scheduled_list_cmd) {

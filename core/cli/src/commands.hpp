@@ -68,6 +68,15 @@ struct DlqOptions {
     bool json = false;
 };
 
+struct ReplayOptions {
+    DlqOptions dlq;
+    std::int64_t limit = 0;  ///< 0: every match
+    double rate = 0;         ///< jobs per second; 0: as fast as confirms allow
+    bool dry_run = false;
+    std::string to_type;  ///< re-route to this type
+    bool progress = true;
+};
+
 /// What a database command does with its pool; returns the exit code.
 using DatabaseBody = std::function<boost::asio::awaitable<int>(pg::Pool&)>;
 
@@ -85,6 +94,9 @@ int dlq_list(const DlqOptions& options);
 int dlq_show(const std::string& pg_url, std::int64_t id);
 int dlq_stats(const DlqOptions& options);
 int dlq_groups(const DlqOptions& options);
+/// Publishes matching dead letters again (their original job ids, a fresh attempt count, replay headers), a chunk
+/// per transaction: each is marked replayed only after the broker confirmed it.
+int dlq_replay(const CommonOptions& common, const ReplayOptions& options);
 int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations);
 
 }  // namespace conveyor::cli

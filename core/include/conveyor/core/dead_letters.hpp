@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "conveyor/core/pg.hpp"
 
@@ -42,5 +43,17 @@ boost::asio::awaitable<pg::Result> stats(pg::Pool& pool, const Filter& filter);
 /// Dead letters grouped by error fingerprint, biggest first. Columns: fingerprint, count, error_pattern, types
 /// (comma-separated), first failed_at, last failed_at, an example error.
 boost::asio::awaitable<pg::Result> groups(pg::Pool& pool, const Filter& filter);
+
+/// How many dead letters match.
+boost::asio::awaitable<std::int64_t> count(pg::Pool& pool, const Filter& filter);
+
+/// Locks the next `limit` matching dead letters after id `after` (FOR UPDATE SKIP LOCKED, so two replays never take
+/// the same one). Columns: id, job_id, type, routing_key, correlation_id, headers (JSON text), body (hex).
+boost::asio::awaitable<pg::Result> claim(pg::Transaction& transaction, const Filter& filter, std::int64_t after,
+                                         std::int64_t limit);
+
+/// Marks dead letters replayed, by whom and as which type (empty: their own).
+boost::asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vector<std::string>& ids,
+                                           const std::string& by, const std::string& as_type);
 
 }  // namespace conveyor::dead_letters
