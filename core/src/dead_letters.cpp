@@ -126,4 +126,32 @@ asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vec
         id_array, by, as);
 }
 
+asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter) {
+    auto rows = co_await pool.query_params(
+        fmt::format("WITH gone AS (DELETE FROM conveyor.dead_letters WHERE {} RETURNING type, reason) "
+                    "SELECT type, reason, count(*) FROM gone GROUP BY type, reason ORDER BY count(*) DESC, type",
+                    kWhere),
+        filter_params(filter));
+    co_return rows;
+}
+
+asio::awaitable<Outcomes> outcomes(pg::Pool& pool, const std::vector<std::string>& job_ids, const std::string& since) {
+    const auto ids = pg::text_array(job_ids);
+    const auto rows = co_await pool.query(
+        "SELECT (SELECT count(*) FROM conveyor.inbox WHERE message_id = ANY($1::text[]) AND processed_at >= "
+        "$2::timestamptz), "
+        "(SELECT count(DISTINCT job_id) FROM conveyor.dead_letters WHERE job_id = ANY($1::text[]) "
+        "AND state = 'dead' AND archived_at >= $2::timestamptz), "
+        "(SELECT error FROM conveyor.dead_letters WHERE job_id = ANY($1::text[]) AND state = 'dead' "
+        "AND archived_at >= $2::timestamptz ORDER BY id LIMIT 1)",
+        ids, since);
+    Outcomes result;
+    result.succeeded = rows.integer(0, 0);
+    result.failed = rows.integer(0, 1);
+    if (!rows.is_null(0, 2)) {
+        result.example_error = rows.text(0, 2);
+    }
+    co_return result;
+}
+
 }  // namespace conveyor::dead_letters

@@ -243,6 +243,18 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     dlq_replay_cmd->add_flag("--dry-run", replay_options.dry_run, "Show what would be replayed; change nothing");
     dlq_replay_cmd->add_option("--to", replay_options.to_type, "Replay as this job type (e.g. a fixed version)");
     dlq_replay_cmd->add_flag("!--no-progress", replay_options.progress, "Do not show progress on stderr");
+    dlq_replay_cmd
+        ->add_option("--canary", replay_options.canary,
+                     "Replay this many first and go on only if all of them succeed (they must be of a "
+                     "type that runs in a transaction, whose inbox record shows it)")
+        ->check(CLI::Range(std::int64_t{1}, std::int64_t{10'000}));
+    std::string canary_timeout = "60s";
+    dlq_replay_cmd->add_option("--canary-timeout", canary_timeout, "How long to wait for the canaries")
+        ->check(duration_validator());
+    bool purge_confirmed = false;
+    auto* dlq_purge_cmd = dlq_cmd->add_subcommand("purge", "Delete matching dead letters for good (needs --yes)");
+    add_filters(dlq_purge_cmd);
+    dlq_purge_cmd->add_flag("--yes", purge_confirmed, "Really delete them");
 
     std::string schedules_pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
     bool schedules_json = false;
@@ -309,7 +321,11 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
             if (*dlq_groups_cmd) {
                 return dlq_groups(dlq_options);
             }
+            if (*dlq_purge_cmd) {
+                return dlq_purge(dlq_options, purge_confirmed);
+            }
             if (*dlq_replay_cmd) {
+                replay_options.canary_timeout = parse_duration(canary_timeout);
                 replay_options.dlq = dlq_options;
                 return dlq_replay(common, replay_options);
             }

@@ -75,6 +75,9 @@ struct ReplayOptions {
     bool dry_run = false;
     std::string to_type;  ///< re-route to this type
     bool progress = true;
+    /// Replay this many first, wait for their outcome, and go on only if all succeeded.
+    std::int64_t canary = 0;
+    std::chrono::milliseconds canary_timeout{std::chrono::seconds(60)};
 };
 
 /// What a database command does with its pool; returns the exit code.
@@ -97,6 +100,8 @@ int dlq_groups(const DlqOptions& options);
 /// Publishes matching dead letters again (their original job ids, a fresh attempt count, replay headers), a chunk
 /// per transaction: each is marked replayed only after the broker confirmed it.
 int dlq_replay(const CommonOptions& common, const ReplayOptions& options);
+/// Deletes matching dead letters; only with `confirmed` (--yes), else says how many it would delete.
+int dlq_purge(const DlqOptions& options, bool confirmed);
 int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations);
 
 }  // namespace conveyor::cli

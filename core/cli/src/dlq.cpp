@@ -228,4 +228,24 @@ int dlq_groups(const DlqOptions& options) {
     });
 }
 
+int dlq_purge(const DlqOptions& options, bool confirmed) {
+    return with_database(options.pg_url, "dlq purge", [&](pg::Pool& pool) -> asio::awaitable<int> {
+        if (!confirmed) {
+            const auto matching = co_await dead_letters::count(pool, options.filter);
+            std::cerr << fmt::format("conveyor dlq purge: would delete {} dead letters; add --yes to delete them\n",
+                                     matching);
+            co_return kUsage;
+        }
+        const auto rows = co_await dead_letters::purge(pool, options.filter);
+        std::int64_t total = 0;
+        for (int row = 0; row < rows.rows(); ++row) {
+            total += rows.integer(row, 2);
+            std::cout << fmt::format("deleted {:>8}  {:<22}  {}\n", rows.text(row, 2), rows.text(row, 0),
+                                     rows.text(row, 1));
+        }
+        std::cout << fmt::format("deleted {} dead letters\n", total);
+        co_return kOk;
+    });
+}
+
 }  // namespace conveyor::cli

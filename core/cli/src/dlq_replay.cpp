@@ -141,9 +141,13 @@ int dlq_replay(const CommonOptions& common, const ReplayOptions& options) {
             co_return kOk;
         }
         asio::steady_timer pacing(co_await asio::this_coro::executor);
+        const auto started_at = co_await pool.query("SELECT now()::text");
+        const std::string since(started_at.text(0, 0));
         std::int64_t last_id = 0;
+        bool canaries_pending = options.canary > 0;
         while (progress.replayed < progress.total && !interrupted && failure.empty()) {
-            const auto wanted = std::min(kChunk, progress.total - progress.replayed);
+            const auto wanted =
+                std::min(canaries_pending ? options.canary : kChunk, progress.total - progress.replayed);
             auto transaction = co_await pool.begin();
             const auto rows = co_await dead_letters::claim(transaction, filter, last_id, wanted);
             if (rows.rows() == 0) {
@@ -189,6 +193,37 @@ int dlq_replay(const CommonOptions& common, const ReplayOptions& options) {
             co_await transaction.commit();
             if (options.progress && progress.total >= 100) {
                 progress.show();
+            }
+            if (canaries_pending && failure.empty()) {
+                canaries_pending = false;
+                std::vector<std::string> job_ids;
+                for (int row = 0; row < static_cast<int>(replayed.size()); ++row) {
+                    job_ids.emplace_back(rows.text(row, 1));
+                }
+                std::cerr << fmt::format("conveyor dlq replay: {} canaries replayed; waiting up to {} s for them\n",
+                                         job_ids.size(), options.canary_timeout.count() / 1000);
+                const auto deadline = Clock::now() + options.canary_timeout;
+                dead_letters::Outcomes outcome;
+                while (Clock::now() < deadline && !interrupted) {
+                    outcome = co_await dead_letters::outcomes(pool, job_ids, since);
+                    if (outcome.failed > 0 || outcome.succeeded >= static_cast<std::int64_t>(job_ids.size())) {
+                        break;
+                    }
+                    pacing.expires_after(std::chrono::milliseconds(500));
+                    co_await pacing.async_wait(asio::as_tuple(asio::use_awaitable));
+                }
+                if (outcome.failed > 0) {
+                    failure = fmt::format("{} of {} canaries failed again ({})", outcome.failed, job_ids.size(),
+                                          outcome.example_error);
+                } else if (outcome.succeeded < static_cast<std::int64_t>(job_ids.size())) {
+                    failure = fmt::format(
+                        "only {} of {} canaries finished within {} s (a job type without a "
+                        "transaction leaves no trace to check)",
+                        outcome.succeeded, job_ids.size(), options.canary_timeout.count() / 1000);
+                } else {
+                    std::cerr << fmt::format("conveyor dlq replay: all {} canaries succeeded; replaying the rest\n",
+                                             job_ids.size());
+                }
             }
         }
         signals.cancel();

@@ -56,4 +56,17 @@ boost::asio::awaitable<pg::Result> claim(pg::Transaction& transaction, const Fil
 boost::asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vector<std::string>& ids,
                                            const std::string& by, const std::string& as_type);
 
+/// Deletes matching dead letters. Columns: type, reason, count deleted.
+boost::asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter);
+
+/// How replayed jobs came out since `since` (a timestamp from the database's clock): how many of `job_ids` are in
+/// conveyor.inbox (they ran, in a transaction) and how many were dead-lettered again, with one of the new errors.
+struct Outcomes {
+    std::int64_t succeeded = 0;
+    std::int64_t failed = 0;
+    std::string example_error;
+};
+boost::asio::awaitable<Outcomes> outcomes(pg::Pool& pool, const std::vector<std::string>& job_ids,
+                                          const std::string& since);
+
 }  // namespace conveyor::dead_letters
