@@ -33,3 +33,10 @@ CREATE TABLE conveyor.dead_letters (
 CREATE INDEX dead_letters_dead ON conveyor.dead_letters (failed_at) WHERE state = 'dead';
 CREATE INDEX dead_letters_fingerprint ON conveyor.dead_letters (fingerprint) WHERE state = 'dead';
 CREATE INDEX dead_letters_job_id ON conveyor.dead_letters (job_id);
+
+-- Replays per dead-letter queue since the beginning, for conveyor_dlq_replayed_total: a counter must not fall when
+-- replayed rows are purged, so it is kept apart from them and advanced in the transaction that marks them.
+CREATE TABLE conveyor.dead_letter_replays (
+    queue    text PRIMARY KEY,
+    replayed bigint NOT NULL DEFAULT 0
+);

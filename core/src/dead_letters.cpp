@@ -47,6 +47,19 @@ void Filter::validate() const {
     }
 }
 
+std::string decode_body(std::string_view hex) {
+    if (hex.starts_with("\\x")) {
+        hex.remove_prefix(2);
+    }
+    auto nibble = [](char c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; };
+    std::string bytes;
+    bytes.reserve(hex.size() / 2);
+    for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+        bytes += static_cast<char>((nibble(hex[i]) << 4) | nibble(hex[i + 1]));
+    }
+    return bytes;
+}
+
 asio::awaitable<pg::Result> list(pg::Pool& pool, const Filter& filter, std::int64_t limit) {
     auto params = filter_params(filter);
     params.emplace_back(std::to_string(limit));
@@ -121,8 +134,11 @@ asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vec
     const auto id_array = fmt::format("{{{}}}", fmt::join(ids, ","));
     const std::optional<std::string> as = as_type.empty() ? std::nullopt : std::optional(as_type);
     co_await transaction.query(
-        "UPDATE conveyor.dead_letters SET state = 'replayed', replayed_at = now(), replayed_by = $2, "
-        "replayed_as = coalesce($3, type) WHERE id = ANY($1::bigint[])",
+        "WITH marked AS (UPDATE conveyor.dead_letters SET state = 'replayed', replayed_at = now(), replayed_by = $2, "
+        "replayed_as = coalesce($3, type) WHERE id = ANY($1::bigint[]) RETURNING queue) "
+        "INSERT INTO conveyor.dead_letter_replays AS r (queue, replayed) "
+        "SELECT queue, count(*) FROM marked GROUP BY queue "
+        "ON CONFLICT (queue) DO UPDATE SET replayed = r.replayed + excluded.replayed",
         id_array, by, as);
 }
 

@@ -12,6 +12,7 @@
 #include <memory>
 #include <regex>
 
+#include "api_json.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/scheduled_jobs.hpp"
 
@@ -28,14 +29,6 @@ constexpr auto kMaxDelay = std::chrono::hours(24 * 365 * 10);
 // RFC 3339 with an explicit offset: a time without one would be read in the database session's time zone.
 const std::regex kTimestamp(R"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}(:?\d{2})?))");
 const std::regex kTraceparent(R"([0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})");
-
-HttpResponse json_response(unsigned status, const boost::json::value& body) {
-    return HttpResponse{status, "application/json", boost::json::serialize(body) + "\n"};
-}
-
-HttpResponse error_response(unsigned status, std::string_view message) {
-    return json_response(status, boost::json::object{{"error", message}});
-}
 
 /// A job as the API received it, checked; empty strings stand for absent values (SQL NULL / now()).
 struct ApiJob {
@@ -142,18 +135,14 @@ ApiJob read_job(simdjson::dom::element element, const JobCatalogue& catalogue) {
     return job;
 }
 
-boost::json::value json_or_null(const pg::Result& rows, int row, int column) {
-    if (rows.is_null(row, column)) {
-        return nullptr;
-    }
-    return boost::json::string(rows.text(row, column));
-}
-
 }  // namespace
 
-EnqueueApi::EnqueueApi(pg::Pool& pool, const JobCatalogue& catalogue, std::vector<ApiToken> tokens, double rate_limit,
+EnqueueApi::EnqueueApi(pg::Pool& pool, amqp::Connection& publisher, const std::atomic<bool>& stopping,
+                       const JobCatalogue& catalogue, std::vector<ApiToken> tokens, double rate_limit,
                        prometheus::Registry& metrics)
     : pool_(pool),
+      publisher_(publisher),
+      stopping_(stopping),
       catalogue_(catalogue),
       tokens_(std::move(tokens)),
       limiter_(rate_limit),
@@ -175,6 +164,16 @@ void EnqueueApi::register_routes(HttpServer& server) {
                  guarded("/v1/scheduled/{id}", Scope::admin, std::bind_front(&EnqueueApi::cancel_scheduled, this)));
     server.route("GET", "/v1/schedules",
                  guarded("/v1/schedules", std::nullopt, std::bind_front(&EnqueueApi::list_schedules, this)));
+    server.route("GET", "/v1/dead-letters",
+                 guarded("/v1/dead-letters", Scope::admin, std::bind_front(&EnqueueApi::list_dead_letters, this)));
+    server.route("GET", "/v1/dead-letters/{id}",
+                 guarded("/v1/dead-letters/{id}", Scope::admin, std::bind_front(&EnqueueApi::show_dead_letter, this)));
+    server.route(
+        "POST", "/v1/dead-letters/replay",
+        guarded("/v1/dead-letters/replay", Scope::admin, std::bind_front(&EnqueueApi::replay_dead_letters, this)));
+    server.route(
+        "POST", "/v1/dead-letters/purge",
+        guarded("/v1/dead-letters/purge", Scope::admin, std::bind_front(&EnqueueApi::purge_dead_letters, this)));
     if (tokens_.empty()) {
         spdlog::warn("api: no tokens (CONVEYOR_API_TOKENS_FILE): every API request is refused with 401");
     }

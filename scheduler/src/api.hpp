@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "conveyor/core/amqp.hpp"
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/pg.hpp"
 #include "conveyor/scheduler/api_tokens.hpp"
@@ -23,11 +24,18 @@ namespace conveyor::scheduler {
 ///   GET    /v1/scheduled        (admin)    scheduled jobs: ?state=pending|published|cancelled|failed|all&type=&limit=
 ///   DELETE /v1/scheduled/{id}   (admin)    cancels a pending job
 ///   GET    /v1/schedules        (any)      the cron schedules with their next fire times
+///   GET    /v1/dead-letters     (admin)    stored dead letters, oldest first: ?family=&type=&reason=&error=&since=
+///                                          &until=&job_id=&fingerprint=&state=dead|replayed|all&limit=
+///   GET    /v1/dead-letters/{id} (admin)   one dead letter with its headers and payload
+///   POST   /v1/dead-letters/replay (admin) {filter, limit, rate, dry_run, to} → what was (or would be) replayed
+///   POST   /v1/dead-letters/purge  (admin) {filter} → what was deleted
 /// Every request needs `Authorization: Bearer <token>`; errors are JSON {"error": "..."}. A batch is accepted or
 /// refused whole, in one transaction, after every job was checked against the catalogue.
 class EnqueueApi {
   public:
-    EnqueueApi(pg::Pool& pool, const JobCatalogue& catalogue, std::vector<ApiToken> tokens, double rate_limit,
+    /// `publisher` replays dead letters; a replay ends after its current message once `stopping` is set.
+    EnqueueApi(pg::Pool& pool, amqp::Connection& publisher, const std::atomic<bool>& stopping,
+               const JobCatalogue& catalogue, std::vector<ApiToken> tokens, double rate_limit,
                prometheus::Registry& metrics);
 
     void register_routes(HttpServer& server);
@@ -46,8 +54,14 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> list_scheduled(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> cancel_scheduled(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> list_schedules(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> list_dead_letters(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> show_dead_letter(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> replay_dead_letters(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> purge_dead_letters(const HttpRequest& request, const ApiToken& token);
 
     pg::Pool& pool_;
+    amqp::Connection& publisher_;
+    const std::atomic<bool>& stopping_;
     const JobCatalogue& catalogue_;
     std::vector<ApiToken> tokens_;
     RateLimiter limiter_;

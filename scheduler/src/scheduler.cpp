@@ -9,6 +9,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <map>
 
 #include "api.hpp"
 #include "archiver.hpp"
@@ -79,11 +80,15 @@ class Scheduler::Impl {
                  RelaySettings{settings_.relay_batch, settings_.relay_poll_interval}),
           firing_(io_.get_executor(), pool_, database_settings(settings_, 1, "leadership"), std::move(schedules),
                   metrics_),
-          api_(pool_, catalogue_, std::move(tokens), settings_.api_rate_limit, *registry_),
+          api_(pool_, publisher_, stopping_, catalogue_, std::move(tokens), settings_.api_rate_limit, *registry_),
           archiver_(pool_, archiver_consumer_, dead_letters_),
           background_(settings_.archive_dead_letters ? 4 : 3) {}
 
     asio::awaitable<void> run() {
+        for (const auto& family : topology::default_families()) {
+            metrics_.dlq_replayed(topology::dead_letter_queue_name(family)).Increment(0);
+            metrics_.oldest_dead_letter(family).Set(0);
+        }
         serve_http();
         publisher_.start();
         asio::co_spawn(io_, relay_.run(stopping_), background_done("relay"));
@@ -188,6 +193,7 @@ class Scheduler::Impl {
                         "FROM conveyor.scheduled_jobs WHERE state = 'pending'");
                     metrics_.pending.Set(static_cast<double>(counts.integer(0, 0)));
                     metrics_.overdue.Set(static_cast<double>(counts.integer(0, 1)));
+                    co_await count_dead_letters();
                 }
                 if (Clock::now() >= next_prune) {
                     next_prune = Clock::now() + kPruneInterval;
@@ -205,6 +211,42 @@ class Scheduler::Impl {
             last_failure = failure;
             tick.expires_after(kProbeInterval);
             co_await tick.async_wait(asio::use_awaitable);
+        }
+    }
+
+    /// The stored dead letters' gauges and the replay counter, from the database (replays happen in the CLI too).
+    asio::awaitable<void> count_dead_letters() {
+        const auto stored = co_await pool_.query(
+            "SELECT family, reason, count(*), extract(epoch FROM now() - min(failed_at))::float8 "
+            "FROM conveyor.dead_letters WHERE state = 'dead' GROUP BY family, reason");
+        std::map<std::pair<std::string, std::string>, double> counts;
+        std::map<std::string, double> oldest;
+        for (const auto& family : topology::default_families()) {
+            oldest[family] = 0;
+        }
+        for (const auto& [labels, count] : dead_letter_counts_) {
+            counts[labels] = 0;  // a combination that is gone reads 0, not its last value
+        }
+        for (int row = 0; row < stored.rows(); ++row) {
+            const std::string family(stored.text(row, 0));
+            counts[{family, std::string(stored.text(row, 1))}] = static_cast<double>(stored.integer(row, 2));
+            oldest[family] = std::max(oldest[family], std::stod(std::string(stored.text(row, 3))));
+        }
+        for (const auto& [labels, count] : counts) {
+            metrics_.dead_letters(labels.first, labels.second).Set(count);
+        }
+        for (const auto& [family, age] : oldest) {
+            metrics_.oldest_dead_letter(family).Set(age);
+        }
+        dead_letter_counts_ = std::move(counts);
+
+        const auto replays = co_await pool_.query("SELECT queue, replayed FROM conveyor.dead_letter_replays");
+        for (int row = 0; row < replays.rows(); ++row) {
+            auto& counter = metrics_.dlq_replayed(std::string(replays.text(row, 0)));
+            const auto total = static_cast<double>(replays.integer(row, 1));
+            if (total > counter.Value()) {
+                counter.Increment(total - counter.Value());
+            }
         }
     }
 
@@ -246,6 +288,7 @@ class Scheduler::Impl {
     std::atomic<bool> draining_ = false;
     std::atomic<bool> database_ok_ = false;
     std::atomic<int> finished_ = 0;
+    std::map<std::pair<std::string, std::string>, double> dead_letter_counts_;
 };
 
 Scheduler::Scheduler(asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue,

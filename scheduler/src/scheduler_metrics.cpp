@@ -49,6 +49,19 @@ SchedulerMetrics::SchedulerMetrics(prometheus::Registry& registry)
                     .Name("conveyor_schedule_misfired_total")
                     .Help("Fire times missed by more than the schedule's grace and not caught up")
                     .Register(registry)),
+      dlq_replayed_(prometheus::BuildCounter()
+                        .Name("conveyor_dlq_replayed_total")
+                        .Help("Dead letters replayed from each dead-letter queue, by anyone (cluster-wide, from "
+                              "conveyor.dead_letter_replays)")
+                        .Register(registry)),
+      dead_letters_(prometheus::BuildGauge()
+                        .Name("conveyor_dead_letters_stored")
+                        .Help("Dead letters in conveyor.dead_letters waiting for an operator, by family and reason")
+                        .Register(registry)),
+      oldest_dead_letter_(prometheus::BuildGauge()
+                              .Name("conveyor_dead_letter_oldest_age_seconds")
+                              .Help("Age of the oldest stored dead letter of a family (0 when there is none)")
+                              .Register(registry)),
       broker_connected_(prometheus::BuildGauge()
                             .Name("conveyor_broker_connected")
                             .Help("1 while the scheduler's broker connection is up")

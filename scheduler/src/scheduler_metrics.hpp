@@ -11,8 +11,10 @@
 
 namespace conveyor::scheduler {
 
-/// The scheduler's series: the contract's conveyor_scheduler_leader and conveyor_schedule_fired_total, the relay's,
-/// and the publisher connection's (conveyor_broker_connected, conveyor_publish_confirm_seconds).
+/// The scheduler's series: the contract's conveyor_scheduler_leader, conveyor_schedule_fired_total and
+/// conveyor_dlq_replayed_total, the relay's, the stored dead letters', and the publisher connection's
+/// (conveyor_broker_connected, conveyor_publish_confirm_seconds). The dead-letter series are read from the database,
+/// so every replica reports the same cluster-wide values: aggregate them with max, not sum.
 class SchedulerMetrics final : public amqp::ConnectionObserver {
   public:
     explicit SchedulerMetrics(prometheus::Registry& registry);
@@ -26,6 +28,15 @@ class SchedulerMetrics final : public amqp::ConnectionObserver {
     [[nodiscard]] prometheus::Counter& misfired(const std::string& schedule) {
         return misfired_.Add({{"schedule", schedule}});
     }
+    [[nodiscard]] prometheus::Counter& dlq_replayed(const std::string& queue) {
+        return dlq_replayed_.Add({{"queue", queue}});
+    }
+    [[nodiscard]] prometheus::Gauge& dead_letters(const std::string& family, const std::string& reason) {
+        return dead_letters_.Add({{"family", family}, {"reason", reason}});
+    }
+    [[nodiscard]] prometheus::Gauge& oldest_dead_letter(const std::string& family) {
+        return oldest_dead_letter_.Add({{"family", family}});
+    }
 
     prometheus::Gauge& leader;
     prometheus::Counter& relay_published;
@@ -38,6 +49,9 @@ class SchedulerMetrics final : public amqp::ConnectionObserver {
   private:
     prometheus::Family<prometheus::Counter>& fired_;
     prometheus::Family<prometheus::Counter>& misfired_;
+    prometheus::Family<prometheus::Counter>& dlq_replayed_;
+    prometheus::Family<prometheus::Gauge>& dead_letters_;
+    prometheus::Family<prometheus::Gauge>& oldest_dead_letter_;
     prometheus::Gauge& broker_connected_;
     prometheus::Family<prometheus::Histogram>& publish_confirm_;
 };

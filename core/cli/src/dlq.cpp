@@ -88,11 +88,7 @@ void pretty(std::string& out, simdjson::dom::element element, int depth) {
 
 /// The body pretty-printed if it is JSON, as text if it is text, else as hex.
 std::string readable_body(std::string_view hex) {
-    std::string bytes;
-    bytes.reserve(hex.size() / 2);
-    for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-        bytes += static_cast<char>(std::stoi(std::string(hex.substr(i, 2)), nullptr, 16));
-    }
+    const auto bytes = dead_letters::decode_body(hex);
     simdjson::dom::parser parser;
     simdjson::dom::element element;
     if (parser.parse(bytes).get(element) == simdjson::SUCCESS) {

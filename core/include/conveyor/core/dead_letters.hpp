@@ -1,11 +1,14 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "conveyor/core/amqp.hpp"
 #include "conveyor/core/pg.hpp"
 
 /// Reading conveyor.dead_letters (filled by conveyor-scheduler's archiver), for the operator CLI and the admin API.
@@ -44,6 +47,9 @@ boost::asio::awaitable<pg::Result> stats(pg::Pool& pool, const Filter& filter);
 /// (comma-separated), first failed_at, last failed_at, an example error.
 boost::asio::awaitable<pg::Result> groups(pg::Pool& pool, const Filter& filter);
 
+/// A body as show() and claim() return it (hex, as PostgreSQL's encode(body, 'hex')) back to its bytes.
+[[nodiscard]] std::string decode_body(std::string_view hex);
+
 /// How many dead letters match.
 boost::asio::awaitable<std::int64_t> count(pg::Pool& pool, const Filter& filter);
 
@@ -52,7 +58,8 @@ boost::asio::awaitable<std::int64_t> count(pg::Pool& pool, const Filter& filter)
 boost::asio::awaitable<pg::Result> claim(pg::Transaction& transaction, const Filter& filter, std::int64_t after,
                                          std::int64_t limit);
 
-/// Marks dead letters replayed, by whom and as which type (empty: their own).
+/// Marks dead letters replayed, by whom and as which type (empty: their own), and counts them per dead-letter queue
+/// in conveyor.dead_letter_replays.
 boost::asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vector<std::string>& ids,
                                            const std::string& by, const std::string& as_type);
 
@@ -68,5 +75,38 @@ struct Outcomes {
 };
 boost::asio::awaitable<Outcomes> outcomes(pg::Pool& pool, const std::vector<std::string>& job_ids,
                                           const std::string& since);
+
+/// Which dead letters to publish again, and how.
+struct ReplayRequest {
+    Filter filter;           ///< its state is ignored: only dead ones are replayed
+    std::int64_t limit = 0;  ///< 0: every match
+    double rate = 0;         ///< jobs per second; 0: as fast as the broker confirms
+    std::string to_type;     ///< re-route to this job type; empty: each its own
+    std::string by;          ///< who replays, recorded in the row and in a header
+    /// Replay this many first, wait for their outcome (see outcomes()), and go on only if all succeeded.
+    std::int64_t canary = 0;
+    std::chrono::milliseconds canary_timeout{std::chrono::seconds(60)};
+};
+
+struct ReplayResult {
+    std::int64_t matched = 0;   ///< dead letters the request covered when it started (after its limit)
+    std::int64_t replayed = 0;  ///< published, confirmed and marked replayed
+    bool stopped = false;       ///< stop_requested() ended it early
+    std::string failure;        ///< why it ended early: a refused publish, failed canaries
+};
+
+struct ReplayHooks {
+    std::function<bool()> stop_requested = [] { return false; };
+    std::function<void(const ReplayResult&)> on_progress = [](const ReplayResult&) {};
+    std::function<void(const std::string&)> on_note = [](const std::string&) {};
+};
+
+/// Publishes matching dead letters to the jobs exchange again: the original body, job id (message_id), correlation id
+/// and headers, minus the failure's headers (so the attempt count starts afresh), plus x-conveyor-replayed-at, -by
+/// and -from (the dead letter's id). Chunks of up to 100 are claimed (FOR UPDATE SKIP LOCKED), published with
+/// confirms and marked replayed in one transaction: a crash leaves each dead letter replayable or replayed, and
+/// repeats at most one chunk, whose original job ids the jobs' inboxes absorb.
+boost::asio::awaitable<ReplayResult> replay(pg::Pool& pool, amqp::Connection& publisher, const ReplayRequest& request,
+                                            const ReplayHooks& hooks);
 
 }  // namespace conveyor::dead_letters

@@ -1,0 +1,209 @@
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <algorithm>
+#include <array>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "conveyor/core/config.hpp"
+#include "conveyor/core/dead_letters.hpp"
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor::dead_letters {
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Dead letters claimed, published and marked per transaction: a crash repeats at most this many (with their
+// original job ids, which the receiving jobs' inboxes absorb).
+constexpr std::int64_t kChunk = 100;
+constexpr auto kCanaryPoll = std::chrono::milliseconds(500);
+// Headers that describe the failure, not the job: a replay starts it afresh.
+constexpr std::array<std::string_view, 10> kFailureHeaders = {
+    "x-conveyor-attempt",   "x-conveyor-attempts", "x-conveyor-error",          "x-conveyor-reason",
+    "x-conveyor-failed-at", "x-conveyor-worker",   "x-conveyor-original-queue", "x-conveyor-original-routing-key",
+    "x-conveyor-retry-at",  "x-delivery-count"};
+
+/// The original headers (a flat JSON object of strings, integers, booleans, numbers) without the failure's.
+amqp::Headers replay_headers(std::string_view json) {
+    amqp::Headers headers;
+    simdjson::dom::parser parser;
+    simdjson::dom::object object;
+    if (parser.parse(json.data(), json.size()).get(object) != simdjson::SUCCESS) {
+        return headers;
+    }
+    for (const auto field : object) {
+        const std::string name(field.key);
+        if (std::find(kFailureHeaders.begin(), kFailureHeaders.end(), name) != kFailureHeaders.end()) {
+            continue;
+        }
+        if (field.value.is_string()) {
+            amqp::set_header(headers, name, std::string(field.value.get_string().value_unsafe()));
+        } else if (field.value.is_int64()) {
+            amqp::set_header(headers, name, field.value.get_int64().value_unsafe());
+        } else if (field.value.is_bool()) {
+            amqp::set_header(headers, name, field.value.get_bool().value_unsafe());
+        } else if (field.value.is_double()) {
+            amqp::set_header(headers, name, field.value.get_double().value_unsafe());
+        }
+    }
+    return headers;
+}
+
+/// A claimed row (see claim()) as the message to publish.
+amqp::Message replay_message(const pg::Result& rows, int row, const ReplayRequest& request) {
+    amqp::Message message;
+    message.exchange = topology::kJobsExchange;
+    message.routing_key = request.to_type.empty() ? std::string(rows.text(row, 2)) : request.to_type;
+    message.body = decode_body(rows.text(row, 6));
+    auto& properties = message.properties;
+    properties.content_type = "application/json";
+    properties.message_id = rows.text(row, 1);
+    properties.correlation_id = rows.is_null(row, 4) ? std::string() : std::string(rows.text(row, 4));
+    properties.headers = replay_headers(rows.text(row, 5));
+    const auto now = std::chrono::system_clock::now();
+    const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+    properties.timestamp = static_cast<std::uint64_t>(now_ms / 1000);
+    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", static_cast<std::int64_t>(now_ms));
+    amqp::set_header(properties.headers, "x-conveyor-replayed-at", utc_timestamp(now));
+    amqp::set_header(properties.headers, "x-conveyor-replayed-by", request.by);
+    amqp::set_header(properties.headers, "x-conveyor-replayed-from", std::string(rows.text(row, 0)));
+    return message;
+}
+
+std::string publish_failure(const pg::Result& rows, int row, boost::system::error_code error) {
+    return fmt::format("dead letter {} (job {}, type {}): {}", rows.text(row, 0), rows.text(row, 1), rows.text(row, 2),
+                       error.message());
+}
+
+/// Publishes the chunk's messages one by one, each at its turn of `rate` per second from `started`.
+asio::awaitable<std::vector<std::string>> publish_paced(amqp::Connection& publisher, const pg::Result& rows,
+                                                        const ReplayRequest& request, const ReplayHooks& hooks,
+                                                        Clock::time_point started, ReplayResult& result) {
+    asio::steady_timer pacing(co_await asio::this_coro::executor);
+    std::vector<std::string> published;
+    for (int row = 0; row < rows.rows() && !hooks.stop_requested(); ++row) {
+        const auto due =
+            static_cast<double>(result.replayed + static_cast<std::int64_t>(published.size())) / request.rate;
+        pacing.expires_at(started + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(due)));
+        co_await pacing.async_wait(asio::as_tuple(asio::use_awaitable));
+        auto [error] =
+            co_await publisher.async_publish(replay_message(rows, row, request), asio::as_tuple(asio::use_awaitable));
+        if (error) {
+            result.failure = publish_failure(rows, row, error);
+            break;
+        }
+        published.emplace_back(rows.text(row, 0));
+    }
+    co_return published;
+}
+
+/// Publishes the whole chunk at once: one round of confirms, not one per message.
+asio::awaitable<std::vector<std::string>> publish_all(amqp::Connection& publisher, const pg::Result& rows,
+                                                      const ReplayRequest& request, ReplayResult& result) {
+    using Publish = decltype(publisher.async_publish(amqp::Message{}, asio::deferred));
+    std::vector<Publish> publishes;
+    publishes.reserve(static_cast<std::size_t>(rows.rows()));
+    for (int row = 0; row < rows.rows(); ++row) {
+        publishes.push_back(publisher.async_publish(replay_message(rows, row, request), asio::deferred));
+    }
+    auto group = asio::experimental::make_parallel_group(std::move(publishes));
+    auto [order, errors] = co_await group.async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+    std::vector<std::string> published;
+    for (int row = 0; row < rows.rows(); ++row) {
+        const auto& error = errors[static_cast<std::size_t>(row)];
+        if (!error) {
+            published.emplace_back(rows.text(row, 0));
+        } else if (result.failure.empty()) {
+            result.failure = publish_failure(rows, row, error);
+        }
+    }
+    co_return published;
+}
+
+/// Waits for the canaries' outcome; an empty string when every one succeeded.
+asio::awaitable<std::string> canary_verdict(pg::Pool& pool, const std::vector<std::string>& job_ids,
+                                            const std::string& since, const ReplayRequest& request,
+                                            const ReplayHooks& hooks) {
+    asio::steady_timer poll(co_await asio::this_coro::executor);
+    const auto wanted = static_cast<std::int64_t>(job_ids.size());
+    const auto deadline = Clock::now() + request.canary_timeout;
+    Outcomes outcome;
+    while (!hooks.stop_requested()) {
+        outcome = co_await outcomes(pool, job_ids, since);
+        if (outcome.failed > 0 || outcome.succeeded >= wanted || Clock::now() >= deadline) {
+            break;
+        }
+        poll.expires_after(kCanaryPoll);
+        co_await poll.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    if (outcome.failed > 0) {
+        co_return fmt::format("{} of {} canaries failed again ({})", outcome.failed, wanted, outcome.example_error);
+    }
+    if (outcome.succeeded < wanted && !hooks.stop_requested()) {
+        co_return fmt::format(
+            "only {} of {} canaries finished within {} s (a job type that runs no database transaction leaves no "
+            "trace to check)",
+            outcome.succeeded, wanted, request.canary_timeout.count() / 1000);
+    }
+    co_return std::string();
+}
+
+}  // namespace
+
+asio::awaitable<ReplayResult> replay(pg::Pool& pool, amqp::Connection& publisher, const ReplayRequest& request,
+                                     const ReplayHooks& hooks) {
+    auto filter = request.filter;
+    filter.state = "dead";
+    ReplayResult result;
+    const auto matching = co_await count(pool, filter);
+    result.matched = request.limit > 0 ? std::min(matching, request.limit) : matching;
+    const auto clock = co_await pool.query("SELECT now()::text");
+    const std::string since(clock.text(0, 0));
+    const auto started = Clock::now();
+    std::int64_t last_id = 0;
+    bool canaries_pending = request.canary > 0;
+    while (result.replayed < result.matched && result.failure.empty() && !hooks.stop_requested()) {
+        const auto wanted = std::min(canaries_pending ? request.canary : kChunk, result.matched - result.replayed);
+        auto transaction = co_await pool.begin();
+        const auto rows = co_await claim(transaction, filter, last_id, wanted);
+        if (rows.rows() == 0) {
+            co_await transaction.commit();
+            break;
+        }
+        last_id = rows.integer(rows.rows() - 1, 0);
+        std::vector<std::string> published;
+        if (request.rate > 0) {
+            published = co_await publish_paced(publisher, rows, request, hooks, started, result);
+        } else {
+            published = co_await publish_all(publisher, rows, request, result);
+        }
+        co_await mark_replayed(transaction, published, request.by, request.to_type);
+        co_await transaction.commit();
+        result.replayed += static_cast<std::int64_t>(published.size());
+        hooks.on_progress(result);
+        if (canaries_pending && result.failure.empty() && !published.empty()) {
+            canaries_pending = false;
+            std::vector<std::string> job_ids;
+            for (std::size_t row = 0; row < published.size(); ++row) {
+                job_ids.emplace_back(rows.text(static_cast<int>(row), 1));
+            }
+            hooks.on_note(fmt::format("{} canaries replayed; waiting up to {} s for their outcome", job_ids.size(),
+                                      request.canary_timeout.count() / 1000));
+            result.failure = co_await canary_verdict(pool, job_ids, since, request, hooks);
+            if (result.failure.empty() && !hooks.stop_requested()) {
+                hooks.on_note(fmt::format("all {} canaries succeeded; replaying the rest", job_ids.size()));
+            }
+        }
+    }
+    result.stopped = hooks.stop_requested();
+    co_return result;
+}
+
+}  // namespace conveyor::dead_letters

@@ -1,0 +1,324 @@
+#include <fmt/format.h>
+#include <simdjson.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/json/array.hpp>
+#include <boost/json/parse.hpp>
+#include <charconv>
+
+#include "api.hpp"
+#include "api_json.hpp"
+#include "conveyor/core/dead_letters.hpp"
+#include "conveyor/core/envelope.hpp"
+
+namespace conveyor::scheduler {
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr std::int64_t kMaxListed = 1000;
+// A replay runs inside its HTTP request; a longer one belongs to `conveyor dlq replay`, which shows progress and
+// can be interrupted.
+constexpr double kMaxReplaySeconds = 300;
+
+class InvalidRequest : public std::invalid_argument {
+  public:
+    using std::invalid_argument::invalid_argument;
+};
+
+std::optional<std::int64_t> parse_integer(std::string_view text) {
+    std::int64_t value = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (error != std::errc{} || end != text.data() + text.size()) {
+        return std::nullopt;
+    }
+    return value;
+}
+
+/// Maps `state` as the API takes it (dead, replayed, all) onto the filter.
+void set_state(dead_letters::Filter& filter, std::string_view state) {
+    if (state == "all") {
+        filter.state.reset();
+    } else {
+        filter.state = std::string(state);
+    }
+}
+
+/// The filter from a GET's query parameters.
+dead_letters::Filter query_filter(const HttpRequest& request) {
+    dead_letters::Filter filter;
+    filter.family = request.query_param("family");
+    filter.type = request.query_param("type");
+    filter.reason = request.query_param("reason");
+    filter.error_contains = request.query_param("error");
+    filter.since = request.query_param("since");
+    filter.until = request.query_param("until");
+    filter.job_id = request.query_param("job_id");
+    filter.fingerprint = request.query_param("fingerprint");
+    if (const auto state = request.query_param("state")) {
+        set_state(filter, *state);
+    }
+    filter.validate();
+    return filter;
+}
+
+/// The filter from a POST body's "filter" object: the same names as the query parameters.
+dead_letters::Filter body_filter(simdjson::dom::object object) {
+    dead_letters::Filter filter;
+    const std::map<std::string_view, std::optional<std::string>*> fields = {
+        {"family", &filter.family}, {"type", &filter.type},
+        {"reason", &filter.reason}, {"error", &filter.error_contains},
+        {"since", &filter.since},   {"until", &filter.until},
+        {"job_id", &filter.job_id}, {"fingerprint", &filter.fingerprint}};
+    for (const auto field : object) {
+        std::string_view text;
+        if (field.value.get(text) != simdjson::SUCCESS || text.empty()) {
+            throw InvalidRequest(fmt::format("filter.{} must be a non-empty string", field.key));
+        }
+        if (field.key == "state") {
+            set_state(filter, text);
+        } else if (const auto target = fields.find(field.key); target != fields.end()) {
+            *target->second = std::string(text);
+        } else {
+            throw InvalidRequest(fmt::format(
+                "unknown filter field '{}' (known: family, type, reason, error, since, until, job_id, fingerprint, "
+                "state)",
+                field.key));
+        }
+    }
+    filter.validate();
+    return filter;
+}
+
+boost::json::object filter_json(const dead_letters::Filter& filter) {
+    boost::json::object json;
+    const std::pair<const char*, const std::optional<std::string>*> fields[] = {
+        {"family", &filter.family}, {"type", &filter.type},
+        {"reason", &filter.reason}, {"error", &filter.error_contains},
+        {"since", &filter.since},   {"until", &filter.until},
+        {"job_id", &filter.job_id}, {"fingerprint", &filter.fingerprint}};
+    for (const auto& [name, value] : fields) {
+        if (*value) {
+            json[name] = **value;
+        }
+    }
+    json["state"] = filter.state.value_or("all");
+    return json;
+}
+
+/// A POST body: an object whose fields are all in `allowed`; "filter" must be an object when present.
+simdjson::dom::object read_body(simdjson::dom::parser& parser, const std::string& body,
+                                std::initializer_list<std::string_view> allowed) {
+    simdjson::dom::object object;
+    if (const auto error = parser.parse(body).get(object)) {
+        throw InvalidRequest(fmt::format("the body must be a JSON object: {}", simdjson::error_message(error)));
+    }
+    for (const auto field : object) {
+        if (std::find(allowed.begin(), allowed.end(), field.key) == allowed.end()) {
+            throw InvalidRequest(fmt::format("unknown field '{}'", field.key));
+        }
+    }
+    return object;
+}
+
+dead_letters::Filter filter_of(simdjson::dom::object body) {
+    simdjson::dom::element element;
+    if (body["filter"].get(element) != simdjson::SUCCESS) {
+        throw InvalidRequest("a filter is required; {\"filter\": {}} selects every dead letter");
+    }
+    simdjson::dom::object object;
+    if (element.get(object) != simdjson::SUCCESS) {
+        throw InvalidRequest("filter must be a JSON object");
+    }
+    return body_filter(object);
+}
+
+boost::json::array counts_json(const pg::Result& rows, int type_column, int reason_column, int count_column) {
+    boost::json::array counts;
+    for (int row = 0; row < rows.rows(); ++row) {
+        counts.emplace_back(boost::json::object{{"type", rows.text(row, type_column)},
+                                                {"reason", rows.text(row, reason_column)},
+                                                {"count", rows.integer(row, count_column)}});
+    }
+    return counts;
+}
+
+}  // namespace
+
+asio::awaitable<HttpResponse> EnqueueApi::list_dead_letters(const HttpRequest& request, const ApiToken& /*token*/) {
+    dead_letters::Filter filter;
+    std::int64_t limit = 100;
+    try {
+        filter = query_filter(request);
+        if (const auto text = request.query_param("limit")) {
+            const auto parsed = parse_integer(*text);
+            if (!parsed || *parsed < 1 || *parsed > kMaxListed) {
+                throw InvalidRequest(fmt::format("limit must be from 1 to {}", kMaxListed));
+            }
+            limit = *parsed;
+        }
+    } catch (const std::invalid_argument& e) {
+        auto response = error_response(400, e.what());
+        co_return response;
+    }
+    const auto rows = co_await dead_letters::list(pool_, filter, limit);
+    boost::json::array letters;
+    for (int row = 0; row < rows.rows(); ++row) {
+        letters.emplace_back(boost::json::object{
+            {"id", rows.integer(row, 0)},
+            {"job_id", rows.text(row, 1)},
+            {"type", rows.text(row, 2)},
+            {"family", rows.text(row, 3)},
+            {"reason", rows.text(row, 4)},
+            {"attempts", rows.integer(row, 5)},
+            {"failed_at", rows.text(row, 6)},
+            {"error", rows.text(row, 7)},
+            {"fingerprint", rows.text(row, 8)},
+            {"state", rows.text(row, 9)},
+            {"correlation_id", json_or_null(rows, row, 10)},
+        });
+    }
+    auto response = json_response(200, boost::json::object{{"dead_letters", std::move(letters)}});
+    co_return response;
+}
+
+asio::awaitable<HttpResponse> EnqueueApi::show_dead_letter(const HttpRequest& request, const ApiToken& /*token*/) {
+    const auto text = request.param("id").value_or("");
+    const auto id = parse_integer(text);
+    if (!id || *id < 1) {
+        auto response =
+            error_response(400, fmt::format("'{}' is not a dead letter id (see GET /v1/dead-letters)", text));
+        co_return response;
+    }
+    const auto rows = co_await dead_letters::show(pool_, *id);
+    if (rows.rows() == 0) {
+        auto response = error_response(404, fmt::format("no dead letter {}", *id));
+        co_return response;
+    }
+    boost::json::object letter{
+        {"id", rows.integer(0, 0)},
+        {"job_id", rows.text(0, 1)},
+        {"type", rows.text(0, 2)},
+        {"family", rows.text(0, 3)},
+        {"queue", rows.text(0, 4)},
+        {"routing_key", rows.text(0, 5)},
+        {"reason", rows.text(0, 6)},
+        {"attempts", rows.integer(0, 7)},
+        {"failed_at", rows.text(0, 8)},
+        {"archived_at", rows.text(0, 9)},
+        {"error", rows.text(0, 10)},
+        {"error_pattern", rows.text(0, 11)},
+        {"fingerprint", rows.text(0, 12)},
+        {"correlation_id", json_or_null(rows, 0, 13)},
+        {"headers", boost::json::parse(rows.text(0, 14))},
+        {"state", rows.text(0, 16)},
+        {"replayed_at", json_or_null(rows, 0, 17)},
+        {"replayed_by", json_or_null(rows, 0, 18)},
+        {"replayed_as", json_or_null(rows, 0, 19)},
+    };
+    // The body as it was: a JSON payload inline, anything else (the reason it may be here) as hex.
+    const auto body = dead_letters::decode_body(rows.text(0, 15));
+    boost::system::error_code error;
+    auto payload = boost::json::parse(body, error);
+    if (error) {
+        letter["body_hex"] = rows.text(0, 15);
+    } else {
+        letter["payload"] = std::move(payload);
+    }
+    auto response = json_response(200, letter);
+    co_return response;
+}
+
+asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest& request, const ApiToken& token) {
+    dead_letters::ReplayRequest replay;
+    bool dry_run = false;
+    try {
+        simdjson::dom::parser parser;
+        const auto body = read_body(parser, request.body, {"filter", "limit", "rate", "dry_run", "to"});
+        replay.filter = filter_of(body);
+        replay.filter.state = "dead";
+        if (body["limit"].error() == simdjson::SUCCESS &&
+            (body["limit"].get(replay.limit) != simdjson::SUCCESS || replay.limit < 1)) {
+            throw InvalidRequest("limit must be a positive integer");
+        }
+        if (body["rate"].error() == simdjson::SUCCESS &&
+            (body["rate"].get(replay.rate) != simdjson::SUCCESS || !(replay.rate > 0))) {
+            throw InvalidRequest("rate must be a positive number of jobs per second");
+        }
+        if (body["dry_run"].error() == simdjson::SUCCESS && body["dry_run"].get(dry_run) != simdjson::SUCCESS) {
+            throw InvalidRequest("dry_run must be true or false");
+        }
+        if (body["to"].error() == simdjson::SUCCESS) {
+            std::string_view to;
+            if (body["to"].get(to) != simdjson::SUCCESS || !is_valid_job_type(to)) {
+                throw InvalidRequest("to must be a job type such as payments.charge");
+            }
+            replay.to_type = std::string(to);
+        }
+    } catch (const std::invalid_argument& e) {
+        auto response = error_response(400, e.what());
+        co_return response;
+    }
+    replay.by = fmt::format("api:{}", token.name);
+
+    const auto matching = co_await dead_letters::count(pool_, replay.filter);
+    const auto matched = replay.limit > 0 ? std::min(matching, replay.limit) : matching;
+    if (dry_run) {
+        const auto rows = co_await dead_letters::stats(pool_, replay.filter);
+        auto response = json_response(200, boost::json::object{{"dry_run", true},
+                                                               {"filter", filter_json(replay.filter)},
+                                                               {"matched", matched},
+                                                               {"by_type_and_reason", counts_json(rows, 1, 2, 3)}});
+        co_return response;
+    }
+    if (replay.rate > 0 && static_cast<double>(matched) / replay.rate > kMaxReplaySeconds) {
+        auto response = error_response(
+            400, fmt::format("{} dead letters at {} per second would take {:.0f} s, longer than a request may run "
+                             "({:.0f} s): give a limit, or use conveyor dlq replay",
+                             matched, replay.rate, static_cast<double>(matched) / replay.rate, kMaxReplaySeconds));
+        co_return response;
+    }
+    spdlog::info("api: token {} replays {} dead letters ({})", token.name, matched,
+                 boost::json::serialize(filter_json(replay.filter)));
+    const auto started = std::chrono::steady_clock::now();
+    dead_letters::ReplayHooks hooks;
+    hooks.stop_requested = [this] { return stopping_.load(); };
+    const auto result = co_await dead_letters::replay(pool_, publisher_, replay, hooks);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    boost::json::object summary{{"matched", result.matched}, {"replayed", result.replayed}, {"seconds", seconds}};
+    unsigned status = 200;
+    if (!result.failure.empty()) {
+        spdlog::error("api: replay by token {} stopped after {} of {}: {}", token.name, result.replayed, result.matched,
+                      result.failure);
+        summary["error"] = fmt::format("stopped: {}; the rest are still dead letters", result.failure);
+        status = 502;
+    } else if (result.stopped) {
+        summary["error"] = "the scheduler is shutting down; the rest are still dead letters";
+        status = 503;
+    }
+    auto response = json_response(status, summary);
+    co_return response;
+}
+
+asio::awaitable<HttpResponse> EnqueueApi::purge_dead_letters(const HttpRequest& request, const ApiToken& token) {
+    dead_letters::Filter filter;
+    try {
+        simdjson::dom::parser parser;
+        filter = filter_of(read_body(parser, request.body, {"filter"}));
+    } catch (const std::invalid_argument& e) {
+        auto response = error_response(400, e.what());
+        co_return response;
+    }
+    const auto rows = co_await dead_letters::purge(pool_, filter);
+    std::int64_t deleted = 0;
+    for (int row = 0; row < rows.rows(); ++row) {
+        deleted += rows.integer(row, 2);
+    }
+    spdlog::warn("api: token {} purged {} dead letters ({})", token.name, deleted,
+                 boost::json::serialize(filter_json(filter)));
+    auto response = json_response(
+        200, boost::json::object{{"deleted", deleted}, {"by_type_and_reason", counts_json(rows, 0, 1, 2)}});
+    co_return response;
+}
+
+}  // namespace conveyor::scheduler

@@ -1,0 +1,106 @@
+// conveyor-scheduler processes for integration tests, and its HTTP API called with the real curl.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "worker_fixture.hpp"
+
+namespace conveyor::testing {
+
+struct SchedulerUnderTest {
+    std::unique_ptr<Process> process;
+    std::uint16_t port;
+
+    [[nodiscard]] double metric(const std::string& name, const std::vector<std::string>& labels = {}) const {
+        auto response = http_get(port, "/metrics");
+        return response ? metric_sum(response->second, name, labels) : 0;
+    }
+    [[nodiscard]] bool ready() const {
+        auto response = http_get(port, "/readyz");
+        return response && response->first == 200;
+    }
+    [[nodiscard]] bool leading() const { return metric("conveyor_scheduler_leader") == 1; }
+};
+
+struct ApiResponse {
+    int status = 0;
+    std::map<std::string, std::string> headers;  ///< lower-case names
+    std::string body;
+};
+
+class SchedulerFixture : public WorkerTest {
+  protected:
+    SchedulerUnderTest start_scheduler(std::vector<std::string> args, const std::string& log_name) {
+        static std::uint16_t next_port = 19560;
+        const auto port = next_port++;
+        args.insert(args.end(), {"--http-address", "127.0.0.1", "--http-port", std::to_string(port), "--amqp-url",
+                                 amqp_url(), "--pg-url", pg_url()});
+        const auto log = std::filesystem::temp_directory_path() / ("conveyor-" + log_name + ".log");
+        SchedulerUnderTest scheduler{std::make_unique<Process>(binary_dir() / "conveyor-scheduler", args, log), port};
+        const bool ready =
+            eventually([&] { return scheduler.ready() || !scheduler.process->running(); }, std::chrono::seconds(30));
+        if (!ready || !scheduler.process->running()) {
+            ADD_FAILURE() << "scheduler did not become ready; its log:\n" << scheduler.process->log();
+        }
+        return scheduler;
+    }
+
+    static void stop(SchedulerUnderTest& scheduler) {
+        scheduler.process->signal(SIGTERM);
+        const auto status = scheduler.process->wait(std::chrono::seconds(15));
+        EXPECT_EQ(status, std::optional<int>(0)) << scheduler.process->log();
+    }
+
+    /// A file in the temporary directory with `text` in it (a schedules or tokens file).
+    static std::filesystem::path write_file(const std::string& name, const std::string& text) {
+        const auto path = std::filesystem::temp_directory_path() / ("conveyor-" + name + ".yaml");
+        std::ofstream(path) << text;
+        return path;
+    }
+
+    static std::string sha256(const std::string& secret) {
+        auto [status, output] =
+            run_command({"/bin/sh", "-c", "printf %s '" + secret + "' | sha256sum"}, std::chrono::seconds(10));
+        return output.substr(0, 64);
+    }
+
+    static ApiResponse call_api(std::uint16_t port, const std::string& method, const std::string& path,
+                                const std::string& token, const std::string& body = {}) {
+        std::vector<std::string> command{"/usr/bin/curl", "-sS", "-i", "-X", method, "-H", "Expect:"};
+        if (!token.empty()) {
+            command.insert(command.end(), {"-H", "Authorization: Bearer " + token});
+        }
+        if (!body.empty()) {
+            const auto file = std::filesystem::temp_directory_path() / "conveyor-api-body.json";
+            std::ofstream(file) << body;
+            command.insert(command.end(),
+                           {"-H", "Content-Type: application/json", "--data-binary", "@" + file.string()});
+        }
+        command.push_back(fmt::format("http://127.0.0.1:{}{}", port, path));
+        auto [status, output] = run_command(command, std::chrono::seconds(120));
+        EXPECT_EQ(status, 0) << output;
+        ApiResponse response;
+        std::istringstream stream(output);
+        std::string line;
+        std::getline(stream, line);
+        response.status = line.size() >= 12 ? std::stoi(line.substr(9, 3)) : 0;
+        while (std::getline(stream, line) && line != "\r" && !line.empty()) {
+            const auto colon = line.find(':');
+            auto name = line.substr(0, colon);
+            std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+            response.headers[name] = line.substr(colon + 2, line.size() - colon - 3);
+        }
+        response.body.assign(std::istreambuf_iterator<char>(stream), {});
+        return response;
+    }
+};
+
+}  // namespace conveyor::testing
