@@ -122,6 +122,55 @@ Headers decode_table(const amqp_table_t& table) {
     return headers;
 }
 
+namespace {
+
+const amqp_field_value_t* table_field(const amqp_table_t& table, std::string_view name) {
+    for (int i = 0; i < table.num_entries; ++i) {
+        if (to_string(table.entries[i].key) == name) {
+            return &table.entries[i].value;
+        }
+    }
+    return nullptr;
+}
+
+std::string text_field(const amqp_table_t& table, std::string_view name) {
+    const auto* field = table_field(table, name);
+    if (field == nullptr || (field->kind != AMQP_FIELD_KIND_UTF8 && field->kind != AMQP_FIELD_KIND_BYTES)) {
+        return {};
+    }
+    return to_string(field->value.bytes);
+}
+
+/// x-death: an array of tables {queue, reason, routing-keys: [...], count, exchange, time}.
+std::vector<Death> decode_deaths(const amqp_table_t& headers) {
+    std::vector<Death> deaths;
+    const auto* field = table_field(headers, "x-death");
+    if (field == nullptr || field->kind != AMQP_FIELD_KIND_ARRAY) {
+        return deaths;
+    }
+    const auto& entries = field->value.array;
+    for (int i = 0; i < entries.num_entries; ++i) {
+        if (entries.entries[i].kind != AMQP_FIELD_KIND_TABLE) {
+            continue;
+        }
+        const auto& table = entries.entries[i].value.table;
+        Death death{text_field(table, "queue"), text_field(table, "reason"), {}};
+        if (const auto* keys = table_field(table, "routing-keys");
+            keys != nullptr && keys->kind == AMQP_FIELD_KIND_ARRAY) {
+            for (int k = 0; k < keys->value.array.num_entries; ++k) {
+                const auto& key = keys->value.array.entries[k];
+                if (key.kind == AMQP_FIELD_KIND_UTF8 || key.kind == AMQP_FIELD_KIND_BYTES) {
+                    death.routing_keys.push_back(to_string(key.value.bytes));
+                }
+            }
+        }
+        deaths.push_back(std::move(death));
+    }
+    return deaths;
+}
+
+}  // namespace
+
 Properties decode_properties(const amqp_basic_properties_t& in) {
     Properties out;
     get_bytes(in, AMQP_BASIC_CONTENT_TYPE_FLAG, in.content_type, out.content_type);
@@ -138,6 +187,7 @@ Properties decode_properties(const amqp_basic_properties_t& in) {
     out.delivery_mode = (in._flags & AMQP_BASIC_DELIVERY_MODE_FLAG) != 0 ? in.delivery_mode : 1;
     if ((in._flags & AMQP_BASIC_HEADERS_FLAG) != 0) {
         out.headers = decode_table(in.headers);
+        out.deaths = decode_deaths(in.headers);
     }
     return out;
 }

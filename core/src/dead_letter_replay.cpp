@@ -24,11 +24,19 @@ namespace {
 // original job ids, which the receiving jobs' inboxes absorb).
 constexpr std::int64_t kChunk = 100;
 constexpr auto kCanaryPoll = std::chrono::milliseconds(500);
-// Headers that describe the failure, not the job: a replay starts it afresh.
+// Headers that describe the failure, not the job: a replay starts it afresh. The broker's dead-lettering history
+// (x-death, x-first-death-*, x-last-death-*) goes too: a replayed job must not look quarantined.
 constexpr std::array<std::string_view, 10> kFailureHeaders = {
     "x-conveyor-attempt",   "x-conveyor-attempts", "x-conveyor-error",          "x-conveyor-reason",
     "x-conveyor-failed-at", "x-conveyor-worker",   "x-conveyor-original-queue", "x-conveyor-original-routing-key",
     "x-conveyor-retry-at",  "x-delivery-count"};
+constexpr std::array<std::string_view, 3> kFailureHeaderPrefixes = {"x-death", "x-first-death-", "x-last-death-"};
+
+bool describes_failure(std::string_view name) {
+    return std::find(kFailureHeaders.begin(), kFailureHeaders.end(), name) != kFailureHeaders.end() ||
+           std::any_of(kFailureHeaderPrefixes.begin(), kFailureHeaderPrefixes.end(),
+                       [name](std::string_view prefix) { return name.starts_with(prefix); });
+}
 
 /// The original headers (a flat JSON object of strings, integers, booleans, numbers) without the failure's.
 amqp::Headers replay_headers(std::string_view json) {
@@ -40,7 +48,7 @@ amqp::Headers replay_headers(std::string_view json) {
     }
     for (const auto field : object) {
         const std::string name(field.key);
-        if (std::find(kFailureHeaders.begin(), kFailureHeaders.end(), name) != kFailureHeaders.end()) {
+        if (describes_failure(name)) {
             continue;
         }
         if (field.value.is_string()) {
@@ -82,19 +90,22 @@ std::string publish_failure(const pg::Result& rows, int row, boost::system::erro
                        error.message());
 }
 
-/// Publishes the chunk's messages one by one, each at its turn of `rate` per second from `started`.
+/// Publishes the chunk's messages one by one, `rate` per second; `next_send` carries the pace from chunk to chunk.
 asio::awaitable<std::vector<std::string>> publish_paced(amqp::Connection& publisher, const pg::Result& rows,
                                                         const ReplayRequest& request, const ReplayHooks& hooks,
-                                                        Clock::time_point started, ReplayResult& result) {
+                                                        Clock::time_point& next_send, ReplayResult& result) {
     asio::steady_timer pacing(co_await asio::this_coro::executor);
+    const auto interval =
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.0 / request.rate));
     std::vector<std::string> published;
     for (int row = 0; row < rows.rows() && !hooks.stop_requested(); ++row) {
-        const auto due =
-            static_cast<double>(result.replayed + static_cast<std::int64_t>(published.size())) / request.rate;
-        pacing.expires_at(started + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(due)));
+        pacing.expires_at(next_send);
         co_await pacing.async_wait(asio::as_tuple(asio::use_awaitable));
-        auto [error] =
-            co_await publisher.async_publish(replay_message(rows, row, request), asio::as_tuple(asio::use_awaitable));
+        // From the later of the planned and the actual send: a pause (canaries, a slow broker) is not made up for
+        // with a burst.
+        next_send = std::max(next_send, Clock::now()) + interval;
+        auto message = replay_message(rows, row, request);  // named: no temporaries inside co_await for g++ 12
+        auto [error] = co_await publisher.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
         if (error) {
             result.failure = publish_failure(rows, row, error);
             break;
@@ -143,16 +154,16 @@ asio::awaitable<std::string> canary_verdict(pg::Pool& pool, const std::vector<st
         poll.expires_after(kCanaryPoll);
         co_await poll.async_wait(asio::as_tuple(asio::use_awaitable));
     }
+    std::string verdict;
     if (outcome.failed > 0) {
-        co_return fmt::format("{} of {} canaries failed again ({})", outcome.failed, wanted, outcome.example_error);
-    }
-    if (outcome.succeeded < wanted && !hooks.stop_requested()) {
-        co_return fmt::format(
+        verdict = fmt::format("{} of {} canaries failed again ({})", outcome.failed, wanted, outcome.example_error);
+    } else if (outcome.succeeded < wanted && !hooks.stop_requested()) {
+        verdict = fmt::format(
             "only {} of {} canaries finished within {} s (a job type that runs no database transaction leaves no "
             "trace to check)",
             outcome.succeeded, wanted, request.canary_timeout.count() / 1000);
     }
-    co_return std::string();
+    co_return verdict;
 }
 
 }  // namespace
@@ -166,7 +177,7 @@ asio::awaitable<ReplayResult> replay(pg::Pool& pool, amqp::Connection& publisher
     result.matched = request.limit > 0 ? std::min(matching, request.limit) : matching;
     const auto clock = co_await pool.query("SELECT now()::text");
     const std::string since(clock.text(0, 0));
-    const auto started = Clock::now();
+    auto next_send = Clock::now();
     std::int64_t last_id = 0;
     bool canaries_pending = request.canary > 0;
     while (result.replayed < result.matched && result.failure.empty() && !hooks.stop_requested()) {
@@ -180,7 +191,7 @@ asio::awaitable<ReplayResult> replay(pg::Pool& pool, amqp::Connection& publisher
         last_id = rows.integer(rows.rows() - 1, 0);
         std::vector<std::string> published;
         if (request.rate > 0) {
-            published = co_await publish_paced(publisher, rows, request, hooks, started, result);
+            published = co_await publish_paced(publisher, rows, request, hooks, next_send, result);
         } else {
             published = co_await publish_all(publisher, rows, request, result);
         }

@@ -11,6 +11,8 @@
 namespace conveyor::dead_letters {
 namespace asio = boost::asio;
 
+// Each query names its SQL and parameters before the co_await: no temporaries inside co_await for g++ 12.
+
 namespace {
 
 // $1…$9 are the filter's fields, in Filter's order; further parameters come after.
@@ -19,7 +21,7 @@ constexpr std::string_view kWhere =
     "AND ($4::text IS NULL OR strpos(lower(error), lower($4)) > 0) "
     "AND ($5::timestamptz IS NULL OR failed_at >= $5::timestamptz) "
     "AND ($6::timestamptz IS NULL OR failed_at < $6::timestamptz) AND ($7::text IS NULL OR job_id = $7) "
-    "AND ($8::text IS NULL OR fingerprint = $8) AND ($9::text IS NULL OR state = $9)";
+    "AND ($8::text IS NULL OR fingerprint = lower($8)) AND ($9::text IS NULL OR state = $9)";
 
 std::vector<pg::Param> filter_params(const Filter& filter) {
     return {filter.family, filter.type,   filter.reason,      filter.error_contains, filter.since,
@@ -63,12 +65,12 @@ std::string decode_body(std::string_view hex) {
 asio::awaitable<pg::Result> list(pg::Pool& pool, const Filter& filter, std::int64_t limit) {
     auto params = filter_params(filter);
     params.emplace_back(std::to_string(limit));
-    auto rows = co_await pool.query_params(
-        fmt::format("SELECT id, job_id, type, family, reason, attempts, "
-                    "to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), error, fingerprint, "
-                    "state, correlation_id FROM conveyor.dead_letters WHERE {} ORDER BY id LIMIT $10",
-                    kWhere),
-        std::move(params));
+    auto sql = fmt::format(
+        "SELECT id, job_id, type, family, reason, attempts, "
+        "to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), error, fingerprint, "
+        "state, correlation_id FROM conveyor.dead_letters WHERE {} ORDER BY id LIMIT $10",
+        kWhere);
+    auto rows = co_await pool.query_params(std::move(sql), std::move(params));
     co_return rows;
 }
 
@@ -85,31 +87,34 @@ asio::awaitable<pg::Result> show(pg::Pool& pool, std::int64_t id) {
 }
 
 asio::awaitable<pg::Result> stats(pg::Pool& pool, const Filter& filter) {
-    auto rows = co_await pool.query_params(
-        fmt::format("SELECT family, type, reason, count(*), "
-                    "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
-                    "FROM conveyor.dead_letters WHERE {} GROUP BY family, type, reason "
-                    "ORDER BY count(*) DESC, family, type, reason",
-                    kWhere),
-        filter_params(filter));
+    auto sql = fmt::format(
+        "SELECT family, type, reason, count(*), "
+        "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+        "FROM conveyor.dead_letters WHERE {} GROUP BY family, type, reason "
+        "ORDER BY count(*) DESC, family, type, reason",
+        kWhere);
+    auto params = filter_params(filter);
+    auto rows = co_await pool.query_params(std::move(sql), std::move(params));
     co_return rows;
 }
 
 asio::awaitable<pg::Result> groups(pg::Pool& pool, const Filter& filter) {
-    auto rows = co_await pool.query_params(
-        fmt::format("SELECT fingerprint, count(*), min(error_pattern), string_agg(DISTINCT type, ','), "
-                    "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-                    "to_char(max(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-                    "(array_agg(error ORDER BY id))[1] FROM conveyor.dead_letters WHERE {} "
-                    "GROUP BY fingerprint ORDER BY count(*) DESC, fingerprint",
-                    kWhere),
-        filter_params(filter));
+    auto sql = fmt::format(
+        "SELECT fingerprint, count(*), min(error_pattern), string_agg(DISTINCT type, ','), "
+        "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+        "to_char(max(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+        "(array_agg(error ORDER BY id))[1] FROM conveyor.dead_letters WHERE {} "
+        "GROUP BY fingerprint ORDER BY count(*) DESC, fingerprint",
+        kWhere);
+    auto params = filter_params(filter);
+    auto rows = co_await pool.query_params(std::move(sql), std::move(params));
     co_return rows;
 }
 
 asio::awaitable<std::int64_t> count(pg::Pool& pool, const Filter& filter) {
-    const auto rows = co_await pool.query_params(
-        fmt::format("SELECT count(*) FROM conveyor.dead_letters WHERE {}", kWhere), filter_params(filter));
+    auto sql = fmt::format("SELECT count(*) FROM conveyor.dead_letters WHERE {}", kWhere);
+    auto params = filter_params(filter);
+    const auto rows = co_await pool.query_params(std::move(sql), std::move(params));
     co_return rows.integer(0, 0);
 }
 
@@ -118,11 +123,11 @@ asio::awaitable<pg::Result> claim(pg::Transaction& transaction, const Filter& fi
     auto params = filter_params(filter);
     params.emplace_back(std::to_string(after));
     params.emplace_back(std::to_string(limit));
-    auto rows = co_await transaction.query_params(
-        fmt::format("SELECT id, job_id, type, routing_key, correlation_id, headers::text, encode(body, 'hex') "
-                    "FROM conveyor.dead_letters WHERE {} AND id > $10 ORDER BY id LIMIT $11 FOR UPDATE SKIP LOCKED",
-                    kWhere),
-        std::move(params));
+    auto sql = fmt::format(
+        "SELECT id, job_id, type, routing_key, correlation_id, headers::text, encode(body, 'hex') "
+        "FROM conveyor.dead_letters WHERE {} AND id > $10 ORDER BY id LIMIT $11 FOR UPDATE SKIP LOCKED",
+        kWhere);
+    auto rows = co_await transaction.query_params(std::move(sql), std::move(params));
     co_return rows;
 }
 
@@ -143,11 +148,12 @@ asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vec
 }
 
 asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter) {
-    auto rows = co_await pool.query_params(
-        fmt::format("WITH gone AS (DELETE FROM conveyor.dead_letters WHERE {} RETURNING type, reason) "
-                    "SELECT type, reason, count(*) FROM gone GROUP BY type, reason ORDER BY count(*) DESC, type",
-                    kWhere),
-        filter_params(filter));
+    auto sql = fmt::format(
+        "WITH gone AS (DELETE FROM conveyor.dead_letters WHERE {} RETURNING type, reason) "
+        "SELECT type, reason, count(*) FROM gone GROUP BY type, reason ORDER BY count(*) DESC, type",
+        kWhere);
+    auto params = filter_params(filter);
+    auto rows = co_await pool.query_params(std::move(sql), std::move(params));
     co_return rows;
 }
 

@@ -10,11 +10,15 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
+#include <cmath>
+#include <regex>
 #include <set>
 
 #include "conveyor/core/config.hpp"
+#include "conveyor/core/envelope.hpp"
 #include "conveyor/core/topology.hpp"
 #include "conveyor/scheduler/fingerprint.hpp"
+#include "date/date.h"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
@@ -82,6 +86,9 @@ std::string headers_json(const amqp::Headers& headers) {
                 using T = std::decay_t<decltype(v)>;
                 if constexpr (std::is_same_v<T, std::string>) {
                     object[valid_utf8(name)] = valid_utf8(v);
+                } else if constexpr (std::is_same_v<T, double>) {
+                    // JSON has no NaN or infinity.
+                    object[valid_utf8(name)] = std::isfinite(v) ? boost::json::value(v) : boost::json::value(nullptr);
                 } else {
                     object[valid_utf8(name)] = v;
                 }
@@ -101,6 +108,47 @@ std::string bytea_hex(std::string_view bytes) {
     return out;
 }
 
+/// A header's failure time if it is an RFC 3339 UTC time PostgreSQL reads as such, else now: one malformed header
+/// must not make the whole batch's INSERT fail, again and again.
+std::string failure_time(const std::string& text) {
+    static const std::regex kUtcTime(R"((\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,6})?Z)");
+    std::smatch parts;
+    if (std::regex_match(text, parts, kUtcTime)) {
+        auto number = [&parts](std::size_t part) { return std::stoi(parts[part].str()); };
+        const date::year_month_day day{date::year{number(1)}, date::month{static_cast<unsigned>(number(2))},
+                                       date::day{static_cast<unsigned>(number(3))}};
+        if (day.ok() && number(1) >= 1970 && number(4) < 24 && number(5) < 60 && number(6) < 60) {
+            return text;
+        }
+    }
+    return utc_timestamp(std::chrono::system_clock::now());
+}
+
+/// A header's attempt count if it is a plain non-negative integer of a sane size, else 0.
+std::string attempt_count(const std::string& text) {
+    constexpr std::size_t kMaxDigits = 9;
+    const bool number = !text.empty() && text.size() <= kMaxDigits &&
+                        std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return number ? text : std::string("0");
+}
+
+/// Where the job was published to: Conveyor's header when the worker dead-lettered it, else the first routing key
+/// in the broker's x-death that names a job type (the delay ladder's keys carry a prefix), else the delivery's.
+std::string original_routing_key(const amqp::Message& message) {
+    auto routing_key = header_text(message.properties.headers, "x-conveyor-original-routing-key");
+    if (!routing_key.empty()) {
+        return routing_key;
+    }
+    for (const auto& death : message.properties.deaths) {
+        for (const auto& key : death.routing_keys) {
+            if (is_valid_job_type(topology::job_type_of_routing_key(key))) {
+                return valid_utf8(topology::job_type_of_routing_key(key));
+            }
+        }
+    }
+    return valid_utf8(message.routing_key);
+}
+
 /// One dead letter's columns, in the order of the INSERT below.
 struct Row {
     std::array<std::string, 15> columns;
@@ -109,10 +157,7 @@ struct Row {
 Row row_of(const amqp::Delivery& delivery) {
     const auto& message = delivery.message;
     const auto& headers = message.properties.headers;
-    auto routing_key = header_text(headers, "x-conveyor-original-routing-key");
-    if (routing_key.empty()) {
-        routing_key = valid_utf8(message.routing_key);
-    }
+    const auto routing_key = original_routing_key(message);
     auto type = std::string(topology::job_type_of_routing_key(routing_key));
     if (type.empty()) {
         type = "unknown";
@@ -120,21 +165,21 @@ Row row_of(const amqp::Delivery& delivery) {
     const std::string_view queue = delivery.queue;
     const auto job_queue = queue.substr(0, queue.rfind(".dlq"));
     auto family = topology::family_of_queue(job_queue);
-    // A message the worker dead-lettered carries its reason; one without it was dead-lettered by the broker itself,
-    // at the queue's delivery limit (a job that kept killing its workers).
+    // A message the worker dead-lettered carries its reason; one the broker dead-lettered (at the queue's delivery
+    // limit: a job that kept killing its workers; or expired) has the broker's reason in x-death; anything else was
+    // published straight into the DLQ.
     auto reason = header_text(headers, "x-conveyor-reason");
     if (reason.empty()) {
-        reason = "delivery_limit";
+        const auto& deaths = message.properties.deaths;
+        reason = deaths.empty() || deaths.front().reason.empty() ? std::string("unknown")
+                                                                 : valid_utf8(deaths.front().reason);
     }
     const auto error = header_text(headers, "x-conveyor-error");
     auto attempts = header_text(headers, "x-conveyor-attempts");
     if (attempts.empty()) {
         attempts = header_text(headers, "x-conveyor-attempt");
     }
-    auto failed_at = header_text(headers, "x-conveyor-failed-at");
-    if (failed_at.empty()) {
-        failed_at = utc_timestamp(std::chrono::system_clock::now());
-    }
+    const auto failed_at = failure_time(header_text(headers, "x-conveyor-failed-at"));
     const auto pattern = error_pattern(error);
     const auto job_id = valid_utf8(message.properties.message_id);
     // The same message delivered twice has the same key; the same job dead-lettered again later does not.
@@ -152,7 +197,7 @@ Row row_of(const amqp::Delivery& delivery) {
                    error,
                    pattern,
                    error_fingerprint(pattern),
-                   attempts.empty() ? std::string("0") : attempts,
+                   attempt_count(attempts),
                    failed_at,
                    valid_utf8(message.properties.correlation_id),
                    headers_json(headers),
@@ -182,7 +227,8 @@ asio::awaitable<void> DeadLetterArchiver::archive(const amqp::DeliveryBatch& bat
         params.emplace_back(pg::text_array(column));
     }
     auto transaction = co_await pool_.begin();
-    co_await transaction.query_params(
+    // Named: no temporaries inside co_await for g++ 12.
+    std::string insert(
         "INSERT INTO conveyor.dead_letters (job_id, type, family, queue, routing_key, reason, error, error_pattern, "
         "fingerprint, attempts, failed_at, correlation_id, headers, body, archive_key) "
         "SELECT job_id, type, family, queue, routing_key, reason, error, error_pattern, fingerprint, attempts::int, "
@@ -194,8 +240,8 @@ asio::awaitable<void> DeadLetterArchiver::archive(const amqp::DeliveryBatch& bat
         // The same message again is a no-op; a replayed dead letter that failed the same way again (the broker's
         // delivery limit sets no failure time, so its key repeats) is dead again.
         "ON CONFLICT (archive_key) DO UPDATE SET state = 'dead', archived_at = now(), failed_at = excluded.failed_at "
-        "WHERE dead_letters.state = 'replayed'",
-        std::move(params));
+        "WHERE dead_letters.state = 'replayed'");
+    co_await transaction.query_params(std::move(insert), std::move(params));
     co_await transaction.commit();
 }
 
@@ -212,11 +258,13 @@ asio::awaitable<void> DeadLetterArchiver::run(const std::atomic<bool>& stopping)
         if (error) {
             co_return;
         }
+        // Acknowledged only once stored: a batch that arrives as the scheduler stops goes back to its queue.
+        bool stored = false;
         std::string failure;
         while (!stopping) {
             try {
                 co_await archive(batch);
-                failure.clear();
+                stored = true;
                 break;
             } catch (const std::exception& e) {
                 if (failure.empty()) {
@@ -230,7 +278,7 @@ asio::awaitable<void> DeadLetterArchiver::run(const std::atomic<bool>& stopping)
             timer.expires_after(kRetryBackoff);
             co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
         }
-        if (!failure.empty()) {
+        if (!stored) {
             co_return;  // stopping: the unacknowledged deliveries go back to the queue with the connection
         }
         for (const auto& delivery : batch) {

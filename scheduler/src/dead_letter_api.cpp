@@ -44,18 +44,27 @@ void set_state(dead_letters::Filter& filter, std::string_view state) {
     }
 }
 
+/// A query parameter; present but empty is refused rather than read as a filter that matches nothing.
+std::optional<std::string> query_value(const HttpRequest& request, std::string_view name) {
+    auto value = request.query_param(name);
+    if (value && value->empty()) {
+        throw InvalidRequest(fmt::format("{} must not be empty", name));
+    }
+    return value;
+}
+
 /// The filter from a GET's query parameters.
 dead_letters::Filter query_filter(const HttpRequest& request) {
     dead_letters::Filter filter;
-    filter.family = request.query_param("family");
-    filter.type = request.query_param("type");
-    filter.reason = request.query_param("reason");
-    filter.error_contains = request.query_param("error");
-    filter.since = request.query_param("since");
-    filter.until = request.query_param("until");
-    filter.job_id = request.query_param("job_id");
-    filter.fingerprint = request.query_param("fingerprint");
-    if (const auto state = request.query_param("state")) {
+    filter.family = query_value(request, "family");
+    filter.type = query_value(request, "type");
+    filter.reason = query_value(request, "reason");
+    filter.error_contains = query_value(request, "error");
+    filter.since = query_value(request, "since");
+    filter.until = query_value(request, "until");
+    filter.job_id = query_value(request, "job_id");
+    filter.fingerprint = query_value(request, "fingerprint");
+    if (const auto state = query_value(request, "state")) {
         set_state(filter, *state);
     }
     filter.validate();
@@ -260,6 +269,13 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
         co_return response;
     }
     replay.by = fmt::format("api:{}", token.name);
+    if (!dry_run && !publisher_.connected()) {
+        // A replay would wait for the broker inside this request, holding its rows locked.
+        auto response = error_response(
+            503, fmt::format("the broker is not connected ({}); nothing was replayed", publisher_.last_error()));
+        response.headers.emplace_back("Retry-After", "5");
+        co_return response;
+    }
 
     const auto matching = co_await dead_letters::count(pool_, replay.filter);
     const auto matched = replay.limit > 0 ? std::min(matching, replay.limit) : matching;

@@ -35,6 +35,26 @@ bool looks_like_id(std::string_view token) {
     return hex && token.size() >= kMinIdLength && std::any_of(token.begin(), token.end(), is_digit);
 }
 
+/// A dotted IPv4 address: without this rule it would read as two decimal numbers.
+bool looks_like_ipv4(std::string_view token) {
+    int groups = 0;
+    std::size_t digits = 0;
+    for (const char c : token) {
+        if (is_digit(c)) {
+            ++digits;
+        } else if (c == '.' && digits > 0) {
+            ++groups;
+            digits = 0;
+        } else {
+            return false;
+        }
+        if (digits > 3) {
+            return false;
+        }
+    }
+    return groups == 3 && digits > 0;
+}
+
 /// The token with each number (digits, optionally with a decimal part) replaced by <n>.
 void append_without_numbers(std::string& out, std::string_view token) {
     for (std::size_t i = 0; i < token.size();) {
@@ -80,6 +100,8 @@ std::string error_pattern(std::string_view error) {
                 out += "<email>";
             } else if (looks_like_id(token)) {
                 out += "<id>";
+            } else if (looks_like_ipv4(token)) {
+                out += "<ip>";
             } else {
                 append_without_numbers(out, token);
             }

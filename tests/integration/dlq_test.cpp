@@ -293,6 +293,7 @@ TEST_F(DlqTest, AReplayedJobStartsAfreshAndRecordsItsReplay) {
             << "a replay starts with a fresh attempt count";
         EXPECT_TRUE(header_text(delivery, "x-conveyor-reason").empty());
         EXPECT_TRUE(header_text(delivery, "x-conveyor-error").empty());
+        EXPECT_TRUE(header_text(delivery, "x-first-death-reason").empty()) << "the broker's failure history";
         EXPECT_EQ(header_text(delivery, "traceparent"), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         EXPECT_FALSE(header_text(delivery, "x-conveyor-replayed-at").empty());
         EXPECT_FALSE(header_text(delivery, "x-conveyor-replayed-by").empty());
@@ -369,6 +370,54 @@ TEST_F(DlqTest, AReplayKilledMidwayAndRunAgainRunsEveryJobExactlyOnce) {
     // second: the inbox absorbs those.
     std::this_thread::sleep_for(1s);
     EXPECT_LE(worker.metric("conveyor_jobs_completed_total", {"outcome=\"duplicate\""}), 100);
+}
+
+TEST_F(DlqTest, AJobTheBrokerDeadLetteredKeepsItsTypeAndIsReplayedAsIt) {
+    auto scheduler = start_scheduler({}, "dlq-broker-death-scheduler");
+    // No worker: the broker expires the job in its queue and dead-letters it itself, with only x-death to say
+    // where it was published.
+    auto job = Broker::job("diag.noop", R"({"n": 7})", run_ + "-expired");
+    job.properties.expiration = "1";
+    broker_.publish(std::move(job));
+    ASSERT_TRUE(eventually([&] { return dead_count() == 1; }, 30s)) << scheduler.process->log();
+    const auto stored = database_.query("SELECT job_id, type, routing_key, reason FROM conveyor.dead_letters");
+    EXPECT_EQ(stored[0][0], run_ + "-expired");
+    EXPECT_EQ(stored[0][1], "diag.noop");
+    EXPECT_EQ(stored[0][2], "diag.noop");
+    EXPECT_EQ(stored[0][3], "expired");
+
+    const auto replay = dlq({"replay", "--type", "diag.noop"});
+    ASSERT_EQ(replay.status, 0) << replay.output;
+    const auto arrived = broker_.take("conveyor.diag", 1, 10s);
+    ASSERT_EQ(arrived.size(), 1U);
+    EXPECT_EQ(arrived[0].message.properties.message_id, run_ + "-expired");
+    EXPECT_EQ(arrived[0].message.body, R"({"n": 7})");
+    EXPECT_TRUE(arrived[0].message.properties.expiration.empty()) << "a replay must not expire again";
+    stop(scheduler);
+}
+
+TEST_F(DlqTest, MalformedFailureHeadersAreStoredWithoutStoppingTheArchiver) {
+    const std::vector<std::pair<std::string, std::string>> headers = {
+        {"many", "yesterday"}, {"99999999999999", "2026-02-30T10:00:00Z"}, {"-1", "2026-11-22T25:00:00Z"}};
+    for (std::size_t i = 0; i < headers.size(); ++i) {
+        amqp::Message message;
+        message.routing_key = "conveyor.diag.dlq";
+        message.body = "{}";
+        message.properties.message_id = fmt::format("{}-malformed-{}", run_, i);
+        amqp::set_header(message.properties.headers, "x-conveyor-reason", std::string("permanent_failure"));
+        amqp::set_header(message.properties.headers, "x-conveyor-original-routing-key", std::string("diag.noop"));
+        amqp::set_header(message.properties.headers, "x-conveyor-attempts", headers[i].first);
+        amqp::set_header(message.properties.headers, "x-conveyor-failed-at", headers[i].second);
+        broker_.publish(std::move(message));
+    }
+    dead_letter("diag.noop", run_ + "-wellformed", "permanent_failure", "boom", "2026-11-22T08:00:00Z");
+    auto scheduler = start_scheduler({}, "dlq-malformed-scheduler");
+    ASSERT_TRUE(eventually([&] { return dead_count() == 4; }, 30s)) << scheduler.process->log();
+    EXPECT_EQ(dead_count("attempts = 0 AND failed_at > now() - interval '5 minutes'"), 3)
+        << "unreadable values become 0 attempts, failed now";
+    EXPECT_EQ(dead_count("attempts = 5 AND failed_at = '2026-11-22T08:00:00Z'"), 1);
+    EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
+    stop(scheduler);
 }
 
 TEST_F(DlqTest, BadFiltersAndFlagsAreRefusedWithTheReason) {
@@ -460,6 +509,7 @@ TEST_F(DlqApiTest, AdminEndpointsListShowReplayAndPurgeWithTheAdminScopeOnly) {
     EXPECT_EQ(call("GET", "/v1/dead-letters?family=nope").status, 400);
     EXPECT_EQ(call("GET", "/v1/dead-letters?limit=0").status, 400);
     EXPECT_EQ(call("GET", "/v1/dead-letters?since=last%20week").status, 400);
+    EXPECT_EQ(call("GET", "/v1/dead-letters?type=").status, 400) << "an empty filter would silently match nothing";
 
     const auto shown = call("GET", fmt::format("/v1/dead-letters/{}", first_id));
     ASSERT_EQ(shown.status, 200) << shown.body;

@@ -19,6 +19,9 @@ TEST(ErrorPattern, IdsNumbersQuotedValuesAndAddressesAreNormalisedAway) {
     // Words are not ids, even when they are made of hex letters.
     EXPECT_EQ(error_pattern("deadbeef facade"), "deadbeef facade");
     EXPECT_EQ(error_pattern("an unbalanced 'quote stays"), "an unbalanced 'quote stays");
+    EXPECT_EQ(error_pattern("cannot connect to 127.0.0.1:41603: Connection refused"),
+              "cannot connect to <ip>:<n>: Connection refused");
+    EXPECT_EQ(error_pattern("version 1.2.3 of 10.0.0"), "version <n>.<n> of <n>.<n>");
     EXPECT_EQ(error_pattern(""), "");
 }
 

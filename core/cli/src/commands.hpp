@@ -83,6 +83,9 @@ struct ReplayOptions {
 /// What a database command does with its pool; returns the exit code.
 using DatabaseBody = std::function<boost::asio::awaitable<int>(pg::Pool&)>;
 
+/// Prints a database error and returns its exit code: 3 unreachable, 2 bad input (SQLSTATE class 22), 1 otherwise.
+int report_database_error(std::string_view command, const std::string& pg_url, const pg::Error& error);
+
 /// Runs `body` against the database; a database error is printed and becomes the exit code (3 unreachable, 2 bad
 /// input, 1 otherwise).
 int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body);

@@ -75,44 +75,53 @@ int dlq_replay(const CommonOptions& common, const ReplayOptions& options) {
                 interrupted = true;
             }
         });
-        if (options.dry_run) {
-            const auto matching = co_await dead_letters::count(pool, request.filter);
-            const auto total = options.limit > 0 ? std::min(matching, options.limit) : matching;
-            std::cout << fmt::format("would replay {} dead letters{}:\n", total,
-                                     options.to_type.empty() ? "" : " as " + options.to_type);
-            const auto rows = co_await dead_letters::stats(pool, request.filter);
-            for (int row = 0; row < rows.rows(); ++row) {
-                std::cout << fmt::format("  {:>8}  {:<22}  {}\n", rows.text(row, 3), rows.text(row, 1),
-                                         rows.text(row, 2));
+        int code = kOk;
+        try {
+            if (options.dry_run) {
+                const auto matching = co_await dead_letters::count(pool, request.filter);
+                const auto total = options.limit > 0 ? std::min(matching, options.limit) : matching;
+                std::cout << fmt::format("would replay {} dead letters{}:\n", total,
+                                         options.to_type.empty() ? "" : " as " + options.to_type);
+                const auto rows = co_await dead_letters::stats(pool, request.filter);
+                for (int row = 0; row < rows.rows(); ++row) {
+                    std::cout << fmt::format("  {:>8}  {:<22}  {}\n", rows.text(row, 3), rows.text(row, 1),
+                                             rows.text(row, 2));
+                }
+            } else {
+                dead_letters::ReplayHooks hooks;
+                hooks.stop_requested = [&] { return interrupted; };
+                hooks.on_progress = [&](const dead_letters::ReplayResult& now) {
+                    progress.total = now.matched;
+                    progress.replayed = now.replayed;
+                    if (options.progress && now.matched >= 100) {
+                        progress.show();
+                    }
+                };
+                hooks.on_note = [](const std::string& note) { std::cerr << "conveyor dlq replay: " << note << '\n'; };
+                result = co_await dead_letters::replay(pool, connection, request, hooks);
+                progress.total = result.matched;
+                progress.replayed = result.replayed;
+                if (!result.failure.empty()) {
+                    code = kFailed;
+                } else if (interrupted) {
+                    code = kInterrupted;
+                }
             }
-            signals.cancel();
-            co_return kOk;
+        } catch (const pg::Error& e) {
+            // What was committed before the failure stays replayed; the rest are still dead letters.
+            code = report_database_error("dlq replay", options.dlq.pg_url, e);
         }
-        dead_letters::ReplayHooks hooks;
-        hooks.stop_requested = [&] { return interrupted; };
-        hooks.on_progress = [&](const dead_letters::ReplayResult& now) {
-            progress.total = now.matched;
-            progress.replayed = now.replayed;
-            if (options.progress && now.matched >= 100) {
-                progress.show();
-            }
-        };
-        hooks.on_note = [](const std::string& note) { std::cerr << "conveyor dlq replay: " << note << '\n'; };
-        result = co_await dead_letters::replay(pool, connection, request, hooks);
         signals.cancel();
-        if (!result.failure.empty()) {
-            co_return kFailed;
-        }
-        co_return interrupted ? kInterrupted : kOk;
+        co_return code;
     });
     if (options.progress && progress.total >= 100 && progress.tty) {
         std::cerr << '\n';
     }
     const double seconds = std::chrono::duration<double>(Clock::now() - progress.started).count();
     if (!options.dry_run && (exit_code == kOk || exit_code == kFailed || exit_code == kInterrupted)) {
-        std::cout << fmt::format("replayed {} of {} dead letters in {:.1f} s ({:.0f} jobs/s){}\n", result.replayed,
-                                 result.matched, seconds,
-                                 static_cast<double>(result.replayed) / std::max(seconds, 1e-9),
+        std::cout << fmt::format("replayed {} of {} dead letters in {:.2f} s ({:.0f} jobs/s){}\n", progress.replayed,
+                                 progress.total, seconds,
+                                 static_cast<double>(progress.replayed) / std::max(seconds, 1e-9),
                                  interrupted ? "; interrupted, the rest are still dead letters" : "");
     }
     if (!result.failure.empty()) {

@@ -57,6 +57,15 @@ std::string json_or_null(const pg::Result& rows, int row, int column) {
 
 /// Runs `body` against the database; a database error is printed and becomes the exit code (3 unreachable, 2 bad
 /// input, 1 otherwise).
+int report_database_error(std::string_view command, const std::string& pg_url, const pg::Error& error) {
+    std::cerr << fmt::format("conveyor {}: {} ({})\n", command, error.what(), pg::redacted(pg_url));
+    if (error.sqlstate().starts_with("08")) {
+        return kUnavailable;
+    }
+    // Class 22 is bad data (an --at or --since PostgreSQL cannot read, a payload that is not JSON): a usage error.
+    return error.sqlstate().starts_with("22") ? kUsage : kFailed;
+}
+
 int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body) {
     asio::io_context io;
     pg::Settings settings;
@@ -71,13 +80,7 @@ int with_database(const std::string& pg_url, std::string_view command, const Dat
             try {
                 exit_code = co_await body(pool);
             } catch (const pg::Error& e) {
-                std::cerr << fmt::format("conveyor {}: {} ({})\n", command, e.what(), pg::redacted(pg_url));
-                // Class 22 is bad data (an --at PostgreSQL cannot read, a payload that is not JSON): a usage error.
-                if (e.sqlstate().starts_with("08")) {
-                    exit_code = kUnavailable;
-                } else {
-                    exit_code = e.sqlstate().starts_with("22") ? kUsage : kFailed;
-                }
+                exit_code = report_database_error(command, pg_url, e);
             } catch (const std::invalid_argument& e) {
                 std::cerr << fmt::format("conveyor {}: {}\n", command, e.what());
                 exit_code = kUsage;

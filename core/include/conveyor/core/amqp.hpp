@@ -31,6 +31,13 @@ using Headers = std::vector<std::pair<std::string, FieldValue>>;
 /// Sets `name` to `value`, replacing an existing entry of that name.
 void set_header(Headers& headers, std::string_view name, FieldValue value);
 
+/// One entry of the x-death header RabbitMQ adds when it dead-letters a message (most recent first).
+struct Death {
+    std::string queue;
+    std::string reason;  ///< rejected, expired, maxlen or delivery_limit
+    std::vector<std::string> routing_keys;
+};
+
 /// The subset of basic.properties that Conveyor reads and writes.
 struct Properties {
     std::string content_type;
@@ -44,6 +51,9 @@ struct Properties {
     std::optional<std::uint64_t> timestamp;  ///< Seconds since the epoch (AMQP has no finer unit).
     std::uint8_t delivery_mode = 2;          ///< 2 = persistent.
     Headers headers;
+    /// The broker's x-death header, decoded on delivery and never sent: a message the broker dead-lettered
+    /// carries its original routing key only there.
+    std::vector<Death> deaths;
 };
 
 struct Message {
