@@ -11,8 +11,6 @@
 namespace conveyor::dead_letters {
 namespace asio = boost::asio;
 
-// Each query names its SQL and parameters before the co_await: no temporaries inside co_await for g++ 12.
-
 namespace {
 
 // $1…$9 are the filter's fields, in Filter's order; further parameters come after.
@@ -26,6 +24,19 @@ constexpr std::string_view kWhere =
 std::vector<pg::Param> filter_params(const Filter& filter) {
     return {filter.family, filter.type,   filter.reason,      filter.error_contains, filter.since,
             filter.until,  filter.job_id, filter.fingerprint, filter.state};
+}
+
+/// Runs `sql` with the filter's condition in place of its {}, on a pool or in a transaction; the filter's parameters
+/// are $1…$9 and `extra` follow from $10.
+template <typename Session>
+asio::awaitable<pg::Result> query_filtered(Session& session, std::string_view sql, const Filter& filter,
+                                           std::vector<pg::Param> extra = {}) {
+    // Named: no temporaries inside co_await for g++ 12.
+    auto statement = fmt::format(fmt::runtime(sql), kWhere);
+    auto params = filter_params(filter);
+    params.insert(params.end(), std::make_move_iterator(extra.begin()), std::make_move_iterator(extra.end()));
+    auto rows = co_await session.query_params(std::move(statement), std::move(params));
+    co_return rows;
 }
 
 }  // namespace
@@ -63,15 +74,12 @@ std::string decode_body(std::string_view hex) {
 }
 
 asio::awaitable<pg::Result> list(pg::Pool& pool, const Filter& filter, std::int64_t limit) {
-    auto params = filter_params(filter);
-    params.emplace_back(std::to_string(limit));
-    auto sql = fmt::format(
+    return query_filtered(
+        pool,
         "SELECT id, job_id, type, family, reason, attempts, "
-        "to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), error, fingerprint, "
-        "state, correlation_id FROM conveyor.dead_letters WHERE {} ORDER BY id LIMIT $10",
-        kWhere);
-    auto rows = co_await pool.query_params(std::move(sql), std::move(params));
-    co_return rows;
+        "to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), error, "
+        "fingerprint, state, correlation_id FROM conveyor.dead_letters WHERE {} ORDER BY id LIMIT $10",
+        filter, {std::to_string(limit)});
 }
 
 asio::awaitable<pg::Result> show(pg::Pool& pool, std::int64_t id) {
@@ -87,48 +95,36 @@ asio::awaitable<pg::Result> show(pg::Pool& pool, std::int64_t id) {
 }
 
 asio::awaitable<pg::Result> stats(pg::Pool& pool, const Filter& filter) {
-    auto sql = fmt::format(
-        "SELECT family, type, reason, count(*), "
-        "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
-        "FROM conveyor.dead_letters WHERE {} GROUP BY family, type, reason "
-        "ORDER BY count(*) DESC, family, type, reason",
-        kWhere);
-    auto params = filter_params(filter);
-    auto rows = co_await pool.query_params(std::move(sql), std::move(params));
-    co_return rows;
+    return query_filtered(pool,
+                          "SELECT family, type, reason, count(*), "
+                          "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+                          "FROM conveyor.dead_letters WHERE {} GROUP BY family, type, reason "
+                          "ORDER BY count(*) DESC, family, type, reason",
+                          filter);
 }
 
 asio::awaitable<pg::Result> groups(pg::Pool& pool, const Filter& filter) {
-    auto sql = fmt::format(
-        "SELECT fingerprint, count(*), min(error_pattern), string_agg(DISTINCT type, ','), "
-        "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-        "to_char(max(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-        "(array_agg(error ORDER BY id))[1] FROM conveyor.dead_letters WHERE {} "
-        "GROUP BY fingerprint ORDER BY count(*) DESC, fingerprint",
-        kWhere);
-    auto params = filter_params(filter);
-    auto rows = co_await pool.query_params(std::move(sql), std::move(params));
-    co_return rows;
+    return query_filtered(pool,
+                          "SELECT fingerprint, count(*), min(error_pattern), string_agg(DISTINCT type, ','), "
+                          "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+                          "to_char(max(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+                          "(array_agg(error ORDER BY id))[1] FROM conveyor.dead_letters WHERE {} "
+                          "GROUP BY fingerprint ORDER BY count(*) DESC, fingerprint",
+                          filter);
 }
 
 asio::awaitable<std::int64_t> count(pg::Pool& pool, const Filter& filter) {
-    auto sql = fmt::format("SELECT count(*) FROM conveyor.dead_letters WHERE {}", kWhere);
-    auto params = filter_params(filter);
-    const auto rows = co_await pool.query_params(std::move(sql), std::move(params));
+    const auto rows = co_await query_filtered(pool, "SELECT count(*) FROM conveyor.dead_letters WHERE {}", filter);
     co_return rows.integer(0, 0);
 }
 
 asio::awaitable<pg::Result> claim(pg::Transaction& transaction, const Filter& filter, std::int64_t after,
                                   std::int64_t limit) {
-    auto params = filter_params(filter);
-    params.emplace_back(std::to_string(after));
-    params.emplace_back(std::to_string(limit));
-    auto sql = fmt::format(
-        "SELECT id, job_id, type, routing_key, correlation_id, headers::text, encode(body, 'hex') "
-        "FROM conveyor.dead_letters WHERE {} AND id > $10 ORDER BY id LIMIT $11 FOR UPDATE SKIP LOCKED",
-        kWhere);
-    auto rows = co_await transaction.query_params(std::move(sql), std::move(params));
-    co_return rows;
+    return query_filtered(transaction,
+                          "SELECT id, job_id, type, routing_key, correlation_id, headers::text, encode(body, 'hex') "
+                          "FROM conveyor.dead_letters WHERE {} AND id > $10 ORDER BY id LIMIT $11 "
+                          "FOR UPDATE SKIP LOCKED",
+                          filter, {std::to_string(after), std::to_string(limit)});
 }
 
 asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vector<std::string>& ids,
@@ -148,13 +144,10 @@ asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vec
 }
 
 asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter) {
-    auto sql = fmt::format(
-        "WITH gone AS (DELETE FROM conveyor.dead_letters WHERE {} RETURNING type, reason) "
-        "SELECT type, reason, count(*) FROM gone GROUP BY type, reason ORDER BY count(*) DESC, type",
-        kWhere);
-    auto params = filter_params(filter);
-    auto rows = co_await pool.query_params(std::move(sql), std::move(params));
-    co_return rows;
+    return query_filtered(pool,
+                          "WITH gone AS (DELETE FROM conveyor.dead_letters WHERE {} RETURNING type, reason) "
+                          "SELECT type, reason, count(*) FROM gone GROUP BY type, reason ORDER BY count(*) DESC, type",
+                          filter);
 }
 
 asio::awaitable<Outcomes> outcomes(pg::Pool& pool, const std::vector<std::string>& job_ids, const std::string& since) {

@@ -80,7 +80,8 @@ std::string header_text(const amqp::Headers& headers, std::string_view name) {
 
 std::string headers_json(const amqp::Headers& headers) {
     boost::json::object object;
-    for (const auto& [name, value] : headers) {
+    for (const auto& header : headers) {
+        const auto& name = header.first;  // not a structured binding: clang 14 cannot capture one
         std::visit(
             [&object, &name](const auto& v) {
                 using T = std::decay_t<decltype(v)>;
@@ -93,7 +94,7 @@ std::string headers_json(const amqp::Headers& headers) {
                     object[valid_utf8(name)] = v;
                 }
             },
-            value);
+            header.second);
     }
     return boost::json::serialize(object);
 }

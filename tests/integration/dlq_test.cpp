@@ -106,12 +106,7 @@ TEST_F(DlqTest, PaymentsDeadLetteredDuringAGatewayOutageAreReplayedOnceEachAfter
     constexpr int kOrders = 500;
     PaymentGatewayServer gateway;
     SmtpSink mail;
-    database_.query("SET session_replication_role = replica");
-    database_.query(
-        "TRUNCATE shop.events, shop.payments, shop.order_items, shop.orders, shop.customers, shop.products, "
-        "shop.email_log, shop.order_summary, shop.customer_stats, shop.daily_sales, shop.projection_checkpoints "
-        "RESTART IDENTITY");
-    database_.query("SET session_replication_role = DEFAULT");
+    reset_shop();
     database_.query("INSERT INTO shop.products (id, name, price_cents, stock) VALUES ('sku-1', 'sku-1', 1250, 1000)");
     gateway.control(R"({"refuse": true})");
     // A circuit that opens only after the last of the 1,000 failures: each payment uses up its two attempts.
@@ -121,6 +116,7 @@ TEST_F(DlqTest, PaymentsDeadLetteredDuringAGatewayOutageAreReplayedOnceEachAfter
         "dlq-saga-worker");
     auto scheduler = start_scheduler({}, "dlq-saga-scheduler");
     std::vector<amqp::Message> orders;
+    orders.reserve(kOrders);
     for (int i = 0; i < kOrders; ++i) {
         orders.push_back(Broker::job(
             "orders.place",
@@ -205,8 +201,9 @@ TEST_F(DlqTest, FiltersGroupsAndDryRunsSelectExactlyTheirDeadLetters) {
     ASSERT_EQ(payments.status, 0) << payments.output;
     const auto rows = lines(payments.output);
     ASSERT_EQ(rows.size(), 30U) << payments.output;
-    for (const auto& field : {"\"id\":", "\"job_id\":", "\"type\":\"payments.charge\"", "\"family\":\"payments\"",
-                              "\"reason\":\"attempts_exhausted\"", "\"attempts\":5", "\"failed_at\":", "\"error\":"}) {
+    for (const auto& field :
+         {R"("id":)", R"("job_id":)", R"("type":"payments.charge")", R"("family":"payments")",
+          R"("reason":"attempts_exhausted")", R"("attempts":5)", R"("failed_at":)", R"("error":)"}) {
         EXPECT_NE(rows[0].find(field), std::string::npos) << field << " in " << rows[0];
     }
     const std::vector<std::pair<std::vector<std::string>, std::size_t>> selections = {
@@ -223,7 +220,7 @@ TEST_F(DlqTest, FiltersGroupsAndDryRunsSelectExactlyTheirDeadLetters) {
     for (const auto& [filter, expected] : selections) {
         auto args = filter;
         args.insert(args.begin(), "list");
-        args.push_back("--json");
+        args.emplace_back("--json");
         const auto listed = dlq(args);
         EXPECT_EQ(listed.status, 0) << listed.output;
         EXPECT_EQ(lines(listed.output).size(), expected) << fmt::format("{}", fmt::join(filter, " "));
@@ -476,8 +473,8 @@ class DlqApiTest : public DlqTest {
 
     void TearDown() override { stop(scheduler_); }
 
-    ApiResponse call(const std::string& method, const std::string& path, const std::string& token = "admin-secret",
-                     const std::string& body = {}) {
+    [[nodiscard]] ApiResponse call(const std::string& method, const std::string& path,
+                                   const std::string& token = "admin-secret", const std::string& body = {}) const {
         return call_api(scheduler_.port, method, path, token, body);
     }
 

@@ -42,13 +42,7 @@ class SagaTest : public WorkerTest {
         for (unsigned level = 0; level < topology::kDelayLevels; ++level) {
             broker_.purge(topology::delay_level_name(level));
         }
-        // The event store refuses TRUNCATE to everyone but a replica session.
-        database_.query("SET session_replication_role = replica");
-        database_.query(
-            "TRUNCATE shop.events, shop.payments, shop.order_items, shop.orders, shop.customers, shop.products, "
-            "shop.email_log, shop.order_summary, shop.customer_stats, shop.daily_sales, shop.projection_checkpoints "
-            "RESTART IDENTITY");
-        database_.query("SET session_replication_role = DEFAULT");
+        reset_shop();
     }
 
     void add_product(const std::string& id, std::int64_t price_cents, std::int64_t stock) {

@@ -61,7 +61,7 @@ class SchedulerFixture : public WorkerTest {
 
     /// A file in the temporary directory with `text` in it (a schedules or tokens file).
     static std::filesystem::path write_file(const std::string& name, const std::string& text) {
-        const auto path = std::filesystem::temp_directory_path() / ("conveyor-" + name + ".yaml");
+        auto path = std::filesystem::temp_directory_path() / ("conveyor-" + name + ".yaml");
         std::ofstream(path) << text;
         return path;
     }

@@ -385,8 +385,8 @@ class SchedulerApiTest : public SchedulerTest {
 
     void TearDown() override { stop(scheduler_); }
 
-    ApiResponse call(const std::string& method, const std::string& path, const std::string& token,
-                     const std::string& body = {}) {
+    [[nodiscard]] ApiResponse call(const std::string& method, const std::string& path, const std::string& token,
+                                   const std::string& body = {}) const {
         return call_api(scheduler_.port, method, path, token, body);
     }
 
@@ -429,9 +429,9 @@ TEST_F(SchedulerApiTest, RefusesWithTheRightStatusAndAPreciseError) {
     EXPECT_NE(bad_time.body.find("RFC 3339"), std::string::npos) << bad_time.body;
     EXPECT_EQ(count("true"), 0) << "a refused batch enqueues nothing";
 
-    auto oversize =
-        call("POST", "/v1/jobs", "enqueue-secret",
-             fmt::format(R"({{"type": "diag.noop", "payload": {{"pad": "{}"}}}})", std::string(9 * 1024 * 1024, 'x')));
+    auto oversize = call("POST", "/v1/jobs", "enqueue-secret",
+                         fmt::format(R"({{"type": "diag.noop", "payload": {{"pad": "{}"}}}})",
+                                     std::string(std::size_t{9} * 1024 * 1024, 'x')));
     EXPECT_EQ(oversize.status, 413);
 
     int limited = 0;

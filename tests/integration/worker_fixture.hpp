@@ -148,6 +148,17 @@ class WorkerTest : public ::testing::Test {
         }
     }
 
+    /// Empties the e-commerce tables (shop.*) for a test of the order saga.
+    void reset_shop() {
+        // The event store refuses TRUNCATE to everyone but a replica session.
+        database_.query("SET session_replication_role = replica");
+        database_.query(
+            "TRUNCATE shop.events, shop.payments, shop.order_items, shop.orders, shop.customers, shop.products, "
+            "shop.email_log, shop.order_summary, shop.customer_stats, shop.daily_sales, shop.projection_checkpoints "
+            "RESTART IDENTITY");
+        database_.query("SET session_replication_role = DEFAULT");
+    }
+
     std::string run_cli(std::vector<std::string> args) {
         args.insert(args.begin(), (binary_dir() / "conveyor").string());
         args.insert(args.begin() + 1, {"--amqp-url", amqp_url()});

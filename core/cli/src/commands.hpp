@@ -83,6 +83,11 @@ struct ReplayOptions {
 /// What a database command does with its pool; returns the exit code.
 using DatabaseBody = std::function<boost::asio::awaitable<int>(pg::Pool&)>;
 
+/// A JSON string literal (the CLI's --json lines hold ids, types and times, but stay correct for anything).
+[[nodiscard]] std::string json_string(std::string_view text);
+/// A column as a JSON string literal, or null.
+[[nodiscard]] std::string json_or_null(const pg::Result& rows, int row, int column);
+
 /// Prints a database error and returns its exit code: 3 unreachable, 2 bad input (SQLSTATE class 22), 1 otherwise.
 int report_database_error(std::string_view command, const std::string& pg_url, const pg::Error& error);
 

@@ -25,25 +25,6 @@ std::string summary(std::string_view error) {
     return line;
 }
 
-std::string json_text(std::string_view text) {
-    std::string quoted = "\"";
-    for (const char c : text) {
-        if (c == '"' || c == '\\') {
-            quoted += '\\';
-            quoted += c;
-        } else if (static_cast<unsigned char>(c) < 0x20) {
-            quoted += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
-        } else {
-            quoted += c;
-        }
-    }
-    return quoted + "\"";
-}
-
-std::string json_or_null(const pg::Result& rows, int row, int column) {
-    return rows.is_null(row, column) ? std::string("null") : json_text(rows.text(row, column));
-}
-
 void pretty(std::string& out, simdjson::dom::element element, int depth) {
     const std::string indent(static_cast<std::size_t>(depth) * 2, ' ');
     switch (element.type()) {
@@ -58,7 +39,7 @@ void pretty(std::string& out, simdjson::dom::element element, int depth) {
             for (const auto field : object) {
                 out += first ? "" : ",\n";
                 first = false;
-                out += indent + "  " + json_text(field.key) + ": ";
+                out += indent + "  " + json_string(field.key) + ": ";
                 pretty(out, field.value, depth + 1);
             }
             out += "\n" + indent + "}";
@@ -116,10 +97,10 @@ int dlq_list(const DlqOptions& options) {
                 std::cout
                     << fmt::format(
                            R"({{"id":{},"job_id":{},"type":{},"family":{},"reason":{},"attempts":{},"failed_at":{},"error":{},"fingerprint":{},"state":{},"correlation_id":{}}})",
-                           rows.text(row, 0), json_text(rows.text(row, 1)), json_text(rows.text(row, 2)),
-                           json_text(rows.text(row, 3)), json_text(rows.text(row, 4)), rows.text(row, 5),
-                           json_text(rows.text(row, 6)), json_text(rows.text(row, 7)), json_text(rows.text(row, 8)),
-                           json_text(rows.text(row, 9)), json_or_null(rows, row, 10))
+                           rows.text(row, 0), json_string(rows.text(row, 1)), json_string(rows.text(row, 2)),
+                           json_string(rows.text(row, 3)), json_string(rows.text(row, 4)), rows.text(row, 5),
+                           json_string(rows.text(row, 6)), json_string(rows.text(row, 7)), json_string(rows.text(row, 8)),
+                           json_string(rows.text(row, 9)), json_or_null(rows, row, 10))
                     << '\n';
             } else {
                 std::cout << fmt::format("{:>8}  {:<20}  {:<18}  {:>8}  {:<24}  {}\n", rows.text(row, 0),
@@ -182,8 +163,8 @@ int dlq_stats(const DlqOptions& options) {
             }
             if (options.json) {
                 std::cout << fmt::format(R"({{"family":{},"type":{},"reason":{},"count":{},"oldest":{}}})",
-                                         json_text(rows.text(row, 0)), json_text(rows.text(row, 1)),
-                                         json_text(rows.text(row, 2)), rows.text(row, 3), json_text(rows.text(row, 4)))
+                                         json_string(rows.text(row, 0)), json_string(rows.text(row, 1)),
+                                         json_string(rows.text(row, 2)), rows.text(row, 3), json_string(rows.text(row, 4)))
                           << '\n';
             } else {
                 std::cout << fmt::format("{:<12}  {:<22}  {:<20}  {:>8}  {}\n", rows.text(row, 0), rows.text(row, 1),
@@ -205,9 +186,9 @@ int dlq_groups(const DlqOptions& options) {
                 std::cout
                     << fmt::format(
                            R"({{"fingerprint":{},"count":{},"pattern":{},"types":{},"first_failed_at":{},"last_failed_at":{},"example":{}}})",
-                           json_text(rows.text(row, 0)), rows.text(row, 1), json_text(rows.text(row, 2)),
-                           json_text(rows.text(row, 3)), json_text(rows.text(row, 4)), json_text(rows.text(row, 5)),
-                           json_text(rows.text(row, 6)))
+                           json_string(rows.text(row, 0)), rows.text(row, 1), json_string(rows.text(row, 2)),
+                           json_string(rows.text(row, 3)), json_string(rows.text(row, 4)), json_string(rows.text(row, 5)),
+                           json_string(rows.text(row, 6)))
                     << '\n';
             } else {
                 const auto pattern =

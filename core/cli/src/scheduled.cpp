@@ -24,7 +24,8 @@ std::string or_dash(const pg::Result& rows, int row, int column) {
     return rows.is_null(row, column) ? std::string("-") : std::string(rows.text(row, column));
 }
 
-/// A JSON string literal (the CLI's --json lines hold ids, types and times, but stay correct for anything).
+}  // namespace
+
 std::string json_string(std::string_view text) {
     std::string quoted = "\"";
     for (const char c : text) {
@@ -52,8 +53,6 @@ std::string json_string(std::string_view text) {
 std::string json_or_null(const pg::Result& rows, int row, int column) {
     return rows.is_null(row, column) ? std::string("null") : json_string(rows.text(row, column));
 }
-
-}  // namespace
 
 /// Runs `body` against the database; a database error is printed and becomes the exit code (3 unreachable, 2 bad
 /// input, 1 otherwise).
