@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Writes Conveyor's Grafana dashboards (dashboards/grafana/*.json) from the panel lists below.
+
+The JSON files are committed, so that Grafana can import or provision them as they are; this script is their one
+source, and `build.py --check` (run by the tests) fails when a committed file differs from what it would write.
+Usage: dashboards/grafana/build.py [--check]
+"""
+import json
+import pathlib
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def target(expr, legend, ref):
+    return {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": ref, "range": True}
+
+
+def panel(title, description, exprs, unit="short", kind="timeseries", width=12, height=8, thresholds=None):
+    """A panel; `exprs` is a list of (PromQL, legend)."""
+    refs = "ABCDEFGHIJ"
+    fieldconfig = {"defaults": {"unit": unit}, "overrides": []}
+    if thresholds:
+        fieldconfig["defaults"]["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": color, "value": value} for value, color in thresholds],
+        }
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": [target(expr, legend, refs[i]) for i, (expr, legend) in enumerate(exprs)],
+        "fieldConfig": fieldconfig,
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if kind == "timeseries" else {},
+        "gridPos": {"w": width, "h": height},
+    }
+
+
+def row(title):
+    return {"type": "row", "title": title, "collapsed": False, "panels": [], "gridPos": {"w": 24, "h": 1}}
+
+
+def variable(name, label, query, multi=True):
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": multi,
+        "multi": multi,
+        "allValue": ".*" if multi else None,
+        "current": {},
+        "sort": 1,
+    }
+
+
+def dashboard(uid, title, description, variables, panels):
+    x = y = 0
+    placed = []
+    for number, item in enumerate(panels, start=1):
+        position = dict(item["gridPos"])
+        if item["type"] == "row" or x + position["w"] > 24:
+            x, y = 0, y + (max((p["gridPos"]["h"] for p in placed if p["gridPos"]["y"] == y), default=0))
+        position.update({"x": x, "y": y})
+        x += position["w"]
+        placed.append(dict(item, id=number, gridPos=position))
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["conveyor"],
+        "timezone": "utc",
+        "schemaVersion": 38,
+        "version": 1,
+        "editable": True,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Prometheus",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                },
+                *variables,
+            ]
+        },
+        "annotations": {"list": []},
+        "panels": placed,
+    }
+
+
+SELECT = 'queue=~"$queue",type=~"$type"'
+
+OVERVIEW = dashboard(
+    "conveyor-overview",
+    "Conveyor: overview",
+    "Jobs, latency, backlog, dead letters and the scheduler across every queue.",
+    [
+        variable("queue", "Queue", "label_values(conveyor_jobs_completed_total, queue)"),
+        variable("type", "Job type", 'label_values(conveyor_jobs_completed_total{queue=~"$queue"}, type)'),
+    ],
+    [
+        row("Throughput and errors"),
+        panel("Jobs per second by outcome",
+              "Completed jobs by outcome: success, retry (an attempt failed and the job waits in the delay ladder), "
+              "dead_letter, duplicate (already done, absorbed by the inbox).",
+              [(f'sum by (outcome) (rate(conveyor_jobs_completed_total{{{SELECT}}}[$__rate_interval]))',
+                "{{outcome}}")], unit="ops"),
+        panel("Error ratio",
+              "Retries and dead letters over all completions, per queue (recording rule). The alert fires above 5 % "
+              "for 10 minutes.",
+              [('queue:conveyor_job_error_ratio:rate5m{queue=~"$queue"}', "{{queue}}")], unit="percentunit",
+              thresholds=[(None, "green"), (0.05, "red")]),
+        panel("Retries per second by type", "Attempts that failed and were scheduled again, by job type.",
+              [(f'sum by (type) (rate(conveyor_jobs_completed_total{{{SELECT},outcome="retry"}}[$__rate_interval]))',
+                "{{type}}")], unit="ops", width=8),
+        panel("Jobs in flight", "Jobs running right now in the workers, per queue.",
+              [('sum by (queue) (conveyor_jobs_in_flight{queue=~"$queue"})', "{{queue}}")], width=8),
+        panel("Payment gateway circuit", "0 closed, 1 half-open (one trial call), 2 open (payments wait).",
+              [('max by (circuit) (conveyor_circuit_breaker_state)', "{{circuit}}")], width=8,
+              thresholds=[(None, "green"), (1, "orange"), (2, "red")]),
+        row("Latency"),
+        panel("Job duration p50 / p95 / p99",
+              "Handler time, from the histogram conveyor_job_duration_seconds.",
+              [(f'histogram_quantile({q}, sum by (le) (rate(conveyor_job_duration_seconds_bucket{{{SELECT}}}'
+                f'[$__rate_interval])))', f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)], unit="s"),
+        panel("Queue wait p50 / p95 / p99",
+              "From enqueue to handler start. The SLO alert fires when p95 is over 30 s for 10 minutes.",
+              [(f'histogram_quantile({q}, sum by (le) (rate(conveyor_job_queue_wait_seconds_bucket{{{SELECT}}}'
+                f'[$__rate_interval])))', f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)], unit="s"),
+        row("Backlog"),
+        panel("Queue depth", "Ready messages per job queue (RabbitMQ, per-object metrics).",
+              [('sum by (queue) (rabbitmq_queue_messages_ready{queue=~"conveyor\\\\.[a-z_]+"})', "{{queue}}")]),
+        panel("Consumers per queue", "Worker consumers subscribed to each job queue; 0 with messages waiting alerts.",
+              [('sum by (queue) (rabbitmq_queue_consumers{queue=~"conveyor\\\\.[a-z_]+"})', "{{queue}}")]),
+        panel("Outbox backlog", "Emitted jobs committed but not yet published, per worker.",
+              [("sum by (instance) (conveyor_outbox_pending)", "{{instance}}")], width=8),
+        panel("Scheduled jobs pending / overdue",
+              "Delayed and transactionally enqueued jobs waiting in conveyor.scheduled_jobs, and those past due.",
+              [("max(conveyor_scheduled_jobs_pending)", "pending"), ("max(conveyor_scheduled_jobs_overdue)",
+                                                                     "overdue")], width=8),
+        panel("Broker connections", "1 while a process's broker connection is up.",
+              [("min by (job) (conveyor_broker_connected)", "{{job}}")], width=8),
+        row("Dead letters"),
+        panel("Dead letters stored by family", "Dead letters in conveyor.dead_letters waiting for an operator.",
+              [("family:conveyor_dead_letters_stored:max", "{{family}}")], width=8),
+        panel("Oldest dead letter", "Age of the oldest stored dead letter of each family.",
+              [("family:conveyor_dead_letter_oldest_age_seconds:max", "{{family}}")], unit="s", width=8),
+        panel("Dead-letter queue depth and replays",
+              "Messages not yet archived from each DLQ, and dead letters replayed per second.",
+              [('sum by (queue) (rabbitmq_queue_messages_ready{queue=~"conveyor\\\\.[a-z_]+\\\\.dlq"})',
+                "{{queue}} waiting"), ("queue:conveyor_dlq_replayed:rate5m", "{{queue}} replayed/s")], width=8),
+        row("Scheduler"),
+        panel("Scheduler leader", "1 on the replica that fires the cron schedules; exactly one should lead.",
+              [("conveyor_scheduler_leader", "{{instance}}")], width=8),
+        panel("Schedule fires and misfires", "Fire times enqueued and missed, per schedule.",
+              [("sum by (schedule) (increase(conveyor_schedule_fired_total[$__rate_interval]))", "{{schedule}} fired"),
+               ("sum by (schedule) (increase(conveyor_schedule_misfired_total[$__rate_interval]))",
+                "{{schedule}} missed")], width=8),
+        panel("Relay latency p99", "From a scheduled job's due time to the broker's confirm.",
+              [("histogram_quantile(0.99, sum by (le) (rate(conveyor_relay_latency_seconds_bucket"
+                "[$__rate_interval])))", "p99")], unit="s", width=8),
+    ],
+)
+
+FAMILY_SELECT = 'queue="conveyor.$family",type=~"$type"'
+
+FAMILY = dashboard(
+    "conveyor-family",
+    "Conveyor: job family",
+    "One family's queue and its job types: throughput, failures, latency and dead letters.",
+    [
+        variable("family", "Family", 'label_values(conveyor_jobs_completed_total, queue)', multi=False)
+        | {"regex": "/conveyor\\.(.*)/"},
+        variable("type", "Job type", 'label_values(conveyor_jobs_completed_total{queue="conveyor.$family"}, type)'),
+    ],
+    [
+        panel("Jobs per second by type and outcome", "Completions of this family's job types.",
+              [(f'sum by (type, outcome) (rate(conveyor_jobs_completed_total{{{FAMILY_SELECT}}}[$__rate_interval]))',
+                "{{type}} {{outcome}}")], unit="ops", width=24),
+        panel("Duration p95 by type", "Handler time at the 95th percentile (recording rule).",
+              [('queue_type:conveyor_job_duration_seconds:p95_5m{queue="conveyor.$family",type=~"$type"}',
+                "{{type}}")], unit="s"),
+        panel("Queue wait p95", "From enqueue to handler start at the 95th percentile.",
+              [('queue:conveyor_job_queue_wait_seconds:p95_5m{queue="conveyor.$family"}', "p95")], unit="s"),
+        panel("Retry delays", "The delays chosen for retries (the policy's backoff with jitter), p50 and p95.",
+              [(f'histogram_quantile({q}, sum by (le) (rate(conveyor_job_retry_delay_seconds_bucket'
+                f'{{{FAMILY_SELECT}}}[$__rate_interval])))', f"p{int(q * 100)}") for q in (0.5, 0.95)],
+              unit="s", width=8),
+        panel("In flight", "Jobs of this family running now.",
+              [('sum(conveyor_jobs_in_flight{queue="conveyor.$family"})', "in flight")], width=8),
+        panel("Queue depth and consumers", "Ready messages and consumers of the family's queue.",
+              [('sum(rabbitmq_queue_messages_ready{queue="conveyor.$family"})', "ready"),
+               ('sum(rabbitmq_queue_consumers{queue="conveyor.$family"})', "consumers")], width=8),
+        panel("Dead letters stored by reason", "This family's stored dead letters by reason.",
+              [('max by (reason) (conveyor_dead_letters_stored{family="$family"})', "{{reason}}")]),
+        panel("Dead letters per second by type", "Jobs of this family dead-lettered, by type.",
+              [(f'sum by (type) (rate(conveyor_jobs_completed_total{{{FAMILY_SELECT},outcome="dead_letter"}}'
+                f'[$__rate_interval]))', "{{type}}")], unit="ops"),
+    ],
+)
+
+
+def main():
+    check = "--check" in sys.argv[1:]
+    stale = []
+    for name, board in (("overview", OVERVIEW), ("family", FAMILY)):
+        path = HERE / f"conveyor-{name}.json"
+        text = json.dumps(board, indent=2) + "\n"
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.name)
+        else:
+            path.write_text(text)
+    if stale:
+        sys.exit(f"dashboards/grafana: {', '.join(stale)} differ from build.py; run dashboards/grafana/build.py")
+
+
+if __name__ == "__main__":
+    main()
