@@ -12,6 +12,7 @@
 
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/dead_letters.hpp"
+#include "conveyor/core/envelope.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor::dead_letters {
@@ -76,9 +77,7 @@ amqp::Message replay_message(const pg::Result& rows, int row, const ReplayReques
     properties.correlation_id = rows.is_null(row, 4) ? std::string() : std::string(rows.text(row, 4));
     properties.headers = replay_headers(rows.text(row, 5));
     const auto now = std::chrono::system_clock::now();
-    const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
-    properties.timestamp = static_cast<std::uint64_t>(now_ms / 1000);
-    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", static_cast<std::int64_t>(now_ms));
+    set_enqueued_at(properties, std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count());
     amqp::set_header(properties.headers, "x-conveyor-replayed-at", utc_timestamp(now));
     amqp::set_header(properties.headers, "x-conveyor-replayed-by", request.by);
     amqp::set_header(properties.headers, "x-conveyor-replayed-from", std::string(rows.text(row, 0)));
@@ -168,13 +167,19 @@ asio::awaitable<std::string> canary_verdict(pg::Pool& pool, const std::vector<st
 
 }  // namespace
 
+asio::awaitable<std::int64_t> count_replayable(pg::Pool& pool, const ReplayRequest& request) {
+    auto filter = request.filter;
+    filter.state = "dead";
+    const auto matching = co_await count(pool, filter);
+    co_return request.limit > 0 ? std::min(matching, request.limit) : matching;
+}
+
 asio::awaitable<ReplayResult> replay(pg::Pool& pool, amqp::Connection& publisher, const ReplayRequest& request,
                                      const ReplayHooks& hooks) {
     auto filter = request.filter;
     filter.state = "dead";
     ReplayResult result;
-    const auto matching = co_await count(pool, filter);
-    result.matched = request.limit > 0 ? std::min(matching, request.limit) : matching;
+    result.matched = co_await count_replayable(pool, request);
     const auto clock = co_await pool.query("SELECT now()::text");
     const std::string since(clock.text(0, 0));
     auto next_send = Clock::now();

@@ -55,6 +55,11 @@ void throw_exception_from_error(const EnvelopeError& error, const boost::source_
     throw InvalidEnvelope(error);
 }
 
+void set_enqueued_at(amqp::Properties& properties, std::int64_t epoch_ms) {
+    properties.timestamp = static_cast<std::uint64_t>(epoch_ms / 1000);
+    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", epoch_ms);
+}
+
 bool is_valid_job_type(std::string_view type) noexcept {
     const auto dot = type.find('.');
     if (dot == std::string_view::npos || dot == 0 || dot + 1 == type.size() || type.size() > 255) {

@@ -191,8 +191,7 @@ amqp::Message outbox_to_message(const OutboxMessage& row) {
     properties.content_type = "application/json";
     properties.message_id = row.message_id;
     properties.correlation_id = row.correlation_id;
-    properties.timestamp = static_cast<std::uint64_t>(row.enqueued_at_ms / 1000);
-    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", row.enqueued_at_ms);
+    set_enqueued_at(properties, row.enqueued_at_ms);
     if (!row.traceparent.empty()) {
         amqp::set_header(properties.headers, "traceparent", row.traceparent);
     }

@@ -23,7 +23,6 @@ namespace {
 
 constexpr std::size_t kMaxBatch = 1000;
 constexpr std::size_t kMaxIdentifierBytes = 255;
-constexpr std::int64_t kMaxListed = 1000;
 constexpr auto kMaxDelay = std::chrono::hours(24 * 365 * 10);
 
 // RFC 3339 with an explicit offset: a time without one would be read in the database session's time zone.
@@ -334,17 +333,12 @@ asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& requ
         co_return response;
     }
     const auto type = request.query_param("type");
-    std::int64_t limit = 100;
-    if (const auto text = request.query_param("limit")) {
-        try {
-            limit = std::stoll(*text);
-        } catch (const std::exception&) {
-            limit = 0;
-        }
-        if (limit < 1 || limit > kMaxListed) {
-            auto response = error_response(400, fmt::format("limit must be from 1 to {}", kMaxListed));
-            co_return response;
-        }
+    std::int64_t limit = 0;
+    try {
+        limit = listing_limit(request);
+    } catch (const std::invalid_argument& e) {
+        auto response = error_response(400, e.what());
+        co_return response;
     }
     scheduled_jobs::Filter filter;
     if (state != "all") {

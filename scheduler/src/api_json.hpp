@@ -1,16 +1,49 @@
 #pragma once
 
+#include <fmt/format.h>
+
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/string.hpp>
 #include <boost/json/value.hpp>
+#include <charconv>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
 #include <string_view>
 
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/pg.hpp"
 
-/// JSON bodies shared by the API's handlers.
+/// Request parameters and JSON bodies shared by the API's handlers.
 namespace conveyor::scheduler {
+
+/// Rows a listing endpoint returns at most, and by default.
+constexpr std::int64_t kMaxListed = 1000;
+constexpr std::int64_t kDefaultListed = 100;
+
+/// A whole decimal integer, or nothing (no sign games, no trailing text).
+inline std::optional<std::int64_t> parse_integer(std::string_view text) {
+    std::int64_t value = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (error != std::errc{} || end != text.data() + text.size()) {
+        return std::nullopt;
+    }
+    return value;
+}
+
+/// A listing's ?limit=, kDefaultListed without one; throws std::invalid_argument unless it is 1 to kMaxListed.
+inline std::int64_t listing_limit(const HttpRequest& request) {
+    const auto text = request.query_param("limit");
+    if (!text) {
+        return kDefaultListed;
+    }
+    const auto limit = parse_integer(*text);
+    if (!limit || *limit < 1 || *limit > kMaxListed) {
+        throw std::invalid_argument(fmt::format("limit must be from 1 to {}", kMaxListed));
+    }
+    return *limit;
+}
 
 inline HttpResponse json_response(unsigned status, const boost::json::value& body) {
     return HttpResponse{status, "application/json", boost::json::serialize(body) + "\n"};

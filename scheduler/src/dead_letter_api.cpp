@@ -2,9 +2,9 @@
 #include <simdjson.h>
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <boost/json/array.hpp>
 #include <boost/json/parse.hpp>
-#include <charconv>
 
 #include "api.hpp"
 #include "api_json.hpp"
@@ -16,7 +16,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-constexpr std::int64_t kMaxListed = 1000;
 // A replay runs inside its HTTP request; a longer one belongs to `conveyor dlq replay`, which shows progress and
 // can be interrupted.
 constexpr double kMaxReplaySeconds = 300;
@@ -25,15 +24,6 @@ class InvalidRequest : public std::invalid_argument {
   public:
     using std::invalid_argument::invalid_argument;
 };
-
-std::optional<std::int64_t> parse_integer(std::string_view text) {
-    std::int64_t value = 0;
-    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (error != std::errc{} || end != text.data() + text.size()) {
-        return std::nullopt;
-    }
-    return value;
-}
 
 /// Maps `state` as the API takes it (dead, replayed, all) onto the filter.
 void set_state(dead_letters::Filter& filter, std::string_view state) {
@@ -53,17 +43,25 @@ std::optional<std::string> query_value(const HttpRequest& request, std::string_v
     return value;
 }
 
+/// The filter's fields by the name the API gives them, in query parameters, POST bodies and answers alike.
+using FilterField = std::optional<std::string> dead_letters::Filter::*;
+constexpr std::array<std::pair<std::string_view, FilterField>, 8> kFilterFields = {{
+    {"family", &dead_letters::Filter::family},
+    {"type", &dead_letters::Filter::type},
+    {"reason", &dead_letters::Filter::reason},
+    {"error", &dead_letters::Filter::error_contains},
+    {"since", &dead_letters::Filter::since},
+    {"until", &dead_letters::Filter::until},
+    {"job_id", &dead_letters::Filter::job_id},
+    {"fingerprint", &dead_letters::Filter::fingerprint},
+}};
+
 /// The filter from a GET's query parameters.
 dead_letters::Filter query_filter(const HttpRequest& request) {
     dead_letters::Filter filter;
-    filter.family = query_value(request, "family");
-    filter.type = query_value(request, "type");
-    filter.reason = query_value(request, "reason");
-    filter.error_contains = query_value(request, "error");
-    filter.since = query_value(request, "since");
-    filter.until = query_value(request, "until");
-    filter.job_id = query_value(request, "job_id");
-    filter.fingerprint = query_value(request, "fingerprint");
+    for (const auto& [name, field] : kFilterFields) {
+        filter.*field = query_value(request, name);
+    }
     if (const auto state = query_value(request, "state")) {
         set_state(filter, *state);
     }
@@ -74,25 +72,22 @@ dead_letters::Filter query_filter(const HttpRequest& request) {
 /// The filter from a POST body's "filter" object: the same names as the query parameters.
 dead_letters::Filter body_filter(simdjson::dom::object object) {
     dead_letters::Filter filter;
-    const std::map<std::string_view, std::optional<std::string>*> fields = {
-        {"family", &filter.family}, {"type", &filter.type},
-        {"reason", &filter.reason}, {"error", &filter.error_contains},
-        {"since", &filter.since},   {"until", &filter.until},
-        {"job_id", &filter.job_id}, {"fingerprint", &filter.fingerprint}};
-    for (const auto field : object) {
+    for (const auto entry : object) {
         std::string_view text;
-        if (field.value.get(text) != simdjson::SUCCESS || text.empty()) {
-            throw InvalidRequest(fmt::format("filter.{} must be a non-empty string", field.key));
+        if (entry.value.get(text) != simdjson::SUCCESS || text.empty()) {
+            throw InvalidRequest(fmt::format("filter.{} must be a non-empty string", entry.key));
         }
-        if (field.key == "state") {
+        const auto known = std::find_if(kFilterFields.begin(), kFilterFields.end(),
+                                        [&entry](const auto& field) { return field.first == entry.key; });
+        if (entry.key == "state") {
             set_state(filter, text);
-        } else if (const auto target = fields.find(field.key); target != fields.end()) {
-            *target->second = std::string(text);
+        } else if (known != kFilterFields.end()) {
+            filter.*(known->second) = std::string(text);
         } else {
             throw InvalidRequest(fmt::format(
                 "unknown filter field '{}' (known: family, type, reason, error, since, until, job_id, fingerprint, "
                 "state)",
-                field.key));
+                entry.key));
         }
     }
     filter.validate();
@@ -101,14 +96,9 @@ dead_letters::Filter body_filter(simdjson::dom::object object) {
 
 boost::json::object filter_json(const dead_letters::Filter& filter) {
     boost::json::object json;
-    const std::pair<const char*, const std::optional<std::string>*> fields[] = {
-        {"family", &filter.family}, {"type", &filter.type},
-        {"reason", &filter.reason}, {"error", &filter.error_contains},
-        {"since", &filter.since},   {"until", &filter.until},
-        {"job_id", &filter.job_id}, {"fingerprint", &filter.fingerprint}};
-    for (const auto& [name, value] : fields) {
-        if (*value) {
-            json[name] = **value;
+    for (const auto& [name, field] : kFilterFields) {
+        if (filter.*field) {
+            json[name] = *(filter.*field);
         }
     }
     json["state"] = filter.state.value_or("all");
@@ -156,16 +146,10 @@ boost::json::array counts_json(const pg::Result& rows, int type_column, int reas
 
 asio::awaitable<HttpResponse> EnqueueApi::list_dead_letters(const HttpRequest& request, const ApiToken& /*token*/) {
     dead_letters::Filter filter;
-    std::int64_t limit = 100;
+    std::int64_t limit = 0;
     try {
         filter = query_filter(request);
-        if (const auto text = request.query_param("limit")) {
-            const auto parsed = parse_integer(*text);
-            if (!parsed || *parsed < 1 || *parsed > kMaxListed) {
-                throw InvalidRequest(fmt::format("limit must be from 1 to {}", kMaxListed));
-            }
-            limit = *parsed;
-        }
+        limit = listing_limit(request);
     } catch (const std::invalid_argument& e) {
         auto response = error_response(400, e.what());
         co_return response;
@@ -277,8 +261,7 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
         co_return response;
     }
 
-    const auto matching = co_await dead_letters::count(pool_, replay.filter);
-    const auto matched = replay.limit > 0 ? std::min(matching, replay.limit) : matching;
+    const auto matched = co_await dead_letters::count_replayable(pool_, replay);
     if (dry_run) {
         const auto rows = co_await dead_letters::stats(pool_, replay.filter);
         auto response = json_response(200, boost::json::object{{"dry_run", true},

@@ -25,6 +25,8 @@ std::string summary(std::string_view error) {
     return line;
 }
 
+// Written here because neither packaged JSON library pretty-prints: simdjson 3.0.1 (Debian 12) has no prettify,
+// Boost.JSON only serializes compactly.
 void pretty(std::string& out, simdjson::dom::element element, int depth) {
     const std::string indent(static_cast<std::size_t>(depth) * 2, ' ');
     switch (element.type()) {
@@ -99,8 +101,8 @@ int dlq_list(const DlqOptions& options) {
                            R"({{"id":{},"job_id":{},"type":{},"family":{},"reason":{},"attempts":{},"failed_at":{},"error":{},"fingerprint":{},"state":{},"correlation_id":{}}})",
                            rows.text(row, 0), json_string(rows.text(row, 1)), json_string(rows.text(row, 2)),
                            json_string(rows.text(row, 3)), json_string(rows.text(row, 4)), rows.text(row, 5),
-                           json_string(rows.text(row, 6)), json_string(rows.text(row, 7)), json_string(rows.text(row, 8)),
-                           json_string(rows.text(row, 9)), json_or_null(rows, row, 10))
+                           json_string(rows.text(row, 6)), json_string(rows.text(row, 7)),
+                           json_string(rows.text(row, 8)), json_string(rows.text(row, 9)), json_or_null(rows, row, 10))
                     << '\n';
             } else {
                 std::cout << fmt::format("{:>8}  {:<20}  {:<18}  {:>8}  {:<24}  {}\n", rows.text(row, 0),
@@ -164,7 +166,8 @@ int dlq_stats(const DlqOptions& options) {
             if (options.json) {
                 std::cout << fmt::format(R"({{"family":{},"type":{},"reason":{},"count":{},"oldest":{}}})",
                                          json_string(rows.text(row, 0)), json_string(rows.text(row, 1)),
-                                         json_string(rows.text(row, 2)), rows.text(row, 3), json_string(rows.text(row, 4)))
+                                         json_string(rows.text(row, 2)), rows.text(row, 3),
+                                         json_string(rows.text(row, 4)))
                           << '\n';
             } else {
                 std::cout << fmt::format("{:<12}  {:<22}  {:<20}  {:>8}  {}\n", rows.text(row, 0), rows.text(row, 1),
@@ -187,8 +190,8 @@ int dlq_groups(const DlqOptions& options) {
                     << fmt::format(
                            R"({{"fingerprint":{},"count":{},"pattern":{},"types":{},"first_failed_at":{},"last_failed_at":{},"example":{}}})",
                            json_string(rows.text(row, 0)), rows.text(row, 1), json_string(rows.text(row, 2)),
-                           json_string(rows.text(row, 3)), json_string(rows.text(row, 4)), json_string(rows.text(row, 5)),
-                           json_string(rows.text(row, 6)))
+                           json_string(rows.text(row, 3)), json_string(rows.text(row, 4)),
+                           json_string(rows.text(row, 5)), json_string(rows.text(row, 6)))
                     << '\n';
             } else {
                 const auto pattern =

@@ -78,8 +78,7 @@ int dlq_replay(const CommonOptions& common, const ReplayOptions& options) {
         int code = kOk;
         try {
             if (options.dry_run) {
-                const auto matching = co_await dead_letters::count(pool, request.filter);
-                const auto total = options.limit > 0 ? std::min(matching, options.limit) : matching;
+                const auto total = co_await dead_letters::count_replayable(pool, request);
                 std::cout << fmt::format("would replay {} dead letters{}:\n", total,
                                          options.to_type.empty() ? "" : " as " + options.to_type);
                 const auto rows = co_await dead_letters::stats(pool, request.filter);

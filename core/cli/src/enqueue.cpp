@@ -96,9 +96,7 @@ asio::awaitable<void> publisher(Run& run) {
         } else {
             message.properties.message_id = run.options.job_id;
         }
-        const auto now_ms = epoch_millis();
-        message.properties.timestamp = static_cast<std::uint64_t>(now_ms / 1000);
-        amqp::set_header(message.properties.headers, "x-conveyor-enqueued-at", now_ms);
+        set_enqueued_at(message.properties, epoch_millis());
         message.body = expand_payload(run.options.payload, index, message.properties.message_id);
         auto id = message.properties.message_id;
         auto [error] = co_await run.connection.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));

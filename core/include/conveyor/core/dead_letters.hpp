@@ -88,6 +88,9 @@ struct ReplayRequest {
     std::chrono::milliseconds canary_timeout{std::chrono::seconds(60)};
 };
 
+/// How many dead letters `request` covers: the dead ones its filter matches, at most its limit.
+boost::asio::awaitable<std::int64_t> count_replayable(pg::Pool& pool, const ReplayRequest& request);
+
 struct ReplayResult {
     std::int64_t matched = 0;   ///< dead letters the request covered when it started (after its limit)
     std::int64_t replayed = 0;  ///< published, confirmed and marked replayed

@@ -68,6 +68,10 @@ inline constexpr std::size_t kMaxJobIdBytes = 128;
 /// A job type is "<family>.<action>" of lower-case letters, digits, '_' and '-'.
 [[nodiscard]] bool is_valid_job_type(std::string_view type) noexcept;
 
+/// Stamps when a job was enqueued, as parse_envelope() reads it back: x-conveyor-enqueued-at (ms since the epoch)
+/// and the AMQP timestamp (s), for consumers that only read the latter.
+void set_enqueued_at(amqp::Properties& properties, std::int64_t epoch_ms);
+
 /// Validates and parses a message into an Envelope, using `parser` for the body.
 [[nodiscard]] boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Message& message,
                                                                             const EnvelopeLimits& limits,
