@@ -25,6 +25,9 @@ namespace {
 // original job ids, which the receiving jobs' inboxes absorb).
 constexpr std::int64_t kChunk = 100;
 constexpr auto kCanaryPoll = std::chrono::milliseconds(500);
+// After the first canary fails, how long the others get to report: the verdict then says how many failed rather
+// than how many had failed by the time the first one did.
+constexpr auto kCanarySettle = std::chrono::seconds(3);
 // Headers that describe the failure, not the job: a replay starts it afresh. The broker's dead-lettering history
 // (x-death, x-first-death-*, x-last-death-*) goes too: a replayed job must not look quarantined.
 constexpr std::array<std::string_view, 10> kFailureHeaders = {
@@ -144,10 +147,14 @@ asio::awaitable<std::string> canary_verdict(pg::Pool& pool, const std::vector<st
     asio::steady_timer poll(co_await asio::this_coro::executor);
     const auto wanted = static_cast<std::int64_t>(job_ids.size());
     const auto deadline = Clock::now() + request.canary_timeout;
+    auto settle_until = deadline;
     Outcomes outcome;
     while (!hooks.stop_requested()) {
         outcome = co_await outcomes(pool, job_ids, since);
-        if (outcome.failed > 0 || outcome.succeeded >= wanted || Clock::now() >= deadline) {
+        if (outcome.failed > 0 && settle_until == deadline) {
+            settle_until = std::min(deadline, Clock::now() + kCanarySettle);
+        }
+        if (outcome.failed + outcome.succeeded >= wanted || Clock::now() >= settle_until) {
             break;
         }
         poll.expires_after(kCanaryPoll);
@@ -156,6 +163,9 @@ asio::awaitable<std::string> canary_verdict(pg::Pool& pool, const std::vector<st
     std::string verdict;
     if (outcome.failed > 0) {
         verdict = fmt::format("{} of {} canaries failed again ({})", outcome.failed, wanted, outcome.example_error);
+        if (const auto unfinished = wanted - outcome.failed - outcome.succeeded; unfinished > 0) {
+            verdict += fmt::format(", {} not finished", unfinished);
+        }
     } else if (outcome.succeeded < wanted && !hooks.stop_requested()) {
         verdict = fmt::format(
             "only {} of {} canaries finished within {} s (a job type that runs no database transaction leaves no "

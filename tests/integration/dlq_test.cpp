@@ -316,7 +316,8 @@ TEST_F(DlqTest, CanariesThatFailAgainStopTheReplay) {
             Broker::job("diag.fail", R"({"times": 1, "permanent": true})", fmt::format("{}-canary-{}", run_, i)));
     }
     ASSERT_TRUE(eventually([&] { return dead_count() == kJobs; }, 30s)) << scheduler.process->log();
-    // The bug is not fixed: the canaries fail again and the replay stops.
+    // The bug is not fixed: the canaries fail again and the replay stops, its verdict counting every canary (the
+    // first failure does not cut the others short).
     const auto replay = dlq({"replay", "--type", "diag.fail", "--canary", "5", "--canary-timeout", "30s"});
     EXPECT_EQ(replay.status, 1) << replay.output;
     EXPECT_NE(replay.output.find("5 of 5 canaries failed again (diag.fail: failing attempt 1 of 1)"), std::string::npos)
