@@ -54,7 +54,7 @@ def variable(name, label, query, multi=True):
         "includeAll": multi,
         "multi": multi,
         "allValue": ".*" if multi else None,
-        "current": {},
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]} if multi else {},
         "sort": 1,
     }
 
