@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
         return parsed.exit_code;
     }
     const auto settings = *parsed.settings;
-    conveyor::setup_logging(settings.log_level);
+    conveyor::setup_logging(settings.log_level, conveyor::parse_log_format(settings.log_format));
 
     auto catalogue = conveyor::jobs::payload_validators();
     std::vector<scheduler::Schedule> schedules;

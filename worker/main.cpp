@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
         return parsed.exit_code;
     }
     const auto settings = *parsed.settings;
-    conveyor::setup_logging(settings.log_level);
+    conveyor::setup_logging(settings.log_level, conveyor::parse_log_format(settings.log_format));
 
     asio::io_context io(static_cast<int>(settings.threads));
     auto metrics = std::make_shared<prometheus::Registry>();

@@ -78,7 +78,8 @@ void JobContext::emit(std::string type, std::string payload) {
     message.routing_key = std::move(type);
     // The emitted job belongs to the same business flow: it keeps the correlation id, or starts one here.
     message.correlation_id = envelope_.correlation_id.empty() ? envelope_.job_id : envelope_.correlation_id;
-    message.traceparent = envelope_.traceparent;
+    // The emitted job is a child of this job's span, in the same trace.
+    message.traceparent = trace_.traceparent();
     message.body = std::move(payload);
     emitted_.push_back(std::move(message));
 }

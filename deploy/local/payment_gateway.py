@@ -46,7 +46,8 @@ Control listener:
         idempotency records cleared; listener serving again.
     ``GET /stats``     {"requests", "by_status", "charges", "charges_by_order",
         "declines", "replays", "idempotency_keys"}.
-    ``GET /charges[?order_id=X]``  list of the charges created.
+    ``GET /charges[?order_id=X]``  list of the charges created, each with the
+        idempotency key and the traceparent header it arrived with.
 
 Each listener's bound port is written (atomically) to its port file once it
 listens, so ``--port 0 --control-port 0`` works.  SIGTERM/SIGINT exit 0.
@@ -447,6 +448,7 @@ class GatewayHandler(Handler):
                         out = dumps(charge)
                         listed = dict(charge)
                         listed["idempotency_key"] = key
+                        listed["traceparent"] = self.headers.get("traceparent")
                         listed["created_at"] = time.time()
                         state.charges.append(listed)
                         order = req["order_id"]

@@ -242,6 +242,7 @@ asio::awaitable<Outcome> charge_order(JobContext& context, PaymentGateway& gatew
     http::Request request;
     request.path = "/v1/charges";
     request.headers.emplace_back("Idempotency-Key", idempotency_key);
+    request.headers.emplace_back("traceparent", context.trace().traceparent());
     if (!gateway.key().empty()) {
         request.headers.emplace_back("Authorization", fmt::format("Bearer {}", gateway.key()));
     }

@@ -15,6 +15,7 @@
 #include "api_json.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/scheduled_jobs.hpp"
+#include "conveyor/core/trace.hpp"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
@@ -27,7 +28,6 @@ constexpr auto kMaxDelay = std::chrono::hours(24 * 365 * 10);
 
 // RFC 3339 with an explicit offset: a time without one would be read in the database session's time zone.
 const std::regex kTimestamp(R"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}(:?\d{2})?))");
-const std::regex kTraceparent(R"([0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})");
 
 /// A job as the API received it, checked; empty strings stand for absent values (SQL NULL / now()).
 struct ApiJob {
@@ -112,7 +112,7 @@ ApiJob read_job(simdjson::dom::element element, const JobCatalogue& catalogue) {
             job.correlation_id = bounded_string(field.value, "correlation_id", kMaxIdentifierBytes);
         } else if (key == "traceparent") {
             job.traceparent = bounded_string(field.value, "traceparent", 55);
-            if (!std::regex_match(job.traceparent, kTraceparent)) {
+            if (!Traceparent::parse(job.traceparent)) {
                 throw InvalidJob("traceparent must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)");
             }
         } else {

@@ -83,6 +83,9 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
     app.add_option("--log-level", settings.log_level, "trace, debug, info, warn, error")
         ->envname("CONVEYOR_LOG_LEVEL")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+    app.add_option("--log-format", settings.log_format, "text, or json: one JSON object per line")
+        ->envname("CONVEYOR_LOG_FORMAT")
+        ->check(CLI::IsMember({"text", "json"}));
     app.add_option("--name", settings.name, "Replica identity in logs")
         ->envname("CONVEYOR_SCHEDULER_NAME")
         ->default_str("$POD_NAME or host name");

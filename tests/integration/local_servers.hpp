@@ -93,6 +93,12 @@ class PaymentGatewayServer {
         return value;
     }
 
+    /// GET /charges?order_id=: the charges created for an order, as the gateway lists them (JSON array).
+    [[nodiscard]] std::string charges_of(const std::string& order_id) const {
+        const auto response = http_get(control_port_, "/charges?order_id=" + order_id);
+        return response ? response->second : std::string();
+    }
+
   private:
     std::filesystem::path dir_;
     bool tls_;

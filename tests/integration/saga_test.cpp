@@ -1,5 +1,6 @@
 #include <random>
 #include <set>
+#include <sstream>
 
 #include "local_servers.hpp"
 #include "worker_fixture.hpp"
@@ -130,6 +131,81 @@ TEST_F(SagaTest, AnOrderIsReservedChargedOnceConfirmedMailedAndProjected) {
     // The customer's address never reaches the log in full.
     EXPECT_EQ(worker.process->log().find("alice@example.com"), std::string::npos);
     EXPECT_NE(worker.process->log().find("a***@example.com"), std::string::npos);
+}
+
+/// The worker's JSON log lines about one job type: {job_id, trace_id, span_id, parent_span_id} of each.
+struct JobSpan {
+    std::string job_id;
+    std::string trace_id;
+    std::string span_id;
+    std::string parent_span_id;
+};
+
+std::vector<JobSpan> spans_of(const std::string& log, const std::string& type, int& unparsed_lines) {
+    std::vector<JobSpan> spans;
+    simdjson::dom::parser parser;
+    std::istringstream lines(log);
+    for (std::string line; std::getline(lines, line);) {
+        simdjson::dom::object entry;
+        if (parser.parse(line).get(entry) != simdjson::SUCCESS) {
+            ++unparsed_lines;
+            continue;
+        }
+        std::string_view line_type;
+        if (entry["type"].get(line_type) != simdjson::SUCCESS || line_type != type) {
+            continue;
+        }
+        auto field = [&](const char* name) {
+            std::string_view value;
+            return entry[name].get(value) == simdjson::SUCCESS ? std::string(value) : std::string();
+        };
+        spans.push_back({field("job_id"), field("trace_id"), field("span_id"), field("parent_span_id")});
+    }
+    return spans;
+}
+
+TEST_F(SagaTest, JsonLogsFollowTheTraceFromTheOrderThroughTheEmittedJobsToTheGatewayCall) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 1250, 10);
+    auto worker = start_worker({"--queues", "orders,payments,emails,projections", "--payment-gateway-url",
+                                gateway.url(), "--smtp-url", mail.url(), "--log-level", "debug"},
+                               "saga-trace", true, {{"CONVEYOR_LOG_FORMAT", "json"}});
+    const std::string trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const std::string caller_span = "00f067aa0ba902b7";
+    auto order = Broker::job("orders.place", order_payload("order-traced", "tracy", {{"sku-1", 1}}), "traced-1");
+    amqp::set_header(order.properties.headers, "traceparent", "00-" + trace_id + "-" + caller_span + "-01");
+    broker_.publish(std::move(order));
+    ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+
+    const auto log = worker.process->log();
+    int unparsed = 0;
+    const auto placed = spans_of(log, "orders.place", unparsed);
+    const auto charged = spans_of(log, "payments.charge", unparsed);
+    const auto mailed = spans_of(log, "emails.send", unparsed);
+    EXPECT_EQ(unparsed, 0) << "every line of a JSON log is a JSON object\n" << log;
+    ASSERT_FALSE(placed.empty()) << log;
+    ASSERT_FALSE(charged.empty()) << log;
+    ASSERT_FALSE(mailed.empty()) << log;
+    // The order's job is a child of the caller's span; the charge it emitted is a child of the order's job; the
+    // mail is further down the same trace.
+    const auto& order_span = placed.front();
+    EXPECT_EQ(order_span.job_id, "traced-1");
+    EXPECT_EQ(order_span.trace_id, trace_id);
+    EXPECT_EQ(order_span.parent_span_id, caller_span);
+    EXPECT_EQ(order_span.span_id.size(), 16U);
+    EXPECT_NE(order_span.span_id, caller_span);
+    const auto& charge_span = charged.front();
+    EXPECT_EQ(charge_span.trace_id, trace_id);
+    EXPECT_EQ(charge_span.parent_span_id, order_span.span_id);
+    for (const auto& span : mailed) {
+        EXPECT_EQ(span.trace_id, trace_id) << span.job_id;
+    }
+    // The gateway saw the charge's span as the parent of its request.
+    EXPECT_NE(gateway.charges_of("order-traced")
+                  .find(R"("traceparent":"00-)" + trace_id + "-" + charge_span.span_id + "-01\""),
+              std::string::npos)
+        << gateway.charges_of("order-traced");
 }
 
 TEST_F(SagaTest, ADeclinedPaymentCancelsTheOrderReleasesItsStockOnceAndMailsTheCustomer) {

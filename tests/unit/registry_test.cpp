@@ -51,7 +51,14 @@ Outcome run_diag(const std::string& type, const std::string& body, std::uint32_t
     amqp::set_header(message.properties.headers, "x-conveyor-attempt", std::int64_t{attempt});
     simdjson::dom::parser parser;
     auto envelope = parse_envelope(message, {}, parser).value();
-    JobContext context(envelope, std::chrono::steady_clock::now() + std::chrono::seconds(5));
+    const auto trace = TraceContext::start_span(envelope.traceparent);
+    const JobLogger log({.job_id = envelope.job_id,
+                         .type = envelope.type,
+                         .correlation_id = envelope.correlation_id,
+                         .queue = "conveyor.diag",
+                         .attempt = envelope.attempt,
+                         .trace = &trace});
+    JobContext context(envelope, trace, log, std::chrono::steady_clock::now() + std::chrono::seconds(5));
     boost::asio::io_context io;
     auto future = boost::asio::co_spawn(io, registry.find(type)->handler(context), boost::asio::use_future);
     io.run();

@@ -184,6 +184,11 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
     app.add_option("--log-level", settings.log_level, "trace, debug, info, warn, error")
         ->envname("CONVEYOR_LOG_LEVEL")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+    app.add_option(
+           "--log-format", settings.log_format,
+           "text, or json: one JSON object per line with job id, type, attempt, queue, correlation and trace ids")
+        ->envname("CONVEYOR_LOG_FORMAT")
+        ->check(CLI::IsMember({"text", "json"}));
     app.add_option("--name", settings.name, "Worker identity in logs and dead-letter headers")
         ->envname("CONVEYOR_WORKER_NAME")
         ->default_str("$POD_NAME or host name");

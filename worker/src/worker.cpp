@@ -84,6 +84,13 @@ struct Verdict {
     std::string error;
 };
 
+/// The message's traceparent header as it arrived ("" if absent or not a string).
+std::string_view traceparent_header(const amqp::Message& message) {
+    const auto* value = amqp::find_header(message.properties.headers, "traceparent");
+    const auto* text = value != nullptr ? std::get_if<std::string>(value) : nullptr;
+    return text != nullptr ? std::string_view(*text) : std::string_view();
+}
+
 std::string or_dash(std::string_view text, std::size_t limit) {
     if (text.empty()) {
         return "-";
@@ -345,27 +352,34 @@ class Worker::Impl {
 
     asio::awaitable<void> process(const amqp::Delivery& delivery, simdjson::dom::parser& parser, Slot& slot) {
         const auto family = topology::family_of_queue(delivery.queue);
+        // The delivery's span: the job's run, or its dead-lettering if it cannot run.
+        const auto trace = TraceContext::start_span(traceparent_header(delivery.message));
         auto envelope = parse_envelope(delivery.message, limits_, parser);
         if (!envelope) {
             Verdict verdict{std::string(reason_code(envelope.error().errc)), envelope.error().detail};
             auto& unknown = metrics_.job(delivery.queue, "unknown");
-            co_await dead_letter(delivery, family, unknown, 0, std::move(verdict));
+            co_await dead_letter(delivery, family, unknown, 0, std::move(verdict), trace);
             co_return;
         }
         const auto* definition = registry_.find(envelope->type);
         if (definition == nullptr) {
             Verdict verdict{"unknown_type", fmt::format("no handler for job type '{}'", envelope->type)};
             auto& unknown = metrics_.job(delivery.queue, envelope->type);
-            co_await dead_letter(delivery, family, unknown, envelope->attempt, std::move(verdict));
+            co_await dead_letter(delivery, family, unknown, envelope->attempt, std::move(verdict), trace);
             co_return;
         }
 
         auto& metrics = metrics_.job(delivery.queue, envelope->type);
-        const JobLogger log(envelope->job_id, envelope->correlation_id, envelope->type);
+        const JobLogger log({.job_id = envelope->job_id,
+                             .type = envelope->type,
+                             .correlation_id = envelope->correlation_id,
+                             .queue = delivery.queue,
+                             .attempt = envelope->attempt,
+                             .trace = &trace});
         if (definition->options.validate) {
             if (auto invalid = definition->options.validate(envelope->payload)) {
                 Verdict verdict{"invalid_payload", std::move(*invalid)};
-                co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(verdict));
+                co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(verdict), trace);
                 co_return;
             }
         }
@@ -408,7 +422,7 @@ class Worker::Impl {
                                            history->solo_starts, settings_.quarantine_after)};
                 // Its record is the evidence: it is cleared only once the job is safely in its dead-letter queue.
                 const bool quarantined =
-                    co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(poison));
+                    co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(poison), trace);
                 if (quarantined) {
                     co_await forget_start(envelope->job_id, log);
                 }
@@ -463,7 +477,7 @@ class Worker::Impl {
         const auto timeout =
             definition->options.timeout.count() > 0 ? definition->options.timeout : settings_.job_timeout;
         const auto started = Clock::now();
-        JobContext context(*envelope, started + timeout, &pool_);
+        JobContext context(*envelope, trace, log, started + timeout, &pool_);
 
         // The watchdog emits the slot's cancellation signal at the deadline; the shutdown does when its grace
         // period is over. Either way the handler's pending operation fails with operation_aborted.
@@ -535,23 +549,23 @@ class Worker::Impl {
             const auto& policy = policies_.at(envelope->type);
             if (!retry->counts_attempt) {
                 const auto delay = std::max(retry->after, policy.delay_after(1, {}, unit_random()));
-                co_await schedule_retry(delivery, *envelope, metrics, delay, std::move(retry->reason), false);
+                co_await schedule_retry(delivery, *envelope, metrics, delay, std::move(retry->reason), false, log);
                 co_return;
             }
             if (envelope->attempt < policy.max_attempts) {
                 const auto delay = policy.delay_after(envelope->attempt, retry->after, unit_random());
-                co_await schedule_retry(delivery, *envelope, metrics, delay, std::move(retry->reason), true);
+                co_await schedule_retry(delivery, *envelope, metrics, delay, std::move(retry->reason), true, log);
                 co_return;
             }
             Verdict exhausted{
                 slot.timed_out ? "timeout" : "attempts_exhausted",
                 fmt::format("attempt {} of {} failed: {}", envelope->attempt, policy.max_attempts, retry->reason)};
-            co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(exhausted));
+            co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(exhausted), trace);
             co_return;
         }
         auto& dead = std::get<DeadLetter>(*outcome);
         Verdict verdict{dead.reason.empty() ? "permanent_failure" : std::move(dead.reason), std::move(dead.error)};
-        co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(verdict));
+        co_await dead_letter(delivery, family, metrics, envelope->attempt, std::move(verdict), trace);
     }
 
     /// Runs the handler; a transactional one inside a transaction that first claims the job in the inbox, so
@@ -702,7 +716,7 @@ class Worker::Impl {
     /// confirmed the copy: a crash in between leaves two copies (the inbox absorbs the second), never none.
     asio::awaitable<void> schedule_retry(const amqp::Delivery& delivery, const Envelope& envelope,
                                          WorkerMetrics::Job& metrics, std::chrono::milliseconds delay,
-                                         std::string reason, bool counts_attempt) {
+                                         std::string reason, bool counts_attempt, const JobLogger& log) {
         const auto next_attempt = counts_attempt ? envelope.attempt + 1 : envelope.attempt;
         delay = std::clamp<std::chrono::milliseconds>(delay, std::chrono::seconds(1), topology::kMaxDelay);
         const auto due = std::chrono::system_clock::now() + std::chrono::ceil<std::chrono::seconds>(delay);
@@ -715,7 +729,6 @@ class Worker::Impl {
         amqp::set_header(
             headers, "x-conveyor-retry-at",
             std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(due.time_since_epoch()).count()});
-        const JobLogger log(envelope.job_id, envelope.correlation_id, envelope.type);
         auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
         if (!error) {
             consumer_.ack(delivery);
@@ -746,7 +759,8 @@ class Worker::Impl {
 
     /// Returns whether the dead letter is confirmed (and the original acked); otherwise the original is requeued.
     asio::awaitable<bool> dead_letter(const amqp::Delivery& delivery, const std::string& family,
-                                      WorkerMetrics::Job& metrics, std::uint32_t attempts, Verdict verdict) {
+                                      WorkerMetrics::Job& metrics, std::uint32_t attempts, Verdict verdict,
+                                      const TraceContext& trace) {
         amqp::Message message = delivery.message;
         message.exchange.clear();
         message.routing_key = topology::dead_letter_queue_name(family);
@@ -765,7 +779,12 @@ class Worker::Impl {
         const auto job_id = or_dash(properties.message_id, 128);
         const auto correlation_id = bounded(properties.correlation_id, 128);
         const auto type = bounded(topology::job_type_of_routing_key(delivery.message.routing_key), 64);
-        const JobLogger log(job_id, correlation_id, type);
+        const JobLogger log({.job_id = job_id,
+                             .type = type,
+                             .correlation_id = correlation_id,
+                             .queue = delivery.queue,
+                             .attempt = attempts,
+                             .trace = &trace});
         auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
         if (!error) {
             consumer_.ack(delivery);

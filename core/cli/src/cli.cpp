@@ -148,6 +148,9 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     app.add_option("--log-level", common.log_level, "trace, debug, info, warn, error")
         ->envname("CONVEYOR_LOG_LEVEL")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+    app.add_option("--log-format", common.log_format, "text, or json: one JSON object per line")
+        ->envname("CONVEYOR_LOG_FORMAT")
+        ->check(CLI::IsMember({"text", "json"}));
 
     auto* enqueue_cmd = app.add_subcommand(
         "enqueue", "Publish jobs to conveyor.jobs with publisher confirms; prints the job ids (up to 100) or a count");
@@ -289,7 +292,7 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     try {
         app.parse(static_cast<int>(argv.size()), argv.data());
         (void)amqp::Url::parse(common.amqp_url);
-        setup_logging(common.log_level);
+        setup_logging(common.log_level, parse_log_format(common.log_format));
         if (*enqueue_cmd) {
             return enqueue(common, enqueue_options);
         }

@@ -19,6 +19,7 @@ struct CommonOptions {
     std::string amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
     std::string amqp_ca_file;
     std::string log_level = "warn";
+    std::string log_format = "text";
 };
 
 struct EnqueueOptions {

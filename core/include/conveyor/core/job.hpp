@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/logging.hpp"
 #include "conveyor/core/pg.hpp"
 
 /// The contract between the worker runtime and job handlers. Handlers live in jobs/ and know only this header.
@@ -66,14 +67,12 @@ struct RetryPolicy {
     [[nodiscard]] std::chrono::milliseconds ceiling(std::uint32_t failed_attempt) const noexcept;
 };
 
-/// Logs through the default logger with the job's id, type and correlation id on every line. It holds views:
-/// the strings must outlive it (JobContext's do). Nothing is formatted unless the level is enabled.
+/// Logs through the default logger with the job's fields on every line: in the text format its id, type and
+/// correlation id before the message; in the JSON format all of LogFields as fields. It holds views: the strings
+/// and the trace must outlive it (JobContext's do). Nothing is formatted unless the level is enabled.
 class JobLogger {
   public:
-    JobLogger(std::string_view job_id, std::string_view correlation_id, std::string_view type)
-        : job_id_(job_id),
-          correlation_id_(correlation_id.empty() ? std::string_view("-") : correlation_id),
-          type_(type) {}
+    explicit JobLogger(const LogFields& fields) : fields_(fields) {}
 
     template <typename... Args>
     void debug(fmt::format_string<Args...> format, Args&&... args) const {
@@ -95,15 +94,20 @@ class JobLogger {
   private:
     template <typename... Args>
     void log(spdlog::level::level_enum level, fmt::format_string<Args...> format, Args&&... args) const {
-        if (spdlog::should_log(level)) {
-            spdlog::log(level, "job={} type={} correlation={} {}", job_id_, type_, correlation_id_,
+        if (!spdlog::should_log(level)) {
+            return;
+        }
+        if (log_format() == LogFormat::json) {
+            const ScopedLogFields scope(fields_);
+            spdlog::log(level, format, std::forward<Args>(args)...);
+        } else {
+            spdlog::log(level, "job={} type={} correlation={} {}", fields_.job_id, fields_.type,
+                        fields_.correlation_id.empty() ? std::string_view("-") : fields_.correlation_id,
                         fmt::format(format, std::forward<Args>(args)...));
         }
     }
 
-    std::string_view job_id_;
-    std::string_view correlation_id_;
-    std::string_view type_;
+    LogFields fields_;
 };
 
 /// A job emitted by a handler through the outbox: a row of conveyor.outbox, published once the handler's
@@ -133,11 +137,10 @@ class JobContext {
     /// Begins the job's transaction and claims the job in the inbox; nullptr means the inbox has it already.
     using TransactionOpener = std::function<boost::asio::awaitable<pg::Transaction*>()>;
 
-    JobContext(const Envelope& envelope, std::chrono::steady_clock::time_point deadline, pg::Pool* database = nullptr)
-        : envelope_(envelope),
-          deadline_(deadline),
-          logger_(envelope.job_id, envelope.correlation_id, envelope.type),
-          database_(database) {}
+    /// `trace` is the job's span; `logger` logs for it. Both must outlive the context.
+    JobContext(const Envelope& envelope, const TraceContext& trace, const JobLogger& logger,
+               std::chrono::steady_clock::time_point deadline, pg::Pool* database = nullptr)
+        : envelope_(envelope), trace_(trace), logger_(logger), deadline_(deadline), database_(database) {}
 
     [[nodiscard]] const Envelope& envelope() const noexcept { return envelope_; }
     [[nodiscard]] const std::string& job_id() const noexcept { return envelope_.job_id; }
@@ -147,6 +150,8 @@ class JobContext {
     [[nodiscard]] simdjson::dom::element payload() const noexcept { return envelope_.payload; }
     [[nodiscard]] std::chrono::steady_clock::time_point deadline() const noexcept { return deadline_; }
     [[nodiscard]] const JobLogger& log() const noexcept { return logger_; }
+    /// The job's span: pass trace().traceparent() on to the outside world the job calls.
+    [[nodiscard]] const TraceContext& trace() const noexcept { return trace_; }
 
     /// The job's transaction; throws std::logic_error unless it is open (a per_job type's always is, an
     /// on_demand type's once begin_transaction() returned it). Commit and rollback are the worker's: the
@@ -180,8 +185,9 @@ class JobContext {
 
   private:
     const Envelope& envelope_;
+    const TraceContext& trace_;
+    const JobLogger& logger_;
     std::chrono::steady_clock::time_point deadline_;
-    JobLogger logger_;
     pg::Pool* database_;
     pg::Transaction* transaction_ = nullptr;
     TransactionOpener opener_;

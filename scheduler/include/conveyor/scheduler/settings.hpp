@@ -44,6 +44,7 @@ struct SchedulerSettings {
     /// Largest request body (CONVEYOR_API_MAX_BODY_BYTES); a batch of 1,000 jobs must fit.
     std::size_t api_max_body_bytes = std::size_t{8} * 1024 * 1024;
     std::string log_level = "info";
+    std::string log_format = "text";
     /// Identity in logs and in pg_stat_activity (CONVEYOR_SCHEDULER_NAME; default $POD_NAME or the host name).
     std::string name;
 };

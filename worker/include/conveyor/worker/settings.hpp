@@ -77,6 +77,7 @@ struct WorkerSettings {
     std::uint16_t http_port = 9464;
     /// trace, debug, info, warn, error (CONVEYOR_LOG_LEVEL).
     std::string log_level = "info";
+    std::string log_format = "text";
     /// Identity in logs and dead-letter headers (CONVEYOR_WORKER_NAME; default $POD_NAME or the host name).
     std::string name;
 };

@@ -1,0 +1,64 @@
+#include "conveyor/core/trace.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <random>
+
+namespace conveyor {
+
+namespace {
+
+bool is_lower_hex(std::string_view text) {
+    return std::all_of(text.begin(), text.end(),
+                       [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+bool all_zero(std::string_view text) {
+    return text.find_first_not_of('0') == std::string_view::npos;
+}
+
+/// `digits` random lower-hex digits, never all zero (the specification's invalid value).
+std::string random_hex(std::size_t digits) {
+    thread_local std::mt19937_64 generator{std::random_device{}()};
+    std::string id;
+    do {
+        id.clear();
+        while (id.size() < digits) {
+            id += fmt::format("{:016x}", generator());
+        }
+        id.resize(digits);
+    } while (all_zero(id));
+    return id;
+}
+
+}  // namespace
+
+std::optional<Traceparent> Traceparent::parse(std::string_view header) {
+    // 00-<32 hex>-<16 hex>-<2 hex>
+    constexpr std::size_t kLength = 55;
+    if (header.size() != kLength || header[2] != '-' || header[35] != '-' || header[52] != '-' ||
+        header.substr(0, 2) != "00") {
+        return std::nullopt;
+    }
+    Traceparent parsed{std::string(header.substr(3, 32)), std::string(header.substr(36, 16)),
+                       std::string(header.substr(53, 2))};
+    if (!is_lower_hex(parsed.trace_id) || !is_lower_hex(parsed.parent_id) || !is_lower_hex(parsed.flags) ||
+        all_zero(parsed.trace_id) || all_zero(parsed.parent_id)) {
+        return std::nullopt;
+    }
+    return parsed;
+}
+
+TraceContext TraceContext::start_span(std::string_view incoming) {
+    if (auto parent = Traceparent::parse(incoming)) {
+        return {std::move(parent->trace_id), random_hex(16), std::move(parent->parent_id), std::move(parent->flags)};
+    }
+    return {random_hex(32), random_hex(16), {}, "01"};
+}
+
+std::string TraceContext::traceparent() const {
+    return fmt::format("00-{}-{}-{}", trace_id, span_id, flags);
+}
+
+}  // namespace conveyor
