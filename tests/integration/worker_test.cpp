@@ -102,6 +102,21 @@ TEST_F(WorkerTest, AJobInFlightWhenTheWorkerIsKilledIsRedeliveredToASecondWorker
     EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
 }
 
+TEST_F(WorkerTest, WorkersNeededRisesWithTheBacklog) {
+    auto worker = start_worker({"--concurrency", "4"}, "workers-needed");
+    EXPECT_EQ(worker.metric("conveyor_workers_needed"), 0) << "nothing waits, nothing arrives";
+    // 2,000 jobs of 100 ms for 4 slots: clearing the backlog in a minute takes at least 1,900 x 0.1 s / 60 s = 3.2
+    // slots (one worker), plus what keeps arriving; at most (2,000 per 5 s x 0.25 s + 2,000 x 0.25 s / 60 s) / 4 =
+    // 27 workers (p95 lies in the histogram's 0.1-0.25 s bucket).
+    publish_sleeps(2000, 100);
+    ASSERT_TRUE(eventually([&] { return worker.metric("conveyor_workers_needed") >= 1; }, 20s))
+        << worker.process->log();
+    const auto needed = worker.metric("conveyor_workers_needed");
+    EXPECT_GE(needed, 1);
+    EXPECT_LE(needed, 27);
+    broker_.purge("conveyor.diag");
+}
+
 TEST_F(WorkerTest, SigtermFinishesTheJobsInFlightAndLosesNone) {
     auto worker = start_worker({"--concurrency", "200", "--shutdown-grace", "30s"}, "sigterm");
     publish_sleeps(300, 2000);

@@ -13,6 +13,7 @@
 #include <map>
 #include <random>
 
+#include "capacity.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/http_server.hpp"
@@ -36,8 +37,13 @@ constexpr std::size_t kMaxErrorHeaderBytes = 1024;
 constexpr auto kCancelledJobsUnwind = std::chrono::seconds(5);
 constexpr auto kDeadLetterFailureBackoff = std::chrono::seconds(1);
 constexpr auto kShutdownPoll = std::chrono::milliseconds(10);
-// Housekeeping, the outbox cleanup and the database probe: the shutdown waits for all three to end.
-constexpr int kBackgroundCoroutines = 3;
+// Housekeeping, the outbox cleanup, the database probe and the capacity estimate: the shutdown waits for all four
+// to end.
+constexpr int kBackgroundCoroutines = 4;
+// How often conveyor_workers_needed is recomputed: a few times per Prometheus scrape or KEDA poll (15 s).
+constexpr auto kCapacityInterval = std::chrono::seconds(5);
+// How soon the capacity estimate notices the shutdown.
+constexpr auto kCapacityTick = std::chrono::milliseconds(250);
 constexpr auto kDatabasePoll = std::chrono::milliseconds(100);
 
 std::string bounded(std::string_view text, std::size_t limit) {
@@ -152,6 +158,10 @@ class Worker::Impl {
                 log_failure("database probe")(error);
                 ++background_done_;
             });
+        asio::co_spawn(io_, estimate_capacity(), [this](const std::exception_ptr& error) {
+            log_failure("capacity estimate")(error);
+            ++background_done_;
+        });
         slots_.reserve(settings_.concurrency);
         for (unsigned i = 0; i < settings_.concurrency; ++i) {
             auto& slot = *slots_.emplace_back(std::make_unique<Slot>(io_));
@@ -243,6 +253,45 @@ class Worker::Impl {
         if (!co_await slots_finished_by(Clock::now() + kCancelledJobsUnwind)) {
             spdlog::error("shutdown: {} jobs did not unwind; closing the connection requeues them",
                           slots_.size() - finished_slots_);
+        }
+    }
+
+    /// Sets conveyor_workers_needed every kCapacityInterval from the broker's counts of the queues this worker
+    /// consumes and its own job rates and durations (see CapacityEstimator). Without the broker it keeps the
+    /// last value: a scale-in decision on no data would be a guess.
+    asio::awaitable<void> estimate_capacity() {
+        CapacityEstimator estimator(
+            {.duration_bounds = WorkerMetrics::duration_bounds(), .concurrency = settings_.concurrency});
+        asio::steady_timer tick(co_await asio::this_coro::executor);
+        auto next_estimate = Clock::now();
+        while (!stopping_) {
+            if (Clock::now() >= next_estimate && publisher_.connected()) {
+                next_estimate = Clock::now() + kCapacityInterval;
+                std::map<std::string, QueueObservation> queues;
+                bool complete = true;
+                for (const auto& family : settings_.families) {
+                    const auto queue = topology::queue_name(family);
+                    auto counting = publisher_.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
+                    auto [error, counts] = co_await std::move(counting);
+                    if (error) {
+                        complete = false;
+                        break;
+                    }
+                    auto totals = metrics_.totals(queue);
+                    queues.emplace(queue, QueueObservation{counts.messages, counts.consumers, totals.settled,
+                                                           std::move(totals.duration_counts)});
+                }
+                if (complete) {
+                    const auto needed = estimator.observe(Clock::now(), queues);
+                    metrics_.workers_needed().Set(static_cast<double>(needed));
+                    for (const auto& [queue, estimate] : estimator.estimates()) {
+                        spdlog::debug("capacity: {} arrivals {:.1f}/s, p95 {:.3f} s, {:.1f} slots", queue,
+                                      estimate.arrivals_per_second, estimate.p95_seconds, estimate.slots);
+                    }
+                }
+            }
+            tick.expires_after(kCapacityTick);
+            co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
         }
     }
 

@@ -56,6 +56,12 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                           .Name("conveyor_outbox_pending")
                           .Help("Rows in conveyor.outbox: emitted jobs not yet published")
                           .Register(registry)
+                          .Add({})),
+      workers_needed_(prometheus::BuildGauge()
+                          .Name("conveyor_workers_needed")
+                          .Help("Workers (pods) the backlog needs at this worker's concurrency, from ready messages, "
+                                "arrival rate and p95 job duration; cluster-wide, so aggregate with max()")
+                          .Register(registry)
                           .Add({})) {
     for (const auto& family : families) {
         const auto queue = topology::queue_name(family);
@@ -65,6 +71,37 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
         unknown_by_queue_.emplace(queue, make_job(queue, "unknown"));
         in_flight_by_queue_.emplace(queue, &in_flight_.Add({{"queue", queue}}));
     }
+    // After every insertion: the maps' nodes, and so these pointers, stay put from here on.
+    for (const auto& family : families) {
+        const auto queue = topology::queue_name(family);
+        auto& jobs_of_queue = jobs_by_queue_[queue];
+        for (const auto& type : jobs.types_of_family(family)) {
+            jobs_of_queue.push_back(&by_type_.at(type));
+        }
+        jobs_of_queue.push_back(&unknown_by_queue_.at(queue));
+    }
+}
+
+std::vector<double> WorkerMetrics::duration_bounds() {
+    return seconds_buckets();
+}
+
+WorkerMetrics::QueueTotals WorkerMetrics::totals(const std::string& queue) const {
+    QueueTotals totals;
+    totals.duration_counts.assign(seconds_buckets().size() + 1, 0.0);
+    const auto found = jobs_by_queue_.find(queue);
+    if (found == jobs_by_queue_.end()) {
+        return totals;
+    }
+    for (const auto* job : found->second) {
+        totals.settled +=
+            job->success->Value() + job->retry->Value() + job->dead_letter->Value() + job->duplicate->Value();
+        const auto buckets = job->duration->Collect().histogram.bucket;
+        for (std::size_t bucket = 0; bucket < buckets.size() && bucket < totals.duration_counts.size(); ++bucket) {
+            totals.duration_counts[bucket] += static_cast<double>(buckets[bucket].cumulative_count);
+        }
+    }
+    return totals;
 }
 
 WorkerMetrics::Job WorkerMetrics::make_job(const std::string& queue, const std::string& type) {

@@ -37,6 +37,16 @@ class WorkerMetrics {
     [[nodiscard]] Job& job(const std::string& queue, std::string_view type);
     [[nodiscard]] prometheus::Gauge& in_flight(const std::string& queue);
     [[nodiscard]] prometheus::Gauge& outbox_pending() noexcept { return outbox_pending_; }
+    [[nodiscard]] prometheus::Gauge& workers_needed() noexcept { return workers_needed_; }
+
+    /// This worker's figures for one queue, summed over its job types: what the capacity estimate reads.
+    struct QueueTotals {
+        double settled = 0;
+        std::vector<double> duration_counts;  ///< cumulative per bucket of duration_bounds(), then +Inf
+    };
+    [[nodiscard]] QueueTotals totals(const std::string& queue) const;
+    /// The finite upper bounds of the job duration histogram.
+    [[nodiscard]] static std::vector<double> duration_bounds();
 
     /// Observes one of the worker's two broker connections; the gauge is 1 only while both are up.
     class BrokerObserver final : public amqp::ConnectionObserver {
@@ -65,12 +75,14 @@ class WorkerMetrics {
     prometheus::Gauge& broker_connected_;
     prometheus::Family<prometheus::Histogram>& publish_confirm_;
     prometheus::Gauge& outbox_pending_;
+    prometheus::Gauge& workers_needed_;
     std::mutex connections_mutex_;  ///< both connection threads report; the gauge reflects both flags
     std::array<bool, 2> connections_up_{};
 
     std::map<std::string, Job, std::less<>> by_type_;
     std::map<std::string, Job, std::less<>> unknown_by_queue_;
     std::map<std::string, prometheus::Gauge*, std::less<>> in_flight_by_queue_;
+    std::map<std::string, std::vector<const Job*>, std::less<>> jobs_by_queue_;
 };
 
 }  // namespace conveyor::worker
