@@ -142,6 +142,12 @@ OVERVIEW = dashboard(
               [('sum by (queue) (rabbitmq_queue_messages_ready{queue=~"conveyor\\\\.[a-z_]+"})', "{{queue}}")]),
         panel("Consumers per queue", "Worker consumers subscribed to each job queue; 0 with messages waiting alerts.",
               [('sum by (queue) (rabbitmq_queue_consumers{queue=~"conveyor\\\\.[a-z_]+"})', "{{queue}}")]),
+        panel("Workers needed and running",
+              "The workers' own estimate of the pods the backlog needs (conveyor_workers_needed: arrivals x p95 "
+              "duration plus the backlog drained within a minute, over per-pod concurrency; KEDA and the HPA scale "
+              "on it), next to the workers Prometheus scrapes.",
+              [("max(conveyor_workers_needed)", "needed"), ('count(up{job="conveyor-worker"} == 1)', "running")],
+              width=8),
         panel("Outbox backlog", "Emitted jobs committed but not yet published, per worker.",
               [("sum by (instance) (conveyor_outbox_pending)", "{{instance}}")], width=8),
         panel("Scheduled jobs pending / overdue",
