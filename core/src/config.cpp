@@ -65,10 +65,8 @@ std::chrono::milliseconds parse_duration(std::string_view text) {
 }
 
 std::string default_instance_name() {
-    for (const char* variable : {"CONVEYOR_WORKER_NAME", "POD_NAME"}) {
-        if (const char* value = std::getenv(variable); value != nullptr && *value != '\0') {
-            return value;
-        }
+    if (const char* pod = std::getenv("POD_NAME"); pod != nullptr && *pod != '\0') {
+        return pod;
     }
     char host[HOST_NAME_MAX + 1] = {};
     if (gethostname(host, sizeof(host)) == 0 && host[0] != '\0') {

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes Conveyor's Grafana dashboards (dashboards/grafana/*.json) from the panel lists below.
+"""Writes Conveyor's Grafana dashboards (dashboards/grafana/*.json) from the panel lists below, and the panel and
+alert tables of dashboards/README.md.
 
 The JSON files are committed, so that Grafana can import or provision them as they are; this script is their one
 source, and `build.py --check` (run by the tests) fails when a committed file differs from what it would write.
@@ -8,6 +9,8 @@ Usage: dashboards/grafana/build.py [--check]
 import json
 import pathlib
 import sys
+
+import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -145,8 +148,8 @@ OVERVIEW = dashboard(
         panel("Workers needed and running",
               "The workers' own estimate of the pods the backlog needs (conveyor_workers_needed: arrivals x p95 "
               "duration plus the backlog drained within a minute, over per-pod concurrency; KEDA and the HPA scale "
-              "on it), next to the workers Prometheus scrapes.",
-              [("max(conveyor_workers_needed)", "needed"), ('count(up{job="conveyor-worker"} == 1)', "running")],
+              "on it), next to the workers running (each exports the gauge).",
+              [("max(conveyor_workers_needed)", "needed"), ("count(conveyor_workers_needed)", "running")],
               width=8),
         panel("Outbox backlog", "Emitted jobs committed but not yet published, per worker.",
               [("sum by (instance) (conveyor_outbox_pending)", "{{instance}}")], width=8),
@@ -167,14 +170,19 @@ OVERVIEW = dashboard(
                 "{{queue}} waiting"), ("queue:conveyor_dlq_replayed:rate5m", "{{queue}} replayed/s")], width=8),
         row("Scheduler"),
         panel("Scheduler leader", "1 on the replica that fires the cron schedules; exactly one should lead.",
-              [("conveyor_scheduler_leader", "{{instance}}")], width=8),
+              [("conveyor_scheduler_leader", "{{instance}}")], width=6),
         panel("Schedule fires and misfires", "Fire times enqueued and missed, per schedule.",
               [("sum by (schedule) (increase(conveyor_schedule_fired_total[$__rate_interval]))", "{{schedule}} fired"),
                ("sum by (schedule) (increase(conveyor_schedule_misfired_total[$__rate_interval]))",
-                "{{schedule}} missed")], width=8),
+                "{{schedule}} missed")], width=6),
+        panel("Time to each schedule's next fire",
+              "Seconds until each active schedule fires next; below zero it is late (the leader advances it with "
+              "every fire). Two minutes late alerts (ConveyorScheduleNotFiring).",
+              [("max by (schedule) (conveyor_schedule_next_fire_timestamp_seconds > 0) - time()", "{{schedule}}")],
+              unit="s", width=6, thresholds=[(None, "red"), (-120, "green")]),
         panel("Relay latency p99", "From a scheduled job's due time to the broker's confirm.",
               [("histogram_quantile(0.99, sum by (le) (rate(conveyor_relay_latency_seconds_bucket"
-                "[$__rate_interval])))", "p99")], unit="s", width=8),
+                "[$__rate_interval])))", "p99")], unit="s", width=6),
     ],
 )
 
@@ -216,12 +224,62 @@ FAMILY = dashboard(
 )
 
 
+def cell(text):
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def panel_table(board):
+    """Markdown: each panel's title, what it shows and its queries, row by row."""
+    lines = [f"### {board['title']}", "", board["description"], ""]
+    for item in board["panels"]:
+        if item["type"] == "row":
+            lines += ([""] if lines[-1] else []) + [f"**{item['title']}**", "", "| Panel | Shows | Queries |",
+                                                    "|---|---|---|"]
+            continue
+        if lines[-1] == "":
+            lines += ["| Panel | Shows | Queries |", "|---|---|---|"]
+        queries = "<br>".join(f"`{cell(target['expr'])}`" for target in item["targets"])
+        lines.append(f"| {cell(item['title'])} | {cell(item['description'])} | {queries} |")
+    return "\n".join(lines + [""])
+
+
+def alert_table():
+    """Markdown: every alert of the rules file, its condition, severity and runbook."""
+    rules = yaml.safe_load((HERE.parent / "prometheus" / "conveyor.rules.yml").read_text())
+    lines = ["| Alert | Fires when (for) | Severity | Runbook |", "|---|---|---|---|"]
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                condition = f"`{cell(' '.join(rule['expr'].split()))}`" + (f" ({rule['for']})" if "for" in rule else "")
+                lines.append(f"| {rule['alert']} | {condition} | {rule['labels']['severity']} | "
+                             f"{cell(rule['annotations']['runbook'].strip())} |")
+    return "\n".join(lines + [""])
+
+
+def fill(text, start, content):
+    """Replaces what lies between the marker line starting with `start` and the next end marker."""
+    head, marker, rest = text.partition(start)
+    marker_line, newline, rest = rest.partition("\n")
+    _, end, tail = rest.partition("<!-- end of ")
+    return f"{head}{marker}{marker_line}{newline}\n{content}\n{end}{tail}"
+
+
+def readme():
+    path = HERE.parent / "README.md"
+    text = path.read_text()
+    text = fill(text, "<!-- panels: conveyor-overview", panel_table(OVERVIEW))
+    text = fill(text, "<!-- panels: conveyor-family", panel_table(FAMILY))
+    text = fill(text, "<!-- alerts", alert_table())
+    return path, text
+
+
 def main():
     check = "--check" in sys.argv[1:]
+    outputs = [(HERE / f"conveyor-{name}.json", json.dumps(board, indent=2) + "\n")
+               for name, board in (("overview", OVERVIEW), ("family", FAMILY))]
+    outputs.append(readme())
     stale = []
-    for name, board in (("overview", OVERVIEW), ("family", FAMILY)):
-        path = HERE / f"conveyor-{name}.json"
-        text = json.dumps(board, indent=2) + "\n"
+    for path, text in outputs:
         if check:
             if not path.exists() or path.read_text() != text:
                 stale.append(path.name)

@@ -194,6 +194,7 @@ class Scheduler::Impl {
                     metrics_.pending.Set(static_cast<double>(counts.integer(0, 0)));
                     metrics_.overdue.Set(static_cast<double>(counts.integer(0, 1)));
                     co_await count_dead_letters();
+                    co_await read_next_fires();
                 }
                 if (Clock::now() >= next_prune) {
                     next_prune = Clock::now() + kPruneInterval;
@@ -250,6 +251,25 @@ class Scheduler::Impl {
         }
     }
 
+    /// Each active schedule's next fire time, from the database: the leader advances it with every fire, so a
+    /// time long past means no replica fires the schedule (no leader, or a leader that is stuck).
+    asio::awaitable<void> read_next_fires() {
+        const auto active = co_await pool_.query(
+            "SELECT name, extract(epoch FROM next_fire_at)::float8 FROM conveyor.schedules "
+            "WHERE active AND next_fire_at IS NOT NULL");
+        std::map<std::string, double> next_fires;
+        for (const auto& [schedule, at] : next_fires_) {
+            next_fires[schedule] = 0;  // a schedule no longer active reads 0, not its last time
+        }
+        for (int row = 0; row < active.rows(); ++row) {
+            next_fires[std::string(active.text(row, 0))] = std::stod(std::string(active.text(row, 1)));
+        }
+        for (const auto& [schedule, at] : next_fires) {
+            metrics_.next_fire(schedule).Set(at);
+        }
+        next_fires_ = std::move(next_fires);
+    }
+
     asio::awaitable<void> prune() {
         const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(settings_.retention).count();
         std::int64_t total = 0;
@@ -289,6 +309,7 @@ class Scheduler::Impl {
     std::atomic<bool> database_ok_ = false;
     std::atomic<int> finished_ = 0;
     std::map<std::pair<std::string, std::string>, double> dead_letter_counts_;
+    std::map<std::string, double> next_fires_;
 };
 
 Scheduler::Scheduler(asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue,

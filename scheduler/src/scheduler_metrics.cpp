@@ -62,6 +62,11 @@ SchedulerMetrics::SchedulerMetrics(prometheus::Registry& registry)
                               .Name("conveyor_dead_letter_oldest_age_seconds")
                               .Help("Age of the oldest stored dead letter of a family (0 when there is none)")
                               .Register(registry)),
+      next_fire_(prometheus::BuildGauge()
+                     .Name("conveyor_schedule_next_fire_timestamp_seconds")
+                     .Help("When an active cron schedule fires next (Unix time; 0 once it is inactive): a time "
+                           "long past means nobody fires it")
+                     .Register(registry)),
       broker_connected_(prometheus::BuildGauge()
                             .Name("conveyor_broker_connected")
                             .Help("1 while the scheduler's broker connection is up")

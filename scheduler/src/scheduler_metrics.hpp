@@ -12,9 +12,10 @@
 namespace conveyor::scheduler {
 
 /// The scheduler's series: the contract's conveyor_scheduler_leader, conveyor_schedule_fired_total and
-/// conveyor_dlq_replayed_total, the relay's, the stored dead letters', and the publisher connection's
-/// (conveyor_broker_connected, conveyor_publish_confirm_seconds). The dead-letter series are read from the database,
-/// so every replica reports the same cluster-wide values: aggregate them with max, not sum.
+/// conveyor_dlq_replayed_total, the relay's, the stored dead letters', the schedules' next fire times, and the
+/// publisher connection's (conveyor_broker_connected, conveyor_publish_confirm_seconds). The dead-letter and
+/// next-fire series are read from the database, so every replica reports the same cluster-wide values: aggregate them
+/// with max, not sum.
 class SchedulerMetrics final : public amqp::ConnectionObserver {
   public:
     explicit SchedulerMetrics(prometheus::Registry& registry);
@@ -37,6 +38,9 @@ class SchedulerMetrics final : public amqp::ConnectionObserver {
     [[nodiscard]] prometheus::Gauge& oldest_dead_letter(const std::string& family) {
         return oldest_dead_letter_.Add({{"family", family}});
     }
+    [[nodiscard]] prometheus::Gauge& next_fire(const std::string& schedule) {
+        return next_fire_.Add({{"schedule", schedule}});
+    }
 
     prometheus::Gauge& leader;
     prometheus::Counter& relay_published;
@@ -52,6 +56,7 @@ class SchedulerMetrics final : public amqp::ConnectionObserver {
     prometheus::Family<prometheus::Counter>& dlq_replayed_;
     prometheus::Family<prometheus::Gauge>& dead_letters_;
     prometheus::Family<prometheus::Gauge>& oldest_dead_letter_;
+    prometheus::Family<prometheus::Gauge>& next_fire_;
     prometheus::Gauge& broker_connected_;
     prometheus::Family<prometheus::Histogram>& publish_confirm_;
 };

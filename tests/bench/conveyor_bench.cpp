@@ -414,15 +414,18 @@ int main(int argc, char** argv) {
     std::string name;
     std::string type = "diag.noop";
     std::string payload;
-    std::uint16_t metrics_port = 9464;
-    pid_t worker_pid = 0;
+    std::vector<std::uint16_t> metrics_ports;
+    std::vector<pid_t> worker_pids;
     double ceiling = 0;
     double ideal = 0;
     e2e->add_option("--name", name)->required();
     e2e->add_option("--type", type);
     e2e->add_option("--payload", payload);
-    e2e->add_option("--metrics-port", metrics_port);
-    e2e->add_option("--worker-pid", worker_pid)->required();
+    e2e->add_option("--metrics-port", metrics_ports,
+                    "HTTP port of each worker (repeatable: their completions are added up; the latency figures are "
+                    "the first worker's)")
+        ->required();
+    e2e->add_option("--worker-pid", worker_pids, "Each worker's pid, for the peak RSS (repeatable)")->required();
     e2e->add_option("--ceiling", ceiling, "raw_ceiling jobs/s, for the ratio");
     e2e->add_option("--ideal", ideal, "ideal jobs/s (e.g. concurrency / latency), for the ratio");
     bool orders = false;
@@ -508,12 +511,20 @@ int main(int argc, char** argv) {
         const auto body = payload.empty() ? payload_of_size(size) : payload;
         const BodyOf body_of =
             orders ? BodyOf(order_payload) : BodyOf([&body](std::uint64_t) { return std::string(body); });
-        const auto baseline =
-            published ? 0.0
-                      : conveyor::testing::metric_sum(conveyor::testing::http_get(metrics_port, "/metrics")
-                                                          .value_or(std::pair{0U, std::string()})
-                                                          .second,
-                                                      "conveyor_jobs_completed_total", {"outcome=\"success\""});
+        // Every worker's successes, and the first worker's exposition for the latency figures.
+        std::string metrics;
+        auto successes = [&] {
+            double total = 0;
+            for (const auto port : metrics_ports) {
+                auto text = conveyor::testing::http_get(port, "/metrics").value_or(std::pair{0U, std::string()}).second;
+                total += conveyor::testing::metric_sum(text, "conveyor_jobs_completed_total", {"outcome=\"success\""});
+                if (port == metrics_ports.front()) {
+                    metrics = std::move(text);
+                }
+            }
+            return total;
+        };
+        const auto baseline = published ? 0.0 : successes();
         auto started = Clock::now();
         std::thread publisher([&] {
             if (!published) {
@@ -521,14 +532,11 @@ int main(int argc, char** argv) {
             }
         });
         double done_at_start = 0;
-        std::string metrics;
         double done = 0;
         const auto deadline = started + std::chrono::minutes(10);
         while (done < static_cast<double>(count) + baseline && Clock::now() < deadline) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
-            metrics =
-                conveyor::testing::http_get(metrics_port, "/metrics").value_or(std::pair{0U, std::string()}).second;
-            done = conveyor::testing::metric_sum(metrics, "conveyor_jobs_completed_total", {"outcome=\"success\""});
+            done = successes();
             if (published && done_at_start == 0 && done > 0) {
                 // The clock starts at the first completion seen; what was done by then is not counted.
                 started = Clock::now();
@@ -550,14 +558,18 @@ int main(int argc, char** argv) {
             const double capped = ceiling > 0 ? std::min(ideal, ceiling) : ideal;
             ratios += fmt::format(R"(,"ideal_jobs_per_s":{:.0f},"ratio_to_ideal":{:.3f})", capped, rate / capped);
         }
+        double rss_mb = 0;
+        for (const auto pid : worker_pids) {
+            rss_mb = std::max(rss_mb, peak_rss_mb(pid));
+        }
         std::cout
             << fmt::format(
-                   R"({{"name":"{}","jobs_per_s":{:.0f}{},"jobs":{},"seconds":{:.2f},"queue_wait_p50_ms":{:.1f},"queue_wait_p99_ms":{:.1f},"duration_p50_ms":{:.1f},"duration_p99_ms":{:.1f},"rss_mb":{:.1f}}})",
-                   name, rate, ratios, count, seconds,
+                   R"({{"name":"{}","workers":{},"jobs_per_s":{:.0f}{},"jobs":{},"seconds":{:.2f},"queue_wait_p50_ms":{:.1f},"queue_wait_p99_ms":{:.1f},"duration_p50_ms":{:.1f},"duration_p99_ms":{:.1f},"rss_mb":{:.1f}}})",
+                   name, metrics_ports.size(), rate, ratios, count, seconds,
                    1000 * histogram_quantile(metrics, "conveyor_job_queue_wait_seconds", 0.5),
                    1000 * histogram_quantile(metrics, "conveyor_job_queue_wait_seconds", 0.99),
                    1000 * histogram_quantile(metrics, "conveyor_job_duration_seconds", 0.5),
-                   1000 * histogram_quantile(metrics, "conveyor_job_duration_seconds", 0.99), peak_rss_mb(worker_pid))
+                   1000 * histogram_quantile(metrics, "conveyor_job_duration_seconds", 0.99), rss_mb)
             << std::endl;
         return 0;
     } catch (const std::exception& e) {

@@ -280,6 +280,12 @@ TEST_F(SchedulerTest, MetricsExposeEveryNameOfTheContract) {
     ASSERT_TRUE(eventually([&] { return scheduler.metric("conveyor_relay_published_total") >= 1; }, 10s))
         << scheduler.process->log();
     ASSERT_TRUE(eventually([&] { return scheduler.metric("conveyor_dead_letters_stored") == 1; }, 10s));
+    // Read from the schedules table every few seconds: a per-second schedule's next fire is about now.
+    const std::vector<std::string> schedule_label{"schedule=\"metric-names\""};
+    ASSERT_TRUE(eventually(
+        [&] { return scheduler.metric("conveyor_schedule_next_fire_timestamp_seconds", schedule_label) > 0; }, 15s));
+    const auto now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    EXPECT_NEAR(scheduler.metric("conveyor_schedule_next_fire_timestamp_seconds", schedule_label), now, 10);
     const auto metrics = http_get(scheduler.port, "/metrics")->second;
     const int checked = expect_metric_names(metrics, source_dir() / "tests/integration/scheduler_metric_names.txt");
     EXPECT_GE(checked, 10);

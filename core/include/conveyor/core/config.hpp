@@ -14,7 +14,8 @@ namespace conveyor {
 [[nodiscard]] std::string utc_timestamp(std::chrono::system_clock::time_point at);
 [[nodiscard]] std::string utc_timestamp_seconds(std::chrono::sys_seconds at);
 
-/// This process's identity in logs and dead-letter headers: $CONVEYOR_WORKER_NAME, $POD_NAME or the host name.
+/// This process's identity in logs and dead-letter headers when its --name (CONVEYOR_WORKER_NAME,
+/// CONVEYOR_SCHEDULER_NAME) is not given: $POD_NAME or the host name.
 [[nodiscard]] std::string default_instance_name();
 
 }  // namespace conveyor
