@@ -18,9 +18,17 @@ bool all_zero(std::string_view text) {
     return text.find_first_not_of('0') == std::string_view::npos;
 }
 
+/// A generator per thread, seeded with 256 bits: a 32-bit seed would, across enough pods, threads and restarts,
+/// repeat, and two generators with one seed hand out the same trace ids.
+std::mt19937_64 seeded_generator() {
+    std::random_device device;
+    std::seed_seq seed{device(), device(), device(), device(), device(), device(), device(), device()};
+    return std::mt19937_64(seed);
+}
+
 /// `digits` random lower-hex digits, never all zero (the specification's invalid value).
 std::string random_hex(std::size_t digits) {
-    thread_local std::mt19937_64 generator{std::random_device{}()};
+    thread_local std::mt19937_64 generator = seeded_generator();
     std::string id;
     do {
         id.clear();
@@ -35,10 +43,15 @@ std::string random_hex(std::size_t digits) {
 }  // namespace
 
 std::optional<Traceparent> Traceparent::parse(std::string_view header) {
-    // 00-<32 hex>-<16 hex>-<2 hex>
+    // <version>-<32 hex>-<16 hex>-<2 hex>. A later version may append fields after a '-'; its first four are read
+    // as version 00's, as the specification asks of a version-00 reader.
     constexpr std::size_t kLength = 55;
-    if (header.size() != kLength || header[2] != '-' || header[35] != '-' || header[52] != '-' ||
-        header.substr(0, 2) != "00") {
+    if (header.size() < kLength || header[2] != '-' || header[35] != '-' || header[52] != '-') {
+        return std::nullopt;
+    }
+    const auto version = header.substr(0, 2);
+    if (!is_lower_hex(version) || version == "ff" ||
+        (version == "00" ? header.size() != kLength : header.size() > kLength && header[kLength] != '-')) {
         return std::nullopt;
     }
     Traceparent parsed{std::string(header.substr(3, 32)), std::string(header.substr(36, 16)),
@@ -52,7 +65,10 @@ std::optional<Traceparent> Traceparent::parse(std::string_view header) {
 
 TraceContext TraceContext::start_span(std::string_view incoming) {
     if (auto parent = Traceparent::parse(incoming)) {
-        return {std::move(parent->trace_id), random_hex(16), std::move(parent->parent_id), std::move(parent->flags)};
+        // Only the sampled flag is defined; flags this version does not know are not passed on.
+        const auto sampled = std::stoul(parent->flags, nullptr, 16) & 0x01U;
+        return {std::move(parent->trace_id), random_hex(16), std::move(parent->parent_id),
+                fmt::format("{:02x}", sampled)};
     }
     return {random_hex(32), random_hex(16), {}, "01"};
 }

@@ -78,13 +78,17 @@ TEST(JsonLogs, AJobLineCarriesTheJobsFieldsAndItsSpan) {
 
 TEST(JsonLogs, OtherLinesHaveNoJobFieldsAndBrokenUtf8StaysValidJson) {
     const CapturedLog captured(LogFormat::json);
-    spdlog::error("could not parse message id '{}'", std::string_view("ab\xff\xfe", 4));
+    spdlog::error("could not parse message id '{}' ({})", std::string_view("ab\xff\xfe", 4),
+                  "caf\xc3\xa9 \xe2\x82\xac \xed\xa0\x80 \xc3");
 
     simdjson::dom::parser parser;
     simdjson::dom::object line;
     ASSERT_EQ(parser.parse(captured.text()).get(line), simdjson::SUCCESS) << captured.text();
     EXPECT_EQ(field(line, "level"), "error");
-    EXPECT_EQ(field(line, "msg"), "could not parse message id 'ab\u00ff\u00fe'");
+    // Each bad byte (0xff, 0xfe, a surrogate's three, a cut-off sequence) is U+FFFD; good UTF-8 around it stays.
+    EXPECT_EQ(field(line, "msg"),
+              "could not parse message id 'ab\ufffd\ufffd' (caf\u00e9 \u20ac "
+              "\ufffd\ufffd\ufffd \ufffd)");
     EXPECT_EQ(field(line, "job_id"), "<absent>");
     EXPECT_EQ(field(line, "trace_id"), "<absent>");
 }

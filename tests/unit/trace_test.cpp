@@ -22,10 +22,22 @@ TEST(TraceContext, AJobIsAChildSpanOfTheIncomingTraceparent) {
     EXPECT_NE(TraceContext::start_span(kHeader).span_id, span.span_id) << "each job gets a span of its own";
 }
 
-TEST(TraceContext, KeepsTheCallersFlags) {
-    const auto span = TraceContext::start_span("00-" + kTraceId + "-" + kParentId + "-00");
-    EXPECT_EQ(span.flags, "00");
-    EXPECT_EQ(span.trace_id, kTraceId);
+TEST(TraceContext, KeepsTheCallersSampledFlagAndDropsUnknownOnes) {
+    const auto unsampled = TraceContext::start_span("00-" + kTraceId + "-" + kParentId + "-00");
+    EXPECT_EQ(unsampled.flags, "00");
+    EXPECT_EQ(unsampled.trace_id, kTraceId);
+    EXPECT_EQ(TraceContext::start_span("00-" + kTraceId + "-" + kParentId + "-03").flags, "01");
+    EXPECT_EQ(TraceContext::start_span("00-" + kTraceId + "-" + kParentId + "-fe").flags, "00");
+}
+
+TEST(TraceContext, ALaterVersionIsReadByItsVersionZeroFields) {
+    for (const std::string& header :
+         {"01-" + kTraceId + "-" + kParentId + "-01", "cc-" + kTraceId + "-" + kParentId + "-01-what-comes-next"}) {
+        const auto span = TraceContext::start_span(header);
+        EXPECT_EQ(span.trace_id, kTraceId) << header;
+        EXPECT_EQ(span.parent_span_id, kParentId) << header;
+        EXPECT_EQ(span.traceparent().substr(0, 3), "00-") << "we speak version 00";
+    }
 }
 
 TEST(TraceContext, WithoutAValidHeaderAJobBeginsANewSampledTrace) {
@@ -33,7 +45,9 @@ TEST(TraceContext, WithoutAValidHeaderAJobBeginsANewSampledTrace) {
              std::string(), std::string("garbage"),
              "00-" + kTraceId + "-" + kParentId + "-01 ",                 // too long
              "ff-" + kTraceId + "-" + kParentId + "-01",                  // version ff is invalid
-             "01-" + kTraceId + "-" + kParentId + "-01",                  // only version 00 is read
+             "00-" + kTraceId + "-" + kParentId + "-01-more",             // version 00 has nothing after the flags
+             "cc-" + kTraceId + "-" + kParentId + "-01x",                 // a later version's fields follow a '-'
+             "0g-" + kTraceId + "-" + kParentId + "-01",                  // version not hex
              "00-4BF92F3577B34DA6A3CE929D0E0E4736-" + kParentId + "-01",  // upper case
              "00-00000000000000000000000000000000-" + kParentId + "-01",  // all-zero trace id
              "00-" + kTraceId + "-0000000000000000-01",                   // all-zero parent id

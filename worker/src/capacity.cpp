@@ -37,8 +37,8 @@ std::optional<double> CapacityEstimator::quantile(double q, const std::vector<do
     return bounds.empty() ? std::nullopt : std::optional<double>(bounds.back());
 }
 
-std::uint32_t CapacityEstimator::observe(std::chrono::steady_clock::time_point now,
-                                         const std::map<std::string, QueueObservation>& queues) {
+std::optional<std::uint32_t> CapacityEstimator::observe(std::chrono::steady_clock::time_point now,
+                                                        const std::map<std::string, QueueObservation>& queues) {
     history_.push_back({now, queues});
     // Keep the newest snapshot at least `window` old as the baseline; drop what is older.
     while (history_.size() > 2 && history_[1].at <= now - settings_.window) {
@@ -67,17 +67,23 @@ std::uint32_t CapacityEstimator::observe(std::chrono::steady_clock::time_point n
         }
         estimate.p95_seconds = p95;
         const double drain_seconds = std::chrono::duration<double>(settings_.drain_target).count();
-        estimate.slots = estimate.arrivals_per_second * p95 + static_cast<double>(current.ready) * p95 / drain_seconds;
+        estimate.slots =
+            std::max(estimate.arrivals_per_second * p95 + static_cast<double>(current.ready) * p95 / drain_seconds,
+                     current.in_flight * std::max<std::uint32_t>(current.consumers, 1));
         slots += estimate.slots;
         estimates_.emplace(queue, estimate);
     }
+    if (now - baseline.at < settings_.warm_up) {
+        return std::nullopt;
+    }
     if (slots <= 0) {
-        return 0;
+        return 0U;
     }
     // A hair under a whole number of workers is that number, not one more.
     constexpr double kTolerance = 1e-9;
+    constexpr double kMostWorkers = 1e6;
     return static_cast<std::uint32_t>(
-        std::max(1.0, std::ceil(slots / std::max(1U, settings_.concurrency) - kTolerance)));
+        std::clamp(std::ceil(slots / std::max(1U, settings_.concurrency) - kTolerance), 1.0, kMostWorkers));
 }
 
 }  // namespace conveyor::worker

@@ -47,7 +47,14 @@ constexpr auto kCapacityTick = std::chrono::milliseconds(250);
 constexpr auto kDatabasePoll = std::chrono::milliseconds(100);
 
 std::string bounded(std::string_view text, std::size_t limit) {
-    return text.size() <= limit ? std::string(text) : fmt::format("{}…", text.substr(0, limit));
+    if (text.size() <= limit) {
+        return std::string(text);
+    }
+    // Cut before a UTF-8 continuation byte, never through a character.
+    while (limit > 0 && (static_cast<unsigned char>(text[limit]) & 0xC0U) == 0x80U) {
+        --limit;
+    }
+    return fmt::format("{}…", text.substr(0, limit));
 }
 
 pg::Settings database_settings(const WorkerSettings& settings) {
@@ -257,33 +264,42 @@ class Worker::Impl {
     }
 
     /// Sets conveyor_workers_needed every kCapacityInterval from the broker's counts of the queues this worker
-    /// consumes and its own job rates and durations (see CapacityEstimator). Without the broker it keeps the
-    /// last value: a scale-in decision on no data would be a guess.
+    /// consumes and its own job rates and durations (see CapacityEstimator). It asks on the consumer connection:
+    /// a broker in a resource alarm stops reading publishing connections, never consuming ones. Without the
+    /// broker it keeps the last value: a scale-in decision on no data would be a guess.
     asio::awaitable<void> estimate_capacity() {
         CapacityEstimator estimator(
             {.duration_bounds = WorkerMetrics::duration_bounds(), .concurrency = settings_.concurrency});
         asio::steady_timer tick(co_await asio::this_coro::executor);
         auto next_estimate = Clock::now();
+        std::string last_failure;
         while (!stopping_) {
-            if (Clock::now() >= next_estimate && publisher_.connected()) {
+            if (Clock::now() >= next_estimate && consumer_.connected()) {
                 next_estimate = Clock::now() + kCapacityInterval;
                 std::map<std::string, QueueObservation> queues;
-                bool complete = true;
+                std::string failure;
                 for (const auto& family : settings_.families) {
                     const auto queue = topology::queue_name(family);
-                    auto counting = publisher_.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
+                    auto counting = consumer_.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
                     auto [error, counts] = co_await std::move(counting);
                     if (error) {
-                        complete = false;
+                        failure = fmt::format("{}: {}", queue, error.message());
                         break;
                     }
                     auto totals = metrics_.totals(queue);
-                    queues.emplace(queue, QueueObservation{counts.messages, counts.consumers, totals.settled,
-                                                           std::move(totals.duration_counts)});
+                    queues.emplace(
+                        queue, QueueObservation{counts.messages, counts.consumers, totals.settled,
+                                                metrics_.in_flight(queue).Value(), std::move(totals.duration_counts)});
                 }
-                if (complete) {
-                    const auto needed = estimator.observe(Clock::now(), queues);
-                    metrics_.workers_needed().Set(static_cast<double>(needed));
+                if (!failure.empty() && failure != last_failure) {
+                    spdlog::warn("capacity estimate: cannot count {}; conveyor_workers_needed keeps its value",
+                                 failure);
+                }
+                last_failure = failure;
+                const auto needed =
+                    failure.empty() ? estimator.observe(Clock::now(), queues) : std::optional<std::uint32_t>();
+                if (needed) {
+                    metrics_.workers_needed().Set(static_cast<double>(*needed));
                     for (const auto& [queue, estimate] : estimator.estimates()) {
                         spdlog::debug("capacity: {} arrivals {:.1f}/s, p95 {:.3f} s, {:.1f} slots", queue,
                                       estimate.arrivals_per_second, estimate.p95_seconds, estimate.slots);

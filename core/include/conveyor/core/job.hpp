@@ -141,6 +141,10 @@ class JobContext {
     JobContext(const Envelope& envelope, const TraceContext& trace, const JobLogger& logger,
                std::chrono::steady_clock::time_point deadline, pg::Pool* database = nullptr)
         : envelope_(envelope), trace_(trace), logger_(logger), deadline_(deadline), database_(database) {}
+    JobContext(const Envelope&, TraceContext&&, const JobLogger&, std::chrono::steady_clock::time_point,
+               pg::Pool* = nullptr) = delete;
+    JobContext(const Envelope&, const TraceContext&, JobLogger&&, std::chrono::steady_clock::time_point,
+               pg::Pool* = nullptr) = delete;
 
     [[nodiscard]] const Envelope& envelope() const noexcept { return envelope_; }
     [[nodiscard]] const std::string& job_id() const noexcept { return envelope_.job_id; }

@@ -8,14 +8,15 @@
 /// message carries, and everything it causes (the jobs it emits, its HTTP calls) carries that span as parent.
 namespace conveyor {
 
-/// The fields of a `traceparent` header: version 00, a 32-hex trace id, a 16-hex parent id, 2-hex flags.
+/// The fields of a `traceparent` header: a version, a 32-hex trace id, a 16-hex parent id, 2-hex flags.
 struct Traceparent {
     std::string trace_id;
     std::string parent_id;
     std::string flags;
 
-    /// Nothing for a header that is not a valid version-00 traceparent (wrong length or case, an all-zero id):
-    /// the specification says such a header is ignored and a new trace begins.
+    /// Nothing for a header that is not a valid traceparent (wrong length, separators or case, version ff, an
+    /// all-zero id): the specification says such a header is ignored and a new trace begins. A later version
+    /// is read by its version-00 fields.
     [[nodiscard]] static std::optional<Traceparent> parse(std::string_view header);
 };
 
