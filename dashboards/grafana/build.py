@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes Conveyor's Grafana dashboards (dashboards/grafana/*.json) from the panel lists below, and the panel and
-alert tables of dashboards/README.md.
+"""Writes Conveyor's Grafana dashboards (dashboards/grafana/*.json) from the panel lists below, the panel and
+alert tables of dashboards/README.md, and the rules as a Kubernetes PrometheusRule (deploy/k8s/base).
 
 The JSON files are committed, so that Grafana can import or provision them as they are; this script is their one
 source, and `build.py --check` (run by the tests) fails when a committed file differs from what it would write.
@@ -151,8 +151,10 @@ OVERVIEW = dashboard(
               "on it), next to the workers running (each exports the gauge).",
               [("max(conveyor_workers_needed)", "needed"), ("count(conveyor_workers_needed)", "running")],
               width=8),
-        panel("Outbox backlog", "Emitted jobs committed but not yet published, per worker.",
-              [("sum by (instance) (conveyor_outbox_pending)", "{{instance}}")], width=8),
+        panel("Outbox backlog",
+              "Emitted jobs committed but not yet published: the whole conveyor.outbox table, which every worker "
+              "counts alike.",
+              [("max(conveyor_outbox_pending)", "pending")], width=8),
         panel("Scheduled jobs pending / overdue",
               "Delayed and transactionally enqueued jobs waiting in conveyor.scheduled_jobs, and those past due.",
               [("max(conveyor_scheduled_jobs_pending)", "pending"), ("max(conveyor_scheduled_jobs_overdue)",
@@ -264,6 +266,29 @@ def fill(text, start, content):
     return f"{head}{marker}{marker_line}{newline}\n{content}\n{end}{tail}"
 
 
+class _BlockStrings(yaml.SafeDumper):
+    """Dumps multi-line strings (the runbooks) as | blocks, as they are written in the rules file."""
+
+
+_BlockStrings.add_representer(
+    str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
+def prometheus_rule():
+    """deploy/k8s/base/prometheusrule.yaml: the rules file as the Prometheus Operator's PrometheusRule."""
+    rules = yaml.safe_load((HERE.parent / "prometheus" / "conveyor.rules.yml").read_text())
+    resource = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "conveyor", "labels": {"app.kubernetes.io/name": "conveyor"}},
+        "spec": rules,
+    }
+    header = ("# Written by dashboards/grafana/build.py from dashboards/prometheus/conveyor.rules.yml: edit that file\n"
+              "# and run the script. The Prometheus Operator loads it like a rules file.\n")
+    path = HERE.parent.parent / "deploy" / "k8s" / "base" / "prometheusrule.yaml"
+    return path, header + yaml.dump(resource, Dumper=_BlockStrings, sort_keys=False, width=120)
+
+
 def readme():
     path = HERE.parent / "README.md"
     text = path.read_text()
@@ -278,6 +303,7 @@ def main():
     outputs = [(HERE / f"conveyor-{name}.json", json.dumps(board, indent=2) + "\n")
                for name, board in (("overview", OVERVIEW), ("family", FAMILY))]
     outputs.append(readme())
+    outputs.append(prometheus_rule())
     stale = []
     for path, text in outputs:
         if check:

@@ -86,7 +86,6 @@ class Scheduler::Impl {
 
     asio::awaitable<void> run() {
         for (const auto& family : topology::default_families()) {
-            metrics_.dlq_replayed(topology::dead_letter_queue_name(family)).Increment(0);
             metrics_.oldest_dead_letter(family).Set(0);
         }
         serve_http();
@@ -241,10 +240,18 @@ class Scheduler::Impl {
         }
         dead_letter_counts_ = std::move(counts);
 
+        // The counters are created here, with the database's totals, not at start-up: a series that began at 0
+        // and then jumped to the total would show every past replay as one burst to rate().
         const auto replays = co_await pool_.query("SELECT queue, replayed FROM conveyor.dead_letter_replays");
+        std::map<std::string, double> replayed;
+        for (const auto& family : topology::default_families()) {
+            replayed[topology::dead_letter_queue_name(family)] = 0;
+        }
         for (int row = 0; row < replays.rows(); ++row) {
-            auto& counter = metrics_.dlq_replayed(std::string(replays.text(row, 0)));
-            const auto total = static_cast<double>(replays.integer(row, 1));
+            replayed[std::string(replays.text(row, 0))] = static_cast<double>(replays.integer(row, 1));
+        }
+        for (const auto& [queue, total] : replayed) {
+            auto& counter = metrics_.dlq_replayed(queue);
             if (total > counter.Value()) {
                 counter.Increment(total - counter.Value());
             }

@@ -51,10 +51,12 @@ BINARIES = ("conveyor-worker", "conveyor-scheduler", "conveyor")
 PROBE_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 # What a drain takes beyond CONVEYOR_SHUTDOWN_GRACE (README, Operations, "Shutdown", and
-# worker/src/worker.cpp): jobs still running after the grace get 5 s to unwind, then each of the two
+# worker/src/worker.cpp): jobs still running after the grace get 5 s to unwind, the background tasks finish
+# the SQL statement they are in (at most CONVEYOR_PG_STATEMENT_TIMEOUT, 10 s by default), then each of the two
 # broker connections gets at most 2 s to close.
-WORKER_DRAIN_TAIL_S = 5 + 2 * 2
-SCHEDULER_DRAIN_TAIL_S = 2 * 2
+STATEMENT_TIMEOUT_S = 10
+WORKER_DRAIN_TAIL_S = 5 + STATEMENT_TIMEOUT_S + 2 * 2
+SCHEDULER_DRAIN_TAIL_S = STATEMENT_TIMEOUT_S + 2 * 2
 # Job types with deadlines of their own, longer than CONVEYOR_JOB_TIMEOUT can be
 # (jobs/emails/emails.cpp, jobs/payments/payments.cpp): the SMTP or gateway timeout + 10 s.
 DERIVED_DEADLINES = (("emails.send", "CONVEYOR_SMTP_TIMEOUT", 10.0),
