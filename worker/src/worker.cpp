@@ -12,6 +12,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "capacity.hpp"
 #include "conveyor/core/amqp.hpp"
@@ -44,6 +45,8 @@ constexpr int kBackgroundCoroutines = 4;
 constexpr auto kCapacityInterval = std::chrono::seconds(5);
 // How soon the capacity estimate notices the shutdown.
 constexpr auto kCapacityTick = std::chrono::milliseconds(250);
+// Connect, handshake and query timeout of the capacity estimate's connection.
+constexpr auto kMonitorTimeout = std::chrono::milliseconds(2000);
 constexpr auto kDatabasePoll = std::chrono::milliseconds(100);
 
 std::string bounded(std::string_view text, std::size_t limit) {
@@ -67,13 +70,23 @@ pg::Settings database_settings(const WorkerSettings& settings) {
 }
 
 amqp::ConnectionSettings connection_settings(const WorkerSettings& settings, std::string_view role,
-                                             amqp::ConnectionObserver& observer) {
+                                             amqp::ConnectionObserver* observer) {
     amqp::ConnectionSettings connection;
     connection.url = amqp::Url::parse(settings.amqp_url);
     connection.name = fmt::format("conveyor-worker {} {}", settings.name, role);
     connection.tls_ca_file = settings.amqp_ca_file;
     connection.heartbeat = settings.amqp_heartbeat;
-    connection.observer = &observer;
+    connection.observer = observer;
+    return connection;
+}
+
+/// The capacity estimate's own connection. Its queries block the connection's thread until the broker answers,
+/// so they must not run on the consumer's (deliveries would wait, and a timeout would drop the connection and
+/// requeue every job in flight) nor on the publisher's (which a resource alarm blocks). A short timeout bounds
+/// what a stalled broker costs it.
+amqp::ConnectionSettings monitor_settings(const WorkerSettings& settings) {
+    auto connection = connection_settings(settings, "monitor", nullptr);
+    connection.connect_timeout = kMonitorTimeout;
     return connection;
 }
 
@@ -125,9 +138,10 @@ class Worker::Impl {
           batches_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
           jobs_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
           shutdown_requests_(io_, 1),
-          consumer_(connection_settings(settings_, "consumer", metrics_.consumer_observer),
+          consumer_(connection_settings(settings_, "consumer", &metrics_.consumer_observer),
                     topology::job_topology(settings_.families)),
-          publisher_(connection_settings(settings_, "publisher", metrics_.publisher_observer), {}),
+          publisher_(connection_settings(settings_, "publisher", &metrics_.publisher_observer), {}),
+          monitor_(monitor_settings(settings_), {}),
           http_(io_.get_executor(), settings_.http_address, settings_.http_port),
           pool_(io_.get_executor(), database_settings(settings_)),
           quarantine_(pool_, settings_.quarantine_after),
@@ -146,6 +160,7 @@ class Worker::Impl {
         }
         consumer_.start();
         publisher_.start();
+        monitor_.start();
         asio::co_spawn(io_, dispatch(), log_failure("delivery dispatcher"));
         HousekeepingSettings chores;
         chores.outbox_sweep_interval = settings_.outbox_sweep_interval;
@@ -191,6 +206,7 @@ class Worker::Impl {
         // Nothing publishes after the drain but an outbox sweep, which must not wait for a broker that is gone.
         publisher_.stop();
         co_await housekeeping_finished();
+        monitor_stopper_.join();
         http_.stop();
         spdlog::info("worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} requeued",
                      settings_.name, stats_.succeeded.load(), stats_.retried.load(), stats_.dead_lettered.load(),
@@ -227,6 +243,8 @@ class Worker::Impl {
     asio::awaitable<void> drain() {
         const auto grace_deadline = Clock::now() + settings_.shutdown_grace;
         draining_ = true;
+        // Closing a connection to a stalled broker takes its timeouts: the monitor's closes alongside the drain.
+        monitor_stopper_ = std::jthread([this] { monitor_.stop(); });
         spdlog::info("shutdown: cancelling consumers; jobs in flight get {} ms", settings_.shutdown_grace.count());
         // The broker confirms the cancel within a round trip; a stalled one must not eat the grace period, so the
         // wait for it is bounded by the grace deadline (the connection's close requeues whatever follows).
@@ -264,9 +282,8 @@ class Worker::Impl {
     }
 
     /// Sets conveyor_workers_needed every kCapacityInterval from the broker's counts of the queues this worker
-    /// consumes and its own job rates and durations (see CapacityEstimator). It asks on the consumer connection:
-    /// a broker in a resource alarm stops reading publishing connections, never consuming ones. Without the
-    /// broker it keeps the last value: a scale-in decision on no data would be a guess.
+    /// consumes (asked on the monitor connection) and its own job rates and durations (see CapacityEstimator).
+    /// Without the broker it keeps the last value: a scale-in decision on no data would be a guess.
     asio::awaitable<void> estimate_capacity() {
         CapacityEstimator estimator(
             {.duration_bounds = WorkerMetrics::duration_bounds(), .concurrency = settings_.concurrency});
@@ -274,13 +291,13 @@ class Worker::Impl {
         auto next_estimate = Clock::now();
         std::string last_failure;
         while (!stopping_) {
-            if (Clock::now() >= next_estimate && consumer_.connected()) {
+            if (Clock::now() >= next_estimate && monitor_.connected() && !draining_) {
                 next_estimate = Clock::now() + kCapacityInterval;
                 std::map<std::string, QueueObservation> queues;
                 std::string failure;
                 for (const auto& family : settings_.families) {
                     const auto queue = topology::queue_name(family);
-                    auto counting = consumer_.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
+                    auto counting = monitor_.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
                     auto [error, counts] = co_await std::move(counting);
                     if (error) {
                         failure = fmt::format("{}: {}", queue, error.message());
@@ -291,7 +308,7 @@ class Worker::Impl {
                         queue, QueueObservation{counts.messages, counts.consumers, totals.settled,
                                                 metrics_.in_flight(queue).Value(), std::move(totals.duration_counts)});
                 }
-                if (!failure.empty() && failure != last_failure) {
+                if (!failure.empty() && failure != last_failure && !draining_) {
                     spdlog::warn("capacity estimate: cannot count {}; conveyor_workers_needed keeps its value",
                                  failure);
                 }
@@ -881,6 +898,7 @@ class Worker::Impl {
     asio::experimental::concurrent_channel<void(error_code)> shutdown_requests_;
     amqp::Connection consumer_;
     amqp::Connection publisher_;
+    amqp::Connection monitor_;
     HttpServer http_;
     pg::Pool pool_;
     Quarantine quarantine_;
@@ -891,6 +909,7 @@ class Worker::Impl {
     std::vector<std::unique_ptr<Slot>> slots_;
     std::atomic<bool> draining_{false};
     std::atomic<bool> aborting_{false};
+    std::jthread monitor_stopper_;  ///< after monitor_: joined before the connection is destroyed
     struct {
         std::atomic<std::uint64_t> succeeded{0};
         std::atomic<std::uint64_t> retried{0};
