@@ -8,6 +8,8 @@
 #include <ctime>
 #include <stdexcept>
 
+#include "conveyor/core/utf8.hpp"
+
 namespace conveyor {
 
 namespace {
@@ -15,54 +17,19 @@ namespace {
 std::atomic<LogFormat> current_format{LogFormat::text};
 thread_local const LogFields* current_fields = nullptr;
 
-/// The length of the well-formed UTF-8 sequence (RFC 3629: no overlong forms, no surrogates, nothing past
-/// U+10FFFF) that starts at text[at], or 0 if none does.
-std::size_t utf8_sequence_length(std::string_view text, std::size_t at) {
-    const auto byte = [&](std::size_t offset) {
-        return at + offset < text.size() ? static_cast<unsigned char>(text[at + offset]) : 0U;
-    };
-    const auto lead = byte(0);
-    std::size_t length = 0;
-    unsigned low = 0x80;  // the second byte's range, narrowed for the leads that could be overlong or too large
-    unsigned high = 0xBF;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-        length = 2;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-        length = 3;
-        low = lead == 0xE0 ? 0xA0 : low;
-        high = lead == 0xED ? 0x9F : high;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-        length = 4;
-        low = lead == 0xF0 ? 0x90 : low;
-        high = lead == 0xF4 ? 0x8F : high;
-    } else {
-        return 0;
-    }
-    if (byte(1) < low || byte(1) > high) {
-        return 0;
-    }
-    for (std::size_t offset = 2; offset < length; ++offset) {
-        if (byte(offset) < 0x80 || byte(offset) > 0xBF) {
-            return 0;
-        }
-    }
-    return length;
-}
-
 /// Appends `text` as a JSON string. What is not valid UTF-8 (a broken message's id, a server's error) becomes
 /// U+FFFD, one per bad byte: the line stays valid JSON and the rest of the text stays readable.
 void append_json_string(spdlog::memory_buf_t& out, std::string_view text) {
-    constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
     out.push_back('"');
     for (std::size_t at = 0; at < text.size(); ++at) {
         const char c = text[at];
         const auto byte = static_cast<unsigned char>(c);
         if (byte >= 0x80) {
-            if (const auto length = utf8_sequence_length(text, at); length > 0) {
+            if (const auto length = utf8::sequence_length(text, at); length > 0) {
                 out.append(text.substr(at, length));
                 at += length - 1;
             } else {
-                out.append(kReplacement);
+                out.append(utf8::kReplacement);
             }
             continue;
         }

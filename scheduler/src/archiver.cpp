@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -17,6 +18,7 @@
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/envelope.hpp"
 #include "conveyor/core/topology.hpp"
+#include "conveyor/core/utf8.hpp"
 #include "conveyor/scheduler/fingerprint.hpp"
 #include "date/date.h"
 
@@ -30,37 +32,11 @@ constexpr auto kRetryBackoff = std::chrono::seconds(1);
 // Deliveries wait in the channel at most this long for the stop flag to be looked at.
 constexpr auto kStopPoll = std::chrono::milliseconds(500);
 
-/// Text PostgreSQL accepts: invalid UTF-8 bytes become U+FFFD and NUL (which text cannot hold) becomes a space.
+/// Text PostgreSQL accepts: bytes that are not well-formed UTF-8 become U+FFFD and NUL (which text cannot hold)
+/// becomes a space.
 std::string valid_utf8(std::string_view text) {
-    std::string out;
-    out.reserve(text.size());
-    for (std::size_t i = 0; i < text.size();) {
-        const auto c = static_cast<unsigned char>(text[i]);
-        std::size_t length = 0;
-        if (c < 0x80) {
-            out += c == 0 ? ' ' : static_cast<char>(c);
-            ++i;
-            continue;
-        }
-        if ((c >> 5) == 0x6) {
-            length = 2;
-        } else if ((c >> 4) == 0xe) {
-            length = 3;
-        } else if ((c >> 3) == 0x1e) {
-            length = 4;
-        }
-        bool valid = length != 0 && i + length <= text.size();
-        for (std::size_t k = 1; valid && k < length; ++k) {
-            valid = (static_cast<unsigned char>(text[i + k]) >> 6) == 0x2;
-        }
-        if (valid) {
-            out.append(text.substr(i, length));
-            i += length;
-        } else {
-            out += "\xEF\xBF\xBD";
-            ++i;
-        }
-    }
+    auto out = utf8::sanitized(text);
+    std::replace(out.begin(), out.end(), '\0', ' ');
     return out;
 }
 
