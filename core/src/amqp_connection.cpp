@@ -1085,6 +1085,12 @@ const FieldValue* find_header(const Headers& headers, std::string_view name) noe
     return nullptr;
 }
 
+std::string_view find_text_header(const Headers& headers, std::string_view name) noexcept {
+    const auto* value = find_header(headers, name);
+    const auto* text = value != nullptr ? std::get_if<std::string>(value) : nullptr;
+    return text != nullptr ? std::string_view(*text) : std::string_view();
+}
+
 void set_header(Headers& headers, std::string_view name, FieldValue value) {
     for (auto& [key, existing] : headers) {
         if (key == name) {

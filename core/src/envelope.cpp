@@ -111,11 +111,7 @@ boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Messag
     envelope.family = envelope.type.substr(0, envelope.type.find('.'));
     envelope.correlation_id = properties.correlation_id;
 
-    if (const auto* traceparent = amqp::find_header(properties.headers, "traceparent")) {
-        if (const auto* text = std::get_if<std::string>(traceparent)) {
-            envelope.traceparent = *text;
-        }
-    }
+    envelope.traceparent = amqp::find_text_header(properties.headers, "traceparent");
     if (const auto* enqueued = amqp::find_header(properties.headers, "x-conveyor-enqueued-at")) {
         if (const auto* millis = std::get_if<std::int64_t>(enqueued)) {
             envelope.enqueued_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(*millis));

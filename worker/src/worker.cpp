@@ -110,13 +110,6 @@ struct Verdict {
     std::string error;
 };
 
-/// The message's traceparent header as it arrived ("" if absent or not a string).
-std::string_view traceparent_header(const amqp::Message& message) {
-    const auto* value = amqp::find_header(message.properties.headers, "traceparent");
-    const auto* text = value != nullptr ? std::get_if<std::string>(value) : nullptr;
-    return text != nullptr ? std::string_view(*text) : std::string_view();
-}
-
 std::string or_dash(std::string_view text, std::size_t limit) {
     if (text.empty()) {
         return "-";
@@ -435,7 +428,8 @@ class Worker::Impl {
     asio::awaitable<void> process(const amqp::Delivery& delivery, simdjson::dom::parser& parser, Slot& slot) {
         const auto family = topology::family_of_queue(delivery.queue);
         // The delivery's span: the job's run, or its dead-lettering if it cannot run.
-        const auto trace = TraceContext::start_span(traceparent_header(delivery.message));
+        const auto trace =
+            TraceContext::start_span(amqp::find_text_header(delivery.message.properties.headers, "traceparent"));
         auto envelope = parse_envelope(delivery.message, limits_, parser);
         if (!envelope) {
             Verdict verdict{std::string(reason_code(envelope.error().errc)), envelope.error().detail};

@@ -28,6 +28,8 @@ using FieldValue = std::variant<std::string, std::int64_t, bool, double>;
 using Headers = std::vector<std::pair<std::string, FieldValue>>;
 
 [[nodiscard]] const FieldValue* find_header(const Headers& headers, std::string_view name) noexcept;
+/// A header's value when it is a string; empty when it is absent or of another type.
+[[nodiscard]] std::string_view find_text_header(const Headers& headers, std::string_view name) noexcept;
 /// Sets `name` to `value`, replacing an existing entry of that name.
 void set_header(Headers& headers, std::string_view name, FieldValue value);
 
