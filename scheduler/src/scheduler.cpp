@@ -57,6 +57,19 @@ amqp::ConnectionSettings connection_settings(const SchedulerSettings& settings, 
     return connection;
 }
 
+/// Sets one gauge per key of `current`. A key set before and missing now (a combination with no rows left, a
+/// schedule no longer active) reads 0, not its last value; `shown` keeps every key set so far.
+template <typename Key, typename SetGauge>
+void set_gauges(std::map<Key, double>& shown, std::map<Key, double> current, const SetGauge& set_gauge) {
+    for (const auto& entry : shown) {
+        current.try_emplace(entry.first, 0.0);
+    }
+    for (const auto& [key, value] : current) {
+        set_gauge(key, value);
+    }
+    shown = std::move(current);
+}
+
 }  // namespace
 
 class Scheduler::Impl {
@@ -224,21 +237,17 @@ class Scheduler::Impl {
         for (const auto& family : topology::default_families()) {
             oldest[family] = 0;
         }
-        for (const auto& [labels, count] : dead_letter_counts_) {
-            counts[labels] = 0;  // a combination that is gone reads 0, not its last value
-        }
         for (int row = 0; row < stored.rows(); ++row) {
             const std::string family(stored.text(row, 0));
             counts[{family, std::string(stored.text(row, 1))}] = static_cast<double>(stored.integer(row, 2));
             oldest[family] = std::max(oldest[family], std::stod(std::string(stored.text(row, 3))));
         }
-        for (const auto& [labels, count] : counts) {
+        set_gauges(dead_letter_counts_, std::move(counts), [this](const auto& labels, double count) {
             metrics_.dead_letters(labels.first, labels.second).Set(count);
-        }
+        });
         for (const auto& [family, age] : oldest) {
             metrics_.oldest_dead_letter(family).Set(age);
         }
-        dead_letter_counts_ = std::move(counts);
 
         // The counters are created here, with the database's totals, not at start-up: a series that began at 0
         // and then jumped to the total would show every past replay as one burst to rate().
@@ -265,16 +274,11 @@ class Scheduler::Impl {
             "SELECT name, extract(epoch FROM next_fire_at)::float8 FROM conveyor.schedules "
             "WHERE active AND next_fire_at IS NOT NULL");
         std::map<std::string, double> next_fires;
-        for (const auto& [schedule, at] : next_fires_) {
-            next_fires[schedule] = 0;  // a schedule no longer active reads 0, not its last time
-        }
         for (int row = 0; row < active.rows(); ++row) {
             next_fires[std::string(active.text(row, 0))] = std::stod(std::string(active.text(row, 1)));
         }
-        for (const auto& [schedule, at] : next_fires) {
-            metrics_.next_fire(schedule).Set(at);
-        }
-        next_fires_ = std::move(next_fires);
+        set_gauges(next_fires_, std::move(next_fires),
+                   [this](const std::string& schedule, double at) { metrics_.next_fire(schedule).Set(at); });
     }
 
     asio::awaitable<void> prune() {
