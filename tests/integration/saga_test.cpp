@@ -187,6 +187,14 @@ TEST_F(SagaTest, JsonLogsFollowTheTraceFromTheOrderThroughTheEmittedJobsToTheGat
     amqp::set_header(order.properties.headers, "traceparent", "00-" + trace_id + "-" + caller_span + "-01");
     broker_.publish(std::move(order));
     ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    // The receipt is sent in parallel with the projections: settled() does not wait for it.
+    ASSERT_TRUE(eventually(
+        [&] {
+            int ignored = 0;
+            return !spans_of(worker.process->log(), "emails.send", ignored).empty();
+        },
+        30s))
+        << worker.process->log();
 
     const auto log = worker.process->log();
     int unparsed = 0;
