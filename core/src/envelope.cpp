@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "conveyor/core/json.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor {
@@ -13,6 +14,14 @@ namespace {
 
 bool is_type_char(char c) noexcept {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+// Enqueue times are believed up to 2200-01-01: system_clock counts nanoseconds and ends in 2262, so a later (or
+// hostile) header would overflow it. A time outside the range is ignored, as a missing one is.
+constexpr std::int64_t kLatestEpochMillis = 7'258'118'400'000;
+
+bool is_epoch_millis(std::int64_t millis) noexcept {
+    return millis >= 0 && millis <= kLatestEpochMillis;
 }
 
 EnvelopeError error(EnvelopeErrc errc, std::string detail) {
@@ -105,6 +114,10 @@ boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Messag
     if (!parsed.value_unsafe().is_object()) {
         return error(EnvelopeErrc::invalid_payload, "body must be a JSON object");
     }
+    if (auto violation = json::check(parsed.value_unsafe())) {
+        const bool deep = violation->kind == json::Violation::Kind::too_deep;
+        return error(deep ? EnvelopeErrc::too_large : EnvelopeErrc::bad_json, std::move(violation->message));
+    }
     envelope.payload = parsed.value_unsafe();
     envelope.job_id = properties.message_id;
     envelope.type = type;
@@ -113,11 +126,11 @@ boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Messag
 
     envelope.traceparent = amqp::find_text_header(properties.headers, "traceparent");
     if (const auto* enqueued = amqp::find_header(properties.headers, "x-conveyor-enqueued-at")) {
-        if (const auto* millis = std::get_if<std::int64_t>(enqueued)) {
+        if (const auto* millis = std::get_if<std::int64_t>(enqueued); millis != nullptr && is_epoch_millis(*millis)) {
             envelope.enqueued_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(*millis));
         }
     }
-    if (!envelope.enqueued_at && properties.timestamp) {
+    if (!envelope.enqueued_at && properties.timestamp && *properties.timestamp <= kLatestEpochMillis / 1000) {
         envelope.enqueued_at = std::chrono::system_clock::time_point(
             std::chrono::seconds(static_cast<std::int64_t>(*properties.timestamp)));
     }

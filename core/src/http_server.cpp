@@ -1,13 +1,18 @@
 #include "conveyor/core/http_server.hpp"
 
 #include <fmt/format.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -18,8 +23,11 @@
 #include <boost/url/parse_query.hpp>
 #include <map>
 #include <stdexcept>
+#include <utility>
 
 #include "conveyor/core/logging.hpp"
+#include "conveyor/core/rate_limit.hpp"
+#include "route_pattern.hpp"
 
 namespace conveyor {
 namespace asio = boost::asio;
@@ -30,9 +38,19 @@ using tcp = asio::ip::tcp;
 
 namespace {
 constexpr auto kIdleTimeout = std::chrono::seconds(30);
-// How long the rest of a refused upload is read and dropped before the connection closes (see drain()).
+// How long the rest of a refused request is read and dropped before the connection closes (see drain()).
 constexpr auto kDrainTimeout = std::chrono::seconds(5);
+// A connection over the cap is answered within this, or dropped.
+constexpr auto kRefusalTimeout = std::chrono::seconds(1);
+// Connections over the cap answered at once; past this many, more are closed unanswered, so that a flood of them
+// cannot take the descriptors the cap is there to keep.
+constexpr std::size_t kMaxRefusing = 64;
+constexpr auto kAcceptBackoffMin = std::chrono::milliseconds(10);
+constexpr auto kAcceptBackoffMax = std::chrono::seconds(1);
 constexpr std::string_view kText = "text/plain; charset=utf-8";
+constexpr std::array kRefusalReasons = {"connection_limit", "client_rate_limit",   "header_too_large",
+                                        "body_too_large",   "unsupported_version", "malformed",
+                                        "accept_failed"};
 
 using Message = http::request<http::string_body>;
 
@@ -55,83 +73,62 @@ bool expects_continue(const Message& message) {
     return message.version() >= 11 && beast::iequals(message[http::field::expect], "100-continue");
 }
 
-std::string remote_address(const beast::tcp_stream& stream) {
+asio::ip::address peer_address(const beast::tcp_stream& stream) {
     boost::system::error_code error;
     const auto endpoint = stream.socket().remote_endpoint(error);
-    return error ? std::string() : endpoint.address().to_string();
+    return error ? asio::ip::address() : endpoint.address();
 }
 
-/// A route() pattern, segment by segment: a literal segment has an empty name, a {name} one an empty literal.
-struct Pattern {
-    std::vector<std::string> literals;
-    std::vector<std::string> names;
+/// Every X-Forwarded-For header of the request, joined by commas (RFC 7230 allows the list to be split so).
+std::optional<std::string> forwarded_for(const Message& message) {
+    std::optional<std::string> joined;
+    const auto [first, last] = message.equal_range("X-Forwarded-For");
+    for (auto field = first; field != last; ++field) {
+        joined = joined ? fmt::format("{},{}", *joined, field->value()) : std::string(field->value());
+    }
+    return joined;
+}
 
-    static Pattern parse(std::string_view pattern) {
-        if (!pattern.starts_with('/')) {
-            throw std::invalid_argument(fmt::format("HTTP route pattern '{}' does not start with '/'", pattern));
-        }
-        Pattern parsed;
-        // Boost.URL sees no segments in "/", and an empty last one after a trailing '/'; so does this.
-        if (pattern == "/") {
-            return parsed;
-        }
-        std::string_view rest = pattern.substr(1);
-        while (true) {
-            const auto slash = rest.find('/');
-            const auto segment = rest.substr(0, slash);
-            if (segment.size() >= 2 && segment.starts_with('{') && segment.ends_with('}')) {
-                parsed.literals.emplace_back();
-                parsed.names.emplace_back(segment.substr(1, segment.size() - 2));
-            } else {
-                parsed.literals.emplace_back(segment);
-                parsed.names.emplace_back();
-            }
-            if (slash == std::string_view::npos) {
-                return parsed;
-            }
-            rest.remove_prefix(slash + 1);
+/// Whether a read failed because the request was not HTTP Beast can read (rather than the peer going away, a
+/// timeout, or an incomplete request at the end of the stream).
+bool is_malformed(const boost::system::error_code& error) {
+    return error.category() == http::make_error_code(http::error::bad_method).category() &&
+           error != http::error::end_of_stream && error != http::error::partial_message &&
+           error != http::error::need_more;
+}
+
+/// One place in a count (connections being served, refusals being answered), taken where admission is decided and
+/// given back when the coroutine holding it ends: counting inside the coroutine instead would let a burst of accepts
+/// overshoot the cap before the first of them starts.
+class Slot {
+  public:
+    Slot(std::atomic<std::size_t>& count, prometheus::Gauge* gauge) : count_(&count), gauge_(gauge) {
+        ++*count_;
+        if (gauge_ != nullptr) {
+            gauge_->Increment();
         }
     }
-
-    [[nodiscard]] bool matches(const std::vector<std::string>& segments) const {
-        if (segments.size() != literals.size()) {
-            return false;
-        }
-        for (std::size_t i = 0; i < segments.size(); ++i) {
-            if (names[i].empty() ? segments[i] != literals[i] : segments[i].empty()) {
-                return false;
+    Slot(Slot&& other) noexcept : count_(std::exchange(other.count_, nullptr)), gauge_(other.gauge_) {}
+    ~Slot() {
+        if (count_ != nullptr) {
+            --*count_;
+            if (gauge_ != nullptr) {
+                gauge_->Decrement();
             }
         }
-        return true;
     }
+    Slot(const Slot&) = delete;
+    Slot& operator=(const Slot&) = delete;
+    Slot& operator=(Slot&&) = delete;
 
-    /// Where two patterns match the same path, the one with a literal segment first where they differ wins.
-    [[nodiscard]] bool more_specific_than(const Pattern& other) const {
-        for (std::size_t i = 0; i < names.size(); ++i) {
-            if (names[i].empty() != other.names[i].empty()) {
-                return names[i].empty();
-            }
-        }
-        return false;
-    }
-
-    /// Whether both match exactly the same paths.
-    [[nodiscard]] bool same_shape(const Pattern& other) const {
-        if (literals.size() != other.literals.size()) {
-            return false;
-        }
-        for (std::size_t i = 0; i < literals.size(); ++i) {
-            if (names[i].empty() != other.names[i].empty() || literals[i] != other.literals[i]) {
-                return false;
-            }
-        }
-        return true;
-    }
+  private:
+    std::atomic<std::size_t>* count_;
+    prometheus::Gauge* gauge_;
 };
 
 struct ApiRoute {
     std::string method;
-    Pattern pattern;
+    RoutePattern pattern;
     HttpServer::AsyncRoute handler;
 };
 }  // namespace
@@ -185,7 +182,7 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
                                     fmt::format("HTTP server cannot listen on {}:{}", address_, requested_port_));
         }
         port_ = acceptor_.local_endpoint().port();
-        spdlog::info("http: listening on {}:{}", address_, port_);
+        spdlog::info("http: listening on {}:{} (at most {} connections)", address_, port_, limits_.max_connections);
         asio::co_spawn(acceptor_.get_executor(), accept_loop(shared_from_this()), log_failure("http accept loop"));
     }
 
@@ -200,7 +197,7 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
         if (!handler) {
             throw std::invalid_argument(fmt::format("HTTP route {} {} has no handler", method, pattern));
         }
-        auto parsed = Pattern::parse(pattern);
+        auto parsed = RoutePattern::parse(pattern);
         for (const auto& route : api_routes_) {
             if (route.method == method && route.pattern.same_shape(parsed)) {
                 throw std::invalid_argument(fmt::format("HTTP route {} {} is already registered", method, pattern));
@@ -209,13 +206,38 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
         api_routes_.push_back(ApiRoute{std::move(method), std::move(parsed), std::move(handler)});
     }
 
+    void export_metrics(prometheus::Registry& registry) {
+        connections_gauge_ = &prometheus::BuildGauge()
+                                  .Name("conveyor_http_connections")
+                                  .Help("HTTP connections open now")
+                                  .Register(registry)
+                                  .Add({});
+        auto& refused = prometheus::BuildCounter()
+                            .Name("conveyor_http_refused_total")
+                            .Help("HTTP connections and requests refused by a server limit, by reason")
+                            .Register(registry);
+        for (std::size_t i = 0; i < kRefusalReasons.size(); ++i) {
+            refused_[i] = &refused.Add({{"reason", kRefusalReasons[i]}});
+        }
+    }
+
     std::map<std::string, Route, std::less<>> routes_;
     std::vector<ApiRoute> api_routes_;
-    std::size_t body_limit_ = kDefaultBodyLimit;
+    HttpLimits limits_;
     std::uint16_t port_ = 0;
 
   private:
+    void count_refused(std::string_view reason) const {
+        const auto found = std::find(kRefusalReasons.begin(), kRefusalReasons.end(), reason);
+        auto* counter = refused_[static_cast<std::size_t>(found - kRefusalReasons.begin())];
+        if (counter != nullptr) {
+            counter->Increment();
+        }
+    }
+
     static asio::awaitable<void> accept_loop(std::shared_ptr<Impl> self) {
+        asio::steady_timer pause(self->acceptor_.get_executor());
+        std::chrono::milliseconds backoff = kAcceptBackoffMin;
         while (self->acceptor_.is_open()) {
             auto [error, socket] = co_await self->acceptor_.async_accept(asio::make_strand(self->executor_),
                                                                          asio::as_tuple(asio::use_awaitable));
@@ -223,35 +245,70 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
                 co_return;
             }
             if (error) {
-                spdlog::warn("http: accept failed: {}", error.message());
+                // Out of file descriptors (EMFILE) the listen queue stays readable: accepting again at once would
+                // spin on the same error. Waiting lets connections close and descriptors come back.
+                self->count_refused("accept_failed");
+                if (const auto held_back = self->accept_log_.admit()) {
+                    spdlog::warn("http: accept failed: {}{}; retrying in {} ms", error.message(),
+                                 LogThrottle::held_back_note(*held_back), backoff.count());
+                }
+                pause.expires_after(backoff);
+                co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+                backoff = std::min<std::chrono::milliseconds>(backoff * 2, kAcceptBackoffMax);
                 continue;
             }
+            backoff = kAcceptBackoffMin;
             auto executor = socket.get_executor();
-            asio::co_spawn(executor, serve(self, beast::tcp_stream(std::move(socket))), log_failure("http session"));
+            if (self->connections_ >= self->limits_.max_connections) {
+                self->count_refused("connection_limit");
+                // Past kMaxRefusing answers in progress, the socket closes unanswered as it goes out of scope.
+                if (self->refusing_ < kMaxRefusing) {
+                    asio::co_spawn(
+                        executor,
+                        refuse_connection(self, beast::tcp_stream(std::move(socket)), Slot(self->refusing_, nullptr)),
+                        log_failure("http refusal"));
+                }
+                continue;
+            }
+            asio::co_spawn(
+                executor,
+                serve(self, beast::tcp_stream(std::move(socket)), Slot(self->connections_, self->connections_gauge_)),
+                log_failure("http session"));
         }
     }
 
-    static asio::awaitable<void> serve(std::shared_ptr<Impl> self, beast::tcp_stream stream) {
-        const std::string remote = remote_address(stream);
+    /// Answers a connection over the cap with 503 at once, without reading its request.
+    static asio::awaitable<void> refuse_connection(std::shared_ptr<Impl> self, beast::tcp_stream stream,
+                                                   Slot /*refusing*/) {
+        auto refusal = self->error_answer(503, "too many connections; try again shortly");
+        refusal.headers.emplace_back("Retry-After", "1");
+        co_await self->refuse(stream, std::move(refusal), kRefusalTimeout);
+    }
+
+    static asio::awaitable<void> serve(std::shared_ptr<Impl> self, beast::tcp_stream stream, Slot /*connection*/) {
+        const auto peer = peer_address(stream);
         beast::flat_buffer buffer;
         while (true) {
             http::request_parser<http::string_body> parser;
-            parser.body_limit(self->body_limit_);
+            parser.header_limit(static_cast<std::uint32_t>(self->limits_.max_header_bytes));
+            parser.body_limit(self->limits_.max_body_bytes);
             stream.expires_after(kIdleTimeout);
             auto [header_error, header_bytes] =
                 co_await http::async_read_header(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
-            // Beast refuses a Content-Length over the limit as soon as it has the header.
-            if (header_error == http::error::body_limit) {
-                co_await self->refuse_oversize(stream);
-                co_return;
-            }
             if (header_error) {
-                break;  // closed, timed out or malformed: nothing to answer
+                co_await self->refuse_unreadable(stream, header_error);
+                break;
+            }
+            const auto version = parser.get().version();
+            if (version != 10 && version != 11) {
+                self->count_refused("unsupported_version");
+                co_await self->refuse(stream, self->error_answer(505, "only HTTP/1.0 and HTTP/1.1 are served"));
+                co_return;
             }
             if (!parser.is_done()) {
                 // Clients such as curl hold a large body back until told to go on (or until they tire of waiting).
                 if (expects_continue(parser.get())) {
-                    http::response<http::empty_body> proceed{http::status::continue_, parser.get().version()};
+                    http::response<http::empty_body> proceed{http::status::continue_, version};
                     auto [continue_error, continue_bytes] =
                         co_await http::async_write(stream, proceed, asio::as_tuple(asio::use_awaitable));
                     if (continue_error) {
@@ -260,27 +317,12 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
                 }
                 auto [body_error, body_bytes] =
                     co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
-                if (body_error == http::error::body_limit) {
-                    co_await self->refuse_oversize(stream);
-                    co_return;
-                }
                 if (body_error) {
+                    co_await self->refuse_unreadable(stream, body_error);
                     break;
                 }
             }
-            auto& request = parser.get();
-            const bool head = request.method() == http::verb::head;
-            const bool keep_alive = request.keep_alive();
-            const unsigned version = request.version();
-            auto result = co_await self->respond(request, remote);
-            auto response = to_message(std::move(result), version, head);
-            response.keep_alive(keep_alive);
-            response.prepare_payload();
-            // An API handler may have awaited past the read's deadline.
-            stream.expires_after(kIdleTimeout);
-            auto [write_error, written] =
-                co_await http::async_write(stream, response, asio::as_tuple(asio::use_awaitable));
-            if (write_error || !response.keep_alive()) {
+            if (!co_await self->answer(stream, parser.get(), peer)) {
                 break;
             }
         }
@@ -288,7 +330,44 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
         stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
     }
 
-    asio::awaitable<HttpResponse> respond(Message& request, const std::string& remote) const {
+    /// Answers one request; whether the connection may serve another.
+    asio::awaitable<bool> answer(beast::tcp_stream& stream, Message& request, const asio::ip::address& peer) const {
+        const bool head = request.method() == http::verb::head;
+        const bool keep_alive = request.keep_alive();
+        const unsigned version = request.version();
+        auto result = co_await respond(request, peer);
+        const bool close = result.close_connection;
+        auto response = to_message(std::move(result), version, head);
+        response.keep_alive(keep_alive && !close);
+        response.prepare_payload();
+        // An API handler may have awaited past the read's deadline.
+        stream.expires_after(kIdleTimeout);
+        auto [write_error, written] = co_await http::async_write(stream, response, asio::as_tuple(asio::use_awaitable));
+        co_return !write_error && response.keep_alive();
+    }
+
+    /// After a failed read: answers a request that could not be read as it should be (too large, malformed), and
+    /// says nothing to a peer that went away or timed out.
+    asio::awaitable<void> refuse_unreadable(beast::tcp_stream& stream, const boost::system::error_code& error) {
+        if (error == http::error::body_limit) {
+            count_refused("body_too_large");
+            co_await refuse(
+                stream, error_answer(413, fmt::format("request body larger than {} bytes", limits_.max_body_bytes)));
+        } else if (error == http::error::header_limit) {
+            count_refused("header_too_large");
+            co_await refuse(stream, error_answer(431, fmt::format("request line and headers larger than {} bytes",
+                                                                  limits_.max_header_bytes)));
+        } else if (error == http::error::bad_version) {
+            // "PRI * HTTP/2.0": a client that speaks HTTP/2 without asking for it.
+            count_refused("unsupported_version");
+            co_await refuse(stream, error_answer(505, "only HTTP/1.0 and HTTP/1.1 are served"));
+        } else if (is_malformed(error)) {
+            count_refused("malformed");
+            co_await refuse(stream, error_answer(400, fmt::format("malformed HTTP request: {}", error.message())));
+        }
+    }
+
+    asio::awaitable<HttpResponse> respond(Message& request, const asio::ip::address& peer) const {
         std::string_view target = request.target();
         target = target.substr(0, target.find('?'));
         HttpResponse result;
@@ -297,9 +376,35 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
         } else if (api_routes_.empty()) {
             result = {404, std::string(kText), "not found\n"};
         } else {
-            result = co_await dispatch(request, remote);
+            const auto client = limits_.trusted_proxies.client_of(peer, forwarded_for(request)).to_string();
+            if (auto refusal = over_client_rate(client)) {
+                result = std::move(*refusal);
+            } else {
+                result = co_await dispatch(request, client);
+            }
         }
         co_return result;
+    }
+
+    /// 429 for a client address over HttpLimits::client_rate; the connection closes after it, so a flood pays for a
+    /// new connection per refusal.
+    std::optional<HttpResponse> over_client_rate(const std::string& client) const {
+        if (limits_.client_rate <= 0) {
+            return std::nullopt;
+        }
+        const auto wait = client_buckets_.try_acquire(client, limits_.client_rate, 2 * limits_.client_rate);
+        if (!wait) {
+            return std::nullopt;
+        }
+        count_refused("client_rate_limit");
+        if (const auto held_back = refusal_log_.admit()) {
+            spdlog::warn("http: refused requests from {}: over {} requests per second{}", client, limits_.client_rate,
+                         LogThrottle::held_back_note(*held_back));
+        }
+        auto refusal = json_error(429, "too many requests from this address");
+        refusal.headers.emplace_back("Retry-After", std::to_string((wait->count() + 999) / 1000));
+        refusal.close_connection = true;
+        return refusal;
     }
 
     static HttpResponse answer_get(const Message& request, std::string_view target, const Route& route) {
@@ -392,29 +497,33 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
         return response;
     }
 
-    /// Answers 413 to a request whose body is over the limit; the connection closes after it.
-    asio::awaitable<void> refuse_oversize(beast::tcp_stream& stream) const {
-        const auto message = fmt::format("request body larger than {} bytes", body_limit_);
-        HttpResponse refusal = json_error(413, message);
+    /// The server's own error answers: JSON once the server has API routes, plain text otherwise.
+    [[nodiscard]] HttpResponse error_answer(unsigned status, std::string_view message) const {
         if (api_routes_.empty()) {
-            refusal = {413, std::string(kText), message + "\n"};
+            return {status, std::string(kText), fmt::format("{}\n", message)};
         }
+        return json_error(status, message);
+    }
+
+    /// Sends `refusal` and closes the connection: the request (or what is left of it) is not served.
+    static asio::awaitable<void> refuse(beast::tcp_stream& stream, HttpResponse refusal,
+                                        std::chrono::seconds drain_for = kDrainTimeout) {
         auto response = to_message(std::move(refusal), 11, false);
         response.keep_alive(false);
         response.prepare_payload();
         stream.expires_after(kIdleTimeout);
         auto [write_error, written] = co_await http::async_write(stream, response, asio::as_tuple(asio::use_awaitable));
         if (!write_error) {
-            co_await drain(stream);
+            co_await drain(stream, drain_for);
         }
     }
 
     /// Closing a socket with unread input makes the kernel reset the connection, and the reset can destroy the
-    /// answer before the client has read it; so the rest of the upload is read and dropped for a while first.
-    static asio::awaitable<void> drain(beast::tcp_stream& stream) {
+    /// answer before the client has read it; so the rest of the request is read and dropped for a while first.
+    static asio::awaitable<void> drain(beast::tcp_stream& stream, std::chrono::seconds drain_for) {
         boost::system::error_code ignored;
         stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
-        stream.expires_after(kDrainTimeout);
+        stream.expires_after(drain_for);
         std::array<char, 16 * 1024> scratch{};
         while (true) {
             auto [error, bytes] =
@@ -429,6 +538,13 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
     tcp::acceptor acceptor_;
     std::string address_;
     std::uint16_t requested_port_;
+    std::atomic<std::size_t> connections_ = 0;
+    std::atomic<std::size_t> refusing_ = 0;
+    prometheus::Gauge* connections_gauge_ = nullptr;
+    std::array<prometheus::Counter*, kRefusalReasons.size()> refused_{};
+    mutable TokenBuckets client_buckets_;
+    mutable LogThrottle refusal_log_;
+    LogThrottle accept_log_;
 };
 
 HttpServer::HttpServer(asio::any_io_executor executor, std::string address, std::uint16_t port)
@@ -446,8 +562,12 @@ void HttpServer::route(std::string method, std::string pattern, AsyncRoute handl
     impl_->add_route(std::move(method), pattern, std::move(handler));
 }
 
-void HttpServer::set_body_limit(std::size_t bytes) {
-    impl_->body_limit_ = bytes;
+void HttpServer::set_limits(HttpLimits limits) {
+    impl_->limits_ = std::move(limits);
+}
+
+void HttpServer::export_metrics(prometheus::Registry& metrics) {
+    impl_->export_metrics(metrics);
 }
 
 void HttpServer::start() {

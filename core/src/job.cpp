@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "conveyor/core/json.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor {
@@ -71,6 +72,9 @@ void JobContext::emit(std::string type, std::string payload) {
     auto parsed = parser.parse(payload);
     if (parsed.error() != simdjson::SUCCESS || !parsed.value_unsafe().is_object()) {
         throw PermanentError(fmt::format("cannot emit {}: the payload is not a JSON object", type));
+    }
+    if (const auto violation = json::check(parsed.value_unsafe())) {
+        throw PermanentError(fmt::format("cannot emit {}: {}", type, violation->message));
     }
     OutboxMessage message;
     message.message_id = emitted_message_id(envelope_.job_id, emitted_.size());

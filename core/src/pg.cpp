@@ -19,6 +19,8 @@
 #include <deque>
 #include <mutex>
 
+#include "conveyor/core/redaction.hpp"
+
 namespace conveyor::pg {
 namespace asio = boost::asio;
 using namespace asio::experimental::awaitable_operators;
@@ -29,6 +31,7 @@ namespace {
 constexpr std::string_view kConnectionFailure = "08006";
 constexpr std::string_view kQueryCanceled = "57014";
 constexpr std::string_view kTooManyConnections = "53300";
+constexpr std::string_view kNulInText = "22021";  // character_not_in_repertoire, as the server says for bad bytes
 /// The server's statement_timeout fires first; this is for a server that does not answer at all.
 constexpr auto kClientDeadlineMargin = std::chrono::seconds(2);
 
@@ -65,7 +68,9 @@ void log_notice(void* /*context*/, const char* message) {
 }  // namespace
 
 Error::Error(std::string sqlstate, const std::string& message)
-    : std::runtime_error(fmt::format("postgres {}: {}", sqlstate, message)), sqlstate_(std::move(sqlstate)) {}
+    : std::runtime_error(fmt::format("postgres {}: {}", sqlstate, message)),
+      sqlstate_(std::move(sqlstate)),
+      message_(message) {}
 
 bool Error::transient() const noexcept {
     const std::string_view code = sqlstate_;
@@ -173,6 +178,13 @@ class Connection {
         std::vector<const char*> values;
         values.reserve(params.size());
         for (const auto& param : params) {
+            // libpq sends a parameter as a C string: a NUL would silently cut it, and the statement would act on a
+            // different value than the caller's (a filter naming another type).
+            if (param && param->find('\0') != std::string::npos) {
+                throw Error(std::string(kNulInText),
+                            fmt::format("parameter ${} holds a NUL byte (U+0000), which PostgreSQL text cannot store",
+                                        values.size() + 1));
+            }
             values.push_back(param ? param->c_str() : nullptr);
         }
         if (PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
@@ -409,7 +421,8 @@ class Connection {
         if (options == nullptr) {
             std::string message = parse_error == nullptr ? "out of memory" : trimmed(parse_error);
             PQfreemem(parse_error);
-            throw std::invalid_argument(fmt::format("invalid PostgreSQL URL {}: {}", redacted(settings_.url), message));
+            throw std::invalid_argument(
+                fmt::format("invalid PostgreSQL URL {}: {}", redacted_url(settings_.url), message));
         }
         std::vector<std::pair<std::string, std::string>> parameters;
         for (auto* option = options; option->keyword != nullptr; ++option) {
@@ -675,7 +688,7 @@ asio::awaitable<Transaction> Pool::begin(std::string_view statement) {
 }
 
 Session::Session(asio::any_io_executor executor, Settings settings)
-    : settings_(std::move(settings)), connection_(std::make_unique<Connection>(executor, settings_)) {}
+    : settings_(std::move(settings)), connection_(std::make_unique<Connection>(std::move(executor), settings_)) {}
 
 Session::~Session() = default;
 
@@ -705,26 +718,6 @@ asio::awaitable<std::vector<Notification>> Session::notifications(Clock::time_po
     }
     auto received = co_await connection_->notifications(deadline);
     co_return received;
-}
-
-std::string redacted(std::string_view url) {
-    // postgresql://user:password@host/… → postgresql://user:***@host/…
-    const auto scheme = url.find("://");
-    const auto at = url.find('@');
-    if (scheme == std::string_view::npos || at == std::string_view::npos || at < scheme) {
-        const auto password = url.find("password=");
-        if (password == std::string_view::npos) {
-            return std::string(url);
-        }
-        const auto end = url.find(' ', password);
-        return fmt::format("{}password=***{}", url.substr(0, password),
-                           end == std::string_view::npos ? std::string_view() : url.substr(end));
-    }
-    const auto colon = url.find(':', scheme + 3);
-    if (colon == std::string_view::npos || colon > at) {
-        return std::string(url);
-    }
-    return fmt::format("{}:***{}", url.substr(0, colon), url.substr(at));
 }
 
 namespace {

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "conveyor/core/redaction.hpp"
+
 namespace conveyor::smtp {
 namespace asio = boost::asio;
 
@@ -128,7 +130,8 @@ class Client::Impl {
 
 Client::Client(Settings settings) {
     if (!settings.url.starts_with("smtp://") && !settings.url.starts_with("smtps://")) {
-        throw std::invalid_argument(fmt::format("invalid SMTP URL '{}': expected smtp:// or smtps://", settings.url));
+        throw std::invalid_argument(
+            fmt::format("invalid SMTP URL '{}': expected smtp:// or smtps://", redacted_url(settings.url)));
     }
     init_curl_once();
     impl_ = std::make_shared<Impl>(std::move(settings));

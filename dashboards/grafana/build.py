@@ -185,6 +185,15 @@ OVERVIEW = dashboard(
         panel("Relay latency p99", "From a scheduled job's due time to the broker's confirm.",
               [("histogram_quantile(0.99, sum by (le) (rate(conveyor_relay_latency_seconds_bucket"
                 "[$__rate_interval])))", "p99")], unit="s", width=6),
+        row("HTTP"),
+        panel("HTTP connections", "Connections open on each process's HTTP port, against --http-max-connections.",
+              [("sum by (job, instance) (conveyor_http_connections)", "{{job}} {{instance}}")], width=12),
+        panel("HTTP refusals by reason",
+              "Connections and requests a server limit refused: connection_limit, client_rate_limit (per address, "
+              "before authentication), header_too_large, body_too_large, unsupported_version, malformed, "
+              "accept_failed (out of file descriptors).",
+              [("sum by (reason) (rate(conveyor_http_refused_total[$__rate_interval]))", "{{reason}}")],
+              unit="reqps", width=12),
     ],
 )
 

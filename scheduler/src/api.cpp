@@ -10,128 +10,39 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/string.hpp>
 #include <memory>
-#include <regex>
 
 #include "api_json.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/scheduled_jobs.hpp"
 #include "conveyor/core/trace.hpp"
+#include "enqueue_request.hpp"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
 
 namespace {
 
-constexpr std::size_t kMaxBatch = 1000;
-constexpr std::size_t kMaxIdentifierBytes = 255;
-constexpr auto kMaxDelay = std::chrono::hours(24 * 365 * 10);
-
-// RFC 3339 with an explicit offset: a time without one would be read in the database session's time zone.
-const std::regex kTimestamp(R"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}(:?\d{2})?))");
-
-/// A job as the API received it, checked; empty strings stand for absent values (SQL NULL / now()).
-struct ApiJob {
-    std::string type;
-    std::string payload = "{}";
-    std::string run_at;
-    std::string idempotency_key;
-    std::string correlation_id;
-    std::string traceparent;
-};
-
-class InvalidJob : public std::invalid_argument {
-  public:
-    using std::invalid_argument::invalid_argument;
-};
-
-std::string bounded_string(simdjson::dom::element value, std::string_view field, std::size_t limit) {
-    std::string_view text;
-    if (value.get(text) != simdjson::SUCCESS) {
-        throw InvalidJob(fmt::format("{} must be a string", field));
+/// What was wrong with the request when the database refused a value in it (SQLSTATE class 22, data exception),
+/// said in the request's terms rather than PostgreSQL's. The handlers check what they can first; this is for what
+/// only the database finds.
+std::optional<std::string> request_fault(const pg::Error& error) {
+    const std::string_view code = error.sqlstate();
+    if (!code.starts_with("22")) {
+        return std::nullopt;
     }
-    if (text.empty() || text.size() > limit) {
-        throw InvalidJob(fmt::format("{} must be 1 to {} bytes", field, limit));
+    if (code == "22021" || code == "22P05") {
+        return "a value in the request holds U+0000 or bytes that are not UTF-8, which cannot be stored";
     }
-    return std::string(text);
-}
-
-std::string run_at_after(std::chrono::milliseconds delay) {
-    return utc_timestamp(std::chrono::system_clock::now() + delay);
-}
-
-ApiJob read_job(simdjson::dom::element element, const JobCatalogue& catalogue) {
-    simdjson::dom::object object;
-    if (element.get(object) != simdjson::SUCCESS) {
-        throw InvalidJob("a job must be a JSON object");
+    if (code == "22001") {
+        return "a value in the request is too long";
     }
-    ApiJob job;
-    bool delayed = false;
-    for (const auto field : object) {
-        const auto key = field.key;
-        if (key == "type") {
-            job.type = bounded_string(field.value, "type", 255);
-        } else if (key == "payload") {
-            if (!field.value.is_object()) {
-                throw InvalidJob("payload must be a JSON object");
-            }
-            job.payload = simdjson::minify(field.value);
-        } else if (key == "run_at") {
-            job.run_at = bounded_string(field.value, "run_at", 64);
-            if (!std::regex_match(job.run_at, kTimestamp)) {
-                throw InvalidJob(
-                    fmt::format("run_at '{}' is not an RFC 3339 time with an offset, e.g. "
-                                "2026-12-24T18:00:00Z",
-                                job.run_at));
-            }
-        } else if (key == "delay") {
-            delayed = true;
-            std::chrono::milliseconds delay{};
-            double seconds = 0;
-            std::string_view text;
-            if (field.value.get(seconds) == simdjson::SUCCESS) {
-                if (!(seconds >= 0) || seconds > std::chrono::duration<double>(kMaxDelay).count()) {
-                    throw InvalidJob("delay must be from 0 to 10 years of seconds");
-                }
-                delay = std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000));
-            } else if (field.value.get(text) == simdjson::SUCCESS) {
-                try {
-                    delay = parse_duration(text);
-                } catch (const std::invalid_argument& e) {
-                    throw InvalidJob(fmt::format("delay: {}", e.what()));
-                }
-                if (delay > kMaxDelay) {
-                    throw InvalidJob("delay must be at most 10 years");
-                }
-            } else {
-                throw InvalidJob("delay must be seconds (a number) or a duration such as \"90s\"");
-            }
-            job.run_at = run_at_after(delay);
-        } else if (key == "idempotency_key") {
-            job.idempotency_key = bounded_string(field.value, "idempotency_key", kMaxIdentifierBytes);
-        } else if (key == "correlation_id") {
-            job.correlation_id = bounded_string(field.value, "correlation_id", kMaxIdentifierBytes);
-        } else if (key == "traceparent") {
-            job.traceparent = bounded_string(field.value, "traceparent", 55);
-            if (!Traceparent::parse(job.traceparent)) {
-                throw InvalidJob("traceparent must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)");
-            }
-        } else {
-            throw InvalidJob(
-                fmt::format("unknown field '{}' (known: type, payload, run_at, delay, idempotency_key, "
-                            "correlation_id, traceparent)",
-                            key));
-        }
+    if (code == "22003") {
+        return "a number in the request is out of range";
     }
-    if (job.type.empty()) {
-        throw InvalidJob("type is required");
+    if (code == "22007" || code == "22008") {
+        return "a date or time in the request is invalid or out of range";
     }
-    if (delayed && object["run_at"].error() == simdjson::SUCCESS) {
-        throw InvalidJob("give run_at or delay, not both");
-    }
-    if (auto refusal = check_job(catalogue, job.type, job.payload)) {
-        throw InvalidJob(*refusal);
-    }
-    return job;
+    return "a value in the request is malformed";
 }
 
 }  // namespace
@@ -189,7 +100,10 @@ std::optional<HttpResponse> EnqueueApi::refuse(const HttpRequest& request, std::
     }
     token = find_token(tokens_, authorization->substr(7));
     if (token == nullptr) {
-        spdlog::warn("api: {} {} from {} with an unknown token", request.method, request.path, request.remote_address);
+        if (const auto held_back = refusal_log_.admit()) {
+            spdlog::warn("api: refused {} {} from {}: unknown token{}", request.method, request.path,
+                         request.remote_address, LogThrottle::held_back_note(*held_back));
+        }
         auto response = error_response(401, "the token is not valid");
         response.headers.emplace_back("WWW-Authenticate", R"(Bearer realm="conveyor", error="invalid_token")");
         return response;
@@ -229,8 +143,10 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scop
             } catch (const pg::Error& e) {
                 failure = e.what();
                 unavailable = e.transient();
-                if (e.sqlstate().starts_with("22")) {
-                    response = error_response(400, e.what());
+                if (const auto fault = request_fault(e)) {
+                    spdlog::debug("api: {} {} (token {}) refused by the database: {}", request.method, request.path,
+                                  token->name, e.what());
+                    response = error_response(400, *fault);
                     failure.clear();
                 }
             }
@@ -250,48 +166,15 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scop
 }
 
 asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, const ApiToken& token) {
-    simdjson::dom::parser parser;
-    simdjson::dom::element body;
-    if (const auto error = parser.parse(request.body).get(body)) {
-        auto response =
-            error_response(400, fmt::format("the body is not valid JSON: {}", simdjson::error_message(error)));
+    EnqueueRequest parsed;
+    try {
+        parsed = parse_enqueue_request(request.body, catalogue_, std::chrono::system_clock::now());
+    } catch (const InvalidRequest& e) {
+        auto response = error_response(400, e.what());
         co_return response;
     }
-    std::vector<ApiJob> jobs;
-    simdjson::dom::array batch;
-    const bool is_batch = body.is_object() && body["jobs"].error() == simdjson::SUCCESS;
-    std::string failure;
-    if (is_batch) {
-        if (body["jobs"].get(batch) != simdjson::SUCCESS || batch.size() == 0 || batch.size() > kMaxBatch) {
-            auto response = error_response(400, fmt::format("jobs must be an array of 1 to {} jobs", kMaxBatch));
-            co_return response;
-        }
-        if (body.get_object().size() != 1) {
-            auto response = error_response(400, "a batch is {\"jobs\": [...]} with no other field");
-            co_return response;
-        }
-        std::size_t index = 0;
-        for (const auto element : batch) {
-            try {
-                jobs.push_back(read_job(element, catalogue_));
-            } catch (const InvalidJob& e) {
-                failure = fmt::format("jobs[{}]: {}", index, e.what());
-                break;
-            }
-            ++index;
-        }
-    } else {
-        try {
-            jobs.push_back(read_job(body, catalogue_));
-        } catch (const InvalidJob& e) {
-            failure = e.what();
-        }
-    }
-    if (!failure.empty()) {
-        auto response = error_response(400, failure);
-        co_return response;
-    }
-
+    auto& jobs = parsed.jobs;
+    const bool is_batch = parsed.batch;
     std::vector<std::string> types, payloads, run_ats, keys, correlations, traceparents;
     for (auto& job : jobs) {
         types.push_back(std::move(job.type));
@@ -307,13 +190,27 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     const auto key_array = pg::text_array(keys);
     const auto correlation_array = pg::text_array(correlations);
     const auto traceparent_array = pg::text_array(traceparents);
+    // The token's name, not its secret, names the idempotency keys' namespace: they survive a token's rotation.
     const auto source = fmt::format("api:{}", token.name);
-    const auto rows = co_await pool_.query(
-        "SELECT conveyor.enqueue(j.type, j.payload::jsonb, coalesce(nullif(j.run_at, '')::timestamptz, now()), "
-        "nullif(j.key, ''), nullif(j.correlation, ''), nullif(j.traceparent, ''), $7) "
-        "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY "
-        "AS j(type, payload, run_at, key, correlation, traceparent, n) ORDER BY j.n",
-        type_array, payload_array, run_at_array, key_array, correlation_array, traceparent_array, source);
+    pg::Result rows;
+    std::optional<HttpResponse> conflict;
+    try {
+        rows = co_await pool_.query(
+            "SELECT conveyor.enqueue(j.type, j.payload::jsonb, coalesce(nullif(j.run_at, '')::timestamptz, now()), "
+            "nullif(j.key, ''), nullif(j.correlation, ''), nullif(j.traceparent, ''), $7) "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY "
+            "AS j(type, payload, run_at, key, correlation, traceparent, n) ORDER BY j.n",
+            type_array, payload_array, run_at_array, key_array, correlation_array, traceparent_array, source);
+    } catch (const pg::Error& e) {
+        // conveyor.enqueue() refuses a key that already names a job of another type or payload.
+        if (e.sqlstate() != "23505") {
+            throw;
+        }
+        conflict = error_response(409, e.message());
+    }
+    if (conflict) {
+        co_return std::move(*conflict);
+    }
     if (!is_batch) {
         auto response = json_response(202, boost::json::object{{"id", rows.text(0, 0)}});
         co_return response;
@@ -357,7 +254,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& requ
             {"source", rows.text(row, 4)},
             {"idempotency_key", json_or_null(rows, row, 5)},
             {"correlation_id", json_or_null(rows, row, 6)},
-            {"payload", boost::json::parse(rows.text(row, 7))},
+            {"payload", stored_json(rows.text(row, 7))},
             {"error", json_or_null(rows, row, 8)},
         });
     }
@@ -394,7 +291,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_schedules(const HttpRequest& /*re
             {"cron", rows.text(row, 1)},
             {"timezone", rows.text(row, 2)},
             {"type", rows.text(row, 3)},
-            {"payload", boost::json::parse(rows.text(row, 4))},
+            {"payload", stored_json(rows.text(row, 4))},
             {"misfire", rows.text(row, 5)},
             {"next_fire_at", json_or_null(rows, row, 6)},
             {"last_fire_at", rows.text(row, 7)},

@@ -65,6 +65,8 @@ class EnqueueApi {
     const JobCatalogue& catalogue_;
     std::vector<ApiToken> tokens_;
     RateLimiter limiter_;
+    /// Requests with unknown tokens can come by the thousand: they are logged once per interval.
+    LogThrottle refusal_log_;
     prometheus::Family<prometheus::Counter>& requests_;
     prometheus::Family<prometheus::Histogram>& latency_;
     std::atomic<int> in_flight_ = 0;

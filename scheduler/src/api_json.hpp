@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "conveyor/core/http_server.hpp"
+#include "conveyor/core/json.hpp"
 #include "conveyor/core/pg.hpp"
 
 /// Request parameters and JSON bodies shared by the API's handlers.
@@ -51,6 +52,16 @@ inline HttpResponse json_response(unsigned status, const boost::json::value& bod
 
 inline HttpResponse error_response(unsigned status, std::string_view message) {
     return json_response(status, boost::json::object{{"error", message}});
+}
+
+/// Stored JSON (a payload, a dead letter's headers) to render: as JSON when it is within json::kMaxDepth, as the
+/// text it is otherwise (a row written before that limit, headers a publisher nested deeper): a listing never
+/// fails on one row.
+inline boost::json::value stored_json(std::string_view text) {
+    if (auto value = json::parse_stored(text)) {
+        return std::move(*value);
+    }
+    return boost::json::string(text);
 }
 
 inline boost::json::value json_or_null(const pg::Result& rows, int row, int column) {

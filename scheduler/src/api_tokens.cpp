@@ -141,19 +141,7 @@ const ApiToken* find_token(const std::vector<ApiToken>& tokens, std::string_view
 
 std::optional<std::chrono::milliseconds> RateLimiter::try_acquire(const ApiToken& token) {
     const double rate = token.rate_limit.value_or(default_rate_);
-    const double depth = std::max(rate, 1.0);
-    const auto now = std::chrono::steady_clock::now();
-    const std::lock_guard lock(mutex_);
-    auto [entry, created] = buckets_.try_emplace(token.name, Bucket{depth, now});
-    auto& bucket = entry->second;
-    const double elapsed = std::chrono::duration<double>(now - bucket.updated).count();
-    bucket.level = std::min(depth, bucket.level + elapsed * rate);
-    bucket.updated = now;
-    if (bucket.level >= 1.0) {
-        bucket.level -= 1.0;
-        return std::nullopt;
-    }
-    return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil((1.0 - bucket.level) / rate * 1000.0)));
+    return buckets_.try_acquire(token.name, rate, std::max(rate, 1.0));
 }
 
 }  // namespace conveyor::scheduler

@@ -4,6 +4,7 @@
 #include <simdjson.h>
 
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/json.hpp"
 
 namespace conveyor::scheduler {
 
@@ -24,6 +25,11 @@ std::optional<std::string> check_job(const JobCatalogue& catalogue, std::string_
     }
     if (!payload.is_object()) {
         return std::string("payload must be a JSON object");
+    }
+    // What is stored must be what was checked, and fit every reader: PostgreSQL's jsonb keeps the last of repeated
+    // keys and cannot hold U+0000.
+    if (auto violation = json::check(payload, {.allow_nul = false})) {
+        return fmt::format("payload: {}", violation->message);
     }
     if (found->second) {
         if (auto refusal = found->second(payload)) {

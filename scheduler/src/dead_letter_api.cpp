@@ -10,6 +10,7 @@
 #include "api_json.hpp"
 #include "conveyor/core/dead_letters.hpp"
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/json.hpp"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
@@ -108,9 +109,16 @@ boost::json::object filter_json(const dead_letters::Filter& filter) {
 /// A POST body: an object whose fields are all in `allowed`; "filter" must be an object when present.
 simdjson::dom::object read_body(simdjson::dom::parser& parser, const std::string& body,
                                 std::initializer_list<std::string_view> allowed) {
+    simdjson::dom::element root;
     simdjson::dom::object object;
-    if (const auto error = parser.parse(body).get(object)) {
+    if (const auto error = parser.parse(body).get(root)) {
         throw InvalidRequest(fmt::format("the body must be a JSON object: {}", simdjson::error_message(error)));
+    }
+    if (auto violation = json::check(root, {.allow_nul = false})) {
+        throw InvalidRequest(violation->message);
+    }
+    if (root.get(object) != simdjson::SUCCESS) {
+        throw InvalidRequest("the body must be a JSON object");
     }
     for (const auto field : object) {
         if (std::find(allowed.begin(), allowed.end(), field.key) == allowed.end()) {
@@ -203,7 +211,7 @@ asio::awaitable<HttpResponse> EnqueueApi::show_dead_letter(const HttpRequest& re
         {"error_pattern", rows.text(0, 11)},
         {"fingerprint", rows.text(0, 12)},
         {"correlation_id", json_or_null(rows, 0, 13)},
-        {"headers", boost::json::parse(rows.text(0, 14))},
+        {"headers", stored_json(rows.text(0, 14))},
         {"state", rows.text(0, 16)},
         {"replayed_at", json_or_null(rows, 0, 17)},
         {"replayed_by", json_or_null(rows, 0, 18)},
@@ -211,12 +219,10 @@ asio::awaitable<HttpResponse> EnqueueApi::show_dead_letter(const HttpRequest& re
     };
     // The body as it was: a JSON payload inline, anything else (the reason it may be here) as hex.
     const auto body = dead_letters::decode_body(rows.text(0, 15));
-    boost::system::error_code error;
-    auto payload = boost::json::parse(body, error);
-    if (error) {
-        letter["body_hex"] = rows.text(0, 15);
+    if (auto payload = json::parse_stored(body)) {
+        letter["payload"] = std::move(*payload);
     } else {
-        letter["payload"] = std::move(payload);
+        letter["body_hex"] = rows.text(0, 15);
     }
     auto response = json_response(200, letter);
     co_return response;

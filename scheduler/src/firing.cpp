@@ -200,7 +200,7 @@ asio::awaitable<std::optional<std::chrono::sys_seconds>> ScheduleFiring::fire(co
             "SELECT gen_random_uuid(), $2, $3::jsonb, fire, "
             "'schedule:' || $1 || ':' || to_char(fire AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
             "'schedule:' || $1 FROM unnest($4::timestamptz[]) AS fire "
-            "ON CONFLICT (idempotency_key) DO NOTHING",
+            "ON CONFLICT (source, idempotency_key) DO NOTHING",
             schedule.name, schedule.type, schedule.payload, fire_array);
         enqueued = inserted.affected();
     }

@@ -18,6 +18,7 @@
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/metrics.hpp"
 #include "conveyor/core/pg.hpp"
+#include "conveyor/core/redaction.hpp"
 #include "conveyor/core/topology.hpp"
 #include "firing.hpp"
 #include "relay.hpp"
@@ -176,7 +177,7 @@ class Scheduler::Impl {
             }
             if (!database_ok_) {
                 return HttpResponse{503, "text/plain; charset=utf-8",
-                                    fmt::format("database {} not usable\n", pg::redacted(settings_.pg_url))};
+                                    fmt::format("database {} not usable\n", redacted_url(settings_.pg_url))};
             }
             return HttpResponse{200, "text/plain; charset=utf-8", "ready\n"};
         });
@@ -184,7 +185,11 @@ class Scheduler::Impl {
             return HttpResponse{200, kPrometheusContentType, serialize_metrics(*registry_)};
         });
         api_.register_routes(http_);
-        http_.set_body_limit(settings_.api_max_body_bytes);
+        http_.set_limits({.max_connections = settings_.http_max_connections,
+                          .max_body_bytes = settings_.api_max_body_bytes,
+                          .client_rate = settings_.http_client_rate,
+                          .trusted_proxies = settings_.http_trusted_proxies});
+        http_.export_metrics(*registry_);
         http_.start();
     }
 
@@ -216,9 +221,9 @@ class Scheduler::Impl {
                 failure = e.what();
             }
             if (failure.empty() && !database_ok_) {
-                spdlog::info("database {} usable", pg::redacted(settings_.pg_url));
+                spdlog::info("database {} usable", redacted_url(settings_.pg_url));
             } else if (!failure.empty() && failure != last_failure) {
-                spdlog::error("database {}: {}", pg::redacted(settings_.pg_url), failure);
+                spdlog::error("database {}: {}", redacted_url(settings_.pg_url), failure);
             }
             database_ok_ = failure.empty();
             last_failure = failure;

@@ -1,5 +1,7 @@
 #include "conveyor/scheduler/settings.hpp"
 
+#include <fmt/format.h>
+
 #include <CLI/CLI.hpp>
 
 #include "conveyor/core/amqp.hpp"
@@ -15,6 +17,7 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
     std::string relay_poll_interval = "1s";
     std::string retention = "7d";
     std::string shutdown_grace = "10s";
+    std::string trusted_proxies;
 
     CLI::App app{
         "conveyor-scheduler: fires cron schedules, publishes delayed and transactionally enqueued jobs when they are\n"
@@ -69,6 +72,17 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
         ->envname("CONVEYOR_HTTP_ADDRESS");
     app.add_option("--http-port", settings.http_port, "Port of the HTTP API, /healthz, /readyz, /metrics")
         ->envname("CONVEYOR_HTTP_PORT");
+    app.add_option("--http-max-connections", settings.http_max_connections,
+                   "HTTP connections served at once; more are answered 503")
+        ->envname("CONVEYOR_HTTP_MAX_CONNECTIONS")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}));
+    app.add_option("--http-client-rate", settings.http_client_rate,
+                   "API requests per second per client address, before authentication (burst: 2 s worth; 0: none)")
+        ->envname("CONVEYOR_HTTP_CLIENT_RATE")
+        ->check(CLI::Range(0.0, 1e9));
+    app.add_option("--http-trusted-proxies", trusted_proxies,
+                   "Proxies whose X-Forwarded-For names the client: CIDR blocks or addresses, comma-separated")
+        ->envname("CONVEYOR_HTTP_TRUSTED_PROXIES");
     app.add_option("--api-tokens-file", settings.api_tokens_file,
                    "YAML file of API tokens: tokens: [{name, sha256, scopes: [enqueue|admin], rate_limit}]")
         ->envname("CONVEYOR_API_TOKENS_FILE")
@@ -101,6 +115,11 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
         settings.relay_poll_interval = parse_duration(relay_poll_interval);
         settings.retention = parse_duration(retention);
         settings.shutdown_grace = parse_duration(shutdown_grace);
+        try {
+            settings.http_trusted_proxies = IpNetworks::parse(trusted_proxies);
+        } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument(fmt::format("--http-trusted-proxies: {}", e.what()));
+        }
         if (settings.pg_statement_timeout.count() == 0 || settings.relay_poll_interval.count() == 0) {
             throw std::invalid_argument("--pg-statement-timeout and --relay-poll-interval must be greater than zero");
         }

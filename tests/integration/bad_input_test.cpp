@@ -61,6 +61,21 @@ std::vector<BadInput> bad_inputs() {
          "TruncatedJson"},
         {"TenThousandLevelsDeep", [](Broker& b) { b.publish(job_with_body(nested(10'000), "TenThousandLevelsDeep")); },
          "bad_json", "TenThousandLevelsDeep"},
+        {"ThirtyThreeLevelsDeep",
+         [](Broker& b) { b.publish(job_with_body(nested(32), "ThirtyThreeLevelsDeep", "diag.ledger")); }, "too_large",
+         "ThirtyThreeLevelsDeep"},
+        {"ThirtyTwoLevelsDeepRuns",
+         [](Broker& b) { b.publish(job_with_body(nested(31), "ThirtyTwoLevelsDeepRuns", "diag.ledger")); }, "",
+         "ThirtyTwoLevelsDeepRuns"},
+        // Validated on one value and run with another, a repeated key would slip past the job's schema.
+        {"RepeatedKey",
+         [](Broker& b) { b.publish(job_with_body(R"({"ms": 1, "ms": "soon"})", "RepeatedKey", "diag.sleep")); },
+         "bad_json", "RepeatedKey"},
+        {"RepeatedKeyUnderAnEscape",
+         [](Broker& b) {
+             b.publish(job_with_body(R"({"emit": {"a": 1, "\u0061": 2}})", "RepeatedKeyUnderAnEscape", "diag.ledger"));
+         },
+         "bad_json", "RepeatedKeyUnderAnEscape"},
         {"OverTheSizeLimit",
          [](Broker& b) {
              b.publish(job_with_body(R"({"pad": ")" + std::string(100'000, 'x') + R"("})", "OverTheSizeLimit"));

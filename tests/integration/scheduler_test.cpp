@@ -65,12 +65,28 @@ TEST_F(SchedulerTest, RolledBackEnqueuesNothingAndCommittedOnesArriveOnceWithThe
     stop(scheduler);
 }
 
-TEST_F(SchedulerTest, AnIdempotencyKeyNamesOneJob) {
-    const auto first = database_.query("SELECT conveyor.enqueue('diag.noop', '{}', idempotency_key => 'invoice-7')");
+TEST_F(SchedulerTest, AnIdempotencyKeyNamesOneJobInItsSourcesNamespace) {
+    const auto first =
+        database_.query("SELECT conveyor.enqueue('diag.noop', '{\"n\": 1}', idempotency_key => 'invoice-7')");
     const auto again =
-        database_.query("SELECT conveyor.enqueue('diag.noop', '{\"other\": 1}', idempotency_key => 'invoice-7')");
+        database_.query("SELECT conveyor.enqueue('diag.noop', '{ \"n\" : 1 }', idempotency_key => 'invoice-7')");
     EXPECT_EQ(first[0][0], again[0][0]);
     EXPECT_EQ(count("idempotency_key = 'invoice-7'"), 1);
+    // The key names that job, not whatever job comes with it next.
+    try {
+        database_.query("SELECT conveyor.enqueue('diag.noop', '{\"n\": 2}', idempotency_key => 'invoice-7')");
+        ADD_FAILURE() << "the same key with another payload was accepted";
+    } catch (const pg::Error& e) {
+        EXPECT_EQ(e.sqlstate(), "23505") << e.what();
+        EXPECT_NE(e.message().find(first[0][0]), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(database_.query("SELECT conveyor.enqueue('diag.fail', '{\"n\": 1}', idempotency_key => 'invoice-7')"),
+                 pg::Error);
+    // Another source's key of the same text is another key.
+    const auto billing = database_.query(
+        "SELECT conveyor.enqueue('diag.noop', '{\"n\": 1}', idempotency_key => 'invoice-7', source => 'sql:billing')");
+    EXPECT_NE(billing[0][0], first[0][0]);
+    EXPECT_EQ(count("idempotency_key = 'invoice-7'"), 2);
     EXPECT_THROW(database_.query("SELECT conveyor.enqueue('not a type', '{}')"), pg::Error);
     EXPECT_THROW(database_.query("SELECT conveyor.enqueue('diag.noop', '[1]')"), pg::Error);
 }

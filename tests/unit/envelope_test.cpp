@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "conveyor/core/json.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor {
@@ -80,6 +81,36 @@ TEST_F(EnvelopeTest, RejectsInvalidJson) {
 TEST_F(EnvelopeTest, RejectsJsonThatIsNotAnObject) {
     EXPECT_EQ(error_of(job("[1, 2]")), EnvelopeErrc::invalid_payload);
     EXPECT_EQ(error_of(job("42")), EnvelopeErrc::invalid_payload);
+}
+
+TEST_F(EnvelopeTest, RejectsRepeatedKeysAsBadJsonAndDeepNestingAsTooLarge) {
+    // Validated on one value and acted on with another, a repeated key would slip past the job's schema.
+    EXPECT_EQ(error_of(job(R"({"ms":1,"ms":"x"})", "diag.sleep")), EnvelopeErrc::bad_json);
+    EXPECT_EQ(error_of(job(R"({"a":{"b":1,"\u0062":2}})")), EnvelopeErrc::bad_json);
+    limits_.max_body_bytes = 4096;
+    std::string deep = R"({"a":)";
+    for (std::size_t level = 2; level <= json::kMaxDepth; ++level) {
+        deep += "[";
+    }
+    const auto closing = std::string(json::kMaxDepth - 1, ']');
+    EXPECT_TRUE(parse(job(deep + "1" + closing + "}")).has_value()) << "exactly json::kMaxDepth levels";
+    EXPECT_EQ(error_of(job(deep + "[1]" + closing + "}")), EnvelopeErrc::too_large);
+    EXPECT_TRUE(parse(job(R"({"text":"a\u0000b"})")).has_value()) << "U+0000 is valid JSON on the wire";
+}
+
+TEST_F(EnvelopeTest, IgnoresEnqueueTimesSystemClockCannotHold) {
+    // Found by tests/fuzz: a time past 2262 overflowed system_clock's nanoseconds.
+    auto message = job("{}");
+    amqp::set_header(message.properties.headers, "x-conveyor-enqueued-at", std::int64_t{9'000'000'000'000'000});
+    message.properties.timestamp = std::uint64_t{1} << 62;
+    auto envelope = parse(message);
+    ASSERT_TRUE(envelope.has_value());
+    EXPECT_FALSE(envelope->enqueued_at.has_value());
+    amqp::set_header(message.properties.headers, "x-conveyor-enqueued-at", std::int64_t{-5});
+    message.properties.timestamp = 1'700'000'000;
+    envelope = parse(message);
+    ASSERT_TRUE(envelope->enqueued_at.has_value());
+    EXPECT_EQ(envelope->enqueued_at->time_since_epoch(), std::chrono::seconds(1'700'000'000));
 }
 
 TEST_F(EnvelopeTest, RequiresAJobIdOfBoundedLength) {

@@ -22,11 +22,13 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
 
 #include "conveyor/core/http_client.hpp"
+#include "conveyor/core/metrics.hpp"
 
 namespace conveyor {
 namespace {
@@ -250,7 +252,7 @@ TEST_F(HttpServerTest, PostReachesTheHandlerWithBodyHeadersParamsAndQuery) {
 }
 
 TEST_F(HttpServerTest, ChunkedBodyWithinTheLimitArrivesWhole) {
-    server_.set_body_limit(kBodyLimit);
+    server_.set_limits({.max_body_bytes = kBodyLimit});
     server_.route("POST", "/v1/jobs", recording(created()));
     start();
     Connection connection(port());
@@ -388,7 +390,7 @@ TEST_F(HttpServerTest, AsyncHandlerAwaitsWithoutHoldingUpOtherConnections) {
 }
 
 TEST_F(HttpServerTest, OversizeContentLengthGets413EvenWhileTheClientIsStillSending) {
-    server_.set_body_limit(kBodyLimit);
+    server_.set_limits({.max_body_bytes = kBodyLimit});
     server_.route("POST", "/v1/jobs", recording(created()));
     start();
     Connection connection(port());
@@ -405,7 +407,7 @@ TEST_F(HttpServerTest, OversizeContentLengthGets413EvenWhileTheClientIsStillSend
 }
 
 TEST_F(HttpServerTest, OversizeContentLengthGets413BeforeTheBodyIsSent) {
-    server_.set_body_limit(kBodyLimit);
+    server_.set_limits({.max_body_bytes = kBodyLimit});
     server_.route("POST", "/v1/jobs", recording(created()));
     start();
     Connection connection(port());
@@ -416,7 +418,7 @@ TEST_F(HttpServerTest, OversizeContentLengthGets413BeforeTheBodyIsSent) {
 }
 
 TEST_F(HttpServerTest, OversizeChunkedBodyGets413) {
-    server_.set_body_limit(kBodyLimit);
+    server_.set_limits({.max_body_bytes = kBodyLimit});
     server_.route("POST", "/v1/jobs", recording(created()));
     start();
     Connection connection(port());
@@ -436,7 +438,7 @@ TEST_F(HttpServerTest, OversizeChunkedBodyGets413) {
 }
 
 TEST_F(HttpServerTest, AnswersExpectContinue) {
-    server_.set_body_limit(kBodyLimit);
+    server_.set_limits({.max_body_bytes = kBodyLimit});
     server_.route("POST", "/v1/jobs", recording(created()));
     start();
 
@@ -474,7 +476,7 @@ TEST_F(HttpServerTest, CurlUploadsWithAndWithoutExpectContinue) {
     if (std::system("curl --version > /dev/null 2>&1") != 0) {
         GTEST_SKIP() << "no curl binary";
     }
-    server_.set_body_limit(kBodyLimit);
+    server_.set_limits({.max_body_bytes = kBodyLimit});
     server_.route("POST", "/v1/upload", [this](const HttpRequest& request) -> asio::awaitable<HttpResponse> {
         {
             const std::lock_guard lock(mutex_);
@@ -510,6 +512,137 @@ TEST_F(HttpServerTest, CurlUploadsWithAndWithoutExpectContinue) {
     EXPECT_EQ(run_curl(fmt::format("-H 'Expect:' --data-binary @{} {}", large, post)), refusal);
 
     std::filesystem::remove_all(directory);
+}
+
+std::string get_request(std::string_view target, std::string_view extra_headers = {}) {
+    return fmt::format("GET {} HTTP/1.1\r\nHost: test\r\n{}\r\n", target, extra_headers);
+}
+
+TEST_F(HttpServerTest, OversizeHeadersGet431AndTheConnectionCloses) {
+    server_.set_limits({.max_header_bytes = 1024});
+    server_.route("GET", "/v1/items", recording(created()));
+    start();
+    Connection connection(port());
+
+    connection.send(get_request("/v1/items", fmt::format("X-Padding: {}\r\n", std::string(2000, 'a'))));
+    auto refused = connection.read();
+    EXPECT_EQ(refused.result_int(), 431);
+    EXPECT_EQ(refused.body(), R"({"error":"request line and headers larger than 1024 bytes"})");
+    EXPECT_FALSE(refused.keep_alive());
+    EXPECT_EQ(connection.read_end(), asio::error::eof);
+    EXPECT_FALSE(seen().has_value());
+}
+
+TEST_F(HttpServerTest, Http2PrefaceGets505) {
+    server_.route("GET", "/v1/items", recording(created()));
+    start();
+    for (const auto* preface : {"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "GET /v1/items HTTP/3.0\r\nHost: test\r\n\r\n"}) {
+        Connection connection(port());
+        connection.send(preface);
+        auto refused = connection.read();
+        EXPECT_EQ(refused.result_int(), 505) << preface;
+        EXPECT_EQ(connection.read_end(), asio::error::eof);
+    }
+    EXPECT_FALSE(seen().has_value());
+}
+
+TEST_F(HttpServerTest, MalformedRequestsGet400AndTheServerServesOn) {
+    server_.get("/healthz", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+    start();
+    for (const auto* garbage : {"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+                                "GET /x HTTP/1.1\r\nBad Header\r\n\r\n", "G\x01T / HTTP/1.1\r\n\r\n"}) {
+        Connection connection(port());
+        connection.send(garbage);
+        auto refused = connection.read();
+        EXPECT_EQ(refused.result_int(), 400) << garbage;
+        EXPECT_EQ(refused.body().rfind("malformed HTTP request", 0), 0U) << refused.body();
+        EXPECT_EQ(connection.read_end(), asio::error::eof);
+    }
+    Connection healthy(port());
+    EXPECT_EQ(healthy.exchange("GET", "/healthz").result_int(), 200);
+}
+
+TEST_F(HttpServerTest, ConnectionsOverTheCapGet503AndAreCounted) {
+    prometheus::Registry metrics;
+    server_.export_metrics(metrics);
+    server_.set_limits({.max_connections = 2});
+    server_.get("/healthz", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+    start();
+    auto first = std::make_unique<Connection>(port());
+    Connection second(port());
+    EXPECT_EQ(first->exchange("GET", "/healthz").result_int(), 200);
+    EXPECT_EQ(second.exchange("GET", "/healthz").result_int(), 200);
+
+    Connection third(port());
+    auto refused = third.read();
+    EXPECT_EQ(refused.result_int(), 503);
+    EXPECT_EQ(refused[bhttp::field::retry_after], "1");
+    EXPECT_FALSE(refused.keep_alive());
+    const auto exported = serialize_metrics(metrics);
+    EXPECT_NE(exported.find(R"(conveyor_http_refused_total{reason="connection_limit"} 1)"), std::string::npos);
+    EXPECT_NE(exported.find("conveyor_http_connections 2"), std::string::npos) << exported;
+
+    // Once a connection ends, its place is free again.
+    first.reset();
+    const auto deadline = std::chrono::steady_clock::now() + kClientTimeout;
+    unsigned status = 0;
+    while (status != 200 && std::chrono::steady_clock::now() < deadline) {
+        Connection next(port());
+        status = next.exchange("GET", "/healthz").result_int();
+    }
+    EXPECT_EQ(status, 200U);
+}
+
+TEST_F(HttpServerTest, ClientsOverTheirRateGet429BeforeAnyHandlerAndAreDisconnected) {
+    server_.set_limits({.client_rate = 1});
+    server_.get("/healthz", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+    server_.route("GET", "/v1/items", recording(created()));
+    start();
+    Connection connection(port());
+    // A burst of two seconds' worth, then the limit.
+    EXPECT_EQ(connection.exchange("GET", "/v1/items").result_int(), 201);
+    EXPECT_EQ(connection.exchange("GET", "/v1/items").result_int(), 201);
+    auto refused = connection.exchange("GET", "/v1/nowhere");
+    EXPECT_EQ(refused.result_int(), 429);
+    EXPECT_EQ(refused[bhttp::field::retry_after], "1");
+    EXPECT_FALSE(refused.keep_alive());
+    EXPECT_EQ(connection.read_end(), asio::error::eof);
+    // Probes and metrics are never limited.
+    Connection probe(port());
+    for (int i = 0; i < 5; ++i) {
+        EXPECT_EQ(probe.exchange("GET", "/healthz").result_int(), 200);
+    }
+}
+
+TEST_F(HttpServerTest, XForwardedForNamesTheClientOnlyBehindATrustedProxy) {
+    server_.set_limits({.client_rate = 1, .trusted_proxies = IpNetworks::parse("127.0.0.0/8")});
+    server_.route("GET", "/v1/items", recording(created()));
+    start();
+    Connection connection(port());
+    for (int i = 0; i < 2; ++i) {
+        connection.send(get_request("/v1/items", "X-Forwarded-For: 6.6.6.6, 198.51.100.7\r\n"));
+        EXPECT_EQ(connection.read().result_int(), 201);
+    }
+    EXPECT_EQ(seen()->remote_address, "198.51.100.7");
+    connection.send(get_request("/v1/items", "X-Forwarded-For: 198.51.100.7\r\n"));
+    EXPECT_EQ(connection.read().result_int(), 429) << "the same client, whatever it wrote to the left";
+    Connection other(port());
+    other.send(get_request("/v1/items", "X-Forwarded-For: 198.51.100.8\r\n"));
+    EXPECT_EQ(other.read().result_int(), 201);
+}
+
+TEST_F(HttpServerTest, XForwardedForFromAnUntrustedPeerIsIgnored) {
+    server_.set_limits({.client_rate = 1});
+    server_.route("GET", "/v1/items", recording(created()));
+    start();
+    Connection connection(port());
+    std::vector<unsigned> statuses;
+    for (int i = 0; i < 3; ++i) {
+        connection.send(get_request("/v1/items", fmt::format("X-Forwarded-For: 198.51.100.{}\r\n", i)));
+        statuses.push_back(connection.read().result_int());
+    }
+    EXPECT_EQ(statuses, (std::vector<unsigned>{201, 201, 429}));
+    EXPECT_EQ(seen()->remote_address, "127.0.0.1");
 }
 
 }  // namespace

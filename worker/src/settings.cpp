@@ -181,6 +181,10 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
         ->envname("CONVEYOR_HTTP_ADDRESS");
     app.add_option("--http-port", settings.http_port, "Port for /healthz, /readyz, /metrics")
         ->envname("CONVEYOR_HTTP_PORT");
+    app.add_option("--http-max-connections", settings.http_max_connections,
+                   "HTTP connections served at once; more are answered 503")
+        ->envname("CONVEYOR_HTTP_MAX_CONNECTIONS")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}));
     app.add_option("--log-level", settings.log_level, "trace, debug, info, warn, error")
         ->envname("CONVEYOR_LOG_LEVEL")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));

@@ -20,6 +20,7 @@
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/metrics.hpp"
+#include "conveyor/core/redaction.hpp"
 #include "conveyor/core/topology.hpp"
 #include "housekeeping.hpp"
 #include "quarantine.hpp"
@@ -223,13 +224,15 @@ class Worker::Impl {
             if (!database_.ok()) {
                 return HttpResponse{
                     503, "text/plain; charset=utf-8",
-                    fmt::format("database {} not usable: {}\n", pg::redacted(settings_.pg_url), database_.why_down())};
+                    fmt::format("database {} not usable: {}\n", redacted_url(settings_.pg_url), database_.why_down())};
             }
             return HttpResponse{200, "text/plain; charset=utf-8", "ready\n"};
         });
         http_.get("/metrics", [this] {
             return HttpResponse{200, kPrometheusContentType, serialize_metrics(*prometheus_)};
         });
+        http_.set_limits({.max_connections = settings_.http_max_connections});
+        http_.export_metrics(*prometheus_);
         http_.start();
     }
 

@@ -17,6 +17,7 @@
 #include "commands.hpp"
 #include "conveyor/cli/cli.hpp"
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/json.hpp"
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/topology.hpp"
 
@@ -158,7 +159,12 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
         std::cerr << "conveyor enqueue: --payload must be a JSON object\n";
         return kUsage;
     }
-    if (!options.at.empty() || !options.in.empty() || !options.idempotency_key.empty()) {
+    const bool through_database = !options.at.empty() || !options.in.empty() || !options.idempotency_key.empty();
+    if (const auto violation = json::check(parsed.value_unsafe(), {.allow_nul = !through_database})) {
+        std::cerr << fmt::format("conveyor enqueue: --payload: {}\n", violation->message);
+        return kUsage;
+    }
+    if (through_database) {
         if (!options.job_id.empty()) {
             std::cerr << "conveyor enqueue: --job-id cannot be combined with --at, --in or --idempotency-key "
                          "(conveyor.enqueue() assigns the id)\n";

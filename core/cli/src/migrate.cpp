@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "conveyor/cli/cli.hpp"
+#include "conveyor/core/redaction.hpp"
 
 namespace conveyor::cli {
 namespace asio = boost::asio;
@@ -35,7 +36,7 @@ int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations
                 std::cout << fmt::format("{} of {} migrations applied now, {} were already applied\n", applied, total,
                                          total - static_cast<std::size_t>(applied));
             } catch (const pg::Error& e) {
-                std::cerr << fmt::format("conveyor migrate: {} ({})\n", e.what(), pg::redacted(options.pg_url));
+                std::cerr << fmt::format("conveyor migrate: {} ({})\n", e.what(), redacted_url(options.pg_url));
                 exit_code = e.sqlstate().starts_with("08") ? kUnavailable : kFailed;
             } catch (const std::invalid_argument& e) {
                 std::cerr << fmt::format("conveyor migrate: {}\n", e.what());

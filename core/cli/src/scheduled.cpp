@@ -10,6 +10,7 @@
 #include "conveyor/cli/cli.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/pg.hpp"
+#include "conveyor/core/redaction.hpp"
 #include "conveyor/core/scheduled_jobs.hpp"
 
 namespace conveyor::cli {
@@ -57,7 +58,7 @@ std::string json_or_null(const pg::Result& rows, int row, int column) {
 /// Runs `body` against the database; a database error is printed and becomes the exit code (3 unreachable, 2 bad
 /// input, 1 otherwise).
 int report_database_error(std::string_view command, const std::string& pg_url, const pg::Error& error) {
-    std::cerr << fmt::format("conveyor {}: {} ({})\n", command, error.what(), pg::redacted(pg_url));
+    std::cerr << fmt::format("conveyor {}: {} ({})\n", command, error.what(), redacted_url(pg_url));
     if (error.sqlstate().starts_with("08")) {
         return kUnavailable;
     }
@@ -93,7 +94,15 @@ int with_database(const std::string& pg_url, std::string_view command, const Dat
 int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string>& payloads) {
     std::string run_at = options.at;
     if (!options.in.empty()) {
-        run_at = utc_timestamp(std::chrono::system_clock::now() + parse_duration(options.in));
+        const auto delay = parse_duration(options.in);
+        if (delay > scheduled_jobs::kMaxAhead) {
+            std::cerr << "conveyor enqueue: --in must be at most 10 years\n";
+            return kUsage;
+        }
+        run_at = utc_timestamp(std::chrono::system_clock::now() + delay);
+    } else if (run_at.empty()) {
+        // --idempotency-key alone: due now, through conveyor.enqueue() for its key.
+        run_at = utc_timestamp(std::chrono::system_clock::now());
     }
     return with_database(options.pg_url, "enqueue", [&](pg::Pool& pool) -> asio::awaitable<int> {
         std::vector<std::string> ids;

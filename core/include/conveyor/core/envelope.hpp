@@ -15,8 +15,8 @@ namespace conveyor {
 
 /// Why a message is not a job. Each maps to the dead-letter reason ops filter on.
 enum class EnvelopeErrc {
-    too_large,         ///< body exceeds the size limit
-    bad_json,          ///< body is not valid JSON
+    too_large,         ///< body exceeds the size limit, or nests deeper than json::kMaxDepth
+    bad_json,          ///< body is not valid JSON, or an object in it repeats a key
     invalid_payload,   ///< body is JSON but not an object
     invalid_envelope,  ///< message_id missing or malformed, or a content type other than JSON
     unknown_type,      ///< the routing key is not a job type

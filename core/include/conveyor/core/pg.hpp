@@ -38,17 +38,21 @@ struct Settings {
 };
 
 /// A failed statement or connection. `sqlstate` is PostgreSQL's code ("40P01" …) or, for failures on our
-/// side, "08006" (connection lost or refused) and "57014" (the client-side deadline passed).
+/// side, "08006" (connection lost or refused), "57014" (the client-side deadline passed) and "22021" (a parameter
+/// holds a NUL byte, refused before anything is sent).
 class Error : public std::runtime_error {
   public:
     Error(std::string sqlstate, const std::string& message);
     [[nodiscard]] const std::string& sqlstate() const noexcept { return sqlstate_; }
+    /// The message alone, without the code: e.g. what a RAISE in a function of ours says to the caller.
+    [[nodiscard]] const std::string& message() const noexcept { return message_; }
     /// Whether running the same work again can succeed: lost connections, serialization failures (40001),
     /// deadlocks (40P01), lock timeouts (55P03), cancelled statements, server shutdown, resource exhaustion.
     [[nodiscard]] bool transient() const noexcept;
 
   private:
     std::string sqlstate_;
+    std::string message_;
 };
 
 /// The rows of a statement, owned; values are text as PostgreSQL prints them.
@@ -229,9 +233,6 @@ class Session {
     Settings settings_;
     std::unique_ptr<Connection> connection_;
 };
-
-/// The URL with its password masked, for logs and errors.
-[[nodiscard]] std::string redacted(std::string_view url);
 
 /// A PostgreSQL array literal of text values (every element quoted), for one parameter such as `$1::text[]`:
 /// a batch goes to the server in one statement (`unnest`) instead of one statement per row.

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -11,6 +12,10 @@
 /// Reading and cancelling conveyor.scheduled_jobs and conveyor.schedules, for the operator CLI and the scheduler's
 /// HTTP API alike.
 namespace conveyor::scheduled_jobs {
+
+/// How far ahead a job may be scheduled, whether by a time or a delay: the HTTP API and conveyor.enqueue() (so the
+/// CLI and SQL callers) refuse later ones. Further off is a mistake, not a plan.
+inline constexpr std::chrono::hours kMaxAhead{24 * 3650};
 
 /// pending, published, cancelled or failed.
 [[nodiscard]] bool is_state(std::string_view state) noexcept;

@@ -2,13 +2,13 @@
 
 #include <array>
 #include <chrono>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
+
+#include "conveyor/core/rate_limit.hpp"
 
 namespace conveyor::scheduler {
 
@@ -38,22 +38,18 @@ struct ApiToken {
 /// time, so neither the answer's timing nor which entry matched tells an attacker anything.
 [[nodiscard]] const ApiToken* find_token(const std::vector<ApiToken>& tokens, std::string_view secret);
 
-/// Per-token token buckets. Thread-safe.
+/// Per-token rate limits. Thread-safe.
 class RateLimiter {
   public:
     explicit RateLimiter(double default_rate) : default_rate_(default_rate) {}
 
-    /// Takes one request from the token's bucket; if it is empty, how long until one is available.
+    /// Takes one request from the token's bucket (as deep as one second of its rate); if it is empty, how long until
+    /// one is available.
     [[nodiscard]] std::optional<std::chrono::milliseconds> try_acquire(const ApiToken& token);
 
   private:
-    struct Bucket {
-        double level;
-        std::chrono::steady_clock::time_point updated;
-    };
     double default_rate_;
-    std::mutex mutex_;
-    std::unordered_map<std::string, Bucket> buckets_;
+    TokenBuckets buckets_;
 };
 
 }  // namespace conveyor::scheduler

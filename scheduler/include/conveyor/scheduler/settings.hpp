@@ -7,6 +7,8 @@
 #include <span>
 #include <string>
 
+#include "conveyor/core/ip_networks.hpp"
+
 namespace conveyor::scheduler {
 
 /// conveyor-scheduler's configuration: every field is a flag and a CONVEYOR_* environment variable.
@@ -37,6 +39,13 @@ struct SchedulerSettings {
     std::chrono::milliseconds shutdown_grace{10'000};
     std::string http_address = "127.0.0.1";
     std::uint16_t http_port = 9465;
+    /// HTTP connections served at once; more are answered 503 (CONVEYOR_HTTP_MAX_CONNECTIONS).
+    std::size_t http_max_connections = 512;
+    /// API requests per second per client address, checked before authentication; 0 for none
+    /// (CONVEYOR_HTTP_CLIENT_RATE).
+    double http_client_rate = 200;
+    /// Proxies (CIDR blocks) whose X-Forwarded-For names the client (CONVEYOR_HTTP_TRUSTED_PROXIES).
+    IpNetworks http_trusted_proxies;
     /// YAML file of API tokens, by SHA-256 (CONVEYOR_API_TOKENS_FILE); without it every API request gets 401.
     std::string api_tokens_file;
     /// Requests per second per token unless the token sets its own (CONVEYOR_API_RATE_LIMIT).

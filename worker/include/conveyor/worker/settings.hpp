@@ -75,6 +75,8 @@ struct WorkerSettings {
     /// Address and port of /healthz, /readyz and /metrics (CONVEYOR_HTTP_ADDRESS, CONVEYOR_HTTP_PORT).
     std::string http_address = "127.0.0.1";
     std::uint16_t http_port = 9464;
+    /// HTTP connections served at once; more are answered 503 (CONVEYOR_HTTP_MAX_CONNECTIONS).
+    std::size_t http_max_connections = 512;
     /// trace, debug, info, warn, error (CONVEYOR_LOG_LEVEL).
     std::string log_level = "info";
     std::string log_format = "text";

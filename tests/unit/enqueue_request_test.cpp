@@ -1,0 +1,114 @@
+#include "enqueue_request.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "conveyor/core/json.hpp"
+#include "conveyor/jobs/jobs.hpp"
+
+namespace conveyor::scheduler {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::sys_days;
+
+const auto kNow = std::chrono::system_clock::time_point(sys_days(std::chrono::year(2026) / 12 / 4));
+
+class EnqueueRequestTest : public ::testing::Test {
+  protected:
+    EnqueueRequest parse(const std::string& body) { return parse_enqueue_request(body, catalogue_, kNow); }
+
+    std::string refusal(const std::string& body) {
+        try {
+            (void)parse(body);
+        } catch (const InvalidRequest& e) {
+            return e.what();
+        }
+        ADD_FAILURE() << "accepted: " << body;
+        return {};
+    }
+
+    JobCatalogue catalogue_ = jobs::payload_validators();
+};
+
+std::string nested_payload(std::size_t levels) {
+    std::string text;
+    for (std::size_t level = 1; level < levels; ++level) {
+        text += R"({"a":)";
+    }
+    return text + "{}" + std::string(levels - 1, '}');
+}
+
+TEST_F(EnqueueRequestTest, ReadsOneJobAndABatch) {
+    const auto one = parse(R"({"type":"diag.sleep","payload":{ "ms" : 5 },"idempotency_key":"k","delay":"90s"})");
+    ASSERT_EQ(one.jobs.size(), 1U);
+    EXPECT_FALSE(one.batch);
+    EXPECT_EQ(one.jobs[0].type, "diag.sleep");
+    EXPECT_EQ(one.jobs[0].payload, R"({"ms":5})");
+    EXPECT_EQ(one.jobs[0].idempotency_key, "k");
+    EXPECT_EQ(one.jobs[0].run_at, "2026-12-04T00:01:30.000Z");
+
+    const auto batch =
+        parse(R"({"jobs":[{"type":"diag.noop"},{"type":"diag.noop","run_at":"2026-12-24T18:00:00+01:00"}]})");
+    ASSERT_EQ(batch.jobs.size(), 2U);
+    EXPECT_TRUE(batch.batch);
+    EXPECT_EQ(batch.jobs[0].run_at, "");
+    EXPECT_EQ(batch.jobs[1].run_at, "2026-12-24T17:00:00.000Z");
+}
+
+TEST_F(EnqueueRequestTest, RefusesRepeatedKeysAnywhereNamingThem) {
+    EXPECT_EQ(refusal(R"({"type":"diag.sleep","payload":{"ms":1,"ms":"x"}})"), R"(duplicate key "ms" at $.payload)");
+    EXPECT_EQ(refusal(R"({"type":"diag.fail","type":"diag.noop"})"), R"(duplicate key "type" at $)");
+    EXPECT_EQ(refusal(R"({"jobs":[{"type":"diag.noop"}],"jobs":[]})"), R"(duplicate key "jobs" at $)");
+    EXPECT_EQ(refusal(R"({"jobs":[{"type":"diag.noop","payload":{"a":[{"b":1,"b":2}]}}]})"),
+              R"(duplicate key "b" at $.jobs[0].payload.a[0])");
+}
+
+TEST_F(EnqueueRequestTest, RefusesPayloadsDeeperThanTheLimit) {
+    EXPECT_NO_THROW((void)parse(R"({"type":"diag.noop","payload":)" + nested_payload(json::kMaxDepth) + "}"));
+    const auto deep = refusal(R"({"type":"diag.noop","payload":)" + nested_payload(json::kMaxDepth + 1) + "}");
+    EXPECT_NE(deep.find("payload: JSON nests deeper than 32 levels"), std::string::npos) << deep;
+    const auto in_batch =
+        refusal(R"({"jobs":[{"type":"diag.noop"},{"type":"diag.noop","payload":)" + nested_payload(40) + "}]}");
+    EXPECT_TRUE(in_batch.starts_with("jobs[1]: ")) << in_batch;
+}
+
+TEST_F(EnqueueRequestTest, RefusesNulInAnyText) {
+    EXPECT_NE(refusal(R"({"type":"diag.noop","payload":{"a":"x\u0000"}})").find("U+0000"), std::string::npos);
+    EXPECT_NE(refusal(R"({"type":"diag.noop","idempotency_key":"k\u0000z"})").find("U+0000"), std::string::npos);
+}
+
+TEST_F(EnqueueRequestTest, BoundsRunAtAndDelayAlike) {
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","run_at":"9999-01-01T00:00:00Z"})"), "run_at is more than 10 years ahead");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","run_at":"2036-12-05T00:00:00Z"})"), "run_at is more than 10 years ahead");
+    EXPECT_NO_THROW((void)parse(R"({"type":"diag.noop","run_at":"2036-11-30T00:00:00Z"})"));
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","delay":400000000})"), "delay must be from 0 seconds to 10 years");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","delay":"4000d"})"), "delay must be from 0 seconds to 10 years");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","delay":-1})"), "delay must be from 0 seconds to 10 years");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","delay":1,"run_at":"2026-12-24T18:00:00Z"})"),
+              "give run_at or delay, not both");
+}
+
+TEST(ParseRunAtTest, ReadsEveryRfc3339FormWithAnOffset) {
+    const auto expected = sys_days(std::chrono::year(2026) / 12 / 24) + std::chrono::hours(17);
+    EXPECT_EQ(parse_run_at("2026-12-24T17:00:00Z"), expected);
+    EXPECT_EQ(parse_run_at("2026-12-24t17:00z"), expected);
+    EXPECT_EQ(parse_run_at("2026-12-24 18:00:00+01:00"), expected);
+    EXPECT_EQ(parse_run_at("2026-12-24T12:30:00-0430"), expected);
+    EXPECT_EQ(parse_run_at("2026-12-24T18:00:00+01"), expected);
+    EXPECT_EQ(parse_run_at("2026-12-24T17:00:00.25Z"), expected + milliseconds(250));
+    EXPECT_EQ(parse_run_at("2026-12-24T17:00:00.123456Z"), expected + milliseconds(123));
+}
+
+TEST(ParseRunAtTest, RefusesTimesThatDoNotExist) {
+    for (const auto* text :
+         {"2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "2026-12-24T25:00:00Z", "2026-12-24T17:60:00Z",
+          "2026-12-24T17:00:60Z", "0000-01-01T00:00:00Z", "2026-12-24T17:00:00+25:00", "2026-12-24T17:00:00",
+          "2026-12-24", "tomorrow", "2026-12-24T17:00:00+01:"}) {
+        EXPECT_THROW((void)parse_run_at(text), InvalidRequest) << text;
+    }
+}
+
+}  // namespace
+}  // namespace conveyor::scheduler
