@@ -1,20 +1,16 @@
 #include "api.hpp"
 
 #include <fmt/format.h>
-#include <simdjson.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
-#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/string.hpp>
 #include <memory>
 
 #include "api_json.hpp"
-#include "conveyor/core/config.hpp"
 #include "conveyor/core/scheduled_jobs.hpp"
-#include "conveyor/core/trace.hpp"
 #include "enqueue_request.hpp"
 
 namespace conveyor::scheduler {
