@@ -2,7 +2,6 @@
 #include <simdjson.h>
 
 #include <algorithm>
-#include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
@@ -10,9 +9,9 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "conveyor/core/config.hpp"
 #include "conveyor/core/dead_letters.hpp"
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor::dead_letters {
@@ -28,21 +27,8 @@ constexpr auto kCanaryPoll = std::chrono::milliseconds(500);
 // After the first canary fails, how long the others get to report: the verdict then says how many failed rather
 // than how many had failed by the time the first one did.
 constexpr auto kCanarySettle = std::chrono::seconds(3);
-// Headers that describe the failure, not the job: a replay starts it afresh. The broker's dead-lettering history
-// (x-death, x-first-death-*, x-last-death-*) goes too: a replayed job must not look quarantined.
-constexpr std::array<std::string_view, 10> kFailureHeaders = {
-    "x-conveyor-attempt",   "x-conveyor-attempts", "x-conveyor-error",          "x-conveyor-reason",
-    "x-conveyor-failed-at", "x-conveyor-worker",   "x-conveyor-original-queue", "x-conveyor-original-routing-key",
-    "x-conveyor-retry-at",  "x-delivery-count"};
-constexpr std::array<std::string_view, 3> kFailureHeaderPrefixes = {"x-death", "x-first-death-", "x-last-death-"};
-
-bool describes_failure(std::string_view name) {
-    return std::find(kFailureHeaders.begin(), kFailureHeaders.end(), name) != kFailureHeaders.end() ||
-           std::any_of(kFailureHeaderPrefixes.begin(), kFailureHeaderPrefixes.end(),
-                       [name](std::string_view prefix) { return name.starts_with(prefix); });
-}
-
-/// The original headers (a flat JSON object of strings, integers, booleans, numbers) without the failure's.
+/// The original headers (a flat JSON object of strings, integers, booleans, numbers) without the failure's: a replay
+/// starts the job afresh.
 amqp::Headers replay_headers(std::string_view json) {
     amqp::Headers headers;
     simdjson::dom::parser parser;
@@ -52,9 +38,6 @@ amqp::Headers replay_headers(std::string_view json) {
     }
     for (const auto field : object) {
         const std::string name(field.key);
-        if (describes_failure(name)) {
-            continue;
-        }
         if (field.value.is_string()) {
             amqp::set_header(headers, name, std::string(field.value.get_string().value_unsafe()));
         } else if (field.value.is_int64()) {
@@ -65,6 +48,7 @@ amqp::Headers replay_headers(std::string_view json) {
             amqp::set_header(headers, name, field.value.get_double().value_unsafe());
         }
     }
+    job_headers::strip_failure(headers);
     return headers;
 }
 
@@ -81,9 +65,7 @@ amqp::Message replay_message(const pg::Result& rows, int row, const ReplayReques
     properties.headers = replay_headers(rows.text(row, 5));
     const auto now = std::chrono::system_clock::now();
     set_enqueued_at(properties, std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count());
-    amqp::set_header(properties.headers, "x-conveyor-replayed-at", utc_timestamp(now));
-    amqp::set_header(properties.headers, "x-conveyor-replayed-by", request.by);
-    amqp::set_header(properties.headers, "x-conveyor-replayed-from", std::string(rows.text(row, 0)));
+    job_headers::stamp_replay(properties.headers, now, request.by, rows.text(row, 0));
     return message;
 }
 

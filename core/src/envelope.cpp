@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/json.hpp"
 #include "conveyor/core/topology.hpp"
 
@@ -66,7 +67,7 @@ void throw_exception_from_error(const EnvelopeError& error, const boost::source_
 
 void set_enqueued_at(amqp::Properties& properties, std::int64_t epoch_ms) {
     properties.timestamp = static_cast<std::uint64_t>(epoch_ms / 1000);
-    amqp::set_header(properties.headers, "x-conveyor-enqueued-at", epoch_ms);
+    amqp::set_header(properties.headers, job_headers::kEnqueuedAt, epoch_ms);
 }
 
 bool is_valid_job_type(std::string_view type) noexcept {
@@ -125,7 +126,7 @@ boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Messag
     envelope.correlation_id = properties.correlation_id;
 
     envelope.traceparent = amqp::find_text_header(properties.headers, "traceparent");
-    if (const auto* enqueued = amqp::find_header(properties.headers, "x-conveyor-enqueued-at")) {
+    if (const auto* enqueued = amqp::find_header(properties.headers, job_headers::kEnqueuedAt)) {
         if (const auto* millis = std::get_if<std::int64_t>(enqueued); millis != nullptr && is_epoch_millis(*millis)) {
             envelope.enqueued_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(*millis));
         }
@@ -134,7 +135,7 @@ boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Messag
         envelope.enqueued_at = std::chrono::system_clock::time_point(
             std::chrono::seconds(static_cast<std::int64_t>(*properties.timestamp)));
     }
-    if (const auto* attempt = amqp::find_header(properties.headers, "x-conveyor-attempt")) {
+    if (const auto* attempt = amqp::find_header(properties.headers, job_headers::kAttempt)) {
         if (const auto* number = std::get_if<std::int64_t>(attempt); number != nullptr && *number >= 1) {
             envelope.attempt = static_cast<std::uint32_t>(std::min<std::int64_t>(*number, UINT32_MAX));
         }

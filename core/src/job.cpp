@@ -1,6 +1,7 @@
 #include "conveyor/core/job.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "conveyor/core/json.hpp"
@@ -53,6 +54,18 @@ pg::Pool& JobContext::database() const {
         throw std::logic_error(fmt::format("job type {} runs without a database", envelope_.type));
     }
     return *database_;
+}
+
+void JobContext::progress(double fraction, std::string_view note) {
+    constexpr auto kReportEvery = std::chrono::seconds(1);
+    constexpr std::size_t kMaxNoteBytes = 256;
+    fraction = std::isfinite(fraction) ? std::clamp(fraction, 0.0, 1.0) : 0.0;
+    last_progress_.emplace(fraction, std::string(note.substr(0, kMaxNoteBytes)));
+    const auto now = std::chrono::steady_clock::now();
+    if (progress_reporter_ && now - last_reported_ >= kReportEvery) {
+        last_reported_ = now;
+        progress_reporter_(fraction, last_progress_->second);
+    }
 }
 
 void JobContext::emit(std::string type, std::string payload) {

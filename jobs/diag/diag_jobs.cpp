@@ -47,9 +47,20 @@ asio::awaitable<Outcome> sleep(JobContext& context) {
         }
         co_return invalid;
     }
-    // A timer, never a blocking sleep: thousands of these share a couple of threads.
-    asio::steady_timer timer(co_await asio::this_coro::executor, std::chrono::milliseconds(*ms));
-    co_await timer.async_wait(asio::use_awaitable);
+    // A timer, never a blocking sleep: thousands of these share a couple of threads. A long sleep goes in steps
+    // and reports its progress after each.
+    constexpr std::int64_t kStepMs = 500;
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (std::int64_t slept = 0; slept < *ms;) {
+        const auto step = *ms > 2 * kStepMs ? std::min(kStepMs, *ms - slept) : *ms;
+        timer.expires_after(std::chrono::milliseconds(step));
+        co_await timer.async_wait(asio::use_awaitable);
+        slept += step;
+        if (step < *ms) {
+            context.progress(static_cast<double>(slept) / static_cast<double>(*ms),
+                             fmt::format("slept {} of {} ms", slept, *ms));
+        }
+    }
     co_return Success{};
 }
 

@@ -64,6 +64,9 @@ EnqueueApi::EnqueueApi(pg::Pool& pool, amqp::Connection& publisher, const std::a
 void EnqueueApi::register_routes(HttpServer& server) {
     using namespace std::placeholders;
     server.route("POST", "/v1/jobs", guarded("/v1/jobs", Scope::enqueue, std::bind_front(&EnqueueApi::enqueue, this)));
+    server.route("GET", "/v1/jobs", guarded("/v1/jobs", Scope::admin, std::bind_front(&EnqueueApi::list_jobs, this)));
+    server.route("GET", "/v1/jobs/{id}",
+                 guarded("/v1/jobs/{id}", Scope::admin, std::bind_front(&EnqueueApi::show_job, this)));
     server.route("GET", "/v1/scheduled",
                  guarded("/v1/scheduled", Scope::admin, std::bind_front(&EnqueueApi::list_scheduled, this)));
     server.route("DELETE", "/v1/scheduled/{id}",

@@ -54,6 +54,8 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> list_scheduled(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> cancel_scheduled(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> list_schedules(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> show_job(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> list_jobs(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> list_dead_letters(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> show_dead_letter(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> replay_dead_letters(const HttpRequest& request, const ApiToken& token);

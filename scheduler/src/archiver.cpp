@@ -17,6 +17,7 @@
 
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/topology.hpp"
 #include "conveyor/core/utf8.hpp"
 #include "conveyor/scheduler/fingerprint.hpp"
@@ -38,20 +39,6 @@ std::string valid_utf8(std::string_view text) {
     auto out = utf8::sanitized(text);
     std::replace(out.begin(), out.end(), '\0', ' ');
     return out;
-}
-
-std::string header_text(const amqp::Headers& headers, std::string_view name) {
-    const auto* value = amqp::find_header(headers, name);
-    if (value == nullptr) {
-        return {};
-    }
-    if (const auto* text = std::get_if<std::string>(value)) {
-        return valid_utf8(*text);
-    }
-    if (const auto* number = std::get_if<std::int64_t>(value)) {
-        return std::to_string(*number);
-    }
-    return {};
 }
 
 std::string headers_json(const amqp::Headers& headers) {
@@ -101,20 +88,12 @@ std::string failure_time(const std::string& text) {
     return utc_timestamp(std::chrono::system_clock::now());
 }
 
-/// A header's attempt count if it is a plain non-negative integer of a sane size, else 0.
-std::string attempt_count(const std::string& text) {
-    constexpr std::size_t kMaxDigits = 9;
-    const bool number = !text.empty() && text.size() <= kMaxDigits &&
-                        std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
-    return number ? text : std::string("0");
-}
-
 /// Where the job was published to: Conveyor's header when the worker dead-lettered it, else the first routing key
 /// in the broker's x-death that names a job type (the delay ladder's keys carry a prefix), else the delivery's.
 std::string original_routing_key(const amqp::Message& message) {
-    auto routing_key = header_text(message.properties.headers, "x-conveyor-original-routing-key");
-    if (!routing_key.empty()) {
-        return routing_key;
+    if (auto routing_key = job_headers::read_failure(message.properties.headers).original_routing_key;
+        !routing_key.empty()) {
+        return valid_utf8(routing_key);
     }
     for (const auto& death : message.properties.deaths) {
         for (const auto& key : death.routing_keys) {
@@ -145,25 +124,21 @@ Row row_of(const amqp::Delivery& delivery) {
     // A message the worker dead-lettered carries its reason; one the broker dead-lettered (at the queue's delivery
     // limit: a job that kept killing its workers; or expired) has the broker's reason in x-death; anything else was
     // published straight into the DLQ.
-    auto reason = header_text(headers, "x-conveyor-reason");
+    const auto failure = job_headers::read_failure(headers);
+    auto reason = valid_utf8(failure.reason);
     if (reason.empty()) {
         const auto& deaths = message.properties.deaths;
         reason = deaths.empty() || deaths.front().reason.empty() ? std::string("unknown")
                                                                  : valid_utf8(deaths.front().reason);
     }
-    const auto error = header_text(headers, "x-conveyor-error");
-    auto attempts = header_text(headers, "x-conveyor-attempts");
-    if (attempts.empty()) {
-        attempts = header_text(headers, "x-conveyor-attempt");
-    }
-    const auto failed_at = failure_time(header_text(headers, "x-conveyor-failed-at"));
+    const auto error = valid_utf8(failure.error);
+    const auto failed_at = failure_time(valid_utf8(failure.failed_at));
     const auto pattern = error_pattern(error);
     const auto job_id = valid_utf8(message.properties.message_id);
     // The same message delivered twice has the same key; the same job dead-lettered again later does not.
-    const auto archive_key =
-        error_fingerprint(fmt::format("{}\n{}\n{}\n{}", queue, job_id, header_text(headers, "x-conveyor-failed-at"),
-                                      error_fingerprint(message.body))) +
-        ":" + job_id.substr(0, 100);
+    const auto archive_key = error_fingerprint(fmt::format("{}\n{}\n{}\n{}", queue, job_id, failure.failed_at,
+                                                           error_fingerprint(message.body))) +
+                             ":" + job_id.substr(0, 100);
     Row row;
     row.columns = {job_id,
                    type,
@@ -174,7 +149,7 @@ Row row_of(const amqp::Delivery& delivery) {
                    error,
                    pattern,
                    error_fingerprint(pattern),
-                   attempt_count(attempts),
+                   std::to_string(std::min<std::uint32_t>(failure.attempts, INT32_MAX)),
                    failed_at,
                    valid_utf8(message.properties.correlation_id),
                    headers_json(headers),

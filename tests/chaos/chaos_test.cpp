@@ -92,6 +92,7 @@ class ChaosTest : public WorkerTest {
 
     void stop_workers() {
         for (auto& worker : workers_) {
+            history_dropped_ += static_cast<std::int64_t>(worker.metric("conveyor_history_dropped_total"));
             worker.process->signal(SIGTERM);
         }
         for (auto& worker : workers_) {
@@ -125,6 +126,7 @@ class ChaosTest : public WorkerTest {
 
     std::vector<WorkerUnderTest> workers_;
     int generation_ = 0;
+    std::int64_t history_dropped_ = 0;  ///< summed over the workers stop_workers() stopped
 };
 
 TEST_F(ChaosTest, KillingARandomWorkerEveryTwoSecondsLosesAndDuplicatesNothing) {
@@ -158,6 +160,54 @@ TEST_F(ChaosTest, RestartingRabbitMqMidRunLosesAndDuplicatesNothing) {
 
 TEST_F(ChaosTest, RestartingPostgresqlMidRunLosesAndDuplicatesNothing) {
     restart_mid_run("postgres", "chaos_restart_postgresql");
+    // The outage was shorter than the history buffer holds: every job is on record, nothing was dropped. The
+    // workers have written what they held by the time they exited.
+    const auto recorded = database_.scalar(
+        "SELECT count(DISTINCT job_id) FROM conveyor.job_events WHERE job_id LIKE 'postgres-%' "
+        "AND state IN ('succeeded', 'duplicate')");
+    std::printf("{\"name\":\"chaos_restart_postgresql_history\",\"jobs\":%d,\"recorded\":%lld}\n", kJobs,
+                static_cast<long long>(recorded));
+    EXPECT_EQ(recorded, kJobs);
+    EXPECT_EQ(history_dropped_, 0);
+}
+
+/// An outage longer than the history buffer: jobs still run, and every history event the worker could not keep
+/// is counted, no more and no fewer.
+TEST_F(ChaosTest, AHistoryOutageBeyondTheBufferCountsExactlyWhatItDropped) {
+    constexpr int kNoops = 2'000;
+    constexpr int kBuffer = 300;
+    auto worker = start_worker({"--history-buffer", std::to_string(kBuffer)}, "chaos-history-outage");
+    const auto services = (source_dir() / "deploy/local/services").string();
+    const auto [stopped, stop_output] = run_command({services, "stop", "postgres"}, 120s);
+    ASSERT_EQ(stopped, 0) << stop_output;
+    std::vector<amqp::Message> jobs;
+    for (int i = 0; i < kNoops; ++i) {
+        jobs.push_back(Broker::job("diag.noop", "{}", fmt::format("outage-{}", i)));
+    }
+    broker_.publish_all(std::move(jobs));
+    const bool ran = eventually([&] { return worker.succeeded() == kNoops; }, 60s);
+    const auto [started, start_output] = run_command({services, "start", "postgres"}, 120s);
+    ASSERT_EQ(started, 0) << start_output;
+    ASSERT_TRUE(ran) << worker.process->log();
+    // The test's own connection died with the server: the first query after the restart may fail.
+    const auto recorded = [&]() -> std::int64_t {
+        try {
+            return database_.scalar(
+                "SELECT count(DISTINCT job_id) FROM conveyor.job_events WHERE job_id LIKE 'outage-%'");
+        } catch (const std::exception&) {
+            return -1;
+        }
+    };
+    ASSERT_TRUE(eventually([&] { return worker.metric("conveyor_history_buffered") == 0 && recorded() > 0; }, 60s))
+        << worker.process->log();
+    const auto dropped = static_cast<std::int64_t>(worker.metric("conveyor_history_dropped_total"));
+    std::printf("{\"name\":\"chaos_history_outage\",\"jobs\":%d,\"buffer\":%d,\"recorded\":%lld,\"dropped\":%lld}\n",
+                kNoops, kBuffer, static_cast<long long>(recorded()), static_cast<long long>(dropped));
+    EXPECT_EQ(recorded() + dropped, kNoops);
+    EXPECT_GE(recorded(), kBuffer);
+    EXPECT_GE(dropped, kNoops - 2 * kBuffer);
+    worker.process->signal(SIGTERM);
+    EXPECT_EQ(worker.process->wait(30s), std::optional<int>(0)) << worker.process->log();
 }
 
 TEST_F(ChaosTest, StoppingEveryWorkerWithSigtermMidRunAndStartingThemAgainLosesNothing) {

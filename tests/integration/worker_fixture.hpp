@@ -111,7 +111,8 @@ class WorkerTest : public ::testing::Test {
         broker_.purge("conveyor.diag");
         broker_.purge("conveyor.diag.dlq");
         database_.query(
-            "TRUNCATE conveyor.diag_ledger, conveyor.inbox, conveyor.outbox, conveyor.job_executions RESTART IDENTITY");
+            "TRUNCATE conveyor.diag_ledger, conveyor.inbox, conveyor.outbox, conveyor.job_executions, "
+            "conveyor.job_events RESTART IDENTITY");
     }
 
     WorkerUnderTest start_worker(std::vector<std::string> args, const std::string& log_name, bool expect_ready = true,

@@ -8,6 +8,8 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "conveyor/core/task_group.hpp"
+
 namespace conveyor::worker {
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
@@ -16,7 +18,7 @@ namespace {
 
 constexpr int kSweepBatch = 500;
 constexpr int kPruneBatch = 10'000;
-constexpr auto kTick = std::chrono::milliseconds(100);
+constexpr auto kCleanupInterval = std::chrono::milliseconds(100);
 
 /// "{1,2,3}": a bigint[] parameter, so a batch is deleted by one parameterised statement.
 std::string id_array(const std::vector<std::int64_t>& ids) {
@@ -37,6 +39,23 @@ asio::awaitable<std::int64_t> prune(pg::Pool& pool, std::string_view sql, std::c
     }
 }
 
+/// Deletes inbox rows and execution records older than the retention, logging what went.
+asio::awaitable<void> prune_old_records(pg::Pool& pool, std::chrono::milliseconds retention) {
+    const auto inbox = co_await prune(pool,
+                                      "DELETE FROM conveyor.inbox WHERE message_id IN (SELECT message_id FROM "
+                                      "conveyor.inbox WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
+                                      retention);
+    const auto executions = co_await prune(pool,
+                                           "DELETE FROM conveyor.job_executions WHERE job_id IN (SELECT job_id FROM "
+                                           "conveyor.job_executions WHERE last_started_at < now() - "
+                                           "make_interval(secs => $1) LIMIT $2)",
+                                           retention);
+    if (inbox + executions > 0) {
+        spdlog::info("pruned {} inbox rows and {} execution records older than {} h", inbox, executions,
+                     std::chrono::duration_cast<std::chrono::hours>(retention).count());
+    }
+}
+
 }  // namespace
 
 bool DatabaseHealth::set_up() {
@@ -49,6 +68,12 @@ bool DatabaseHealth::set_down(std::string why) {
         why_down_ = std::move(why);
     }
     return ok_.exchange(false);
+}
+
+void DatabaseHealth::lost(const std::string& why) {
+    if (set_down(why)) {
+        spdlog::error("database not usable: {}; jobs that need it wait", why);
+    }
 }
 
 std::string DatabaseHealth::why_down() const {
@@ -147,39 +172,38 @@ asio::awaitable<std::size_t> OutboxRelay::sweep(std::chrono::milliseconds min_ag
 }
 
 asio::awaitable<void> run_database_probe(pg::Pool& pool, std::chrono::milliseconds interval,
-                                         prometheus::Gauge& outbox_pending, DatabaseHealth& database,
-                                         const std::atomic<bool>& stopping) {
-    auto next_probe = Clock::now();
-    asio::steady_timer tick(co_await asio::this_coro::executor);
-    while (!stopping) {
-        if (Clock::now() >= next_probe) {
-            next_probe = Clock::now() + interval;
-            std::string failure;
-            try {
-                const auto backlog = co_await pool.query("SELECT count(*) FROM conveyor.outbox");
-                outbox_pending.Set(static_cast<double>(backlog.integer(0, 0)));
-            } catch (const std::exception& e) {
-                failure = e.what();
-            }
-            if (failure.empty() && database.set_up()) {
-                spdlog::info("database usable");
-            }
-            if (!failure.empty() && database.set_down(failure)) {
-                spdlog::error("database not usable: {}", failure);
-            }
+                                         prometheus::Gauge& outbox_pending, DatabaseHealth& database) {
+    bool probing = true;
+    while (probing) {
+        std::string failure;
+        try {
+            const auto backlog = co_await pool.query("SELECT count(*) FROM conveyor.outbox");
+            outbox_pending.Set(static_cast<double>(backlog.integer(0, 0)));
+        } catch (const std::exception& e) {
+            failure = e.what();
         }
-        tick.expires_after(kTick);
-        co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+        const auto state = co_await asio::this_coro::cancellation_state;
+        if (cancelled(state)) {
+            break;  // a failure now is the stop's, not the database's
+        }
+        if (failure.empty() && database.set_up()) {
+            spdlog::info("database usable");
+        }
+        if (!failure.empty() && database.set_down(failure)) {
+            spdlog::error("database not usable: {}", failure);
+        }
+        probing = co_await wait_until(Clock::now() + interval);
     }
 }
 
 asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,
-                                       const DatabaseHealth& database, const std::atomic<bool>& stopping) {
+                                       const DatabaseHealth& database) {
     auto next_sweep = Clock::now() + settings.outbox_sweep_interval;
     auto next_prune = Clock::now();
-    asio::steady_timer tick(co_await asio::this_coro::executor);
-    while (!stopping) {
+    bool running = true;
+    while (running) {
         const auto now = Clock::now();
+        std::string failure;
         try {
             // While the database is down the probe notices when it is back; until then there is nothing to do.
             if (database.ok() && now >= next_sweep) {
@@ -191,36 +215,23 @@ asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, House
             }
             if (now >= next_prune) {
                 next_prune = now + settings.prune_interval;
-                const auto inbox = co_await prune(pool,
-                                                  "DELETE FROM conveyor.inbox WHERE message_id IN (SELECT message_id "
-                                                  "FROM conveyor.inbox WHERE processed_at < now() - "
-                                                  "make_interval(secs => $1) LIMIT $2)",
-                                                  settings.inbox_retention);
-                const auto executions = co_await prune(pool,
-                                                       "DELETE FROM conveyor.job_executions WHERE job_id IN (SELECT "
-                                                       "job_id FROM conveyor.job_executions WHERE last_started_at < "
-                                                       "now() - make_interval(secs => $1) LIMIT $2)",
-                                                       settings.inbox_retention);
-                if (inbox + executions > 0) {
-                    spdlog::info("pruned {} inbox rows and {} execution records older than {} h", inbox, executions,
-                                 std::chrono::duration_cast<std::chrono::hours>(settings.inbox_retention).count());
-                }
+                co_await prune_old_records(pool, settings.inbox_retention);
             }
         } catch (const std::exception& e) {
-            spdlog::warn("housekeeping: {}; trying again later", e.what());
+            failure = e.what();
         }
-        tick.expires_after(kTick);
-        co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+        const auto state = co_await asio::this_coro::cancellation_state;
+        if (!failure.empty() && !cancelled(state)) {
+            spdlog::warn("housekeeping: {}; trying again later", failure);
+        }
+        running = co_await wait_until(std::min(next_sweep, next_prune));
     }
 }
 
-asio::awaitable<void> run_outbox_cleanup(OutboxRelay& relay, const DatabaseHealth& database,
-                                         const std::atomic<bool>& stopping) {
-    asio::steady_timer tick(co_await asio::this_coro::executor);
+asio::awaitable<void> run_outbox_cleanup(OutboxRelay& relay, const DatabaseHealth& database) {
+    // After the stop, once more: the last jobs' rows, left here, would be published again by a sweeper.
     bool last_round = false;
-    while (!last_round) {
-        // After the stop, once more: the last jobs' rows, left here, would be published again by a sweeper.
-        last_round = stopping;
+    while (true) {
         std::string failure;
         if (database.ok() || last_round) {
             try {
@@ -235,9 +246,12 @@ asio::awaitable<void> run_outbox_cleanup(OutboxRelay& relay, const DatabaseHealt
                 "absorbs)",
                 failure);
         }
-        if (!last_round) {
-            tick.expires_after(kTick);
-            co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (last_round) {
+            co_return;
+        }
+        if (!co_await wait_until(Clock::now() + kCleanupInterval)) {
+            co_await asio::this_coro::reset_cancellation_state();
+            last_round = true;
         }
     }
 }

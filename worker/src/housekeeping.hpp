@@ -51,6 +51,9 @@ class DatabaseHealth {
     bool set_up();
     bool set_down(std::string why);
     [[nodiscard]] std::string why_down() const;
+    /// A job's own statement failed (lost connection, missing schema …): jobs that need the database wait until
+    /// the probe finds it usable again. Logged once per outage.
+    void lost(const std::string& why);
 
   private:
     std::atomic<bool> ok_{false};
@@ -65,22 +68,20 @@ struct HousekeepingSettings {
     std::chrono::milliseconds probe_interval{1'000};
 };
 
+// The worker's background tasks. Each runs until its task is cancelled (see TaskGroup).
+
 /// Probes the database every `interval` for /readyz and the jobs that wait for it, and reports the outbox backlog.
-/// Runs on its own, so a sweep that waits for the broker never leaves the database's state stale. Runs until
-/// `stopping` is set.
+/// Runs on its own, so a sweep that waits for the broker never leaves the database's state stale.
 boost::asio::awaitable<void> run_database_probe(pg::Pool& pool, std::chrono::milliseconds interval,
-                                                prometheus::Gauge& outbox_pending, DatabaseHealth& database,
-                                                const std::atomic<bool>& stopping);
+                                                prometheus::Gauge& outbox_pending, DatabaseHealth& database);
 
 /// Deletes the outbox rows of published messages every 100 ms, on its own, so that no sweep or prune can hold
-/// them up long enough for another worker's sweeper to publish them again. Runs until `stopping` is set, then
-/// deletes once more.
-boost::asio::awaitable<void> run_outbox_cleanup(OutboxRelay& relay, const DatabaseHealth& database,
-                                                const std::atomic<bool>& stopping);
+/// them up long enough for another worker's sweeper to publish them again. Deletes once more when cancelled.
+boost::asio::awaitable<void> run_outbox_cleanup(OutboxRelay& relay, const DatabaseHealth& database);
 
 /// The worker's periodic chores while the database is usable: sweep the outbox, prune the inbox and old
-/// execution records. Runs until `stopping` is set.
+/// execution records.
 boost::asio::awaitable<void> run_housekeeping(pg::Pool& pool, OutboxRelay& relay, HousekeepingSettings settings,
-                                              const DatabaseHealth& database, const std::atomic<bool>& stopping);
+                                              const DatabaseHealth& database);
 
 }  // namespace conveyor::worker

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <boost/asio/awaitable.hpp>
 #include <string>
+#include <utility>
 
 #include "conveyor/core/pg.hpp"
 
@@ -60,8 +61,11 @@ class Quarantine {
       public:
         Pass(Quarantine& quarantine, bool exclusive) noexcept : quarantine_(&quarantine), exclusive_(exclusive) {}
         ~Pass() { release(); }
+        Pass(Pass&& other) noexcept
+            : quarantine_(std::exchange(other.quarantine_, nullptr)), exclusive_(other.exclusive_) {}
         Pass(const Pass&) = delete;
         Pass& operator=(const Pass&) = delete;
+        Pass& operator=(Pass&&) = delete;
         void release() noexcept {
             if (quarantine_ != nullptr) {
                 exclusive_ ? quarantine_->leave_exclusive() : quarantine_->leave_shared();

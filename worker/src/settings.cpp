@@ -91,9 +91,10 @@ RetryPolicy effective_retry_policy(const WorkerSettings& settings, const JobDefi
     return policy;
 }
 
-ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostream& out, std::ostream& err,
-                                  const std::function<void(CLI::App&)>& more_options) {
-    WorkerSettings settings;
+namespace {
+
+/// What the command line gives as text, converted once it has been read.
+struct OptionTexts {
     std::string queues = "orders,payments,emails,projections,diag";
     std::string job_timeout = "30s";
     std::string shutdown_grace = "30s";
@@ -104,13 +105,11 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
     std::string amqp_heartbeat = "10s";
     std::string inbox_retention = "14d";
     std::string outbox_sweep_interval = "5s";
+    std::string history = "on";
+    std::string history_retention = "7d";
+};
 
-    CLI::App app{
-        "conveyor-worker: consumes Conveyor job queues from RabbitMQ and runs their handlers.\n"
-        "Every option is also read from the CONVEYOR_* environment variable shown; a flag wins.",
-        "conveyor-worker"};
-    app.get_formatter()->column_width(40);
-    app.option_defaults()->always_capture_default();
+void add_broker_options(CLI::App& app, WorkerSettings& settings, OptionTexts& texts) {
     // The broker URL can hold a password: its default is shown, an explicit value never is.
     app.add_option("--amqp-url", settings.amqp_url, "RabbitMQ URL (amqp:// or amqps://)")
         ->envname("CONVEYOR_AMQP_URL")
@@ -118,65 +117,90 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
     app.add_option("--amqp-ca-file", settings.amqp_ca_file, "CA certificate (PEM) to verify an amqps:// broker")
         ->envname("CONVEYOR_AMQP_CA_FILE")
         ->check(CLI::ExistingFile);
-    app.add_option("--amqp-heartbeat", amqp_heartbeat,
+    app.add_option("--amqp-heartbeat", texts.amqp_heartbeat,
                    "Heartbeat interval; a broker silent for two of them is treated as gone")
         ->envname("CONVEYOR_AMQP_HEARTBEAT")
         ->check(duration_validator());
-    app.add_option("--queues", queues, "Comma-separated job families to consume")->envname("CONVEYOR_QUEUES");
-    app.add_option("--concurrency", settings.concurrency, "Jobs run at once")
-        ->envname("CONVEYOR_CONCURRENCY")
-        ->check(CLI::Range(1U, 100'000U));
+    app.add_option("--queues", texts.queues, "Comma-separated job families to consume")->envname("CONVEYOR_QUEUES");
     app.add_option("--prefetch", settings.prefetch, "Unacknowledged deliveries per queue (0: = concurrency)")
         ->envname("CONVEYOR_PREFETCH")
         ->check(CLI::Range(0U, 65'535U));
+    app.add_option("--max-message-bytes", settings.max_message_bytes, "Largest accepted message body")
+        ->envname("CONVEYOR_MAX_MESSAGE_BYTES")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{128} * 1024 * 1024));
+}
+
+void add_job_options(CLI::App& app, WorkerSettings& settings, OptionTexts& texts) {
+    app.add_option("--concurrency", settings.concurrency, "Jobs run at once")
+        ->envname("CONVEYOR_CONCURRENCY")
+        ->check(CLI::Range(1U, 100'000U));
     app.add_option("--threads", settings.threads, "I/O threads (0: one per core)")
         ->envname("CONVEYOR_THREADS")
         ->check(CLI::Range(0U, 256U));
-    app.add_option("--job-timeout", job_timeout, "Default deadline of one job (e.g. 30s, 500ms)")
+    app.add_option("--job-timeout", texts.job_timeout, "Default deadline of one job (e.g. 30s, 500ms)")
         ->envname("CONVEYOR_JOB_TIMEOUT")
         ->check(duration_validator());
-    app.add_option("--shutdown-grace", shutdown_grace, "On SIGTERM, time in-flight jobs get before being requeued")
+    app.add_option("--shutdown-grace", texts.shutdown_grace,
+                   "On SIGTERM, time in-flight jobs get before being requeued")
         ->envname("CONVEYOR_SHUTDOWN_GRACE")
-        ->check(duration_validator());
-    app.add_option("--retry-max-attempts", settings.retry.max_attempts,
-                   "Attempts in all before a failing job is dead-lettered (job types may set their own)")
-        ->envname("CONVEYOR_RETRY_MAX_ATTEMPTS")
-        ->check(CLI::Range(1U, 1000U));
-    app.add_option("--retry-base-delay", retry_base_delay, "Backoff ceiling of the first retry; doubles per retry")
-        ->envname("CONVEYOR_RETRY_BASE_DELAY")
-        ->check(duration_validator());
-    app.add_option("--retry-max-delay", retry_max_delay, "Cap of the backoff ceiling")
-        ->envname("CONVEYOR_RETRY_MAX_DELAY")
-        ->check(duration_validator());
-    app.add_option("--retry", retry_overrides,
-                   "Per-type policy, repeatable: TYPE=attempts:N,base:DURATION,cap:DURATION (TYPE may be family.*)")
-        ->envname("CONVEYOR_RETRY")
-        ->delimiter(';')
-        ->default_str("");
-    app.add_option("--pg-url", settings.pg_url, "PostgreSQL URL (inbox, outbox, execution records)")
-        ->envname("CONVEYOR_PG_URL")
-        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
-    app.add_option("--pg-pool-size", settings.pg_pool_size, "Database connections at most")
-        ->envname("CONVEYOR_PG_POOL_SIZE")
-        ->check(CLI::Range(std::size_t{1}, std::size_t{1000}));
-    app.add_option("--pg-statement-timeout", pg_statement_timeout, "Limit on each SQL statement")
-        ->envname("CONVEYOR_PG_STATEMENT_TIMEOUT")
-        ->check(duration_validator());
-    app.add_option("--inbox-retention", inbox_retention,
-                   "How long processed job ids are kept to recognise duplicates (e.g. 14d)")
-        ->envname("CONVEYOR_INBOX_RETENTION")
-        ->check(duration_validator());
-    app.add_option("--outbox-sweep-interval", outbox_sweep_interval,
-                   "How often outbox rows left behind by a crash are published")
-        ->envname("CONVEYOR_OUTBOX_SWEEP_INTERVAL")
         ->check(duration_validator());
     app.add_option("--quarantine-after", settings.quarantine_after,
                    "Worker deaths while a job ran alone before it is dead-lettered as poison")
         ->envname("CONVEYOR_QUARANTINE_AFTER")
         ->check(CLI::Range(1U, 100U));
-    app.add_option("--max-message-bytes", settings.max_message_bytes, "Largest accepted message body")
-        ->envname("CONVEYOR_MAX_MESSAGE_BYTES")
-        ->check(CLI::Range(std::size_t{1}, std::size_t{128} * 1024 * 1024));
+}
+
+void add_retry_options(CLI::App& app, WorkerSettings& settings, OptionTexts& texts) {
+    app.add_option("--retry-max-attempts", settings.retry.max_attempts,
+                   "Attempts in all before a failing job is dead-lettered (job types may set their own)")
+        ->envname("CONVEYOR_RETRY_MAX_ATTEMPTS")
+        ->check(CLI::Range(1U, 1000U));
+    app.add_option("--retry-base-delay", texts.retry_base_delay,
+                   "Backoff ceiling of the first retry; doubles per retry")
+        ->envname("CONVEYOR_RETRY_BASE_DELAY")
+        ->check(duration_validator());
+    app.add_option("--retry-max-delay", texts.retry_max_delay, "Cap of the backoff ceiling")
+        ->envname("CONVEYOR_RETRY_MAX_DELAY")
+        ->check(duration_validator());
+    app.add_option("--retry", texts.retry_overrides,
+                   "Per-type policy, repeatable: TYPE=attempts:N,base:DURATION,cap:DURATION (TYPE may be family.*)")
+        ->envname("CONVEYOR_RETRY")
+        ->delimiter(';')
+        ->default_str("");
+}
+
+void add_database_options(CLI::App& app, WorkerSettings& settings, OptionTexts& texts) {
+    app.add_option("--pg-url", settings.pg_url, "PostgreSQL URL (inbox, outbox, execution records, job history)")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    app.add_option("--pg-pool-size", settings.pg_pool_size, "Database connections at most")
+        ->envname("CONVEYOR_PG_POOL_SIZE")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1000}));
+    app.add_option("--pg-statement-timeout", texts.pg_statement_timeout, "Limit on each SQL statement")
+        ->envname("CONVEYOR_PG_STATEMENT_TIMEOUT")
+        ->check(duration_validator());
+    app.add_option("--inbox-retention", texts.inbox_retention,
+                   "How long processed job ids are kept to recognise duplicates (e.g. 14d)")
+        ->envname("CONVEYOR_INBOX_RETENTION")
+        ->check(duration_validator());
+    app.add_option("--outbox-sweep-interval", texts.outbox_sweep_interval,
+                   "How often outbox rows left behind by a crash are published")
+        ->envname("CONVEYOR_OUTBOX_SWEEP_INTERVAL")
+        ->check(duration_validator());
+    app.add_option("--history", texts.history, "Record every job's attempts in conveyor.job_events: on or off")
+        ->envname("CONVEYOR_HISTORY")
+        ->check(CLI::IsMember({"on", "off"}));
+    app.add_option("--history-retention", texts.history_retention,
+                   "How long job history is kept (whole days are dropped at a time)")
+        ->envname("CONVEYOR_HISTORY_RETENTION")
+        ->check(duration_validator());
+    app.add_option("--history-buffer", settings.history_buffer,
+                   "History events held while PostgreSQL is away; beyond, they are dropped and counted")
+        ->envname("CONVEYOR_HISTORY_BUFFER")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
+}
+
+void add_operations_options(CLI::App& app, WorkerSettings& settings) {
     app.add_option("--http-address", settings.http_address, "Address for /healthz, /readyz, /metrics")
         ->envname("CONVEYOR_HTTP_ADDRESS");
     app.add_option("--http-port", settings.http_port, "Port for /healthz, /readyz, /metrics")
@@ -193,47 +217,46 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
            "text, or json: one JSON object per line with job id, type, attempt, queue, correlation and trace ids")
         ->envname("CONVEYOR_LOG_FORMAT")
         ->check(CLI::IsMember({"text", "json"}));
-    app.add_option("--name", settings.name, "Worker identity in logs and dead-letter headers")
+    app.add_option("--name", settings.name, "Worker identity in logs, dead-letter headers and the job history")
         ->envname("CONVEYOR_WORKER_NAME")
         ->default_str("$POD_NAME or host name");
-    if (more_options) {
-        more_options(app);
-    }
+}
 
-    try {
-        app.parse(static_cast<int>(argv.size()), argv.data());
-        settings.families = topology::parse_families(queues);
-        settings.job_timeout = parse_duration(job_timeout);
-        settings.shutdown_grace = parse_duration(shutdown_grace);
-        settings.retry.base_delay = parse_duration(retry_base_delay);
-        settings.retry.max_delay = parse_duration(retry_max_delay);
-        settings.pg_statement_timeout = parse_duration(pg_statement_timeout);
-        settings.amqp_heartbeat = std::chrono::duration_cast<std::chrono::seconds>(parse_duration(amqp_heartbeat));
-        if (settings.amqp_heartbeat < std::chrono::seconds(1)) {
-            throw std::invalid_argument("--amqp-heartbeat must be at least 1s");
-        }
-        settings.inbox_retention = parse_duration(inbox_retention);
-        settings.outbox_sweep_interval = parse_duration(outbox_sweep_interval);
-        if (settings.outbox_sweep_interval.count() == 0 || settings.pg_statement_timeout.count() == 0) {
-            throw std::invalid_argument("--outbox-sweep-interval and --pg-statement-timeout must be greater than zero");
-        }
-        for (const auto& text : retry_overrides) {
-            settings.retry_overrides.push_back(RetryOverride::parse(text));
-        }
-        if (settings.retry.max_delay < settings.retry.base_delay) {
-            throw std::invalid_argument("--retry-max-delay must not be shorter than --retry-base-delay");
-        }
-        (void)amqp::Url::parse(settings.amqp_url);
-        if (settings.job_timeout.count() == 0) {
-            throw std::invalid_argument("--job-timeout must be greater than zero");
-        }
-    } catch (const CLI::ParseError& e) {
-        const int code = app.exit(e, out, err);
-        return {std::nullopt, code == 0 ? 0 : 2};
-    } catch (const std::invalid_argument& e) {
-        err << "conveyor-worker: " << e.what() << "\nRun with --help for more information.\n";
-        return {std::nullopt, 2};
+/// Converts the texts; throws std::invalid_argument naming the option that is wrong.
+void apply_texts(const OptionTexts& texts, WorkerSettings& settings) {
+    settings.families = topology::parse_families(texts.queues);
+    settings.job_timeout = parse_duration(texts.job_timeout);
+    settings.shutdown_grace = parse_duration(texts.shutdown_grace);
+    settings.retry.base_delay = parse_duration(texts.retry_base_delay);
+    settings.retry.max_delay = parse_duration(texts.retry_max_delay);
+    settings.pg_statement_timeout = parse_duration(texts.pg_statement_timeout);
+    settings.amqp_heartbeat = std::chrono::duration_cast<std::chrono::seconds>(parse_duration(texts.amqp_heartbeat));
+    if (settings.amqp_heartbeat < std::chrono::seconds(1)) {
+        throw std::invalid_argument("--amqp-heartbeat must be at least 1s");
     }
+    settings.inbox_retention = parse_duration(texts.inbox_retention);
+    settings.outbox_sweep_interval = parse_duration(texts.outbox_sweep_interval);
+    if (settings.outbox_sweep_interval.count() == 0 || settings.pg_statement_timeout.count() == 0) {
+        throw std::invalid_argument("--outbox-sweep-interval and --pg-statement-timeout must be greater than zero");
+    }
+    settings.history = texts.history == "on";
+    settings.history_retention = parse_duration(texts.history_retention);
+    if (settings.history_retention < std::chrono::hours(1)) {
+        throw std::invalid_argument("--history-retention must be at least 1h");
+    }
+    for (const auto& text : texts.retry_overrides) {
+        settings.retry_overrides.push_back(RetryOverride::parse(text));
+    }
+    if (settings.retry.max_delay < settings.retry.base_delay) {
+        throw std::invalid_argument("--retry-max-delay must not be shorter than --retry-base-delay");
+    }
+    (void)amqp::Url::parse(settings.amqp_url);
+    if (settings.job_timeout.count() == 0) {
+        throw std::invalid_argument("--job-timeout must be greater than zero");
+    }
+}
+
+void fill_defaults(WorkerSettings& settings) {
     if (settings.prefetch == 0) {
         settings.prefetch = std::min(settings.concurrency, 65'535U);
     }
@@ -243,6 +266,39 @@ ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostrea
     if (settings.name.empty()) {
         settings.name = default_instance_name();
     }
+}
+
+}  // namespace
+
+ParseResult parse_worker_settings(std::span<const char* const> argv, std::ostream& out, std::ostream& err,
+                                  const std::function<void(CLI::App&)>& more_options) {
+    WorkerSettings settings;
+    OptionTexts texts;
+    CLI::App app{
+        "conveyor-worker: consumes Conveyor job queues from RabbitMQ and runs their handlers.\n"
+        "Every option is also read from the CONVEYOR_* environment variable shown; a flag wins.",
+        "conveyor-worker"};
+    app.get_formatter()->column_width(40);
+    app.option_defaults()->always_capture_default();
+    add_broker_options(app, settings, texts);
+    add_job_options(app, settings, texts);
+    add_retry_options(app, settings, texts);
+    add_database_options(app, settings, texts);
+    add_operations_options(app, settings);
+    if (more_options) {
+        more_options(app);
+    }
+    try {
+        app.parse(static_cast<int>(argv.size()), argv.data());
+        apply_texts(texts, settings);
+    } catch (const CLI::ParseError& e) {
+        const int code = app.exit(e, out, err);
+        return {std::nullopt, code == 0 ? 0 : 2};
+    } catch (const std::invalid_argument& e) {
+        err << "conveyor-worker: " << e.what() << "\nRun with --help for more information.\n";
+        return {std::nullopt, 2};
+    }
+    fill_defaults(settings);
     return {std::move(settings), 0};
 }
 

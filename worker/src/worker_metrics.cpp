@@ -62,7 +62,22 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                           .Help("Workers (pods) the backlog needs at this worker's concurrency, from ready messages, "
                                 "arrival rate and p95 job duration; cluster-wide, so aggregate with max()")
                           .Register(registry)
-                          .Add({})) {
+                          .Add({})),
+      history_written_(prometheus::BuildCounter()
+                           .Name("conveyor_history_written_total")
+                           .Help("Job history events written to conveyor.job_events")
+                           .Register(registry)
+                           .Add({})),
+      history_dropped_(prometheus::BuildCounter()
+                           .Name("conveyor_history_dropped_total")
+                           .Help("Job history events dropped because the buffer was full while PostgreSQL was away")
+                           .Register(registry)
+                           .Add({})),
+      history_buffered_(prometheus::BuildGauge()
+                            .Name("conveyor_history_buffered")
+                            .Help("Job history events waiting to be written")
+                            .Register(registry)
+                            .Add({})) {
     for (const auto& family : families) {
         const auto queue = topology::queue_name(family);
         for (const auto& type : jobs.types_of_family(family)) {

@@ -38,6 +38,9 @@ class WorkerMetrics {
     [[nodiscard]] prometheus::Gauge& in_flight(const std::string& queue);
     [[nodiscard]] prometheus::Gauge& outbox_pending() noexcept { return outbox_pending_; }
     [[nodiscard]] prometheus::Gauge& workers_needed() noexcept { return workers_needed_; }
+    [[nodiscard]] prometheus::Counter& history_written() noexcept { return history_written_; }
+    [[nodiscard]] prometheus::Counter& history_dropped() noexcept { return history_dropped_; }
+    [[nodiscard]] prometheus::Gauge& history_buffered() noexcept { return history_buffered_; }
 
     /// This worker's figures for one queue, summed over its job types: what the capacity estimate reads.
     struct QueueTotals {
@@ -76,6 +79,9 @@ class WorkerMetrics {
     prometheus::Family<prometheus::Histogram>& publish_confirm_;
     prometheus::Gauge& outbox_pending_;
     prometheus::Gauge& workers_needed_;
+    prometheus::Counter& history_written_;
+    prometheus::Counter& history_dropped_;
+    prometheus::Gauge& history_buffered_;
     std::mutex connections_mutex_;  ///< both connection threads report; the gauge reflects both flags
     std::array<bool, 2> connections_up_{};
 

@@ -123,6 +123,22 @@ int show_queues(const CommonOptions& common, const std::string& families_list, b
     });
 }
 
+void add_jobs_filters(CLI::App& command, JobsListOptions& options) {
+    auto& filter = options.filter;
+    command.add_option("--type", filter.type, "Only this job type");
+    command.add_option("--state", filter.state,
+                       "Only jobs in this state: running, succeeded, retrying, dead_lettered, cancelled");
+    command.add_option("--queue", filter.queue, "Only jobs taken from this queue (e.g. conveyor.orders)");
+    command.add_option("--correlation-id", filter.correlation_id, "Only jobs with this correlation id");
+    command.add_option("--since", filter.since,
+                       "Latest event at or after this time: a timestamp (2026-12-05T08:00:00Z) or an interval back "
+                       "from now ('2 hours', '7 days')");
+    command.add_option("--limit", filter.limit, "At most this many (1 to 1000)")
+        ->check(CLI::Range(std::int64_t{1}, std::int64_t{1000}));
+    command.add_option("--after", filter.after, "The cursor printed for the next page");
+    command.add_flag("--json", options.json, "One JSON object per line");
+}
+
 }  // namespace
 
 int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations) {
@@ -280,6 +296,22 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     queues_cmd->add_option("--families", families, "Comma-separated job families");
     queues_cmd->add_flag("--json", json, "One JSON object per line");
 
+    JobsListOptions jobs_options;
+    std::string job_id;
+    bool job_json = false;
+    auto* jobs_cmd =
+        app.add_subcommand("jobs", "Any job by id: its state, attempts and progress, from the job history");
+    jobs_cmd->require_subcommand(1);
+    jobs_cmd->fallthrough();
+    jobs_cmd->add_option("--pg-url", jobs_options.pg_url, "PostgreSQL URL")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    auto* jobs_show_cmd = jobs_cmd->add_subcommand("show", "One job: state, progress, every attempt with its error");
+    jobs_show_cmd->add_option("id", job_id, "Job id")->required();
+    jobs_show_cmd->add_flag("--json", job_json, "As one JSON object");
+    auto* jobs_list_cmd = jobs_cmd->add_subcommand("list", "Jobs by their latest event, newest first");
+    add_jobs_filters(*jobs_list_cmd, jobs_options);
+
     auto* migrate_cmd = app.add_subcommand(
         "migrate",
         "Apply the database migrations not yet applied, each in a transaction (idempotent, safe to run "
@@ -347,6 +379,12 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         }
         if (*queues_cmd) {
             return show_queues(common, families, json);
+        }
+        if (*jobs_show_cmd) {
+            return jobs_show(jobs_options.pg_url, job_id, job_json);
+        }
+        if (*jobs_list_cmd) {
+            return jobs_list(jobs_options);
         }
         if (*migrate_cmd) {
             migrate_options.statement_timeout = parse_duration(statement_timeout);

@@ -11,6 +11,7 @@
 
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/dead_letters.hpp"
+#include "conveyor/core/job_history.hpp"
 #include "conveyor/core/migrations.hpp"
 
 namespace conveyor::cli {
@@ -81,6 +82,12 @@ struct ReplayOptions {
     std::chrono::milliseconds canary_timeout{std::chrono::seconds(60)};
 };
 
+struct JobsListOptions {
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    job_history::Filter filter;
+    bool json = false;
+};
+
 /// What a database command does with its pool; returns the exit code.
 using DatabaseBody = std::function<boost::asio::awaitable<int>(pg::Pool&)>;
 
@@ -112,5 +119,9 @@ int dlq_replay(const CommonOptions& common, const ReplayOptions& options);
 /// Deletes matching dead letters; only with `confirmed` (--yes), else says how many it would delete.
 int dlq_purge(const DlqOptions& options, bool confirmed);
 int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations);
+/// One job from the history: its state, progress and every attempt.
+int jobs_show(const std::string& pg_url, const std::string& id, bool json);
+/// Jobs from the history, newest first, a page at a time.
+int jobs_list(const JobsListOptions& options);
 
 }  // namespace conveyor::cli

@@ -187,6 +187,19 @@ class JobContext {
     /// What emit() staged (and write_outbox() wrote), for the worker to publish after the commit.
     [[nodiscard]] std::vector<OutboxMessage>& emitted() noexcept { return emitted_; }
 
+    /// How far the job is, `fraction` in [0, 1] (clamped), with an optional note ("page 3 of 10"): shown in its
+    /// history record. Cheap to call often: at most one report a second reaches the history, and the last one
+    /// goes with the attempt's end.
+    void progress(double fraction, std::string_view note = {});
+
+    /// Where progress() reports go (the worker's history); none: kept only for the attempt's end.
+    using ProgressReporter = std::function<void(double fraction, std::string_view note)>;
+    void set_progress_reporter(ProgressReporter reporter) { progress_reporter_ = std::move(reporter); }
+    /// The last progress() of this attempt, if any.
+    [[nodiscard]] const std::optional<std::pair<double, std::string>>& last_progress() const noexcept {
+        return last_progress_;
+    }
+
   private:
     const Envelope& envelope_;
     const TraceContext& trace_;
@@ -196,6 +209,9 @@ class JobContext {
     pg::Transaction* transaction_ = nullptr;
     TransactionOpener opener_;
     std::vector<OutboxMessage> emitted_;
+    ProgressReporter progress_reporter_;
+    std::optional<std::pair<double, std::string>> last_progress_;
+    std::chrono::steady_clock::time_point last_reported_{};
 };
 
 using JobHandler = std::function<boost::asio::awaitable<Outcome>(JobContext&)>;

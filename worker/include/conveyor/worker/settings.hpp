@@ -67,6 +67,12 @@ struct WorkerSettings {
     std::chrono::milliseconds inbox_retention{std::chrono::hours(24 * 14)};
     /// How often outbox rows left behind by a crash are published (CONVEYOR_OUTBOX_SWEEP_INTERVAL).
     std::chrono::milliseconds outbox_sweep_interval{5'000};
+    /// Whether the job history (conveyor.job_events) is written (CONVEYOR_HISTORY: on or off).
+    bool history = true;
+    /// How long job history is kept (CONVEYOR_HISTORY_RETENTION); whole days are dropped at a time.
+    std::chrono::milliseconds history_retention{std::chrono::hours(24 * 7)};
+    /// History events held while PostgreSQL is away (CONVEYOR_HISTORY_BUFFER); beyond, they are dropped and counted.
+    std::size_t history_buffer = 100'000;
     /// A job that was running alone when the worker died this many times is dead-lettered as poison
     /// (CONVEYOR_QUARANTINE_AFTER).
     unsigned quarantine_after = 1;

@@ -1,0 +1,85 @@
+#include "conveyor/core/task_group.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "conveyor/core/logging.hpp"
+
+namespace conveyor {
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+bool ended_by_cancellation(const std::exception_ptr& error) {
+    if (!error) {
+        return false;
+    }
+    try {
+        std::rethrow_exception(error);
+    } catch (const boost::system::system_error& e) {
+        return e.code() == asio::error::operation_aborted;
+    } catch (...) {
+        return false;
+    }
+}
+
+}  // namespace
+
+TaskGroup::TaskGroup(asio::any_io_executor executor) : executor_(executor), all_ended_(executor, 1) {}
+
+void TaskGroup::start(std::string name, Task& task, asio::awaitable<void> coroutine) {
+    ++running_;
+    asio::co_spawn(task.strand(), std::move(coroutine),
+                   asio::bind_cancellation_slot(task.signal().slot(), [this, failed = log_failure(std::move(name))](
+                                                                          const std::exception_ptr& error) {
+                       if (!ended_by_cancellation(error)) {
+                           failed(error);
+                       }
+                       if (--running_ == 0) {
+                           all_ended_.try_send(boost::system::error_code{});
+                       }
+                   }));
+}
+
+void TaskGroup::cancel(asio::cancellation_type type) {
+    for (auto& task : tasks_) {
+        asio::post(task.strand(), [&task, type] { task.signal().emit(type); });
+    }
+}
+
+asio::awaitable<bool> TaskGroup::join(std::chrono::steady_clock::time_point deadline) {
+    // On a strand of its own: the timer and the channel complete into one group that cancels the loser, and
+    // a cancellation signal is not thread-safe.
+    auto waited = asio::co_spawn(asio::make_strand(executor_), wait_for_all(deadline), asio::use_awaitable);
+    co_return co_await std::move(waited);
+}
+
+asio::awaitable<bool> TaskGroup::wait_for_all(std::chrono::steady_clock::time_point deadline) {
+    asio::steady_timer timer(co_await asio::this_coro::executor, deadline);
+    while (running_ > 0 && std::chrono::steady_clock::now() < deadline) {
+        // Whichever wins, the count is the truth: a wake-up that lost the race to the deadline is not needed.
+        co_await (all_ended_.async_receive(asio::as_tuple(asio::use_awaitable)) ||
+                  timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+    }
+    co_return running_ == 0;
+}
+
+asio::awaitable<bool> wait_until(std::chrono::steady_clock::time_point at) {
+    // Checked first: a cancellation that came while the coroutine was not waiting is only on record here.
+    const auto state = co_await asio::this_coro::cancellation_state;
+    if (cancelled(state)) {
+        co_return false;
+    }
+    asio::steady_timer timer(co_await asio::this_coro::executor, at);
+    auto [error] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return !error;
+}
+
+}  // namespace conveyor

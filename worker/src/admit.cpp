@@ -1,0 +1,157 @@
+#include "admit.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace conveyor::worker {
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr auto kDatabasePoll = std::chrono::milliseconds(100);
+
+}  // namespace
+
+JobLogger job_logger(const Envelope& envelope, const amqp::Delivery& delivery, const TraceContext& trace) {
+    return JobLogger({.job_id = envelope.job_id,
+                      .type = envelope.type,
+                      .correlation_id = envelope.correlation_id,
+                      .queue = delivery.queue,
+                      .attempt = envelope.attempt,
+                      .trace = &trace});
+}
+
+std::variant<Screened, Refusal> screen(const amqp::Message& message, const EnvelopeLimits& limits,
+                                       simdjson::dom::parser& parser, const JobRegistry& registry) {
+    auto envelope = parse_envelope(message, limits, parser);
+    if (!envelope) {
+        return Refusal{{std::string(reason_code(envelope.error().errc)), envelope.error().detail}, 0, "unknown"};
+    }
+    const auto* definition = registry.find(envelope->type);
+    if (definition == nullptr) {
+        return Refusal{{"unknown_type", fmt::format("no handler for job type '{}'", envelope->type)},
+                       envelope->attempt,
+                       envelope->type};
+    }
+    if (definition->options.validate) {
+        if (auto invalid = definition->options.validate(envelope->payload)) {
+            return Refusal{{"invalid_payload", std::move(*invalid)}, envelope->attempt, envelope->type};
+        }
+    }
+    return Screened{std::move(*envelope), definition};
+}
+
+asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdjson::dom::parser& parser,
+                                           const TraceContext& trace) {
+    auto screened = screen(delivery.message, settings_.limits, parser, registry_);
+    if (auto* refusal = std::get_if<Refusal>(&screened)) {
+        co_return std::move(*refusal);
+    }
+    auto& readable = std::get<Screened>(screened);
+    AdmittedJob job{std::move(readable.envelope), readable.definition, std::nullopt};
+    const auto& envelope = job.envelope;
+    const auto log = job_logger(envelope, delivery, trace);
+    // A job that needs the database waits for it, holding its delivery: requeueing would spin it through the queue
+    // and count against the broker's delivery limit, and running it would only burn an attempt.
+    if (job.definition->options.transaction != TransactionMode::none || delivery.redelivered) {
+        const bool available = co_await database_available(log);
+        if (!available) {
+            co_return admission::HandBack{};
+        }
+    }
+    if (delivery.redelivered) {
+        log.debug("redelivered; running again");
+        const auto history = co_await judge(envelope.job_id, log);
+        if (!history) {
+            co_return admission::HandBack{};
+        }
+        if (history->decision == Quarantine::Decision::dead_letter) {
+            co_return Refusal{
+                {"delivery_limit", fmt::format("quarantined as poison: a worker died {} times while running it alone "
+                                               "(--quarantine-after {})",
+                                               history->solo_starts, settings_.quarantine_after)},
+                envelope.attempt,
+                envelope.type,
+                true};
+        }
+        job.alone = history->decision == Quarantine::Decision::run_alone;
+    }
+    const bool entered = co_await enter_gate(job.alone, log);
+    if (!entered) {
+        co_return admission::HandBack{};
+    }
+    job.pass.emplace(quarantine_, job.alone);
+    // The waits above can outlast the delivery's session: then the broker has requeued it already, and running it
+    // here would only duplicate it (its ack would be dropped).
+    if (!consumer_.is_current(delivery)) {
+        co_return admission::Gone{};
+    }
+    if (delivery.redelivered) {
+        const bool recorded = co_await record_start(job, delivery.queue, log);
+        if (!recorded) {
+            co_return admission::HandBack{};
+        }
+        job.start_on_record = true;
+    }
+    co_return std::move(job);
+}
+
+asio::awaitable<std::optional<Quarantine::History>> Admitter::judge(const std::string& job_id, const JobLogger& log) {
+    while (true) {
+        try {
+            co_return co_await quarantine_.judge(job_id);
+        } catch (const pg::Error& e) {
+            database_.lost(e.what());
+        }
+        const bool available = co_await database_available(log);
+        if (!available) {
+            co_return std::nullopt;
+        }
+    }
+}
+
+asio::awaitable<bool> Admitter::enter_gate(bool alone, const JobLogger& log) {
+    if (!alone && quarantine_.try_enter_shared()) {
+        co_return true;
+    }
+    if (alone) {
+        log.warn("was running when a worker died; running it alone to see whether it is poison");
+        co_return co_await quarantine_.enter_exclusive(draining_);
+    }
+    co_return co_await quarantine_.enter_shared(draining_);
+}
+
+asio::awaitable<bool> Admitter::record_start(const AdmittedJob& job, const std::string& queue, const JobLogger& log) {
+    while (true) {
+        try {
+            co_await quarantine_.record_start(job.envelope.job_id, queue, job.alone);
+            co_return true;
+        } catch (const pg::Error& e) {
+            database_.lost(e.what());
+        }
+        const bool available = co_await database_available(log);
+        if (!available) {
+            co_return false;
+        }
+    }
+}
+
+asio::awaitable<bool> Admitter::database_available(const JobLogger& log) {
+    if (database_.ok()) {
+        co_return true;
+    }
+    log.debug("waiting for the database");
+    asio::steady_timer tick(co_await asio::this_coro::executor);
+    while (!database_.ok()) {
+        if (draining_) {
+            co_return false;
+        }
+        tick.expires_after(kDatabasePoll);
+        co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    co_return true;
+}
+
+}  // namespace conveyor::worker

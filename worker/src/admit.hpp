@@ -1,0 +1,100 @@
+#pragma once
+
+#include <simdjson.h>
+
+#include <atomic>
+#include <boost/asio/awaitable.hpp>
+#include <cstdint>
+#include <optional>
+#include <variant>
+
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/envelope.hpp"
+#include "conveyor/core/job.hpp"
+#include "conveyor/core/trace.hpp"
+#include "housekeeping.hpp"
+#include "quarantine.hpp"
+#include "settle.hpp"
+#include "worker_metrics.hpp"
+
+/// The admit stage: every reason not to run a delivery now, checked before it runs. First what the message alone
+/// tells (its envelope, its handler, its payload's schema), then what the worker's state tells (the database the
+/// job needs, the poison quarantine).
+namespace conveyor::worker {
+
+/// A message that reads as a job this worker has a handler for.
+struct Screened {
+    Envelope envelope;
+    const JobDefinition* definition = nullptr;
+};
+
+/// A delivery that must not run, ever: it is dead-lettered with its verdict.
+struct Refusal {
+    Verdict verdict;
+    std::uint32_t attempts = 0;
+    std::string type;  ///< the metrics' type label: the job's, or "unknown" for a message that did not parse
+    /// Quarantined as poison: its execution record is the evidence, cleared once the dead letter is confirmed.
+    bool clear_record = false;
+};
+
+/// The log of a job's delivery: its fields on every line. It refers to `envelope`, `delivery` and `trace`.
+[[nodiscard]] JobLogger job_logger(const Envelope& envelope, const amqp::Delivery& delivery, const TraceContext& trace);
+
+/// The checks that need nothing but the message. Thread-compatible: one parser per coroutine.
+[[nodiscard]] std::variant<Screened, Refusal> screen(const amqp::Message& message, const EnvelopeLimits& limits,
+                                                     simdjson::dom::parser& parser, const JobRegistry& registry);
+
+/// A job admitted to run: holds its place in the quarantine gate until the attempt ends.
+struct AdmittedJob {
+    Envelope envelope;
+    const JobDefinition* definition;
+    std::optional<Quarantine::Pass> pass;  ///< taken once it has entered the gate
+    bool alone = false;                    ///< a suspect, running with no other job beside it
+    bool start_on_record = false;          ///< redelivered: its start is recorded, and cleared when the attempt ends
+};
+
+namespace admission {
+/// The worker began draining while the job waited: it goes back to the broker.
+struct HandBack {};
+/// Its delivery's session ended while it waited: the broker has requeued it already.
+struct Gone {};
+}  // namespace admission
+using Admission = std::variant<AdmittedJob, Refusal, admission::HandBack, admission::Gone>;
+
+class Admitter {
+  public:
+    struct Settings {
+        EnvelopeLimits limits;
+        unsigned quarantine_after = 0;
+    };
+    Admitter(const JobRegistry& registry, Settings settings, Quarantine& quarantine, DatabaseHealth& database,
+             const amqp::Connection& consumer, const std::atomic<bool>& draining)
+        : registry_(registry),
+          settings_(settings),
+          quarantine_(quarantine),
+          database_(database),
+          consumer_(consumer),
+          draining_(draining) {}
+
+    boost::asio::awaitable<Admission> admit(const amqp::Delivery& delivery, simdjson::dom::parser& parser,
+                                            const TraceContext& trace);
+
+  private:
+    /// Only a redelivered job can have been running when a worker died: its record says whether it may run, and
+    /// how. Empty if the worker began draining while the database was away.
+    boost::asio::awaitable<std::optional<Quarantine::History>> judge(const std::string& job_id, const JobLogger& log);
+    boost::asio::awaitable<bool> enter_gate(bool alone, const JobLogger& log);
+    /// The start must be on record before the job runs: it is the evidence if the job kills the process.
+    boost::asio::awaitable<bool> record_start(const AdmittedJob& job, const std::string& queue, const JobLogger& log);
+    /// Waits until the probe finds the database usable; false if the worker begins draining first.
+    boost::asio::awaitable<bool> database_available(const JobLogger& log);
+
+    const JobRegistry& registry_;
+    Settings settings_;
+    Quarantine& quarantine_;
+    DatabaseHealth& database_;
+    const amqp::Connection& consumer_;
+    const std::atomic<bool>& draining_;
+};
+
+}  // namespace conveyor::worker

@@ -1,0 +1,242 @@
+#include "execute.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace conveyor::worker {
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+void JobSlot::close() {
+    closed = true;
+    deadline.cancel();
+}
+
+asio::awaitable<void> watch(JobSlot& slot, std::chrono::milliseconds idle_rearm) {
+    while (!slot.closed) {
+        const bool watching = slot.job_deadline && !slot.timed_out;
+        slot.armed_until = watching ? *slot.job_deadline : Clock::now() + idle_rearm;
+        slot.deadline.expires_at(slot.armed_until);
+        co_await slot.deadline.async_wait(asio::as_tuple(asio::use_awaitable));
+        const auto state = co_await asio::this_coro::cancellation_state;
+        if (cancelled(state)) {
+            co_return;
+        }
+        if (slot.job_deadline && !slot.timed_out && Clock::now() >= *slot.job_deadline) {
+            slot.timed_out = true;
+            slot.task.signal().emit(asio::cancellation_type::terminal);
+        }
+    }
+}
+
+asio::awaitable<std::optional<Attempt>> Execution::run(const amqp::Delivery& delivery, AdmittedJob& job, JobSlot& slot,
+                                                       const TraceContext& trace, const JobLogger& log) {
+    const auto& envelope = job.envelope;
+    auto& metrics = metrics_.job(delivery.queue, envelope.type);
+    auto& in_flight = metrics_.in_flight(delivery.queue);
+    metrics.started->Increment();
+    in_flight.Increment();
+    if (envelope.enqueued_at) {
+        const std::chrono::duration<double> waited = std::chrono::system_clock::now() - *envelope.enqueued_at;
+        metrics.queue_wait->Observe(std::max(0.0, waited.count()));
+    }
+    const auto& options = job.definition->options;
+    const auto timeout = options.timeout.count() > 0 ? options.timeout : default_timeout_;
+    const auto started = Clock::now();
+    const auto started_at = std::chrono::system_clock::now();
+    JobContext context(envelope, trace, log, started + timeout, &pool_);
+    record_start(context, delivery.queue, started_at);
+    auto result = co_await attempt(*job.definition, context, slot, timeout);
+    job.pass.reset();
+    if (job.start_on_record) {
+        co_await forget_start(envelope.job_id, log);
+    }
+    result.started_at = started_at;
+    result.progress = context.last_progress();
+    const bool interrupted = aborting_ && !result.timed_out;
+    if (interrupted && !std::holds_alternative<Success>(result.outcome)) {
+        in_flight.Decrement();
+        record_interruption(context, delivery.queue, started_at);
+        log.warn("cancelled at shutdown; requeued");
+        co_return std::nullopt;
+    }
+    metrics.duration->Observe(std::chrono::duration<double>(Clock::now() - started).count());
+    in_flight.Decrement();
+    result.emitted = std::move(context.emitted());
+    co_return result;
+}
+
+void Execution::record_start(JobContext& context, const std::string& queue,
+                             std::chrono::system_clock::time_point started_at) {
+    if (!history_.enabled()) {
+        return;
+    }
+    history_.record_start(
+        history_event(context.envelope(), queue, context.trace(), worker_name_, "running", started_at));
+    // The context outlives its reporter: the attempt ends before the context does.
+    context.set_progress_reporter([this, &context, &queue, started_at](double fraction, std::string_view note) {
+        auto event = history_event(context.envelope(), queue, context.trace(), worker_name_, "running", started_at);
+        event.progress = fraction;
+        event.progress_note = std::string(note);
+        history_.record(std::move(event));
+    });
+}
+
+void Execution::record_interruption(const JobContext& context, const std::string& queue,
+                                    std::chrono::system_clock::time_point started_at) {
+    if (!history_.enabled()) {
+        return;
+    }
+    auto event = history_event(context.envelope(), queue, context.trace(), worker_name_, "retrying", started_at);
+    event.ended_at = event.recorded_at;
+    event.error = "interrupted by the worker's shutdown; back in the queue";
+    history_.record(std::move(event));
+}
+
+asio::awaitable<Attempt> Execution::attempt(const JobDefinition& definition, JobContext& context, JobSlot& slot,
+                                            std::chrono::milliseconds timeout) {
+    // The watchdog emits the slot's cancellation signal at the deadline; the shutdown does when its grace period is
+    // over. Either way the handler's pending operation fails with operation_aborted.
+    slot.timed_out = false;
+    slot.job_deadline = Clock::now() + timeout;
+    if (*slot.job_deadline < slot.armed_until) {
+        slot.deadline.cancel();  // the watchdog waits for a later time; wake it to re-arm
+    }
+    Attempt result;
+    result.timeout = timeout;
+    std::optional<Outcome> outcome;
+    std::string failure;
+    bool permanent = false;
+    try {
+        outcome = co_await run_handler(definition, context, result.duplicate);
+    } catch (const PermanentError& e) {
+        failure = e.what();
+        permanent = true;
+    } catch (const std::exception& e) {
+        failure = e.what();
+    }
+    slot.job_deadline.reset();
+    result.timed_out = slot.timed_out;
+    // A cancelled coroutine fails every later wait at once; what follows (settling the job) must still run.
+    co_await asio::this_coro::reset_cancellation_state();
+    if (outcome) {
+        result.outcome = std::move(*outcome);
+    } else if (result.timed_out) {
+        // A timeout or an escaped exception is a transient failure unless the exception says otherwise.
+        result.outcome = Retry{{}, fmt::format("job exceeded its deadline of {} ms", timeout.count())};
+    } else if (permanent) {
+        result.outcome = DeadLetter{"permanent_failure", std::move(failure)};
+    } else {
+        result.outcome = Retry{{}, std::move(failure)};
+    }
+    co_return result;
+}
+
+asio::awaitable<Outcome> Execution::run_handler(const JobDefinition& definition, JobContext& context, bool& duplicate) {
+    const auto mode = definition.options.transaction;
+    if (mode == TransactionMode::none) {
+        auto outcome = co_await definition.handler(context);
+        co_return outcome;
+    }
+    std::optional<pg::Transaction> transaction;
+    if (mode == TransactionMode::per_job) {
+        const bool claimed = co_await claim_in_transaction(context, transaction);
+        if (!claimed) {
+            duplicate = true;
+            co_return Success{};
+        }
+        context.bind_transaction(&*transaction);
+    } else {
+        context.set_transaction_opener(
+            [this, &context, &transaction, &duplicate]() -> asio::awaitable<pg::Transaction*> {
+                const bool claimed = co_await claim_in_transaction(context, transaction);
+                duplicate = !claimed;
+                pg::Transaction* opened = nullptr;
+                if (claimed) {
+                    opened = &*transaction;
+                }
+                co_return opened;
+            });
+    }
+    std::optional<Outcome> handled;
+    try {
+        handled = co_await definition.handler(context);
+    } catch (...) {
+        // The opener and the binding refer to this frame's locals: they must not outlive it in the context.
+        context.set_transaction_opener({});
+        context.bind_transaction(nullptr);
+        context.emitted().clear();
+        throw;
+    }
+    context.set_transaction_opener({});
+    // Named: no temporaries inside co_await for g++ 12.
+    auto finishing = finish_transaction(std::move(*handled), context, transaction, duplicate);
+    auto outcome = co_await std::move(finishing);
+    co_return outcome;
+}
+
+asio::awaitable<Outcome> Execution::finish_transaction(Outcome outcome, JobContext& context,
+                                                       std::optional<pg::Transaction>& transaction, bool duplicate) {
+    const bool succeeded = std::holds_alternative<Success>(outcome) && !duplicate;
+    if (!succeeded) {
+        context.bind_transaction(nullptr);
+        context.emitted().clear();  // staged for a transaction that never commits
+        if (transaction) {
+            co_await transaction->rollback();
+        }
+        if (duplicate) {
+            outcome = Success{};
+        }
+        co_return outcome;
+    }
+    if (!transaction) {
+        if (!context.emitted().empty()) {
+            throw std::logic_error(
+                fmt::format("job type {} emitted jobs but never began its transaction", context.type()));
+        }
+        co_return outcome;
+    }
+    co_await context.write_outbox();
+    context.bind_transaction(nullptr);
+    co_await transaction->commit();
+    co_return outcome;
+}
+
+asio::awaitable<bool> Execution::claim_in_transaction(const JobContext& context,
+                                                      std::optional<pg::Transaction>& transaction) {
+    std::optional<pg::Result> claim;
+    try {
+        auto begun = co_await pool_.begin();
+        transaction.emplace(std::move(begun));
+        auto claimed = co_await transaction->query(
+            "INSERT INTO conveyor.inbox (message_id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING", context.job_id(),
+            context.type());
+        claim.emplace(std::move(claimed));
+    } catch (const pg::Error& e) {
+        if (e.sqlstate().starts_with("08")) {
+            database_.lost(e.what());  // later jobs wait for the database instead of failing like this one
+        }
+        throw;
+    }
+    if (claim->affected() == 0) {
+        co_await transaction->rollback();
+        transaction.reset();
+        co_return false;
+    }
+    co_return true;
+}
+
+asio::awaitable<void> Execution::forget_start(const std::string& job_id, const JobLogger& log) {
+    std::string failure;
+    try {
+        co_await quarantine_.record_end(job_id);
+    } catch (const std::exception& e) {
+        failure = e.what();
+    }
+    if (!failure.empty()) {
+        log.warn("could not clear its execution record: {}", failure);
+    }
+}
+
+}  // namespace conveyor::worker

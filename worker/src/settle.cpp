@@ -1,0 +1,199 @@
+#include "settle.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <random>
+
+#include "conveyor/core/config.hpp"
+#include "conveyor/core/job_headers.hpp"
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor::worker {
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr auto kRefusedPublishBackoff = std::chrono::seconds(1);
+// How much of an error a log line quotes; the header keeps up to job_headers::kMaxErrorBytes.
+constexpr std::size_t kLoggedErrorBytes = 256;
+
+/// Each I/O thread draws retry jitter from its own generator: no lock on the failure path.
+double unit_random() {
+    thread_local std::mt19937_64 generator{std::random_device{}()};
+    return std::uniform_real_distribution<double>(0.0, 1.0)(generator);
+}
+
+std::string or_dash(std::string_view text) {
+    return text.empty() ? std::string("-") : job_headers::bounded(text, 128);
+}
+
+}  // namespace
+
+Decision decide(const Attempt& attempt, std::uint32_t attempt_number, const RetryPolicy& policy, double unit_random) {
+    if (attempt.duplicate || std::holds_alternative<Success>(attempt.outcome)) {
+        return decision::Acknowledge{};
+    }
+    if (const auto* retry = std::get_if<Retry>(&attempt.outcome)) {
+        if (!retry->counts_attempt) {
+            return decision::RetryLater{std::max(retry->after, policy.delay_after(1, {}, unit_random)), false,
+                                        retry->reason};
+        }
+        if (attempt_number < policy.max_attempts) {
+            return decision::RetryLater{policy.delay_after(attempt_number, retry->after, unit_random), true,
+                                        retry->reason};
+        }
+        return decision::GiveUp{
+            {attempt.timed_out ? "timeout" : "attempts_exhausted",
+             fmt::format("attempt {} of {} failed: {}", attempt_number, policy.max_attempts, retry->reason)}};
+    }
+    const auto& dead = std::get<DeadLetter>(attempt.outcome);
+    return decision::GiveUp{{dead.reason.empty() ? "permanent_failure" : dead.reason, dead.error}};
+}
+
+asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const Envelope& envelope,
+                                         WorkerMetrics::Job& metrics, Attempt attempt, const JobLogger& log,
+                                         const TraceContext& trace) {
+    if (attempt.duplicate) {
+        consumer_.ack(delivery);
+        metrics.duplicate->Increment();
+        ++counts_.duplicates;
+        record_end(delivery, envelope, attempt, trace, "duplicate", {});
+        log.info("duplicate: already processed (found in the inbox); acknowledged without running");
+        co_return;
+    }
+    auto decided = decide(attempt, envelope.attempt, policies_.at(envelope.type), unit_random());
+    if (std::holds_alternative<decision::Acknowledge>(decided)) {
+        consumer_.ack(delivery);
+        metrics.success->Increment();
+        ++counts_.succeeded;
+        record_end(delivery, envelope, attempt, trace, "succeeded", {});
+        log.debug("attempt {} succeeded", envelope.attempt);
+        if (!attempt.emitted.empty()) {
+            co_await publish_emitted(attempt.emitted, log);
+        }
+    } else if (auto* retry = std::get_if<decision::RetryLater>(&decided)) {
+        record_end(delivery, envelope, attempt, trace, "retrying", retry->reason);
+        co_await schedule_retry(delivery, envelope, metrics, std::move(*retry), log);
+    } else {
+        auto& verdict = std::get<decision::GiveUp>(decided).verdict;
+        record_end(delivery, envelope, attempt, trace, "dead_lettered",
+                   fmt::format("{}: {}", verdict.reason, verdict.error));
+        co_await dead_letter(delivery, metrics, envelope.attempt, std::move(verdict), trace);
+    }
+}
+
+void Settlement::record_end(const amqp::Delivery& delivery, const Envelope& envelope, const Attempt& attempt,
+                            const TraceContext& trace, std::string state, std::string error) {
+    if (!history_.enabled()) {
+        return;
+    }
+    auto event = history_event(envelope, delivery.queue, trace, worker_name_, std::move(state), attempt.started_at);
+    event.ended_at = event.recorded_at;
+    event.error = job_headers::bounded(error, job_headers::kMaxErrorBytes);
+    if (attempt.progress) {
+        event.progress = attempt.progress->first;
+        event.progress_note = attempt.progress->second;
+    }
+    history_.record(std::move(event));
+}
+
+void Settlement::requeue(const amqp::Delivery& delivery) {
+    consumer_.reject(delivery, true);
+    ++counts_.requeued;
+}
+
+asio::awaitable<void> Settlement::requeue_after_pause(const amqp::Delivery& delivery) {
+    asio::steady_timer pause(co_await asio::this_coro::executor, kRefusedPublishBackoff);
+    co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+    requeue(delivery);
+}
+
+/// Sends the job to the delay ladder as its next attempt and acks the original only once the broker has confirmed
+/// the copy: a crash in between leaves two copies (the inbox absorbs the second), never none.
+asio::awaitable<void> Settlement::schedule_retry(const amqp::Delivery& delivery, const Envelope& envelope,
+                                                 WorkerMetrics::Job& metrics, decision::RetryLater retry,
+                                                 const JobLogger& log) {
+    const auto next_attempt = retry.counts_attempt ? envelope.attempt + 1 : envelope.attempt;
+    const auto delay = std::clamp<std::chrono::milliseconds>(retry.delay, std::chrono::seconds(1), topology::kMaxDelay);
+    const auto due = std::chrono::system_clock::now() + std::chrono::ceil<std::chrono::seconds>(delay);
+    amqp::Message message = delivery.message;
+    message.exchange = topology::delay_entry_exchange();
+    message.routing_key = topology::delay_routing_key(delay, envelope.type);
+    job_headers::stamp_retry(message.properties.headers, next_attempt, retry.reason, due);
+    const auto reason = job_headers::bounded(retry.reason, kLoggedErrorBytes);
+    auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
+    if (error) {
+        log.error("could not schedule attempt {} ({}); requeueing: {}", next_attempt, reason, error.message());
+        co_await requeue_after_pause(delivery);
+        co_return;
+    }
+    consumer_.ack(delivery);
+    metrics.retry->Increment();
+    metrics.retry_delay->Observe(std::chrono::duration<double>(delay).count());
+    ++counts_.retried;
+    if (retry.counts_attempt) {
+        log.warn("attempt {} failed: {}; attempt {} in {} ms", envelope.attempt, reason, next_attempt, delay.count());
+    } else {
+        log.info("waiting: {}; attempt {} runs again in {} ms (not counted)", reason, next_attempt, delay.count());
+    }
+}
+
+asio::awaitable<bool> Settlement::dead_letter(const amqp::Delivery& delivery, WorkerMetrics::Job& metrics,
+                                              std::uint32_t attempts, Verdict verdict, const TraceContext& trace) {
+    const auto dead_letter_queue = topology::dead_letter_queue_name(topology::family_of_queue(delivery.queue));
+    amqp::Message message = delivery.message;
+    message.exchange.clear();
+    message.routing_key = dead_letter_queue;
+    job_headers::stamp_failure(
+        message.properties.headers,
+        {.reason = verdict.reason,
+         .error = verdict.error,
+         .attempts = attempts,
+         .original_routing_key = std::string(topology::job_type_of_routing_key(delivery.message.routing_key)),
+         .original_queue = delivery.queue,
+         .failed_at = utc_timestamp(std::chrono::system_clock::now()),
+         .worker = worker_name_});
+
+    // Logged with the ids as they arrived: the message may be too broken to have parsed into an envelope.
+    const auto& properties = delivery.message.properties;
+    const auto job_id = or_dash(properties.message_id);
+    const auto correlation_id = job_headers::bounded(properties.correlation_id, 128);
+    const auto type = job_headers::bounded(topology::job_type_of_routing_key(delivery.message.routing_key), 64);
+    const JobLogger log({.job_id = job_id,
+                         .type = type,
+                         .correlation_id = correlation_id,
+                         .queue = delivery.queue,
+                         .attempt = attempts,
+                         .trace = &trace});
+    const auto error_text = job_headers::bounded(verdict.error, kLoggedErrorBytes);
+    auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
+    if (error) {
+        // Never drop the message: it goes back to its queue.
+        log.error("could not dead-letter ({}: {}): {}; requeueing", verdict.reason, error_text, error.message());
+        co_await requeue_after_pause(delivery);
+        co_return false;
+    }
+    consumer_.ack(delivery);
+    metrics.dead_letter->Increment();
+    ++counts_.dead_lettered;
+    log.warn("dead-lettered to {}: {}: {}", dead_letter_queue, verdict.reason, error_text);
+    co_return true;
+}
+
+/// Publishes what a job emitted once its transaction has committed. A failure costs the job nothing: the rows stay
+/// in the outbox for the sweeper.
+asio::awaitable<void> Settlement::publish_emitted(const std::vector<OutboxMessage>& emitted, const JobLogger& log) {
+    std::string failure;
+    try {
+        co_await outbox_.publish(emitted);
+    } catch (const std::exception& e) {
+        failure = e.what();
+    }
+    if (!failure.empty()) {
+        log.warn("emitted jobs stay in the outbox for the sweeper: {}", failure);
+    }
+}
+
+}  // namespace conveyor::worker

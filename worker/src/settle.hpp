@@ -1,0 +1,118 @@
+#pragma once
+
+#include <atomic>
+#include <boost/asio/awaitable.hpp>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/envelope.hpp"
+#include "conveyor/core/job.hpp"
+#include "conveyor/core/trace.hpp"
+#include "history.hpp"
+#include "housekeeping.hpp"
+#include "worker_metrics.hpp"
+
+/// The settle stage: what becomes of a delivery once its attempt is over, or once admission refused it. Acked,
+/// sent to the delay ladder as its next attempt, dead-lettered, or handed back to the broker. Nothing is acked
+/// before the broker has confirmed where the job goes next.
+namespace conveyor::worker {
+
+/// Why a job goes to its dead-letter queue: a reason code (x-conveyor-reason) and what went wrong.
+struct Verdict {
+    std::string reason;
+    std::string error;
+};
+
+/// How one attempt ended, as the execute stage reports it.
+struct Attempt {
+    Outcome outcome;
+    bool duplicate = false;  ///< its inbox entry was there already: it ran before, and nothing was applied again
+    bool timed_out = false;
+    std::chrono::milliseconds timeout{0};
+    std::vector<OutboxMessage> emitted;  ///< committed with the job, published once it is acked
+    std::chrono::system_clock::time_point started_at;
+    std::optional<std::pair<double, std::string>> progress;  ///< the handler's last report
+};
+
+namespace decision {
+struct Acknowledge {};
+struct RetryLater {
+    std::chrono::milliseconds delay;
+    bool counts_attempt = true;
+    std::string reason;
+};
+struct GiveUp {
+    Verdict verdict;
+};
+}  // namespace decision
+using Decision = std::variant<decision::Acknowledge, decision::RetryLater, decision::GiveUp>;
+
+/// The decision for an attempt `attempt` (1-based) that ended with `outcome`, under `policy`; `unit_random` (in
+/// [0, 1)) draws the retry's jitter. A retry that does not count its attempt (waiting for a dependency) never gives
+/// up; one that does gives up after the policy's last attempt, as timeout if the attempt ran out of time.
+[[nodiscard]] Decision decide(const Attempt& attempt, std::uint32_t attempt_number, const RetryPolicy& policy,
+                              double unit_random);
+
+/// What the worker settled, for its shutdown line.
+struct SettledCounts {
+    std::atomic<std::uint64_t> succeeded{0};
+    std::atomic<std::uint64_t> retried{0};
+    std::atomic<std::uint64_t> duplicates{0};
+    std::atomic<std::uint64_t> dead_lettered{0};
+    std::atomic<std::uint64_t> requeued{0};
+};
+
+class Settlement {
+  public:
+    Settlement(amqp::Connection& consumer, amqp::Connection& publisher, OutboxRelay& outbox, HistoryRecorder& history,
+               std::string worker_name, std::map<std::string, RetryPolicy, std::less<>> policies)
+        : consumer_(consumer),
+          publisher_(publisher),
+          outbox_(outbox),
+          history_(history),
+          worker_name_(std::move(worker_name)),
+          policies_(std::move(policies)) {}
+
+    /// Settles an attempt of `envelope`: acks it (then publishes what it emitted), schedules its retry, or
+    /// dead-letters it.
+    boost::asio::awaitable<void> settle(const amqp::Delivery& delivery, const Envelope& envelope,
+                                        WorkerMetrics::Job& metrics, Attempt attempt, const JobLogger& log,
+                                        const TraceContext& trace);
+
+    /// Dead-letters the delivery with its verdict after `attempts` attempts. Returns whether the dead letter is
+    /// confirmed (and the original acked); otherwise the original goes back to the queue after a pause.
+    boost::asio::awaitable<bool> dead_letter(const amqp::Delivery& delivery, WorkerMetrics::Job& metrics,
+                                             std::uint32_t attempts, Verdict verdict, const TraceContext& trace);
+
+    /// Hands a delivery back to the broker for another attempt (here or on another worker).
+    void requeue(const amqp::Delivery& delivery);
+
+    [[nodiscard]] const SettledCounts& counts() const noexcept { return counts_; }
+
+  private:
+    boost::asio::awaitable<void> schedule_retry(const amqp::Delivery& delivery, const Envelope& envelope,
+                                                WorkerMetrics::Job& metrics, decision::RetryLater retry,
+                                                const JobLogger& log);
+    boost::asio::awaitable<void> publish_emitted(const std::vector<OutboxMessage>& emitted, const JobLogger& log);
+    /// After a refused publish: the original goes back, after a pause so a broken queue cannot make it spin.
+    boost::asio::awaitable<void> requeue_after_pause(const amqp::Delivery& delivery);
+    /// The end of the attempt in the job's history.
+    void record_end(const amqp::Delivery& delivery, const Envelope& envelope, const Attempt& attempt,
+                    const TraceContext& trace, std::string state, std::string error);
+
+    amqp::Connection& consumer_;
+    amqp::Connection& publisher_;
+    OutboxRelay& outbox_;
+    HistoryRecorder& history_;
+    std::string worker_name_;
+    std::map<std::string, RetryPolicy, std::less<>> policies_;
+    SettledCounts counts_;
+};
+
+}  // namespace conveyor::worker
