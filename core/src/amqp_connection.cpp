@@ -468,7 +468,8 @@ class Connection::Impl {
         }
         for (const auto& queue : topology_.queues) {
             codec::EncodedTable arguments(queue.arguments);
-            amqp_queue_declare(conn_, kControlChannel, bytes_of(queue.name), 0, 1, 0, 0, arguments.table());
+            amqp_queue_declare(conn_, kControlChannel, bytes_of(queue.name), 0, queue.exclusive ? 0 : 1,
+                               queue.exclusive ? 1 : 0, queue.exclusive ? 1 : 0, arguments.table());
             check_reply(conn_, fmt::format("declare queue {}", queue.name));
         }
         for (const auto& binding : topology_.bindings) {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <random>
 #include <stdexcept>
 
 namespace conveyor::topology {
@@ -130,9 +131,16 @@ std::vector<std::string> parse_families(std::string_view list) {
     return families;
 }
 
+amqp::QueueSpec control_queue(std::string_view worker_name) {
+    // Unique per process: two workers given the same --name must not share (or steal) each other's commands.
+    thread_local std::mt19937_64 generator{std::random_device{}()};
+    return {fmt::format("conveyor.control.{}.{:016x}", worker_name, generator()), {}, true};
+}
+
 amqp::Topology job_topology(std::span<const std::string> families, std::int64_t delivery_limit) {
     amqp::Topology topology;
     topology.exchanges.push_back({std::string(kJobsExchange), "topic"});
+    topology.exchanges.push_back({std::string(kControlExchange), "fanout"});
     add_delay_ladder(topology);
     std::string any_delay;
     for (unsigned level = 0; level < kDelayLevels; ++level) {

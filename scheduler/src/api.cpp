@@ -67,6 +67,8 @@ void EnqueueApi::register_routes(HttpServer& server) {
     server.route("GET", "/v1/jobs", guarded("/v1/jobs", Scope::admin, std::bind_front(&EnqueueApi::list_jobs, this)));
     server.route("GET", "/v1/jobs/{id}",
                  guarded("/v1/jobs/{id}", Scope::admin, std::bind_front(&EnqueueApi::show_job, this)));
+    server.route("DELETE", "/v1/jobs/{id}",
+                 guarded("/v1/jobs/{id}", Scope::admin, std::bind_front(&EnqueueApi::cancel_job, this)));
     server.route("GET", "/v1/scheduled",
                  guarded("/v1/scheduled", Scope::admin, std::bind_front(&EnqueueApi::list_scheduled, this)));
     server.route("DELETE", "/v1/scheduled/{id}",

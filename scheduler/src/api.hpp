@@ -23,6 +23,11 @@ namespace conveyor::scheduler {
 ///                                          traceparent} or {"jobs": [...]} (up to 1,000) → 202 {"id"} / {"ids"}
 ///   GET    /v1/scheduled        (admin)    scheduled jobs: ?state=pending|published|cancelled|failed|all&type=&limit=
 ///   DELETE /v1/scheduled/{id}   (admin)    cancels a pending job
+///   GET    /v1/jobs/{id}        (admin)    a job from the history: state, progress, attempts
+///   GET    /v1/jobs             (admin)    jobs by their latest event: ?type=&state=&queue=&correlation_id=&since=
+///                                          &limit=&after= → {"jobs": [...], "next": cursor | null}
+///   DELETE /v1/jobs/{id}        (admin)    cancels a job wherever it is → 200 cancelled (it was scheduled), 202
+///                                          cancelling or cancel_pending (not on record yet), 409 if it has ended
 ///   GET    /v1/schedules        (any)      the cron schedules with their next fire times
 ///   GET    /v1/dead-letters     (admin)    stored dead letters, oldest first: ?family=&type=&reason=&error=&since=
 ///                                          &until=&job_id=&fingerprint=&state=dead|replayed|all&limit=
@@ -56,6 +61,7 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> list_schedules(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> show_job(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> list_jobs(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> cancel_job(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> list_dead_letters(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> show_dead_letter(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> replay_dead_letters(const HttpRequest& request, const ApiToken& token);

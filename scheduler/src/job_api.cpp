@@ -1,7 +1,10 @@
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "api.hpp"
 #include "api_json.hpp"
+#include "conveyor/core/envelope.hpp"
+#include "conveyor/core/job_control.hpp"
 #include "conveyor/core/job_history.hpp"
 
 namespace conveyor::scheduler {
@@ -76,6 +79,31 @@ asio::awaitable<HttpResponse> EnqueueApi::list_jobs(const HttpRequest& request, 
         co_return response;
     }
     auto response = json_response(200, job_history::to_json(page));
+    co_return response;
+}
+
+asio::awaitable<HttpResponse> EnqueueApi::cancel_job(const HttpRequest& request, const ApiToken& token) {
+    const auto id = request.param("id").value_or("");
+    if (id.empty() || id.size() > kMaxJobIdBytes) {
+        auto response = error_response(400, fmt::format("a job id is 1 to {} bytes", kMaxJobIdBytes));
+        co_return response;
+    }
+    const auto outcome = co_await job_control::request_cancel(pool_, id, "api:" + token.name);
+    using Result = job_control::CancelOutcome::Result;
+    if (outcome.result == Result::terminal) {
+        auto response = json_response(
+            409, boost::json::object{{"error", fmt::format("job {} has already ended ({})", id, outcome.state)},
+                                     {"state", outcome.state}});
+        co_return response;
+    }
+    // The tombstone is stored: a worker that missed the broadcast reads it within seconds.
+    const job_control::Command command{"cancel", std::string(id)};
+    const auto error = co_await job_control::broadcast(publisher_, command);
+    if (error && error != amqp::make_error_code(amqp::Errc::unroutable)) {
+        spdlog::warn("api: cancel {}: the broadcast failed ({}); workers read the tombstone", id, error.message());
+    }
+    auto response = json_response(outcome.result == Result::cancelled ? 200 : 202,
+                                  boost::json::object{{"id", id}, {"state", job_control::name(outcome.result)}});
     co_return response;
 }
 

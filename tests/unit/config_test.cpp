@@ -48,13 +48,23 @@ TEST(Topology, NamesFollowTheWireContract) {
     EXPECT_EQ(topology::family_of_queue("other"), "");
 }
 
+TEST(Topology, AWorkersControlQueueIsExclusiveAndItsOwn) {
+    const auto first = topology::control_queue("worker-1");
+    const auto second = topology::control_queue("worker-1");
+    EXPECT_TRUE(first.exclusive);
+    EXPECT_TRUE(first.name.starts_with("conveyor.control.worker-1."));
+    EXPECT_NE(first.name, second.name);
+}
+
 TEST(Topology, DeclaresAQuorumQueueAndADeadLetterQueuePerFamily) {
     const std::vector<std::string> families{"diag", "emails"};
     const auto topology = topology::job_topology(families);
     EXPECT_EQ(topology.exchanges[0].name, "conveyor.jobs");
     EXPECT_EQ(topology.exchanges[0].type, "topic");
-    // The job exchange, a level exchange per delay level, and the ladder's exit.
-    EXPECT_EQ(topology.exchanges.size(), 2 + topology::kDelayLevels);
+    EXPECT_EQ(topology.exchanges[1].name, "conveyor.control");
+    EXPECT_EQ(topology.exchanges[1].type, "fanout");
+    // The job and control exchanges, a level exchange per delay level, and the ladder's exit.
+    EXPECT_EQ(topology.exchanges.size(), 3 + topology::kDelayLevels);
     EXPECT_EQ(topology.queues.size(), 4 + topology::kDelayLevels);
     for (const auto& queue : topology.queues) {
         const auto* type = amqp::find_header(queue.arguments, "x-queue-type");

@@ -73,6 +73,25 @@ TEST(WorkerSettings, FlagsSetEveryOption) {
     EXPECT_EQ(settings.name, "w-1");
 }
 
+TEST(WorkerSettings, ThePrefetchIsSplitAmongTheQueuesSoTheirSumStaysWithinIt) {
+    WorkerSettings settings;
+    settings.families = {"orders", "payments", "emails", "projections", "diag"};
+    settings.prefetch = 102;
+    EXPECT_EQ(prefetch_shares(settings), (std::vector<std::uint16_t>{21, 21, 20, 20, 20}));
+    settings.prefetch = 3;
+    EXPECT_EQ(prefetch_shares(settings), (std::vector<std::uint16_t>{1, 1, 1, 1, 1})) << "each queue gets one at least";
+    settings.families = {"diag"};
+    settings.prefetch = 200'000;
+    EXPECT_EQ(prefetch_shares(settings), (std::vector<std::uint16_t>{65'535})) << "AMQP's prefetch is 16 bits";
+    const auto parsed = parse({"--history", "off", "--history-retention", "30d", "--history-buffer", "500"});
+    ASSERT_TRUE(parsed.result.settings) << parsed.err;
+    EXPECT_FALSE(parsed.result.settings->history);
+    EXPECT_EQ(parsed.result.settings->history_retention, std::chrono::hours(24 * 30));
+    EXPECT_EQ(parsed.result.settings->history_buffer, 500U);
+    EXPECT_FALSE(parse({"--history", "maybe"}).result.settings);
+    EXPECT_FALSE(parse({"--history-retention", "10m"}).result.settings);
+}
+
 TEST(WorkerSettings, EnvironmentIsReadAndAFlagWins) {
     ScopedEnv concurrency("CONVEYOR_CONCURRENCY", "42");
     ScopedEnv grace("CONVEYOR_SHUTDOWN_GRACE", "5s");

@@ -50,6 +50,9 @@ asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdj
         co_return std::move(*refusal);
     }
     auto& readable = std::get<Screened>(screened);
+    if (control_.cancelled(readable.envelope.job_id)) {
+        co_return admission::Cancelled{std::move(readable.envelope)};
+    }
     AdmittedJob job{std::move(readable.envelope), readable.definition, std::nullopt};
     const auto& envelope = job.envelope;
     const auto log = job_logger(envelope, delivery, trace);

@@ -8,6 +8,7 @@
 #include <optional>
 #include <variant>
 
+#include "control.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/envelope.hpp"
 #include "conveyor/core/job.hpp"
@@ -58,8 +59,12 @@ namespace admission {
 struct HandBack {};
 /// Its delivery's session ended while it waited: the broker has requeued it already.
 struct Gone {};
+/// Cancelled on request before it ran (it has a tombstone): settled as cancelled without running.
+struct Cancelled {
+    Envelope envelope;
+};
 }  // namespace admission
-using Admission = std::variant<AdmittedJob, Refusal, admission::HandBack, admission::Gone>;
+using Admission = std::variant<AdmittedJob, Refusal, admission::HandBack, admission::Gone, admission::Cancelled>;
 
 class Admitter {
   public:
@@ -68,11 +73,12 @@ class Admitter {
         unsigned quarantine_after = 0;
     };
     Admitter(const JobRegistry& registry, Settings settings, Quarantine& quarantine, DatabaseHealth& database,
-             const amqp::Connection& consumer, const std::atomic<bool>& draining)
+             const JobControl& control, const amqp::Connection& consumer, const std::atomic<bool>& draining)
         : registry_(registry),
           settings_(settings),
           quarantine_(quarantine),
           database_(database),
+          control_(control),
           consumer_(consumer),
           draining_(draining) {}
 
@@ -93,6 +99,7 @@ class Admitter {
     Settings settings_;
     Quarantine& quarantine_;
     DatabaseHealth& database_;
+    const JobControl& control_;
     const amqp::Connection& consumer_;
     const std::atomic<bool>& draining_;
 };

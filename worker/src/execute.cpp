@@ -46,8 +46,9 @@ asio::awaitable<std::optional<Attempt>> Execution::run(const amqp::Delivery& del
     const auto started = Clock::now();
     const auto started_at = std::chrono::system_clock::now();
     JobContext context(envelope, trace, log, started + timeout, &pool_);
-    record_start(context, delivery.queue, started_at);
-    auto result = co_await attempt(*job.definition, context, slot, timeout);
+    const auto running = history_.record_start(envelope, delivery.queue, trace, started_at);
+    report_progress(context, delivery.queue, started_at);
+    auto result = co_await attempt_unless_cancelled(job, context, slot, timeout);
     job.pass.reset();
     if (job.start_on_record) {
         co_await forget_start(envelope.job_id, log);
@@ -67,13 +68,31 @@ asio::awaitable<std::optional<Attempt>> Execution::run(const amqp::Delivery& del
     co_return result;
 }
 
-void Execution::record_start(JobContext& context, const std::string& queue,
-                             std::chrono::system_clock::time_point started_at) {
+asio::awaitable<Attempt> Execution::attempt_unless_cancelled(const AdmittedJob& job, JobContext& context, JobSlot& slot,
+                                                             std::chrono::milliseconds timeout) {
+    const auto& job_id = job.envelope.job_id;
+    slot.running_job = job_id;
+    slot.cancel_requested = false;
+    // Known as running before the tombstones are looked at: a cancel that comes in between finds it either way.
+    const JobControl::Running running(control_, job_id, slot);
+    Attempt result;
+    if (control_.cancelled(job_id)) {
+        result.outcome = Retry{{}, "cancelled before it started"};
+        result.cancelled = true;
+    } else {
+        result = co_await attempt(*job.definition, context, slot, timeout);
+        result.cancelled = slot.cancel_requested;
+    }
+    slot.running_job.clear();
+    slot.cancel_requested = false;
+    co_return result;
+}
+
+void Execution::report_progress(JobContext& context, const std::string& queue,
+                                std::chrono::system_clock::time_point started_at) {
     if (!history_.enabled()) {
         return;
     }
-    history_.record_start(
-        history_event(context.envelope(), queue, context.trace(), worker_name_, "running", started_at));
     // The context outlives its reporter: the attempt ends before the context does.
     context.set_progress_reporter([this, &context, &queue, started_at](double fraction, std::string_view note) {
         auto event = history_event(context.envelope(), queue, context.trace(), worker_name_, "running", started_at);

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "admit.hpp"
+#include "control.hpp"
 #include "conveyor/core/job.hpp"
 #include "conveyor/core/pg.hpp"
 #include "conveyor/core/task_group.hpp"
@@ -32,7 +33,9 @@ struct JobSlot {
     std::chrono::steady_clock::time_point armed_until;
     std::optional<std::chrono::steady_clock::time_point> job_deadline;  ///< set while a job runs
     bool timed_out = false;
-    bool closed = false;  ///< the slot's coroutine has ended: so does the watchdog
+    std::string running_job;        ///< the id of the job it runs, empty between jobs
+    bool cancel_requested = false;  ///< a `conveyor jobs cancel` reached the running job
+    bool closed = false;            ///< the slot's coroutine has ended: so does the watchdog
 
     /// Ends the watchdog.
     void close();
@@ -49,12 +52,13 @@ class Execution {
         std::string worker_name;
     };
     Execution(pg::Pool& pool, Quarantine& quarantine, DatabaseHealth& database, WorkerMetrics& metrics,
-              HistoryRecorder& history, Settings settings, const std::atomic<bool>& aborting)
+              HistoryRecorder& history, JobControl& control, Settings settings, const std::atomic<bool>& aborting)
         : pool_(pool),
           quarantine_(quarantine),
           database_(database),
           metrics_(metrics),
           history_(history),
+          control_(control),
           default_timeout_(settings.default_timeout),
           worker_name_(std::move(settings.worker_name)),
           aborting_(aborting) {}
@@ -69,8 +73,13 @@ class Execution {
     boost::asio::awaitable<void> forget_start(const std::string& job_id, const JobLogger& log);
 
   private:
-    /// The attempt's start in the job's history, and where the handler's progress reports go.
-    void record_start(JobContext& context, const std::string& queue, std::chrono::system_clock::time_point started_at);
+    /// The attempt, known to the job control while it runs so that a cancel reaches it; none if the job was
+    /// cancelled since it was admitted.
+    boost::asio::awaitable<Attempt> attempt_unless_cancelled(const AdmittedJob& job, JobContext& context, JobSlot& slot,
+                                                             std::chrono::milliseconds timeout);
+    /// Where the handler's progress reports go: the job's history.
+    void report_progress(JobContext& context, const std::string& queue,
+                         std::chrono::system_clock::time_point started_at);
     /// A run the shutdown interrupted: the job is retried, without using up an attempt.
     void record_interruption(const JobContext& context, const std::string& queue,
                              std::chrono::system_clock::time_point started_at);
@@ -92,6 +101,7 @@ class Execution {
     DatabaseHealth& database_;
     WorkerMetrics& metrics_;
     HistoryRecorder& history_;
+    JobControl& control_;
     std::chrono::milliseconds default_timeout_;
     std::string worker_name_;
     const std::atomic<bool>& aborting_;

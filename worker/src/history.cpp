@@ -20,11 +20,6 @@ namespace {
 constexpr auto kMaintenanceInterval = std::chrono::hours(1);
 constexpr auto kRetryAfterFailure = std::chrono::seconds(1);
 
-/// Names one run of one attempt: the running event and the end of the same run share it.
-std::string run_key(const job_history::Event& event) {
-    return fmt::format("{}\x1f{}\x1f{}", event.job_id, event.attempt, event.started_at.time_since_epoch().count());
-}
-
 }  // namespace
 
 job_history::Event history_event(const Envelope& envelope, std::string_view queue, const TraceContext& trace,
@@ -71,25 +66,32 @@ job_history::Event refusal_event(const amqp::Delivery& delivery, std::string_vie
 HistoryRecorder::HistoryRecorder(asio::any_io_executor executor, pg::Pool& pool, Settings settings, Metrics metrics)
     : pool_(pool), settings_(settings), metrics_(metrics), batch_ready_(std::move(executor), 1) {}
 
-void HistoryRecorder::record_start(job_history::Event event) {
-    if (!settings_.enabled) {
-        return;
+HistoryRecorder::Running::~Running() {
+    if (recorder_ != nullptr) {
+        const std::lock_guard lock(recorder_->mutex_);
+        recorder_->started_.erase(key_);
     }
-    auto key = run_key(event);
+}
+
+HistoryRecorder::Running HistoryRecorder::record_start(const Envelope& envelope, const std::string& queue,
+                                                       const TraceContext& trace,
+                                                       std::chrono::system_clock::time_point started_at) {
+    if (!settings_.enabled) {
+        return {nullptr, 0};
+    }
     const std::lock_guard lock(mutex_);
-    started_.insert_or_assign(std::move(key), std::move(event));
+    const auto key = next_key_++;
+    started_.emplace(key, Started{&envelope, &queue, &trace, started_at});
+    return {this, key};
 }
 
 void HistoryRecorder::record(job_history::Event event) {
     if (!settings_.enabled) {
         return;
     }
-    const auto key = run_key(event);
     std::size_t buffered = 0;
     {
         const std::lock_guard lock(mutex_);
-        // The end, or a progress report, records the attempt: its start need not be written apart.
-        started_.erase(key);
         if (buffer_.size() >= settings_.max_buffered) {
             metrics_.dropped.Increment();
             return;
@@ -107,8 +109,10 @@ std::vector<job_history::Event> HistoryRecorder::take_batch() {
     std::vector<job_history::Event> batch;
     const std::lock_guard lock(mutex_);
     for (auto it = started_.begin(); it != started_.end();) {
-        if (it->second.recorded_at <= running_since) {
-            batch.push_back(std::move(it->second));
+        const auto& run = it->second;
+        if (run.started_at <= running_since) {
+            batch.push_back(
+                history_event(*run.envelope, *run.queue, *run.trace, settings_.worker, "running", run.started_at));
             it = started_.erase(it);
         } else {
             ++it;

@@ -31,6 +31,7 @@ class HistoryRecorder {
         std::size_t batch = 2'000;  ///< events per INSERT; a buffer this full is written without waiting
         std::chrono::milliseconds flush_interval{200};
         std::chrono::milliseconds retention{std::chrono::hours(24 * 7)};
+        std::string worker;  ///< this worker's name, on the rows it writes
     };
     struct Metrics {
         prometheus::Counter& written;
@@ -42,9 +43,26 @@ class HistoryRecorder {
 
     [[nodiscard]] bool enabled() const noexcept { return settings_.enabled; }
 
-    /// Notes that an attempt started. It is written only if the attempt is still running at the next flush: an
-    /// attempt that ends sooner is one row, its end. Thread-safe; held apart from the buffer (one per running job).
-    void record_start(job_history::Event event);
+    /// An attempt's place among the running ones, until the guard goes.
+    class Running {
+      public:
+        Running(HistoryRecorder* recorder, std::uint64_t key) noexcept : recorder_(recorder), key_(key) {}
+        Running(Running&& other) noexcept : recorder_(std::exchange(other.recorder_, nullptr)), key_(other.key_) {}
+        Running& operator=(Running&&) = delete;
+        Running(const Running&) = delete;
+        Running& operator=(const Running&) = delete;
+        ~Running();
+
+      private:
+        HistoryRecorder* recorder_;
+        std::uint64_t key_;
+    };
+
+    /// Notes that an attempt started. It is written only if it still runs at a flush: an attempt that ends sooner
+    /// is one row, its end. Costs a lock and a map entry, nothing copied: the envelope, queue and trace are read
+    /// only if the row is written, and must outlive the guard. Thread-safe.
+    [[nodiscard]] Running record_start(const Envelope& envelope, const std::string& queue, const TraceContext& trace,
+                                       std::chrono::system_clock::time_point started_at);
 
     /// Queues an event (an attempt's end, or its progress) for the next batch; drops it (and counts it) if the
     /// buffer is full. Thread-safe.
@@ -68,7 +86,14 @@ class HistoryRecorder {
     Metrics metrics_;
     std::mutex mutex_;
     std::vector<job_history::Event> buffer_;
-    std::unordered_map<std::string, job_history::Event> started_;  ///< by run, until it ends or is written
+    struct Started {
+        const Envelope* envelope;
+        const std::string* queue;
+        const TraceContext* trace;
+        std::chrono::system_clock::time_point started_at;
+    };
+    std::unordered_map<std::uint64_t, Started> started_;  ///< until the attempt's guard goes or its row is taken
+    std::uint64_t next_key_ = 0;
     /// Wakes the writer when a batch is full; holds one wake-up.
     boost::asio::experimental::concurrent_channel<void(boost::system::error_code)> batch_ready_;
     std::chrono::steady_clock::time_point next_maintenance_{};

@@ -79,6 +79,16 @@ void RetryOverride::apply_to(RetryPolicy& policy) const noexcept {
     policy.max_delay = max_delay.value_or(policy.max_delay);
 }
 
+std::vector<std::uint16_t> prefetch_shares(const WorkerSettings& settings) {
+    const auto queues = static_cast<unsigned>(std::max<std::size_t>(settings.families.size(), 1));
+    std::vector<std::uint16_t> shares;
+    for (unsigned index = 0; index < settings.families.size(); ++index) {
+        const auto share = settings.prefetch / queues + (index < settings.prefetch % queues ? 1U : 0U);
+        shares.push_back(static_cast<std::uint16_t>(std::clamp(share, 1U, 65'535U)));
+    }
+    return shares;
+}
+
 RetryPolicy effective_retry_policy(const WorkerSettings& settings, const JobDefinition& definition) {
     auto policy = definition.options.retry.value_or(settings.retry);
     for (const bool family_wide : {true, false}) {
@@ -122,9 +132,10 @@ void add_broker_options(CLI::App& app, WorkerSettings& settings, OptionTexts& te
         ->envname("CONVEYOR_AMQP_HEARTBEAT")
         ->check(duration_validator());
     app.add_option("--queues", texts.queues, "Comma-separated job families to consume")->envname("CONVEYOR_QUEUES");
-    app.add_option("--prefetch", settings.prefetch, "Unacknowledged deliveries per queue (0: = concurrency)")
+    app.add_option("--prefetch", settings.prefetch,
+                   "Unacknowledged deliveries in all, split evenly among the queues (0: = concurrency)")
         ->envname("CONVEYOR_PREFETCH")
-        ->check(CLI::Range(0U, 65'535U));
+        ->check(CLI::Range(0U, 1'000'000U));
     app.add_option("--max-message-bytes", settings.max_message_bytes, "Largest accepted message body")
         ->envname("CONVEYOR_MAX_MESSAGE_BYTES")
         ->check(CLI::Range(std::size_t{1}, std::size_t{128} * 1024 * 1024));
@@ -258,7 +269,7 @@ void apply_texts(const OptionTexts& texts, WorkerSettings& settings) {
 
 void fill_defaults(WorkerSettings& settings) {
     if (settings.prefetch == 0) {
-        settings.prefetch = std::min(settings.concurrency, 65'535U);
+        settings.prefetch = settings.concurrency;
     }
     if (settings.threads == 0) {
         settings.threads = std::max(1U, std::thread::hardware_concurrency());

@@ -35,6 +35,9 @@ Decision decide(const Attempt& attempt, std::uint32_t attempt_number, const Retr
     if (attempt.duplicate || std::holds_alternative<Success>(attempt.outcome)) {
         return decision::Acknowledge{};
     }
+    if (attempt.cancelled) {
+        return decision::Cancel{};
+    }
     if (const auto* retry = std::get_if<Retry>(&attempt.outcome)) {
         if (!retry->counts_attempt) {
             return decision::RetryLater{std::max(retry->after, policy.delay_after(1, {}, unit_random)), false,
@@ -73,6 +76,12 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
         if (!attempt.emitted.empty()) {
             co_await publish_emitted(attempt.emitted, log);
         }
+    } else if (std::holds_alternative<decision::Cancel>(decided)) {
+        consumer_.ack(delivery);
+        metrics.cancelled->Increment();
+        ++counts_.cancelled;
+        record_end(delivery, envelope, attempt, trace, "cancelled", "cancelled on request");
+        log.info("cancelled on request; acknowledged, not retried");
     } else if (auto* retry = std::get_if<decision::RetryLater>(&decided)) {
         record_end(delivery, envelope, attempt, trace, "retrying", retry->reason);
         co_await schedule_retry(delivery, envelope, metrics, std::move(*retry), log);

@@ -34,6 +34,7 @@ struct Attempt {
     Outcome outcome;
     bool duplicate = false;  ///< its inbox entry was there already: it ran before, and nothing was applied again
     bool timed_out = false;
+    bool cancelled = false;  ///< cancelled on request (`conveyor jobs cancel`): before it ran, or while it ran
     std::chrono::milliseconds timeout{0};
     std::vector<OutboxMessage> emitted;  ///< committed with the job, published once it is acked
     std::chrono::system_clock::time_point started_at;
@@ -50,12 +51,15 @@ struct RetryLater {
 struct GiveUp {
     Verdict verdict;
 };
+/// Cancelled on request: acknowledged, neither retried nor dead-lettered.
+struct Cancel {};
 }  // namespace decision
-using Decision = std::variant<decision::Acknowledge, decision::RetryLater, decision::GiveUp>;
+using Decision = std::variant<decision::Acknowledge, decision::RetryLater, decision::GiveUp, decision::Cancel>;
 
 /// The decision for an attempt `attempt` (1-based) that ended with `outcome`, under `policy`; `unit_random` (in
 /// [0, 1)) draws the retry's jitter. A retry that does not count its attempt (waiting for a dependency) never gives
-/// up; one that does gives up after the policy's last attempt, as timeout if the attempt ran out of time.
+/// up; one that does gives up after the policy's last attempt, as timeout if the attempt ran out of time. A
+/// cancelled attempt that did not succeed is cancelled, whatever its outcome: a success came before the cancel.
 [[nodiscard]] Decision decide(const Attempt& attempt, std::uint32_t attempt_number, const RetryPolicy& policy,
                               double unit_random);
 
@@ -66,6 +70,7 @@ struct SettledCounts {
     std::atomic<std::uint64_t> duplicates{0};
     std::atomic<std::uint64_t> dead_lettered{0};
     std::atomic<std::uint64_t> requeued{0};
+    std::atomic<std::uint64_t> cancelled{0};
 };
 
 class Settlement {

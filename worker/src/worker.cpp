@@ -10,6 +10,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <map>
+#include <numeric>
 
 #include "admit.hpp"
 #include "capacity.hpp"
@@ -47,6 +48,8 @@ constexpr auto kMonitorTimeout = std::chrono::milliseconds(2000);
 constexpr int kBlockingThreads = 2;
 // At shutdown, how long the job history may take to write what it still holds.
 constexpr auto kHistoryFinalFlush = std::chrono::seconds(5);
+// Commands on the control exchange unacknowledged at once; they are few and small.
+constexpr std::uint16_t kControlPrefetch = 50;
 
 pg::Settings database_settings(const WorkerSettings& settings) {
     pg::Settings database;
@@ -78,6 +81,14 @@ amqp::ConnectionSettings monitor_settings(const WorkerSettings& settings) {
     return connection;
 }
 
+/// The job queues, and this worker's queue on the control exchange.
+amqp::Topology consumer_topology(std::span<const std::string> families, const amqp::QueueSpec& control_queue) {
+    auto declared = topology::job_topology(families);
+    declared.queues.push_back(control_queue);
+    declared.bindings.push_back({control_queue.name, std::string(topology::kControlExchange), ""});
+    return declared;
+}
+
 std::map<std::string, RetryPolicy, std::less<>> retry_policies(const WorkerSettings& settings,
                                                                const JobRegistry& registry) {
     std::map<std::string, RetryPolicy, std::less<>> policies;
@@ -107,11 +118,13 @@ class Worker::Impl {
           registry_(registry),
           prometheus_(std::move(prometheus)),
           metrics_(*prometheus_, settings_.families, registry_),
-          batches_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
-          jobs_(io_, static_cast<std::size_t>(settings_.prefetch) * settings_.families.size()),
+          control_queue_(topology::control_queue(settings_.name)),
+          prefetch_shares_(prefetch_shares(settings_)),
+          batches_(io_, deliveries_at_once()),
+          jobs_(io_, deliveries_at_once()),
           shutdown_requests_(io_, 1),
           consumer_(connection_settings(settings_, "consumer", &metrics_.consumer_observer),
-                    topology::job_topology(settings_.families)),
+                    consumer_topology(settings_.families, control_queue_)),
           publisher_(connection_settings(settings_, "publisher", &metrics_.publisher_observer), {}),
           monitor_(monitor_settings(settings_), {}),
           http_(io_.get_executor(), settings_.http_address, settings_.http_port),
@@ -121,28 +134,37 @@ class Worker::Impl {
           history_(io_.get_executor(), pool_,
                    {.enabled = settings_.history,
                     .max_buffered = settings_.history_buffer,
-                    .retention = settings_.history_retention},
+                    .retention = settings_.history_retention,
+                    .worker = settings_.name},
                    {metrics_.history_written(), metrics_.history_dropped(), metrics_.history_buffered()}),
           admitter_(registry_, {{.max_body_bytes = settings_.max_message_bytes}, settings_.quarantine_after},
-                    quarantine_, database_, consumer_, draining_),
-          execution_(pool_, quarantine_, database_, metrics_, history_, {settings_.job_timeout, settings_.name},
-                     aborting_),
+                    quarantine_, database_, control_, consumer_, draining_),
+          execution_(pool_, quarantine_, database_, metrics_, history_, control_,
+                     {settings_.job_timeout, settings_.name}, aborting_),
           settlement_(consumer_, publisher_, outbox_, history_, settings_.name, retry_policies(settings_, registry_)) {}
+
+    /// What the broker may have handed this worker and not had acknowledged: the sum of the queues' prefetch.
+    [[nodiscard]] std::size_t deliveries_at_once() const {
+        return std::accumulate(prefetch_shares_.begin(), prefetch_shares_.end(), std::size_t{0});
+    }
 
     asio::awaitable<WorkerStats> run() {
         serve_http();
-        for (const auto& family : settings_.families) {
-            consumer_.add_consumer({topology::queue_name(family), static_cast<std::uint16_t>(settings_.prefetch)},
+        for (std::size_t index = 0; index < settings_.families.size(); ++index) {
+            consumer_.add_consumer({topology::queue_name(settings_.families[index]), prefetch_shares_[index]},
                                    batches_);
         }
+        consumer_.add_consumer({control_queue_.name, kControlPrefetch}, control_deliveries_);
         consumer_.start();
         publisher_.start();
         monitor_.start();
         start_background_tasks();
         start_slots();
-        spdlog::info("worker {} started: queues {}, concurrency {}, prefetch {}, {} threads, job timeout {} ms",
-                     settings_.name, fmt::join(settings_.families, ","), settings_.concurrency, settings_.prefetch,
-                     settings_.threads, settings_.job_timeout.count());
+        spdlog::info(
+            "worker {} started: queues {}, concurrency {}, prefetch {} ({} per queue), {} threads, job "
+            "timeout {} ms",
+            settings_.name, fmt::join(settings_.families, ","), settings_.concurrency, deliveries_at_once(),
+            fmt::join(prefetch_shares_, "/"), settings_.threads, settings_.job_timeout.count());
 
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         co_await drain();
@@ -155,9 +177,10 @@ class Worker::Impl {
         co_await closing_.join(Clock::time_point::max());
         http_.stop();
         const auto& counts = settlement_.counts();
-        spdlog::info("worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} requeued",
-                     settings_.name, counts.succeeded.load(), counts.retried.load(), counts.dead_lettered.load(),
-                     counts.duplicates.load(), counts.requeued.load());
+        spdlog::info(
+            "worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} requeued, {} cancelled",
+            settings_.name, counts.succeeded.load(), counts.retried.load(), counts.dead_lettered.load(),
+            counts.duplicates.load(), counts.requeued.load(), counts.cancelled.load());
         co_return WorkerStats{counts.succeeded, counts.retried, counts.dead_lettered, counts.requeued};
     }
 
@@ -204,6 +227,9 @@ class Worker::Impl {
         });
         background_.spawn("capacity estimate", [this](TaskGroup::Task&) { return estimate_capacity(); });
         background_.spawn("job history", [this](TaskGroup::Task&) { return history_.run(kHistoryFinalFlush); });
+        background_.spawn("control listener",
+                          [this](TaskGroup::Task&) { return control_.listen(control_deliveries_, consumer_); });
+        background_.spawn("cancellations", [this](TaskGroup::Task&) { return control_.follow_records(); });
     }
 
     /// The pool: each coroutine runs on a strand of its own beside its job's watchdog, and the task's signal
@@ -387,6 +413,10 @@ class Worker::Impl {
         if (std::holds_alternative<admission::Gone>(admission)) {
             co_return;
         }
+        if (auto* cancelled = std::get_if<admission::Cancelled>(&admission)) {
+            co_await settle_unrun(delivery, cancelled->envelope, trace);
+            co_return;
+        }
         auto& job = std::get<AdmittedJob>(admission);
         const auto& envelope = job.envelope;
         const auto log = job_logger(envelope, delivery, trace);
@@ -397,6 +427,18 @@ class Worker::Impl {
         }
         auto& metrics = metrics_.job(delivery.queue, envelope.type);
         co_await settlement_.settle(delivery, envelope, metrics, std::move(*attempt), log, trace);
+    }
+
+    /// A job cancelled before it ran: acknowledged, and on record as cancelled.
+    asio::awaitable<void> settle_unrun(const amqp::Delivery& delivery, const Envelope& envelope,
+                                       const TraceContext& trace) {
+        Attempt attempt;
+        attempt.outcome = Retry{{}, "cancelled before it ran"};
+        attempt.cancelled = true;
+        attempt.started_at = std::chrono::system_clock::now();
+        const auto log = job_logger(envelope, delivery, trace);
+        auto& metrics = metrics_.job(delivery.queue, envelope.type);
+        co_await settlement_.settle(delivery, envelope, metrics, std::move(attempt), log, trace);
     }
 
     asio::awaitable<void> refuse(const amqp::Delivery& delivery, Refusal refusal, const TraceContext& trace) {
@@ -425,6 +467,9 @@ class Worker::Impl {
     const JobRegistry& registry_;
     std::shared_ptr<prometheus::Registry> prometheus_;
     WorkerMetrics metrics_;
+    /// This worker's queue on the control exchange.
+    amqp::QueueSpec control_queue_;
+    std::vector<std::uint16_t> prefetch_shares_;
     amqp::DeliveryChannel batches_;
     asio::experimental::concurrent_channel<void(error_code, amqp::Delivery)> jobs_;
     asio::experimental::concurrent_channel<void(error_code)> shutdown_requests_;
@@ -436,6 +481,8 @@ class Worker::Impl {
     Quarantine quarantine_;
     OutboxRelay outbox_;
     HistoryRecorder history_;
+    JobControl control_{pool_, settings_.history_retention};
+    amqp::DeliveryChannel control_deliveries_{io_, kControlPrefetch};
     DatabaseHealth database_;
     std::atomic<bool> draining_{false};
     std::atomic<bool> aborting_{false};

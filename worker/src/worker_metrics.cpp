@@ -132,6 +132,7 @@ WorkerMetrics::Job WorkerMetrics::make_job(const std::string& queue, const std::
                outcome("retry"),
                outcome("dead_letter"),
                outcome("duplicate"),
+               outcome("cancelled"),
                &duration_.Add(labels, seconds_buckets()),
                &queue_wait_.Add(labels, seconds_buckets()),
                &retry_delay_.Add(labels, delay_buckets())};

@@ -27,6 +27,7 @@ class WorkerMetrics {
         prometheus::Counter* retry;
         prometheus::Counter* dead_letter;
         prometheus::Counter* duplicate;
+        prometheus::Counter* cancelled;
         prometheus::Histogram* duration;
         prometheus::Histogram* queue_wait;
         prometheus::Histogram* retry_delay;

@@ -311,6 +311,11 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     jobs_show_cmd->add_flag("--json", job_json, "As one JSON object");
     auto* jobs_list_cmd = jobs_cmd->add_subcommand("list", "Jobs by their latest event, newest first");
     add_jobs_filters(*jobs_list_cmd, jobs_options);
+    std::vector<std::string> cancel_job_ids;
+    auto* jobs_cancel_cmd = jobs_cmd->add_subcommand(
+        "cancel", "Cancel jobs wherever they are: scheduled, queued, waiting to retry, or running on any worker");
+    jobs_cancel_cmd->add_option("id", cancel_job_ids, "Job ids")->required();
+    jobs_cancel_cmd->add_flag("--json", job_json, "One JSON object per job");
 
     auto* migrate_cmd = app.add_subcommand(
         "migrate",
@@ -385,6 +390,9 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         }
         if (*jobs_list_cmd) {
             return jobs_list(jobs_options);
+        }
+        if (*jobs_cancel_cmd) {
+            return jobs_cancel(common, jobs_options.pg_url, cancel_job_ids, job_json);
         }
         if (*migrate_cmd) {
             migrate_options.statement_timeout = parse_duration(statement_timeout);

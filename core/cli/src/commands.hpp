@@ -119,6 +119,10 @@ int dlq_replay(const CommonOptions& common, const ReplayOptions& options);
 /// Deletes matching dead letters; only with `confirmed` (--yes), else says how many it would delete.
 int dlq_purge(const DlqOptions& options, bool confirmed);
 int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations);
+/// Who runs the command, as records name them: user@host.
+[[nodiscard]] std::string operator_name();
+/// Cancels jobs wherever they are: a tombstone in PostgreSQL, then a broadcast to every worker.
+int jobs_cancel(const CommonOptions& common, const std::string& pg_url, const std::vector<std::string>& ids, bool json);
 /// One job from the history: its state, progress and every attempt.
 int jobs_show(const std::string& pg_url, const std::string& id, bool json);
 /// Jobs from the history, newest first, a page at a time.

@@ -14,14 +14,14 @@ namespace conveyor::cli {
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
-namespace {
-
 std::string operator_name() {
     if (const char* user = std::getenv("USER"); user != nullptr && *user != '\0') {
         return fmt::format("{}@{}", user, default_instance_name());
     }
     return default_instance_name();
 }
+
+namespace {
 
 struct Progress {
     std::int64_t total = 0;

@@ -1,11 +1,15 @@
 #include <fmt/format.h>
 
+#include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 #include <iostream>
 
 #include "commands.hpp"
 #include "conveyor/cli/cli.hpp"
+#include "conveyor/core/envelope.hpp"
+#include "conveyor/core/job_control.hpp"
 #include "conveyor/core/job_history.hpp"
+#include "conveyor/core/topology.hpp"
 
 namespace conveyor::cli {
 namespace asio = boost::asio;
@@ -47,7 +51,76 @@ void print_job(const job_history::Job& job) {
     }
 }
 
+/// What `conveyor jobs cancel` says of one job; false if it could not be cancelled.
+bool report_cancel(const std::string& id, const job_control::CancelOutcome& outcome, bool json) {
+    using Result = job_control::CancelOutcome::Result;
+    if (json) {
+        std::cout << boost::json::serialize(
+                         boost::json::object{{"id", id},
+                                             {"result", job_control::name(outcome.result)},
+                                             {"state", outcome.state.empty() ? boost::json::value(nullptr)
+                                                                             : boost::json::value(outcome.state)}})
+                  << '\n';
+    }
+    if (outcome.result == Result::terminal) {
+        std::cerr << fmt::format("conveyor jobs cancel: {} has already ended ({}); nothing to cancel\n", id,
+                                 outcome.state);
+        return false;
+    }
+    if (!json) {
+        static constexpr std::string_view kMeaning[] = {
+            "cancelled: it was scheduled and will not be published",
+            "cancelling: the worker that runs or takes it stops it and records it as cancelled",
+            "cancel pending: not on record yet; whichever worker takes it settles it as cancelled",
+        };
+        std::cout << fmt::format("{}  {}\n", id, kMeaning[static_cast<int>(outcome.result)]);
+    }
+    return true;
+}
+
 }  // namespace
+
+int jobs_cancel(const CommonOptions& common, const std::string& pg_url, const std::vector<std::string>& ids,
+                bool json) {
+    for (const auto& id : ids) {
+        if (id.empty() || id.size() > kMaxJobIdBytes) {
+            std::cerr << fmt::format("conveyor jobs cancel: a job id is 1 to {} bytes, not {}\n", kMaxJobIdBytes,
+                                     id.size());
+            return kUsage;
+        }
+    }
+    amqp::Topology control;
+    control.exchanges.push_back({std::string(topology::kControlExchange), "fanout"});
+    amqp::Connection connection(cli_connection_settings(common, "conveyor jobs cancel"), control);
+    return with_connection(connection, "jobs cancel", [&](asio::io_context& io) -> asio::awaitable<int> {
+        pg::Settings database;
+        database.url = pg_url;
+        database.pool_size = 1;
+        database.application_name = "conveyor jobs cancel";
+        pg::Pool pool(io.get_executor(), database);
+        int code = kOk;
+        try {
+            for (const auto& id : ids) {
+                const auto outcome = co_await job_control::request_cancel(pool, id, operator_name());
+                if (!report_cancel(id, outcome, json)) {
+                    code = kFailed;
+                    continue;
+                }
+                const job_control::Command command{"cancel", id};
+                const auto error = co_await job_control::broadcast(connection, command);
+                // No worker bound to the exchange is no failure: the tombstone waits for the next one to start.
+                if (error && error != amqp::make_error_code(amqp::Errc::unroutable)) {
+                    std::cerr << fmt::format(
+                        "conveyor jobs cancel: {}: the broadcast failed ({}); workers read the tombstone within 2 s\n",
+                        id, error.message());
+                }
+            }
+        } catch (const pg::Error& e) {
+            code = report_database_error("jobs cancel", pg_url, e);
+        }
+        co_return code;
+    });
+}
 
 int jobs_show(const std::string& pg_url, const std::string& id, bool json) {
     return with_database(pg_url, "jobs show", [&](pg::Pool& pool) -> asio::awaitable<int> {

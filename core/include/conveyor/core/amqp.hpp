@@ -97,6 +97,9 @@ struct ExchangeSpec {
 struct QueueSpec {
     std::string name;
     Headers arguments;  ///< e.g. x-queue-type = quorum
+    /// A classic queue of this connection alone, deleted when it closes (and declared anew on a reconnect);
+    /// otherwise durable.
+    bool exclusive = false;
 };
 
 struct BindingSpec {

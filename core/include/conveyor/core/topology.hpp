@@ -31,6 +31,11 @@ inline constexpr std::chrono::seconds kMaxDelay{(1U << kDelayLevels) - 1};
 [[nodiscard]] std::string delay_level_name(unsigned level);
 inline constexpr std::string_view kDelayDueExchange = "conveyor.delay.due";
 
+/// Fleet-wide commands (job_control): a fanout exchange every worker binds a queue of its own to.
+inline constexpr std::string_view kControlExchange = "conveyor.control";
+/// A worker's queue on the control exchange: exclusive to its connection and gone with it.
+[[nodiscard]] amqp::QueueSpec control_queue(std::string_view worker_name);
+
 /// The routing key that makes the ladder hold a message of `type` for `delay`, rounded up to whole seconds and
 /// clamped to 1 s … kMaxDelay.
 [[nodiscard]] std::string delay_routing_key(std::chrono::milliseconds delay, std::string_view type);

@@ -43,7 +43,8 @@ struct WorkerSettings {
     std::vector<std::string> families;
     /// Jobs run at once (CONVEYOR_CONCURRENCY).
     unsigned concurrency = 100;
-    /// basic.qos prefetch per queue (CONVEYOR_PREFETCH); 0 means equal to the concurrency.
+    /// Unacknowledged deliveries across every consumed queue (CONVEYOR_PREFETCH), split evenly among them since
+    /// quorum queues have no global QoS (prefetch_shares); 0 means equal to the concurrency.
     unsigned prefetch = 0;
     /// Threads running the io_context (CONVEYOR_THREADS); 0 means one per core.
     unsigned threads = 0;
@@ -97,6 +98,11 @@ struct ParseResult {
 
 /// The policy a job type runs under: its own or the default, with the overrides that match it applied, a
 /// family-wide one before an exact one.
+/// The basic.qos prefetch of each consumed queue, in the order of `families`: the prefetch split evenly (the
+/// first queues take the remainder), at least 1 each, so what the broker hands this worker at once stays bounded
+/// by the prefetch however many families it consumes.
+[[nodiscard]] std::vector<std::uint16_t> prefetch_shares(const WorkerSettings& settings);
+
 [[nodiscard]] RetryPolicy effective_retry_policy(const WorkerSettings& settings, const JobDefinition& definition);
 
 /// Parses argv (without the program name at index 0 being special: pass argv as is). Help goes to `out`,
