@@ -37,29 +37,64 @@ json::value text_or_null(std::string_view text) {
     return text.empty() ? json::value(nullptr) : json::value(storable(text));
 }
 
-json::value time_or_null(const std::optional<std::chrono::system_clock::time_point>& at) {
-    return at ? json::value(utc_timestamp(*at)) : json::value(nullptr);
-}
+/// The columns of a batch as PostgreSQL array literals, one per column: unnest() turns them back into rows at a
+/// fraction of what reading the same rows from JSON costs the server (no key lookups, no timestamp parsing).
+class ArrayColumns {
+  public:
+    void text(std::size_t column, std::string_view value) {
+        auto& out = open(column);
+        out += '"';
+        for (const char c : storable(value)) {
+            if (c == '"' || c == '\\') {
+                out += '\\';
+            }
+            out += c;
+        }
+        out += '"';
+    }
+    void text_or_null(std::size_t column, std::string_view value) {
+        if (value.empty()) {
+            open(column) += "NULL";
+        } else {
+            text(column, value);
+        }
+    }
+    template <typename Number>
+    void number(std::size_t column, const std::optional<Number>& value) {
+        auto& out = open(column);
+        if (value) {
+            fmt::format_to(std::back_inserter(out), "{}", *value);
+        } else {
+            out += "NULL";
+        }
+    }
+    /// Microseconds since the epoch: the statement turns them into timestamptz with arithmetic alone.
+    void time(std::size_t column, const std::optional<std::chrono::system_clock::time_point>& at) {
+        std::optional<std::int64_t> micros;
+        if (at) {
+            micros = std::chrono::duration_cast<std::chrono::microseconds>(at->time_since_epoch()).count();
+        }
+        number(column, micros);
+    }
+    [[nodiscard]] std::vector<pg::Param> params() && {
+        std::vector<pg::Param> params;
+        for (auto& column : columns_) {
+            column += '}';
+            params.emplace_back(std::move(column));
+        }
+        return params;
+    }
 
-json::object event_row(const Event& event) {
-    json::object row;
-    row["job_id"] = storable(event.job_id);
-    row["attempt"] = event.attempt;
-    row["state"] = event.state;
-    row["type"] = storable(event.type);
-    row["queue"] = storable(event.queue);
-    row["worker"] = storable(event.worker);
-    row["correlation_id"] = text_or_null(event.correlation_id);
-    row["trace_id"] = text_or_null(event.trace_id);
-    row["enqueued_at"] = time_or_null(event.enqueued_at);
-    row["started_at"] = utc_timestamp(event.started_at);
-    row["ended_at"] = time_or_null(event.ended_at);
-    row["error"] = text_or_null(job_headers::bounded(event.error, job_headers::kMaxErrorBytes));
-    row["progress"] = event.progress ? json::value(std::clamp(*event.progress, 0.0, 1.0)) : json::value(nullptr);
-    row["progress_note"] = text_or_null(event.progress_note);
-    row["recorded_at"] = utc_timestamp(event.recorded_at);
-    return row;
-}
+  private:
+    std::string& open(std::size_t column) {
+        auto& out = columns_.at(column);
+        if (out.size() > 1) {
+            out += ',';
+        }
+        return out;
+    }
+    std::array<std::string, 15> columns_{"{", "{", "{", "{", "{", "{", "{", "{", "{", "{", "{", "{", "{", "{", "{"};
+};
 
 std::string or_empty(const pg::Result& rows, int row, int column) {
     return rows.is_null(row, column) ? std::string() : std::string(rows.text(row, column));
@@ -180,20 +215,35 @@ bool is_state(std::string_view state) noexcept {
 }
 
 asio::awaitable<void> insert(pg::Pool& pool, const std::vector<Event>& events) {
-    json::array rows;
-    rows.reserve(events.size());
+    ArrayColumns columns;
     for (const auto& event : events) {
-        rows.push_back(event_row(event));
+        columns.text(0, event.job_id);
+        columns.number(1, std::optional<std::uint32_t>(event.attempt));
+        columns.text(2, event.state);
+        columns.text(3, event.type);
+        columns.text(4, event.queue);
+        columns.text(5, event.worker);
+        columns.text_or_null(6, event.correlation_id);
+        columns.text_or_null(7, event.trace_id);
+        columns.time(8, event.enqueued_at);
+        columns.time(9, event.started_at);
+        columns.time(10, event.ended_at);
+        columns.text_or_null(11, job_headers::bounded(event.error, job_headers::kMaxErrorBytes));
+        columns.number(12, event.progress ? std::optional(std::clamp(*event.progress, 0.0, 1.0)) : std::nullopt);
+        columns.text_or_null(13, event.progress_note);
+        columns.time(14, event.recorded_at);
     }
-    co_await pool.query(
+    co_await pool.query_params(
         "INSERT INTO conveyor.job_events (job_id, attempt, state, type, queue, worker, correlation_id, trace_id, "
         "enqueued_at, started_at, ended_at, error, progress, progress_note, recorded_at) "
-        "SELECT job_id, attempt, state, type, queue, worker, correlation_id, trace_id, enqueued_at, started_at, "
-        "ended_at, error, progress, progress_note, recorded_at FROM jsonb_to_recordset($1::jsonb) AS e(job_id text, "
-        "attempt integer, state text, type text, queue text, worker text, correlation_id text, trace_id text, "
-        "enqueued_at timestamptz, started_at timestamptz, ended_at timestamptz, error text, progress real, "
-        "progress_note text, recorded_at timestamptz)",
-        json::serialize(rows));
+        "SELECT job_id, attempt, state, type, queue, worker, correlation_id, trace_id, "
+        "to_timestamp(enqueued_at / 1e6), to_timestamp(started_at / 1e6), to_timestamp(ended_at / 1e6), error, "
+        "progress, progress_note, to_timestamp(recorded_at / 1e6) "
+        "FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
+        "$8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::real[], $14::text[], $15::bigint[]) "
+        "AS e(job_id, attempt, state, type, queue, worker, correlation_id, trace_id, enqueued_at, started_at, "
+        "ended_at, error, progress, progress_note, recorded_at)",
+        std::move(columns).params());
 }
 
 asio::awaitable<std::int64_t> maintain(pg::Pool& pool, std::chrono::milliseconds retention) {

@@ -129,17 +129,20 @@ TEST_F(JobHistoryTest, ARunningJobShowsItsProgressAndItsEndKeepsTheLastReport) {
 
 TEST_F(JobHistoryTest, AMalformedMessageIsOnRecordAsDeadLetteredWithItsReason) {
     auto worker = start_worker({}, "history-refused");
-    broker_.publish(Broker::job("diag.sleep", R"({"ms": "soon"})", "history-invalid"));
+    // An id with what PostgreSQL's array syntax must escape: the batch writer quotes it.
+    const std::string id = R"(history-"invalid"\{1,2} NULL)";
+    broker_.publish(Broker::job("diag.sleep", R"({"ms": "soon"})", id));
     boost::json::value job;
     ASSERT_TRUE(eventually(
         [&] {
-            job = show("history-invalid");
+            job = show(id);
             return state_of(job) == "dead_lettered";
         },
         15s))
         << worker.process->log();
     const auto error = std::string(job.at("attempts").as_array().back().at("error").as_string());
     EXPECT_TRUE(error.starts_with("invalid_payload: ")) << error;
+    EXPECT_EQ(job.at("id").as_string(), id);
     stop_worker(worker);
 }
 
