@@ -126,6 +126,11 @@ std::vector<job_history::Event> HistoryRecorder::take_batch() {
     return batch;
 }
 
+std::size_t HistoryRecorder::backlog() {
+    const std::lock_guard lock(mutex_);
+    return buffer_.size();
+}
+
 void HistoryRecorder::put_back(std::vector<job_history::Event> batch) {
     const std::lock_guard lock(mutex_);
     // What came in meanwhile stays behind the batch; past the bound, the newest go.
@@ -193,6 +198,10 @@ asio::awaitable<void> HistoryRecorder::run(std::chrono::milliseconds final_flush
                 co_await maintain();
             }
             written = co_await flush();
+            // Faster than a batch an interval, jobs leave more behind than one flush takes: write on at once.
+            while (written && backlog() >= settings_.batch) {
+                written = co_await flush();
+            }
         } catch (const std::exception& e) {
             written = false;
             spdlog::warn("job history: {}", e.what());
@@ -212,13 +221,7 @@ asio::awaitable<void> HistoryRecorder::run(std::chrono::milliseconds final_flush
     co_await asio::this_coro::reset_cancellation_state();
     const auto deadline = Clock::now() + final_flush;
     bool progressing = true;
-    while (progressing && Clock::now() < deadline) {
-        {
-            const std::lock_guard lock(mutex_);
-            if (buffer_.empty()) {
-                co_return;
-            }
-        }
+    while (progressing && Clock::now() < deadline && backlog() > 0) {
         progressing = co_await flush();
     }
     const std::lock_guard lock(mutex_);

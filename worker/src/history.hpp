@@ -80,6 +80,7 @@ class HistoryRecorder {
     /// Takes the starts of attempts that have been running for a flush interval, then up to a batch.
     std::vector<job_history::Event> take_batch();
     void put_back(std::vector<job_history::Event> batch);
+    std::size_t backlog();
 
     pg::Pool& pool_;
     Settings settings_;
