@@ -3,7 +3,6 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -13,7 +12,6 @@
 
 namespace conveyor {
 namespace asio = boost::asio;
-using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
@@ -32,7 +30,7 @@ bool ended_by_cancellation(const std::exception_ptr& error) {
 
 }  // namespace
 
-TaskGroup::TaskGroup(asio::any_io_executor executor) : executor_(executor), all_ended_(executor, 1) {}
+TaskGroup::TaskGroup(asio::any_io_executor executor) : executor_(executor), join_strand_(asio::make_strand(executor)) {}
 
 void TaskGroup::start(std::string name, Task& task, asio::awaitable<void> coroutine) {
     ++running_;
@@ -43,7 +41,11 @@ void TaskGroup::start(std::string name, Task& task, asio::awaitable<void> corout
                            failed(error);
                        }
                        if (--running_ == 0) {
-                           all_ended_.try_send(boost::system::error_code{});
+                           asio::post(join_strand_, [this] {
+                               if (join_timer_ != nullptr) {
+                                   join_timer_->cancel();
+                               }
+                           });
                        }
                    }));
 }
@@ -55,19 +57,20 @@ void TaskGroup::cancel(asio::cancellation_type type) {
 }
 
 asio::awaitable<bool> TaskGroup::join(std::chrono::steady_clock::time_point deadline) {
-    // On a strand of its own: the timer and the channel complete into one group that cancels the loser, and
-    // a cancellation signal is not thread-safe.
-    auto waited = asio::co_spawn(asio::make_strand(executor_), wait_for_all(deadline), asio::use_awaitable);
+    // On the join strand, where the last task's wake-up lands: it cannot come between the count's check and the
+    // wait.
+    auto waited = asio::co_spawn(join_strand_, wait_for_all(deadline), asio::use_awaitable);
     co_return co_await std::move(waited);
 }
 
 asio::awaitable<bool> TaskGroup::wait_for_all(std::chrono::steady_clock::time_point deadline) {
     asio::steady_timer timer(co_await asio::this_coro::executor, deadline);
+    join_timer_ = &timer;
     while (running_ > 0 && std::chrono::steady_clock::now() < deadline) {
-        // Whichever wins, the count is the truth: a wake-up that lost the race to the deadline is not needed.
-        co_await (all_ended_.async_receive(asio::as_tuple(asio::use_awaitable)) ||
-                  timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+        // Cancelled by the last task to end, or expired: the count is the truth either way.
+        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
     }
+    join_timer_ = nullptr;
     co_return running_ == 0;
 }
 

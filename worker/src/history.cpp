@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -12,7 +11,6 @@
 
 namespace conveyor::worker {
 namespace asio = boost::asio;
-using namespace asio::experimental::awaitable_operators;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -63,8 +61,8 @@ job_history::Event refusal_event(const amqp::Delivery& delivery, std::string_vie
             .recorded_at = now};
 }
 
-HistoryRecorder::HistoryRecorder(asio::any_io_executor executor, pg::Pool& pool, Settings settings, Metrics metrics)
-    : pool_(pool), settings_(settings), metrics_(metrics), batch_ready_(std::move(executor), 1) {}
+HistoryRecorder::HistoryRecorder(pg::Pool& pool, Settings settings, Metrics metrics)
+    : pool_(pool), settings_(settings), metrics_(metrics) {}
 
 HistoryRecorder::Running::~Running() {
     if (recorder_ != nullptr) {
@@ -89,19 +87,12 @@ void HistoryRecorder::record(job_history::Event event) {
     if (!settings_.enabled) {
         return;
     }
-    std::size_t buffered = 0;
-    {
-        const std::lock_guard lock(mutex_);
-        if (buffer_.size() >= settings_.max_buffered) {
-            metrics_.dropped.Increment();
-            return;
-        }
-        buffer_.push_back(std::move(event));
-        buffered = buffer_.size();
+    const std::lock_guard lock(mutex_);
+    if (buffer_.size() >= settings_.max_buffered) {
+        metrics_.dropped.Increment();
+        return;
     }
-    if (buffered == settings_.batch) {
-        batch_ready_.try_send(boost::system::error_code{});
-    }
+    buffer_.push_back(std::move(event));
 }
 
 std::vector<job_history::Event> HistoryRecorder::take_batch() {
@@ -213,8 +204,7 @@ asio::awaitable<void> HistoryRecorder::run(std::chrono::milliseconds final_flush
         }
         asio::steady_timer timer(co_await asio::this_coro::executor,
                                  written ? settings_.flush_interval : kRetryAfterFailure);
-        co_await (batch_ready_.async_receive(asio::as_tuple(asio::use_awaitable)) ||
-                  timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
         const auto after = co_await asio::this_coro::cancellation_state;
         running = !cancelled(after);
     }

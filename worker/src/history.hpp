@@ -4,7 +4,6 @@
 #include <prometheus/gauge.h>
 
 #include <boost/asio/awaitable.hpp>
-#include <boost/asio/experimental/concurrent_channel.hpp>
 #include <chrono>
 #include <cstddef>
 #include <mutex>
@@ -28,7 +27,7 @@ class HistoryRecorder {
     struct Settings {
         bool enabled = true;
         std::size_t max_buffered = 100'000;
-        std::size_t batch = 2'000;  ///< events per INSERT; a buffer this full is written without waiting
+        std::size_t batch = 2'000;  ///< events per INSERT; a flush writes batch after batch until few are left
         std::chrono::milliseconds flush_interval{200};
         std::chrono::milliseconds retention{std::chrono::hours(24 * 7)};
         std::string worker;  ///< this worker's name, on the rows it writes
@@ -39,7 +38,7 @@ class HistoryRecorder {
         prometheus::Gauge& buffered;
     };
 
-    HistoryRecorder(boost::asio::any_io_executor executor, pg::Pool& pool, Settings settings, Metrics metrics);
+    HistoryRecorder(pg::Pool& pool, Settings settings, Metrics metrics);
 
     [[nodiscard]] bool enabled() const noexcept { return settings_.enabled; }
 
@@ -95,8 +94,6 @@ class HistoryRecorder {
     };
     std::unordered_map<std::uint64_t, Started> started_;  ///< until the attempt's guard goes or its row is taken
     std::uint64_t next_key_ = 0;
-    /// Wakes the writer when a batch is full; holds one wake-up.
-    boost::asio::experimental::concurrent_channel<void(boost::system::error_code)> batch_ready_;
     std::chrono::steady_clock::time_point next_maintenance_{};
 };
 

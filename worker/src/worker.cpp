@@ -131,7 +131,7 @@ class Worker::Impl {
           pool_(io_.get_executor(), database_settings(settings_)),
           quarantine_(pool_, settings_.quarantine_after),
           outbox_(pool_, publisher_),
-          history_(io_.get_executor(), pool_,
+          history_(pool_,
                    {.enabled = settings_.history,
                     .max_buffered = settings_.history_buffer,
                     .retention = settings_.history_retention,

@@ -5,7 +5,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/cancellation_state.hpp>
-#include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <chrono>
 #include <list>
@@ -63,7 +63,7 @@ class TaskGroup {
     /// Emits `type` on every task's signal, each on its strand.
     void cancel(boost::asio::cancellation_type type = boost::asio::cancellation_type::terminal);
 
-    /// Waits until every task has ended or `deadline` passes; returns whether they all ended.
+    /// Waits until every task has ended or `deadline` passes; returns whether they all ended. One join at a time.
     boost::asio::awaitable<bool> join(std::chrono::steady_clock::time_point deadline);
 
     /// Tasks started and not ended yet.
@@ -76,8 +76,10 @@ class TaskGroup {
     boost::asio::any_io_executor executor_;
     std::list<Task> tasks_;  ///< a list: tasks keep their address
     std::atomic<std::size_t> running_{0};
-    /// Holds one wake-up, sent by the task that ends last: none is lost if join() is not waiting yet.
-    boost::asio::experimental::concurrent_channel<void(boost::system::error_code)> all_ended_;
+    /// join() waits on its strand, on a timer set to its deadline, which the task that ends last cancels there.
+    /// (Not a channel: in Asio 1.24 a receive cancelled by its deadline makes the next try_send fail, issue 1241.)
+    Strand join_strand_;
+    boost::asio::steady_timer* join_timer_ = nullptr;  ///< only touched on join_strand_
 };
 
 /// Whether a coroutine's cancellation state (`co_await boost::asio::this_coro::cancellation_state`) records a
