@@ -359,12 +359,16 @@ json::value to_json(const Job& job) {
     return object;
 }
 
+json::value summary_json(const Job& job) {
+    auto value = to_json(job);
+    value.as_object().erase("attempts");
+    return value;
+}
+
 json::value to_json(const Page& page) {
     json::array jobs;
     for (const auto& job : page.jobs) {
-        auto value = to_json(job);
-        value.as_object().erase("attempts");
-        jobs.push_back(std::move(value));
+        jobs.push_back(summary_json(job));
     }
     return json::object{{"jobs", std::move(jobs)}, {"next", text_or_null(page.next)}};
 }

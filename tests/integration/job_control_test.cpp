@@ -116,16 +116,7 @@ TEST_F(JobControlTest, ALedgerJobCancelledMidTransactionLeavesNoEffect) {
 }
 
 TEST_F(JobControlTest, TheApiCancelsJobsNotOnRecordYetScheduledOrEndedAsTheContractSays) {
-    const auto tokens = write_file("control-tokens", fmt::format(R"(tokens:
-  - name: ops
-    sha256: {}
-    scopes: [admin]
-  - name: orders-service
-    sha256: {}
-    scopes: [enqueue]
-)",
-                                                                 sha256("admin-secret"), sha256("enqueue-secret")));
-    auto scheduler = start_scheduler({"--api-tokens-file", tokens.string()}, "control-api");
+    auto scheduler = start_scheduler_with_tokens("control-api");
     std::vector<WorkerUnderTest> workers;
     workers.push_back(start_worker({}, "control-api-worker"));
 

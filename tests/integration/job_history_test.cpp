@@ -147,16 +147,7 @@ TEST_F(JobHistoryTest, AMalformedMessageIsOnRecordAsDeadLetteredWithItsReason) {
 }
 
 TEST_F(JobHistoryTest, TheApiFindsAJobByIdAndPagesThroughAFilteredList) {
-    const auto tokens = write_file("history-tokens", fmt::format(R"(tokens:
-  - name: ops
-    sha256: {}
-    scopes: [admin]
-  - name: orders-service
-    sha256: {}
-    scopes: [enqueue]
-)",
-                                                                 sha256("admin-secret"), sha256("enqueue-secret")));
-    auto scheduler = start_scheduler({"--api-tokens-file", tokens.string()}, "history-api");
+    auto scheduler = start_scheduler_with_tokens("history-api");
     auto worker = start_worker({}, "history-api-worker");
     for (int i = 0; i < 3; ++i) {
         broker_.publish(Broker::job("diag.noop", "{}", fmt::format("history-api-{}", i)));

@@ -53,6 +53,22 @@ class SchedulerFixture : public WorkerTest {
         return scheduler;
     }
 
+    /// A scheduler whose API takes two tokens: "admin-secret" (ops, admin) and "enqueue-secret" (orders-service,
+    /// enqueue).
+    SchedulerUnderTest start_scheduler_with_tokens(const std::string& log_name) {
+        const auto tokens =
+            write_file(log_name + "-tokens", fmt::format(R"(tokens:
+  - name: ops
+    sha256: {}
+    scopes: [admin]
+  - name: orders-service
+    sha256: {}
+    scopes: [enqueue]
+)",
+                                                         sha256("admin-secret"), sha256("enqueue-secret")));
+        return start_scheduler({"--api-tokens-file", tokens.string()}, log_name);
+    }
+
     static void stop(SchedulerUnderTest& scheduler) {
         scheduler.process->signal(SIGTERM);
         const auto status = scheduler.process->wait(std::chrono::seconds(15));

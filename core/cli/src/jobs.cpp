@@ -151,9 +151,7 @@ int jobs_list(const JobsListOptions& options) {
         }
         for (const auto& job : page.jobs) {
             if (options.json) {
-                auto value = job_history::to_json(job);
-                value.as_object().erase("attempts");
-                std::cout << boost::json::serialize(value) << '\n';
+                std::cout << boost::json::serialize(job_history::summary_json(job)) << '\n';
             } else {
                 std::cout << fmt::format("{:<36}  {:<22}  {:<13}  {:<24}  {}\n", job.id, job.type, job.state,
                                          job.updated_at, progress_text(job));

@@ -98,6 +98,8 @@ struct Page {
 boost::asio::awaitable<Page> list(pg::Pool& pool, const Filter& filter);
 
 [[nodiscard]] boost::json::value to_json(const Job& job);
+/// A job as a listing shows it: without its attempts.
+[[nodiscard]] boost::json::value summary_json(const Job& job);
 [[nodiscard]] boost::json::value to_json(const Page& page);
 
 }  // namespace conveyor::job_history
