@@ -177,8 +177,12 @@ struct QueueCountsCommand {
 struct WaitReadyCommand {
     PendingError handler;
 };
+struct PauseConsumerCommand {
+    std::string queue;
+    bool paused;
+};
 using Command = std::variant<AckCommand, RejectCommand, PublishCommand, CancelConsumersCommand, QueueCountsCommand,
-                             WaitReadyCommand>;
+                             WaitReadyCommand, PauseConsumerCommand>;
 
 struct Consumer {
     ConsumerSpec spec;
@@ -189,6 +193,9 @@ struct Consumer {
     bool subscribed = false;
     detail::Unsettled unsettled;
     bool has_new_acks = false;
+    bool paused = false;  ///< wanted: not consuming, until resumed (held across reconnects)
+    /// A basic.consume or basic.cancel sent without waiting and not answered yet.
+    bool switching = false;
 };
 
 /// A message arriving as method, header and body frames.
@@ -227,7 +234,7 @@ class Connection::Impl {
 
     void add_consumer(ConsumerSpec spec, DeliveryChannel& deliveries) {
         const auto channel = static_cast<amqp_channel_t>(kFirstConsumerChannel + consumers_.size());
-        consumers_.push_back(Consumer{std::move(spec), &deliveries, {}, channel, {}, false, {}, false});
+        consumers_.push_back(Consumer{std::move(spec), &deliveries, {}, channel, {}, false, {}, false, false, false});
     }
 
     void start() {
@@ -486,11 +493,15 @@ class Connection::Impl {
         }
     }
 
+    /// Opens the consumer's channel with its prefetch, and consumes unless it is paused.
     void subscribe(Consumer& consumer) {
         amqp_channel_open(conn_, consumer.channel);
         check_reply(conn_, fmt::format("open channel for {}", consumer.spec.queue));
         amqp_basic_qos(conn_, consumer.channel, 0, consumer.spec.prefetch, 0);
         check_reply(conn_, fmt::format("basic.qos on {}", consumer.spec.queue));
+        if (consumer.paused) {
+            return;
+        }
         const auto* ok = amqp_basic_consume(conn_, consumer.channel, bytes_of(consumer.spec.queue), amqp_empty_bytes, 0,
                                             0, 0, amqp_empty_table);
         check_reply(conn_, fmt::format("consume {}", consumer.spec.queue));
@@ -629,12 +640,24 @@ class Connection::Impl {
                 confirm(nack->delivery_tag, nack->multiple != 0, Errc::nacked);
                 break;
             }
+            case AMQP_BASIC_CONSUME_OK_METHOD: {
+                if (auto* consumer = consumer_on(channel)) {
+                    consumer->tag =
+                        to_string(static_cast<const amqp_basic_consume_ok_t*>(method.decoded)->consumer_tag);
+                    consumer->subscribed = true;
+                    consumer->switching = false;
+                    switch_consumer(*consumer);
+                }
+                break;
+            }
             case AMQP_BASIC_CANCEL_OK_METHOD: {
                 if (auto* consumer = consumer_on(channel)) {
                     consumer->subscribed = false;
+                    consumer->switching = false;
+                    switch_consumer(*consumer);
                 }
                 if (std::none_of(consumers_.begin(), consumers_.end(),
-                                 [](const Consumer& c) { return c.subscribed; })) {
+                                 [](const Consumer& c) { return c.subscribed || c.switching; })) {
                     // Deliveries read before the cancel-ok in this turn must be handed over before the waiters
                     // learn that no more will come.
                     hand_over_batches();
@@ -684,9 +707,11 @@ class Connection::Impl {
         auto node = incoming_.extract(channel);
         auto& content = node.mapped();
         if (content.returned) {
-            spdlog::warn("{}: broker returned an unroutable message (exchange '{}', routing key '{}', id {})",
-                         log_prefix_, content.delivery.message.exchange, content.delivery.message.routing_key,
-                         content.delivery.message.properties.message_id);
+            // The publish completes with Errc::unroutable, and its caller says what that means for it (a command
+            // on the control exchange with no worker listening is no failure).
+            spdlog::debug("{}: broker returned an unroutable message (exchange '{}', routing key '{}', id {})",
+                          log_prefix_, content.delivery.message.exchange, content.delivery.message.routing_key,
+                          content.delivery.message.properties.message_id);
             returned_.push_back(returned_key(content.delivery.message.exchange, content.delivery.message.routing_key,
                                              content.delivery.message.properties.message_id));
             return;
@@ -866,18 +891,52 @@ class Connection::Impl {
         bool any = false;
         if (connected()) {
             for (auto& consumer : consumers_) {
-                if (!consumer.subscribed) {
-                    continue;
-                }
-                amqp_basic_cancel_t request{bytes_of(consumer.tag), 0};
-                sent(amqp_send_method(conn_, consumer.channel, AMQP_BASIC_CANCEL_METHOD, &request), "basic.cancel");
-                any = true;
+                // One whose consume or cancel is under way is settled when its answer comes (switch_consumer).
+                any = any || consumer.subscribed || consumer.switching;
+                switch_consumer(consumer);
             }
         }
         if (any) {
             cancel_waiters_.push_back(std::move(cancel.handler));
         } else {
             complete(std::move(cancel.handler), error_code{});
+        }
+    }
+
+    void execute(PauseConsumerCommand& pause) {
+        bool found = false;
+        for (auto& consumer : consumers_) {
+            if (consumer.spec.queue == pause.queue) {
+                found = true;
+                consumer.paused = pause.paused;
+                switch_consumer(consumer);
+            }
+        }
+        if (!found) {
+            spdlog::warn("{}: no consumer of {} to {}", log_prefix_, pause.queue, pause.paused ? "pause" : "resume");
+        }
+    }
+
+    /// Brings a consumer to what is wanted of it (consuming unless paused or every consumer is cancelled), one
+    /// step at a time: a basic.consume or basic.cancel is sent without waiting, and its answer calls this again.
+    void switch_consumer(Consumer& consumer) {
+        if (!connected() || session_error_ || consumer.switching) {
+            return;
+        }
+        const bool wanted = !consumer.paused && !consumers_cancelled_;
+        if (consumer.subscribed && !wanted) {
+            amqp_basic_cancel_t request{bytes_of(consumer.tag), 0};
+            sent(amqp_send_method(conn_, consumer.channel, AMQP_BASIC_CANCEL_METHOD, &request), "basic.cancel");
+            consumer.switching = true;
+            spdlog::info("{}: stopped consuming {}", log_prefix_, consumer.spec.queue);
+        } else if (!consumer.subscribed && wanted) {
+            amqp_basic_consume_t request{};
+            request.queue = bytes_of(consumer.spec.queue);
+            request.consumer_tag = amqp_empty_bytes;
+            request.arguments = amqp_empty_table;
+            sent(amqp_send_method(conn_, consumer.channel, AMQP_BASIC_CONSUME_METHOD, &request), "basic.consume");
+            consumer.switching = true;
+            spdlog::info("{}: consuming {} again", log_prefix_, consumer.spec.queue);
         }
     }
 
@@ -969,6 +1028,7 @@ class Connection::Impl {
         returned_.clear();
         for (auto& consumer : consumers_) {
             consumer.subscribed = false;
+            consumer.switching = false;
             consumer.unsettled.clear();
             consumer.has_new_acks = false;
             consumer.batch.clear();
@@ -1147,6 +1207,10 @@ void Connection::initiate_publish(Message message, ErrorHandler handler) {
 
 void Connection::initiate_cancel_consumers(ErrorHandler handler) {
     impl_->enqueue(CancelConsumersCommand{PendingError(std::move(handler))});
+}
+
+void Connection::pause_consumer(std::string_view queue, bool paused) {
+    impl_->enqueue(PauseConsumerCommand{std::string(queue), paused});
 }
 
 void Connection::initiate_queue_counts(std::string queue, QueueCountsHandler handler) {

@@ -3,8 +3,6 @@
 
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/deferred.hpp>
-#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -102,14 +100,12 @@ asio::awaitable<std::vector<std::string>> publish_paced(amqp::Connection& publis
 /// Publishes the whole chunk at once: one round of confirms, not one per message.
 asio::awaitable<std::vector<std::string>> publish_all(amqp::Connection& publisher, const pg::Result& rows,
                                                       const ReplayRequest& request, ReplayResult& result) {
-    using Publish = decltype(publisher.async_publish(amqp::Message{}, asio::deferred));
-    std::vector<Publish> publishes;
-    publishes.reserve(static_cast<std::size_t>(rows.rows()));
+    std::vector<amqp::Message> messages;
+    messages.reserve(static_cast<std::size_t>(rows.rows()));
     for (int row = 0; row < rows.rows(); ++row) {
-        publishes.push_back(publisher.async_publish(replay_message(rows, row, request), asio::deferred));
+        messages.push_back(replay_message(rows, row, request));
     }
-    auto group = asio::experimental::make_parallel_group(std::move(publishes));
-    auto [order, errors] = co_await group.async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+    const auto errors = co_await amqp::publish_all(publisher, std::move(messages));
     std::vector<std::string> published;
     for (int row = 0; row < rows.rows(); ++row) {
         const auto& error = errors[static_cast<std::size_t>(row)];

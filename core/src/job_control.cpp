@@ -1,12 +1,16 @@
 #include "conveyor/core/job_control.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 
+#include "conveyor/core/envelope.hpp"
 #include "conveyor/core/job_history.hpp"
 #include "conveyor/core/scheduled_jobs.hpp"
 #include "conveyor/core/topology.hpp"
@@ -14,23 +18,58 @@
 namespace conveyor::job_control {
 namespace asio = boost::asio;
 
+namespace {
+
+std::optional<Command> decode_pause(simdjson::dom::element root, bool paused) {
+    PauseState state;
+    state.paused = paused;
+    std::string_view family;
+    std::string_view job_type;
+    if (root["family"].get(family) != simdjson::SUCCESS || root["version"].get(state.version) != simdjson::SUCCESS) {
+        return std::nullopt;
+    }
+    if (root["type"].error() != simdjson::NO_SUCH_FIELD && root["type"].get(job_type) != simdjson::SUCCESS) {
+        return std::nullopt;
+    }
+    try {
+        check_pause_target(family, job_type);
+    } catch (const std::invalid_argument&) {
+        return std::nullopt;
+    }
+    state.family = family;
+    state.job_type = job_type;
+    return state;
+}
+
+}  // namespace
+
 std::string encode(const Command& command) {
-    return boost::json::serialize(boost::json::object{{"command", command.command}, {"job_id", command.job_id}});
+    if (const auto* cancel = std::get_if<Cancel>(&command)) {
+        return boost::json::serialize(boost::json::object{{"command", "cancel"}, {"job_id", cancel->job_id}});
+    }
+    const auto& pause = std::get<PauseState>(command);
+    return boost::json::serialize(boost::json::object{{"command", pause.paused ? "pause" : "resume"},
+                                                      {"family", pause.family},
+                                                      {"type", pause.job_type},
+                                                      {"version", pause.version}});
 }
 
 std::optional<Command> decode(std::string_view body) {
     simdjson::dom::parser parser;
     simdjson::dom::element root;
-    if (parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS) {
-        return std::nullopt;
-    }
     std::string_view command;
-    std::string_view job_id;
-    if (root["command"].get(command) != simdjson::SUCCESS || command != "cancel" ||
-        root["job_id"].get(job_id) != simdjson::SUCCESS || job_id.empty()) {
+    if (parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS ||
+        root["command"].get(command) != simdjson::SUCCESS) {
         return std::nullopt;
     }
-    return Command{std::string(command), std::string(job_id)};
+    if (command == "pause" || command == "resume") {
+        return decode_pause(root, command == "pause");
+    }
+    std::string_view job_id;
+    if (command != "cancel" || root["job_id"].get(job_id) != simdjson::SUCCESS || job_id.empty()) {
+        return std::nullopt;
+    }
+    return Cancel{std::string(job_id)};
 }
 
 std::string_view name(CancelOutcome::Result result) noexcept {
@@ -97,6 +136,74 @@ asio::awaitable<std::int64_t> prune(pg::Pool& pool, std::chrono::milliseconds re
         "DELETE FROM conveyor.job_cancellations WHERE requested_at < now() - $1::bigint * interval '1 millisecond'",
         static_cast<std::int64_t>(retention.count()));
     co_return rows.affected();
+}
+
+void check_pause_target(std::string_view family, std::string_view job_type) {
+    const auto& known = topology::default_families();
+    if (std::find(known.begin(), known.end(), family) == known.end()) {
+        throw std::invalid_argument(fmt::format("unknown job family '{}' (known: {})", family, fmt::join(known, ", ")));
+    }
+    if (job_type.empty()) {
+        return;
+    }
+    if (!is_valid_job_type(job_type) || !job_type.starts_with(fmt::format("{}.", family))) {
+        throw std::invalid_argument(
+            fmt::format("'{}' is not a job type of the family {} (expected {}.<action>)", job_type, family, family));
+    }
+}
+
+namespace {
+
+constexpr std::string_view kPauseColumns =
+    "family, job_type, paused, version, "
+    "to_char(changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), changed_by";
+
+PauseState pause_state(const pg::Result& rows, int row) {
+    return {std::string(rows.text(row, 0)), std::string(rows.text(row, 1)), rows.text(row, 2) == "t",
+            rows.integer(row, 3),           std::string(rows.text(row, 4)), std::string(rows.text(row, 5))};
+}
+
+}  // namespace
+
+asio::awaitable<PauseChange> set_paused(pg::Pool& pool, std::string_view family, std::string_view job_type, bool paused,
+                                        std::string_view by) {
+    check_pause_target(family, job_type);
+    // The version is drawn under the row's lock (DO UPDATE), so a later commit to the row has a higher one.
+    const auto written = co_await pool.query(
+        fmt::format("INSERT INTO conveyor.queue_pauses AS p (family, job_type, paused, version, changed_by) "
+                    "VALUES ($1, $2, $3, nextval('conveyor.queue_pause_versions'), $4) "
+                    "ON CONFLICT (family, job_type) DO UPDATE SET paused = EXCLUDED.paused, "
+                    "version = nextval('conveyor.queue_pause_versions'), changed_at = now(), "
+                    "changed_by = EXCLUDED.changed_by WHERE p.paused <> EXCLUDED.paused RETURNING {}",
+                    kPauseColumns),
+        family, job_type, paused, by);
+    if (written.rows() == 1) {
+        co_return PauseChange{pause_state(written, 0), true};
+    }
+    const auto current = co_await pool.query(
+        fmt::format("SELECT {} FROM conveyor.queue_pauses WHERE family = $1 AND job_type = $2", kPauseColumns), family,
+        job_type);
+    co_return PauseChange{pause_state(current, 0), false};
+}
+
+boost::json::object to_json(const PauseState& state) {
+    return {{"family", state.family},
+            {"queue", topology::queue_name(state.family)},
+            {"type", state.job_type.empty() ? boost::json::value(nullptr) : boost::json::value(state.job_type)},
+            {"paused", state.paused},
+            {"changed_at", state.changed_at},
+            {"changed_by", state.changed_by}};
+}
+
+asio::awaitable<std::vector<PauseState>> pauses(pg::Pool& pool) {
+    const auto rows = co_await pool.query(
+        fmt::format("SELECT {} FROM conveyor.queue_pauses ORDER BY family, job_type", kPauseColumns));
+    std::vector<PauseState> states;
+    states.reserve(static_cast<std::size_t>(rows.rows()));
+    for (int row = 0; row < rows.rows(); ++row) {
+        states.push_back(pause_state(rows, row));
+    }
+    co_return states;
 }
 
 }  // namespace conveyor::job_control

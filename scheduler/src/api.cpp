@@ -69,6 +69,14 @@ void EnqueueApi::register_routes(HttpServer& server) {
                  guarded("/v1/jobs/{id}", Scope::admin, std::bind_front(&EnqueueApi::show_job, this)));
     server.route("DELETE", "/v1/jobs/{id}",
                  guarded("/v1/jobs/{id}", Scope::admin, std::bind_front(&EnqueueApi::cancel_job, this)));
+    server.route("GET", "/v1/queues",
+                 guarded("/v1/queues", Scope::admin, std::bind_front(&EnqueueApi::list_queues, this)));
+    server.route(
+        "POST", "/v1/queues/{family}/pause",
+        guarded("/v1/queues/{family}/pause", Scope::admin, std::bind_front(&EnqueueApi::pause_queue, this, true)));
+    server.route(
+        "POST", "/v1/queues/{family}/resume",
+        guarded("/v1/queues/{family}/resume", Scope::admin, std::bind_front(&EnqueueApi::pause_queue, this, false)));
     server.route("GET", "/v1/scheduled",
                  guarded("/v1/scheduled", Scope::admin, std::bind_front(&EnqueueApi::list_scheduled, this)));
     server.route("DELETE", "/v1/scheduled/{id}",

@@ -62,6 +62,8 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> show_job(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> list_jobs(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> cancel_job(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> list_queues(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> pause_queue(bool paused, const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> list_dead_letters(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> show_dead_letter(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> replay_dead_letters(const HttpRequest& request, const ApiToken& token);

@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <boost/asio/deferred.hpp>
-#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -86,15 +84,12 @@ asio::awaitable<Relay::Batch> Relay::publish_due() {
         co_await transaction.commit();
         co_return batch;
     }
-    // Every publish of the batch is in flight at once: one round of confirms, not one per job.
-    using Publish = decltype(publisher_.async_publish(amqp::Message{}, asio::deferred));
-    std::vector<Publish> publishes;
-    publishes.reserve(jobs.size());
+    std::vector<amqp::Message> messages;
+    messages.reserve(jobs.size());
     for (const auto& job : jobs) {
-        publishes.push_back(publisher_.async_publish(outbox_to_message(job), asio::deferred));
+        messages.push_back(outbox_to_message(job));
     }
-    auto group = asio::experimental::make_parallel_group(std::move(publishes));
-    auto [order, errors] = co_await group.async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+    const auto errors = co_await amqp::publish_all(publisher_, std::move(messages));
 
     const auto confirmed_ms = epoch_millis();
     std::vector<std::string_view> published;

@@ -112,7 +112,7 @@ class WorkerTest : public ::testing::Test {
         broker_.purge("conveyor.diag.dlq");
         database_.query(
             "TRUNCATE conveyor.diag_ledger, conveyor.inbox, conveyor.outbox, conveyor.job_executions, "
-            "conveyor.job_events, conveyor.job_cancellations RESTART IDENTITY");
+            "conveyor.job_events, conveyor.job_cancellations, conveyor.queue_pauses RESTART IDENTITY");
     }
 
     WorkerUnderTest start_worker(std::vector<std::string> args, const std::string& log_name, bool expect_ready = true,

@@ -53,6 +53,9 @@ asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdj
     if (control_.cancelled(readable.envelope.job_id)) {
         co_return admission::Cancelled{std::move(readable.envelope)};
     }
+    if (control_.paused(delivery.queue, readable.envelope.type)) {
+        co_return admission::Paused{std::move(readable.envelope)};
+    }
     AdmittedJob job{std::move(readable.envelope), readable.definition, std::nullopt};
     const auto& envelope = job.envelope;
     const auto log = job_logger(envelope, delivery, trace);
@@ -90,6 +93,10 @@ asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdj
     // here would only duplicate it (its ack would be dropped).
     if (!consumer_.is_current(delivery)) {
         co_return admission::Gone{};
+    }
+    // Paused while it waited at a gate above.
+    if (control_.paused(delivery.queue, envelope.type)) {
+        co_return admission::Paused{std::move(job.envelope)};
     }
     if (delivery.redelivered) {
         const bool recorded = co_await record_start(job, delivery.queue, log);

@@ -63,8 +63,13 @@ struct Gone {};
 struct Cancelled {
     Envelope envelope;
 };
+/// Its queue or its type is paused: parked without running.
+struct Paused {
+    Envelope envelope;
+};
 }  // namespace admission
-using Admission = std::variant<AdmittedJob, Refusal, admission::HandBack, admission::Gone, admission::Cancelled>;
+using Admission =
+    std::variant<AdmittedJob, Refusal, admission::HandBack, admission::Gone, admission::Cancelled, admission::Paused>;
 
 class Admitter {
   public:

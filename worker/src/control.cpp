@@ -2,13 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "conveyor/core/job_control.hpp"
 #include "conveyor/core/task_group.hpp"
+#include "conveyor/core/topology.hpp"
 #include "execute.hpp"
 
 namespace conveyor::worker {
@@ -27,6 +28,61 @@ constexpr auto kPruneInterval = std::chrono::hours(1);
 bool JobControl::cancelled(std::string_view job_id) const {
     const std::lock_guard lock(mutex_);
     return cancelled_.contains(std::string(job_id));
+}
+
+bool JobControl::paused(std::string_view queue, std::string_view type) const {
+    if (!any_paused_.load(std::memory_order_acquire)) {
+        return false;
+    }
+    const auto family = topology::family_of_queue(queue);
+    const std::lock_guard lock(mutex_);
+    const auto targets = pauses_.find(family);
+    if (targets == pauses_.end()) {
+        return false;
+    }
+    for (const std::string_view target : {std::string_view(), type}) {
+        const auto state = targets->second.find(target);
+        if (state != targets->second.end() && state->second.paused) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void JobControl::apply(const job_control::PauseState& state) {
+    bool whole_family = false;
+    std::size_t types = 0;
+    {
+        const std::lock_guard lock(mutex_);
+        auto& targets = pauses_[state.family];
+        auto [held, inserted] = targets.try_emplace(state.job_type, state);
+        if (!inserted) {
+            if (held->second.version >= state.version) {
+                return;
+            }
+            held->second = state;
+        } else if (!state.paused) {
+            return;  // a resume of what this worker never saw paused changes nothing
+        }
+        for (const auto& [job_type, target] : targets) {
+            if (!target.paused) {
+                continue;
+            }
+            if (job_type.empty()) {
+                whole_family = true;
+            } else {
+                ++types;
+            }
+        }
+        const bool any = std::any_of(pauses_.begin(), pauses_.end(), [](const auto& family) {
+            return std::any_of(family.second.begin(), family.second.end(),
+                               [](const auto& target) { return target.second.paused; });
+        });
+        any_paused_.store(any, std::memory_order_release);
+    }
+    spdlog::info("control: {} {}{}", state.paused ? "paused" : "resumed", state.family,
+                 state.job_type.empty() ? std::string() : fmt::format(" (type {})", state.job_type));
+    on_pause_change_(state.family, whole_family, types);
 }
 
 JobControl::Running::Running(JobControl& control, const std::string& job_id, JobSlot& slot) : control_(control) {
@@ -71,9 +127,20 @@ asio::awaitable<void> JobControl::listen(amqp::DeliveryChannel& deliveries, amqp
                              delivery.message.body.size());
                 continue;
             }
-            spdlog::info("control: cancel {}", command->job_id);
-            cancel(command->job_id);
+            if (const auto* pause = std::get_if<job_control::PauseState>(&*command)) {
+                apply(*pause);
+                continue;
+            }
+            const auto& job_id = std::get<job_control::Cancel>(*command).job_id;
+            spdlog::info("control: cancel {}", job_id);
+            cancel(job_id);
         }
+    }
+}
+
+asio::awaitable<void> JobControl::load_pauses() {
+    for (const auto& state : co_await job_control::pauses(pool_)) {
+        apply(state);
     }
 }
 
@@ -83,6 +150,7 @@ asio::awaitable<void> JobControl::load_new() {
     for (const auto& job_id : tombstones.job_ids) {
         cancel(job_id);
     }
+    co_await load_pauses();
 }
 
 asio::awaitable<void> JobControl::follow_records() {
@@ -102,7 +170,7 @@ asio::awaitable<void> JobControl::follow_records() {
         }
         // Said once per failure, not every round of an outage.
         if (!failure.empty() && failure != last_failure) {
-            spdlog::warn("control: cannot read the cancellations ({}); broadcasts still arrive", failure);
+            spdlog::warn("control: cannot read the cancellations and pauses ({}); broadcasts still arrive", failure);
         }
         last_failure = failure;
         following = co_await wait_until(Clock::now() + kFollowInterval);

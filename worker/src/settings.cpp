@@ -117,6 +117,7 @@ struct OptionTexts {
     std::string outbox_sweep_interval = "5s";
     std::string history = "on";
     std::string history_retention = "7d";
+    std::string paused_recheck = "16s";
 };
 
 void add_broker_options(CLI::App& app, WorkerSettings& settings, OptionTexts& texts) {
@@ -159,6 +160,11 @@ void add_job_options(CLI::App& app, WorkerSettings& settings, OptionTexts& texts
                    "Worker deaths while a job ran alone before it is dead-lettered as poison")
         ->envname("CONVEYOR_QUARANTINE_AFTER")
         ->check(CLI::Range(1U, 100U));
+    app.add_option("--paused-recheck", texts.paused_recheck,
+                   "How long a job of a paused type (or one taken just before its queue paused) waits in the delay "
+                   "ladder before a worker looks at it again (whole seconds)")
+        ->envname("CONVEYOR_PAUSED_RECHECK")
+        ->check(duration_validator());
 }
 
 void add_retry_options(CLI::App& app, WorkerSettings& settings, OptionTexts& texts) {
@@ -249,6 +255,10 @@ void apply_texts(const OptionTexts& texts, WorkerSettings& settings) {
     settings.outbox_sweep_interval = parse_duration(texts.outbox_sweep_interval);
     if (settings.outbox_sweep_interval.count() == 0 || settings.pg_statement_timeout.count() == 0) {
         throw std::invalid_argument("--outbox-sweep-interval and --pg-statement-timeout must be greater than zero");
+    }
+    settings.paused_recheck = std::chrono::ceil<std::chrono::seconds>(parse_duration(texts.paused_recheck));
+    if (settings.paused_recheck < std::chrono::seconds(1) || settings.paused_recheck > std::chrono::hours(1)) {
+        throw std::invalid_argument("--paused-recheck must be 1s to 1h");
     }
     settings.history = texts.history == "on";
     settings.history_retention = parse_duration(texts.history_retention);

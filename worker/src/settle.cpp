@@ -149,6 +149,23 @@ asio::awaitable<void> Settlement::schedule_retry(const amqp::Delivery& delivery,
     }
 }
 
+asio::awaitable<void> Settlement::park(const amqp::Delivery& delivery, const Envelope& envelope,
+                                       WorkerMetrics::Job& metrics, std::chrono::seconds delay, const JobLogger& log) {
+    amqp::Message message = delivery.message;
+    message.exchange = topology::delay_entry_exchange();
+    message.routing_key = topology::delay_routing_key(delay, envelope.type);
+    auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
+    if (error) {
+        log.error("could not park it while paused; requeueing: {}", error.message());
+        co_await requeue_after_pause(delivery);
+        co_return;
+    }
+    consumer_.ack(delivery);
+    metrics.parked_paused->Increment();
+    ++counts_.parked;
+    log.debug("paused: parked for {} s, attempt {} not counted", delay.count(), envelope.attempt);
+}
+
 asio::awaitable<bool> Settlement::dead_letter(const amqp::Delivery& delivery, WorkerMetrics::Job& metrics,
                                               std::uint32_t attempts, Verdict verdict, const TraceContext& trace) {
     const auto dead_letter_queue = topology::dead_letter_queue_name(topology::family_of_queue(delivery.queue));

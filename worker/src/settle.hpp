@@ -71,6 +71,7 @@ struct SettledCounts {
     std::atomic<std::uint64_t> dead_lettered{0};
     std::atomic<std::uint64_t> requeued{0};
     std::atomic<std::uint64_t> cancelled{0};
+    std::atomic<std::uint64_t> parked{0};
 };
 
 class Settlement {
@@ -97,6 +98,13 @@ class Settlement {
 
     /// Hands a delivery back to the broker for another attempt (here or on another worker).
     void requeue(const amqp::Delivery& delivery);
+
+    /// Holds back a job that must not run now (its queue or type is paused): it waits `delay` in the delay ladder,
+    /// unchanged (no attempt burned, nothing recorded against it), and returns to its queue's tail. The original is
+    /// acked once the copy is confirmed; a requeue instead would count toward the delivery limit and come straight
+    /// back (DESIGN.md, RabbitMQ 3.10 facts).
+    boost::asio::awaitable<void> park(const amqp::Delivery& delivery, const Envelope& envelope,
+                                      WorkerMetrics::Job& metrics, std::chrono::seconds delay, const JobLogger& log);
 
     [[nodiscard]] const SettledCounts& counts() const noexcept { return counts_; }
 

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -150,6 +151,7 @@ class Worker::Impl {
 
     asio::awaitable<WorkerStats> run() {
         serve_http();
+        co_await load_pauses();
         for (std::size_t index = 0; index < settings_.families.size(); ++index) {
             consumer_.add_consumer({topology::queue_name(settings_.families[index]), prefetch_shares_[index]},
                                    batches_);
@@ -178,15 +180,42 @@ class Worker::Impl {
         http_.stop();
         const auto& counts = settlement_.counts();
         spdlog::info(
-            "worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} requeued, {} cancelled",
+            "worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} requeued, {} cancelled, "
+            "{} parked while paused",
             settings_.name, counts.succeeded.load(), counts.retried.load(), counts.dead_lettered.load(),
-            counts.duplicates.load(), counts.requeued.load(), counts.cancelled.load());
+            counts.duplicates.load(), counts.requeued.load(), counts.cancelled.load(), counts.parked.load());
         co_return WorkerStats{counts.succeeded, counts.retried, counts.dead_lettered, counts.requeued};
     }
 
     void shutdown() { shutdown_requests_.try_send(error_code{}); }
 
   private:
+    /// Before consuming, so that a pause on record holds from the first delivery. Without the database the worker
+    /// starts anyway (jobs that need no database still run) and follows the records once it is back.
+    asio::awaitable<void> load_pauses() {
+        std::string failure;
+        try {
+            co_await control_.load_pauses();
+        } catch (const pg::Error& e) {
+            failure = e.what();
+        }
+        if (!failure.empty()) {
+            spdlog::warn("cannot read the paused queues ({}); starting without them, they are read again every 2 s",
+                         failure);
+        }
+    }
+
+    /// A family paused as a whole is not consumed at all; a paused type is parked by admission.
+    void on_pause_change(const std::string& family, bool whole_family, std::size_t types) {
+        if (std::find(settings_.families.begin(), settings_.families.end(), family) == settings_.families.end()) {
+            return;
+        }
+        const auto queue = topology::queue_name(family);
+        consumer_.pause_consumer(queue, whole_family);
+        metrics_.queue_paused(queue).Set(whole_family ? 1 : 0);
+        metrics_.types_paused(queue).Set(static_cast<double>(types));
+    }
+
     void serve_http() {
         http_.get("/healthz", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
         http_.get("/readyz", [this] {
@@ -417,6 +446,12 @@ class Worker::Impl {
             co_await settle_unrun(delivery, cancelled->envelope, trace);
             co_return;
         }
+        if (auto* paused = std::get_if<admission::Paused>(&admission)) {
+            const auto log = job_logger(paused->envelope, delivery, trace);
+            auto& metrics = metrics_.job(delivery.queue, paused->envelope.type);
+            co_await settlement_.park(delivery, paused->envelope, metrics, settings_.paused_recheck, log);
+            co_return;
+        }
         auto& job = std::get<AdmittedJob>(admission);
         const auto& envelope = job.envelope;
         const auto log = job_logger(envelope, delivery, trace);
@@ -481,7 +516,10 @@ class Worker::Impl {
     Quarantine quarantine_;
     OutboxRelay outbox_;
     HistoryRecorder history_;
-    JobControl control_{pool_, settings_.history_retention};
+    JobControl control_{pool_, settings_.history_retention,
+                        [this](const std::string& family, bool whole_family, std::size_t types) {
+                            on_pause_change(family, whole_family, types);
+                        }};
     amqp::DeliveryChannel control_deliveries_{io_, kControlPrefetch};
     DatabaseHealth database_;
     std::atomic<bool> draining_{false};

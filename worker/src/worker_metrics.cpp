@@ -25,7 +25,7 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                    .Register(registry)),
       completed_(prometheus::BuildCounter()
                      .Name("conveyor_jobs_completed_total")
-                     .Help("Jobs settled, by outcome (success, retry, dead_letter, duplicate)")
+                     .Help("Jobs settled, by outcome (success, retry, dead_letter, duplicate, cancelled)")
                      .Register(registry)),
       duration_(prometheus::BuildHistogram()
                     .Name("conveyor_job_duration_seconds")
@@ -43,6 +43,18 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                      .Name("conveyor_jobs_in_flight")
                      .Help("Jobs whose handler is running")
                      .Register(registry)),
+      parked_(prometheus::BuildCounter()
+                  .Name("conveyor_jobs_parked_total")
+                  .Help("Jobs held back without running, burning no attempt: parked in the delay ladder, by reason")
+                  .Register(registry)),
+      queue_paused_(prometheus::BuildGauge()
+                        .Name("conveyor_queue_paused")
+                        .Help("1 while the whole queue is paused: no worker starts its jobs")
+                        .Register(registry)),
+      types_paused_(prometheus::BuildGauge()
+                        .Name("conveyor_job_types_paused")
+                        .Help("Job types of the queue paused on their own, whose jobs no worker starts")
+                        .Register(registry)),
       broker_connected_(prometheus::BuildGauge()
                             .Name("conveyor_broker_connected")
                             .Help("1 while the worker's broker connections are up")
@@ -85,6 +97,8 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
         }
         unknown_by_queue_.emplace(queue, make_job(queue, "unknown"));
         in_flight_by_queue_.emplace(queue, &in_flight_.Add({{"queue", queue}}));
+        queue_paused(queue).Set(0);
+        types_paused(queue).Set(0);
     }
     // After every insertion: the maps' nodes, and so these pointers, stay put from here on.
     for (const auto& family : families) {
@@ -133,6 +147,7 @@ WorkerMetrics::Job WorkerMetrics::make_job(const std::string& queue, const std::
                outcome("dead_letter"),
                outcome("duplicate"),
                outcome("cancelled"),
+               &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "paused"}}),
                &duration_.Add(labels, seconds_buckets()),
                &queue_wait_.Add(labels, seconds_buckets()),
                &retry_delay_.Add(labels, delay_buckets())};
@@ -147,6 +162,14 @@ WorkerMetrics::Job& WorkerMetrics::job(const std::string& queue, std::string_vie
 
 prometheus::Gauge& WorkerMetrics::in_flight(const std::string& queue) {
     return *in_flight_by_queue_.at(queue);
+}
+
+prometheus::Gauge& WorkerMetrics::queue_paused(const std::string& queue) {
+    return queue_paused_.Add({{"queue", queue}});
+}
+
+prometheus::Gauge& WorkerMetrics::types_paused(const std::string& queue) {
+    return types_paused_.Add({{"queue", queue}});
 }
 
 void WorkerMetrics::BrokerObserver::on_connection_state(bool connected) {

@@ -28,6 +28,7 @@ class WorkerMetrics {
         prometheus::Counter* dead_letter;
         prometheus::Counter* duplicate;
         prometheus::Counter* cancelled;
+        prometheus::Counter* parked_paused;  ///< held back because its queue or type is paused
         prometheus::Histogram* duration;
         prometheus::Histogram* queue_wait;
         prometheus::Histogram* retry_delay;
@@ -37,6 +38,10 @@ class WorkerMetrics {
 
     [[nodiscard]] Job& job(const std::string& queue, std::string_view type);
     [[nodiscard]] prometheus::Gauge& in_flight(const std::string& queue);
+    /// 1 while the whole queue is paused (conveyor queues pause FAMILY).
+    [[nodiscard]] prometheus::Gauge& queue_paused(const std::string& queue);
+    /// How many job types of the queue are paused on their own (conveyor queues pause FAMILY --type TYPE).
+    [[nodiscard]] prometheus::Gauge& types_paused(const std::string& queue);
     [[nodiscard]] prometheus::Gauge& outbox_pending() noexcept { return outbox_pending_; }
     [[nodiscard]] prometheus::Gauge& workers_needed() noexcept { return workers_needed_; }
     [[nodiscard]] prometheus::Counter& history_written() noexcept { return history_written_; }
@@ -76,6 +81,9 @@ class WorkerMetrics {
     prometheus::Family<prometheus::Histogram>& queue_wait_;
     prometheus::Family<prometheus::Histogram>& retry_delay_;
     prometheus::Family<prometheus::Gauge>& in_flight_;
+    prometheus::Family<prometheus::Counter>& parked_;
+    prometheus::Family<prometheus::Gauge>& queue_paused_;
+    prometheus::Family<prometheus::Gauge>& types_paused_;
     prometheus::Gauge& broker_connected_;
     prometheus::Family<prometheus::Histogram>& publish_confirm_;
     prometheus::Gauge& outbox_pending_;

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
-#include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -86,41 +85,36 @@ int declare_topology(const CommonOptions& common, const std::string& families_li
     });
 }
 
-int show_queues(const CommonOptions& common, const std::string& families_list, bool json) {
-    const auto families = topology::parse_families(families_list);
-    amqp::Connection connection(cli_connection_settings(common, "conveyor queues"), {});
-    return with_connection(connection, "queues", [&](asio::io_context&) -> asio::awaitable<int> {
-        int exit_code = kOk;
-        if (!json) {
-            std::cout << fmt::format("{:<28} {:>10} {:>10}\n", "QUEUE", "READY", "CONSUMERS");
-        }
-        for (const auto& family : families) {
-            const std::array<std::string, 2> queues{topology::queue_name(family),
-                                                    topology::dead_letter_queue_name(family)};
-            for (const auto& queue : queues) {
-                auto [error, counts] =
-                    co_await connection.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
-                if (error == amqp::Errc::not_found) {
-                    std::cerr << fmt::format("conveyor queues: {} does not exist (run conveyor topology declare)\n",
-                                             queue);
-                    exit_code = kFailed;
-                    continue;
-                }
-                if (error) {
-                    std::cerr << fmt::format("conveyor queues: {}: {}\n", queue, error.message());
-                    co_return kUnavailable;
-                }
-                if (json) {
-                    std::cout << fmt::format(R"({{"queue":"{}","family":"{}","ready":{},"consumers":{}}})", queue,
-                                             family, counts.messages, counts.consumers)
-                              << '\n';
-                } else {
-                    std::cout << fmt::format("{:<28} {:>10} {:>10}\n", queue, counts.messages, counts.consumers);
-                }
-            }
-        }
-        co_return exit_code;
-    });
+/// `conveyor queues` and its pause and resume.
+struct QueuesCommands {
+    CLI::App* show;
+    CLI::App* pause;
+    CLI::App* resume;
+};
+
+QueuesCommands add_queues_commands(CLI::App& app, QueuesOptions& queues, PauseOptions& pause) {
+    auto* show = app.add_subcommand("queues", "Ready messages, consumers and pauses of each job and dead-letter queue");
+    show->add_option("--families", queues.families, "Comma-separated job families");
+    show->add_option("--pg-url", queues.pg_url, "PostgreSQL URL (where pauses are recorded)")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    show->add_flag("--json", queues.json, "One JSON object per line");
+    show->require_subcommand(0, 1);
+    show->fallthrough();
+    QueuesCommands commands{show, nullptr, nullptr};
+    for (const bool pausing : {true, false}) {
+        auto* command = show->add_subcommand(
+            pausing ? "pause" : "resume",
+            pausing ? "Stop every worker from starting jobs of a family (or of one type of it), fleet-wide and "
+                      "durably; running jobs finish, queued ones wait, no attempt is used"
+                    : "Let workers take a paused family's (or type's) jobs again");
+        command->add_option("family", pause.family, "Job family (orders, payments, emails, projections, diag)")
+            ->required();
+        command->add_option("--type", pause.job_type, "Only this job type of the family (e.g. emails.send)");
+        command->add_flag("--json", pause.json, "The new state as one JSON object");
+        (pausing ? commands.pause : commands.resume) = command;
+    }
+    return commands;
 }
 
 void add_jobs_filters(CLI::App& command, JobsListOptions& options) {
@@ -147,7 +141,6 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     std::string statement_timeout = "10m";
     EnqueueOptions enqueue_options;
     std::string families = fmt::format("{}", fmt::join(topology::default_families(), ","));
-    bool json = false;
 
     CLI::App app{
         "conveyor: operator CLI for the Conveyor job platform.\n"
@@ -292,9 +285,9 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         "declare", "Declare exchange conveyor.jobs, a quorum queue and a dead-letter queue per family (idempotent)");
     declare_cmd->add_option("--families", families, "Comma-separated job families");
 
-    auto* queues_cmd = app.add_subcommand("queues", "Ready messages and consumers of each job and dead-letter queue");
-    queues_cmd->add_option("--families", families, "Comma-separated job families");
-    queues_cmd->add_flag("--json", json, "One JSON object per line");
+    QueuesOptions queues_options;
+    PauseOptions pause_options;
+    const auto queues_cmd = add_queues_commands(app, queues_options, pause_options);
 
     JobsListOptions jobs_options;
     std::string job_id;
@@ -382,8 +375,12 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         if (*declare_cmd) {
             return declare_topology(common, families);
         }
-        if (*queues_cmd) {
-            return show_queues(common, families, json);
+        if (*queues_cmd.pause || *queues_cmd.resume) {
+            pause_options.pg_url = queues_options.pg_url;
+            return set_queue_paused(common, pause_options, queues_cmd.pause->parsed());
+        }
+        if (*queues_cmd.show) {
+            return show_queues(common, queues_options);
         }
         if (*jobs_show_cmd) {
             return jobs_show(jobs_options.pg_url, job_id, job_json);

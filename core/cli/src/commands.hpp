@@ -48,6 +48,19 @@ struct ScheduledListOptions {
     bool json = false;
 };
 
+struct QueuesOptions {
+    std::string families = "orders,payments,emails,projections,diag";
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    bool json = false;
+};
+
+struct PauseOptions {
+    std::string family;
+    std::string job_type;  ///< empty: the whole family
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    bool json = false;
+};
+
 struct MigrateOptions {
     std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
     std::chrono::milliseconds statement_timeout{std::chrono::minutes(10)};
@@ -119,6 +132,10 @@ int dlq_replay(const CommonOptions& common, const ReplayOptions& options);
 /// Deletes matching dead letters; only with `confirmed` (--yes), else says how many it would delete.
 int dlq_purge(const DlqOptions& options, bool confirmed);
 int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations);
+/// Ready messages and consumers of each job and dead-letter queue, with what is paused of each family.
+int show_queues(const CommonOptions& common, const QueuesOptions& options);
+/// Pauses (or resumes) a family or one job type of it: the record in PostgreSQL, then a broadcast to every worker.
+int set_queue_paused(const CommonOptions& common, const PauseOptions& options, bool paused);
 /// Who runs the command, as records name them: user@host.
 [[nodiscard]] std::string operator_name();
 /// Cancels jobs wherever they are: a tombstone in PostgreSQL, then a broadcast to every worker.

@@ -106,7 +106,7 @@ int jobs_cancel(const CommonOptions& common, const std::string& pg_url, const st
                     code = kFailed;
                     continue;
                 }
-                const job_control::Command command{"cancel", id};
+                const job_control::Command command = job_control::Cancel{id};
                 const auto error = co_await job_control::broadcast(connection, command);
                 // No worker bound to the exchange is no failure: the tombstone waits for the next one to start.
                 if (error && error != amqp::make_error_code(amqp::Errc::unroutable)) {

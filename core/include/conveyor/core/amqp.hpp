@@ -2,6 +2,7 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/system/error_code.hpp>
 #include <chrono>
@@ -213,6 +214,10 @@ class Connection {
     void ack(const Delivery& delivery);
     void reject(const Delivery& delivery, bool requeue);
 
+    /// Thread-safe and non-blocking; may be called before start(). Stops (basic.cancel) or resumes (basic.consume)
+    /// the consumer of `queue`, across reconnects; deliveries the broker sent before the cancel still arrive.
+    void pause_consumer(std::string_view queue, bool paused);
+
     /// Publishes with mandatory=true on a confirm channel and completes when the broker confirms:
     /// success, Errc::nacked, Errc::unroutable, Errc::connection_lost or Errc::stopped. Waits while the
     /// connection is down or blocked.
@@ -268,6 +273,10 @@ class Connection {
     class Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+/// Publishes every message at once (one round of confirms, not one per message); each message's result, in order.
+boost::asio::awaitable<std::vector<boost::system::error_code>> publish_all(Connection& connection,
+                                                                           std::vector<Message> messages);
 
 }  // namespace conveyor::amqp
 

@@ -70,6 +70,10 @@ struct WorkerSettings {
     std::chrono::milliseconds outbox_sweep_interval{5'000};
     /// Whether the job history (conveyor.job_events) is written (CONVEYOR_HISTORY: on or off).
     bool history = true;
+    /// How long a job held back by a pause waits in the delay ladder before it is looked at again
+    /// (CONVEYOR_PAUSED_RECHECK): the longest a resumed type's jobs wait, and what a paused type costs (one
+    /// republish per job per interval). A power of two takes one level of the ladder.
+    std::chrono::seconds paused_recheck{16};
     /// How long job history is kept (CONVEYOR_HISTORY_RETENTION); whole days are dropped at a time.
     std::chrono::milliseconds history_retention{std::chrono::hours(24 * 7)};
     /// History events held while PostgreSQL is away (CONVEYOR_HISTORY_BUFFER); beyond, they are dropped and counted.

@@ -1,0 +1,198 @@
+#include <fmt/format.h>
+
+#include <array>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
+#include <iostream>
+#include <map>
+
+#include "commands.hpp"
+#include "conveyor/cli/cli.hpp"
+#include "conveyor/core/job_control.hpp"
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor::cli {
+namespace asio = boost::asio;
+
+namespace {
+
+/// What is paused of each family, from PostgreSQL: the family's own state and its paused types.
+struct FamilyPauses {
+    std::optional<job_control::PauseState> whole;
+    std::vector<job_control::PauseState> types;
+};
+using PauseTable = std::map<std::string, FamilyPauses, std::less<>>;
+
+/// Nothing if the database cannot be read: the broker's counts are still worth printing.
+asio::awaitable<std::optional<PauseTable>> read_pauses(asio::io_context& io, const std::string& pg_url) {
+    pg::Settings database;
+    database.url = pg_url;
+    database.pool_size = 1;
+    database.application_name = "conveyor queues";
+    pg::Pool pool(io.get_executor(), database);
+    std::string failure;
+    PauseTable table;
+    try {
+        for (auto& state : co_await job_control::pauses(pool)) {
+            auto& family = table[state.family];
+            if (!state.paused) {
+                continue;
+            }
+            if (state.job_type.empty()) {
+                family.whole = std::move(state);
+            } else {
+                family.types.push_back(std::move(state));
+            }
+        }
+    } catch (const pg::Error& e) {
+        failure = e.what();
+    }
+    if (!failure.empty()) {
+        std::cerr << fmt::format("conveyor queues: cannot read the pauses from PostgreSQL ({}); PAUSED shows ?\n",
+                                 failure);
+        co_return std::nullopt;
+    }
+    co_return table;
+}
+
+/// The PAUSED column of a job queue: "yes", the paused types, "no", or "?" without the database.
+std::string paused_text(const std::optional<PauseTable>& pauses, const std::string& family) {
+    if (!pauses) {
+        return "?";
+    }
+    const auto found = pauses->find(family);
+    if (found == pauses->end() || (!found->second.whole && found->second.types.empty())) {
+        return "no";
+    }
+    if (found->second.whole) {
+        return fmt::format("yes (since {} by {})", found->second.whole->changed_at, found->second.whole->changed_by);
+    }
+    std::vector<std::string> types;
+    for (const auto& state : found->second.types) {
+        types.push_back(state.job_type);
+    }
+    return fmt::format("types: {}", fmt::join(types, ", "));
+}
+
+boost::json::object queue_json(const std::string& queue, const std::string& family, const amqp::QueueCounts& counts,
+                               const std::optional<PauseTable>& pauses, bool job_queue) {
+    boost::json::object line{
+        {"queue", queue}, {"family", family}, {"ready", counts.messages}, {"consumers", counts.consumers}};
+    if (!job_queue) {
+        return line;
+    }
+    if (!pauses) {
+        line["paused"] = nullptr;
+        return line;
+    }
+    const auto found = pauses->find(family);
+    line["paused"] = found != pauses->end() && found->second.whole.has_value();
+    boost::json::array types;
+    if (found != pauses->end()) {
+        for (const auto& state : found->second.types) {
+            types.emplace_back(state.job_type);
+        }
+    }
+    line["paused_types"] = std::move(types);
+    return line;
+}
+
+void print_pause_change(const job_control::PauseChange& change, bool json) {
+    const auto& state = change.state;
+    if (json) {
+        auto line = job_control::to_json(state);
+        line["changed"] = change.changed;
+        std::cout << boost::json::serialize(line) << '\n';
+        return;
+    }
+    const auto queue = topology::queue_name(state.family);
+    const auto target = state.job_type.empty() ? fmt::format("{} (every job type)", queue)
+                                               : fmt::format("{} in {}", state.job_type, queue);
+    if (!change.changed) {
+        std::cout << fmt::format("{} was already {} (since {} by {})\n", target, state.paused ? "paused" : "running",
+                                 state.changed_at, state.changed_by);
+    } else if (state.paused) {
+        std::cout << fmt::format(
+            "paused {}: workers start none of its jobs from now on (within a second); running ones finish\n", target);
+    } else {
+        std::cout << fmt::format("resumed {}: workers take its jobs again\n", target);
+    }
+}
+
+}  // namespace
+
+int show_queues(const CommonOptions& common, const QueuesOptions& options) {
+    const auto families = topology::parse_families(options.families);
+    amqp::Connection connection(cli_connection_settings(common, "conveyor queues"), {});
+    return with_connection(connection, "queues", [&](asio::io_context& io) -> asio::awaitable<int> {
+        const auto pauses = co_await read_pauses(io, options.pg_url);
+        int exit_code = kOk;
+        if (!options.json) {
+            std::cout << fmt::format("{:<28} {:>10} {:>10}  {}\n", "QUEUE", "READY", "CONSUMERS", "PAUSED");
+        }
+        for (const auto& family : families) {
+            const std::array<std::string, 2> queues{topology::queue_name(family),
+                                                    topology::dead_letter_queue_name(family)};
+            for (const auto& queue : queues) {
+                auto [error, counts] =
+                    co_await connection.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
+                if (error == amqp::Errc::not_found) {
+                    std::cerr << fmt::format("conveyor queues: {} does not exist (run conveyor topology declare)\n",
+                                             queue);
+                    exit_code = kFailed;
+                    continue;
+                }
+                if (error) {
+                    std::cerr << fmt::format("conveyor queues: {}: {}\n", queue, error.message());
+                    co_return kUnavailable;
+                }
+                const bool job_queue = queue == queues[0];
+                if (options.json) {
+                    std::cout << boost::json::serialize(queue_json(queue, family, counts, pauses, job_queue)) << '\n';
+                } else {
+                    std::cout << fmt::format("{:<28} {:>10} {:>10}  {}\n", queue, counts.messages, counts.consumers,
+                                             job_queue ? paused_text(pauses, family) : "-");
+                }
+            }
+        }
+        co_return exit_code;
+    });
+}
+
+int set_queue_paused(const CommonOptions& common, const PauseOptions& options, bool paused) {
+    const std::string_view verb = paused ? "pause" : "resume";
+    job_control::check_pause_target(options.family, options.job_type);
+    amqp::Topology control;
+    control.exchanges.push_back({std::string(topology::kControlExchange), "fanout"});
+    amqp::Connection connection(cli_connection_settings(common, fmt::format("conveyor queues {}", verb)), control);
+    return with_connection(
+        connection, fmt::format("queues {}", verb), [&](asio::io_context& io) -> asio::awaitable<int> {
+            pg::Settings database;
+            database.url = options.pg_url;
+            database.pool_size = 1;
+            database.application_name = fmt::format("conveyor queues {}", verb);
+            pg::Pool pool(io.get_executor(), database);
+            job_control::PauseChange change;
+            try {
+                change =
+                    co_await job_control::set_paused(pool, options.family, options.job_type, paused, operator_name());
+            } catch (const pg::Error& e) {
+                co_return report_database_error(fmt::format("queues {}", verb), options.pg_url, e);
+            }
+            // Sent even when nothing changed: a worker that missed the first broadcast hears it now.
+            const job_control::Command command = change.state;
+            const auto error = co_await job_control::broadcast(connection, command);
+            if (error && error != amqp::make_error_code(amqp::Errc::unroutable)) {
+                std::cerr << fmt::format(
+                    "conveyor queues {}: the broadcast failed ({}); workers read the record within 2 s\n", verb,
+                    error.message());
+            }
+            print_pause_change(change, options.json);
+            co_return kOk;
+        });
+}
+
+}  // namespace conveyor::cli

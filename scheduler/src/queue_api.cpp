@@ -1,0 +1,71 @@
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+
+#include "api.hpp"
+#include "api_json.hpp"
+#include "conveyor/core/job_control.hpp"
+#include "conveyor/core/topology.hpp"
+
+namespace conveyor::scheduler {
+namespace asio = boost::asio;
+
+asio::awaitable<HttpResponse> EnqueueApi::list_queues(const HttpRequest& /*request*/, const ApiToken& /*token*/) {
+    const auto states = co_await job_control::pauses(pool_);
+    boost::json::array queues;
+    for (const auto& family : topology::default_families()) {
+        bool whole = false;
+        boost::json::array types;
+        for (const auto& state : states) {
+            if (state.family != family || !state.paused) {
+                continue;
+            }
+            if (state.job_type.empty()) {
+                whole = true;
+            } else {
+                types.emplace_back(state.job_type);
+            }
+        }
+        queues.emplace_back(boost::json::object{{"family", family},
+                                                {"queue", topology::queue_name(family)},
+                                                {"paused", whole},
+                                                {"paused_types", std::move(types)}});
+    }
+    auto response = json_response(200, boost::json::object{{"queues", std::move(queues)}});
+    co_return response;
+}
+
+asio::awaitable<HttpResponse> EnqueueApi::pause_queue(bool paused, const HttpRequest& request, const ApiToken& token) {
+    const auto family = request.param("family").value_or("");
+    const auto job_type = request.query_param("type").value_or("");
+    std::optional<std::string> refused;
+    try {
+        job_control::check_pause_target(family, job_type);
+    } catch (const std::invalid_argument& e) {
+        refused = e.what();
+    }
+    if (refused) {
+        auto response = error_response(400, *refused);
+        co_return response;
+    }
+    const auto change = co_await job_control::set_paused(pool_, family, job_type, paused, "api:" + token.name);
+    // Sent even when nothing changed: a worker that missed the first broadcast hears it now.
+    const job_control::Command command = change.state;
+    const auto error = co_await job_control::broadcast(publisher_, command);
+    if (error && error != amqp::make_error_code(amqp::Errc::unroutable)) {
+        spdlog::warn("api: {} {}: the broadcast failed ({}); workers read the record within 2 s",
+                     paused ? "pause" : "resume", family, error.message());
+    }
+    if (change.changed) {
+        spdlog::info("api: {} {}{} by {}", paused ? "paused" : "resumed", family,
+                     job_type.empty() ? std::string() : fmt::format(" (type {})", job_type), token.name);
+    }
+    auto body = job_control::to_json(change.state);
+    body["changed"] = change.changed;
+    auto response = json_response(200, body);
+    co_return response;
+}
+
+}  // namespace conveyor::scheduler
