@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 
@@ -116,7 +117,7 @@ asio::awaitable<boost::system::error_code> broadcast(amqp::Connection& publisher
     message.body = encode(command);
     message.properties.content_type = "application/json";
     auto [error] = co_await publisher.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
-    co_return error;
+    co_return error == amqp::Errc::unroutable ? boost::system::error_code{} : error;
 }
 
 asio::awaitable<Tombstones> tombstones_since(pg::Pool& pool, std::int64_t after) {
@@ -193,6 +194,29 @@ boost::json::object to_json(const PauseState& state) {
             {"paused", state.paused},
             {"changed_at", state.changed_at},
             {"changed_by", state.changed_by}};
+}
+
+FamilyPause family_pause(const std::vector<PauseState>& states, std::string_view family) {
+    FamilyPause pause;
+    for (const auto& state : states) {
+        if (state.family != family || !state.paused) {
+            continue;
+        }
+        if (state.job_type.empty()) {
+            pause.whole = state;
+        } else {
+            pause.types.push_back(state.job_type);
+        }
+    }
+    return pause;
+}
+
+boost::json::object to_json(const FamilyPause& pause) {
+    boost::json::array types;
+    for (const auto& type : pause.types) {
+        types.emplace_back(type);
+    }
+    return {{"paused", pause.whole.has_value()}, {"paused_types", std::move(types)}};
 }
 
 asio::awaitable<std::vector<PauseState>> pauses(pg::Pool& pool) {

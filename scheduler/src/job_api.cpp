@@ -99,7 +99,7 @@ asio::awaitable<HttpResponse> EnqueueApi::cancel_job(const HttpRequest& request,
     // The tombstone is stored: a worker that missed the broadcast reads it within seconds.
     const job_control::Command command = job_control::Cancel{std::string(id)};
     const auto error = co_await job_control::broadcast(publisher_, command);
-    if (error && error != amqp::make_error_code(amqp::Errc::unroutable)) {
+    if (error) {
         spdlog::warn("api: cancel {}: the broadcast failed ({}); workers read the tombstone", id, error.message());
     }
     auto response = json_response(outcome.result == Result::cancelled ? 200 : 202,

@@ -16,22 +16,11 @@ asio::awaitable<HttpResponse> EnqueueApi::list_queues(const HttpRequest& /*reque
     const auto states = co_await job_control::pauses(pool_);
     boost::json::array queues;
     for (const auto& family : topology::default_families()) {
-        bool whole = false;
-        boost::json::array types;
-        for (const auto& state : states) {
-            if (state.family != family || !state.paused) {
-                continue;
-            }
-            if (state.job_type.empty()) {
-                whole = true;
-            } else {
-                types.emplace_back(state.job_type);
-            }
+        boost::json::object queue{{"family", family}, {"queue", topology::queue_name(family)}};
+        for (auto& [name, value] : job_control::to_json(job_control::family_pause(states, family))) {
+            queue[name] = std::move(value);
         }
-        queues.emplace_back(boost::json::object{{"family", family},
-                                                {"queue", topology::queue_name(family)},
-                                                {"paused", whole},
-                                                {"paused_types", std::move(types)}});
+        queues.emplace_back(std::move(queue));
     }
     auto response = json_response(200, boost::json::object{{"queues", std::move(queues)}});
     co_return response;
@@ -54,7 +43,7 @@ asio::awaitable<HttpResponse> EnqueueApi::pause_queue(bool paused, const HttpReq
     // Sent even when nothing changed: a worker that missed the first broadcast hears it now.
     const job_control::Command command = change.state;
     const auto error = co_await job_control::broadcast(publisher_, command);
-    if (error && error != amqp::make_error_code(amqp::Errc::unroutable)) {
+    if (error) {
         spdlog::warn("api: {} {}: the broadcast failed ({}); workers read the record within 2 s",
                      paused ? "pause" : "resume", family, error.message());
     }

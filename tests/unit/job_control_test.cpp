@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json/serialize.hpp>
+
 namespace conveyor::job_control {
 namespace {
 
@@ -58,6 +60,22 @@ TEST(JobControl, WhatIsNotACommandIsIgnored) {
           R"({"command":"resume","family":"emails","type":7,"version":1})"}) {
         EXPECT_FALSE(decode(body).has_value()) << body;
     }
+}
+
+TEST(JobControl, AFamilysPauseIsItsOwnPausedStateAndItsTypesPausedOnTheirOwn) {
+    const std::vector<PauseState> states{{"diag", "", false, 1, {}, {}},
+                                         {"diag", "diag.sleep", true, 2, {}, {}},
+                                         {"diag", "diag.fail", false, 3, {}, {}},
+                                         {"emails", "", true, 4, "2026-12-05T08:00:00.000Z", "ops"}};
+    const auto diag = family_pause(states, "diag");
+    EXPECT_FALSE(diag.whole.has_value());
+    EXPECT_EQ(diag.types, std::vector<std::string>{"diag.sleep"});
+    EXPECT_EQ(boost::json::serialize(to_json(diag)), R"({"paused":false,"paused_types":["diag.sleep"]})");
+    const auto emails = family_pause(states, "emails");
+    ASSERT_TRUE(emails.whole.has_value());
+    EXPECT_EQ(emails.whole->changed_by, "ops");
+    EXPECT_TRUE(emails.types.empty());
+    EXPECT_FALSE(family_pause(states, "orders").whole.has_value());
 }
 
 TEST(JobControl, ResultsHaveTheNamesTheApiAnswersWith) {

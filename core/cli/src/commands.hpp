@@ -101,6 +101,9 @@ struct JobsListOptions {
     bool json = false;
 };
 
+/// The settings of a CLI command's database connection: one connection, named after the command.
+[[nodiscard]] pg::Settings cli_database_settings(const std::string& pg_url, std::string_view command);
+
 /// What a database command does with its pool; returns the exit code.
 using DatabaseBody = std::function<boost::asio::awaitable<int>(pg::Pool&)>;
 

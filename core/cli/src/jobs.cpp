@@ -93,11 +93,7 @@ int jobs_cancel(const CommonOptions& common, const std::string& pg_url, const st
     control.exchanges.push_back({std::string(topology::kControlExchange), "fanout"});
     amqp::Connection connection(cli_connection_settings(common, "conveyor jobs cancel"), control);
     return with_connection(connection, "jobs cancel", [&](asio::io_context& io) -> asio::awaitable<int> {
-        pg::Settings database;
-        database.url = pg_url;
-        database.pool_size = 1;
-        database.application_name = "conveyor jobs cancel";
-        pg::Pool pool(io.get_executor(), database);
+        pg::Pool pool(io.get_executor(), cli_database_settings(pg_url, "jobs cancel"));
         int code = kOk;
         try {
             for (const auto& id : ids) {
@@ -108,8 +104,7 @@ int jobs_cancel(const CommonOptions& common, const std::string& pg_url, const st
                 }
                 const job_control::Command command = job_control::Cancel{id};
                 const auto error = co_await job_control::broadcast(connection, command);
-                // No worker bound to the exchange is no failure: the tombstone waits for the next one to start.
-                if (error && error != amqp::make_error_code(amqp::Errc::unroutable)) {
+                if (error) {
                     std::cerr << fmt::format(
                         "conveyor jobs cancel: {}: the broadcast failed ({}); workers read the tombstone within 2 s\n",
                         id, error.message());

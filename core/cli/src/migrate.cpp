@@ -14,11 +14,8 @@ namespace asio = boost::asio;
 
 int migrate(const MigrateOptions& options, std::vector<pg::Migration> migrations) {
     asio::io_context io;
-    pg::Settings settings;
-    settings.url = options.pg_url;
-    settings.pool_size = 1;
+    auto settings = cli_database_settings(options.pg_url, "migrate");
     settings.statement_timeout = options.statement_timeout;
-    settings.application_name = "conveyor migrate";
     pg::Pool pool(io.get_executor(), settings);
     const auto total = migrations.size();
     int exit_code = kOk;

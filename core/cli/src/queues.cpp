@@ -3,11 +3,9 @@
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 #include <iostream>
-#include <map>
 
 #include "commands.hpp"
 #include "conveyor/cli/cli.hpp"
@@ -19,34 +17,14 @@ namespace asio = boost::asio;
 
 namespace {
 
-/// What is paused of each family, from PostgreSQL: the family's own state and its paused types.
-struct FamilyPauses {
-    std::optional<job_control::PauseState> whole;
-    std::vector<job_control::PauseState> types;
-};
-using PauseTable = std::map<std::string, FamilyPauses, std::less<>>;
-
-/// Nothing if the database cannot be read: the broker's counts are still worth printing.
-asio::awaitable<std::optional<PauseTable>> read_pauses(asio::io_context& io, const std::string& pg_url) {
-    pg::Settings database;
-    database.url = pg_url;
-    database.pool_size = 1;
-    database.application_name = "conveyor queues";
-    pg::Pool pool(io.get_executor(), database);
+/// The pauses on record; nothing if the database cannot be read: the broker's counts are still worth printing.
+asio::awaitable<std::optional<std::vector<job_control::PauseState>>> read_pauses(asio::io_context& io,
+                                                                                 const std::string& pg_url) {
+    pg::Pool pool(io.get_executor(), cli_database_settings(pg_url, "queues"));
     std::string failure;
-    PauseTable table;
+    std::vector<job_control::PauseState> states;
     try {
-        for (auto& state : co_await job_control::pauses(pool)) {
-            auto& family = table[state.family];
-            if (!state.paused) {
-                continue;
-            }
-            if (state.job_type.empty()) {
-                family.whole = std::move(state);
-            } else {
-                family.types.push_back(std::move(state));
-            }
-        }
+        states = co_await job_control::pauses(pool);
     } catch (const pg::Error& e) {
         failure = e.what();
     }
@@ -55,48 +33,34 @@ asio::awaitable<std::optional<PauseTable>> read_pauses(asio::io_context& io, con
                                  failure);
         co_return std::nullopt;
     }
-    co_return table;
+    co_return states;
 }
 
-/// The PAUSED column of a job queue: "yes", the paused types, "no", or "?" without the database.
-std::string paused_text(const std::optional<PauseTable>& pauses, const std::string& family) {
-    if (!pauses) {
+/// The PAUSED column of a job queue: "yes (since … by …)", the paused types, "no", or "?" without the database.
+std::string paused_text(const std::optional<job_control::FamilyPause>& pause) {
+    if (!pause) {
         return "?";
     }
-    const auto found = pauses->find(family);
-    if (found == pauses->end() || (!found->second.whole && found->second.types.empty())) {
-        return "no";
+    if (pause->whole) {
+        return fmt::format("yes (since {} by {})", pause->whole->changed_at, pause->whole->changed_by);
     }
-    if (found->second.whole) {
-        return fmt::format("yes (since {} by {})", found->second.whole->changed_at, found->second.whole->changed_by);
-    }
-    std::vector<std::string> types;
-    for (const auto& state : found->second.types) {
-        types.push_back(state.job_type);
-    }
-    return fmt::format("types: {}", fmt::join(types, ", "));
+    return pause->types.empty() ? std::string("no") : fmt::format("types: {}", fmt::join(pause->types, ", "));
 }
 
 boost::json::object queue_json(const std::string& queue, const std::string& family, const amqp::QueueCounts& counts,
-                               const std::optional<PauseTable>& pauses, bool job_queue) {
+                               const std::optional<job_control::FamilyPause>& pause, bool job_queue) {
     boost::json::object line{
         {"queue", queue}, {"family", family}, {"ready", counts.messages}, {"consumers", counts.consumers}};
     if (!job_queue) {
         return line;
     }
-    if (!pauses) {
+    if (!pause) {
         line["paused"] = nullptr;
         return line;
     }
-    const auto found = pauses->find(family);
-    line["paused"] = found != pauses->end() && found->second.whole.has_value();
-    boost::json::array types;
-    if (found != pauses->end()) {
-        for (const auto& state : found->second.types) {
-            types.emplace_back(state.job_type);
-        }
+    for (auto& [name, value] : job_control::to_json(*pause)) {
+        line[name] = std::move(value);
     }
-    line["paused_types"] = std::move(types);
     return line;
 }
 
@@ -134,6 +98,7 @@ int show_queues(const CommonOptions& common, const QueuesOptions& options) {
             std::cout << fmt::format("{:<28} {:>10} {:>10}  {}\n", "QUEUE", "READY", "CONSUMERS", "PAUSED");
         }
         for (const auto& family : families) {
+            const auto pause = pauses ? std::optional(job_control::family_pause(*pauses, family)) : std::nullopt;
             const std::array<std::string, 2> queues{topology::queue_name(family),
                                                     topology::dead_letter_queue_name(family)};
             for (const auto& queue : queues) {
@@ -151,10 +116,10 @@ int show_queues(const CommonOptions& common, const QueuesOptions& options) {
                 }
                 const bool job_queue = queue == queues[0];
                 if (options.json) {
-                    std::cout << boost::json::serialize(queue_json(queue, family, counts, pauses, job_queue)) << '\n';
+                    std::cout << boost::json::serialize(queue_json(queue, family, counts, pause, job_queue)) << '\n';
                 } else {
                     std::cout << fmt::format("{:<28} {:>10} {:>10}  {}\n", queue, counts.messages, counts.consumers,
-                                             job_queue ? paused_text(pauses, family) : "-");
+                                             job_queue ? paused_text(pause) : "-");
                 }
             }
         }
@@ -170,11 +135,7 @@ int set_queue_paused(const CommonOptions& common, const PauseOptions& options, b
     amqp::Connection connection(cli_connection_settings(common, fmt::format("conveyor queues {}", verb)), control);
     return with_connection(
         connection, fmt::format("queues {}", verb), [&](asio::io_context& io) -> asio::awaitable<int> {
-            pg::Settings database;
-            database.url = options.pg_url;
-            database.pool_size = 1;
-            database.application_name = fmt::format("conveyor queues {}", verb);
-            pg::Pool pool(io.get_executor(), database);
+            pg::Pool pool(io.get_executor(), cli_database_settings(options.pg_url, fmt::format("queues {}", verb)));
             job_control::PauseChange change;
             try {
                 change =
@@ -185,7 +146,7 @@ int set_queue_paused(const CommonOptions& common, const PauseOptions& options, b
             // Sent even when nothing changed: a worker that missed the first broadcast hears it now.
             const job_control::Command command = change.state;
             const auto error = co_await job_control::broadcast(connection, command);
-            if (error && error != amqp::make_error_code(amqp::Errc::unroutable)) {
+            if (error) {
                 std::cerr << fmt::format(
                     "conveyor queues {}: the broadcast failed ({}); workers read the record within 2 s\n", verb,
                     error.message());

@@ -66,13 +66,17 @@ int report_database_error(std::string_view command, const std::string& pg_url, c
     return error.sqlstate().starts_with("22") ? kUsage : kFailed;
 }
 
-int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body) {
-    asio::io_context io;
+pg::Settings cli_database_settings(const std::string& pg_url, std::string_view command) {
     pg::Settings settings;
     settings.url = pg_url;
     settings.pool_size = 1;
     settings.application_name = fmt::format("conveyor {}", command);
-    pg::Pool pool(io.get_executor(), settings);
+    return settings;
+}
+
+int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body) {
+    asio::io_context io;
+    pg::Pool pool(io.get_executor(), cli_database_settings(pg_url, command));
     int exit_code = kOk;
     asio::co_spawn(
         io,

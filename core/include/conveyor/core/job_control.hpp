@@ -58,7 +58,8 @@ struct CancelOutcome {
 /// scheduled row. Call broadcast() after, so that a worker running it stops now.
 boost::asio::awaitable<CancelOutcome> request_cancel(pg::Pool& pool, std::string_view job_id, std::string_view by);
 
-/// Publishes `command` on the control exchange; completes once the broker confirms (or with the error).
+/// Publishes `command` on the control exchange; completes once the broker confirms (or with the error). No worker
+/// bound to the exchange is no failure: the record waits for the next one to start.
 boost::asio::awaitable<boost::system::error_code> broadcast(amqp::Connection& publisher, const Command& command);
 
 /// Tombstones recorded after `after` (a seq), oldest first.
@@ -89,6 +90,16 @@ boost::asio::awaitable<PauseChange> set_paused(pg::Pool& pool, std::string_view 
 /// As the CLI's --json and the HTTP API show it: family, queue, type (null for the whole family), paused,
 /// changed_at, changed_by.
 [[nodiscard]] boost::json::object to_json(const PauseState& state);
+
+/// What is paused of one family now, from the states on record.
+struct FamilyPause {
+    std::optional<PauseState> whole;  ///< the whole family's pause, if it is paused
+    std::vector<std::string> types;   ///< its types paused on their own
+};
+[[nodiscard]] FamilyPause family_pause(const std::vector<PauseState>& states, std::string_view family);
+/// {"paused": whether the whole family is, "paused_types": [...]}, as `conveyor queues --json` and GET /v1/queues
+/// show it.
+[[nodiscard]] boost::json::object to_json(const FamilyPause& pause);
 
 /// Every pause on record, paused or resumed, by family and type.
 boost::asio::awaitable<std::vector<PauseState>> pauses(pg::Pool& pool);
