@@ -67,6 +67,8 @@ class ErrorCategory final : public boost::system::error_category {
                 return "could not connect to the broker";
             case Errc::stopped:
                 return "connection stopped";
+            case Errc::timed_out:
+                return "the broker did not confirm the publish before its deadline";
             case Errc::not_found:
                 return "not found";
         }
@@ -129,11 +131,13 @@ class PendingHandler {
         : work_(asio::prefer(asio::get_associated_executor(handler), asio::execution::outstanding_work.tracked)),
           handler_(std::move(handler)) {}
 
-    /// Runs the handler on its own executor; the connection thread never runs it inline.
+    /// Runs the handler on its own executor; the connection thread never runs it inline. Its cancellation slot is
+    /// cleared there first, on the executor that may emit it, as Asio's own operations do.
     template <typename... Args>
     void complete(Args... args) && {
         auto executor = std::move(work_);
         executor.execute([handler = std::move(handler_), ... args = std::move(args)]() mutable {
+            asio::get_associated_cancellation_slot(handler).clear();
             std::move(handler)(std::move(args)...);
         });
     }
@@ -164,7 +168,13 @@ struct RejectCommand {
 };
 struct PublishCommand {
     Message message;
+    std::uint64_t id;
+    std::optional<Clock::time_point> deadline;
     PendingError handler;
+};
+/// The caller cancelled the publish with this id.
+struct AbandonPublishCommand {
+    std::uint64_t id;
 };
 struct CancelConsumersCommand {
     PendingError handler;
@@ -181,8 +191,8 @@ struct PauseConsumerCommand {
     std::string queue;
     bool paused;
 };
-using Command = std::variant<AckCommand, RejectCommand, PublishCommand, CancelConsumersCommand, QueueCountsCommand,
-                             WaitReadyCommand, PauseConsumerCommand>;
+using Command = std::variant<AckCommand, RejectCommand, PublishCommand, AbandonPublishCommand, CancelConsumersCommand,
+                             QueueCountsCommand, WaitReadyCommand, PauseConsumerCommand>;
 
 struct Consumer {
     ConsumerSpec spec;
@@ -207,7 +217,10 @@ struct IncomingContent {
 };
 
 struct OutstandingPublish {
-    PendingError handler;
+    /// Empty once the caller gave up on it (deadline or cancellation); its confirm still arrives and is dropped.
+    std::optional<PendingError> handler;
+    std::uint64_t id;
+    std::optional<Clock::time_point> deadline;
     std::string exchange;
     std::string routing_key;
     std::string message_id;
@@ -239,6 +252,7 @@ class Connection::Impl {
 
     void start() {
         asio::co_spawn(io_, session_loop(), log_failure(log_prefix_ + " session"));
+        asio::co_spawn(io_, expire_publishes(), log_failure(log_prefix_ + " publish deadlines"));
         thread_ = std::thread([this] { io_.run(); });
     }
 
@@ -248,6 +262,9 @@ class Connection::Impl {
         }
         asio::post(io_, [this] {
             stopping_ = true;
+            // Acks and rejects asked for before stop() go out before the close, so the broker does not requeue
+            // deliveries that were settled (publishes still queued fail with Errc::stopped).
+            drain_commands();
             if (conn_ != nullptr && connected()) {
                 // Graceful close: the broker requeues our unacknowledged deliveries at once. A broker that does
                 // not answer within kCloseTimeout requeues them when the socket closes instead.
@@ -258,6 +275,7 @@ class Connection::Impl {
             fail_session("connection stopped");
             backoff_timer_.cancel();
             heartbeat_timer_.cancel();
+            deadline_timer_.cancel();
         });
         work_.reset();
         thread_.join();
@@ -295,6 +313,7 @@ class Connection::Impl {
         }
     }
 
+    std::atomic<std::uint64_t> next_publish_id_{0};
     std::atomic<std::uint64_t> live_session_{0};  ///< session_ while connected, 0 otherwise
     [[nodiscard]] bool connected() const noexcept { return live_session_ != 0; }
     std::atomic<bool> consuming_{false};
@@ -765,7 +784,9 @@ class Connection::Impl {
             if (settings_.observer != nullptr) {
                 settings_.observer->on_publish_confirmed(publish.exchange, now - publish.sent_at);
             }
-            complete(std::move(publish.handler), outcome);
+            if (publish.handler) {
+                complete(std::move(*publish.handler), outcome);
+            }
         }
     }
 
@@ -860,12 +881,76 @@ class Connection::Impl {
             complete(std::move(publish.handler), error_code(stopping_ ? Errc::stopped : Errc::connection_failed));
             return;
         }
+        watch_deadline(publish.deadline);
         // Behind earlier waiting publishes, so that they keep their order.
         if (!connected() || blocked_ || !waiting_.empty()) {
             waiting_.emplace_back(std::move(publish));
             return;
         }
         publish_now(publish);
+    }
+
+    void execute(AbandonPublishCommand& abandon) {
+        give_up_publishes([id = abandon.id](const auto& publish) { return publish.id == id; },
+                          asio::error::operation_aborted);
+    }
+
+    /// Completes the publishes that match with `why`: one still waiting is dropped unsent; one sent keeps its place
+    /// in outstanding_, without a handler, so that its confirm (or return) is still matched and then dropped.
+    template <typename Match>
+    void give_up_publishes(Match match, error_code why) {
+        std::erase_if(waiting_, [&](Command& command) {
+            auto* publish = std::get_if<PublishCommand>(&command);
+            if (publish == nullptr || !match(*publish)) {
+                return false;
+            }
+            complete(std::move(publish->handler), why);
+            return true;
+        });
+        for (auto& [tag, publish] : outstanding_) {
+            if (publish.handler && match(publish)) {
+                complete(std::move(*publish.handler), why);
+                publish.handler.reset();
+            }
+        }
+    }
+
+    /// Wakes expire_publishes() if this deadline comes before the one it waits for.
+    void watch_deadline(const std::optional<Clock::time_point>& deadline) {
+        if (deadline && *deadline < deadline_timer_.expiry()) {
+            deadline_timer_.expires_at(*deadline);
+        }
+    }
+
+    /// Fails each publish whose deadline has passed with Errc::timed_out.
+    asio::awaitable<void> expire_publishes() {
+        while (!stopping_) {
+            deadline_timer_.expires_at(earliest_deadline());
+            co_await deadline_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+            const auto now = Clock::now();
+            give_up_publishes([now](const auto& publish) { return publish.deadline && *publish.deadline <= now; },
+                              Errc::timed_out);
+        }
+    }
+
+    [[nodiscard]] Clock::time_point earliest_deadline() const {
+        auto earliest = Clock::time_point::max();
+        const auto consider = [&earliest](const std::optional<Clock::time_point>& deadline) {
+            if (deadline) {
+                earliest = std::min(earliest, *deadline);
+            }
+        };
+        for (const auto& command : waiting_) {
+            if (const auto* publish = std::get_if<PublishCommand>(&command)) {
+                consider(publish->deadline);
+            }
+        }
+        for (const auto& [tag, publish] : outstanding_) {
+            if (publish.handler) {
+                consider(publish.deadline);
+            }
+        }
+        return earliest;
     }
 
     void publish_now(PublishCommand& publish) {
@@ -880,9 +965,10 @@ class Connection::Impl {
             return;
         }
         last_sent_ = Clock::now();
-        outstanding_.emplace(++next_publish_tag_,
-                             OutstandingPublish{std::move(publish.handler), message.exchange, message.routing_key,
-                                                message.properties.message_id, last_sent_});
+        outstanding_.emplace(
+            ++next_publish_tag_,
+            OutstandingPublish{std::move(publish.handler), publish.id, publish.deadline, message.exchange,
+                               message.routing_key, message.properties.message_id, last_sent_});
     }
 
     void execute(CancelConsumersCommand& cancel) {
@@ -1034,7 +1120,9 @@ class Connection::Impl {
             consumer.batch.clear();
         }
         for (auto& [tag, publish] : std::exchange(outstanding_, {})) {
-            complete(std::move(publish.handler), error_code(Errc::connection_lost));
+            if (publish.handler) {
+                complete(std::move(*publish.handler), error_code(Errc::connection_lost));
+            }
         }
         // The broker forgets consumers with the connection; nothing is left to wait for.
         for (auto& waiter : std::exchange(cancel_waiters_, {})) {
@@ -1104,6 +1192,7 @@ class Connection::Impl {
     std::thread thread_;
     asio::steady_timer backoff_timer_{io_};
     asio::steady_timer heartbeat_timer_{io_};
+    asio::steady_timer deadline_timer_{io_, Clock::time_point::max()};
     std::mt19937_64 random_{std::random_device{}()};
 
     std::mutex commands_mutex_;
@@ -1201,8 +1290,16 @@ void Connection::reject(const Delivery& delivery, bool requeue) {
     impl_->enqueue(RejectCommand{delivery.session, delivery.channel, delivery.delivery_tag, requeue});
 }
 
-void Connection::initiate_publish(Message message, ErrorHandler handler) {
-    impl_->enqueue(PublishCommand{std::move(message), PendingError(std::move(handler))});
+void Connection::initiate_publish(Message message, std::optional<Clock::time_point> deadline, ErrorHandler handler) {
+    const auto id = ++impl_->next_publish_id_;
+    if (auto slot = asio::get_associated_cancellation_slot(handler); slot.is_connected()) {
+        slot.assign([impl = impl_.get(), id](asio::cancellation_type type) {
+            if (type != asio::cancellation_type::none) {
+                impl->enqueue(AbandonPublishCommand{id});
+            }
+        });
+    }
+    impl_->enqueue(PublishCommand{std::move(message), id, deadline, PendingError(std::move(handler))});
 }
 
 void Connection::initiate_cancel_consumers(ErrorHandler handler) {

@@ -87,7 +87,8 @@ asio::awaitable<std::vector<std::string>> publish_paced(amqp::Connection& publis
         // with a burst.
         next_send = std::max(next_send, Clock::now()) + interval;
         auto message = replay_message(rows, row, request);  // named: no temporaries inside co_await for g++ 12
-        auto [error] = co_await publisher.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
+        auto [error] = co_await publisher.async_publish(std::move(message), request.publish_timeout,
+                                                        asio::as_tuple(asio::use_awaitable));
         if (error) {
             result.failure = publish_failure(rows, row, error);
             break;
@@ -105,7 +106,7 @@ asio::awaitable<std::vector<std::string>> publish_all(amqp::Connection& publishe
     for (int row = 0; row < rows.rows(); ++row) {
         messages.push_back(replay_message(rows, row, request));
     }
-    const auto errors = co_await amqp::publish_all(publisher, std::move(messages));
+    const auto errors = co_await amqp::publish_all(publisher, std::move(messages), request.publish_timeout);
     std::vector<std::string> published;
     for (int row = 0; row < rows.rows(); ++row) {
         const auto& error = errors[static_cast<std::size_t>(row)];

@@ -43,11 +43,12 @@ std::optional<std::string> request_fault(const pg::Error& error) {
 
 }  // namespace
 
-EnqueueApi::EnqueueApi(pg::Pool& pool, amqp::Connection& publisher, const std::atomic<bool>& stopping,
+EnqueueApi::EnqueueApi(pg::Pool& pool, Publisher publisher, const std::atomic<bool>& stopping,
                        const JobCatalogue& catalogue, std::vector<ApiToken> tokens, double rate_limit,
                        prometheus::Registry& metrics)
     : pool_(pool),
-      publisher_(publisher),
+      publisher_(publisher.connection),
+      publish_timeout_(publisher.timeout),
       stopping_(stopping),
       catalogue_(catalogue),
       tokens_(std::move(tokens)),

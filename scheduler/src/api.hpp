@@ -38,10 +38,15 @@ namespace conveyor::scheduler {
 /// refused whole, in one transaction, after every job was checked against the catalogue.
 class EnqueueApi {
   public:
-    /// `publisher` replays dead letters; a replay ends after its current message once `stopping` is set.
-    EnqueueApi(pg::Pool& pool, amqp::Connection& publisher, const std::atomic<bool>& stopping,
-               const JobCatalogue& catalogue, std::vector<ApiToken> tokens, double rate_limit,
-               prometheus::Registry& metrics);
+    /// Replays publish here, waiting at most `timeout` for each confirm (their rows stay locked meanwhile).
+    struct Publisher {
+        amqp::Connection& connection;
+        std::chrono::milliseconds timeout;
+    };
+
+    /// A replay ends after its current message once `stopping` is set.
+    EnqueueApi(pg::Pool& pool, Publisher publisher, const std::atomic<bool>& stopping, const JobCatalogue& catalogue,
+               std::vector<ApiToken> tokens, double rate_limit, prometheus::Registry& metrics);
 
     void register_routes(HttpServer& server);
 
@@ -71,6 +76,7 @@ class EnqueueApi {
 
     pg::Pool& pool_;
     amqp::Connection& publisher_;
+    std::chrono::milliseconds publish_timeout_;
     const std::atomic<bool>& stopping_;
     const JobCatalogue& catalogue_;
     std::vector<ApiToken> tokens_;

@@ -259,10 +259,13 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
         co_return response;
     }
     replay.by = fmt::format("api:{}", token.name);
-    if (!dry_run && !publisher_.connected()) {
-        // A replay would wait for the broker inside this request, holding its rows locked.
+    replay.publish_timeout = publish_timeout_;
+    // A replay would wait for the broker inside this request, holding its rows locked.
+    if (!dry_run && (!publisher_.connected() || publisher_.blocked())) {
         auto response = error_response(
-            503, fmt::format("the broker is not connected ({}); nothing was replayed", publisher_.last_error()));
+            503, publisher_.connected()
+                     ? std::string("the broker blocks publishing (a resource alarm); nothing was replayed")
+                     : fmt::format("the broker is not connected ({}); nothing was replayed", publisher_.last_error()));
         response.headers.emplace_back("Retry-After", "5");
         co_return response;
     }

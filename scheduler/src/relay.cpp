@@ -72,8 +72,8 @@ Relay::Relay(const asio::any_io_executor& executor, pg::Pool& pool, const pg::Se
 
 asio::awaitable<Relay::Batch> Relay::publish_due() {
     Batch batch;
-    if (!publisher_.connected()) {
-        // Claimed rows stay locked while they wait: leave them to a relay whose broker is up.
+    if (!publisher_.connected() || publisher_.blocked()) {
+        // Claimed rows stay locked while they wait: leave them to a relay whose broker takes publishes.
         batch.transient_failures = 1;
         co_return batch;
     }
@@ -89,7 +89,7 @@ asio::awaitable<Relay::Batch> Relay::publish_due() {
     for (const auto& job : jobs) {
         messages.push_back(outbox_to_message(job));
     }
-    const auto errors = co_await amqp::publish_all(publisher_, std::move(messages));
+    const auto errors = co_await amqp::publish_all(publisher_, std::move(messages), settings_.publish_timeout);
 
     const auto confirmed_ms = epoch_millis();
     std::vector<std::string_view> published;

@@ -15,6 +15,8 @@ namespace conveyor::scheduler {
 struct RelaySettings {
     std::size_t batch = 500;
     std::chrono::milliseconds poll_interval{1'000};
+    /// Longest wait for the broker's confirms while the batch's rows stay locked.
+    std::chrono::milliseconds publish_timeout{10'000};
 };
 
 /// Publishes due rows of conveyor.scheduled_jobs. Every replica runs one: a batch is claimed with FOR UPDATE SKIP

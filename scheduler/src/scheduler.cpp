@@ -91,10 +91,11 @@ class Scheduler::Impl {
           pool_(io_.get_executor(), database_settings(settings_, settings_.pg_pool_size, "pool")),
           http_(io_.get_executor(), settings_.http_address, settings_.http_port),
           relay_(io_.get_executor(), pool_, database_settings(settings_, 1, "relay listener"), publisher_, metrics_,
-                 RelaySettings{settings_.relay_batch, settings_.relay_poll_interval}),
+                 RelaySettings{settings_.relay_batch, settings_.relay_poll_interval, settings_.publish_timeout}),
           firing_(io_.get_executor(), pool_, database_settings(settings_, 1, "leadership"), std::move(schedules),
                   metrics_),
-          api_(pool_, publisher_, stopping_, catalogue_, std::move(tokens), settings_.api_rate_limit, *registry_),
+          api_(pool_, {publisher_, settings_.publish_timeout}, stopping_, catalogue_, std::move(tokens),
+               settings_.api_rate_limit, *registry_),
           archiver_(pool_, archiver_consumer_, dead_letters_),
           background_(settings_.archive_dead_letters ? 4 : 3) {}
 

@@ -15,6 +15,7 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
     std::string amqp_heartbeat = "10s";
     std::string pg_statement_timeout = "10s";
     std::string relay_poll_interval = "1s";
+    std::string publish_timeout = "10s";
     std::string retention = "7d";
     std::string shutdown_grace = "10s";
     std::string trusted_proxies;
@@ -54,6 +55,11 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
     app.add_option("--relay-poll-interval", relay_poll_interval,
                    "Longest wait between looks for due jobs (NOTIFY wakes the relay sooner)")
         ->envname("CONVEYOR_RELAY_POLL_INTERVAL")
+        ->check(duration_validator());
+    app.add_option("--publish-timeout", publish_timeout,
+                   "Longest wait for the broker to confirm a publish made while rows stay locked (relay, dead-letter "
+                   "replay); a broker that blocks publishing (resource alarm) fails it then")
+        ->envname("CONVEYOR_PUBLISH_TIMEOUT")
         ->check(duration_validator());
     app.add_option("--retention", retention,
                    "How long published and cancelled jobs are kept (and their idempotency keys honoured)")
@@ -113,6 +119,7 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
         }
         settings.pg_statement_timeout = parse_duration(pg_statement_timeout);
         settings.relay_poll_interval = parse_duration(relay_poll_interval);
+        settings.publish_timeout = parse_duration(publish_timeout);
         settings.retention = parse_duration(retention);
         settings.shutdown_grace = parse_duration(shutdown_grace);
         try {
@@ -120,8 +127,10 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
         } catch (const std::invalid_argument& e) {
             throw std::invalid_argument(fmt::format("--http-trusted-proxies: {}", e.what()));
         }
-        if (settings.pg_statement_timeout.count() == 0 || settings.relay_poll_interval.count() == 0) {
-            throw std::invalid_argument("--pg-statement-timeout and --relay-poll-interval must be greater than zero");
+        if (settings.pg_statement_timeout.count() == 0 || settings.relay_poll_interval.count() == 0 ||
+            settings.publish_timeout.count() == 0) {
+            throw std::invalid_argument(
+                "--pg-statement-timeout, --relay-poll-interval and --publish-timeout must be greater than zero");
         }
         if (settings.retention < std::chrono::minutes(1)) {
             throw std::invalid_argument("--retention must be at least 1m (idempotency keys live that long)");

@@ -3,7 +3,7 @@
 #include <cstdlib>
 #include <fstream>
 
-#include "worker_fixture.hpp"
+#include "scheduler_fixture.hpp"
 
 namespace conveyor::testing {
 namespace {
@@ -45,22 +45,6 @@ TEST_F(WorkerTest, RefusesABrokerCertificateItsCaDidNotSign) {
     EXPECT_EQ(readiness->first, 503U);
 }
 
-/// Puts the broker under a memory alarm for the scope, so it blocks publishing connections.
-class MemoryAlarm {
-  public:
-    MemoryAlarm() { rabbitmqctl({"set_vm_memory_high_watermark", "0"}); }
-    ~MemoryAlarm() { lift(); }
-    void lift() {
-        if (!lifted_) {
-            lifted_ = true;
-            rabbitmqctl({"set_vm_memory_high_watermark", "0.4"});
-        }
-    }
-
-  private:
-    bool lifted_ = false;
-};
-
 TEST_F(WorkerTest, PublishesWaitWhileTheBrokerBlocksThemAndCompleteAfterwards) {
     MemoryAlarm alarm;
     const auto log = std::filesystem::temp_directory_path() / "conveyor-blocked-enqueue.log";
@@ -74,6 +58,52 @@ TEST_F(WorkerTest, PublishesWaitWhileTheBrokerBlocksThemAndCompleteAfterwards) {
     ASSERT_TRUE(status.has_value()) << "enqueue still waiting after the alarm cleared:\n" << enqueue.log();
     EXPECT_EQ(*status, 0) << enqueue.log();
     EXPECT_EQ(broker_.ready("conveyor.diag"), 20U);
+}
+
+/// The longest stretch over `span` in which the scheduled job `correlation_id` was locked, probed every 100 ms
+/// with FOR UPDATE NOWAIT from a session of the test's own.
+std::chrono::milliseconds longest_lock(Database& database, const std::string& correlation_id,
+                                       std::chrono::seconds span) {
+    const auto end = std::chrono::steady_clock::now() + span;
+    std::chrono::milliseconds longest{0};
+    std::optional<std::chrono::steady_clock::time_point> locked_since;
+    while (std::chrono::steady_clock::now() < end) {
+        const auto now = std::chrono::steady_clock::now();
+        try {
+            database.query("SELECT id FROM conveyor.scheduled_jobs WHERE correlation_id = $1 FOR UPDATE NOWAIT",
+                           {correlation_id});
+            locked_since.reset();
+        } catch (const std::exception&) {
+            locked_since = locked_since.value_or(now);
+            longest = std::max(longest, std::chrono::duration_cast<std::chrono::milliseconds>(now - *locked_since));
+        }
+        std::this_thread::sleep_for(100ms);
+    }
+    return longest;
+}
+
+TEST_F(SchedulerFixture, TheRelayLetsGoOfItsRowsWhileTheBrokerBlocksPublishing) {
+    database_.query("TRUNCATE conveyor.scheduled_jobs");
+    auto scheduler = start_scheduler({"--publish-timeout", "2s"}, "relay-blocked");
+    {
+        MemoryAlarm alarm;
+        database_.query("SELECT conveyor.enqueue('diag.noop', '{}'::jsonb, correlation_id => 'relay-blocked')");
+        // The relay claims the row and publishes; the blocked broker never confirms. Without a deadline the row
+        // stayed locked for as long as the alarm lasted.
+        const auto longest = longest_lock(database_, "relay-blocked", 8s);
+        EXPECT_LT(longest, 3500ms) << scheduler.process->log();
+        EXPECT_NE(scheduler.process->log().find("before its deadline"), std::string::npos) << scheduler.process->log();
+        EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.scheduled_jobs WHERE state = 'pending'"), 1);
+    }
+    EXPECT_TRUE(eventually(
+        [&] { return database_.scalar("SELECT count(*) FROM conveyor.scheduled_jobs WHERE state = 'published'") == 1; },
+        30s))
+        << scheduler.process->log();
+    // Published once the alarm was over; a publish the broker had read before it timed out may arrive as well, with
+    // the same message id, which the job's inbox absorbs.
+    EXPECT_TRUE(eventually([&] { return broker_.ready("conveyor.diag") >= 1; }, 10s));
+    EXPECT_LE(broker_.ready("conveyor.diag"), 2U);
+    stop(scheduler);
 }
 
 }  // namespace

@@ -97,6 +97,22 @@ inline void rabbitmqctl(const std::vector<std::string>& args) {
     ASSERT_EQ(status, 0) << output;
 }
 
+/// Puts the broker under a memory alarm for the scope, so it blocks publishing connections.
+class MemoryAlarm {
+  public:
+    MemoryAlarm() { rabbitmqctl({"set_vm_memory_high_watermark", "0"}); }
+    ~MemoryAlarm() { lift(); }
+    void lift() {
+        if (!lifted_) {
+            lifted_ = true;
+            rabbitmqctl({"set_vm_memory_high_watermark", "0.4"});
+        }
+    }
+
+  private:
+    bool lifted_ = false;
+};
+
 /// Each test starts from empty diag queues on the real broker and empty Conveyor tables in the real database.
 class WorkerTest : public ::testing::Test {
   protected:

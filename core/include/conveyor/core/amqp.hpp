@@ -164,6 +164,7 @@ enum class Errc {
     connection_failed,  ///< max_connect_attempts exhausted
     stopped,            ///< the connection was stopped
     not_found,          ///< queue or exchange does not exist
+    timed_out,          ///< the publish's deadline passed before the broker confirmed it
 };
 [[nodiscard]] const boost::system::error_category& error_category() noexcept;
 [[nodiscard]] boost::system::error_code make_error_code(Errc e) noexcept;
@@ -220,12 +221,28 @@ class Connection {
 
     /// Publishes with mandatory=true on a confirm channel and completes when the broker confirms:
     /// success, Errc::nacked, Errc::unroutable, Errc::connection_lost or Errc::stopped. Waits while the
-    /// connection is down or blocked.
+    /// connection is down or blocked. Emitting the handler's cancellation slot completes it at once with
+    /// operation_aborted; a publish already sent may still reach its queue then (its outcome is unknown, as after
+    /// connection_lost). The connection must outlive the operation and any emission of that slot.
     template <typename Token>
     auto async_publish(Message message, Token&& token) {
+        return async_publish(std::move(message), std::nullopt, std::forward<Token>(token));
+    }
+
+    /// As above, and completes with Errc::timed_out once `timeout` has passed without a confirm (waiting while
+    /// the connection is down or blocked counts): whoever holds locks while publishing holds them that long at
+    /// most, even under a broker's resource alarm.
+    template <typename Token>
+    auto async_publish(Message message, std::optional<std::chrono::milliseconds> timeout, Token&& token) {
+        std::optional<std::chrono::steady_clock::time_point> deadline;
+        if (timeout) {
+            deadline = std::chrono::steady_clock::now() + *timeout;
+        }
         return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-            [this](ErrorHandler handler, Message m) { initiate_publish(std::move(m), std::move(handler)); }, token,
-            std::move(message));
+            [this, deadline](ErrorHandler handler, Message m) {
+                initiate_publish(std::move(m), deadline, std::move(handler));
+            },
+            token, std::move(message));
     }
 
     /// Cancels every consumer (basic.cancel) and completes once the broker has confirmed; deliveries sent
@@ -264,7 +281,8 @@ class Connection {
     }
 
   private:
-    void initiate_publish(Message message, ErrorHandler handler);
+    void initiate_publish(Message message, std::optional<std::chrono::steady_clock::time_point> deadline,
+                          ErrorHandler handler);
     void initiate_cancel_consumers(ErrorHandler handler);
     void initiate_queue_counts(std::string queue, QueueCountsHandler handler);
     void initiate_purge_queue(std::string queue, QueueCountsHandler handler);
@@ -275,8 +293,10 @@ class Connection {
 };
 
 /// Publishes every message at once (one round of confirms, not one per message); each message's result, in order.
-boost::asio::awaitable<std::vector<boost::system::error_code>> publish_all(Connection& connection,
-                                                                           std::vector<Message> messages);
+/// With a timeout, each publish not confirmed by then ends with Errc::timed_out.
+boost::asio::awaitable<std::vector<boost::system::error_code>> publish_all(
+    Connection& connection, std::vector<Message> messages,
+    std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
 }  // namespace conveyor::amqp
 

@@ -86,6 +86,9 @@ struct ReplayRequest {
     /// Replay this many first, wait for their outcome (see outcomes()), and go on only if all succeeded.
     std::int64_t canary = 0;
     std::chrono::milliseconds canary_timeout{std::chrono::seconds(60)};
+    /// Longest wait for the broker to confirm a publish, while the chunk's rows stay locked (a broker under a
+    /// resource alarm blocks publishes): the replay then ends with the failure, having replayed what was confirmed.
+    std::chrono::milliseconds publish_timeout{std::chrono::seconds(10)};
 };
 
 /// How many dead letters `request` covers: the dead ones its filter matches, at most its limit.

@@ -28,6 +28,8 @@ struct SchedulerSettings {
     std::size_t relay_batch = 500;
     /// The relay looks for due rows at least this often, in case a NOTIFY was missed (CONVEYOR_RELAY_POLL_INTERVAL).
     std::chrono::milliseconds relay_poll_interval{1'000};
+    /// Longest wait for a publish's confirm where database rows stay locked meanwhile (relay, dead-letter replay).
+    std::chrono::milliseconds publish_timeout{10'000};
     /// Published and cancelled rows are kept this long; it is also how long an idempotency key is honoured
     /// (CONVEYOR_SCHEDULED_RETENTION).
     std::chrono::milliseconds retention{std::chrono::hours(24 * 7)};
