@@ -1,3 +1,5 @@
+#include <signal.h>
+
 #include "worker_fixture.hpp"
 
 namespace conveyor::testing {
@@ -21,6 +23,47 @@ TEST_F(WorkerTest, LedgerJobsApplyTheirEffectOnceAndRedeliveredCopiesAreAbsorbed
     EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.diag_ledger"), 200);
     EXPECT_EQ(database_.scalar("SELECT max(applied) FROM conveyor.diag_ledger"), 1);
     EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.inbox WHERE type = 'diag.ledger'"), 200);
+}
+
+/// A clean drain acknowledges everything it settled before its connection closes: a delivery that was applied and
+/// acknowledged must never come back to the next consumer (once, 12,974 did). Two workers each drain mid-stream;
+/// then every job still in the queue is one that never applied, and with the applied ones they are all the jobs.
+TEST_F(WorkerTest, AfterACleanDrainNothingAcknowledgedComesBack) {
+    constexpr int kJobs = 8'000;
+    std::vector<amqp::Message> jobs;
+    jobs.reserve(kJobs);
+    for (int i = 0; i < kJobs; ++i) {
+        jobs.push_back(Broker::job("diag.ledger", "{}", fmt::format("drain-{}", i)));
+    }
+    broker_.publish_all(std::move(jobs));
+    std::vector<WorkerUnderTest> workers;
+    for (const auto* name : {"drain-a", "drain-b"}) {
+        workers.push_back(start_worker({"--name", name, "--concurrency", "50", "--shutdown-grace", "30s"}, name));
+    }
+    const auto applied = [&] { return database_.scalar("SELECT count(*) FROM conveyor.diag_ledger"); };
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+        const auto threshold = static_cast<std::int64_t>(kJobs * (i + 1) / 4);
+        ASSERT_TRUE(eventually([&] { return applied() >= threshold; }, 60s)) << applied();
+        workers[i].process->signal(SIGTERM);
+        const auto status = workers[i].process->wait(40s);
+        ASSERT_EQ(status, std::optional<int>(0)) << workers[i].process->log();
+    }
+    const auto applied_at_the_end = applied();
+    ASSERT_LT(applied_at_the_end, kJobs) << "the stream ran out before the drains";
+
+    const auto left = broker_.take("conveyor.diag", kJobs, 10s);
+    std::vector<std::string> came_back;
+    for (const auto& delivery : left) {
+        const auto& id = delivery.message.properties.message_id;
+        if (database_.scalar("SELECT count(*) FROM conveyor.diag_ledger WHERE job_id = $1", {id}) != 0) {
+            came_back.push_back(id);
+        }
+    }
+    EXPECT_TRUE(came_back.empty()) << came_back.size() << " applied and acknowledged jobs came back, e.g. "
+                                   << came_back.front();
+    EXPECT_EQ(applied_at_the_end + static_cast<std::int64_t>(left.size()), kJobs)
+        << applied_at_the_end << " applied, " << left.size() << " left in the queue";
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.diag_ledger WHERE applied <> 1"), 0);
 }
 
 TEST_F(WorkerTest, EmittedJobsArePublishedAfterTheCommitAndLeaveTheOutboxEmpty) {
