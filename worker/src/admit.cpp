@@ -1,18 +1,7 @@
 #include "admit.hpp"
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
-
 namespace conveyor::worker {
 namespace asio = boost::asio;
-
-namespace {
-
-constexpr auto kDatabasePoll = std::chrono::milliseconds(100);
-
-}  // namespace
 
 JobLogger job_logger(const Envelope& envelope, const amqp::Delivery& delivery, const TraceContext& trace) {
     return JobLogger({.job_id = envelope.job_id,
@@ -153,15 +142,12 @@ asio::awaitable<bool> Admitter::database_available(const JobLogger& log) {
         co_return true;
     }
     log.debug("waiting for the database");
-    asio::steady_timer tick(co_await asio::this_coro::executor);
-    while (!database_.ok()) {
-        if (draining_) {
-            co_return false;
-        }
-        tick.expires_after(kDatabasePoll);
-        co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
-    }
-    co_return true;
+    co_return co_await database_.wait_until_usable(draining_);
+}
+
+void Admitter::stop_waiting() noexcept {
+    quarantine_.wake_waiters();
+    database_.wake_waiters();
 }
 
 }  // namespace conveyor::worker

@@ -89,6 +89,9 @@ class Admitter {
 
     boost::asio::awaitable<Admission> admit(const amqp::Delivery& delivery, simdjson::dom::parser& parser,
                                             const TraceContext& trace);
+    /// Once the worker drains: the jobs waiting for the database or at the quarantine's gate stop waiting and go
+    /// back to the broker.
+    void stop_waiting() noexcept;
 
   private:
     /// Only a redelivered job can have been running when a worker died: its record says whether it may run, and

@@ -59,7 +59,17 @@ asio::awaitable<void> prune_old_records(pg::Pool& pool, std::chrono::millisecond
 }  // namespace
 
 bool DatabaseHealth::set_up() {
-    return !ok_.exchange(true);
+    const bool changed = !ok_.exchange(true);
+    if (changed) {
+        changed_.notify_all();
+    }
+    return changed;
+}
+
+asio::awaitable<bool> DatabaseHealth::wait_until_usable(const std::atomic<bool>& give_up) {
+    const auto usable_or_given_up = [&] { return ok_ || give_up; };
+    co_await changed_.wait(usable_or_given_up);
+    co_return ok_.load();
 }
 
 bool DatabaseHealth::set_down(std::string why) {

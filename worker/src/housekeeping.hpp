@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "conveyor/core/amqp.hpp"
+#include "conveyor/core/async_condition.hpp"
 #include "conveyor/core/job.hpp"
 #include "conveyor/core/pg.hpp"
 
@@ -54,9 +55,14 @@ class DatabaseHealth {
     /// A job's own statement failed (lost connection, missing schema …): jobs that need the database wait until
     /// the probe finds it usable again. Logged once per outage.
     void lost(const std::string& why);
+    /// Waits until the database is usable (true) or `give_up` is set (false), woken when either changes: whoever
+    /// sets `give_up` calls wake_waiters().
+    boost::asio::awaitable<bool> wait_until_usable(const std::atomic<bool>& give_up);
+    void wake_waiters() noexcept { changed_.notify_all(); }
 
   private:
     std::atomic<bool> ok_{false};
+    AsyncCondition changed_;
     mutable std::mutex mutex_;
     std::string why_down_ = "not probed yet";
 };

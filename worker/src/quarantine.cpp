@@ -1,23 +1,7 @@
 #include "quarantine.hpp"
 
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
-
 namespace conveyor::worker {
 namespace asio = boost::asio;
-
-namespace {
-
-/// The gate is only contended after a worker died; polling keeps the common path to two atomic operations.
-constexpr auto kGatePoll = std::chrono::milliseconds(5);
-
-asio::awaitable<void> pause() {
-    asio::steady_timer timer(co_await asio::this_coro::executor, kGatePoll);
-    co_await timer.async_wait(asio::use_awaitable);
-}
-
-}  // namespace
 
 asio::awaitable<Quarantine::History> Quarantine::judge(const std::string& job_id) {
     const auto row =
@@ -50,30 +34,37 @@ asio::awaitable<void> Quarantine::record_end(const std::string& job_id) {
 }
 
 asio::awaitable<bool> Quarantine::enter_shared(const std::atomic<bool>& abandon) {
-    while (!try_enter_shared()) {
+    // Waits without touching running_ (a failed try would wake the suspect waiting for it), then tries: it fails
+    // only if another suspect claimed the gate in between.
+    const auto open_or_abandoned = [&] { return abandon || !isolating_; };
+    while (true) {
+        co_await gate_changed_.wait(open_or_abandoned);
         if (abandon) {
             co_return false;
         }
-        co_await pause();
+        if (try_enter_shared()) {
+            co_return true;
+        }
     }
-    co_return true;
 }
 
 asio::awaitable<bool> Quarantine::enter_exclusive(const std::atomic<bool>& abandon) {
-    bool expected = false;
-    while (!isolating_.compare_exchange_weak(expected, true)) {
-        expected = false;
-        if (abandon) {
-            co_return false;
-        }
-        co_await pause();
+    bool claimed = false;
+    const auto claimed_or_abandoned = [&] {
+        bool expected = false;
+        claimed = !abandon && isolating_.compare_exchange_strong(expected, true);
+        return claimed || abandon;
+    };
+    co_await gate_changed_.wait(claimed_or_abandoned);
+    if (!claimed) {
+        co_return false;
     }
-    while (running_ > 0) {
-        if (abandon) {
-            isolating_ = false;
-            co_return false;
-        }
-        co_await pause();
+    // Jobs that entered before the claim finish first; none enters after it.
+    const auto alone_or_abandoned = [&] { return running_ == 0 || abandon; };
+    co_await gate_changed_.wait(alone_or_abandoned);
+    if (abandon) {
+        leave_exclusive();
+        co_return false;
     }
     co_return true;
 }

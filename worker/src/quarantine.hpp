@@ -5,6 +5,7 @@
 #include <string>
 #include <utility>
 
+#include "conveyor/core/async_condition.hpp"
 #include "conveyor/core/pg.hpp"
 
 namespace conveyor::worker {
@@ -40,21 +41,31 @@ class Quarantine {
     boost::asio::awaitable<void> record_end(const std::string& job_id);
 
     /// Every job runs inside the gate: shared for ordinary jobs, exclusive for a suspect. Entering waits while a
-    /// suspect runs or waits to run; `abandon` is polled so a draining worker stops waiting. Returns false if
-    /// abandoned. try_enter_shared is the common path: no suspect about, no waiting.
+    /// suspect runs or waits to run, woken as the gate changes, and returns false at once if `abandon` is set
+    /// (whoever sets it calls wake_waiters()). try_enter_shared is the common path: no suspect about, no waiting.
     [[nodiscard]] bool try_enter_shared() noexcept {
         // Announce first, then look: a suspect that sets isolating_ after this sees running_ > 0 and waits.
         ++running_;
         if (!isolating_) {
             return true;
         }
-        --running_;
+        leave_shared();
         return false;
     }
     boost::asio::awaitable<bool> enter_shared(const std::atomic<bool>& abandon);
-    void leave_shared() noexcept { --running_; }
+    void leave_shared() noexcept {
+        // Only a suspect waits for running_, and only for its end.
+        if (--running_ == 0) {
+            gate_changed_.notify_all();
+        }
+    }
     boost::asio::awaitable<bool> enter_exclusive(const std::atomic<bool>& abandon);
-    void leave_exclusive() noexcept { isolating_ = false; }
+    void leave_exclusive() noexcept {
+        isolating_ = false;
+        gate_changed_.notify_all();
+    }
+    /// Makes the jobs waiting at the gate look at their `abandon` flag.
+    void wake_waiters() noexcept { gate_changed_.notify_all(); }
 
     /// Leaves the gate when the job is done, or on any early exit.
     class Pass {
@@ -83,6 +94,7 @@ class Quarantine {
     unsigned quarantine_after_;
     std::atomic<int> running_{0};
     std::atomic<bool> isolating_{false};
+    AsyncCondition gate_changed_;
 };
 
 }  // namespace conveyor::worker

@@ -1,5 +1,8 @@
 #include "settle.hpp"
 
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -16,6 +19,9 @@ namespace asio = boost::asio;
 namespace {
 
 constexpr auto kRefusedPublishBackoff = std::chrono::seconds(1);
+// How long a job handed back at shutdown waits before its queue sees it again: long enough for the next delivery
+// not to come back to the worker that is leaving.
+constexpr auto kShutdownPark = std::chrono::seconds(1);
 // How much of an error a log line quotes; the header keeps up to job_headers::kMaxErrorBytes.
 constexpr std::size_t kLoggedErrorBytes = 256;
 
@@ -23,6 +29,23 @@ constexpr std::size_t kLoggedErrorBytes = 256;
 double unit_random() {
     thread_local std::mt19937_64 generator{std::random_device{}()};
     return std::uniform_real_distribution<double>(0.0, 1.0)(generator);
+}
+
+/// The copy of a message that waits `delay` in the delay ladder and then returns, unchanged, to the tail of its
+/// family's queue.
+amqp::Message parked_copy(const amqp::Message& original, std::chrono::seconds delay, std::string_view type) {
+    amqp::Message message = original;
+    message.exchange = topology::delay_entry_exchange();
+    message.routing_key = topology::delay_routing_key(delay, type);
+    return message;
+}
+
+/// Whether the ladder brings the delivery back to the queue it came from: it routes by job type, and a message
+/// published straight to the queue (by its name, through the default exchange) has none.
+bool returns_to_its_queue(const amqp::Delivery& delivery) {
+    const auto type = topology::job_type_of_routing_key(delivery.message.routing_key);
+    const auto family = topology::family_of_queue(delivery.queue);
+    return !family.empty() && type.size() > family.size() && type.starts_with(family) && type[family.size()] == '.';
 }
 
 std::string or_dash(std::string_view text) {
@@ -151,9 +174,7 @@ asio::awaitable<void> Settlement::schedule_retry(const amqp::Delivery& delivery,
 
 asio::awaitable<void> Settlement::park(const amqp::Delivery& delivery, const Envelope& envelope,
                                        WorkerMetrics::Job& metrics, std::chrono::seconds delay, const JobLogger& log) {
-    amqp::Message message = delivery.message;
-    message.exchange = topology::delay_entry_exchange();
-    message.routing_key = topology::delay_routing_key(delay, envelope.type);
+    auto message = parked_copy(delivery.message, delay, envelope.type);
     auto [error] = co_await publisher_.async_publish(std::move(message), asio::as_tuple(asio::use_awaitable));
     if (error) {
         log.error("could not park it while paused; requeueing: {}", error.message());
@@ -164,6 +185,46 @@ asio::awaitable<void> Settlement::park(const amqp::Delivery& delivery, const Env
     metrics.parked_paused->Increment();
     ++counts_.parked;
     log.debug("paused: parked for {} s, attempt {} not counted", delay.count(), envelope.attempt);
+}
+
+asio::awaitable<void> Settlement::hand_back(std::vector<amqp::Delivery> deliveries, WorkerMetrics& metrics,
+                                            std::chrono::milliseconds timeout) {
+    std::vector<amqp::Delivery> parking;
+    std::vector<amqp::Message> copies;
+    for (auto& delivery : deliveries) {
+        if (!consumer_.is_current(delivery)) {
+            continue;
+        }
+        if (!returns_to_its_queue(delivery)) {
+            requeue(delivery);
+            continue;
+        }
+        copies.push_back(parked_copy(delivery.message, kShutdownPark,
+                                     topology::job_type_of_routing_key(delivery.message.routing_key)));
+        parking.push_back(std::move(delivery));
+    }
+    if (parking.empty()) {
+        co_return;
+    }
+    const auto errors = co_await amqp::publish_all(publisher_, std::move(copies), timeout);
+    std::size_t requeued = 0;
+    for (std::size_t index = 0; index < parking.size(); ++index) {
+        const auto& delivery = parking[index];
+        if (errors[index]) {
+            requeue(delivery);
+            ++requeued;
+            continue;
+        }
+        consumer_.ack(delivery);
+        metrics.job(delivery.queue, topology::job_type_of_routing_key(delivery.message.routing_key))
+            .parked_shutdown->Increment();
+        ++counts_.parked_at_shutdown;
+    }
+    if (requeued > 0) {
+        const auto first_error = std::find_if(errors.begin(), errors.end(), [](const auto& e) { return !!e; });
+        spdlog::warn("shutdown: {} of {} jobs not started could not be parked ({}); requeued instead", requeued,
+                     parking.size(), first_error->message());
+    }
 }
 
 asio::awaitable<bool> Settlement::dead_letter(const amqp::Delivery& delivery, WorkerMetrics::Job& metrics,

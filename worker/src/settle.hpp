@@ -71,7 +71,8 @@ struct SettledCounts {
     std::atomic<std::uint64_t> dead_lettered{0};
     std::atomic<std::uint64_t> requeued{0};
     std::atomic<std::uint64_t> cancelled{0};
-    std::atomic<std::uint64_t> parked{0};
+    std::atomic<std::uint64_t> parked{0};              ///< while their queue or type was paused
+    std::atomic<std::uint64_t> parked_at_shutdown{0};  ///< taken but not started when the worker shut down
 };
 
 class Settlement {
@@ -105,6 +106,14 @@ class Settlement {
     /// back (DESIGN.md, RabbitMQ 3.10 facts).
     boost::asio::awaitable<void> park(const amqp::Delivery& delivery, const Envelope& envelope,
                                       WorkerMetrics::Job& metrics, std::chrono::seconds delay, const JobLogger& log);
+
+    /// Gives back deliveries the worker took but will not start because it is shutting down. Each is parked for
+    /// a second in the delay ladder, unchanged, and acked once the copy is confirmed: a requeue would count toward
+    /// x-delivery-limit, so enough rolling restarts would dead-letter a backlog's jobs that never ran. What is not
+    /// confirmed within `timeout` (a blocked or stalled broker), or cannot go through the ladder back to its
+    /// queue, is requeued. Deliveries of a dropped connection are left alone: the broker has them back already.
+    boost::asio::awaitable<void> hand_back(std::vector<amqp::Delivery> deliveries, WorkerMetrics& metrics,
+                                           std::chrono::milliseconds timeout);
 
     [[nodiscard]] const SettledCounts& counts() const noexcept { return counts_; }
 

@@ -49,6 +49,8 @@ constexpr auto kMonitorTimeout = std::chrono::milliseconds(2000);
 constexpr int kBlockingThreads = 2;
 // At shutdown, how long the job history may take to write what it still holds.
 constexpr auto kHistoryFinalFlush = std::chrono::seconds(5);
+// At shutdown, how long the broker gets to confirm the parking of jobs taken but not started (else requeued).
+constexpr auto kHandBackTimeout = std::chrono::seconds(2);
 // Commands on the control exchange unacknowledged at once; they are few and small.
 constexpr std::uint16_t kControlPrefetch = 50;
 
@@ -181,9 +183,10 @@ class Worker::Impl {
         const auto& counts = settlement_.counts();
         spdlog::info(
             "worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} requeued, {} cancelled, "
-            "{} parked while paused",
+            "{} parked while paused, {} handed back unstarted",
             settings_.name, counts.succeeded.load(), counts.retried.load(), counts.dead_lettered.load(),
-            counts.duplicates.load(), counts.requeued.load(), counts.cancelled.load(), counts.parked.load());
+            counts.duplicates.load(), counts.requeued.load(), counts.cancelled.load(), counts.parked.load(),
+            counts.parked_at_shutdown.load());
         co_return WorkerStats{counts.succeeded, counts.retried, counts.dead_lettered, counts.requeued};
     }
 
@@ -277,20 +280,21 @@ class Worker::Impl {
     asio::awaitable<void> drain() {
         const auto grace_deadline = Clock::now() + settings_.shutdown_grace;
         draining_ = true;
+        admitter_.stop_waiting();
         // Closing a connection to a stalled broker takes its timeouts: the monitor's closes alongside the drain.
         closing_.spawn("closing the monitor connection",
                        [this](TaskGroup::Task&) { return stop_connection(monitor_); });
         spdlog::info("shutdown: cancelling consumers; jobs in flight get {} ms", settings_.shutdown_grace.count());
         co_await cancel_consumers(grace_deadline);
-        // Deliveries that arrived before the cancel was confirmed but have not started go straight back; closing
-        // the batch channel makes the dispatcher return the rest and close the job channel, which ends the slots.
-        while (batches_.try_receive([this](error_code, const amqp::DeliveryBatch& batch) {
-            for (const auto& delivery : batch) {
-                settlement_.requeue(delivery);
-            }
+        // Deliveries that arrived before the cancel was confirmed but have not started are handed back; closing
+        // the batch channel makes the dispatcher hand back the rest and close the job channel, which ends the slots.
+        std::vector<amqp::Delivery> not_started;
+        while (batches_.try_receive([&not_started](error_code, amqp::DeliveryBatch batch) {
+            std::move(batch.begin(), batch.end(), std::back_inserter(not_started));
         })) {
         }
         batches_.close();
+        co_await settlement_.hand_back(std::move(not_started), metrics_, kHandBackTimeout);
         if (co_await slots_.join(grace_deadline)) {
             co_return;
         }
@@ -385,10 +389,12 @@ class Worker::Impl {
                 }
             }
         }
-        while (
-            jobs_.try_receive([this](error_code, const amqp::Delivery& delivery) { settlement_.requeue(delivery); })) {
+        std::vector<amqp::Delivery> not_started;
+        while (jobs_.try_receive(
+            [&not_started](error_code, amqp::Delivery delivery) { not_started.push_back(std::move(delivery)); })) {
         }
         jobs_.close();
+        co_await settlement_.hand_back(std::move(not_started), metrics_, kHandBackTimeout);
     }
 
     asio::awaitable<void> serve_jobs(JobSlot& slot) {
@@ -418,7 +424,7 @@ class Worker::Impl {
                 continue;  // its connection dropped, so the broker has requeued it already
             }
             if (draining_) {
-                settlement_.requeue(delivery);
+                co_await hand_back(std::move(delivery));
                 continue;
             }
             co_await handle(delivery, parser, slot);
@@ -436,7 +442,7 @@ class Worker::Impl {
             co_return;
         }
         if (std::holds_alternative<admission::HandBack>(admission)) {
-            settlement_.requeue(delivery);  // the worker is draining
+            co_await hand_back(delivery);  // the worker is draining
             co_return;
         }
         if (std::holds_alternative<admission::Gone>(admission)) {
@@ -462,6 +468,12 @@ class Worker::Impl {
         }
         auto& metrics = metrics_.job(delivery.queue, envelope.type);
         co_await settlement_.settle(delivery, envelope, metrics, std::move(*attempt), log, trace);
+    }
+
+    asio::awaitable<void> hand_back(amqp::Delivery delivery) {
+        std::vector<amqp::Delivery> one;
+        one.push_back(std::move(delivery));
+        co_await settlement_.hand_back(std::move(one), metrics_, kHandBackTimeout);
     }
 
     /// A job cancelled before it ran: acknowledged, and on record as cancelled.

@@ -148,6 +148,7 @@ WorkerMetrics::Job WorkerMetrics::make_job(const std::string& queue, const std::
                outcome("duplicate"),
                outcome("cancelled"),
                &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "paused"}}),
+               &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "shutdown"}}),
                &duration_.Add(labels, seconds_buckets()),
                &queue_wait_.Add(labels, seconds_buckets()),
                &retry_delay_.Add(labels, delay_buckets())};

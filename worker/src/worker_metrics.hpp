@@ -28,7 +28,8 @@ class WorkerMetrics {
         prometheus::Counter* dead_letter;
         prometheus::Counter* duplicate;
         prometheus::Counter* cancelled;
-        prometheus::Counter* parked_paused;  ///< held back because its queue or type is paused
+        prometheus::Counter* parked_paused;    ///< held back because its queue or type is paused
+        prometheus::Counter* parked_shutdown;  ///< taken but not started when its worker shut down
         prometheus::Histogram* duration;
         prometheus::Histogram* queue_wait;
         prometheus::Histogram* retry_delay;
