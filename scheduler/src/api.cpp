@@ -130,6 +130,17 @@ std::optional<HttpResponse> EnqueueApi::refuse(const HttpRequest& request, std::
     return std::nullopt;
 }
 
+void EnqueueApi::request_ended() noexcept {
+    if (--in_flight_ == 0) {
+        idle_.notify_all();
+    }
+}
+
+asio::awaitable<void> EnqueueApi::requests_finished() {
+    const auto idle = [this] { return in_flight_ == 0; };
+    co_await idle_.wait(idle);
+}
+
 HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scope> scope, Handler handler) {
     auto& latency = latency_.Add(
         {{"route", route}},
@@ -138,8 +149,8 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scop
             &latency](const HttpRequest& request) -> asio::awaitable<HttpResponse> {
         const auto started = std::chrono::steady_clock::now();
         ++in_flight_;
-        const std::unique_ptr<std::atomic<int>, void (*)(std::atomic<int>*)> counted(
-            &in_flight_, [](std::atomic<int>* count) { --*count; });
+        const std::unique_ptr<EnqueueApi, void (*)(EnqueueApi*)> counted(this,
+                                                                         [](EnqueueApi* api) { api->request_ended(); });
         const ApiToken* token = nullptr;
         auto refusal = refuse(request, scope, token);
         HttpResponse response;

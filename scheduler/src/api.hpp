@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "conveyor/core/amqp.hpp"
+#include "conveyor/core/async_condition.hpp"
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/pg.hpp"
 #include "conveyor/scheduler/api_tokens.hpp"
@@ -50,8 +51,9 @@ class EnqueueApi {
 
     void register_routes(HttpServer& server);
 
-    /// Requests being handled right now; the shutdown waits for them, since they use the database pool.
-    [[nodiscard]] int in_flight() const noexcept { return in_flight_; }
+    /// Waits until no request is being handled: the shutdown's last step once the server stopped taking them, since
+    /// they use the database pool.
+    boost::asio::awaitable<void> requests_finished();
 
   private:
     using Handler = std::function<boost::asio::awaitable<HttpResponse>(const HttpRequest&, const ApiToken&)>;
@@ -85,7 +87,10 @@ class EnqueueApi {
     LogThrottle refusal_log_;
     prometheus::Family<prometheus::Counter>& requests_;
     prometheus::Family<prometheus::Histogram>& latency_;
+    void request_ended() noexcept;
+
     std::atomic<int> in_flight_ = 0;
+    AsyncCondition idle_;
 };
 
 }  // namespace conveyor::scheduler

@@ -8,6 +8,7 @@
 #include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <map>
 
@@ -19,6 +20,7 @@
 #include "conveyor/core/metrics.hpp"
 #include "conveyor/core/pg.hpp"
 #include "conveyor/core/redaction.hpp"
+#include "conveyor/core/task_group.hpp"
 #include "conveyor/core/topology.hpp"
 #include "firing.hpp"
 #include "relay.hpp"
@@ -36,7 +38,6 @@ constexpr auto kProbeInterval = std::chrono::seconds(1);
 constexpr auto kCountInterval = std::chrono::seconds(5);
 constexpr auto kPruneInterval = std::chrono::minutes(1);
 constexpr int kPruneBatch = 10'000;
-constexpr auto kShutdownPoll = std::chrono::milliseconds(10);
 
 pg::Settings database_settings(const SchedulerSettings& settings, std::size_t pool_size, std::string_view role) {
     pg::Settings database;
@@ -96,8 +97,7 @@ class Scheduler::Impl {
                   metrics_),
           api_(pool_, {publisher_, settings_.publish_timeout}, stopping_, catalogue_, std::move(tokens),
                settings_.api_rate_limit, *registry_),
-          archiver_(pool_, archiver_consumer_, dead_letters_),
-          background_(settings_.archive_dead_letters ? 4 : 3) {}
+          archiver_(pool_, archiver_consumer_, dead_letters_) {}
 
     asio::awaitable<void> run() {
         for (const auto& family : topology::default_families()) {
@@ -105,16 +105,16 @@ class Scheduler::Impl {
         }
         serve_http();
         publisher_.start();
-        asio::co_spawn(io_, relay_.run(stopping_), background_done("relay"));
-        asio::co_spawn(io_, firing_.run(stopping_), background_done("schedule firing"));
-        asio::co_spawn(io_, housekeeping(), background_done("housekeeping"));
+        background_.spawn("relay", [this](TaskGroup::Task&) { return relay_.run(stopping_); });
+        background_.spawn("schedule firing", [this](TaskGroup::Task&) { return firing_.run(stopping_); });
+        background_.spawn("housekeeping", [this](TaskGroup::Task&) { return housekeeping(); });
         if (settings_.archive_dead_letters) {
             for (const auto& family : topology::default_families()) {
                 archiver_consumer_.add_consumer({topology::dead_letter_queue_name(family), kArchiverPrefetch},
                                                 dead_letters_);
             }
             archiver_consumer_.start();
-            asio::co_spawn(io_, archiver_.run(stopping_), background_done("dead-letter archiver"));
+            background_.spawn("dead-letter archiver", [this](TaskGroup::Task&) { return archiver_.run(stopping_); });
         }
         spdlog::info("scheduler {} started: HTTP on {}:{}, relay batch {}, poll every {} ms, retention {} s",
                      settings_.name, settings_.http_address, http_.port(), settings_.relay_batch,
@@ -125,13 +125,9 @@ class Scheduler::Impl {
         draining_ = true;
         stopping_ = true;
         spdlog::info("shutdown: finishing the work in progress (at most {} ms)", settings_.shutdown_grace.count());
-        const auto deadline = Clock::now() + settings_.shutdown_grace;
-        asio::steady_timer tick(co_await asio::this_coro::executor);
-        while (finished_ < background_ && Clock::now() < deadline) {
-            tick.expires_after(kShutdownPoll);
-            co_await tick.async_wait(asio::use_awaitable);
-        }
-        if (finished_ < background_) {
+        const auto grace_deadline = Clock::now() + settings_.shutdown_grace;
+        const bool finished_in_grace = co_await background_.join(grace_deadline);
+        if (!finished_in_grace) {
             spdlog::warn(
                 "shutdown: grace period over; publishes still waiting for the broker fail, and their rows "
                 "stay pending for another replica");
@@ -139,13 +135,11 @@ class Scheduler::Impl {
         // A stopped publisher fails the publishes that still wait, so the relay's batch ends; every coroutine that
         // holds a database connection must end before the pool goes away, and each is bounded by the statement
         // timeout.
-        publisher_.stop();
-        archiver_consumer_.stop();
+        co_await asio::co_spawn(blocking_, stop_connections(), asio::use_awaitable);
         http_.stop();
-        while (finished_ < background_ || api_.in_flight() > 0) {
-            tick.expires_after(kShutdownPoll);
-            co_await tick.async_wait(asio::use_awaitable);
-        }
+        const auto no_deadline = Clock::time_point::max();
+        co_await background_.join(no_deadline);
+        co_await api_.requests_finished();
         spdlog::info("scheduler {} stopped", settings_.name);
     }
 
@@ -154,11 +148,11 @@ class Scheduler::Impl {
     [[nodiscard]] std::uint16_t http_port() const noexcept { return http_.port(); }
 
   private:
-    std::function<void(const std::exception_ptr&)> background_done(std::string what) {
-        return [this, what = std::move(what)](const std::exception_ptr& error) {
-            log_failure(what)(error);
-            ++finished_;
-        };
+    /// Each stop joins its connection's thread: it runs on blocking_, never on an I/O thread.
+    asio::awaitable<void> stop_connections() {
+        publisher_.stop();
+        archiver_consumer_.stop();
+        co_return;
     }
 
     void serve_http() {
@@ -320,11 +314,11 @@ class Scheduler::Impl {
     ScheduleFiring firing_;
     EnqueueApi api_;
     DeadLetterArchiver archiver_;
-    const int background_;
+    TaskGroup background_{io_.get_executor()};
+    asio::thread_pool blocking_{1};
     std::atomic<bool> stopping_ = false;
     std::atomic<bool> draining_ = false;
     std::atomic<bool> database_ok_ = false;
-    std::atomic<int> finished_ = 0;
     std::map<std::pair<std::string, std::string>, double> dead_letter_counts_;
     std::map<std::string, double> next_fires_;
 };
