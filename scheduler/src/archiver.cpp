@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -18,6 +17,7 @@
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/envelope.hpp"
 #include "conveyor/core/job_headers.hpp"
+#include "conveyor/core/task_group.hpp"
 #include "conveyor/core/topology.hpp"
 #include "conveyor/core/utf8.hpp"
 #include "conveyor/scheduler/fingerprint.hpp"
@@ -25,13 +25,10 @@
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
-using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
 constexpr auto kRetryBackoff = std::chrono::seconds(1);
-// Deliveries wait in the channel at most this long for the stop flag to be looked at.
-constexpr auto kStopPoll = std::chrono::milliseconds(500);
 
 /// Text PostgreSQL accepts: bytes that are not well-formed UTF-8 become U+FFFD and NUL (which text cannot hold)
 /// becomes a space.
@@ -197,50 +194,48 @@ asio::awaitable<void> DeadLetterArchiver::archive(const amqp::DeliveryBatch& bat
     co_await transaction.commit();
 }
 
-asio::awaitable<void> DeadLetterArchiver::run(const std::atomic<bool>& stopping) {
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    while (!stopping) {
-        timer.expires_after(kStopPoll);
-        auto received = co_await (deliveries_.async_receive(asio::as_tuple(asio::use_awaitable)) ||
-                                  timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-        if (received.index() == 1) {
-            continue;
-        }
-        auto [error, batch] = std::move(std::get<0>(received));
+asio::awaitable<void> DeadLetterArchiver::run() {
+    while (true) {
+        auto [error, batch] = co_await deliveries_.async_receive(asio::as_tuple(asio::use_awaitable));
         if (error) {
-            co_return;
+            co_return;  // cancelled: the scheduler stops
         }
-        // Acknowledged only once stored: a batch that arrives as the scheduler stops goes back to its queue.
-        bool stored = false;
-        std::string failure;
-        while (!stopping) {
-            try {
-                co_await archive(batch);
-                stored = true;
-                break;
-            } catch (const std::exception& e) {
-                if (failure.empty()) {
-                    spdlog::error(
-                        "dead-letter archiver: cannot store {} dead letters (first: job {}): {}; retrying "
-                        "every second, they stay in their queue meanwhile",
-                        batch.size(), batch.front().message.properties.message_id, e.what());
-                }
-                failure = e.what();
-            }
-            timer.expires_after(kRetryBackoff);
-            co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-        }
-        if (!stored) {
-            co_return;  // stopping: the unacknowledged deliveries go back to the queue with the connection
-        }
-        for (const auto& delivery : batch) {
-            consumer_.ack(delivery);
-            spdlog::debug("dead-letter archiver: stored job {} (correlation {}) from {}",
-                          delivery.message.properties.message_id, delivery.message.properties.correlation_id,
-                          delivery.queue);
-        }
-        spdlog::info("dead-letter archiver: stored {} dead letters", batch.size());
+        co_await store(batch);
     }
+}
+
+asio::awaitable<void> DeadLetterArchiver::store(const amqp::DeliveryBatch& batch) {
+    asio::steady_timer backoff(co_await asio::this_coro::executor);
+    std::string failure;
+    while (true) {
+        std::string attempt_failure;
+        try {
+            co_await archive(batch);
+            break;
+        } catch (const std::exception& e) {
+            attempt_failure = e.what();
+        }
+        const auto state = co_await asio::this_coro::cancellation_state;
+        if (cancelled(state)) {
+            co_return;  // the unacknowledged deliveries go back to their queue when the connection closes
+        }
+        if (failure.empty()) {
+            spdlog::error(
+                "dead-letter archiver: cannot store {} dead letters (first: job {}): {}; retrying every second, they "
+                "stay in their queue meanwhile",
+                batch.size(), batch.front().message.properties.message_id, attempt_failure);
+        }
+        failure = std::move(attempt_failure);
+        backoff.expires_after(kRetryBackoff);
+        co_await backoff.async_wait(asio::use_awaitable);
+    }
+    for (const auto& delivery : batch) {
+        consumer_.ack(delivery);
+        spdlog::debug("dead-letter archiver: stored job {} (correlation {}) from {}",
+                      delivery.message.properties.message_id, delivery.message.properties.correlation_id,
+                      delivery.queue);
+    }
+    spdlog::info("dead-letter archiver: stored {} dead letters", batch.size());
 }
 
 }  // namespace conveyor::scheduler

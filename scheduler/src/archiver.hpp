@@ -1,6 +1,5 @@
 #pragma once
 
-#include <atomic>
 #include <boost/asio/awaitable.hpp>
 
 #include "conveyor/core/amqp.hpp"
@@ -17,13 +16,18 @@ class DeadLetterArchiver {
     DeadLetterArchiver(pg::Pool& pool, amqp::Connection& consumer, amqp::DeliveryChannel& deliveries)
         : pool_(pool), consumer_(consumer), deliveries_(deliveries) {}
 
-    /// Runs until `stopping` is set; unacknowledged deliveries go back to their queue when the connection closes.
-    boost::asio::awaitable<void> run(const std::atomic<bool>& stopping);
+    /// Runs until its coroutine is cancelled (the scheduler stops); unacknowledged deliveries go back to their queue
+    /// when the connection closes.
+    boost::asio::awaitable<void> run();
 
     /// Inserts a batch (idempotently); throws pg::Error if the database refuses.
     boost::asio::awaitable<void> archive(const amqp::DeliveryBatch& batch);
 
   private:
+    /// Stores a batch, retrying every second while the database refuses, then acknowledges it; cancelled, it gives
+    /// the batch up (it is stored at most once whatever happens: archive() is idempotent).
+    boost::asio::awaitable<void> store(const amqp::DeliveryBatch& batch);
+
     pg::Pool& pool_;
     amqp::Connection& consumer_;
     amqp::DeliveryChannel& deliveries_;

@@ -114,7 +114,7 @@ class Scheduler::Impl {
                                                 dead_letters_);
             }
             archiver_consumer_.start();
-            background_.spawn("dead-letter archiver", [this](TaskGroup::Task&) { return archiver_.run(stopping_); });
+            archiving_.spawn("dead-letter archiver", [this](TaskGroup::Task&) { return archiver_.run(); });
         }
         spdlog::info("scheduler {} started: HTTP on {}:{}, relay batch {}, poll every {} ms, retention {} s",
                      settings_.name, settings_.http_address, http_.port(), settings_.relay_batch,
@@ -124,6 +124,8 @@ class Scheduler::Impl {
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         draining_ = true;
         stopping_ = true;
+        // The archiver needs no grace: a batch not stored yet goes back to its queue, and storing is idempotent.
+        archiving_.cancel();
         spdlog::info("shutdown: finishing the work in progress (at most {} ms)", settings_.shutdown_grace.count());
         const auto grace_deadline = Clock::now() + settings_.shutdown_grace;
         const bool finished_in_grace = co_await background_.join(grace_deadline);
@@ -139,6 +141,7 @@ class Scheduler::Impl {
         http_.stop();
         const auto no_deadline = Clock::time_point::max();
         co_await background_.join(no_deadline);
+        co_await archiving_.join(no_deadline);
         co_await api_.requests_finished();
         spdlog::info("scheduler {} stopped", settings_.name);
     }
@@ -314,7 +317,8 @@ class Scheduler::Impl {
     ScheduleFiring firing_;
     EnqueueApi api_;
     DeadLetterArchiver archiver_;
-    TaskGroup background_{io_.get_executor()};
+    TaskGroup background_{io_.get_executor()};  ///< each ends at its next look at stopping_
+    TaskGroup archiving_{io_.get_executor()};   ///< ends when cancelled
     asio::thread_pool blocking_{1};
     std::atomic<bool> stopping_ = false;
     std::atomic<bool> draining_ = false;

@@ -168,8 +168,9 @@ asio::awaitable<void> JobControl::follow_records() {
         } catch (const std::exception& e) {
             failure = e.what();
         }
-        // Said once per failure, not every round of an outage.
-        if (!failure.empty() && failure != last_failure) {
+        // Said once per failure, not every round of an outage, and not for the shutdown's cancellation.
+        const auto state = co_await asio::this_coro::cancellation_state;
+        if (!failure.empty() && failure != last_failure && !conveyor::cancelled(state)) {
             spdlog::warn("control: cannot read the cancellations and pauses ({}); broadcasts still arrive", failure);
         }
         last_failure = failure;

@@ -163,7 +163,11 @@ asio::awaitable<bool> HistoryRecorder::flush() {
     if (failure.empty()) {
         co_return true;
     }
-    spdlog::warn("job history: could not write {} events ({}); keeping them to try again", batch.size(), failure);
+    // A shutdown's cancellation interrupts a write as any failure does; the final flush tries again, unannounced.
+    const auto state = co_await asio::this_coro::cancellation_state;
+    if (!cancelled(state)) {
+        spdlog::warn("job history: could not write {} events ({}); keeping them to try again", batch.size(), failure);
+    }
     put_back(std::move(batch));
     co_return false;
 }

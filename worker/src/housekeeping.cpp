@@ -250,7 +250,8 @@ asio::awaitable<void> run_outbox_cleanup(OutboxRelay& relay, const DatabaseHealt
                 failure = e.what();
             }
         }
-        if (!failure.empty()) {
+        const auto state = co_await asio::this_coro::cancellation_state;
+        if (!failure.empty() && !cancelled(state)) {
             spdlog::warn(
                 "outbox: {}; trying again (a sweeper may publish them again meanwhile: duplicates the inbox "
                 "absorbs)",
@@ -259,7 +260,12 @@ asio::awaitable<void> run_outbox_cleanup(OutboxRelay& relay, const DatabaseHealt
         if (last_round) {
             co_return;
         }
-        if (!co_await wait_until(Clock::now() + kCleanupInterval)) {
+        // Once cancelled, awaiting anything throws: a cancellation that interrupted the delete goes to the last round.
+        bool stopped = cancelled(state);
+        if (!stopped) {
+            stopped = !co_await wait_until(Clock::now() + kCleanupInterval);
+        }
+        if (stopped) {
             co_await asio::this_coro::reset_cancellation_state();
             last_round = true;
         }

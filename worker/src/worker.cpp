@@ -245,7 +245,7 @@ class Worker::Impl {
     }
 
     void start_background_tasks() {
-        background_.spawn("delivery dispatcher", [this](TaskGroup::Task&) { return dispatch(); });
+        dispatching_.spawn("delivery dispatcher", [this](TaskGroup::Task&) { return dispatch(); });
         HousekeepingSettings chores;
         chores.outbox_sweep_interval = settings_.outbox_sweep_interval;
         chores.inbox_retention = settings_.inbox_retention;
@@ -295,14 +295,34 @@ class Worker::Impl {
         }
         batches_.close();
         co_await settlement_.hand_back(std::move(not_started), metrics_, kHandBackTimeout);
-        if (co_await slots_.join(grace_deadline)) {
-            co_return;
+        const bool finished_in_grace = co_await slots_.join(grace_deadline);
+        if (!finished_in_grace) {
+            co_await abort_running_jobs();
         }
+        co_await finish_dispatching();
+    }
+
+    asio::awaitable<void> abort_running_jobs() {
         spdlog::warn("shutdown: grace period over with jobs still running; cancelling them for requeue");
         aborting_ = true;
         slots_.cancel();
-        if (!co_await slots_.join(Clock::now() + kCancelledJobsUnwind)) {
+        const auto unwind_deadline = Clock::now() + kCancelledJobsUnwind;
+        const bool unwound = co_await slots_.join(unwind_deadline);
+        if (!unwound) {
             spdlog::error("shutdown: jobs did not unwind; closing the connection requeues them");
+        }
+    }
+
+    /// The dispatcher hands back what it held once the batch channel closed, and the publisher must outlive the
+    /// parking's confirms. It started before the slots ended, so its hand-back's own timeout bounds the wait; only
+    /// a dispatcher left waiting for slots that were aborted is cancelled (the connection's close requeues).
+    asio::awaitable<void> finish_dispatching() {
+        const auto deadline = Clock::now() + kHandBackTimeout;
+        const bool finished = co_await dispatching_.join(deadline);
+        if (!finished) {
+            dispatching_.cancel();
+            const auto no_deadline = Clock::time_point::max();
+            co_await dispatching_.join(no_deadline);
         }
     }
 
@@ -541,6 +561,7 @@ class Worker::Impl {
     Settlement settlement_;
     std::vector<std::unique_ptr<JobSlot>> job_slots_;
     TaskGroup slots_{io_.get_executor()};
+    TaskGroup dispatching_{io_.get_executor()};  ///< joined by the drain, before the publisher stops
     TaskGroup background_{io_.get_executor()};
     /// After the connections: its threads are joined, and whatever they still run ends, before those go.
     asio::thread_pool blocking_{kBlockingThreads};
