@@ -488,8 +488,9 @@ class Connection::Impl {
 
     void declare_topology() {
         for (const auto& exchange : topology_.exchanges) {
+            codec::EncodedTable arguments(exchange.arguments);
             amqp_exchange_declare(conn_, kControlChannel, bytes_of(exchange.name), bytes_of(exchange.type), 0, 1, 0, 0,
-                                  amqp_empty_table);
+                                  arguments.table());
             check_reply(conn_, fmt::format("declare exchange {}", exchange.name));
         }
         for (const auto& queue : topology_.queues) {
@@ -499,8 +500,9 @@ class Connection::Impl {
             check_reply(conn_, fmt::format("declare queue {}", queue.name));
         }
         for (const auto& binding : topology_.bindings) {
+            codec::EncodedTable arguments(binding.arguments);
             amqp_queue_bind(conn_, kControlChannel, bytes_of(binding.queue), bytes_of(binding.exchange),
-                            bytes_of(binding.routing_key), amqp_empty_table);
+                            bytes_of(binding.routing_key), arguments.table());
             check_reply(conn_,
                         fmt::format("bind {} to {} by {}", binding.queue, binding.exchange, binding.routing_key));
         }
@@ -508,6 +510,13 @@ class Connection::Impl {
             amqp_exchange_bind(conn_, kControlChannel, bytes_of(binding.destination), bytes_of(binding.source),
                                bytes_of(binding.routing_key), amqp_empty_table);
             check_reply(conn_, fmt::format("bind exchange {} to {} by {}", binding.destination, binding.source,
+                                           binding.routing_key));
+        }
+        for (const auto& binding : topology_.obsolete_bindings) {
+            codec::EncodedTable arguments(binding.arguments);
+            amqp_queue_unbind(conn_, kControlChannel, bytes_of(binding.queue), bytes_of(binding.exchange),
+                              bytes_of(binding.routing_key), arguments.table());
+            check_reply(conn_, fmt::format("unbind obsolete {} from {} by {}", binding.queue, binding.exchange,
                                            binding.routing_key));
         }
     }

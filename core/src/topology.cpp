@@ -46,6 +46,47 @@ void add_delay_ladder(amqp::Topology& topology) {
     }
     topology.exchanges.push_back({std::string(kDelayDueExchange), "topic"});
 }
+
+/// What the delay ladder's due exchange sends on by the job type that follows the delay bits.
+std::string due_pattern(std::string_view family) {
+    std::string pattern;
+    for (unsigned level = 0; level < kDelayLevels; ++level) {
+        pattern += "*.";
+    }
+    return fmt::format("{}{}.#", pattern, family);
+}
+
+/// The family's band queues behind its headers exchange, and its dead-letter queue.
+void add_family(amqp::Topology& topology, const std::string& family, std::int64_t delivery_limit) {
+    const auto bands = fmt::format("{}{}.bands", kQueuePrefix, family);
+    const auto unbanded = fmt::format("{}{}.normal", kQueuePrefix, family);
+    topology.exchanges.push_back({bands, "headers", {{"alternate-exchange", unbanded}}});
+    topology.exchanges.push_back({unbanded, "fanout"});
+    topology.exchange_bindings.push_back({bands, std::string(kJobsExchange), family + ".#"});
+    topology.exchange_bindings.push_back({bands, std::string(kDelayDueExchange), due_pattern(family)});
+    // The broker's backstop against poison messages lives in the queue's arguments rather than a policy: the
+    // no-loss guarantee must not depend on an operator applying one. A policy can still lower the limit.
+    auto arguments = quorum();
+    arguments.emplace_back("x-delivery-limit", delivery_limit);
+    arguments.emplace_back("x-dead-letter-exchange", std::string());
+    arguments.emplace_back("x-dead-letter-routing-key", dead_letter_queue_name(family));
+    arguments.emplace_back("x-dead-letter-strategy", std::string("at-least-once"));
+    arguments.emplace_back("x-overflow", std::string("reject-publish"));
+    for (const auto band : kBands) {
+        const auto queue = queue_name(family, band);
+        topology.queues.push_back({queue, arguments});
+        // Plain "all" ignores every header whose name starts with "x-", so it would match any message: the header
+        // of the contract needs "all-with-x" (RabbitMQ 3.10 and later).
+        amqp::Headers match{{"x-match", std::string("all-with-x")},
+                            {std::string(kPriorityHeader), std::string(band_name(band))}};
+        topology.bindings.push_back({queue, bands, "", std::move(match)});
+    }
+    topology.bindings.push_back({queue_name(family), unbanded, ""});
+    topology.queues.push_back({dead_letter_queue_name(family), quorum()});
+    topology.obsolete_bindings.push_back({queue_name(family), std::string(kJobsExchange), family + ".#"});
+    topology.obsolete_bindings.push_back({queue_name(family), std::string(kDelayDueExchange), due_pattern(family)});
+}
+
 }  // namespace
 
 std::string delay_entry_exchange() {
@@ -86,8 +127,36 @@ const std::vector<std::string>& default_families() {
     return families;
 }
 
+std::string_view band_name(Band band) noexcept {
+    switch (band) {
+        case Band::high:
+            return "high";
+        case Band::low:
+            return "low";
+        case Band::normal:
+            break;
+    }
+    return "normal";
+}
+
+std::optional<Band> parse_band(std::string_view name) noexcept {
+    for (const auto band : kBands) {
+        if (band_name(band) == name) {
+            return band;
+        }
+    }
+    return std::nullopt;
+}
+
 std::string queue_name(std::string_view family) {
     return fmt::format("{}{}", kQueuePrefix, family);
+}
+
+std::string queue_name(std::string_view family, Band band) {
+    if (band == Band::normal) {
+        return queue_name(family);
+    }
+    return fmt::format("{}{}.{}", kQueuePrefix, family, band_name(band));
 }
 
 std::string dead_letter_queue_name(std::string_view family) {
@@ -98,8 +167,23 @@ std::string family_of_queue(std::string_view queue) {
     if (!queue.starts_with(kQueuePrefix)) {
         return {};
     }
-    const auto family = queue.substr(kQueuePrefix.size());
-    return family.find('.') == std::string_view::npos ? std::string(family) : std::string();
+    auto family = queue.substr(kQueuePrefix.size());
+    if (const auto dot = family.find('.'); dot != std::string_view::npos) {
+        const auto band = parse_band(family.substr(dot + 1));
+        if (!band || *band == Band::normal) {
+            return {};
+        }
+        family = family.substr(0, dot);
+    }
+    return family.empty() ? std::string() : std::string(family);
+}
+
+Band band_of_queue(std::string_view queue) {
+    const auto dot = queue.rfind('.');
+    if (dot == std::string_view::npos || family_of_queue(queue).empty()) {
+        return Band::normal;
+    }
+    return parse_band(queue.substr(dot + 1)).value_or(Band::normal);
 }
 
 std::vector<std::string> parse_families(std::string_view list) {
@@ -142,23 +226,8 @@ amqp::Topology job_topology(std::span<const std::string> families, std::int64_t 
     topology.exchanges.push_back({std::string(kJobsExchange), "topic"});
     topology.exchanges.push_back({std::string(kControlExchange), "fanout"});
     add_delay_ladder(topology);
-    std::string any_delay;
-    for (unsigned level = 0; level < kDelayLevels; ++level) {
-        any_delay += "*.";
-    }
     for (const auto& family : families) {
-        // The broker's backstop against poison messages lives in the queue's arguments rather than a policy: the
-        // no-loss guarantee must not depend on an operator applying one. A policy can still lower the limit.
-        auto arguments = quorum();
-        arguments.emplace_back("x-delivery-limit", delivery_limit);
-        arguments.emplace_back("x-dead-letter-exchange", std::string());
-        arguments.emplace_back("x-dead-letter-routing-key", dead_letter_queue_name(family));
-        arguments.emplace_back("x-dead-letter-strategy", std::string("at-least-once"));
-        arguments.emplace_back("x-overflow", std::string("reject-publish"));
-        topology.queues.push_back({queue_name(family), std::move(arguments)});
-        topology.queues.push_back({dead_letter_queue_name(family), quorum()});
-        topology.bindings.push_back({queue_name(family), std::string(kJobsExchange), family + ".#"});
-        topology.bindings.push_back({queue_name(family), std::string(kDelayDueExchange), any_delay + family + ".#"});
+        add_family(topology, family, delivery_limit);
     }
     return topology;
 }

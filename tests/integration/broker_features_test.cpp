@@ -137,5 +137,25 @@ TEST_F(WorkerTest, ShutdownStaysBoundedWhenTheBrokerStalls) {
         << "ready: " << after.ready("conveyor.diag");
 }
 
+/// A retry waits in the delay ladder and comes back to the band it left: the ladder keeps the header, and its exit
+/// goes through the family's bands exchange.
+TEST_F(WorkerTest, AHighPriorityJobIsRetriedInTheHighBand) {
+    auto worker = start_worker({"--retry", "diag.fail=attempts:3,base:1s,cap:1s"}, "priority-retry");
+    auto job = Broker::job("diag.fail", R"({"times": 1})", "high-fails-once");
+    amqp::set_header(job.properties.headers, topology::kPriorityHeader, std::string("high"));
+    broker_.publish(std::move(job));
+    ASSERT_TRUE(eventually([&] { return worker.succeeded() == 1; }, 20s)) << worker.process->log();
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar("SELECT count(DISTINCT attempt) FROM conveyor.job_events WHERE job_id = $1",
+                                    {"high-fails-once"}) == 2;
+        },
+        10s));
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.job_events WHERE job_id = $1 AND queue <> $2",
+                               {"high-fails-once", "conveyor.diag.high"}),
+              0);
+    EXPECT_EQ(broker_.counts("conveyor.diag").messages, 0U);
+}
+
 }  // namespace
 }  // namespace conveyor::testing

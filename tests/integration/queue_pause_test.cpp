@@ -1,6 +1,7 @@
 // Pausing a family or one job type of it, fleet-wide and durably, from the CLI and the HTTP API: nothing starts
 // more than a second after the command, nothing is requeued or dead-lettered, no attempt is used, and after the
 // resume every job runs exactly once.
+#include <array>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
@@ -130,13 +131,20 @@ TEST_F(QueuePauseTest, APausedTypeIsParkedWhileTheOtherTypesOfItsQueueRun) {
     stop(scheduler);
 }
 
-TEST_F(QueuePauseTest, APauseOnRecordHoldsForAWorkerStartedAfterIt) {
+/// The jobs wait in their priority bands (a value the contract does not know is normal), and the pause holds
+/// every band.
+TEST_F(QueuePauseTest, APauseOnRecordHoldsForAWorkerStartedAfterItInEveryBand) {
     constexpr int kJobs = 20;
     const auto said = run_cli({"queues", "pause", "diag", "--pg-url", pg_url(), "--json"});
     EXPECT_EQ(boost::json::parse(said).at("paused").as_bool(), true) << said;
+    const std::array<std::string, 4> priorities{"high", "low", "", "urgent"};
     std::vector<amqp::Message> jobs;
     for (int i = 0; i < kJobs; ++i) {
-        jobs.push_back(Broker::job("diag.noop", "{}"));
+        auto job = Broker::job("diag.noop", "{}");
+        if (const auto& priority = priorities[static_cast<std::size_t>(i) % priorities.size()]; !priority.empty()) {
+            amqp::set_header(job.properties.headers, topology::kPriorityHeader, priority);
+        }
+        jobs.push_back(std::move(job));
     }
     broker_.publish_all(std::move(jobs));
     std::vector<WorkerUnderTest> workers;
@@ -144,7 +152,9 @@ TEST_F(QueuePauseTest, APauseOnRecordHoldsForAWorkerStartedAfterIt) {
     std::this_thread::sleep_for(2s);
     EXPECT_EQ(workers[0].metric("conveyor_jobs_started_total"), 0);
     EXPECT_EQ(workers[0].metric("conveyor_queue_paused", {"queue=\"conveyor.diag\""}), 1);
-    EXPECT_EQ(broker_.counts("conveyor.diag").messages, static_cast<std::uint32_t>(kJobs));
+    EXPECT_EQ(broker_.counts("conveyor.diag.high").messages, static_cast<std::uint32_t>(kJobs / 4));
+    EXPECT_EQ(broker_.counts("conveyor.diag.low").messages, static_cast<std::uint32_t>(kJobs / 4));
+    EXPECT_EQ(broker_.counts("conveyor.diag").messages, static_cast<std::uint32_t>(kJobs / 2));
 
     run_cli({"queues", "resume", "diag", "--pg-url", pg_url()});
     ASSERT_TRUE(eventually([&] { return workers[0].succeeded() == kJobs; }, 10s)) << workers[0].process->log();

@@ -125,6 +125,8 @@ class WorkerTest : public ::testing::Test {
         (void)migrated;
         run_cli({"topology", "declare", "--families", "diag"});
         broker_.purge("conveyor.diag");
+        broker_.purge("conveyor.diag.high");
+        broker_.purge("conveyor.diag.low");
         broker_.purge("conveyor.diag.dlq");
         database_.query(
             "TRUNCATE conveyor.diag_ledger, conveyor.inbox, conveyor.outbox, conveyor.job_executions, "

@@ -46,6 +46,17 @@ TEST(Topology, NamesFollowTheWireContract) {
     EXPECT_EQ(topology::family_of_queue("conveyor.orders"), "orders");
     EXPECT_EQ(topology::family_of_queue("conveyor.orders.dlq"), "");
     EXPECT_EQ(topology::family_of_queue("other"), "");
+    EXPECT_EQ(topology::family_of_queue("conveyor.orders.high"), "orders");
+    EXPECT_EQ(topology::family_of_queue("conveyor.orders.low"), "orders");
+    EXPECT_EQ(topology::family_of_queue("conveyor.orders.normal"), "");
+    EXPECT_EQ(topology::band_of_queue("conveyor.orders.high"), topology::Band::high);
+    EXPECT_EQ(topology::band_of_queue("conveyor.orders.low"), topology::Band::low);
+    EXPECT_EQ(topology::band_of_queue("conveyor.orders"), topology::Band::normal);
+    EXPECT_EQ(topology::band_of_queue("conveyor.orders.dlq"), topology::Band::normal);
+    EXPECT_EQ(topology::queue_name("orders", topology::Band::high), "conveyor.orders.high");
+    EXPECT_EQ(topology::queue_name("orders", topology::Band::normal), "conveyor.orders");
+    EXPECT_EQ(topology::parse_band("low"), topology::Band::low);
+    EXPECT_EQ(topology::parse_band("urgent"), std::nullopt);
 }
 
 TEST(Topology, AWorkersControlQueueIsExclusiveAndItsOwn) {
@@ -56,16 +67,17 @@ TEST(Topology, AWorkersControlQueueIsExclusiveAndItsOwn) {
     EXPECT_NE(first.name, second.name);
 }
 
-TEST(Topology, DeclaresAQuorumQueueAndADeadLetterQueuePerFamily) {
+TEST(Topology, DeclaresThreeBandQueuesAndADeadLetterQueuePerFamily) {
     const std::vector<std::string> families{"diag", "emails"};
     const auto topology = topology::job_topology(families);
     EXPECT_EQ(topology.exchanges[0].name, "conveyor.jobs");
     EXPECT_EQ(topology.exchanges[0].type, "topic");
     EXPECT_EQ(topology.exchanges[1].name, "conveyor.control");
     EXPECT_EQ(topology.exchanges[1].type, "fanout");
-    // The job and control exchanges, a level exchange per delay level, and the ladder's exit.
-    EXPECT_EQ(topology.exchanges.size(), 3 + topology::kDelayLevels);
-    EXPECT_EQ(topology.queues.size(), 4 + topology::kDelayLevels);
+    // The job and control exchanges, a level exchange per delay level, the ladder's exit, and per family its bands'
+    // headers exchange and the alternate exchange into its normal band.
+    EXPECT_EQ(topology.exchanges.size(), 3 + topology::kDelayLevels + 2 * families.size());
+    EXPECT_EQ(topology.queues.size(), 4 * families.size() + topology::kDelayLevels);
     for (const auto& queue : topology.queues) {
         const auto* type = amqp::find_header(queue.arguments, "x-queue-type");
         ASSERT_NE(type, nullptr) << queue.name;
@@ -76,11 +88,47 @@ TEST(Topology, DeclaresAQuorumQueueAndADeadLetterQueuePerFamily) {
             return binding.queue == queue && binding.exchange == exchange;
         });
     };
-    ASSERT_NE(bound_by("conveyor.emails", topology::kJobsExchange), topology.bindings.end());
-    EXPECT_EQ(bound_by("conveyor.emails", topology::kJobsExchange)->routing_key, "emails.#");
-    ASSERT_NE(bound_by("conveyor.emails", topology::kDelayDueExchange), topology.bindings.end());
-    EXPECT_TRUE(bound_by("conveyor.emails", topology::kDelayDueExchange)->routing_key.ends_with(".emails.#"));
+    // Jobs reach their queues through the family's bands exchange only.
+    EXPECT_EQ(bound_by("conveyor.emails", topology::kJobsExchange), topology.bindings.end());
+    EXPECT_EQ(bound_by("conveyor.emails", topology::kDelayDueExchange), topology.bindings.end());
+    const auto into_bands = [&](std::string_view source) {
+        return std::find_if(topology.exchange_bindings.begin(), topology.exchange_bindings.end(), [&](const auto& b) {
+            return b.source == source && b.destination == "conveyor.emails.bands";
+        });
+    };
+    ASSERT_NE(into_bands(topology::kJobsExchange), topology.exchange_bindings.end());
+    EXPECT_EQ(into_bands(topology::kJobsExchange)->routing_key, "emails.#");
+    ASSERT_NE(into_bands(topology::kDelayDueExchange), topology.exchange_bindings.end());
+    EXPECT_TRUE(into_bands(topology::kDelayDueExchange)->routing_key.ends_with(".emails.#"));
     EXPECT_EQ(bound_by("conveyor.emails.dlq", topology::kJobsExchange), topology.bindings.end());
+}
+
+TEST(Topology, TheHeadersExchangeSendsEachPriorityToItsBandAndTheRestToNormal) {
+    const std::vector<std::string> families{"orders"};
+    const auto topology = topology::job_topology(families);
+    const auto bands = std::find_if(topology.exchanges.begin(), topology.exchanges.end(),
+                                    [](const auto& exchange) { return exchange.name == "conveyor.orders.bands"; });
+    ASSERT_NE(bands, topology.exchanges.end());
+    EXPECT_EQ(bands->type, "headers");
+    EXPECT_EQ(amqp::find_text_header(bands->arguments, "alternate-exchange"), "conveyor.orders.normal");
+    for (const auto band : topology::kBands) {
+        const auto queue = topology::queue_name("orders", band);
+        const auto binding = std::find_if(topology.bindings.begin(), topology.bindings.end(), [&](const auto& b) {
+            return b.queue == queue && b.exchange == "conveyor.orders.bands";
+        });
+        ASSERT_NE(binding, topology.bindings.end()) << queue;
+        EXPECT_EQ(amqp::find_text_header(binding->arguments, topology::kPriorityHeader), topology::band_name(band));
+        EXPECT_EQ(amqp::find_text_header(binding->arguments, "x-match"), "all-with-x");
+    }
+    const auto unbanded = std::find_if(topology.bindings.begin(), topology.bindings.end(),
+                                       [](const auto& b) { return b.exchange == "conveyor.orders.normal"; });
+    ASSERT_NE(unbanded, topology.bindings.end());
+    EXPECT_EQ(unbanded->queue, "conveyor.orders");
+    // What versions before the bands bound straight to the normal queue goes, or a high job would be there too.
+    ASSERT_EQ(topology.obsolete_bindings.size(), 2U);
+    EXPECT_EQ(topology.obsolete_bindings[0].queue, "conveyor.orders");
+    EXPECT_EQ(topology.obsolete_bindings[0].exchange, topology::kJobsExchange);
+    EXPECT_EQ(topology.obsolete_bindings[1].exchange, topology::kDelayDueExchange);
 }
 
 TEST(UtcTimestamp, IsUtcWhateverTheProcessTimeZone) {

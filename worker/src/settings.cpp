@@ -134,7 +134,7 @@ void add_broker_options(CLI::App& app, WorkerSettings& settings, OptionTexts& te
         ->check(duration_validator());
     app.add_option("--queues", texts.queues, "Comma-separated job families to consume")->envname("CONVEYOR_QUEUES");
     app.add_option("--prefetch", settings.prefetch,
-                   "Unacknowledged deliveries in all, split evenly among the queues (0: = concurrency)")
+                   "Unacknowledged deliveries per priority band, split evenly among the families (0: = concurrency)")
         ->envname("CONVEYOR_PREFETCH")
         ->check(CLI::Range(0U, 1'000'000U));
     app.add_option("--max-message-bytes", settings.max_message_bytes, "Largest accepted message body")

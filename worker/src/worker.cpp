@@ -148,15 +148,18 @@ class Worker::Impl {
 
     /// What the broker may have handed this worker and not had acknowledged: the sum of the queues' prefetch.
     [[nodiscard]] std::size_t deliveries_at_once() const {
-        return std::accumulate(prefetch_shares_.begin(), prefetch_shares_.end(), std::size_t{0});
+        return topology::kBands.size() *
+               std::accumulate(prefetch_shares_.begin(), prefetch_shares_.end(), std::size_t{0});
     }
 
     asio::awaitable<WorkerStats> run() {
         serve_http();
         co_await load_pauses();
         for (std::size_t index = 0; index < settings_.families.size(); ++index) {
-            consumer_.add_consumer({topology::queue_name(settings_.families[index]), prefetch_shares_[index]},
-                                   batches_);
+            for (const auto band : topology::kBands) {
+                consumer_.add_consumer({topology::queue_name(settings_.families[index], band), prefetch_shares_[index]},
+                                       batches_);
+            }
         }
         consumer_.add_consumer({control_queue_.name, kControlPrefetch}, control_deliveries_);
         consumer_.start();
@@ -165,10 +168,11 @@ class Worker::Impl {
         start_background_tasks();
         start_slots();
         spdlog::info(
-            "worker {} started: queues {}, concurrency {}, prefetch {} ({} per queue), {} threads, job "
-            "timeout {} ms",
-            settings_.name, fmt::join(settings_.families, ","), settings_.concurrency, deliveries_at_once(),
-            fmt::join(prefetch_shares_, "/"), settings_.threads, settings_.job_timeout.count());
+            "worker {} started: queues {}, concurrency {}, prefetch {} per priority band ({} per family), {} "
+            "threads, job timeout {} ms",
+            settings_.name, fmt::join(settings_.families, ","), settings_.concurrency,
+            deliveries_at_once() / topology::kBands.size(), fmt::join(prefetch_shares_, "/"), settings_.threads,
+            settings_.job_timeout.count());
 
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         co_await drain();
@@ -213,8 +217,10 @@ class Worker::Impl {
         if (std::find(settings_.families.begin(), settings_.families.end(), family) == settings_.families.end()) {
             return;
         }
+        for (const auto band : topology::kBands) {
+            consumer_.pause_consumer(topology::queue_name(family, band), whole_family);
+        }
         const auto queue = topology::queue_name(family);
-        consumer_.pause_consumer(queue, whole_family);
         metrics_.queue_paused(queue).Set(whole_family ? 1 : 0);
         metrics_.types_paused(queue).Set(static_cast<double>(types));
     }
@@ -375,20 +381,28 @@ class Worker::Impl {
         }
     }
 
-    /// Counts each consumed queue on the monitor connection, beside this worker's own totals. Returns the failure
-    /// (which queue, why), or empty.
+    /// Counts each consumed family on the monitor connection (the messages of all its bands; the consumers of
+    /// its normal band, one per worker), beside this worker's own totals. Returns the failure (which queue, why),
+    /// or empty.
     asio::awaitable<std::string> observe_queues(std::map<std::string, QueueObservation>& queues) {
         for (const auto& family : settings_.families) {
-            const auto queue = topology::queue_name(family);
-            auto counting = monitor_.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
-            auto [error, counts] = co_await std::move(counting);
-            if (error) {
-                co_return fmt::format("{}: {}", queue, error.message());
+            std::uint32_t messages = 0;
+            std::uint32_t consumers = 0;
+            for (const auto band : topology::kBands) {
+                const auto band_queue = topology::queue_name(family, band);
+                auto counting = monitor_.async_queue_counts(band_queue, asio::as_tuple(asio::use_awaitable));
+                auto [error, counts] = co_await std::move(counting);
+                if (error) {
+                    co_return fmt::format("{}: {}", band_queue, error.message());
+                }
+                messages += counts.messages;
+                consumers = band == topology::Band::normal ? counts.consumers : consumers;
             }
+            const auto queue = topology::queue_name(family);
             auto totals = metrics_.totals(queue);
             queues.emplace(queue,
-                           QueueObservation{counts.messages, counts.consumers, totals.settled,
-                                            metrics_.in_flight(queue).Value(), std::move(totals.duration_counts)});
+                           QueueObservation{messages, consumers, totals.settled, metrics_.in_flight(queue).Value(),
+                                            std::move(totals.duration_counts)});
         }
         co_return std::string();
     }

@@ -96,7 +96,11 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
             by_type_.emplace(type, make_job(queue, type));
         }
         unknown_by_queue_.emplace(queue, make_job(queue, "unknown"));
-        in_flight_by_queue_.emplace(queue, &in_flight_.Add({{"queue", queue}}));
+        // Every band of a family counts under the family's queue: the normal band, which keeps its name.
+        auto* in_flight = &in_flight_.Add({{"queue", queue}});
+        for (const auto band : topology::kBands) {
+            in_flight_by_queue_.emplace(topology::queue_name(family, band), in_flight);
+        }
         queue_paused(queue).Set(0);
         types_paused(queue).Set(0);
     }
@@ -108,6 +112,9 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
             jobs_of_queue.push_back(&by_type_.at(type));
         }
         jobs_of_queue.push_back(&unknown_by_queue_.at(queue));
+        for (const auto band : topology::kBands) {
+            unknown_by_band_queue_.emplace(topology::queue_name(family, band), &unknown_by_queue_.at(queue));
+        }
     }
 }
 
@@ -158,7 +165,7 @@ WorkerMetrics::Job& WorkerMetrics::job(const std::string& queue, std::string_vie
     if (const auto it = by_type_.find(type); it != by_type_.end()) {
         return it->second;
     }
-    return unknown_by_queue_.at(queue);
+    return *unknown_by_band_queue_.at(queue);
 }
 
 prometheus::Gauge& WorkerMetrics::in_flight(const std::string& queue) {

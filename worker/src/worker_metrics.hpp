@@ -37,6 +37,7 @@ class WorkerMetrics {
 
     WorkerMetrics(prometheus::Registry& registry, const std::vector<std::string>& families, const JobRegistry& jobs);
 
+    /// `queue` may be any band of a family: its series carry the family's (normal band's) queue name.
     [[nodiscard]] Job& job(const std::string& queue, std::string_view type);
     [[nodiscard]] prometheus::Gauge& in_flight(const std::string& queue);
     /// 1 while the whole queue is paused (conveyor queues pause FAMILY).
@@ -97,6 +98,7 @@ class WorkerMetrics {
 
     std::map<std::string, Job, std::less<>> by_type_;
     std::map<std::string, Job, std::less<>> unknown_by_queue_;
+    std::map<std::string, Job*, std::less<>> unknown_by_band_queue_;
     std::map<std::string, prometheus::Gauge*, std::less<>> in_flight_by_queue_;
     std::map<std::string, std::vector<const Job*>, std::less<>> jobs_by_queue_;
 };

@@ -93,6 +93,7 @@ struct Url {
 struct ExchangeSpec {
     std::string name;
     std::string type = "topic";
+    Headers arguments{};  ///< e.g. alternate-exchange
 };
 
 struct QueueSpec {
@@ -107,6 +108,7 @@ struct BindingSpec {
     std::string queue;
     std::string exchange;
     std::string routing_key;
+    Headers arguments{};  ///< what a headers exchange matches
 };
 
 /// An exchange-to-exchange binding: messages `source` routes by `routing_key` also go through `destination`.
@@ -122,6 +124,10 @@ struct Topology {
     std::vector<QueueSpec> queues;
     std::vector<BindingSpec> bindings;
     std::vector<ExchangeBindingSpec> exchange_bindings;
+    /// Bindings an earlier version declared and this one replaced: removed after the new ones are in place (a
+    /// message may take both routes for that moment: at least once, never unroutable). Removing one that is not
+    /// there is a no-op.
+    std::vector<BindingSpec> obsolete_bindings;
 };
 
 struct ConsumerSpec {

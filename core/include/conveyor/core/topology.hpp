@@ -1,5 +1,6 @@
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <optional>
 #include <span>
@@ -9,8 +10,14 @@
 
 #include "conveyor/core/amqp.hpp"
 
-/// Names from the wire contract (DESIGN.md): one topic exchange, a quorum queue per job family bound by
-/// "<family>.#", and a dead-letter queue per family. Plus the delay ladder that retries wait in.
+/// Names from the wire contract (DESIGN.md): one topic exchange, three quorum queues per job family (its priority
+/// bands) and a dead-letter queue per family. Plus the delay ladder that retries wait in.
+///
+/// A topic exchange routes on the routing key alone, so the band is chosen by a headers exchange per family,
+/// conveyor.<family>.bands: conveyor.jobs sends it "<family>.#", and it sends x-conveyor-priority high, normal and
+/// low to conveyor.<family>.high, conveyor.<family> and conveyor.<family>.low. A job without the header (or with a
+/// value it does not know) matches no binding and goes to its alternate exchange, conveyor.<family>.normal, a
+/// fanout into conveyor.<family>: the normal band keeps the name the family's queue always had.
 ///
 /// The delay ladder holds a message for a whole number of seconds, up to kMaxDelay, without a broker plugin:
 /// level L is a quorum queue whose messages all live exactly 2^L seconds and then dead-letter onward. A delayed
@@ -51,16 +58,30 @@ inline constexpr std::int64_t kDefaultDeliveryLimit = 20;
 /// The job families of the wire contract, in the order the CLI lists them.
 [[nodiscard]] const std::vector<std::string>& default_families();
 
+/// A job's priority: the band (queue) of its family it waits in.
+enum class Band { high, normal, low };
+inline constexpr std::array<Band, 3> kBands{Band::high, Band::normal, Band::low};
+/// The header that chooses the band: "high", "normal" or "low"; without it a job is normal.
+inline constexpr std::string_view kPriorityHeader = "x-conveyor-priority";
+[[nodiscard]] std::string_view band_name(Band band) noexcept;
+[[nodiscard]] std::optional<Band> parse_band(std::string_view name) noexcept;
+
+/// The family's normal band, conveyor.<family>.
 [[nodiscard]] std::string queue_name(std::string_view family);
+[[nodiscard]] std::string queue_name(std::string_view family, Band band);
 [[nodiscard]] std::string dead_letter_queue_name(std::string_view family);
-/// The family a job queue serves ("conveyor.orders" → "orders"); empty if the name is not a job queue.
+/// The family a job queue serves, whatever its band ("conveyor.orders.high" → "orders"); empty if the name is not
+/// a job queue.
 [[nodiscard]] std::string family_of_queue(std::string_view queue);
+/// The band a job queue is (normal for a name that is not a job queue).
+[[nodiscard]] Band band_of_queue(std::string_view queue);
 
 /// Splits a comma-separated family list and checks each name against the contract; throws
 /// std::invalid_argument naming the unknown family.
 [[nodiscard]] std::vector<std::string> parse_families(std::string_view list);
 
-/// Exchange, queues, dead-letter queues, bindings and the delay ladder for the given families.
+/// Exchanges, band queues, dead-letter queues, bindings and the delay ladder for the given families. It removes the
+/// bindings of the queues straight to conveyor.jobs and conveyor.delay.due that versions before the bands made.
 [[nodiscard]] amqp::Topology job_topology(std::span<const std::string> families,
                                           std::int64_t delivery_limit = kDefaultDeliveryLimit);
 

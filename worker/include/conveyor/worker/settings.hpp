@@ -43,8 +43,8 @@ struct WorkerSettings {
     std::vector<std::string> families;
     /// Jobs run at once (CONVEYOR_CONCURRENCY).
     unsigned concurrency = 100;
-    /// Unacknowledged deliveries across every consumed queue (CONVEYOR_PREFETCH), split evenly among them since
-    /// quorum queues have no global QoS (prefetch_shares); 0 means equal to the concurrency.
+    /// Unacknowledged deliveries per priority band across the consumed families (CONVEYOR_PREFETCH), split evenly
+    /// among them since quorum queues have no global QoS (prefetch_shares); 0 means equal to the concurrency.
     unsigned prefetch = 0;
     /// Threads running the io_context (CONVEYOR_THREADS); 0 means one per core.
     unsigned threads = 0;
