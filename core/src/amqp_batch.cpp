@@ -39,4 +39,9 @@ asio::awaitable<std::vector<boost::system::error_code>> publish_all(Connection& 
                                       asio::use_awaitable);
 }
 
+asio::awaitable<void> stop_connection(Connection& connection) {
+    connection.stop();
+    co_return;
+}
+
 }  // namespace conveyor::amqp

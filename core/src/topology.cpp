@@ -178,14 +178,6 @@ std::string family_of_queue(std::string_view queue) {
     return family.empty() ? std::string() : std::string(family);
 }
 
-Band band_of_queue(std::string_view queue) {
-    const auto dot = queue.rfind('.');
-    if (dot == std::string_view::npos || family_of_queue(queue).empty()) {
-        return Band::normal;
-    }
-    return parse_band(queue.substr(dot + 1)).value_or(Band::normal);
-}
-
 std::vector<std::string> parse_families(std::string_view list) {
     std::vector<std::string> families;
     while (!list.empty()) {

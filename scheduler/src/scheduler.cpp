@@ -16,7 +16,6 @@
 #include "archiver.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/http_server.hpp"
-#include "conveyor/core/logging.hpp"
 #include "conveyor/core/metrics.hpp"
 #include "conveyor/core/pg.hpp"
 #include "conveyor/core/redaction.hpp"
@@ -137,7 +136,8 @@ class Scheduler::Impl {
         // A stopped publisher fails the publishes that still wait, so the relay's batch ends; every coroutine that
         // holds a database connection must end before the pool goes away, and each is bounded by the statement
         // timeout.
-        co_await asio::co_spawn(blocking_, stop_connections(), asio::use_awaitable);
+        co_await asio::co_spawn(blocking_, amqp::stop_connection(publisher_), asio::use_awaitable);
+        co_await asio::co_spawn(blocking_, amqp::stop_connection(archiver_consumer_), asio::use_awaitable);
         http_.stop();
         const auto no_deadline = Clock::time_point::max();
         co_await background_.join(no_deadline);
@@ -151,13 +151,6 @@ class Scheduler::Impl {
     [[nodiscard]] std::uint16_t http_port() const noexcept { return http_.port(); }
 
   private:
-    /// Each stop joins its connection's thread: it runs on blocking_, never on an I/O thread.
-    asio::awaitable<void> stop_connections() {
-        publisher_.stop();
-        archiver_consumer_.stop();
-        co_return;
-    }
-
     void serve_http() {
         http_.get("/healthz", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
         http_.get("/readyz", [this] {
@@ -319,7 +312,7 @@ class Scheduler::Impl {
     DeadLetterArchiver archiver_;
     TaskGroup background_{io_.get_executor()};  ///< each ends at its next look at stopping_
     TaskGroup archiving_{io_.get_executor()};   ///< ends when cancelled
-    asio::thread_pool blocking_{1};
+    asio::thread_pool blocking_{1};             ///< where the connections are stopped: each stop joins a thread
     std::atomic<bool> stopping_ = false;
     std::atomic<bool> draining_ = false;
     std::atomic<bool> database_ok_ = false;

@@ -49,10 +49,6 @@ TEST(Topology, NamesFollowTheWireContract) {
     EXPECT_EQ(topology::family_of_queue("conveyor.orders.high"), "orders");
     EXPECT_EQ(topology::family_of_queue("conveyor.orders.low"), "orders");
     EXPECT_EQ(topology::family_of_queue("conveyor.orders.normal"), "");
-    EXPECT_EQ(topology::band_of_queue("conveyor.orders.high"), topology::Band::high);
-    EXPECT_EQ(topology::band_of_queue("conveyor.orders.low"), topology::Band::low);
-    EXPECT_EQ(topology::band_of_queue("conveyor.orders"), topology::Band::normal);
-    EXPECT_EQ(topology::band_of_queue("conveyor.orders.dlq"), topology::Band::normal);
     EXPECT_EQ(topology::queue_name("orders", topology::Band::high), "conveyor.orders.high");
     EXPECT_EQ(topology::queue_name("orders", topology::Band::normal), "conveyor.orders");
     EXPECT_EQ(topology::parse_band("low"), topology::Band::low);

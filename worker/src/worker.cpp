@@ -101,12 +101,6 @@ std::map<std::string, RetryPolicy, std::less<>> retry_policies(const WorkerSetti
     return policies;
 }
 
-/// Stops a connection: it joins the connection's thread, so it runs on the blocking pool.
-asio::awaitable<void> stop_connection(amqp::Connection& connection) {
-    connection.stop();
-    co_return;
-}
-
 }  // namespace
 
 /// A delivery goes through three stages on one of the pool's coroutines: admit (may it run now?), execute (the
@@ -177,7 +171,7 @@ class Worker::Impl {
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         co_await drain();
         // Nothing publishes after the drain but an outbox sweep, which must not wait for a broker that is gone.
-        co_await asio::co_spawn(blocking_, stop_connection(publisher_), asio::use_awaitable);
+        co_await asio::co_spawn(blocking_, amqp::stop_connection(publisher_), asio::use_awaitable);
         // The background tasks end within a statement (bounded by the statement timeout); a sweep's publish fails
         // at once on the stopped publisher.
         background_.cancel();
@@ -289,7 +283,7 @@ class Worker::Impl {
         admitter_.stop_waiting();
         // Closing a connection to a stalled broker takes its timeouts: the monitor's closes alongside the drain.
         closing_.spawn("closing the monitor connection",
-                       [this](TaskGroup::Task&) { return stop_connection(monitor_); });
+                       [this](TaskGroup::Task&) { return amqp::stop_connection(monitor_); });
         spdlog::info("shutdown: cancelling consumers; jobs in flight get {} ms", settings_.shutdown_grace.count());
         co_await cancel_consumers(grace_deadline);
         // Deliveries that arrived before the cancel was confirmed but have not started are handed back; closing

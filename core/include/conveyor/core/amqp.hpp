@@ -304,6 +304,10 @@ boost::asio::awaitable<std::vector<boost::system::error_code>> publish_all(
     Connection& connection, std::vector<Message> messages,
     std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
+/// Connection::stop() for a coroutine. It joins the connection's thread, so spawn it on a blocking pool, never on an
+/// I/O thread: `co_await co_spawn(pool, amqp::stop_connection(connection), use_awaitable)`.
+boost::asio::awaitable<void> stop_connection(Connection& connection);
+
 }  // namespace conveyor::amqp
 
 template <>
