@@ -178,6 +178,12 @@ std::string family_of_queue(std::string_view queue) {
     return family.empty() ? std::string() : std::string(family);
 }
 
+Band band_of_queue(std::string_view queue) noexcept {
+    const auto dot = queue.rfind('.');
+    const auto band = dot == std::string_view::npos ? std::nullopt : parse_band(queue.substr(dot + 1));
+    return band.value_or(Band::normal);
+}
+
 std::vector<std::string> parse_families(std::string_view list) {
     std::vector<std::string> families;
     while (!list.empty()) {

@@ -91,11 +91,24 @@ std::string order_payload(std::uint64_t n) {
         ::getpid(), n, n % 1000, n % 1000, items);
 }
 
-/// Publishes `count` persistent messages with confirms, at most `window` unconfirmed; `sent_at` (if given) gets
-/// each message's publish time in epoch milliseconds.
+/// How publish() sends.
+struct PublishOptions {
+    /// With a message id ("bench-<pid>-<n>") and an x-conveyor-enqueued-at header each.
+    bool as_jobs = true;
+    /// Gets each message's publish time in epoch milliseconds.
+    std::vector<std::int64_t>* sent_at = nullptr;
+    /// Paced at this rate; 0 publishes as fast as the confirms allow.
+    double per_second = 0;
+    /// The x-conveyor-priority header of every job, if not empty.
+    std::string priority;
+};
+
+/// Publishes `count` persistent messages with confirms, at most `window` unconfirmed.
 void publish(const Url& url, const std::string& exchange, const std::string& routing_key, const BodyOf& body_of,
-             std::uint64_t count, unsigned window, bool as_jobs, std::vector<std::int64_t>* sent_at = nullptr,
-             double per_second = 0) {
+             std::uint64_t count, unsigned window, const PublishOptions& options = {}) {
+    const auto as_jobs = options.as_jobs;
+    const auto per_second = options.per_second;
+    auto* sent_at = options.sent_at;
     const auto started = Clock::now();
     RawConnection connection(url);
     auto* conn = connection.get();
@@ -125,25 +138,29 @@ void publish(const Url& url, const std::string& exchange, const std::string& rou
         while (sent - confirmed >= window) {
             wait_for_confirm();
         }
+        // Paced before the enqueued-at stamp, which must say when the job was sent.
+        if (per_second > 0) {
+            std::this_thread::sleep_until(started +
+                                          std::chrono::duration_cast<Clock::duration>(
+                                              std::chrono::duration<double>(static_cast<double>(sent) / per_second)));
+        }
         amqp_basic_properties_t props{};
         props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG;
         props.delivery_mode = 2;
         props.content_type = bytes("application/json");
         std::string id;
-        amqp_table_entry_t enqueued_at{};
+        std::array<amqp_table_entry_t, 2> headers{};
         if (as_jobs) {
             id = fmt::format("bench-{}-{}", ::getpid(), sent);
             props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
             props.message_id = bytes(id);
-            enqueued_at.key = bytes("x-conveyor-enqueued-at");
-            enqueued_at.value.kind = AMQP_FIELD_KIND_I64;
-            enqueued_at.value.value.i64 = epoch_millis();
-            props.headers = {1, &enqueued_at};
-        }
-        if (per_second > 0) {
-            std::this_thread::sleep_until(started +
-                                          std::chrono::duration_cast<Clock::duration>(
-                                              std::chrono::duration<double>(static_cast<double>(sent) / per_second)));
+            headers[0].key = bytes("x-conveyor-enqueued-at");
+            headers[0].value.kind = AMQP_FIELD_KIND_I64;
+            headers[0].value.value.i64 = epoch_millis();
+            headers[1].key = bytes("x-conveyor-priority");
+            headers[1].value.kind = AMQP_FIELD_KIND_UTF8;
+            headers[1].value.value.bytes = bytes(options.priority);
+            props.headers = {options.priority.empty() ? 1 : 2, headers.data()};
         }
         const auto body = body_of(sent);
         if (sent_at != nullptr) {
@@ -240,9 +257,8 @@ int run_relay_latency(const Url& url, std::uint64_t count, double rate) {
         std::vector<std::int64_t> sent_at;
         std::map<std::string, std::int64_t> direct_arrivals;
         std::thread direct_consumer([&] { direct_arrivals = consume_timed(url, queue, count); });
-        publish(
-            url, "conveyor.jobs", "diag.noop", [](std::uint64_t) { return std::string("{}"); }, count, 1, true,
-            &sent_at, rate);
+        publish(url, "conveyor.jobs", "diag.noop", [](std::uint64_t) { return std::string("{}"); }, count, 1,
+                {.sent_at = &sent_at, .per_second = rate, .priority = {}});
         direct_consumer.join();
         std::vector<double> direct;
         for (std::uint64_t i = 0; i < count; ++i) {
@@ -256,6 +272,54 @@ int run_relay_latency(const Url& url, std::uint64_t count, double rate) {
                    percentile_ms(direct, 0.5), percentile_ms(direct, 0.99))
             << std::endl;
     }
+    return 0;
+}
+
+/// A start-latency run: `count` jobs of `type` with x-conveyor-priority `priority`, published at `rate` a second.
+struct StartLatencyRun {
+    std::string name;
+    std::string type;
+    std::string priority;
+    std::uint64_t count = 0;
+    double rate = 0;
+};
+
+/// Publishes the run's jobs paced (so each meets the load as it is, not a burst of its own) and reports, from the
+/// job history, how long after its publish each started: its x-conveyor-enqueued-at header (milliseconds, stamped
+/// as it is sent) to the started_at of its terminal event. Also how many jobs the family's normal band still held
+/// when the last one started, which says whether they ran behind a backlog.
+int run_start_latency(const std::string& url_text, const StartLatencyRun& run) {
+    const auto url = Url::parse(url_text);
+    const auto started = Clock::now();
+    publish(url, "conveyor.jobs", run.type, [](std::uint64_t) { return std::string("{}"); }, run.count, 100,
+            {.per_second = run.rate, .priority = run.priority});
+    conveyor::testing::Database database;
+    const auto ids = fmt::format("bench-{}-%", ::getpid());
+    const auto count_sql =
+        "SELECT count(*) FROM conveyor.job_events WHERE job_id LIKE $1 AND state IN ('succeeded', 'dead_lettered')";
+    const auto deadline = started + std::chrono::minutes(5);
+    while (database.scalar(count_sql, {ids}) < static_cast<std::int64_t>(run.count) && Clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    conveyor::testing::Broker broker(url_text);
+    broker.connect();
+    const auto backlog = broker.counts(fmt::format("conveyor.{}", run.type.substr(0, run.type.find('.')))).messages;
+    const auto figures = database.query(
+        "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP "
+        "(ORDER BY ms), max(ms) FROM (SELECT 1000 * extract(epoch FROM started_at - enqueued_at) AS ms "
+        "FROM conveyor.job_events WHERE job_id LIKE $1 AND state IN ('succeeded', 'dead_lettered')) AS latencies",
+        {ids});
+    const auto& row = figures.at(0);
+    if (std::stoull(row[0]) < run.count) {
+        std::cerr << fmt::format("conveyor-bench: only {} of {} jobs reached the history\n", row[0], run.count);
+        return 1;
+    }
+    std::cout
+        << fmt::format(
+               R"({{"name":"{}","priority":"{}","jobs":{},"rate_per_s":{:.0f},"p50_ms":{:.1f},"p99_ms":{:.1f},"max_ms":{:.1f},"normal_backlog_at_end":{}}})",
+               run.name, run.priority.empty() ? "normal" : run.priority, run.count, run.rate, std::stod(row[1]),
+               std::stod(row[2]), std::stod(row[3]), backlog)
+        << std::endl;
     return 0;
 }
 
@@ -322,7 +386,8 @@ int run_saga(const Url& url, std::uint64_t count, unsigned window, const std::st
     const auto started_ms = epoch_millis();
     // Paced, it measures latency at a given load rather than the queue of a burst. The sink stamps each receipt's
     // arrival, so the mailbox can be read once everything is published.
-    publish(url, "conveyor.jobs", "orders.place", BodyOf(order_payload), count, window, true, &sent_at, per_second);
+    publish(url, "conveyor.jobs", "orders.place", BodyOf(order_payload), count, window,
+            {.sent_at = &sent_at, .per_second = per_second, .priority = {}});
     const auto prefix = fmt::format("Your order bench-{}-", ::getpid());
     std::vector<double> latencies_ms;
     double last_received_ms = 0;
@@ -435,7 +500,22 @@ int main(int argc, char** argv) {
                   "The jobs are in the queue already (conveyor-bench publish): time the worker from its first "
                   "completion to its last, without a publisher beside it");
 
-    auto* preload = app.add_subcommand("publish", "Publish orders.place jobs (order_payload) and exit");
+    auto* preload = app.add_subcommand(
+        "publish", "Publish jobs and exit: orders.place (order_payload) unless --type, with --payload as the body");
+    std::string priority;
+    preload->add_option("--type", type, "Job type")->default_str("orders.place");
+    preload->add_option("--payload", payload, "Body of each job (not orders.place)");
+    preload->add_option("--priority", priority, "x-conveyor-priority of each job")
+        ->check(CLI::IsMember({"high", "normal", "low"}));
+
+    auto* start_latency = app.add_subcommand(
+        "start-latency", "Publish jobs of one priority, paced, and report from the job history how soon each started");
+    double start_rate = 50;
+    start_latency->add_option("--name", name)->required();
+    start_latency->add_option("--type", type, "Job type (diag.noop)");
+    start_latency->add_option("--priority", priority, "x-conveyor-priority of each job")
+        ->check(CLI::IsMember({"high", "normal", "low"}));
+    start_latency->add_option("--rate", start_rate, "Jobs per second")->check(CLI::PositiveNumber);
 
     auto* saga = app.add_subcommand(
         "saga", "Publish orders.place jobs and time each until its receipt email reaches the SMTP sink's mailbox");
@@ -484,9 +564,9 @@ int main(int argc, char** argv) {
             std::thread consumer([&] { consume(url, queue, count, prefetch); });
             const BodyOf same_body = [&body](std::uint64_t) { return std::string(body); };
             if (direct) {
-                publish(url, "", queue, same_body, count, window, true);
+                publish(url, "", queue, same_body, count, window);
             } else {
-                publish(url, exchange, "bench.noop", same_body, count, window, true);
+                publish(url, exchange, "bench.noop", same_body, count, window);
             }
             consumer.join();
             const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
@@ -499,8 +579,15 @@ int main(int argc, char** argv) {
         }
 
         if (*preload) {
-            publish(url, "conveyor.jobs", "orders.place", BodyOf(order_payload), count, window, true);
+            const auto body = payload.empty() ? std::string("{}") : payload;
+            const auto preload_type = preload->count("--type") > 0 ? type : std::string("orders.place");
+            const auto body_of = preload_type == "orders.place" ? BodyOf(order_payload)
+                                                                : BodyOf([&body](std::uint64_t) { return body; });
+            publish(url, "conveyor.jobs", preload_type, body_of, count, window, {.priority = priority});
             return 0;
+        }
+        if (*start_latency) {
+            return run_start_latency(url_text, {name, type, priority, count, start_rate});
         }
         if (*relay) {
             return run_relay_latency(url, count, relay_rate);
@@ -528,7 +615,7 @@ int main(int argc, char** argv) {
         auto started = Clock::now();
         std::thread publisher([&] {
             if (!published) {
-                publish(url, "conveyor.jobs", type, body_of, count, window, true);
+                publish(url, "conveyor.jobs", type, body_of, count, window);
             }
         });
         double done_at_start = 0;

@@ -157,5 +157,63 @@ TEST_F(WorkerTest, AHighPriorityJobIsRetriedInTheHighBand) {
     EXPECT_EQ(broker_.counts("conveyor.diag").messages, 0U);
 }
 
+/// Among the jobs a worker holds (its prefetch), a free coroutine prefers the high band: a high job does not wait
+/// behind the normal ones taken before it, and low ones still get their share of the starts under a normal backlog,
+/// long before it ends.
+TEST_F(WorkerTest, HighJobsOvertakeTheNormalJobsTheWorkerHoldsAndLowOnesStillStart) {
+    constexpr int kNormal = 150;
+    constexpr int kEach = 10;
+    constexpr int kPrefetch = 50;
+    auto worker = start_worker({"--concurrency", "1", "--prefetch", std::to_string(kPrefetch)}, "priority-preference");
+    publish_sleeps(kNormal, 10);
+    // Past its first starts the worker holds a full prefetch of normal jobs.
+    ASSERT_TRUE(eventually([&] { return worker.metric("conveyor_jobs_started_total") >= 3; }, 20s));
+    std::vector<amqp::Message> urgent_and_not;
+    for (int i = 0; i < kEach; ++i) {
+        for (const auto* band : {"high", "low"}) {
+            auto job = Broker::job("diag.noop", "{}", fmt::format("{}-{}", band, i));
+            amqp::set_header(job.properties.headers, topology::kPriorityHeader, std::string(band));
+            urgent_and_not.push_back(std::move(job));
+        }
+    }
+    const auto started_before = static_cast<std::int64_t>(worker.metric("conveyor_jobs_started_total"));
+    broker_.publish_all(std::move(urgent_and_not));
+    ASSERT_TRUE(eventually([&] { return worker.succeeded() == kNormal + 2 * kEach; }, 60s)) << worker.process->log();
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar("SELECT count(*) FROM conveyor.job_events WHERE state = 'succeeded'") ==
+                   kNormal + 2 * kEach;
+        },
+        10s));
+    // One coroutine: the start order is the order of started_at, which each job's terminal event carries.
+    const auto last_start = [&](const std::string& prefix) {
+        return database_.scalar(
+            "SELECT max(rank) FROM (SELECT job_id, row_number() OVER (ORDER BY started_at) AS rank "
+            "FROM conveyor.job_events WHERE state = 'succeeded') AS starts WHERE job_id LIKE $1",
+            {prefix + "%"});
+    };
+    // First in, first out, the high jobs would start after the prefetch of normal jobs held before them; with
+    // weights 6:3:1 they take 6 of every 9 or 10 starts, and a few normal ones start while they travel the broker.
+    EXPECT_LE(last_start("high-"), started_before + kEach * 10 / 6 + 10)
+        << "started before the publish: " << started_before;
+    // Strictly preferred, low jobs would wait for the whole normal backlog; at 1 in 4 starts they end long before.
+    EXPECT_LE(last_start("low-"), kNormal + 2 * kEach - kPrefetch);
+}
+
+/// Coroutines reserved for the high band: long normal jobs hold every other one, and a high job still starts at once.
+TEST_F(WorkerTest, ACoroutineReservedForHighPriorityRunsAHighJobWhileLongJobsHoldTheRest) {
+    auto worker = start_worker({"--concurrency", "3", "--high-priority-reserved", "1"}, "priority-reserved");
+    publish_sleeps(6, 4000);
+    ASSERT_TRUE(eventually([&] { return worker.metric("conveyor_jobs_in_flight") == 2; }, 20s));
+    auto urgent = Broker::job("diag.noop", "{}", "reserved-high");
+    amqp::set_header(urgent.properties.headers, topology::kPriorityHeader, std::string("high"));
+    broker_.publish(std::move(urgent));
+    ASSERT_TRUE(eventually([&] { return worker.succeeded() >= 1; }, 20s)) << worker.process->log();
+    // It ran while both long jobs still ran: without the reserved coroutine it would have waited for one of them.
+    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"type=\"diag.noop\"", "outcome=\"success\""}), 1);
+    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"type=\"diag.sleep\""}), 0);
+    EXPECT_EQ(worker.metric("conveyor_jobs_in_flight"), 2);
+}
+
 }  // namespace
 }  // namespace conveyor::testing

@@ -53,6 +53,9 @@ TEST(Topology, NamesFollowTheWireContract) {
     EXPECT_EQ(topology::queue_name("orders", topology::Band::normal), "conveyor.orders");
     EXPECT_EQ(topology::parse_band("low"), topology::Band::low);
     EXPECT_EQ(topology::parse_band("urgent"), std::nullopt);
+    EXPECT_EQ(topology::band_of_queue("conveyor.orders.high"), topology::Band::high);
+    EXPECT_EQ(topology::band_of_queue("conveyor.orders.low"), topology::Band::low);
+    EXPECT_EQ(topology::band_of_queue("conveyor.orders"), topology::Band::normal);
 }
 
 TEST(Topology, AWorkersControlQueueIsExclusiveAndItsOwn) {

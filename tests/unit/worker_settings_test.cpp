@@ -51,7 +51,9 @@ TEST(WorkerSettings, DefaultsWorkAgainstTheLocalStack) {
     EXPECT_EQ(settings.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
     EXPECT_EQ(settings.families, (std::vector<std::string>{"orders", "payments", "emails", "projections", "diag"}));
     EXPECT_EQ(settings.http_port, 9464);
-    EXPECT_EQ(settings.prefetch, settings.concurrency);
+    EXPECT_EQ(settings.prefetch, 2 * settings.concurrency);
+    EXPECT_EQ(settings.priority_weights, (std::array<unsigned, 3>{6, 3, 1}));
+    EXPECT_EQ(settings.high_priority_reserved, 0U);
     EXPECT_GE(settings.threads, 1U);
     EXPECT_FALSE(settings.name.empty());
 }
@@ -116,6 +118,9 @@ TEST(WorkerSettings, BadValuesExitNonZeroSayingWhatIsWrong) {
         {{"--retry", "diag.fail=attempts:0"}, "invalid attempts '0'"},
         {{"--retry", "Diag=attempts:2"}, "neither a job type nor 'family.*'"},
         {{"--retry-base-delay", "10s", "--retry-max-delay", "1s"}, "must not be shorter"},
+        {{"--priority-weights", "6:3"}, "expected high:normal:low"},
+        {{"--priority-weights", "6:0:1"}, "expected high:normal:low"},
+        {{"--concurrency", "4", "--high-priority-reserved", "4"}, "must be less than --concurrency (4)"},
     };
     for (const auto& [args, expected] : cases) {
         const auto parsed = parse(args);

@@ -10,6 +10,7 @@
 #include "conveyor/core/cli_options.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/topology.hpp"
+#include "ready_jobs.hpp"
 
 namespace conveyor::worker {
 
@@ -118,6 +119,7 @@ struct OptionTexts {
     std::string history = "on";
     std::string history_retention = "7d";
     std::string paused_recheck = "16s";
+    std::string priority_weights = "6:3:1";
 };
 
 void add_broker_options(CLI::App& app, WorkerSettings& settings, OptionTexts& texts) {
@@ -133,8 +135,9 @@ void add_broker_options(CLI::App& app, WorkerSettings& settings, OptionTexts& te
         ->envname("CONVEYOR_AMQP_HEARTBEAT")
         ->check(duration_validator());
     app.add_option("--queues", texts.queues, "Comma-separated job families to consume")->envname("CONVEYOR_QUEUES");
-    app.add_option("--prefetch", settings.prefetch,
-                   "Unacknowledged deliveries per priority band, split evenly among the families (0: = concurrency)")
+    app.add_option(
+           "--prefetch", settings.prefetch,
+           "Unacknowledged deliveries per priority band, split evenly among the families (0: twice the concurrency)")
         ->envname("CONVEYOR_PREFETCH")
         ->check(CLI::Range(0U, 1'000'000U));
     app.add_option("--max-message-bytes", settings.max_message_bytes, "Largest accepted message body")
@@ -146,6 +149,13 @@ void add_job_options(CLI::App& app, WorkerSettings& settings, OptionTexts& texts
     app.add_option("--concurrency", settings.concurrency, "Jobs run at once")
         ->envname("CONVEYOR_CONCURRENCY")
         ->check(CLI::Range(1U, 100'000U));
+    app.add_option("--priority-weights", texts.priority_weights,
+                   "Shares of the starts when several priority bands have jobs waiting, high:normal:low")
+        ->envname("CONVEYOR_PRIORITY_WEIGHTS");
+    app.add_option("--high-priority-reserved", settings.high_priority_reserved,
+                   "Coroutines, out of the concurrency, that run only high-priority jobs")
+        ->envname("CONVEYOR_HIGH_PRIORITY_RESERVED")
+        ->check(CLI::Range(0U, 99'999U));
     app.add_option("--threads", settings.threads, "I/O threads (0: one per core)")
         ->envname("CONVEYOR_THREADS")
         ->check(CLI::Range(0U, 256U));
@@ -260,6 +270,12 @@ void apply_texts(const OptionTexts& texts, WorkerSettings& settings) {
     if (settings.paused_recheck < std::chrono::seconds(1) || settings.paused_recheck > std::chrono::hours(1)) {
         throw std::invalid_argument("--paused-recheck must be 1s to 1h");
     }
+    settings.priority_weights = parse_band_weights(texts.priority_weights);
+    if (settings.high_priority_reserved >= settings.concurrency) {
+        throw std::invalid_argument(fmt::format(
+            "--high-priority-reserved ({}) must be less than --concurrency ({}): some coroutines must take every band",
+            settings.high_priority_reserved, settings.concurrency));
+    }
     settings.history = texts.history == "on";
     settings.history_retention = parse_duration(texts.history_retention);
     if (settings.history_retention < std::chrono::hours(1)) {
@@ -279,7 +295,9 @@ void apply_texts(const OptionTexts& texts, WorkerSettings& settings) {
 
 void fill_defaults(WorkerSettings& settings) {
     if (settings.prefetch == 0) {
-        settings.prefetch = settings.concurrency;
+        // Prefetched jobs include running ones: twice the concurrency keeps jobs of every busy band at hand beside
+        // the running ones, which the band preference needs to choose among.
+        settings.prefetch = 2 * settings.concurrency;
     }
     if (settings.threads == 0) {
         settings.threads = std::max(1U, std::thread::hardware_concurrency());

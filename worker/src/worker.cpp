@@ -26,6 +26,7 @@
 #include "execute.hpp"
 #include "housekeeping.hpp"
 #include "quarantine.hpp"
+#include "ready_jobs.hpp"
 #include "settle.hpp"
 #include "worker_metrics.hpp"
 
@@ -118,7 +119,7 @@ class Worker::Impl {
           control_queue_(topology::control_queue(settings_.name)),
           prefetch_shares_(prefetch_shares(settings_)),
           batches_(io_, deliveries_at_once()),
-          jobs_(io_, deliveries_at_once()),
+          ready_(BandPreference(settings_.priority_weights)),
           shutdown_requests_(io_, 1),
           consumer_(connection_settings(settings_, "consumer", &metrics_.consumer_observer),
                     consumer_topology(settings_.families, control_queue_)),
@@ -162,11 +163,11 @@ class Worker::Impl {
         start_background_tasks();
         start_slots();
         spdlog::info(
-            "worker {} started: queues {}, concurrency {}, prefetch {} per priority band ({} per family), {} "
-            "threads, job timeout {} ms",
-            settings_.name, fmt::join(settings_.families, ","), settings_.concurrency,
-            deliveries_at_once() / topology::kBands.size(), fmt::join(prefetch_shares_, "/"), settings_.threads,
-            settings_.job_timeout.count());
+            "worker {} started: queues {}, concurrency {} ({} reserved for high priority), priority weights {}, "
+            "prefetch {} per priority band ({} per family), {} threads, job timeout {} ms",
+            settings_.name, fmt::join(settings_.families, ","), settings_.concurrency, settings_.high_priority_reserved,
+            fmt::join(settings_.priority_weights, ":"), deliveries_at_once() / topology::kBands.size(),
+            fmt::join(prefetch_shares_, "/"), settings_.threads, settings_.job_timeout.count());
 
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         co_await drain();
@@ -266,11 +267,14 @@ class Worker::Impl {
 
     /// The pool: each coroutine runs on a strand of its own beside its job's watchdog, and the task's signal
     /// cancels whatever it awaits: the running job, at its deadline or when the shutdown's grace period is over.
+    /// The first few take only high-priority jobs.
     void start_slots() {
         job_slots_.reserve(settings_.concurrency);
         for (unsigned i = 0; i < settings_.concurrency; ++i) {
-            auto& task = slots_.spawn("worker coroutine", [this](TaskGroup::Task& slot_task) {
-                return serve_jobs(*job_slots_.emplace_back(std::make_unique<JobSlot>(slot_task)));
+            const auto takes =
+                i < settings_.high_priority_reserved ? ReadyJobs::Takes::high_band_only : ReadyJobs::Takes::any_band;
+            auto& task = slots_.spawn("worker coroutine", [this, takes](TaskGroup::Task& slot_task) {
+                return serve_jobs(*job_slots_.emplace_back(std::make_unique<JobSlot>(slot_task)), takes);
             });
             slots_.spawn_on(task.strand(), "job watchdog",
                             [this, i](TaskGroup::Task&) { return watch(*job_slots_[i], settings_.job_timeout); });
@@ -287,7 +291,7 @@ class Worker::Impl {
         spdlog::info("shutdown: cancelling consumers; jobs in flight get {} ms", settings_.shutdown_grace.count());
         co_await cancel_consumers(grace_deadline);
         // Deliveries that arrived before the cancel was confirmed but have not started are handed back; closing
-        // the batch channel makes the dispatcher hand back the rest and close the job channel, which ends the slots.
+        // the batch channel makes the dispatcher hand back the rest and close the ready jobs, which ends the slots.
         std::vector<amqp::Delivery> not_started;
         while (batches_.try_receive([&not_started](error_code, amqp::DeliveryBatch batch) {
             std::move(batch.begin(), batch.end(), std::back_inserter(not_started));
@@ -401,7 +405,7 @@ class Worker::Impl {
         co_return std::string();
     }
 
-    /// Fans each batch from the connection thread out to the slots. Running on the worker's own threads, it
+    /// Lines up each batch from the connection thread for the slots. Running on the worker's own threads, it
     /// wakes slots without system calls; only the batch itself crossed threads.
     asio::awaitable<void> dispatch() {
         while (true) {
@@ -409,25 +413,15 @@ class Worker::Impl {
             if (error) {
                 break;  // closed at shutdown
             }
-            for (auto& delivery : batch) {
-                // try_send moves the delivery only when it succeeds.
-                if (!jobs_.try_send(error_code{}, std::move(delivery))) {
-                    co_await jobs_.async_send(error_code{}, std::move(delivery),  // NOLINT(bugprone-use-after-move)
-                                              asio::as_tuple(asio::use_awaitable));
-                }
-            }
+            ready_.push(std::move(batch));
         }
-        std::vector<amqp::Delivery> not_started;
-        while (jobs_.try_receive(
-            [&not_started](error_code, amqp::Delivery delivery) { not_started.push_back(std::move(delivery)); })) {
-        }
-        jobs_.close();
+        auto not_started = ready_.close();
         co_await settlement_.hand_back(std::move(not_started), metrics_, kHandBackTimeout);
     }
 
-    asio::awaitable<void> serve_jobs(JobSlot& slot) {
+    asio::awaitable<void> serve_jobs(JobSlot& slot, ReadyJobs::Takes takes) {
         try {
-            co_await take_jobs(slot);
+            co_await take_jobs(slot, takes);
         } catch (...) {
             slot.close();
             throw;
@@ -435,18 +429,19 @@ class Worker::Impl {
         slot.close();
     }
 
-    asio::awaitable<void> take_jobs(JobSlot& slot) {
+    asio::awaitable<void> take_jobs(JobSlot& slot, ReadyJobs::Takes takes) {
         simdjson::dom::parser parser;
+        ReadyJobs::Taker taker(co_await asio::this_coro::executor, takes);
         while (true) {
             // A cancellation is meant for the job it interrupted (or one that ended as it fired); it must not
             // fail the waits that follow.
             co_await asio::this_coro::reset_cancellation_state();
-            auto [error, delivery] = co_await jobs_.async_receive(asio::as_tuple(asio::use_awaitable));
+            auto [error, delivery] = co_await ready_.take(taker);
             if (error == asio::error::operation_aborted && !aborting_) {
                 continue;
             }
             if (error) {
-                co_return;  // the channel closed at shutdown
+                co_return;  // closed at shutdown
             }
             if (!consumer_.is_current(delivery)) {
                 continue;  // its connection dropped, so the broker has requeued it already
@@ -546,7 +541,7 @@ class Worker::Impl {
     amqp::QueueSpec control_queue_;
     std::vector<std::uint16_t> prefetch_shares_;
     amqp::DeliveryChannel batches_;
-    asio::experimental::concurrent_channel<void(error_code, amqp::Delivery)> jobs_;
+    ReadyJobs ready_;
     asio::experimental::concurrent_channel<void(error_code)> shutdown_requests_;
     amqp::Connection consumer_;
     amqp::Connection publisher_;

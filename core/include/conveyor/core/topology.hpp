@@ -73,6 +73,8 @@ inline constexpr std::string_view kPriorityHeader = "x-conveyor-priority";
 /// The family a job queue serves, whatever its band ("conveyor.orders.high" → "orders"); empty if the name is not
 /// a job queue.
 [[nodiscard]] std::string family_of_queue(std::string_view queue);
+/// The band a job queue holds ("conveyor.orders.high" → high); normal for a name without a band's suffix.
+[[nodiscard]] Band band_of_queue(std::string_view queue) noexcept;
 
 /// Splits a comma-separated family list and checks each name against the contract; throws
 /// std::invalid_argument naming the unknown family.

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -44,8 +45,15 @@ struct WorkerSettings {
     /// Jobs run at once (CONVEYOR_CONCURRENCY).
     unsigned concurrency = 100;
     /// Unacknowledged deliveries per priority band across the consumed families (CONVEYOR_PREFETCH), split evenly
-    /// among them since quorum queues have no global QoS (prefetch_shares); 0 means equal to the concurrency.
+    /// among them since quorum queues have no global QoS (prefetch_shares); 0 means twice the concurrency.
     unsigned prefetch = 0;
+    /// How free coroutines share out their starts among the priority bands when several have jobs waiting
+    /// (CONVEYOR_PRIORITY_WEIGHTS, "high:normal:low"): each backlogged band gets its weight's share, so low
+    /// priority never starves.
+    std::array<unsigned, 3> priority_weights{6, 3, 1};
+    /// Coroutines (of the concurrency) that run only high-priority jobs (CONVEYOR_HIGH_PRIORITY_RESERVED): what
+    /// bounds a high job's wait when long jobs of the other bands hold every other coroutine.
+    unsigned high_priority_reserved = 0;
     /// Threads running the io_context (CONVEYOR_THREADS); 0 means one per core.
     unsigned threads = 0;
     /// Deadline for one job unless its type sets its own (CONVEYOR_JOB_TIMEOUT).
@@ -100,13 +108,13 @@ struct ParseResult {
     int exit_code = 0;
 };
 
-/// The policy a job type runs under: its own or the default, with the overrides that match it applied, a
-/// family-wide one before an exact one.
 /// The basic.qos prefetch of each consumed queue, in the order of `families`: the prefetch split evenly (the
 /// first queues take the remainder), at least 1 each, so what the broker hands this worker at once stays bounded
 /// by the prefetch however many families it consumes.
 [[nodiscard]] std::vector<std::uint16_t> prefetch_shares(const WorkerSettings& settings);
 
+/// The policy a job type runs under: its own or the default, with the overrides that match it applied, a
+/// family-wide one before an exact one.
 [[nodiscard]] RetryPolicy effective_retry_policy(const WorkerSettings& settings, const JobDefinition& definition);
 
 /// Parses argv (without the program name at index 0 being special: pass argv as is). Help goes to `out`,
