@@ -213,6 +213,9 @@ amqp::Message outbox_to_message(const OutboxMessage& row) {
     if (!row.traceparent.empty()) {
         amqp::set_header(properties.headers, "traceparent", row.traceparent);
     }
+    if (!row.priority.empty() && row.priority != topology::band_name(topology::Band::normal)) {
+        amqp::set_header(properties.headers, topology::kPriorityHeader, row.priority);
+    }
     return message;
 }
 

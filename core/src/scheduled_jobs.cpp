@@ -32,7 +32,7 @@ bool is_job_id(std::string_view text) noexcept {
 asio::awaitable<pg::Result> list(pg::Pool& pool, const Filter& filter) {
     auto rows = co_await pool.query(
         "SELECT id, type, to_char(run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), state, source, "
-        "idempotency_key, correlation_id, payload::text, error FROM conveyor.scheduled_jobs "
+        "idempotency_key, correlation_id, payload::text, error, priority FROM conveyor.scheduled_jobs "
         "WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR type = $2) ORDER BY run_at, id LIMIT $3",
         filter.state, filter.type, filter.limit);
     co_return rows;

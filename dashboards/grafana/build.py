@@ -141,10 +141,14 @@ OVERVIEW = dashboard(
               [(f'histogram_quantile({q}, sum by (le) (rate(conveyor_job_queue_wait_seconds_bucket{{{SELECT}}}'
                 f'[$__rate_interval])))', f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)], unit="s"),
         row("Backlog"),
-        panel("Queue depth", "Ready messages per job queue (RabbitMQ, per-object metrics).",
-              [('sum by (queue) (rabbitmq_queue_messages_ready{queue=~"conveyor\\\\.[a-z_]+"})', "{{queue}}")]),
-        panel("Consumers per queue", "Worker consumers subscribed to each job queue; 0 with messages waiting alerts.",
-              [('sum by (queue) (rabbitmq_queue_consumers{queue=~"conveyor\\\\.[a-z_]+"})', "{{queue}}")]),
+        panel("Queue depth", "Ready messages per job queue, each priority band its own series: conveyor.<family> is "
+              "the normal band, .high and .low the others (RabbitMQ, per-object metrics).",
+              [('sum by (queue) (rabbitmq_queue_messages_ready{queue=~"conveyor\\\\.[a-z_]+(\\\\.high|\\\\.low)?"})',
+                "{{queue}}")]),
+        panel("Consumers per queue", "Worker consumers subscribed to each job queue and band; 0 with messages "
+              "waiting alerts.",
+              [('sum by (queue) (rabbitmq_queue_consumers{queue=~"conveyor\\\\.[a-z_]+(\\\\.high|\\\\.low)?"})',
+                "{{queue}}")]),
         panel("Workers needed and running",
               "The workers' own estimate of the pods the backlog needs (conveyor_workers_needed: arrivals x p95 "
               "duration plus the backlog drained within a minute, over per-pod concurrency; KEDA and the HPA scale "
@@ -223,8 +227,10 @@ FAMILY = dashboard(
               unit="s", width=8),
         panel("In flight", "Jobs of this family running now.",
               [('sum(conveyor_jobs_in_flight{queue="conveyor.$family"})', "in flight")], width=8),
-        panel("Queue depth and consumers", "Ready messages and consumers of the family's queue.",
-              [('sum(rabbitmq_queue_messages_ready{queue="conveyor.$family"})', "ready"),
+        panel("Queue depth and consumers", "Ready messages of the family's three priority bands, the high band's "
+              "alone, and the consumers of its normal band (one per worker).",
+              [('sum(rabbitmq_queue_messages_ready{queue=~"conveyor\\\\.$family(\\\\.high|\\\\.low)?"})', "ready, all bands"),
+               ('sum(rabbitmq_queue_messages_ready{queue="conveyor.$family.high"})', "ready, high"),
                ('sum(rabbitmq_queue_consumers{queue="conveyor.$family"})', "consumers")], width=8),
         panel("Dead letters stored by reason", "This family's stored dead letters by reason.",
               [('max by (reason) (conveyor_dead_letters_stored{family="$family"})', "{{reason}}")]),

@@ -196,7 +196,7 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     }
     auto& jobs = parsed.jobs;
     const bool is_batch = parsed.batch;
-    std::vector<std::string> types, payloads, run_ats, keys, correlations, traceparents;
+    std::vector<std::string> types, payloads, run_ats, keys, correlations, traceparents, priorities;
     for (auto& job : jobs) {
         types.push_back(std::move(job.type));
         payloads.push_back(std::move(job.payload));
@@ -204,6 +204,7 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
         keys.push_back(std::move(job.idempotency_key));
         correlations.push_back(std::move(job.correlation_id));
         traceparents.push_back(std::move(job.traceparent));
+        priorities.push_back(std::move(job.priority));
     }
     const auto type_array = pg::text_array(types);
     const auto payload_array = pg::text_array(payloads);
@@ -211,6 +212,7 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     const auto key_array = pg::text_array(keys);
     const auto correlation_array = pg::text_array(correlations);
     const auto traceparent_array = pg::text_array(traceparents);
+    const auto priority_array = pg::text_array(priorities);
     // The token's name, not its secret, names the idempotency keys' namespace: they survive a token's rotation.
     const auto source = fmt::format("api:{}", token.name);
     pg::Result rows;
@@ -218,10 +220,12 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     try {
         rows = co_await pool_.query(
             "SELECT conveyor.enqueue(j.type, j.payload::jsonb, coalesce(nullif(j.run_at, '')::timestamptz, now()), "
-            "nullif(j.key, ''), nullif(j.correlation, ''), nullif(j.traceparent, ''), $7) "
-            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY "
-            "AS j(type, payload, run_at, key, correlation, traceparent, n) ORDER BY j.n",
-            type_array, payload_array, run_at_array, key_array, correlation_array, traceparent_array, source);
+            "nullif(j.key, ''), nullif(j.correlation, ''), nullif(j.traceparent, ''), $7, "
+            "coalesce(nullif(j.priority, ''), 'normal')) "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[]) "
+            "WITH ORDINALITY AS j(type, payload, run_at, key, correlation, traceparent, priority, n) ORDER BY j.n",
+            type_array, payload_array, run_at_array, key_array, correlation_array, traceparent_array, source,
+            priority_array);
     } catch (const pg::Error& e) {
         // conveyor.enqueue() refuses a key that already names a job of another type or payload.
         if (e.sqlstate() != "23505") {
@@ -277,6 +281,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& requ
             {"correlation_id", json_or_null(rows, row, 6)},
             {"payload", stored_json(rows.text(row, 7))},
             {"error", json_or_null(rows, row, 8)},
+            {"priority", rows.text(row, 9)},
         });
     }
     auto response = json_response(200, boost::json::object{{"jobs", std::move(jobs)}});

@@ -10,6 +10,7 @@
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/json.hpp"
 #include "conveyor/core/scheduled_jobs.hpp"
+#include "conveyor/core/topology.hpp"
 #include "conveyor/core/trace.hpp"
 
 namespace conveyor::scheduler {
@@ -20,7 +21,8 @@ using std::chrono::system_clock;
 using Millis = std::chrono::milliseconds;
 
 constexpr std::size_t kMaxIdentifierBytes = 255;
-constexpr std::string_view kKnownFields = "type, payload, run_at, delay, idempotency_key, correlation_id, traceparent";
+constexpr std::string_view kKnownFields =
+    "type, payload, run_at, delay, idempotency_key, correlation_id, traceparent, priority";
 
 // Groups: 1 year, 2 month, 3 day, 4 hour, 5 minute, 6 second, 7 fraction, 8 zone, 9 sign, 10 and 11 the offset.
 const std::regex kTimestamp(
@@ -102,6 +104,12 @@ bool read_field(std::string_view key, simdjson::dom::element value, ApiJob& job,
         if (!Traceparent::parse(job.traceparent)) {
             throw InvalidRequest("traceparent must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)");
         }
+    } else if (key == "priority") {
+        std::string_view priority;
+        if (value.get(priority) != simdjson::SUCCESS || !topology::parse_band(priority)) {
+            throw InvalidRequest("priority must be \"high\", \"normal\" or \"low\"");
+        }
+        job.priority = std::string(priority);
     } else {
         throw InvalidRequest(fmt::format("unknown field '{}' (known: {})", key.substr(0, 64), kKnownFields));
     }

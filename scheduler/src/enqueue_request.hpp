@@ -20,6 +20,8 @@ struct ApiJob {
     std::string idempotency_key;
     std::string correlation_id;
     std::string traceparent;
+    /// "high", "normal" or "low"; empty is normal.
+    std::string priority;
 };
 
 struct EnqueueRequest {
@@ -34,7 +36,8 @@ class InvalidRequest : public std::invalid_argument {
     using std::invalid_argument::invalid_argument;
 };
 
-/// Reads a POST /v1/jobs body: one job {type, payload, run_at | delay, idempotency_key, correlation_id, traceparent}
+/// Reads a POST /v1/jobs body: one job {type, payload, run_at | delay, idempotency_key, correlation_id, traceparent,
+/// priority}
 /// or {"jobs": [...]} of up to kMaxBatch, each checked against the catalogue; the whole body free of repeated keys
 /// and U+0000, each payload within json::kMaxDepth. Throws InvalidRequest.
 [[nodiscard]] EnqueueRequest parse_enqueue_request(std::string_view body, const JobCatalogue& catalogue,

@@ -27,7 +27,7 @@ constexpr int kMaxPublishAttempts = 50;
 
 constexpr std::string_view kClaimDue =
     "SELECT id, type, payload::text, correlation_id, traceparent, "
-    "(extract(epoch FROM greatest(run_at, created_at)) * 1000)::bigint "
+    "(extract(epoch FROM greatest(run_at, created_at)) * 1000)::bigint, priority "
     "FROM conveyor.scheduled_jobs WHERE state = 'pending' AND run_at <= now() "
     "AND (next_attempt_at IS NULL OR next_attempt_at <= now()) "
     "ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED";
@@ -51,6 +51,7 @@ std::vector<OutboxMessage> read_due(const pg::Result& rows) {
         job.correlation_id = rows.text(row, 3);
         job.traceparent = rows.text(row, 4);
         job.enqueued_at_ms = rows.integer(row, 5);
+        job.priority = rows.text(row, 6);
         jobs.push_back(std::move(job));
     }
     return jobs;

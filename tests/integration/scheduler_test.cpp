@@ -6,6 +6,7 @@
 #include <csignal>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -425,6 +426,46 @@ TEST_F(SchedulerApiTest, EnqueuesOneJobAndAnswersWithItsId) {
     const auto row = database_.query("SELECT source, correlation_id FROM conveyor.scheduled_jobs WHERE id = $1", {id});
     EXPECT_EQ(row[0][0], "api:orders-service");
     EXPECT_EQ(row[0][1], "order-1");
+}
+
+/// A priority given through SQL, HTTP or the CLI (immediate or scheduled) reaches its band's queue, and a wrong one
+/// is refused on each of them.
+TEST_F(SchedulerApiTest, APriorityGivenOnEveryWayInReachesItsBand) {
+    const auto sql_high = database_.query("SELECT conveyor.enqueue('diag.noop', '{}', priority => 'high')")[0][0];
+    try {
+        database_.query("SELECT conveyor.enqueue('diag.noop', '{}', priority => 'urgent')");
+        ADD_FAILURE() << "conveyor.enqueue() took priority 'urgent'";
+    } catch (const pg::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("priority 'urgent' is not high, normal or low"), std::string::npos)
+            << e.what();
+    }
+    const auto http_low = call("POST", "/v1/jobs", "enqueue-secret", R"({"type": "diag.noop", "priority": "low"})");
+    ASSERT_EQ(http_low.status, 202) << http_low.body;
+    const auto refused = call("POST", "/v1/jobs", "enqueue-secret", R"({"type": "diag.noop", "priority": "urgent"})");
+    EXPECT_EQ(refused.status, 400) << refused.body;
+    EXPECT_NE(refused.body.find("priority must be"), std::string::npos) << refused.body;
+    run_cli({"enqueue", "diag.noop", "--priority", "high", "--job-id", "cli-high"});
+    const auto cli_low = run_cli({"enqueue", "diag.noop", "--priority", "low", "--in", "1s", "--pg-url", pg_url()});
+    auto [status, output] = run_command(
+        {(binary_dir() / "conveyor").string(), "--amqp-url", amqp_url(), "enqueue", "diag.noop", "--priority", "soon"},
+        30s);
+    EXPECT_EQ(status, 2) << output;
+    EXPECT_NE(output.find("--priority"), std::string::npos) << output;
+
+    const auto ids_in = [&](const std::string& queue, std::size_t expected) {
+        std::set<std::string> ids;
+        for (const auto& delivery : broker_.take(queue, expected, 10s)) {
+            ids.insert(delivery.message.properties.message_id);
+        }
+        return ids;
+    };
+    EXPECT_EQ(ids_in("conveyor.diag.high", 2), (std::set<std::string>{sql_high, "cli-high"}));
+    std::smatch scheduled;
+    ASSERT_TRUE(std::regex_search(cli_low, scheduled, std::regex("[0-9a-f]{8}-[0-9a-f-]{27}"))) << cli_low;
+    EXPECT_EQ(ids_in("conveyor.diag.low", 2), (std::set<std::string>{http_low.body.substr(7, 36), scheduled.str()}));
+    EXPECT_EQ(broker_.counts("conveyor.diag").messages, 0U);
+    const auto listed = call("GET", "/v1/scheduled?state=all", "admin-secret");
+    EXPECT_NE(listed.body.find(R"("priority":"low")"), std::string::npos) << listed.body;
 }
 
 TEST_F(SchedulerApiTest, RefusesWithTheRightStatusAndAPreciseError) {

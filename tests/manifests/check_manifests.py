@@ -907,10 +907,13 @@ def check_k8s(resources, context, binaries, dockerfile, problems, stats):
                 stats["triggers"] += 1
                 if trigger.get("type") == "rabbitmq":
                     queue = metadata.get("queueName", "")
-                    family = queue[len("conveyor."):] if queue.startswith("conveyor.") else None
+                    # A family's priority bands: conveyor.<family> (normal), conveyor.<family>.high and .low.
+                    band = re.fullmatch(r"conveyor\.([a-z_]+)(\.high|\.low)?", queue)
+                    family = band.group(1) if band else None
                     if family not in families:
                         problems.add(where, f"{resource} rabbitmq trigger on '{queue}': not a job queue "
-                                            f"(conveyor.<family>, families {','.join(families)})", context)
+                                            f"(conveyor.<family>[.high|.low], families {','.join(families)})",
+                                     context)
                     elif consumed is not None and family not in consumed:
                         problems.add(where, f"{resource} scales on {queue}, but the workers do not consume "
                                             f"{family} (CONVEYOR_QUEUES={','.join(consumed)})", context)

@@ -57,6 +57,19 @@ TEST_F(EnqueueRequestTest, ReadsOneJobAndABatch) {
     EXPECT_EQ(batch.jobs[1].run_at, "2026-12-24T17:00:00.000Z");
 }
 
+TEST_F(EnqueueRequestTest, ReadsAPriorityBandAndRefusesAnyOther) {
+    const auto batch = parse(R"({"jobs":[{"type":"diag.noop","priority":"high"},{"type":"diag.noop"},)"
+                             R"({"type":"diag.noop","priority":"low"}]})");
+    ASSERT_EQ(batch.jobs.size(), 3U);
+    EXPECT_EQ(batch.jobs[0].priority, "high");
+    EXPECT_EQ(batch.jobs[1].priority, "");
+    EXPECT_EQ(batch.jobs[2].priority, "low");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","priority":"urgent"})"), R"(priority must be "high", "normal" or "low")");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","priority":1})"), R"(priority must be "high", "normal" or "low")");
+    EXPECT_EQ(refusal(R"({"jobs":[{"type":"diag.noop","priority":"HIGH"}]})"),
+              R"(jobs[0]: priority must be "high", "normal" or "low")");
+}
+
 TEST_F(EnqueueRequestTest, RefusesRepeatedKeysAnywhereNamingThem) {
     EXPECT_EQ(refusal(R"({"type":"diag.sleep","payload":{"ms":1,"ms":"x"}})"), R"(duplicate key "ms" at $.payload)");
     EXPECT_EQ(refusal(R"({"type":"diag.fail","type":"diag.noop"})"), R"(duplicate key "type" at $)");

@@ -147,9 +147,15 @@ asio::awaitable<std::size_t> OutboxRelay::sweep(std::chrono::milliseconds min_ag
         std::vector<OutboxMessage> batch;
         batch.reserve(static_cast<std::size_t>(rows.rows()));
         for (int i = 0; i < rows.rows(); ++i) {
-            batch.push_back({rows.integer(i, 0), std::string(rows.text(i, 1)), std::string(rows.text(i, 2)),
-                             std::string(rows.text(i, 3)), std::string(rows.text(i, 4)), std::string(rows.text(i, 5)),
-                             std::string(rows.text(i, 6)), rows.integer(i, 7)});
+            batch.push_back({rows.integer(i, 0),
+                             std::string(rows.text(i, 1)),
+                             std::string(rows.text(i, 2)),
+                             std::string(rows.text(i, 3)),
+                             std::string(rows.text(i, 4)),
+                             std::string(rows.text(i, 5)),
+                             std::string(rows.text(i, 6)),
+                             rows.integer(i, 7),
+                             {}});
         }
         std::vector<std::int64_t> published;
         bool broker_gone = false;

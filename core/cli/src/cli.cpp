@@ -175,6 +175,10 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     enqueue_cmd->add_option("--job-id", enqueue_options.job_id, "Job id (message_id) to use; only with --count 1");
     enqueue_cmd->add_option("--window", enqueue_options.window, "Publishes awaiting a confirm at once")
         ->check(CLI::Range(1U, 100'000U));
+    enqueue_cmd
+        ->add_option("--priority", enqueue_options.priority,
+                     "Priority band of every job: high, normal or low (x-conveyor-priority)")
+        ->check(CLI::IsMember({"high", "normal", "low"}));
     enqueue_cmd->add_flag("!--no-progress", enqueue_options.progress, "Do not print progress on stderr");
     auto* at_option = enqueue_cmd->add_option(
         "--at", enqueue_options.at,

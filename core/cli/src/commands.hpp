@@ -37,6 +37,8 @@ struct EnqueueOptions {
     std::string at;  ///< a timestamp PostgreSQL understands, e.g. 2026-12-24T18:00:00+01:00
     std::string in;  ///< a duration from now, e.g. 90s, 15m
     std::string idempotency_key;
+    /// x-conveyor-priority of every job: high, normal or low.
+    std::string priority = "normal";
     std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
 };
 

@@ -203,6 +203,9 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
     run.properties.content_type = "application/json";
     run.properties.delivery_mode = 2;
     run.properties.correlation_id = options.correlation_id;
+    if (options.priority != topology::band_name(topology::Band::normal)) {
+        amqp::set_header(run.properties.headers, topology::kPriorityHeader, options.priority);
+    }
     if (options.count <= kMaxPrintedIds) {
         run.ids.resize(options.count);
     }

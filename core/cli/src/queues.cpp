@@ -54,6 +54,7 @@ boost::json::object queue_json(const std::string& queue, const std::string& fami
     if (!job_queue) {
         return line;
     }
+    line["priority"] = topology::band_name(topology::band_of_queue(queue));
     if (!pause) {
         line["paused"] = nullptr;
         return line;
@@ -99,8 +100,10 @@ int show_queues(const CommonOptions& common, const QueuesOptions& options) {
         }
         for (const auto& family : families) {
             const auto pause = pauses ? std::optional(job_control::family_pause(*pauses, family)) : std::nullopt;
-            const std::array<std::string, 2> queues{topology::queue_name(family),
-                                                    topology::dead_letter_queue_name(family)};
+            // The priority bands, then the dead letters.
+            const std::array<std::string, 4> queues{
+                topology::queue_name(family, topology::Band::high), topology::queue_name(family),
+                topology::queue_name(family, topology::Band::low), topology::dead_letter_queue_name(family)};
             for (const auto& queue : queues) {
                 auto [error, counts] =
                     co_await connection.async_queue_counts(queue, asio::as_tuple(asio::use_awaitable));
@@ -114,7 +117,7 @@ int show_queues(const CommonOptions& common, const QueuesOptions& options) {
                     std::cerr << fmt::format("conveyor queues: {}: {}\n", queue, error.message());
                     co_return kUnavailable;
                 }
-                const bool job_queue = queue == queues[0];
+                const bool job_queue = queue != queues.back();
                 if (options.json) {
                     std::cout << boost::json::serialize(queue_json(queue, family, counts, pause, job_queue)) << '\n';
                 } else {

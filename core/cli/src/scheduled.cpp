@@ -121,10 +121,10 @@ int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string
             const std::optional<std::string> correlation =
                 options.correlation_id.empty() ? std::nullopt : std::optional(options.correlation_id);
             const auto inserted = co_await pool.query(
-                "SELECT conveyor.enqueue($1, payload::jsonb, $3::timestamptz, $4, $5, NULL, 'cli'), "
+                "SELECT conveyor.enqueue($1, payload::jsonb, $3::timestamptz, $4, $5, NULL, 'cli', $6), "
                 "to_char($3::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') "
                 "FROM unnest($2::text[]) WITH ORDINALITY AS p(payload, n) ORDER BY n",
-                options.type, batch, run_at, key, correlation);
+                options.type, batch, run_at, key, correlation, options.priority);
             for (int row = 0; row < inserted.rows(); ++row) {
                 ids.emplace_back(inserted.text(row, 0));
                 due_text = inserted.text(row, 1);
@@ -161,22 +161,23 @@ int list_scheduled(const ScheduledListOptions& options) {
         filter.limit = static_cast<std::int64_t>(options.limit);
         const auto rows = co_await scheduled_jobs::list(pool, filter);
         if (!options.json) {
-            std::cout << fmt::format("{:<36}  {:<22}  {:<24}  {:<9}  {}\n", "ID", "TYPE", "RUN AT (UTC)", "STATE",
-                                     "SOURCE");
+            std::cout << fmt::format("{:<36}  {:<22}  {:<24}  {:<9}  {:<8}  {}\n", "ID", "TYPE", "RUN AT (UTC)",
+                                     "STATE", "PRIORITY", "SOURCE");
         }
         for (int row = 0; row < rows.rows(); ++row) {
             if (options.json) {
                 std::cout
                     << fmt::format(
-                           R"({{"id":{},"type":{},"run_at":{},"state":{},"source":{},"idempotency_key":{},"correlation_id":{},"payload":{},"error":{}}})",
+                           R"({{"id":{},"type":{},"run_at":{},"state":{},"source":{},"idempotency_key":{},"correlation_id":{},"payload":{},"error":{},"priority":{}}})",
                            json_string(rows.text(row, 0)), json_string(rows.text(row, 1)),
                            json_string(rows.text(row, 2)), json_string(rows.text(row, 3)),
                            json_string(rows.text(row, 4)), json_or_null(rows, row, 5), json_or_null(rows, row, 6),
-                           rows.text(row, 7), json_or_null(rows, row, 8))
+                           rows.text(row, 7), json_or_null(rows, row, 8), json_string(rows.text(row, 9)))
                     << '\n';
             } else {
-                std::cout << fmt::format("{:<36}  {:<22}  {:<24}  {:<9}  {}\n", rows.text(row, 0), rows.text(row, 1),
-                                         rows.text(row, 2), rows.text(row, 3), rows.text(row, 4));
+                std::cout << fmt::format("{:<36}  {:<22}  {:<24}  {:<9}  {:<8}  {}\n", rows.text(row, 0),
+                                         rows.text(row, 1), rows.text(row, 2), rows.text(row, 3), rows.text(row, 9),
+                                         rows.text(row, 4));
             }
         }
         if (!options.json && static_cast<std::size_t>(rows.rows()) == options.limit) {

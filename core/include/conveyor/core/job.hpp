@@ -121,10 +121,12 @@ struct OutboxMessage {
     std::string traceparent;
     std::string body;
     std::int64_t enqueued_at_ms = 0;
+    /// "high" or "low" (x-conveyor-priority); empty or "normal" publishes without the header.
+    std::string priority;
 };
 
 /// The AMQP message for an outbox row, as the wire contract describes a job: the id as message_id, enqueued-at in
-/// milliseconds, the correlation id and traceparent it carries.
+/// milliseconds, the correlation id, traceparent and priority it carries.
 [[nodiscard]] amqp::Message outbox_to_message(const OutboxMessage& row);
 
 /// What a handler gets: the validated envelope, a logger, and the deadline it must finish by. The worker
