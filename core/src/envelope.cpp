@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 
 #include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/json.hpp"
 #include "conveyor/core/topology.hpp"
+#include "conveyor/core/utf8.hpp"
 
 namespace conveyor {
 
@@ -38,6 +40,51 @@ bool is_json_content_type(std::string_view content_type) noexcept {
                                   std::equal(media_type.begin(), media_type.end(), kJson.begin(), [](char a, char b) {
                                       return std::tolower(static_cast<unsigned char>(a)) == b;
                                   }));
+}
+
+/// The unique window in whole seconds: an integer, or its decimal text (some clients send every header as text).
+std::optional<std::int64_t> unique_seconds(const amqp::FieldValue& value) {
+    std::int64_t seconds = -1;
+    if (const auto* number = std::get_if<std::int64_t>(&value)) {
+        seconds = *number;
+    } else if (const auto* text = std::get_if<std::string>(&value)) {
+        const auto [end, failure] = std::from_chars(text->data(), text->data() + text->size(), seconds);
+        if (failure != std::errc{} || end != text->data() + text->size()) {
+            return std::nullopt;
+        }
+    }
+    if (seconds < 0 || seconds > job_headers::kMaxUniqueForSeconds) {
+        return std::nullopt;
+    }
+    return seconds;
+}
+
+/// x-conveyor-unique-key and x-conveyor-unique-for into the envelope; what is wrong with them otherwise.
+boost::system::result<void, std::string> read_unique(const amqp::Headers& headers, Envelope& envelope) {
+    const auto* key = amqp::find_header(headers, job_headers::kUniqueKey);
+    const auto* window = amqp::find_header(headers, job_headers::kUniqueFor);
+    if (key != nullptr) {
+        const auto* text = std::get_if<std::string>(key);
+        // Bound for PostgreSQL, which refuses invalid UTF-8 and U+0000.
+        if (text == nullptr || text->empty() || text->size() > job_headers::kMaxUniqueKeyBytes ||
+            text->find('\0') != std::string::npos || utf8::sanitized(*text) != *text) {
+            return fmt::format("{} must be UTF-8 text of 1 to {} bytes without U+0000", job_headers::kUniqueKey,
+                               job_headers::kMaxUniqueKeyBytes);
+        }
+        envelope.unique_key = *text;
+    }
+    if (window != nullptr) {
+        const auto seconds = unique_seconds(*window);
+        if (!seconds) {
+            return fmt::format("{} must be whole seconds from 0 to {}", job_headers::kUniqueFor,
+                               job_headers::kMaxUniqueForSeconds);
+        }
+        if (key == nullptr) {
+            return fmt::format("{} needs {}", job_headers::kUniqueFor, job_headers::kUniqueKey);
+        }
+        envelope.unique_for = std::chrono::seconds(*seconds);
+    }
+    return {};
 }
 
 }  // namespace
@@ -139,6 +186,9 @@ boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Messag
         if (const auto* number = std::get_if<std::int64_t>(attempt); number != nullptr && *number >= 1) {
             envelope.attempt = static_cast<std::uint32_t>(std::min<std::int64_t>(*number, UINT32_MAX));
         }
+    }
+    if (auto unique = read_unique(properties.headers, envelope); !unique) {
+        return error(EnvelopeErrc::invalid_envelope, std::move(unique.error()));
     }
     return envelope;
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/json.hpp"
 #include "conveyor/core/topology.hpp"
 
@@ -215,6 +216,10 @@ amqp::Message outbox_to_message(const OutboxMessage& row) {
     }
     if (!row.priority.empty() && row.priority != topology::band_name(topology::Band::normal)) {
         amqp::set_header(properties.headers, topology::kPriorityHeader, row.priority);
+    }
+    if (!row.unique_key.empty()) {
+        amqp::set_header(properties.headers, job_headers::kUniqueKey, row.unique_key);
+        amqp::set_header(properties.headers, job_headers::kUniqueFor, row.unique_for);
     }
     return message;
 }

@@ -92,7 +92,8 @@ asio::awaitable<CancelOutcome> request_cancel(pg::Pool& pool, std::string_view j
     const auto job = co_await job_history::find(pool, job_id);
     if (job) {
         outcome.state = job->state;
-        if (job->state == "succeeded" || job->state == "dead_lettered" || job->state == "cancelled") {
+        if (job->state == "succeeded" || job->state == "dead_lettered" || job->state == "cancelled" ||
+            job->state == "deduplicated") {
             outcome.result = CancelOutcome::Result::terminal;
             co_return outcome;
         }

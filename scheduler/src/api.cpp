@@ -196,7 +196,8 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     }
     auto& jobs = parsed.jobs;
     const bool is_batch = parsed.batch;
-    std::vector<std::string> types, payloads, run_ats, keys, correlations, traceparents, priorities;
+    std::vector<std::string> types, payloads, run_ats, keys, correlations, traceparents, priorities, unique_keys,
+        unique_windows;
     for (auto& job : jobs) {
         types.push_back(std::move(job.type));
         payloads.push_back(std::move(job.payload));
@@ -205,6 +206,8 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
         correlations.push_back(std::move(job.correlation_id));
         traceparents.push_back(std::move(job.traceparent));
         priorities.push_back(std::move(job.priority));
+        unique_keys.push_back(std::move(job.unique_key));
+        unique_windows.push_back(std::move(job.unique_for));
     }
     const auto type_array = pg::text_array(types);
     const auto payload_array = pg::text_array(payloads);
@@ -213,6 +216,8 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     const auto correlation_array = pg::text_array(correlations);
     const auto traceparent_array = pg::text_array(traceparents);
     const auto priority_array = pg::text_array(priorities);
+    const auto unique_key_array = pg::text_array(unique_keys);
+    const auto unique_for_array = pg::text_array(unique_windows);
     // The token's name, not its secret, names the idempotency keys' namespace: they survive a token's rotation.
     const auto source = fmt::format("api:{}", token.name);
     pg::Result rows;
@@ -221,11 +226,14 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
         rows = co_await pool_.query(
             "SELECT conveyor.enqueue(j.type, j.payload::jsonb, coalesce(nullif(j.run_at, '')::timestamptz, now()), "
             "nullif(j.key, ''), nullif(j.correlation, ''), nullif(j.traceparent, ''), $7, "
-            "coalesce(nullif(j.priority, ''), 'normal')) "
-            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[]) "
-            "WITH ORDINALITY AS j(type, payload, run_at, key, correlation, traceparent, priority, n) ORDER BY j.n",
+            "coalesce(nullif(j.priority, ''), 'normal'), nullif(j.unique_key, ''), "
+            "coalesce(nullif(j.unique_for, '')::integer, 0)) "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[], "
+            "$9::text[], $10::text[]) WITH ORDINALITY "
+            "AS j(type, payload, run_at, key, correlation, traceparent, priority, unique_key, unique_for, n) "
+            "ORDER BY j.n",
             type_array, payload_array, run_at_array, key_array, correlation_array, traceparent_array, source,
-            priority_array);
+            priority_array, unique_key_array, unique_for_array);
     } catch (const pg::Error& e) {
         // conveyor.enqueue() refuses a key that already names a job of another type or payload.
         if (e.sqlstate() != "23505") {

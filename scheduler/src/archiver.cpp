@@ -191,6 +191,21 @@ asio::awaitable<void> DeadLetterArchiver::archive(const amqp::DeliveryBatch& bat
         "ON CONFLICT (archive_key) DO UPDATE SET state = 'dead', archived_at = now(), failed_at = excluded.failed_at "
         "WHERE dead_letters.state = 'replayed'");
     co_await transaction.query_params(std::move(insert), std::move(params));
+    // A unique job the broker dead-lettered on its own (at the delivery limit) never reached a worker's settle: its
+    // key's window starts here, or the key would stay held. The worker started it already for the ones it
+    // dead-lettered itself (held_until is set).
+    const auto job_ids = pg::text_array(columns[0]);
+    const auto types = pg::text_array(columns[1]);
+    const auto headers = pg::text_array(columns[12]);
+    co_await transaction.query(
+        "UPDATE conveyor.unique_keys AS held SET held_until = now() + make_interval(secs => d.unique_for) "
+        "FROM (SELECT job_id, type, h ->> 'x-conveyor-unique-key' AS unique_key, "
+        "CASE WHEN h ->> 'x-conveyor-unique-for' ~ '^[0-9]{1,9}$' THEN (h ->> 'x-conveyor-unique-for')::int "
+        "ELSE 0 END AS unique_for FROM unnest($1::text[], $2::text[], $3::text[]) AS u(job_id, type, headers), "
+        "LATERAL (SELECT u.headers::jsonb AS h) AS parsed) AS d "
+        "WHERE held.job_type = d.type AND held.unique_key = d.unique_key AND held.job_id = d.job_id "
+        "AND held.held_until IS NULL",
+        job_ids, types, headers);
     co_await transaction.commit();
 }
 

@@ -8,6 +8,7 @@
 #include <regex>
 
 #include "conveyor/core/config.hpp"
+#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/json.hpp"
 #include "conveyor/core/scheduled_jobs.hpp"
 #include "conveyor/core/topology.hpp"
@@ -22,7 +23,7 @@ using Millis = std::chrono::milliseconds;
 
 constexpr std::size_t kMaxIdentifierBytes = 255;
 constexpr std::string_view kKnownFields =
-    "type, payload, run_at, delay, idempotency_key, correlation_id, traceparent, priority";
+    "type, payload, run_at, delay, idempotency_key, correlation_id, traceparent, priority, unique_key, unique_for";
 
 // Groups: 1 year, 2 month, 3 day, 4 hour, 5 minute, 6 second, 7 fraction, 8 zone, 9 sign, 10 and 11 the offset.
 const std::regex kTimestamp(
@@ -110,6 +111,15 @@ bool read_field(std::string_view key, simdjson::dom::element value, ApiJob& job,
             throw InvalidRequest("priority must be \"high\", \"normal\" or \"low\"");
         }
         job.priority = std::string(priority);
+    } else if (key == "unique_key") {
+        job.unique_key = bounded_string(value, "unique_key", job_headers::kMaxUniqueKeyBytes);
+    } else if (key == "unique_for") {
+        std::int64_t seconds = -1;
+        if (value.get(seconds) != simdjson::SUCCESS || seconds < 0 || seconds > job_headers::kMaxUniqueForSeconds) {
+            throw InvalidRequest(
+                fmt::format("unique_for must be whole seconds from 0 to {}", job_headers::kMaxUniqueForSeconds));
+        }
+        job.unique_for = std::to_string(seconds);
     } else {
         throw InvalidRequest(fmt::format("unknown field '{}' (known: {})", key.substr(0, 64), kKnownFields));
     }
@@ -131,6 +141,9 @@ ApiJob read_job(simdjson::dom::element element, const JobCatalogue& catalogue, s
     }
     if (job.type.empty()) {
         throw InvalidRequest("type is required");
+    }
+    if (!job.unique_for.empty() && job.unique_key.empty()) {
+        throw InvalidRequest("unique_for needs a unique_key");
     }
     if (delayed && timed) {
         throw InvalidRequest("give run_at or delay, not both");

@@ -22,6 +22,9 @@ struct ApiJob {
     std::string traceparent;
     /// "high", "normal" or "low"; empty is normal.
     std::string priority;
+    /// A unique job's key and its window in seconds (as text, for the statement's array); empty for none.
+    std::string unique_key;
+    std::string unique_for;
 };
 
 struct EnqueueRequest {
@@ -37,7 +40,7 @@ class InvalidRequest : public std::invalid_argument {
 };
 
 /// Reads a POST /v1/jobs body: one job {type, payload, run_at | delay, idempotency_key, correlation_id, traceparent,
-/// priority}
+/// priority, unique_key, unique_for}
 /// or {"jobs": [...]} of up to kMaxBatch, each checked against the catalogue; the whole body free of repeated keys
 /// and U+0000, each payload within json::kMaxDepth. Throws InvalidRequest.
 [[nodiscard]] EnqueueRequest parse_enqueue_request(std::string_view body, const JobCatalogue& catalogue,

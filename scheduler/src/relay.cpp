@@ -27,7 +27,8 @@ constexpr int kMaxPublishAttempts = 50;
 
 constexpr std::string_view kClaimDue =
     "SELECT id, type, payload::text, correlation_id, traceparent, "
-    "(extract(epoch FROM greatest(run_at, created_at)) * 1000)::bigint, priority "
+    "(extract(epoch FROM greatest(run_at, created_at)) * 1000)::bigint, priority, coalesce(unique_key, ''), "
+    "unique_for "
     "FROM conveyor.scheduled_jobs WHERE state = 'pending' AND run_at <= now() "
     "AND (next_attempt_at IS NULL OR next_attempt_at <= now()) "
     "ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED";
@@ -52,6 +53,8 @@ std::vector<OutboxMessage> read_due(const pg::Result& rows) {
         job.traceparent = rows.text(row, 4);
         job.enqueued_at_ms = rows.integer(row, 5);
         job.priority = rows.text(row, 6);
+        job.unique_key = rows.text(row, 7);
+        job.unique_for = rows.integer(row, 8);
         jobs.push_back(std::move(job));
     }
     return jobs;

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <filesystem>
@@ -94,14 +96,21 @@ class SchedulerFixture : public WorkerTest {
         if (!token.empty()) {
             command.insert(command.end(), {"-H", "Authorization: Bearer " + token});
         }
+        std::filesystem::path body_file;
         if (!body.empty()) {
-            const auto file = std::filesystem::temp_directory_path() / "conveyor-api-body.json";
-            std::ofstream(file) << body;
+            // One file per call: clients on several threads call at once.
+            static std::atomic<int> calls{0};
+            body_file = std::filesystem::temp_directory_path() /
+                        fmt::format("conveyor-api-body-{}-{}.json", ::getpid(), calls++);
+            std::ofstream(body_file) << body;
             command.insert(command.end(),
-                           {"-H", "Content-Type: application/json", "--data-binary", "@" + file.string()});
+                           {"-H", "Content-Type: application/json", "--data-binary", "@" + body_file.string()});
         }
         command.push_back(fmt::format("http://127.0.0.1:{}{}", port, path));
         auto [status, output] = run_command(command, std::chrono::seconds(120));
+        if (!body_file.empty()) {
+            std::filesystem::remove(body_file);
+        }
         EXPECT_EQ(status, 0) << output;
         ApiResponse response;
         std::istringstream stream(output);

@@ -144,8 +144,9 @@ TEST_F(WorkerTest, GracePeriodOverRequeuesTheJobsStillRunning) {
     const auto status = worker.process->wait(15s);
     ASSERT_TRUE(status.has_value()) << "worker did not exit";
     EXPECT_EQ(*status, 0) << worker.process->log();
-    EXPECT_NE(worker.process->log().find("0 succeeded, 0 retried, 0 dead-lettered, 0 duplicates, 5 requeued"),
-              std::string::npos)
+    EXPECT_NE(
+        worker.process->log().find("0 succeeded, 0 retried, 0 dead-lettered, 0 duplicates, 0 deduplicated, 5 requeued"),
+        std::string::npos)
         << worker.process->log();
     EXPECT_EQ(broker_.ready("conveyor.diag"), 5U);
 }

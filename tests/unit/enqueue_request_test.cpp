@@ -70,6 +70,18 @@ TEST_F(EnqueueRequestTest, ReadsAPriorityBandAndRefusesAnyOther) {
               R"(jobs[0]: priority must be "high", "normal" or "low")");
 }
 
+TEST_F(EnqueueRequestTest, ReadsAUniqueKeyAndItsWindow) {
+    const auto one = parse(R"({"type":"diag.noop","unique_key":"invoice-7","unique_for":3600})");
+    EXPECT_EQ(one.jobs[0].unique_key, "invoice-7");
+    EXPECT_EQ(one.jobs[0].unique_for, "3600");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","unique_key":"k","unique_for":-1})"),
+              "unique_for must be whole seconds from 0 to 315360000");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","unique_key":"k","unique_for":"1h"})"),
+              "unique_for must be whole seconds from 0 to 315360000");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","unique_for":60})"), "unique_for needs a unique_key");
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","unique_key":""})"), "unique_key must be 1 to 255 bytes");
+}
+
 TEST_F(EnqueueRequestTest, RefusesRepeatedKeysAnywhereNamingThem) {
     EXPECT_EQ(refusal(R"({"type":"diag.sleep","payload":{"ms":1,"ms":"x"}})"), R"(duplicate key "ms" at $.payload)");
     EXPECT_EQ(refusal(R"({"type":"diag.fail","type":"diag.noop"})"), R"(duplicate key "type" at $)");

@@ -68,6 +68,48 @@ TEST_F(EnvelopeTest, ReadsTheAttemptHeader) {
     EXPECT_EQ(parse(message)->attempt, 3U);
 }
 
+TEST_F(EnvelopeTest, ReadsAUniqueKeyAndItsWindowAsNumberOrText) {
+    auto message = job("{}");
+    amqp::set_header(message.properties.headers, "x-conveyor-unique-key", std::string("customer-7:invoice"));
+    amqp::set_header(message.properties.headers, "x-conveyor-unique-for", std::int64_t{3600});
+    auto envelope = parse(message);
+    ASSERT_TRUE(envelope.has_value());
+    EXPECT_EQ(envelope->unique_key, "customer-7:invoice");
+    EXPECT_EQ(envelope->unique_for, std::chrono::seconds(3600));
+    amqp::set_header(message.properties.headers, "x-conveyor-unique-for", std::string("60"));
+    EXPECT_EQ(parse(message)->unique_for, std::chrono::seconds(60));
+    EXPECT_TRUE(parse(job("{}"))->unique_key.empty()) << "a job without the header is not unique";
+}
+
+TEST_F(EnvelopeTest, RefusesAUniqueKeyOrWindowItCannotHoldSayingWhich) {
+    const auto refusal = [&](std::vector<std::pair<std::string, amqp::FieldValue>> headers) {
+        auto message = job("{}");
+        for (auto& [name, value] : headers) {
+            amqp::set_header(message.properties.headers, name, std::move(value));
+        }
+        auto result = parse(message);
+        EXPECT_FALSE(result.has_value());
+        return result.has_value() ? EnvelopeError{} : result.error();
+    };
+    const std::string key = "x-conveyor-unique-key";
+    const std::string window = "x-conveyor-unique-for";
+    for (const auto& bad : std::vector<amqp::FieldValue>{std::string(), std::string(256, 'k'), std::int64_t{7},
+                                                         std::string("a\0b", 3), std::string("\xff\xfe")}) {
+        const auto error = refusal({{key, bad}});
+        EXPECT_EQ(error.errc, EnvelopeErrc::invalid_envelope);
+        EXPECT_NE(error.detail.find("x-conveyor-unique-key must be UTF-8 text of 1 to 255 bytes"), std::string::npos)
+            << error.detail;
+    }
+    for (const auto& bad : std::vector<amqp::FieldValue>{std::int64_t{-1}, std::int64_t{315'360'001}, std::string("1h"),
+                                                         std::string(""), 2.5}) {
+        const auto error = refusal({{key, std::string("k")}, {window, bad}});
+        EXPECT_NE(error.detail.find("x-conveyor-unique-for must be whole seconds from 0 to 315360000"),
+                  std::string::npos)
+            << error.detail;
+    }
+    EXPECT_EQ(refusal({{window, std::int64_t{60}}}).detail, "x-conveyor-unique-for needs x-conveyor-unique-key");
+}
+
 TEST_F(EnvelopeTest, RejectsABodyOverTheLimit) {
     EXPECT_EQ(error_of(job(R"({"pad": ")" + std::string(100, 'x') + R"("})")), EnvelopeErrc::too_large);
 }

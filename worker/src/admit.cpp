@@ -48,6 +48,13 @@ asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdj
     AdmittedJob job{std::move(readable.envelope), readable.definition, std::nullopt};
     const auto& envelope = job.envelope;
     const auto log = job_logger(envelope, delivery, trace);
+    const auto holds_key = co_await unique_keys_.claim(envelope, log);
+    if (!holds_key) {
+        co_return admission::HandBack{};
+    }
+    if (!*holds_key) {
+        co_return admission::Deduplicated{std::move(job.envelope)};
+    }
     // A job that needs the database waits for it, holding its delivery: requeueing would spin it through the queue
     // and count against the broker's delivery limit, and running it would only burn an attempt.
     if (job.definition->options.transaction != TransactionMode::none || delivery.redelivered) {

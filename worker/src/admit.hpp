@@ -16,6 +16,7 @@
 #include "housekeeping.hpp"
 #include "quarantine.hpp"
 #include "settle.hpp"
+#include "unique.hpp"
 #include "worker_metrics.hpp"
 
 /// The admit stage: every reason not to run a delivery now, checked before it runs. First what the message alone
@@ -67,9 +68,13 @@ struct Cancelled {
 struct Paused {
     Envelope envelope;
 };
+/// Another job of its type holds its unique key: discarded without running.
+struct Deduplicated {
+    Envelope envelope;
+};
 }  // namespace admission
-using Admission =
-    std::variant<AdmittedJob, Refusal, admission::HandBack, admission::Gone, admission::Cancelled, admission::Paused>;
+using Admission = std::variant<AdmittedJob, Refusal, admission::HandBack, admission::Gone, admission::Cancelled,
+                               admission::Paused, admission::Deduplicated>;
 
 class Admitter {
   public:
@@ -78,12 +83,14 @@ class Admitter {
         unsigned quarantine_after = 0;
     };
     Admitter(const JobRegistry& registry, Settings settings, Quarantine& quarantine, DatabaseHealth& database,
-             const JobControl& control, const amqp::Connection& consumer, const std::atomic<bool>& draining)
+             const JobControl& control, UniqueKeys& unique_keys, const amqp::Connection& consumer,
+             const std::atomic<bool>& draining)
         : registry_(registry),
           settings_(settings),
           quarantine_(quarantine),
           database_(database),
           control_(control),
+          unique_keys_(unique_keys),
           consumer_(consumer),
           draining_(draining) {}
 
@@ -108,6 +115,7 @@ class Admitter {
     Quarantine& quarantine_;
     DatabaseHealth& database_;
     const JobControl& control_;
+    UniqueKeys& unique_keys_;
     const amqp::Connection& consumer_;
     const std::atomic<bool>& draining_;
 };

@@ -9,6 +9,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "conveyor/core/task_group.hpp"
+#include "conveyor/core/unique_keys.hpp"
 
 namespace conveyor::worker {
 namespace asio = boost::asio;
@@ -50,9 +51,10 @@ asio::awaitable<void> prune_old_records(pg::Pool& pool, std::chrono::millisecond
                                            "conveyor.job_executions WHERE last_started_at < now() - "
                                            "make_interval(secs => $1) LIMIT $2)",
                                            retention);
-    if (inbox + executions > 0) {
-        spdlog::info("pruned {} inbox rows and {} execution records older than {} h", inbox, executions,
-                     std::chrono::duration_cast<std::chrono::hours>(retention).count());
+    const auto unique = co_await unique_keys::delete_expired(pool);
+    if (inbox + executions + unique > 0) {
+        spdlog::info("pruned {} inbox rows and {} execution records older than {} h, and {} expired unique keys", inbox,
+                     executions, std::chrono::duration_cast<std::chrono::hours>(retention).count(), unique);
     }
 }
 
@@ -147,15 +149,15 @@ asio::awaitable<std::size_t> OutboxRelay::sweep(std::chrono::milliseconds min_ag
         std::vector<OutboxMessage> batch;
         batch.reserve(static_cast<std::size_t>(rows.rows()));
         for (int i = 0; i < rows.rows(); ++i) {
-            batch.push_back({rows.integer(i, 0),
-                             std::string(rows.text(i, 1)),
-                             std::string(rows.text(i, 2)),
-                             std::string(rows.text(i, 3)),
-                             std::string(rows.text(i, 4)),
-                             std::string(rows.text(i, 5)),
-                             std::string(rows.text(i, 6)),
-                             rows.integer(i, 7),
-                             {}});
+            auto& row = batch.emplace_back();
+            row.row_id = rows.integer(i, 0);
+            row.message_id = rows.text(i, 1);
+            row.exchange = rows.text(i, 2);
+            row.routing_key = rows.text(i, 3);
+            row.correlation_id = rows.text(i, 4);
+            row.traceparent = rows.text(i, 5);
+            row.body = rows.text(i, 6);
+            row.enqueued_at_ms = rows.integer(i, 7);
         }
         std::vector<std::int64_t> published;
         bool broker_gone = false;

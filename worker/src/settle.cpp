@@ -52,6 +52,14 @@ std::string or_dash(std::string_view text) {
     return text.empty() ? std::string("-") : job_headers::bounded(text, 128);
 }
 
+/// What a decision means for the job's unique key.
+UniqueKeys::End key_end(const Decision& decided) {
+    if (std::holds_alternative<decision::RetryLater>(decided)) {
+        return UniqueKeys::End::retried;
+    }
+    return std::holds_alternative<decision::Cancel>(decided) ? UniqueKeys::End::cancelled : UniqueKeys::End::finished;
+}
+
 }  // namespace
 
 Decision decide(const Attempt& attempt, std::uint32_t attempt_number, const RetryPolicy& policy, double unit_random) {
@@ -82,6 +90,7 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
                                          WorkerMetrics::Job& metrics, Attempt attempt, const JobLogger& log,
                                          const TraceContext& trace) {
     if (attempt.duplicate) {
+        co_await unique_keys_.after_attempt(envelope, UniqueKeys::End::finished, log);
         consumer_.ack(delivery);
         metrics.duplicate->Increment();
         ++counts_.duplicates;
@@ -90,6 +99,7 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
         co_return;
     }
     auto decided = decide(attempt, envelope.attempt, policies_.at(envelope.type), unit_random());
+    co_await unique_keys_.after_attempt(envelope, key_end(decided), log);
     if (std::holds_alternative<decision::Acknowledge>(decided)) {
         consumer_.ack(delivery);
         metrics.success->Increment();
@@ -129,6 +139,18 @@ void Settlement::record_end(const amqp::Delivery& delivery, const Envelope& enve
         event.progress_note = attempt.progress->second;
     }
     history_.record(std::move(event));
+}
+
+void Settlement::discard_duplicate(const amqp::Delivery& delivery, const Envelope& envelope,
+                                   WorkerMetrics::Job& metrics, const JobLogger& log, const TraceContext& trace) {
+    consumer_.ack(delivery);
+    metrics.deduplicated->Increment();
+    ++counts_.deduplicated;
+    Attempt unrun;
+    unrun.started_at = std::chrono::system_clock::now();
+    const auto why = fmt::format("unique key '{}' is held by another job of {}", envelope.unique_key, envelope.type);
+    record_end(delivery, envelope, unrun, trace, "deduplicated", why);
+    log.info("deduplicated: {}; acknowledged without running", why);
 }
 
 void Settlement::requeue(const amqp::Delivery& delivery) {

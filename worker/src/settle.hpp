@@ -16,6 +16,7 @@
 #include "conveyor/core/trace.hpp"
 #include "history.hpp"
 #include "housekeeping.hpp"
+#include "unique.hpp"
 #include "worker_metrics.hpp"
 
 /// The settle stage: what becomes of a delivery once its attempt is over, or once admission refused it. Acked,
@@ -71,6 +72,7 @@ struct SettledCounts {
     std::atomic<std::uint64_t> dead_lettered{0};
     std::atomic<std::uint64_t> requeued{0};
     std::atomic<std::uint64_t> cancelled{0};
+    std::atomic<std::uint64_t> deduplicated{0};        ///< unique jobs whose key another job held
     std::atomic<std::uint64_t> parked{0};              ///< while their queue or type was paused
     std::atomic<std::uint64_t> parked_at_shutdown{0};  ///< taken but not started when the worker shut down
 };
@@ -78,11 +80,13 @@ struct SettledCounts {
 class Settlement {
   public:
     Settlement(amqp::Connection& consumer, amqp::Connection& publisher, OutboxRelay& outbox, HistoryRecorder& history,
-               std::string worker_name, std::map<std::string, RetryPolicy, std::less<>> policies)
+               UniqueKeys& unique_keys, std::string worker_name,
+               std::map<std::string, RetryPolicy, std::less<>> policies)
         : consumer_(consumer),
           publisher_(publisher),
           outbox_(outbox),
           history_(history),
+          unique_keys_(unique_keys),
           worker_name_(std::move(worker_name)),
           policies_(std::move(policies)) {}
 
@@ -97,6 +101,9 @@ class Settlement {
     boost::asio::awaitable<bool> dead_letter(const amqp::Delivery& delivery, WorkerMetrics::Job& metrics,
                                              std::uint32_t attempts, Verdict verdict, const TraceContext& trace);
 
+    /// Discards a unique job whose key another job holds: acknowledged without running, on record as deduplicated.
+    void discard_duplicate(const amqp::Delivery& delivery, const Envelope& envelope, WorkerMetrics::Job& metrics,
+                           const JobLogger& log, const TraceContext& trace);
     /// Hands a delivery back to the broker for another attempt (here or on another worker).
     void requeue(const amqp::Delivery& delivery);
 
@@ -132,6 +139,7 @@ class Settlement {
     amqp::Connection& publisher_;
     OutboxRelay& outbox_;
     HistoryRecorder& history_;
+    UniqueKeys& unique_keys_;
     std::string worker_name_;
     std::map<std::string, RetryPolicy, std::less<>> policies_;
     SettledCounts counts_;

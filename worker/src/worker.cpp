@@ -136,10 +136,11 @@ class Worker::Impl {
                     .worker = settings_.name},
                    {metrics_.history_written(), metrics_.history_dropped(), metrics_.history_buffered()}),
           admitter_(registry_, {{.max_body_bytes = settings_.max_message_bytes}, settings_.quarantine_after},
-                    quarantine_, database_, control_, consumer_, draining_),
+                    quarantine_, database_, control_, unique_keys_, consumer_, draining_),
           execution_(pool_, quarantine_, database_, metrics_, history_, control_,
                      {settings_.job_timeout, settings_.name}, aborting_),
-          settlement_(consumer_, publisher_, outbox_, history_, settings_.name, retry_policies(settings_, registry_)) {}
+          settlement_(consumer_, publisher_, outbox_, history_, unique_keys_, settings_.name,
+                      retry_policies(settings_, registry_)) {}
 
     /// What the broker may have handed this worker and not had acknowledged: the sum of the queues' prefetch.
     [[nodiscard]] std::size_t deliveries_at_once() const {
@@ -181,11 +182,11 @@ class Worker::Impl {
         http_.stop();
         const auto& counts = settlement_.counts();
         spdlog::info(
-            "worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} requeued, {} cancelled, "
-            "{} parked while paused, {} handed back unstarted",
+            "worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} deduplicated, {} "
+            "requeued, {} cancelled, {} parked while paused, {} handed back unstarted",
             settings_.name, counts.succeeded.load(), counts.retried.load(), counts.dead_lettered.load(),
-            counts.duplicates.load(), counts.requeued.load(), counts.cancelled.load(), counts.parked.load(),
-            counts.parked_at_shutdown.load());
+            counts.duplicates.load(), counts.deduplicated.load(), counts.requeued.load(), counts.cancelled.load(),
+            counts.parked.load(), counts.parked_at_shutdown.load());
         co_return WorkerStats{counts.succeeded, counts.retried, counts.dead_lettered, counts.requeued};
     }
 
@@ -475,6 +476,12 @@ class Worker::Impl {
             co_await settle_unrun(delivery, cancelled->envelope, trace);
             co_return;
         }
+        if (auto* duplicate = std::get_if<admission::Deduplicated>(&admission)) {
+            const auto log = job_logger(duplicate->envelope, delivery, trace);
+            auto& metrics = metrics_.job(delivery.queue, duplicate->envelope.type);
+            settlement_.discard_duplicate(delivery, duplicate->envelope, metrics, log, trace);
+            co_return;
+        }
         if (auto* paused = std::get_if<admission::Paused>(&admission)) {
             const auto log = job_logger(paused->envelope, delivery, trace);
             auto& metrics = metrics_.job(delivery.queue, paused->envelope.type);
@@ -559,6 +566,7 @@ class Worker::Impl {
     DatabaseHealth database_;
     std::atomic<bool> draining_{false};
     std::atomic<bool> aborting_{false};
+    UniqueKeys unique_keys_{pool_, database_, draining_};
     Admitter admitter_;
     Execution execution_;
     Settlement settlement_;

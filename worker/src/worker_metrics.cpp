@@ -25,7 +25,7 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                    .Register(registry)),
       completed_(prometheus::BuildCounter()
                      .Name("conveyor_jobs_completed_total")
-                     .Help("Jobs settled, by outcome (success, retry, dead_letter, duplicate, cancelled)")
+                     .Help("Jobs settled, by outcome (success, retry, dead_letter, duplicate, cancelled, deduplicated)")
                      .Register(registry)),
       duration_(prometheus::BuildHistogram()
                     .Name("conveyor_job_duration_seconds")
@@ -130,8 +130,8 @@ WorkerMetrics::QueueTotals WorkerMetrics::totals(const std::string& queue) const
         return totals;
     }
     for (const auto* job : found->second) {
-        totals.settled +=
-            job->success->Value() + job->retry->Value() + job->dead_letter->Value() + job->duplicate->Value();
+        totals.settled += job->success->Value() + job->retry->Value() + job->dead_letter->Value() +
+                          job->duplicate->Value() + job->deduplicated->Value();
         const auto buckets = job->duration->Collect().histogram.bucket;
         for (std::size_t bucket = 0; bucket < buckets.size() && bucket < totals.duration_counts.size(); ++bucket) {
             totals.duration_counts[bucket] += static_cast<double>(buckets[bucket].cumulative_count);
@@ -154,6 +154,7 @@ WorkerMetrics::Job WorkerMetrics::make_job(const std::string& queue, const std::
                outcome("dead_letter"),
                outcome("duplicate"),
                outcome("cancelled"),
+               outcome("deduplicated"),
                &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "paused"}}),
                &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "shutdown"}}),
                &duration_.Add(labels, seconds_buckets()),

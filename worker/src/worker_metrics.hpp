@@ -28,6 +28,7 @@ class WorkerMetrics {
         prometheus::Counter* dead_letter;
         prometheus::Counter* duplicate;
         prometheus::Counter* cancelled;
+        prometheus::Counter* deduplicated;     ///< a unique job whose key another job held
         prometheus::Counter* parked_paused;    ///< held back because its queue or type is paused
         prometheus::Counter* parked_shutdown;  ///< taken but not started when its worker shut down
         prometheus::Histogram* duration;

@@ -13,6 +13,7 @@
 #include "commands.hpp"
 #include "conveyor/core/cli_options.hpp"
 #include "conveyor/core/config.hpp"
+#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/topology.hpp"
 
@@ -179,6 +180,15 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         ->add_option("--priority", enqueue_options.priority,
                      "Priority band of every job: high, normal or low (x-conveyor-priority)")
         ->check(CLI::IsMember({"high", "normal", "low"}));
+    auto* unique_key_option = enqueue_cmd->add_option(
+        "--unique-key", enqueue_options.unique_key,
+        "Unique job: while a job of this type with this key is queued or running (or within --unique-for after it "
+        "ended), another is discarded as deduplicated");
+    enqueue_cmd
+        ->add_option("--unique-for", enqueue_options.unique_for,
+                     "Seconds the unique key stays held after the job ended (default 0)")
+        ->check(CLI::Range(std::int64_t{0}, job_headers::kMaxUniqueForSeconds))
+        ->needs(unique_key_option);
     enqueue_cmd->add_flag("!--no-progress", enqueue_options.progress, "Do not print progress on stderr");
     auto* at_option = enqueue_cmd->add_option(
         "--at", enqueue_options.at,

@@ -39,6 +39,9 @@ struct EnqueueOptions {
     std::string idempotency_key;
     /// x-conveyor-priority of every job: high, normal or low.
     std::string priority = "normal";
+    /// A unique job's key (only with --count 1) and its window in seconds after the job ends.
+    std::string unique_key;
+    std::int64_t unique_for = 0;
     std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
 };
 

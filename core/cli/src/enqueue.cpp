@@ -17,6 +17,7 @@
 #include "commands.hpp"
 #include "conveyor/cli/cli.hpp"
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/json.hpp"
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/topology.hpp"
@@ -159,6 +160,15 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
         std::cerr << "conveyor enqueue: --payload must be a JSON object\n";
         return kUsage;
     }
+    if (!options.unique_key.empty() && options.count != 1) {
+        std::cerr << "conveyor enqueue: --unique-key needs --count 1 (the others would all be deduplicated)\n";
+        return kUsage;
+    }
+    if (options.unique_key.size() > job_headers::kMaxUniqueKeyBytes) {
+        std::cerr << fmt::format("conveyor enqueue: --unique-key is longer than {} bytes\n",
+                                 job_headers::kMaxUniqueKeyBytes);
+        return kUsage;
+    }
     const bool through_database = !options.at.empty() || !options.in.empty() || !options.idempotency_key.empty();
     if (const auto violation = json::check(parsed.value_unsafe(), {.allow_nul = !through_database})) {
         std::cerr << fmt::format("conveyor enqueue: --payload: {}\n", violation->message);
@@ -205,6 +215,10 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
     run.properties.correlation_id = options.correlation_id;
     if (options.priority != topology::band_name(topology::Band::normal)) {
         amqp::set_header(run.properties.headers, topology::kPriorityHeader, options.priority);
+    }
+    if (!options.unique_key.empty()) {
+        amqp::set_header(run.properties.headers, job_headers::kUniqueKey, options.unique_key);
+        amqp::set_header(run.properties.headers, job_headers::kUniqueFor, options.unique_for);
     }
     if (options.count <= kMaxPrintedIds) {
         run.ids.resize(options.count);

@@ -118,13 +118,16 @@ int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string
                                                             payloads.begin() + static_cast<std::ptrdiff_t>(end)));
             const std::optional<std::string> key =
                 options.idempotency_key.empty() ? std::nullopt : std::optional(options.idempotency_key);
+            const std::optional<std::string> unique_key =
+                options.unique_key.empty() ? std::nullopt : std::optional(options.unique_key);
             const std::optional<std::string> correlation =
                 options.correlation_id.empty() ? std::nullopt : std::optional(options.correlation_id);
             const auto inserted = co_await pool.query(
-                "SELECT conveyor.enqueue($1, payload::jsonb, $3::timestamptz, $4, $5, NULL, 'cli', $6), "
+                "SELECT conveyor.enqueue($1, payload::jsonb, $3::timestamptz, $4, $5, NULL, 'cli', $6, $7, "
+                "$8::integer), "
                 "to_char($3::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') "
                 "FROM unnest($2::text[]) WITH ORDINALITY AS p(payload, n) ORDER BY n",
-                options.type, batch, run_at, key, correlation, options.priority);
+                options.type, batch, run_at, key, correlation, options.priority, unique_key, options.unique_for);
             for (int row = 0; row < inserted.rows(); ++row) {
                 ids.emplace_back(inserted.text(row, 0));
                 due_text = inserted.text(row, 1);

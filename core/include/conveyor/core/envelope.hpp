@@ -59,6 +59,10 @@ struct Envelope {
     std::optional<std::chrono::system_clock::time_point> enqueued_at;
     /// 1 for the first attempt; x-conveyor-attempt on a retried message.
     std::uint32_t attempt = 1;
+    /// x-conveyor-unique-key: no other job of the type with this key runs while this one is queued or running,
+    /// nor for `unique_for` after it ends. Empty for a job that is not unique.
+    std::string unique_key;
+    std::chrono::seconds unique_for{0};
     /// The JSON object body. Valid while the parser that produced it is not reused.
     simdjson::dom::element payload;
 };

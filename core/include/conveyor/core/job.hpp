@@ -123,6 +123,9 @@ struct OutboxMessage {
     std::int64_t enqueued_at_ms = 0;
     /// "high" or "low" (x-conveyor-priority); empty or "normal" publishes without the header.
     std::string priority;
+    /// x-conveyor-unique-key and x-conveyor-unique-for (seconds), if the key is not empty.
+    std::string unique_key;
+    std::int64_t unique_for = 0;
 };
 
 /// The AMQP message for an outbox row, as the wire contract describes a job: the id as message_id, enqueued-at in

@@ -24,6 +24,12 @@ inline constexpr std::string_view kOriginalRoutingKey = "x-conveyor-original-rou
 inline constexpr std::string_view kReplayedAt = "x-conveyor-replayed-at";
 inline constexpr std::string_view kReplayedBy = "x-conveyor-replayed-by";
 inline constexpr std::string_view kReplayedFrom = "x-conveyor-replayed-from";
+/// A unique job's key (1 to 255 bytes of text) and its window in whole seconds after the job ends.
+inline constexpr std::string_view kUniqueKey = "x-conveyor-unique-key";
+inline constexpr std::string_view kUniqueFor = "x-conveyor-unique-for";
+/// The longest window: ten years, the bound of every other time a job carries.
+inline constexpr std::int64_t kMaxUniqueForSeconds = 315'360'000;
+inline constexpr std::size_t kMaxUniqueKeyBytes = 255;
 
 /// An error as a header holds it: at most this many bytes, cut between characters and marked with an ellipsis.
 inline constexpr std::size_t kMaxErrorBytes = 1024;
