@@ -196,12 +196,14 @@ asio::awaitable<std::optional<std::chrono::sys_seconds>> ScheduleFiring::fire(co
         }
         const auto fire_array = pg::text_array(times);
         const auto inserted = co_await transaction.query(
-            "INSERT INTO conveyor.scheduled_jobs (id, type, payload, run_at, idempotency_key, source) "
+            "INSERT INTO conveyor.scheduled_jobs (id, type, payload, run_at, idempotency_key, source, priority, "
+            "unique_key, unique_for) "
             "SELECT gen_random_uuid(), $2, $3::jsonb, fire, "
             "'schedule:' || $1 || ':' || to_char(fire AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-            "'schedule:' || $1 FROM unnest($4::timestamptz[]) AS fire "
+            "'schedule:' || $1, $5, nullif($6, ''), $7::integer FROM unnest($4::timestamptz[]) AS fire "
             "ON CONFLICT (source, idempotency_key) DO NOTHING",
-            schedule.name, schedule.type, schedule.payload, fire_array);
+            schedule.name, schedule.type, schedule.payload, fire_array, schedule.priority, schedule.unique_key,
+            static_cast<std::int64_t>(schedule.unique_for.count()));
         enqueued = inserted.affected();
     }
     const auto next = next_fire(schedule.cron, schedule.zone, std::max(plan.handled_until, now));

@@ -13,13 +13,16 @@
 #include <sstream>
 
 #include "conveyor/core/config.hpp"
+#include "conveyor/core/job_headers.hpp"
+#include "conveyor/core/topology.hpp"
 
 namespace conveyor::scheduler {
 
 namespace {
 
-const std::set<std::string_view> kKnownKeys = {"name",    "cron",    "timezone",     "type",
-                                               "payload", "misfire", "max_catch_up", "misfire_grace"};
+const std::set<std::string_view> kKnownKeys = {"name",     "cron",       "timezone",     "type",
+                                               "payload",  "misfire",    "max_catch_up", "misfire_grace",
+                                               "priority", "unique_key", "unique_for"};
 
 /// Names appear in metric labels, logs and idempotency keys: keep them short and plain.
 bool is_valid_name(std::string_view name) {
@@ -123,6 +126,61 @@ class EntryReader {
     std::string name_;
 };
 
+/// The job each fire enqueues: its type, payload, priority band and unique key.
+void read_job(EntryReader& reader, const YAML::Node& entry, const JobCatalogue& catalogue, Schedule& schedule) {
+    schedule.type = reader.required("type");
+    const auto payload = entry["payload"];
+    if (payload && !payload.IsNull() && !payload.IsMap()) {
+        reader.fail("payload must be a mapping (the job's JSON object)");
+    }
+    schedule.payload = payload && payload.IsMap() ? boost::json::serialize(to_json(payload)) : std::string("{}");
+    if (auto refusal = check_job(catalogue, schedule.type, schedule.payload)) {
+        reader.fail(*refusal);
+    }
+    schedule.priority = reader.optional("priority", "normal");
+    if (!topology::parse_band(schedule.priority)) {
+        reader.fail(fmt::format("priority must be high, normal or low, not '{}'", schedule.priority));
+    }
+    schedule.unique_key = reader.optional("unique_key", "");
+    if (schedule.unique_key.size() > job_headers::kMaxUniqueKeyBytes) {
+        reader.fail(fmt::format("unique_key must be at most {} bytes", job_headers::kMaxUniqueKeyBytes));
+    }
+    const auto unique_for = reader.optional("unique_for", "");
+    if (!unique_for.empty() && schedule.unique_key.empty()) {
+        reader.fail("unique_for needs a unique_key");
+    }
+    try {
+        schedule.unique_for = std::chrono::duration_cast<std::chrono::seconds>(
+            parse_duration(unique_for.empty() ? std::string("0s") : unique_for));
+    } catch (const std::invalid_argument& e) {
+        reader.fail(fmt::format("unique_for: {}", e.what()));
+    }
+    if (schedule.unique_for.count() > job_headers::kMaxUniqueForSeconds) {
+        reader.fail("unique_for must be at most 10 years");
+    }
+}
+
+void read_misfire(EntryReader& reader, Schedule& schedule) {
+    const auto misfire = reader.optional("misfire", "catch_up");
+    if (misfire == "catch_up") {
+        schedule.misfire = Misfire::catch_up;
+    } else if (misfire == "skip") {
+        schedule.misfire = Misfire::skip;
+    } else {
+        reader.fail(fmt::format("misfire must be catch_up or skip, not '{}'", misfire));
+    }
+    const auto max_catch_up = reader.optional("max_catch_up", "10");
+    if (!parse_number(max_catch_up, schedule.max_catch_up) || schedule.max_catch_up < 1 ||
+        schedule.max_catch_up > 10'000) {
+        reader.fail(fmt::format("max_catch_up must be a number from 1 to 10000, not '{}'", max_catch_up));
+    }
+    try {
+        schedule.misfire_grace = parse_duration(reader.optional("misfire_grace", "5s"));
+    } catch (const std::invalid_argument& e) {
+        reader.fail(fmt::format("misfire_grace: {}", e.what()));
+    }
+}
+
 Schedule parse_entry(const YAML::Node& entry, std::string_view origin, std::size_t index,
                      const JobCatalogue& catalogue) {
     EntryReader reader(entry, origin, index);
@@ -147,33 +205,8 @@ Schedule parse_entry(const YAML::Node& entry, std::string_view origin, std::size
     } catch (const std::invalid_argument& e) {
         reader.fail(e.what());
     }
-    schedule.type = reader.required("type");
-    const auto payload = entry["payload"];
-    if (payload && !payload.IsNull() && !payload.IsMap()) {
-        reader.fail("payload must be a mapping (the job's JSON object)");
-    }
-    schedule.payload = payload && payload.IsMap() ? boost::json::serialize(to_json(payload)) : std::string("{}");
-    if (auto refusal = check_job(catalogue, schedule.type, schedule.payload)) {
-        reader.fail(*refusal);
-    }
-    const auto misfire = reader.optional("misfire", "catch_up");
-    if (misfire == "catch_up") {
-        schedule.misfire = Misfire::catch_up;
-    } else if (misfire == "skip") {
-        schedule.misfire = Misfire::skip;
-    } else {
-        reader.fail(fmt::format("misfire must be catch_up or skip, not '{}'", misfire));
-    }
-    const auto max_catch_up = reader.optional("max_catch_up", "10");
-    if (!parse_number(max_catch_up, schedule.max_catch_up) || schedule.max_catch_up < 1 ||
-        schedule.max_catch_up > 10'000) {
-        reader.fail(fmt::format("max_catch_up must be a number from 1 to 10000, not '{}'", max_catch_up));
-    }
-    try {
-        schedule.misfire_grace = parse_duration(reader.optional("misfire_grace", "5s"));
-    } catch (const std::invalid_argument& e) {
-        reader.fail(fmt::format("misfire_grace: {}", e.what()));
-    }
+    read_job(reader, entry, catalogue, schedule);
+    read_misfire(reader, schedule);
     return schedule;
 }
 

@@ -93,8 +93,6 @@ std::string order_payload(std::uint64_t n) {
 
 /// How publish() sends.
 struct PublishOptions {
-    /// With a message id ("bench-<pid>-<n>") and an x-conveyor-enqueued-at header each.
-    bool as_jobs = true;
     /// Gets each message's publish time in epoch milliseconds.
     std::vector<std::int64_t>* sent_at = nullptr;
     /// Paced at this rate; 0 publishes as fast as the confirms allow.
@@ -103,10 +101,10 @@ struct PublishOptions {
     std::string priority;
 };
 
-/// Publishes `count` persistent messages with confirms, at most `window` unconfirmed.
+/// Publishes `count` persistent messages with confirms, at most `window` unconfirmed, each shaped as a job (the raw
+/// ceiling's too, so that it moves the same bytes): a message id "bench-<pid>-<n>" and x-conveyor-enqueued-at.
 void publish(const Url& url, const std::string& exchange, const std::string& routing_key, const BodyOf& body_of,
              std::uint64_t count, unsigned window, const PublishOptions& options = {}) {
-    const auto as_jobs = options.as_jobs;
     const auto per_second = options.per_second;
     auto* sent_at = options.sent_at;
     const auto started = Clock::now();
@@ -148,20 +146,17 @@ void publish(const Url& url, const std::string& exchange, const std::string& rou
         props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG;
         props.delivery_mode = 2;
         props.content_type = bytes("application/json");
-        std::string id;
+        const auto id = fmt::format("bench-{}-{}", ::getpid(), sent);
+        props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+        props.message_id = bytes(id);
         std::array<amqp_table_entry_t, 2> headers{};
-        if (as_jobs) {
-            id = fmt::format("bench-{}-{}", ::getpid(), sent);
-            props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
-            props.message_id = bytes(id);
-            headers[0].key = bytes("x-conveyor-enqueued-at");
-            headers[0].value.kind = AMQP_FIELD_KIND_I64;
-            headers[0].value.value.i64 = epoch_millis();
-            headers[1].key = bytes("x-conveyor-priority");
-            headers[1].value.kind = AMQP_FIELD_KIND_UTF8;
-            headers[1].value.value.bytes = bytes(options.priority);
-            props.headers = {options.priority.empty() ? 1 : 2, headers.data()};
-        }
+        headers[0].key = bytes("x-conveyor-enqueued-at");
+        headers[0].value.kind = AMQP_FIELD_KIND_I64;
+        headers[0].value.value.i64 = epoch_millis();
+        headers[1].key = bytes("x-conveyor-priority");
+        headers[1].value.kind = AMQP_FIELD_KIND_UTF8;
+        headers[1].value.value.bytes = bytes(options.priority);
+        props.headers = {options.priority.empty() ? 1 : 2, headers.data()};
         const auto body = body_of(sent);
         if (sent_at != nullptr) {
             sent_at->push_back(epoch_millis());

@@ -173,6 +173,36 @@ TEST_F(UniqueJobsTest, AKeyIsFreeAfterItsWindowAndAtOnceAfterACancel) {
               std::string::npos);
 }
 
+/// A schedule that fires every second a job that runs for 2.5 s, with a unique key: the fires do not overlap, the
+/// ones that would are deduplicated, and each ran in the band the schedule names.
+TEST_F(UniqueJobsTest, AScheduleWithAUniqueKeyNeverOverlapsItsRuns) {
+    const auto schedules = write_file("unique-schedules", R"(schedules:
+  - name: slow-every-second
+    cron: "* * * * * *"
+    type: diag.sleep
+    payload: {ms: 2500}
+    priority: high
+    unique_key: slow-every-second
+)");
+    auto worker = start_worker({"--concurrency", "10"}, "unique-schedule-worker");
+    auto scheduler = start_scheduler({"--schedules", schedules.string()}, "unique-schedule");
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar("SELECT count(*) FROM conveyor.job_events WHERE state = 'succeeded'") >= 2 &&
+                   database_.scalar("SELECT count(*) FROM conveyor.job_events WHERE state = 'deduplicated'") >= 3;
+        },
+        20s))
+        << worker.process->log();
+    stop(scheduler);
+    EXPECT_LE(worker.metric("conveyor_jobs_in_flight"), 1) << "two fires ran at once";
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.job_events WHERE queue <> 'conveyor.diag.high'"), 0);
+    // The runs that did happen were one after the other: none started before the previous one ended.
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.job_events a JOIN conveyor.job_events b "
+                               "ON a.job_id < b.job_id AND a.state = 'succeeded' AND b.state = 'succeeded' "
+                               "AND a.started_at < b.ended_at AND b.started_at < a.ended_at"),
+              0);
+}
+
 /// A unique job the broker dead-lettered on its own (its delivery limit) never reached a worker's settle: the
 /// archiver starts its key's window as it stores the dead letter, so the key is not held forever.
 TEST_F(UniqueJobsTest, ADeadLetterTheBrokerMadeStartsItsKeysWindowWhenArchived) {

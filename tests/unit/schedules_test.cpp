@@ -67,6 +67,32 @@ TEST(Schedules, YamlScalarsBecomeTheJsonTheyRead) {
               R"({"count":3,"ratio":5E-1,"on":true,"none":null,"quoted":"42","text":"plain","list":[1,"a"]})");
 }
 
+TEST(Schedules, AFireCanHaveAPriorityAndAUniqueKeyThatKeepsRunsFromOverlapping) {
+    const auto schedules = parse_schedules(R"(schedules:
+  - name: rebuild
+    cron: "*/5 * * * *"
+    type: diag.noop
+    priority: low
+    unique_key: rebuild
+    unique_for: 10m
+  - name: plain
+    cron: "@daily"
+    type: diag.noop
+)",
+                                           "s.yaml", catalogue());
+    EXPECT_EQ(schedules[0].priority, "low");
+    EXPECT_EQ(schedules[0].unique_key, "rebuild");
+    EXPECT_EQ(schedules[0].unique_for, std::chrono::minutes(10));
+    EXPECT_EQ(schedules[1].priority, "normal");
+    EXPECT_TRUE(schedules[1].unique_key.empty());
+    const std::string head = "schedules:\n  - name: a\n    cron: '* * * * *'\n    type: diag.noop\n";
+    EXPECT_EQ(refusal(head + "    priority: urgent\n"),
+              "schedules.yaml:2: schedule 'a': priority must be high, normal or low, not 'urgent'");
+    EXPECT_EQ(refusal(head + "    unique_for: 1h\n"), "schedules.yaml:2: schedule 'a': unique_for needs a unique_key");
+    EXPECT_EQ(refusal(head + "    unique_key: a\n    unique_for: soon\n").substr(0, 52),
+              "schedules.yaml:2: schedule 'a': unique_for: invalid ");
+}
+
 TEST(Schedules, AnEmptyListRunsNoSchedules) {
     EXPECT_TRUE(parse_schedules("schedules: []\n", "s.yaml", catalogue()).empty());
     EXPECT_TRUE(parse_schedules("schedules:\n", "s.yaml", catalogue()).empty());
@@ -81,7 +107,7 @@ TEST(Schedules, MistakesAreReportedWithFileLineScheduleAndReason) {
               "schedules.yaml:2: schedule 'Bad Name': name must be 1-100 characters of a-z, 0-9, '-', '_' and '.'");
     EXPECT_EQ(refusal("schedules:\n  - name: a\n    cron: '* * * * *'\n    type: diag.noop\n    tz: UTC\n"),
               "schedules.yaml:2: schedule 'a': unknown key 'tz' (known: cron, max_catch_up, misfire, "
-              "misfire_grace, name, payload, timezone, type)");
+              "misfire_grace, name, payload, priority, timezone, type, unique_for, unique_key)");
     EXPECT_NE(refusal("schedules:\n  - name: a\n    cron: '0 0 30 2 *'\n    type: diag.noop\n").find("never"),
               std::string::npos);
     EXPECT_EQ(refusal("schedules:\n  - name: a\n    cron: '* * * * *'\n    type: orders.place\n    payload: {}\n")

@@ -71,7 +71,7 @@ class ReadyJobs {
     /// Ends every wait and the ones to come; returns what nobody took, to be handed back.
     [[nodiscard]] std::vector<amqp::Delivery> close();
 
-    /// Deliveries lined up in `band`, for tests and metrics.
+    /// Deliveries lined up in `band` (for tests).
     [[nodiscard]] std::size_t waiting(topology::Band band) const;
 
   private:

@@ -26,6 +26,12 @@ struct Schedule {
     std::string type;
     /// The job's payload, compact JSON.
     std::string payload;
+    /// The priority band of each fire's job: high, normal or low.
+    std::string priority = "normal";
+    /// A unique key for every fire's job, if not empty: a fire while the previous fire's job is still queued or
+    /// running (or within unique_for after it ended) is discarded as deduplicated. Keeps a slow job from overlapping.
+    std::string unique_key;
+    std::chrono::seconds unique_for{0};
     Misfire misfire = Misfire::catch_up;
     unsigned max_catch_up = 10;
     /// A fire time enqueued later than this after its time counts as missed.
@@ -43,6 +49,9 @@ struct Schedule {
 ///         misfire: catch_up             # or skip
 ///         max_catch_up: 10
 ///         misfire_grace: 5s
+///         priority: low                 # default normal
+///         unique_key: nightly-rebuild   # no overlapping runs; default none
+///         unique_for: 10m               # the key's window after a run ends; default 0
 ///
 /// Every payload is checked against the catalogue. Throws std::invalid_argument naming the origin, the line and the
 /// schedule, and what is wrong.
