@@ -200,6 +200,25 @@ TEST(ReadyJobs, AHighJobWakesAReservedCoroutineBeforeAnOrdinaryOne) {
     io.poll();
 }
 
+TEST(ReadyJobs, AReservedCoroutineWokenForAHighJobAnotherTookPassesItsWakeToTheOtherBands) {
+    asio::io_context io;
+    asio::io_context elsewhere;
+    ReadyJobs ready(BandPreference({6, 3, 1}));
+    auto reserved = start_waiting(io, ready, 1, ReadyJobs::Takes::high_band_only);
+    auto any = start_waiting(io, ready, 1);
+    ready.push(batch_of({{"conveyor.diag.high", "h1"}}));
+    // Before the reserved coroutine runs, one finishing a job on another thread takes the high job.
+    auto finishing = start_waiting(elsewhere, ready, 1);
+    ASSERT_EQ(finishing[0]->taken.id, "h1");
+    ready.push(batch_of({{"conveyor.diag", "n1"}}));
+    io.poll();
+    EXPECT_FALSE(reserved[0]->taken.done);
+    EXPECT_EQ(any[0]->taken.id, "n1") << "the normal job waits while a coroutine that may take it sleeps";
+    (void)ready.close();
+    io.restart();
+    io.poll();
+}
+
 TEST(ReadyJobs, ACancelledWaitLeavesTheLine) {
     asio::io_context io;
     ReadyJobs ready(BandPreference({6, 3, 1}));

@@ -104,6 +104,9 @@ std::optional<amqp::Delivery> ReadyJobs::take_or_line_up(Taker& taker) {
         taker.state_ = Taker::State::waiting;
         auto& line = taker.takes_ == Takes::any_band ? any_band_takers_ : high_band_takers_;
         line.push_back(&taker);
+        // A coroutine reserved for the high band, woken for a high job another took, leaves the other bands' jobs
+        // to those that may take them: its wake counted against them until now.
+        wake_takers();
     }
     return std::nullopt;
 }
