@@ -105,17 +105,10 @@ asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdj
 }
 
 asio::awaitable<std::optional<Quarantine::History>> Admitter::judge(const std::string& job_id, const JobLogger& log) {
-    while (true) {
-        try {
-            co_return co_await quarantine_.judge(job_id);
-        } catch (const pg::Error& e) {
-            database_.lost(e.what());
-        }
-        const bool available = co_await database_available(log);
-        if (!available) {
-            co_return std::nullopt;
-        }
-    }
+    std::optional<Quarantine::History> history;
+    auto judge = [&]() -> asio::awaitable<void> { history = co_await quarantine_.judge(job_id); };
+    const bool judged = co_await database_.run_when_usable(judge, draining_, log);
+    co_return judged ? history : std::nullopt;
 }
 
 asio::awaitable<bool> Admitter::enter_gate(bool alone, const JobLogger& log) {
@@ -130,18 +123,10 @@ asio::awaitable<bool> Admitter::enter_gate(bool alone, const JobLogger& log) {
 }
 
 asio::awaitable<bool> Admitter::record_start(const AdmittedJob& job, const std::string& queue, const JobLogger& log) {
-    while (true) {
-        try {
-            co_await quarantine_.record_start(job.envelope.job_id, queue, job.alone);
-            co_return true;
-        } catch (const pg::Error& e) {
-            database_.lost(e.what());
-        }
-        const bool available = co_await database_available(log);
-        if (!available) {
-            co_return false;
-        }
-    }
+    auto record = [&]() -> asio::awaitable<void> {
+        co_await quarantine_.record_start(job.envelope.job_id, queue, job.alone);
+    };
+    co_return co_await database_.run_when_usable(record, draining_, log);
 }
 
 asio::awaitable<bool> Admitter::database_available(const JobLogger& log) {

@@ -58,6 +58,25 @@ class DatabaseHealth {
     /// Waits until the database is usable (true) or `give_up` is set (false), woken when either changes: whoever
     /// sets `give_up` calls wake_waiters().
     boost::asio::awaitable<bool> wait_until_usable(const std::atomic<bool>& give_up);
+    /// Runs `statement` (a callable returning an awaitable) until it succeeds: a pg::Error marks the database lost,
+    /// and the next try waits until it is usable again. False if `give_up` is set while waiting.
+    template <typename Statement>
+    boost::asio::awaitable<bool> run_when_usable(Statement statement, const std::atomic<bool>& give_up,
+                                                 const JobLogger& log) {
+        while (true) {
+            try {
+                co_await statement();
+                co_return true;
+            } catch (const pg::Error& e) {
+                lost(e.what());
+            }
+            log.debug("waiting for the database");
+            const bool usable = co_await wait_until_usable(give_up);
+            if (!usable) {
+                co_return false;
+            }
+        }
+    }
     void wake_waiters() noexcept { changed_.notify_all(); }
 
   private:

@@ -102,7 +102,7 @@ std::optional<amqp::Delivery> ReadyJobs::take_or_line_up(Taker& taker) {
     }
     if (!closed_) {
         taker.state_ = Taker::State::waiting;
-        auto& line = taker.takes_ == Takes::any_band ? any_band_takers_ : high_band_takers_;
+        auto& line = takers_of(taker.takes_);
         line.push_back(&taker);
         // A coroutine reserved for the high band, woken for a high job another took, leaves the other bands' jobs
         // to those that may take them: its wake counted against them until now.
@@ -132,9 +132,13 @@ std::optional<amqp::Delivery> ReadyJobs::pop_for(Takes takes) {
     return delivery;
 }
 
+std::deque<ReadyJobs::Taker*>& ReadyJobs::takers_of(Takes takes) noexcept {
+    return takes == Takes::any_band ? any_band_takers_ : high_band_takers_;
+}
+
 void ReadyJobs::abandon(Taker& taker) {
     if (taker.state_ == Taker::State::waiting) {
-        auto& line = taker.takes_ == Takes::any_band ? any_band_takers_ : high_band_takers_;
+        auto& line = takers_of(taker.takes_);
         line.erase(std::find(line.begin(), line.end(), &taker));
     } else if (taker.state_ == Taker::State::woken) {
         // The wake was sent under this lock: it is in the channel now, unless it completed the receive itself.

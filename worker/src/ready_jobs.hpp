@@ -78,6 +78,8 @@ class ReadyJobs {
     /// Under the lock: a delivery `taker` may start, or nothing (it is then lined up to be woken).
     std::optional<amqp::Delivery> take_or_line_up(Taker& taker);
     std::optional<amqp::Delivery> pop_for(Takes takes);
+    /// The coroutines waiting that take what `takes` says.
+    std::deque<Taker*>& takers_of(Takes takes) noexcept;
     /// Under the lock: after its wait was cancelled, `taker` leaves the line, and a wake meant for it goes on.
     void abandon(Taker& taker);
     /// Under the lock: wakes sleeping coroutines while deliveries outnumber those already woken.
