@@ -9,6 +9,7 @@
 
 #include "conveyor/core/dead_letters.hpp"
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/header_json.hpp"
 #include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/topology.hpp"
 
@@ -25,27 +26,9 @@ constexpr auto kCanaryPoll = std::chrono::milliseconds(500);
 // After the first canary fails, how long the others get to report: the verdict then says how many failed rather
 // than how many had failed by the time the first one did.
 constexpr auto kCanarySettle = std::chrono::seconds(3);
-/// The original headers (a flat JSON object of strings, integers, booleans, numbers) without the failure's: a replay
-/// starts the job afresh.
+/// The original headers without the failure's: a replay starts the job afresh.
 amqp::Headers replay_headers(std::string_view json) {
-    amqp::Headers headers;
-    simdjson::dom::parser parser;
-    simdjson::dom::object object;
-    if (parser.parse(json.data(), json.size()).get(object) != simdjson::SUCCESS) {
-        return headers;
-    }
-    for (const auto field : object) {
-        const std::string name(field.key);
-        if (field.value.is_string()) {
-            amqp::set_header(headers, name, std::string(field.value.get_string().value_unsafe()));
-        } else if (field.value.is_int64()) {
-            amqp::set_header(headers, name, field.value.get_int64().value_unsafe());
-        } else if (field.value.is_bool()) {
-            amqp::set_header(headers, name, field.value.get_bool().value_unsafe());
-        } else if (field.value.is_double()) {
-            amqp::set_header(headers, name, field.value.get_double().value_unsafe());
-        }
-    }
+    auto headers = amqp::headers_from_json(json);
     job_headers::strip_failure(headers);
     return headers;
 }

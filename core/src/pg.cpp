@@ -752,4 +752,13 @@ std::string text_array(std::span<const std::string> values) {
     return quoted_array(values);
 }
 
+std::string bytea_literal(std::string_view bytes) {
+    std::string out = "\\x";
+    out.reserve(2 + 2 * bytes.size());
+    for (const char c : bytes) {
+        fmt::format_to(std::back_inserter(out), "{:02x}", static_cast<unsigned char>(c));
+    }
+    return out;
+}
+
 }  // namespace conveyor::pg

@@ -1,5 +1,7 @@
 #include "conveyor/core/utf8.hpp"
 
+#include <algorithm>
+
 namespace conveyor::utf8 {
 
 std::size_t sequence_length(std::string_view text, std::size_t at) noexcept {
@@ -48,6 +50,12 @@ std::string sanitized(std::string_view text) {
             ++at;
         }
     }
+    return out;
+}
+
+std::string postgres_text(std::string_view text) {
+    auto out = sanitized(text);
+    std::replace(out.begin(), out.end(), '\0', ' ');
     return out;
 }
 

@@ -10,12 +10,12 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
-#include <cmath>
 #include <regex>
 #include <set>
 
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/envelope.hpp"
+#include "conveyor/core/header_json.hpp"
 #include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/task_group.hpp"
 #include "conveyor/core/topology.hpp"
@@ -29,45 +29,6 @@ namespace asio = boost::asio;
 namespace {
 
 constexpr auto kRetryBackoff = std::chrono::seconds(1);
-
-/// Text PostgreSQL accepts: bytes that are not well-formed UTF-8 become U+FFFD and NUL (which text cannot hold)
-/// becomes a space.
-std::string valid_utf8(std::string_view text) {
-    auto out = utf8::sanitized(text);
-    std::replace(out.begin(), out.end(), '\0', ' ');
-    return out;
-}
-
-std::string headers_json(const amqp::Headers& headers) {
-    boost::json::object object;
-    for (const auto& header : headers) {
-        const auto& name = header.first;  // not a structured binding: clang 14 cannot capture one
-        std::visit(
-            [&object, &name](const auto& v) {
-                using T = std::decay_t<decltype(v)>;
-                if constexpr (std::is_same_v<T, std::string>) {
-                    object[valid_utf8(name)] = valid_utf8(v);
-                } else if constexpr (std::is_same_v<T, double>) {
-                    // JSON has no NaN or infinity.
-                    object[valid_utf8(name)] = std::isfinite(v) ? boost::json::value(v) : boost::json::value(nullptr);
-                } else {
-                    object[valid_utf8(name)] = v;
-                }
-            },
-            header.second);
-    }
-    return boost::json::serialize(object);
-}
-
-/// bytea input syntax: the body exactly as it arrived, whatever its bytes.
-std::string bytea_hex(std::string_view bytes) {
-    std::string out = "\\x";
-    out.reserve(2 + 2 * bytes.size());
-    for (const char c : bytes) {
-        fmt::format_to(std::back_inserter(out), "{:02x}", static_cast<unsigned char>(c));
-    }
-    return out;
-}
 
 /// A header's failure time if it is an RFC 3339 UTC time PostgreSQL reads as such, else now: one malformed header
 /// must not make the whole batch's INSERT fail, again and again.
@@ -90,16 +51,16 @@ std::string failure_time(const std::string& text) {
 std::string original_routing_key(const amqp::Message& message) {
     if (auto routing_key = job_headers::read_failure(message.properties.headers).original_routing_key;
         !routing_key.empty()) {
-        return valid_utf8(routing_key);
+        return utf8::postgres_text(routing_key);
     }
     for (const auto& death : message.properties.deaths) {
         for (const auto& key : death.routing_keys) {
             if (is_valid_job_type(topology::job_type_of_routing_key(key))) {
-                return valid_utf8(topology::job_type_of_routing_key(key));
+                return utf8::postgres_text(topology::job_type_of_routing_key(key));
             }
         }
     }
-    return valid_utf8(message.routing_key);
+    return utf8::postgres_text(message.routing_key);
 }
 
 /// One dead letter's columns, in the order of the INSERT below.
@@ -122,16 +83,16 @@ Row row_of(const amqp::Delivery& delivery) {
     // limit: a job that kept killing its workers; or expired) has the broker's reason in x-death; anything else was
     // published straight into the DLQ.
     const auto failure = job_headers::read_failure(headers);
-    auto reason = valid_utf8(failure.reason);
+    auto reason = utf8::postgres_text(failure.reason);
     if (reason.empty()) {
         const auto& deaths = message.properties.deaths;
         reason = deaths.empty() || deaths.front().reason.empty() ? std::string("unknown")
-                                                                 : valid_utf8(deaths.front().reason);
+                                                                 : utf8::postgres_text(deaths.front().reason);
     }
-    const auto error = valid_utf8(failure.error);
-    const auto failed_at = failure_time(valid_utf8(failure.failed_at));
+    const auto error = utf8::postgres_text(failure.error);
+    const auto failed_at = failure_time(utf8::postgres_text(failure.failed_at));
     const auto pattern = error_pattern(error);
-    const auto job_id = valid_utf8(message.properties.message_id);
+    const auto job_id = utf8::postgres_text(message.properties.message_id);
     // The same message delivered twice has the same key; the same job dead-lettered again later does not.
     const auto archive_key = error_fingerprint(fmt::format("{}\n{}\n{}\n{}", queue, job_id, failure.failed_at,
                                                            error_fingerprint(message.body))) +
@@ -148,9 +109,9 @@ Row row_of(const amqp::Delivery& delivery) {
                    error_fingerprint(pattern),
                    std::to_string(std::min<std::uint32_t>(failure.attempts, INT32_MAX)),
                    failed_at,
-                   valid_utf8(message.properties.correlation_id),
-                   headers_json(headers),
-                   bytea_hex(message.body),
+                   utf8::postgres_text(message.properties.correlation_id),
+                   boost::json::serialize(amqp::headers_to_json(headers)),
+                   pg::bytea_literal(message.body),
                    archive_key};
     return row;
 }

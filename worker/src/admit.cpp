@@ -40,12 +40,23 @@ asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdj
     }
     auto& readable = std::get<Screened>(screened);
     if (control_.cancelled(readable.envelope.job_id)) {
+        give_up_promise(readable.envelope);
         co_return admission::Cancelled{std::move(readable.envelope)};
     }
     if (control_.paused(delivery.queue, readable.envelope.type)) {
+        give_up_promise(readable.envelope);
         co_return admission::Paused{std::move(readable.envelope)};
     }
-    AdmittedJob job{std::move(readable.envelope), readable.definition, std::nullopt};
+    AdmittedJob job{std::move(readable.envelope), readable.definition, std::nullopt, false, false, std::nullopt};
+    auto admission = co_await admit_job(delivery, trace, job);
+    if (job.place && !std::holds_alternative<AdmittedJob>(admission)) {
+        concurrency_.release(*job.place, delivery.message.properties.message_id);
+    }
+    co_return admission;
+}
+
+asio::awaitable<Admission> Admitter::admit_job(const amqp::Delivery& delivery, const TraceContext& trace,
+                                               AdmittedJob& job) {
     const auto& envelope = job.envelope;
     const auto log = job_logger(envelope, delivery, trace);
     const auto holds_key = co_await unique_keys_.claim(envelope, log);
@@ -80,6 +91,16 @@ asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdj
         }
         job.alone = history->decision == Quarantine::Decision::run_alone;
     }
+    if (auto place = concurrency_.place_of(envelope)) {
+        const auto verdict = co_await concurrency_.acquire(*place, envelope.job_id, log);
+        if (!verdict) {
+            co_return admission::HandBack{};
+        }
+        if (*verdict == ConcurrencyLimits::Verdict::wait) {
+            co_return admission::OverLimit{std::move(job.envelope), std::move(*place)};
+        }
+        job.place = std::move(place);
+    }
     const bool entered = co_await enter_gate(job.alone, log);
     if (!entered) {
         co_return admission::HandBack{};
@@ -102,6 +123,12 @@ asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdj
         job.start_on_record = true;
     }
     co_return std::move(job);
+}
+
+void Admitter::give_up_promise(const Envelope& envelope) {
+    if (auto place = concurrency_.place_of(envelope)) {
+        concurrency_.release(*place, envelope.job_id);
+    }
 }
 
 asio::awaitable<std::optional<Quarantine::History>> Admitter::judge(const std::string& job_id, const JobLogger& log) {

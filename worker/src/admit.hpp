@@ -8,6 +8,7 @@
 #include <optional>
 #include <variant>
 
+#include "concurrency.hpp"
 #include "control.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/envelope.hpp"
@@ -53,6 +54,8 @@ struct AdmittedJob {
     std::optional<Quarantine::Pass> pass;  ///< taken once it has entered the gate
     bool alone = false;                    ///< a suspect, running with no other job beside it
     bool start_on_record = false;          ///< redelivered: its start is recorded, and cleared when the attempt ends
+    /// Its place under its key's concurrency limit, freed once the attempt is settled.
+    std::optional<ConcurrencyPlace> place;
 };
 
 namespace admission {
@@ -72,9 +75,14 @@ struct Paused {
 struct Deduplicated {
     Envelope envelope;
 };
+/// Its key has as many jobs running as its concurrency limit allows: it waits in the key's line.
+struct OverLimit {
+    Envelope envelope;
+    ConcurrencyPlace place;
+};
 }  // namespace admission
 using Admission = std::variant<AdmittedJob, Refusal, admission::HandBack, admission::Gone, admission::Cancelled,
-                               admission::Paused, admission::Deduplicated>;
+                               admission::Paused, admission::Deduplicated, admission::OverLimit>;
 
 class Admitter {
   public:
@@ -83,14 +91,15 @@ class Admitter {
         unsigned quarantine_after = 0;
     };
     Admitter(const JobRegistry& registry, Settings settings, Quarantine& quarantine, DatabaseHealth& database,
-             const JobControl& control, UniqueKeys& unique_keys, const amqp::Connection& consumer,
-             const std::atomic<bool>& draining)
+             const JobControl& control, UniqueKeys& unique_keys, ConcurrencyLimits& concurrency,
+             const amqp::Connection& consumer, const std::atomic<bool>& draining)
         : registry_(registry),
           settings_(settings),
           quarantine_(quarantine),
           database_(database),
           control_(control),
           unique_keys_(unique_keys),
+          concurrency_(concurrency),
           consumer_(consumer),
           draining_(draining) {}
 
@@ -101,6 +110,12 @@ class Admitter {
     void stop_waiting() noexcept;
 
   private:
+    /// admit() but for the place under a concurrency limit, which `job` holds once taken (admit() frees it if the job
+    /// is not admitted after all).
+    boost::asio::awaitable<Admission> admit_job(const amqp::Delivery& delivery, const TraceContext& trace,
+                                                AdmittedJob& job);
+    /// A job that will not run now gives up the place it may have been promised as it left its key's waiting line.
+    void give_up_promise(const Envelope& envelope);
     /// Only a redelivered job can have been running when a worker died: its record says whether it may run, and
     /// how. Empty if the worker began draining while the database was away.
     boost::asio::awaitable<std::optional<Quarantine::History>> judge(const std::string& job_id, const JobLogger& log);
@@ -116,6 +131,7 @@ class Admitter {
     DatabaseHealth& database_;
     const JobControl& control_;
     UniqueKeys& unique_keys_;
+    ConcurrencyLimits& concurrency_;
     const amqp::Connection& consumer_;
     const std::atomic<bool>& draining_;
 };

@@ -127,7 +127,7 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
 }
 
 void Settlement::record_end(const amqp::Delivery& delivery, const Envelope& envelope, const Attempt& attempt,
-                            const TraceContext& trace, std::string state, std::string error) {
+                            const TraceContext& trace, std::string state, const std::string& error) {
     if (!history_.enabled()) {
         return;
     }
@@ -207,6 +207,14 @@ asio::awaitable<void> Settlement::park(const amqp::Delivery& delivery, const Env
     metrics.parked_paused->Increment();
     ++counts_.parked;
     log.debug("paused: parked for {} s, attempt {} not counted", delay.count(), envelope.attempt);
+}
+
+void Settlement::acknowledge_waiting(const amqp::Delivery& delivery, const Envelope& envelope,
+                                     WorkerMetrics::Job& metrics, const JobLogger& log) {
+    consumer_.ack(delivery);
+    metrics.parked_concurrency->Increment();
+    ++counts_.waiting;
+    log.debug("over its key's concurrency limit: waits in line, attempt {} not counted", envelope.attempt);
 }
 
 asio::awaitable<void> Settlement::hand_back(std::vector<amqp::Delivery> deliveries, WorkerMetrics& metrics,

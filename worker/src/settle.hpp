@@ -74,6 +74,7 @@ struct SettledCounts {
     std::atomic<std::uint64_t> cancelled{0};
     std::atomic<std::uint64_t> deduplicated{0};        ///< unique jobs whose key another job held
     std::atomic<std::uint64_t> parked{0};              ///< while their queue or type was paused
+    std::atomic<std::uint64_t> waiting{0};             ///< over their key's concurrency limit, into its line
     std::atomic<std::uint64_t> parked_at_shutdown{0};  ///< taken but not started when the worker shut down
 };
 
@@ -106,6 +107,9 @@ class Settlement {
                            const JobLogger& log, const TraceContext& trace);
     /// Hands a delivery back to the broker for another attempt (here or on another worker).
     void requeue(const amqp::Delivery& delivery);
+    /// A job over its key's concurrency limit, stored in the key's waiting line: acknowledged, for the line has it.
+    void acknowledge_waiting(const amqp::Delivery& delivery, const Envelope& envelope, WorkerMetrics::Job& metrics,
+                             const JobLogger& log);
 
     /// Holds back a job that must not run now (its queue or type is paused): it waits `delay` in the delay ladder,
     /// unchanged (no attempt burned, nothing recorded against it), and returns to its queue's tail. The original is
@@ -133,7 +137,7 @@ class Settlement {
     boost::asio::awaitable<void> requeue_after_pause(const amqp::Delivery& delivery);
     /// The end of the attempt in the job's history.
     void record_end(const amqp::Delivery& delivery, const Envelope& envelope, const Attempt& attempt,
-                    const TraceContext& trace, std::string state, std::string error);
+                    const TraceContext& trace, std::string state, const std::string& error);
 
     amqp::Connection& consumer_;
     amqp::Connection& publisher_;

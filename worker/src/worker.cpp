@@ -15,6 +15,7 @@
 
 #include "admit.hpp"
 #include "capacity.hpp"
+#include "concurrency.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/http_server.hpp"
@@ -24,6 +25,7 @@
 #include "conveyor/core/task_group.hpp"
 #include "conveyor/core/topology.hpp"
 #include "execute.hpp"
+#include "flow_limits.hpp"
 #include "housekeeping.hpp"
 #include "quarantine.hpp"
 #include "ready_jobs.hpp"
@@ -54,6 +56,9 @@ constexpr auto kHistoryFinalFlush = std::chrono::seconds(5);
 constexpr auto kHandBackTimeout = std::chrono::seconds(2);
 // Commands on the control exchange unacknowledged at once; they are few and small.
 constexpr std::uint16_t kControlPrefetch = 50;
+// How often the worker looks for a newer version of the flow limits: an applied file is in force fleet-wide
+// within this (and a statement), without a restart.
+constexpr auto kFlowPoll = std::chrono::seconds(2);
 
 pg::Settings database_settings(const WorkerSettings& settings) {
     pg::Settings database;
@@ -136,7 +141,7 @@ class Worker::Impl {
                     .worker = settings_.name},
                    {metrics_.history_written(), metrics_.history_dropped(), metrics_.history_buffered()}),
           admitter_(registry_, {{.max_body_bytes = settings_.max_message_bytes}, settings_.quarantine_after},
-                    quarantine_, database_, control_, unique_keys_, consumer_, draining_),
+                    quarantine_, database_, control_, unique_keys_, concurrency_, consumer_, draining_),
           execution_(pool_, quarantine_, database_, metrics_, history_, control_,
                      {settings_.job_timeout, settings_.name}, aborting_),
           settlement_(consumer_, publisher_, outbox_, history_, unique_keys_, settings_.name,
@@ -151,6 +156,7 @@ class Worker::Impl {
     asio::awaitable<WorkerStats> run() {
         serve_http();
         co_await load_pauses();
+        co_await load_flow_limits();
         for (std::size_t index = 0; index < settings_.families.size(); ++index) {
             for (const auto band : topology::kBands) {
                 consumer_.add_consumer({topology::queue_name(settings_.families[index], band), prefetch_shares_[index]},
@@ -183,10 +189,11 @@ class Worker::Impl {
         const auto& counts = settlement_.counts();
         spdlog::info(
             "worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} deduplicated, {} "
-            "requeued, {} cancelled, {} parked while paused, {} handed back unstarted",
+            "requeued, {} cancelled, {} parked while paused, {} put in line by a concurrency limit, {} handed back "
+            "unstarted",
             settings_.name, counts.succeeded.load(), counts.retried.load(), counts.dead_lettered.load(),
             counts.duplicates.load(), counts.deduplicated.load(), counts.requeued.load(), counts.cancelled.load(),
-            counts.parked.load(), counts.parked_at_shutdown.load());
+            counts.parked.load(), counts.waiting.load(), counts.parked_at_shutdown.load());
         co_return WorkerStats{counts.succeeded, counts.retried, counts.dead_lettered, counts.requeued};
     }
 
@@ -206,6 +213,36 @@ class Worker::Impl {
             spdlog::warn("cannot read the paused queues ({}); starting without them, they are read again every 2 s",
                          failure);
         }
+    }
+
+    /// Before consuming, so that the limits on record hold from the first delivery. Without the database the worker
+    /// starts anyway: a limited job cannot be admitted before the database is back, and the limits are read again
+    /// every few seconds.
+    asio::awaitable<void> load_flow_limits() {
+        std::string failure;
+        try {
+            co_await flow_.load();
+        } catch (const pg::Error& e) {
+            failure = e.what();
+        }
+        if (!failure.empty()) {
+            spdlog::warn("cannot read the flow limits ({}); they are read again every {} s", failure,
+                         kFlowPoll.count());
+        }
+    }
+
+    void on_flow_change(std::int64_t version) {
+        metrics_.flow_version().Set(static_cast<double>(version));
+        const auto config = flow_.current();
+        std::vector<std::string> limits;
+        for (const auto& [type, settings] : config->jobs) {
+            if (settings.concurrency) {
+                limits.push_back(
+                    fmt::format("{} {} per {}", type, settings.concurrency->limit, settings.concurrency->key_pointer));
+            }
+        }
+        spdlog::info("flow limits version {} in force: {}", version,
+                     limits.empty() ? std::string("no limits") : fmt::format("{}", fmt::join(limits, "; ")));
     }
 
     /// A family paused as a whole is not consumed at all; a paused type is parked by admission.
@@ -264,6 +301,8 @@ class Worker::Impl {
         background_.spawn("control listener",
                           [this](TaskGroup::Task&) { return control_.listen(control_deliveries_, consumer_); });
         background_.spawn("cancellations", [this](TaskGroup::Task&) { return control_.follow_records(); });
+        background_.spawn("flow limits", [this](TaskGroup::Task&) { return flow_.follow(); });
+        background_.spawn("concurrency limits", [this](TaskGroup::Task&) { return concurrency_.run(); });
     }
 
     /// The pool: each coroutine runs on a strand of its own beside its job's watchdog, and the task's signal
@@ -488,9 +527,18 @@ class Worker::Impl {
             co_await settlement_.park(delivery, paused->envelope, metrics, settings_.paused_recheck, log);
             co_return;
         }
-        auto& job = std::get<AdmittedJob>(admission);
+        if (auto* over_limit = std::get_if<admission::OverLimit>(&admission)) {
+            co_await wait_in_line(delivery, *over_limit, trace);
+            co_return;
+        }
+        co_await run_admitted(delivery, std::get<AdmittedJob>(admission), slot, trace);
+    }
+
+    asio::awaitable<void> run_admitted(const amqp::Delivery& delivery, AdmittedJob& job, JobSlot& slot,
+                                       const TraceContext& trace) {
         const auto& envelope = job.envelope;
         const auto log = job_logger(envelope, delivery, trace);
+        const ConcurrencyLimits::PlaceHeld place(concurrency_, std::move(job.place), envelope.job_id);
         auto attempt = co_await execution_.run(delivery, job, slot, trace, log);
         if (!attempt) {
             settlement_.requeue(delivery);  // interrupted by the shutdown
@@ -498,6 +546,20 @@ class Worker::Impl {
         }
         auto& metrics = metrics_.job(delivery.queue, envelope.type);
         co_await settlement_.settle(delivery, envelope, metrics, std::move(*attempt), log, trace);
+    }
+
+    /// Over its key's concurrency limit: into the key's waiting line, then acknowledged. If the worker drains while
+    /// the database is away, the job goes back to the broker instead.
+    asio::awaitable<void> wait_in_line(const amqp::Delivery& delivery, const admission::OverLimit& over_limit,
+                                       const TraceContext& trace) {
+        const auto log = job_logger(over_limit.envelope, delivery, trace);
+        const bool stored = co_await concurrency_.wait_in_line(over_limit.place, delivery, log);
+        if (!stored) {
+            co_await hand_back(delivery);
+            co_return;
+        }
+        auto& metrics = metrics_.job(delivery.queue, over_limit.envelope.type);
+        settlement_.acknowledge_waiting(delivery, over_limit.envelope, metrics, log);
     }
 
     asio::awaitable<void> hand_back(amqp::Delivery delivery) {
@@ -567,6 +629,14 @@ class Worker::Impl {
     std::atomic<bool> draining_{false};
     std::atomic<bool> aborting_{false};
     UniqueKeys unique_keys_{pool_, database_, draining_};
+    FlowLimits flow_{pool_, kFlowPoll, [this](std::int64_t version) { on_flow_change(version); }};
+    ConcurrencyLimits concurrency_{pool_,
+                                   publisher_,
+                                   database_,
+                                   flow_,
+                                   draining_,
+                                   {.holder = control_queue_.name.substr(topology::kControlExchange.size() + 1)},
+                                   {metrics_.flow_waiting_jobs(), metrics_.flow_waiting_keys()}};
     Admitter admitter_;
     Execution execution_;
     Settlement settlement_;

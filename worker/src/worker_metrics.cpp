@@ -43,10 +43,13 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                      .Name("conveyor_jobs_in_flight")
                      .Help("Jobs whose handler is running")
                      .Register(registry)),
-      parked_(prometheus::BuildCounter()
-                  .Name("conveyor_jobs_parked_total")
-                  .Help("Jobs held back without running, burning no attempt: parked in the delay ladder, by reason")
-                  .Register(registry)),
+      parked_(
+          prometheus::BuildCounter()
+              .Name("conveyor_jobs_parked_total")
+              .Help(
+                  "Jobs held back without running, burning no attempt, by reason: parked in the delay ladder (paused, "
+                  "shutdown) or in a concurrency key's waiting line (concurrency_limit)")
+              .Register(registry)),
       queue_paused_(prometheus::BuildGauge()
                         .Name("conveyor_queue_paused")
                         .Help("1 while the whole queue is paused: no worker starts its jobs")
@@ -89,7 +92,23 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                             .Name("conveyor_history_buffered")
                             .Help("Job history events waiting to be written")
                             .Register(registry)
-                            .Add({})) {
+                            .Add({})),
+      flow_waiting_jobs_(prometheus::BuildGauge()
+                             .Name("conveyor_flow_waiting_jobs")
+                             .Help("Jobs waiting in line for a place under a per-key concurrency limit; "
+                                   "fleet-wide, so aggregate with max()")
+                             .Register(registry)
+                             .Add({})),
+      flow_waiting_keys_(prometheus::BuildGauge()
+                             .Name("conveyor_flow_waiting_keys")
+                             .Help("Concurrency keys with jobs waiting in line; fleet-wide, so aggregate with max()")
+                             .Register(registry)
+                             .Add({})),
+      flow_version_(prometheus::BuildGauge()
+                        .Name("conveyor_flow_version")
+                        .Help("Version of the flow limits (conveyor flow apply) in force in this worker; 0: none")
+                        .Register(registry)
+                        .Add({})) {
     for (const auto& family : families) {
         const auto queue = topology::queue_name(family);
         for (const auto& type : jobs.types_of_family(family)) {
@@ -157,6 +176,7 @@ WorkerMetrics::Job WorkerMetrics::make_job(const std::string& queue, const std::
                outcome("deduplicated"),
                &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "paused"}}),
                &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "shutdown"}}),
+               &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "concurrency_limit"}}),
                &duration_.Add(labels, seconds_buckets()),
                &queue_wait_.Add(labels, seconds_buckets()),
                &retry_delay_.Add(labels, delay_buckets())};

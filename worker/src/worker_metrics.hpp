@@ -31,6 +31,8 @@ class WorkerMetrics {
         prometheus::Counter* deduplicated;     ///< a unique job whose key another job held
         prometheus::Counter* parked_paused;    ///< held back because its queue or type is paused
         prometheus::Counter* parked_shutdown;  ///< taken but not started when its worker shut down
+        /// over its key's concurrency limit: stored in the key's waiting line
+        prometheus::Counter* parked_concurrency;
         prometheus::Histogram* duration;
         prometheus::Histogram* queue_wait;
         prometheus::Histogram* retry_delay;
@@ -50,6 +52,11 @@ class WorkerMetrics {
     [[nodiscard]] prometheus::Counter& history_written() noexcept { return history_written_; }
     [[nodiscard]] prometheus::Counter& history_dropped() noexcept { return history_dropped_; }
     [[nodiscard]] prometheus::Gauge& history_buffered() noexcept { return history_buffered_; }
+    /// Jobs in the waiting lines of per-key concurrency limits, and the keys they wait for (fleet-wide).
+    [[nodiscard]] prometheus::Gauge& flow_waiting_jobs() noexcept { return flow_waiting_jobs_; }
+    [[nodiscard]] prometheus::Gauge& flow_waiting_keys() noexcept { return flow_waiting_keys_; }
+    /// The version of the flow limits in force here.
+    [[nodiscard]] prometheus::Gauge& flow_version() noexcept { return flow_version_; }
 
     /// This worker's figures for one queue, summed over its job types: what the capacity estimate reads.
     struct QueueTotals {
@@ -94,6 +101,9 @@ class WorkerMetrics {
     prometheus::Counter& history_written_;
     prometheus::Counter& history_dropped_;
     prometheus::Gauge& history_buffered_;
+    prometheus::Gauge& flow_waiting_jobs_;
+    prometheus::Gauge& flow_waiting_keys_;
+    prometheus::Gauge& flow_version_;
     std::mutex connections_mutex_;  ///< both connection threads report; the gauge reflects both flags
     std::array<bool, 2> connections_up_{};
 

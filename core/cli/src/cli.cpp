@@ -324,6 +324,24 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     jobs_cancel_cmd->add_option("id", cancel_job_ids, "Job ids")->required();
     jobs_cancel_cmd->add_flag("--json", job_json, "One JSON object per job");
 
+    FlowApplyOptions flow_options;
+    bool flow_show_json = false;
+    auto* flow_cmd = app.add_subcommand(
+        "flow", "Flow limits in force across every worker: per-key concurrency limits (one YAML file, versioned)");
+    flow_cmd->require_subcommand(1);
+    flow_cmd->fallthrough();
+    flow_cmd->add_option("--pg-url", flow_options.pg_url, "PostgreSQL URL")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    auto* flow_apply_cmd = flow_cmd->add_subcommand(
+        "apply", "Check a flow file and put it in force as a new version (a bad file names its line, changes nothing)");
+    flow_apply_cmd->add_option("file", flow_options.file, "The flow file (YAML)")->required();
+    flow_apply_cmd->add_flag("--dry-run", flow_options.dry_run, "Only check the file");
+    flow_apply_cmd->add_flag("--json", flow_options.json, "The new version as one JSON object");
+    auto* flow_show_cmd =
+        flow_cmd->add_subcommand("show", "The flow limits in force, their version and who applied it");
+    flow_show_cmd->add_flag("--json", flow_show_json, "As one JSON object, with the file's text");
+
     auto* migrate_cmd = app.add_subcommand(
         "migrate",
         "Apply the database migrations not yet applied, each in a transaction (idempotent, safe to run "
@@ -404,6 +422,12 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         }
         if (*jobs_cancel_cmd) {
             return jobs_cancel(common, jobs_options.pg_url, cancel_job_ids, job_json);
+        }
+        if (*flow_apply_cmd) {
+            return flow_apply(flow_options);
+        }
+        if (*flow_show_cmd) {
+            return flow_show(flow_options.pg_url, flow_show_json);
         }
         if (*migrate_cmd) {
             migrate_options.statement_timeout = parse_duration(statement_timeout);

@@ -66,6 +66,13 @@ struct PauseOptions {
     bool json = false;
 };
 
+struct FlowApplyOptions {
+    std::string file;
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    bool dry_run = false;
+    bool json = false;
+};
+
 struct MigrateOptions {
     std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
     std::chrono::milliseconds statement_timeout{std::chrono::minutes(10)};
@@ -152,5 +159,9 @@ int jobs_cancel(const CommonOptions& common, const std::string& pg_url, const st
 int jobs_show(const std::string& pg_url, const std::string& id, bool json);
 /// Jobs from the history, newest first, a page at a time.
 int jobs_list(const JobsListOptions& options);
+/// Checks a flow file and stores it as the newest version (a bad file names its line and stores nothing).
+int flow_apply(const FlowApplyOptions& options);
+/// The flow limits in force and their version.
+int flow_show(const std::string& pg_url, bool json);
 
 }  // namespace conveyor::cli

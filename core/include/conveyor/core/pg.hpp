@@ -239,4 +239,8 @@ class Session {
 [[nodiscard]] std::string text_array(std::span<const std::string_view> values);
 [[nodiscard]] std::string text_array(std::span<const std::string> values);
 
+/// bytea input syntax (hex) for `bytes`, whatever they hold: a parameter such as `$1::bytea`, or an element of a
+/// text_array() cast to bytea[].
+[[nodiscard]] std::string bytea_literal(std::string_view bytes);
+
 }  // namespace conveyor::pg

@@ -18,4 +18,7 @@ inline constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
 /// `text` with every byte that is not part of a well-formed sequence replaced by U+FFFD.
 [[nodiscard]] std::string sanitized(std::string_view text);
 
+/// Text PostgreSQL's text type accepts: sanitized(), and NUL (which it cannot hold) as a space.
+[[nodiscard]] std::string postgres_text(std::string_view text);
+
 }  // namespace conveyor::utf8

@@ -1,0 +1,61 @@
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/json/object.hpp>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "conveyor/core/pg.hpp"
+
+/// The flow limits in force: one YAML file (`conveyor flow apply FILE`), stored in conveyor.flow_config with a
+/// version, read by every worker. The same parser checks a file before it is stored and reads the stored one.
+namespace conveyor::flow {
+
+/// At most `limit` jobs of the type with the same key run at once across the fleet. The key is the payload's value
+/// at `key_pointer` (RFC 6901, e.g. /customer_id); jobs without it share the key "".
+struct ConcurrencyLimit {
+    std::string key_pointer;
+    std::uint32_t limit = 1;
+};
+
+struct TypeLimits {
+    std::optional<ConcurrencyLimit> concurrency;
+};
+
+struct FlowConfig {
+    std::map<std::string, TypeLimits, std::less<>> jobs;
+
+    [[nodiscard]] const TypeLimits* find(std::string_view type) const {
+        const auto found = jobs.find(type);
+        return found == jobs.end() ? nullptr : &found->second;
+    }
+};
+
+/// Highest per-key concurrency limit a file may set.
+inline constexpr std::uint32_t kMaxConcurrencyLimit = 100'000;
+
+/// Reads a flow file. Throws std::invalid_argument naming `origin`, the line and what is wrong.
+[[nodiscard]] FlowConfig parse(std::string_view yaml, std::string_view origin);
+
+/// What a file sets, as JSON (`conveyor flow show --json`).
+[[nodiscard]] boost::json::object to_json(const FlowConfig& config);
+
+/// A stored version of the flow file.
+struct Applied {
+    std::int64_t version = 0;
+    std::string source;
+    std::string applied_at;  ///< RFC 3339 UTC
+    std::string applied_by;
+};
+
+/// Stores `source` as the newest version (it must have parsed) and returns that version. Throws pg::Error.
+boost::asio::awaitable<std::int64_t> apply(pg::Pool& pool, const std::string& source, const std::string& by);
+
+/// The newest stored version if it is newer than `after`. Throws pg::Error.
+boost::asio::awaitable<std::optional<Applied>> newest(pg::Pool& pool, std::int64_t after = 0);
+
+}  // namespace conveyor::flow

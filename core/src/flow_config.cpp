@@ -1,0 +1,154 @@
+#include "conveyor/core/flow_config.hpp"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
+#include <stdexcept>
+
+#include "conveyor/core/envelope.hpp"
+
+namespace conveyor::flow {
+namespace {
+
+class Reader {
+  public:
+    explicit Reader(std::string_view origin) : origin_(origin) {}
+
+    [[noreturn]] void fail(const YAML::Node& node, std::string_view what) const {
+        throw std::invalid_argument(fmt::format("{}:{}: {}", origin_, node.Mark().line + 1, what));
+    }
+
+    /// A mapping's entries, each key once and among `known`.
+    template <typename Each>
+    void entries(const YAML::Node& map, std::string_view what, std::initializer_list<std::string_view> known,
+                 Each&& each) const {
+        if (!map.IsMap()) {
+            fail(map, fmt::format("{} must be a mapping", what));
+        }
+        std::map<std::string, bool, std::less<>> seen;
+        for (const auto& entry : map) {
+            const auto name = entry.first.as<std::string>();
+            if (known.size() > 0 && std::find(known.begin(), known.end(), name) == known.end()) {
+                fail(entry.first,
+                     fmt::format("unknown setting '{}' in {} (known: {})", name, what, fmt::join(known, ", ")));
+            }
+            if (!seen.emplace(name, true).second) {
+                fail(entry.first, fmt::format("'{}' is set twice in {}", name, what));
+            }
+            each(name, entry.second);
+        }
+    }
+
+    [[nodiscard]] std::int64_t integer(const YAML::Node& node, std::string_view what, std::int64_t low,
+                                       std::int64_t high) const {
+        const auto text = node.IsScalar() ? node.Scalar() : std::string();
+        std::int64_t value = 0;
+        const auto* end = text.data() + text.size();
+        const auto [rest, error] = std::from_chars(text.data(), end, value);
+        if (text.empty() || error != std::errc{} || rest != end || value < low || value > high) {
+            fail(node, fmt::format("{} must be a whole number from {} to {}", what, low, high));
+        }
+        return value;
+    }
+
+    [[nodiscard]] std::string json_pointer(const YAML::Node& node, std::string_view what) const {
+        auto text = node.IsScalar() ? node.Scalar() : std::string();
+        bool valid = text.size() > 1 && text.front() == '/';
+        for (std::size_t i = 0; valid && i < text.size(); ++i) {
+            valid = text[i] != '~' || (i + 1 < text.size() && (text[i + 1] == '0' || text[i + 1] == '1'));
+        }
+        if (!valid) {
+            fail(node, fmt::format("{} must be a JSON pointer into the payload, such as /customer_id", what));
+        }
+        return text;
+    }
+
+  private:
+    std::string_view origin_;
+};
+
+ConcurrencyLimit read_concurrency(const Reader& reader, const YAML::Node& node, const std::string& type) {
+    ConcurrencyLimit limit;
+    bool has_key = false;
+    bool has_limit = false;
+    const auto where = fmt::format("{} concurrency", type);
+    reader.entries(node, where, {"key", "limit"}, [&](const std::string& name, const YAML::Node& value) {
+        if (name == "key") {
+            limit.key_pointer = reader.json_pointer(value, fmt::format("{} key", where));
+            has_key = true;
+        } else {
+            limit.limit = static_cast<std::uint32_t>(
+                reader.integer(value, fmt::format("{} limit", where), 1, kMaxConcurrencyLimit));
+            has_limit = true;
+        }
+    });
+    if (!has_key || !has_limit) {
+        reader.fail(node, fmt::format("{} needs both 'key' (a JSON pointer) and 'limit'", where));
+    }
+    return limit;
+}
+
+}  // namespace
+
+FlowConfig parse(std::string_view yaml, std::string_view origin) {
+    YAML::Node document;
+    try {
+        document = YAML::Load(std::string(yaml));
+    } catch (const YAML::Exception& e) {
+        throw std::invalid_argument(fmt::format("{}:{}: not valid YAML: {}", origin, e.mark.line + 1, e.msg));
+    }
+    FlowConfig config;
+    if (!document || document.IsNull()) {
+        return config;
+    }
+    const Reader reader(origin);
+    reader.entries(document, "the flow file", {"jobs"}, [&](const std::string&, const YAML::Node& jobs) {
+        if (jobs.IsNull()) {
+            return;
+        }
+        reader.entries(jobs, "'jobs'", {}, [&](const std::string& type, const YAML::Node& settings) {
+            if (!is_valid_job_type(type)) {
+                reader.fail(settings, fmt::format("'{}' is not a job type (family.action, e.g. orders.place)", type));
+            }
+            TypeLimits limits;
+            reader.entries(settings, type, {"concurrency"}, [&](const std::string&, const YAML::Node& value) {
+                limits.concurrency = read_concurrency(reader, value, type);
+            });
+            config.jobs.emplace(type, std::move(limits));
+        });
+    });
+    return config;
+}
+
+boost::json::object to_json(const FlowConfig& config) {
+    boost::json::object jobs;
+    for (const auto& [type, limits] : config.jobs) {
+        boost::json::object settings;
+        if (limits.concurrency) {
+            settings["concurrency"] = {{"key", limits.concurrency->key_pointer}, {"limit", limits.concurrency->limit}};
+        }
+        jobs[type] = std::move(settings);
+    }
+    return {{"jobs", std::move(jobs)}};
+}
+
+boost::asio::awaitable<std::int64_t> apply(pg::Pool& pool, const std::string& source, const std::string& by) {
+    const auto stored = co_await pool.query(
+        "INSERT INTO conveyor.flow_config (source, applied_by) VALUES ($1, $2) RETURNING version", source, by);
+    co_return stored.integer(0, 0);
+}
+
+boost::asio::awaitable<std::optional<Applied>> newest(pg::Pool& pool, std::int64_t after) {
+    const auto rows = co_await pool.query(
+        "SELECT version, source, to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), "
+        "applied_by FROM conveyor.flow_config WHERE version > $1 ORDER BY version DESC LIMIT 1",
+        after);
+    if (rows.rows() == 0) {
+        co_return std::nullopt;
+    }
+    co_return Applied{rows.integer(0, 0), std::string(rows.text(0, 1)), std::string(rows.text(0, 2)),
+                      std::string(rows.text(0, 3))};
+}
+
+}  // namespace conveyor::flow
