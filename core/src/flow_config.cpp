@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <stdexcept>
 
 #include "conveyor/core/envelope.hpp"
@@ -52,6 +54,17 @@ class Reader {
         return value;
     }
 
+    [[nodiscard]] double positive_number(const YAML::Node& node, std::string_view what, double high) const {
+        const auto text = node.IsScalar() ? node.Scalar() : std::string();
+        double value = 0;
+        const auto* end = text.data() + text.size();
+        const auto [rest, error] = std::from_chars(text.data(), end, value);
+        if (text.empty() || error != std::errc{} || rest != end || !(value > 0) || value > high) {
+            fail(node, fmt::format("{} must be a number above 0 and at most {}", what, high));
+        }
+        return value;
+    }
+
     [[nodiscard]] std::string json_pointer(const YAML::Node& node, std::string_view what) const {
         auto text = node.IsScalar() ? node.Scalar() : std::string();
         bool valid = text.size() > 1 && text.front() == '/';
@@ -89,7 +102,33 @@ ConcurrencyLimit read_concurrency(const Reader& reader, const YAML::Node& node, 
     return limit;
 }
 
+RateLimit read_rate(const Reader& reader, const YAML::Node& node, const std::string& type) {
+    RateLimit limit;
+    std::optional<std::uint32_t> burst;
+    bool has_rate = false;
+    const auto where = fmt::format("{} rate", type);
+    reader.entries(node, where, {"per_second", "burst", "key"}, [&](const std::string& name, const YAML::Node& value) {
+        if (name == "per_second") {
+            limit.per_second = reader.positive_number(value, fmt::format("{} per_second", where), kMaxRate);
+            has_rate = true;
+        } else if (name == "burst") {
+            burst = static_cast<std::uint32_t>(reader.integer(value, fmt::format("{} burst", where), 1, kMaxBurst));
+        } else {
+            limit.key_pointer = reader.json_pointer(value, fmt::format("{} key", where));
+        }
+    });
+    if (!has_rate) {
+        reader.fail(node, fmt::format("{} needs 'per_second' (starts per second across the fleet)", where));
+    }
+    limit.burst = burst.value_or(default_burst(limit.per_second));
+    return limit;
+}
+
 }  // namespace
+
+std::uint32_t default_burst(double per_second) {
+    return static_cast<std::uint32_t>(std::max(1.0, std::ceil(per_second / 10)));
+}
 
 FlowConfig parse(std::string_view yaml, std::string_view origin) {
     YAML::Node document;
@@ -112,14 +151,31 @@ FlowConfig parse(std::string_view yaml, std::string_view origin) {
                 reader.fail(settings, fmt::format("'{}' is not a job type (family.action, e.g. orders.place)", type));
             }
             TypeLimits limits;
-            reader.entries(settings, type, {"concurrency"}, [&](const std::string&, const YAML::Node& value) {
-                limits.concurrency = read_concurrency(reader, value, type);
-            });
+            reader.entries(settings, type, {"concurrency", "rate"},
+                           [&](const std::string& name, const YAML::Node& value) {
+                               if (name == "concurrency") {
+                                   limits.concurrency = read_concurrency(reader, value, type);
+                               } else {
+                                   limits.rate = read_rate(reader, value, type);
+                               }
+                           });
             config.jobs.emplace(type, std::move(limits));
         });
     });
     return config;
 }
+
+namespace {
+
+// A whole rate as an integer: boost::json writes every double in exponent form (50 as 5E1).
+boost::json::value rate_json(double per_second) {
+    if (per_second == std::floor(per_second)) {
+        return static_cast<std::int64_t>(per_second);
+    }
+    return per_second;
+}
+
+}  // namespace
 
 boost::json::object to_json(const FlowConfig& config) {
     boost::json::object jobs;
@@ -128,15 +184,26 @@ boost::json::object to_json(const FlowConfig& config) {
         if (limits.concurrency) {
             settings["concurrency"] = {{"key", limits.concurrency->key_pointer}, {"limit", limits.concurrency->limit}};
         }
+        if (limits.rate) {
+            boost::json::object rate{{"per_second", rate_json(limits.rate->per_second)}, {"burst", limits.rate->burst}};
+            if (!limits.rate->key_pointer.empty()) {
+                rate["key"] = limits.rate->key_pointer;
+            }
+            settings["rate"] = std::move(rate);
+        }
         jobs[type] = std::move(settings);
     }
     return {{"jobs", std::move(jobs)}};
 }
 
-boost::asio::awaitable<std::int64_t> apply(pg::Pool& pool, const std::string& source, const std::string& by) {
+boost::asio::awaitable<Stored> apply(pg::Pool& pool, const std::string& source, const std::string& by) {
     const auto stored = co_await pool.query(
-        "INSERT INTO conveyor.flow_config (source, applied_by) VALUES ($1, $2) RETURNING version", source, by);
-    co_return stored.integer(0, 0);
+        "WITH newest AS (SELECT version, source FROM conveyor.flow_config ORDER BY version DESC LIMIT 1), "
+        "inserted AS (INSERT INTO conveyor.flow_config (source, applied_by) SELECT $1, $2 "
+        "WHERE NOT EXISTS (SELECT 1 FROM newest WHERE source = $1) RETURNING version) "
+        "SELECT version, true FROM inserted UNION ALL SELECT version, false FROM newest WHERE source = $1",
+        source, by);
+    co_return Stored{stored.integer(0, 0), stored.text(0, 1) == "t"};
 }
 
 boost::asio::awaitable<std::optional<Applied>> newest(pg::Pool& pool, std::int64_t after) {

@@ -3,6 +3,9 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/multiple_exceptions.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -23,14 +26,48 @@ bool ended_by_cancellation(const std::exception_ptr& error) {
         std::rethrow_exception(error);
     } catch (const boost::system::system_error& e) {
         return e.code() == asio::error::operation_aborted;
+    } catch (const asio::multiple_exceptions& e) {
+        // Awaitable operators' `||` when both sides failed: the exception of the side that ended first.
+        return ended_by_cancellation(e.first_exception());
     } catch (...) {
         return false;
     }
 }
 
+asio::awaitable<std::vector<std::exception_ptr>> run_group(std::vector<asio::awaitable<void>> loops) {
+    const auto executor = co_await asio::this_coro::executor;
+    using Spawned = decltype(asio::co_spawn(executor, std::declval<asio::awaitable<void>>(), asio::deferred));
+    std::vector<Spawned> spawned;
+    spawned.reserve(loops.size());
+    for (auto& loop : loops) {
+        spawned.push_back(asio::co_spawn(executor, std::move(loop), asio::deferred));
+    }
+    auto group = asio::experimental::make_parallel_group(std::move(spawned));
+    auto [order, errors] = co_await group.async_wait(asio::experimental::wait_for_one_error(), asio::use_awaitable);
+    co_return std::move(errors);
+}
+
 }  // namespace
 
-TaskGroup::TaskGroup(asio::any_io_executor executor) : executor_(executor), join_strand_(asio::make_strand(executor)) {}
+asio::awaitable<void> run_side_by_side(std::vector<asio::awaitable<void>> loops) {
+    // On a strand of its own, as amqp::publish_all's group: Asio 1.24's ranged group reads its range after the
+    // last launch, which must not race the group's completion.
+    auto strand = asio::make_strand(co_await asio::this_coro::executor);
+    const auto errors = co_await asio::co_spawn(strand, run_group(std::move(loops)), asio::use_awaitable);
+    std::exception_ptr cancellation;
+    for (const auto& error : errors) {
+        if (error && !ended_by_cancellation(error)) {
+            std::rethrow_exception(error);
+        }
+        cancellation = cancellation ? cancellation : error;
+    }
+    if (cancellation) {
+        std::rethrow_exception(cancellation);
+    }
+}
+
+TaskGroup::TaskGroup(const asio::any_io_executor& executor)
+    : executor_(executor), join_strand_(asio::make_strand(executor)) {}
 
 void TaskGroup::start(std::string name, Task& task, asio::awaitable<void> coroutine) {
     ++running_;

@@ -8,7 +8,7 @@
 #include <iostream>
 #include <map>
 
-#include "worker_fixture.hpp"
+#include "flow_fixture.hpp"
 
 namespace conveyor::testing {
 namespace {
@@ -16,37 +16,10 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-class ConcurrencyLimitsTest : public WorkerTest {
+class ConcurrencyLimitsTest : public FlowLimitsTest {
   protected:
-    void SetUp() override {
-        WorkerTest::SetUp();
-        clear_limits();
-    }
-    void TearDown() override { clear_limits(); }
-
-    void clear_limits() {
-        database_.query(
-            "TRUNCATE conveyor.flow_config, conveyor.concurrency_slots, conveyor.concurrency_waiting "
-            "RESTART IDENTITY");
-    }
-
-    /// Applies a flow file through the CLI; returns its output.
-    std::string apply_flow(const std::string& yaml) {
-        const auto path = std::filesystem::temp_directory_path() / "conveyor-flow-test.yaml";
-        std::ofstream(path) << yaml;
-        return run_cli({"flow", "apply", path.string(), "--pg-url", pg_url()});
-    }
-
     static std::string limit_per_customer(int limit) {
         return fmt::format("jobs:\n  diag.sleep:\n    concurrency:\n      key: /customer\n      limit: {}\n", limit);
-    }
-
-    static double succeeded(const std::vector<WorkerUnderTest>& workers) {
-        double total = 0;
-        for (const auto& worker : workers) {
-            total += worker.metric("conveyor_jobs_completed_total", {"outcome=\"success\""});
-        }
-        return total;
     }
 
     /// The most jobs of each key that ran at once, from the history's start and end of each job's attempt.

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -134,6 +135,61 @@ TEST(TaskGroup, ACompanionOnTheSameStrandCancelsItsTask) {
     io.run();
     EXPECT_TRUE(interrupted);
     EXPECT_EQ(group.running(), 0U);
+}
+
+/// Runs `loops` side by side on `io` until they end, cancelled after `cancel_after` if given; returns what they
+/// threw.
+std::exception_ptr run_loops(asio::io_context& io, std::vector<asio::awaitable<void>> loops,
+                             std::optional<Clock::duration> cancel_after = std::nullopt) {
+    asio::cancellation_signal signal;
+    std::exception_ptr thrown;
+    asio::co_spawn(io, run_side_by_side(std::move(loops)),
+                   asio::bind_cancellation_slot(signal.slot(), [&thrown](const std::exception_ptr& e) { thrown = e; }));
+    asio::steady_timer timer(io, cancel_after.value_or(kNever));
+    if (cancel_after) {
+        timer.async_wait([&signal](boost::system::error_code) { signal.emit(asio::cancellation_type::terminal); });
+    }
+    io.run();
+    return thrown;
+}
+
+std::string what_was_thrown(const std::exception_ptr& thrown) {
+    try {
+        std::rethrow_exception(thrown);
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+}
+
+TEST(RunSideBySide, AFailingLoopIsReportedNotHiddenBehindItsSiblingsCancellation) {
+    asio::io_context io;
+    std::vector<asio::awaitable<void>> loops;
+    // The failing loop is not the first: `&&` would report the first loop's operation_aborted.
+    loops.push_back(sleep_for(kNever));
+    loops.push_back(fail_after(1ms));
+    loops.push_back(sleep_for(kNever));
+    const auto thrown = run_loops(io, std::move(loops));
+    ASSERT_TRUE(thrown);
+    EXPECT_EQ(what_was_thrown(thrown), "handler bug");
+}
+
+TEST(RunSideBySide, ACancellationReachesEveryLoopAndEndsAsOperationAborted) {
+    asio::io_context io;
+    std::atomic<int> wound_down{0};
+    std::vector<asio::awaitable<void>> loops;
+    loops.reserve(4);
+    for (int i = 0; i < 3; ++i) {
+        loops.push_back(sleep_for(kNever));
+    }
+    loops.push_back(loop_until_cancelled(wound_down));
+    const auto thrown = run_loops(io, std::move(loops), 5ms);
+    ASSERT_TRUE(thrown);
+    try {
+        std::rethrow_exception(thrown);
+    } catch (const boost::system::system_error& e) {
+        EXPECT_EQ(e.code(), asio::error::operation_aborted);
+    }
+    EXPECT_EQ(wound_down, 1);
 }
 
 }  // namespace

@@ -91,15 +91,8 @@ asio::awaitable<Admission> Admitter::admit_job(const amqp::Delivery& delivery, c
         }
         job.alone = history->decision == Quarantine::Decision::run_alone;
     }
-    if (auto place = concurrency_.place_of(envelope)) {
-        const auto verdict = co_await concurrency_.acquire(*place, envelope.job_id, log);
-        if (!verdict) {
-            co_return admission::HandBack{};
-        }
-        if (*verdict == ConcurrencyLimits::Verdict::wait) {
-            co_return admission::OverLimit{std::move(job.envelope), std::move(*place)};
-        }
-        job.place = std::move(place);
+    if (auto held_back = co_await take_flow_limits(job, log)) {
+        co_return std::move(*held_back);
     }
     const bool entered = co_await enter_gate(job.alone, log);
     if (!entered) {
@@ -123,6 +116,31 @@ asio::awaitable<Admission> Admitter::admit_job(const amqp::Delivery& delivery, c
         job.start_on_record = true;
     }
     co_return std::move(job);
+}
+
+asio::awaitable<std::optional<Admission>> Admitter::take_flow_limits(AdmittedJob& job, const JobLogger& log) {
+    const auto& envelope = job.envelope;
+    if (auto place = concurrency_.place_of(envelope)) {
+        const auto verdict = co_await concurrency_.acquire(*place, envelope.job_id, log);
+        if (!verdict) {
+            co_return admission::HandBack{};
+        }
+        if (*verdict == ConcurrencyLimits::Verdict::wait) {
+            co_return admission::OverLimit{std::move(job.envelope), std::move(*place)};
+        }
+        job.place = std::move(place);
+    }
+    // Last, so that a token is not spent on a job that another limit holds back.
+    if (auto bucket = rates_.bucket_of(envelope)) {
+        const auto verdict = co_await rates_.acquire(*bucket, envelope.job_id, log);
+        if (!verdict) {
+            co_return admission::HandBack{};
+        }
+        if (*verdict == RateLimits::Verdict::wait) {
+            co_return admission::OverLimit{std::move(job.envelope), std::move(*bucket)};
+        }
+    }
+    co_return std::nullopt;
 }
 
 void Admitter::give_up_promise(const Envelope& envelope) {

@@ -16,6 +16,7 @@
 #include "conveyor/core/trace.hpp"
 #include "housekeeping.hpp"
 #include "quarantine.hpp"
+#include "rate.hpp"
 #include "settle.hpp"
 #include "unique.hpp"
 #include "worker_metrics.hpp"
@@ -75,10 +76,11 @@ struct Paused {
 struct Deduplicated {
     Envelope envelope;
 };
-/// Its key has as many jobs running as its concurrency limit allows: it waits in the key's line.
+/// Its key has as many jobs running as its concurrency limit allows, or its rate limit's bucket has no token: it
+/// waits in that limit's line.
 struct OverLimit {
     Envelope envelope;
-    ConcurrencyPlace place;
+    std::variant<ConcurrencyPlace, RateBucket> limit;
 };
 }  // namespace admission
 using Admission = std::variant<AdmittedJob, Refusal, admission::HandBack, admission::Gone, admission::Cancelled,
@@ -91,7 +93,7 @@ class Admitter {
         unsigned quarantine_after = 0;
     };
     Admitter(const JobRegistry& registry, Settings settings, Quarantine& quarantine, DatabaseHealth& database,
-             const JobControl& control, UniqueKeys& unique_keys, ConcurrencyLimits& concurrency,
+             const JobControl& control, UniqueKeys& unique_keys, ConcurrencyLimits& concurrency, RateLimits& rates,
              const amqp::Connection& consumer, const std::atomic<bool>& draining)
         : registry_(registry),
           settings_(settings),
@@ -100,6 +102,7 @@ class Admitter {
           control_(control),
           unique_keys_(unique_keys),
           concurrency_(concurrency),
+          rates_(rates),
           consumer_(consumer),
           draining_(draining) {}
 
@@ -114,6 +117,9 @@ class Admitter {
     /// is not admitted after all).
     boost::asio::awaitable<Admission> admit_job(const amqp::Delivery& delivery, const TraceContext& trace,
                                                 AdmittedJob& job);
+    /// The flow limits' steps: a place under its key's concurrency limit (held by `job` once taken), then a token
+    /// under its rate limit. Empty if the job may go on.
+    boost::asio::awaitable<std::optional<Admission>> take_flow_limits(AdmittedJob& job, const JobLogger& log);
     /// A job that will not run now gives up the place it may have been promised as it left its key's waiting line.
     void give_up_promise(const Envelope& envelope);
     /// Only a redelivered job can have been running when a worker died: its record says whether it may run, and
@@ -132,6 +138,7 @@ class Admitter {
     const JobControl& control_;
     UniqueKeys& unique_keys_;
     ConcurrencyLimits& concurrency_;
+    RateLimits& rates_;
     const amqp::Connection& consumer_;
     const std::atomic<bool>& draining_;
 };

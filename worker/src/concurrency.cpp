@@ -8,13 +8,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/json/serialize.hpp>
 #include <unordered_set>
 
-#include "conveyor/core/dead_letters.hpp"
-#include "conveyor/core/header_json.hpp"
-#include "conveyor/core/topology.hpp"
-#include "conveyor/core/utf8.hpp"
+#include "conveyor/core/task_group.hpp"
+#include "waiting_line.hpp"
 
 namespace conveyor::worker {
 namespace asio = boost::asio;
@@ -22,16 +19,8 @@ using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
-// Longest key kept: a longer one is cut (keys that share their first 255 bytes share a limit: stricter, never looser).
-constexpr std::size_t kMaxKeyBytes = 255;
 // Requests per statement.
 constexpr std::size_t kMaxBatch = 500;
-// Promoted jobs published per transaction.
-constexpr int kPublishChunk = 500;
-
-std::string seconds(std::chrono::seconds duration) {
-    return fmt::format("{} seconds", duration.count());
-}
 
 /// The columns of a batch: one text array per field.
 template <typename Request>
@@ -72,40 +61,26 @@ std::optional<ConcurrencyPlace> ConcurrencyLimits::place_of(const Envelope& enve
     if (limits == nullptr || !limits->concurrency) {
         return std::nullopt;
     }
-    std::string key;
-    const auto value = envelope.payload.at_pointer(limits->concurrency->key_pointer);
-    if (value.error() == simdjson::SUCCESS) {
-        std::string_view text;
-        key = value.get(text) == simdjson::SUCCESS ? std::string(text) : simdjson::minify(value.value_unsafe());
-    }
-    if (key.size() > kMaxKeyBytes) {
-        key.resize(kMaxKeyBytes);
-    }
-    return ConcurrencyPlace{envelope.type, utf8::postgres_text(key), limits->concurrency->limit};
+    return ConcurrencyPlace{envelope.type, limit_key(envelope, limits->concurrency->key_pointer),
+                            limits->concurrency->limit};
 }
 
 asio::awaitable<std::optional<ConcurrencyLimits::Verdict>> ConcurrencyLimits::acquire(const ConcurrencyPlace& place,
                                                                                       const std::string& job_id,
                                                                                       const JobLogger& log) {
-    bool granted = false;
-    auto take = [&]() -> asio::awaitable<void> {
-        SlotRequest request{place, job_id};
-        granted = co_await acquires_.call(std::move(request));
-    };
-    const bool checked = co_await database_.run_when_usable(take, draining_, log);
-    if (!checked) {
+    const SlotRequest request{place, job_id};
+    const auto granted = co_await call_when_usable(acquires_, request, database_, draining_, log);
+    if (!granted) {
         co_return std::nullopt;
     }
-    co_return granted ? Verdict::granted : Verdict::wait;
+    co_return *granted ? Verdict::granted : Verdict::wait;
 }
 
 asio::awaitable<bool> ConcurrencyLimits::wait_in_line(const ConcurrencyPlace& place, const amqp::Delivery& delivery,
                                                       const JobLogger& log) {
-    LineRequest request{place, delivery.message.properties.message_id,
-                        boost::json::serialize(amqp::properties_to_json(delivery.message.properties)),
-                        pg::bytea_literal(delivery.message.body)};
-    auto store = [&]() -> asio::awaitable<void> { co_await waits_.call(request); };
-    co_return co_await database_.run_when_usable(store, draining_, log);
+    const LineRequest request{line_entry(delivery), place};
+    const auto stored = co_await call_when_usable(waits_, request, database_, draining_, log);
+    co_return stored.has_value();
 }
 
 void ConcurrencyLimits::release(const ConcurrencyPlace& place, const std::string& job_id) {
@@ -117,13 +92,13 @@ void ConcurrencyLimits::release(const ConcurrencyPlace& place, const std::string
 }
 
 asio::awaitable<void> ConcurrencyLimits::run() {
-    auto acquiring = acquires_.serve([this](std::vector<SlotRequest>& batch) { return acquire_batch(batch); });
-    auto waiting = waits_.serve([this](std::vector<LineRequest>& batch) { return wait_batch(batch); });
-    auto releasing = serve_releases();
-    auto renewing = keep_leases();
-    auto publishing = promote_and_publish();
-    co_await (std::move(acquiring) && std::move(waiting) && std::move(releasing) && std::move(renewing) &&
-              std::move(publishing));
+    std::vector<asio::awaitable<void>> loops;
+    loops.push_back(acquires_.serve([this](std::vector<SlotRequest>& batch) { return acquire_batch(batch); }));
+    loops.push_back(waits_.serve([this](std::vector<LineRequest>& batch) { return wait_batch(batch); }));
+    loops.push_back(serve_releases());
+    loops.push_back(keep_leases());
+    loops.push_back(promote_and_publish());
+    co_await run_side_by_side(std::move(loops));
 }
 
 asio::awaitable<std::vector<bool>> ConcurrencyLimits::acquire_batch(std::vector<SlotRequest>& requests) {
@@ -132,7 +107,7 @@ asio::awaitable<std::vector<bool>> ConcurrencyLimits::acquire_batch(std::vector<
         "SELECT conveyor.acquire_concurrency_slots($1::text[], $2::text[], $3::text[], $4::integer[], $5, "
         "$6::interval)",
         pg::text_array(columns.types), pg::text_array(columns.keys), pg::text_array(columns.job_ids),
-        pg::text_array(columns.limits), settings_.holder, seconds(settings_.lease));
+        pg::text_array(columns.limits), settings_.holder, pg_interval(settings_.lease));
     std::unordered_set<std::string_view> ids;
     for (int row = 0; row < granted.rows(); ++row) {
         ids.insert(granted.text(row, 0));
@@ -157,7 +132,8 @@ asio::awaitable<std::vector<bool>> ConcurrencyLimits::wait_batch(std::vector<Lin
         "SELECT conveyor.wait_for_concurrency_slots($1::text[], $2::text[], $3::text[], $4::integer[], "
         "$5::jsonb[], $6::bytea[], $7::interval)",
         pg::text_array(columns.types), pg::text_array(columns.keys), pg::text_array(columns.job_ids),
-        pg::text_array(columns.limits), pg::text_array(properties), pg::text_array(bodies), seconds(settings_.promise));
+        pg::text_array(columns.limits), pg::text_array(properties), pg::text_array(bodies),
+        pg_interval(settings_.promise));
     promoted(stored.integer(0, 0));
     co_return std::vector<bool>(requests.size(), true);
 }
@@ -185,7 +161,7 @@ asio::awaitable<void> ConcurrencyLimits::serve_releases() {
                 "SELECT conveyor.release_concurrency_slots($1::text[], $2::text[], $3::text[], $4::integer[], $5, "
                 "$6::interval)",
                 pg::text_array(columns.types), pg::text_array(columns.keys), pg::text_array(columns.job_ids),
-                pg::text_array(columns.limits), settings_.holder, seconds(settings_.promise));
+                pg::text_array(columns.limits), settings_.holder, pg_interval(settings_.promise));
             promoted(released.integer(0, 0));
         } catch (const pg::Error& e) {
             failure = e.what();
@@ -211,7 +187,7 @@ asio::awaitable<void> ConcurrencyLimits::keep_leases() {
         try {
             co_await pool_.query(
                 "UPDATE conveyor.concurrency_slots SET expires_at = now() + $2::interval WHERE holder = $1",
-                settings_.holder, seconds(settings_.lease));
+                settings_.holder, pg_interval(settings_.lease));
         } catch (const pg::Error& e) {
             spdlog::warn(
                 "cannot renew this worker's concurrency places ({}); they free themselves {} s after the "
@@ -245,7 +221,8 @@ asio::awaitable<void> ConcurrencyLimits::promote_and_publish() {
                 next_sweep = std::chrono::steady_clock::now() + settings_.sweep_interval;
                 co_await sweep();
             }
-            while (co_await publish_promoted()) {
+            while (co_await waiting_line::publish_released(pool_, publisher_, "conveyor.concurrency_waiting",
+                                                           "concurrency", settings_.publish_timeout)) {
             }
         } catch (const pg::Error& e) {
             failure = e.what();
@@ -272,7 +249,7 @@ asio::awaitable<void> ConcurrencyLimits::sweep() {
     }
     const auto promoted_now =
         co_await pool_.query("SELECT conveyor.promote_concurrency_waiting($1::text[], $2::integer[], $3::interval)",
-                             pg::text_array(types), pg::text_array(limits), seconds(settings_.promise));
+                             pg::text_array(types), pg::text_array(limits), pg_interval(settings_.promise));
     promoted(promoted_now.integer(0, 0));
     const auto unlimited = co_await pool_.query(
         "UPDATE conveyor.concurrency_waiting SET released_at = now() WHERE released_at IS NULL "
@@ -285,45 +262,6 @@ asio::awaitable<void> ConcurrencyLimits::sweep() {
         "WHERE released_at IS NULL");
     gauges_.waiting_jobs.Set(static_cast<double>(waiting.integer(0, 0)));
     gauges_.waiting_keys.Set(static_cast<double>(waiting.integer(0, 1)));
-}
-
-asio::awaitable<bool> ConcurrencyLimits::publish_promoted() {
-    auto transaction = co_await pool_.begin();
-    const auto rows = co_await transaction.query(
-        "SELECT id, job_type, properties::text, encode(body, 'hex') "
-        "FROM conveyor.concurrency_waiting WHERE released_at IS NOT NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        kPublishChunk);
-    if (rows.rows() == 0) {
-        co_return false;
-    }
-    std::vector<amqp::Message> messages;
-    for (int row = 0; row < rows.rows(); ++row) {
-        amqp::Message message;
-        message.exchange = topology::kJobsExchange;
-        message.routing_key = rows.text(row, 1);
-        message.properties = amqp::properties_from_json(rows.text(row, 2));
-        message.body = dead_letters::decode_body(rows.text(row, 3));
-        messages.push_back(std::move(message));
-    }
-    const auto errors = co_await amqp::publish_all(publisher_, std::move(messages), settings_.publish_timeout);
-    std::vector<std::string> ids;
-    std::string failure;
-    for (int row = 0; row < rows.rows(); ++row) {
-        if (errors[static_cast<std::size_t>(row)]) {
-            failure = errors[static_cast<std::size_t>(row)].message();
-            continue;
-        }
-        ids.emplace_back(rows.text(row, 0));
-    }
-    co_await transaction.query("DELETE FROM conveyor.concurrency_waiting WHERE id = ANY($1::bigint[])",
-                               pg::text_array(ids));
-    co_await transaction.commit();
-    if (!failure.empty()) {
-        spdlog::warn("concurrency limits: could not publish {} promoted jobs ({}); they stay in line",
-                     static_cast<std::size_t>(rows.rows()) - ids.size(), failure);
-        co_return false;
-    }
-    co_return true;
 }
 
 }  // namespace conveyor::worker

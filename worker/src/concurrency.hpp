@@ -102,11 +102,8 @@ class ConcurrencyLimits {
         ConcurrencyPlace place;
         std::string job_id;
     };
-    struct LineRequest {
+    struct LineRequest : LineEntry {
         ConcurrencyPlace place;
-        std::string job_id;
-        std::string properties;  ///< JSON
-        std::string body;        ///< bytea input syntax
     };
 
     boost::asio::awaitable<std::vector<bool>> acquire_batch(std::vector<SlotRequest>& requests);
@@ -115,8 +112,6 @@ class ConcurrencyLimits {
     boost::asio::awaitable<void> keep_leases();
     boost::asio::awaitable<void> promote_and_publish();
     boost::asio::awaitable<void> sweep();
-    /// Publishes one chunk of promoted jobs; false when there were none.
-    boost::asio::awaitable<bool> publish_promoted();
     void promoted(std::int64_t count);
 
     pg::Pool& pool_;

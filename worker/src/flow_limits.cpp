@@ -5,10 +5,38 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/json/serialize.hpp>
 #include <stdexcept>
+
+#include "conveyor/core/header_json.hpp"
+#include "conveyor/core/utf8.hpp"
 
 namespace conveyor::worker {
 namespace asio = boost::asio;
+
+std::string limit_key(const Envelope& envelope, const std::string& pointer) {
+    constexpr std::size_t kMaxKeyBytes = 255;
+    std::string key;
+    const auto value = envelope.payload.at_pointer(pointer);
+    if (value.error() == simdjson::SUCCESS) {
+        std::string_view text;
+        key = value.get(text) == simdjson::SUCCESS ? std::string(text) : simdjson::minify(value.value_unsafe());
+    }
+    if (key.size() > kMaxKeyBytes) {
+        key.resize(kMaxKeyBytes);
+    }
+    return utf8::postgres_text(key);
+}
+
+std::string pg_interval(std::chrono::milliseconds duration) {
+    return fmt::format("{} milliseconds", duration.count());
+}
+
+LineEntry line_entry(const amqp::Delivery& delivery) {
+    return LineEntry{delivery.message.properties.message_id,
+                     boost::json::serialize(amqp::properties_to_json(delivery.message.properties)),
+                     pg::bytea_literal(delivery.message.body)};
+}
 
 std::shared_ptr<const flow::FlowConfig> FlowLimits::current() const {
     const std::lock_guard lock(mutex_);

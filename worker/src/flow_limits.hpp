@@ -7,11 +7,49 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/batched_calls.hpp"
+#include "conveyor/core/envelope.hpp"
 #include "conveyor/core/flow_config.hpp"
+#include "conveyor/core/job.hpp"
 #include "conveyor/core/pg.hpp"
+#include "housekeeping.hpp"
 
 namespace conveyor::worker {
+
+/// The kinds of limit a job can wait in line for.
+enum class FlowLimit { concurrency, rate };
+
+/// The key a limit counts a job under: the payload's value at the limit's JSON pointer (a string as it is, anything
+/// else as its JSON text; "" if absent), cut to 255 bytes (keys that share their first 255 bytes share a limit:
+/// stricter, never looser) and fit for a PostgreSQL text column.
+[[nodiscard]] std::string limit_key(const Envelope& envelope, const std::string& pointer);
+
+/// An interval for PostgreSQL, such as '30 seconds'.
+[[nodiscard]] std::string pg_interval(std::chrono::milliseconds duration);
+
+/// A delivery as a waiting line stores it: its message exactly as it arrived.
+struct LineEntry {
+    std::string job_id;
+    std::string properties;  ///< JSON
+    std::string body;        ///< bytea input syntax
+};
+[[nodiscard]] LineEntry line_entry(const amqp::Delivery& delivery);
+
+/// Makes `request` through the batched `calls` once the database is usable, as DatabaseHealth::run_when_usable
+/// does; empty if the worker began draining while it was away.
+template <typename Request, typename Reply>
+boost::asio::awaitable<std::optional<Reply>> call_when_usable(BatchedCalls<Request, Reply>& calls,
+                                                              const Request& request, DatabaseHealth& database,
+                                                              const std::atomic<bool>& draining, const JobLogger& log) {
+    std::optional<Reply> reply;
+    auto call = [&]() -> boost::asio::awaitable<void> { reply = co_await calls.call(request); };
+    const bool called = co_await database.run_when_usable(call, draining, log);
+    co_return called ? reply : std::nullopt;
+}
 
 /// The flow limits this worker enforces: the newest version in conveyor.flow_config, read before the worker consumes
 /// and looked for again every poll interval, so an applied file reaches the fleet within seconds and without a

@@ -209,12 +209,18 @@ asio::awaitable<void> Settlement::park(const amqp::Delivery& delivery, const Env
     log.debug("paused: parked for {} s, attempt {} not counted", delay.count(), envelope.attempt);
 }
 
-void Settlement::acknowledge_waiting(const amqp::Delivery& delivery, const Envelope& envelope,
+void Settlement::acknowledge_waiting(const amqp::Delivery& delivery, const Envelope& envelope, FlowLimit limit,
                                      WorkerMetrics::Job& metrics, const JobLogger& log) {
     consumer_.ack(delivery);
-    metrics.parked_concurrency->Increment();
-    ++counts_.waiting;
-    log.debug("over its key's concurrency limit: waits in line, attempt {} not counted", envelope.attempt);
+    if (limit == FlowLimit::concurrency) {
+        ++counts_.waiting;
+        metrics.parked_concurrency->Increment();
+        log.debug("over its key's concurrency limit: waits in line, attempt {} not counted", envelope.attempt);
+    } else {
+        ++counts_.waiting_for_token;
+        metrics.parked_rate->Increment();
+        log.debug("no token under its rate limit: waits in line, attempt {} not counted", envelope.attempt);
+    }
 }
 
 asio::awaitable<void> Settlement::hand_back(std::vector<amqp::Delivery> deliveries, WorkerMetrics& metrics,

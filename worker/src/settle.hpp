@@ -14,6 +14,7 @@
 #include "conveyor/core/envelope.hpp"
 #include "conveyor/core/job.hpp"
 #include "conveyor/core/trace.hpp"
+#include "flow_limits.hpp"
 #include "history.hpp"
 #include "housekeeping.hpp"
 #include "unique.hpp"
@@ -75,6 +76,7 @@ struct SettledCounts {
     std::atomic<std::uint64_t> deduplicated{0};        ///< unique jobs whose key another job held
     std::atomic<std::uint64_t> parked{0};              ///< while their queue or type was paused
     std::atomic<std::uint64_t> waiting{0};             ///< over their key's concurrency limit, into its line
+    std::atomic<std::uint64_t> waiting_for_token{0};   ///< without a rate limit's token, into its bucket's line
     std::atomic<std::uint64_t> parked_at_shutdown{0};  ///< taken but not started when the worker shut down
 };
 
@@ -107,9 +109,10 @@ class Settlement {
                            const JobLogger& log, const TraceContext& trace);
     /// Hands a delivery back to the broker for another attempt (here or on another worker).
     void requeue(const amqp::Delivery& delivery);
-    /// A job over its key's concurrency limit, stored in the key's waiting line: acknowledged, for the line has it.
-    void acknowledge_waiting(const amqp::Delivery& delivery, const Envelope& envelope, WorkerMetrics::Job& metrics,
-                             const JobLogger& log);
+    /// A job over its key's concurrency limit or without a rate limit's token, stored in a waiting line:
+    /// acknowledged, for the line has it.
+    void acknowledge_waiting(const amqp::Delivery& delivery, const Envelope& envelope, FlowLimit limit,
+                             WorkerMetrics::Job& metrics, const JobLogger& log);
 
     /// Holds back a job that must not run now (its queue or type is paused): it waits `delay` in the delay ladder,
     /// unchanged (no attempt burned, nothing recorded against it), and returns to its queue's tail. The original is

@@ -141,7 +141,7 @@ class Worker::Impl {
                     .worker = settings_.name},
                    {metrics_.history_written(), metrics_.history_dropped(), metrics_.history_buffered()}),
           admitter_(registry_, {{.max_body_bytes = settings_.max_message_bytes}, settings_.quarantine_after},
-                    quarantine_, database_, control_, unique_keys_, concurrency_, consumer_, draining_),
+                    quarantine_, database_, control_, unique_keys_, concurrency_, rates_, consumer_, draining_),
           execution_(pool_, quarantine_, database_, metrics_, history_, control_,
                      {settings_.job_timeout, settings_.name}, aborting_),
           settlement_(consumer_, publisher_, outbox_, history_, unique_keys_, settings_.name,
@@ -189,11 +189,12 @@ class Worker::Impl {
         const auto& counts = settlement_.counts();
         spdlog::info(
             "worker {} stopped: {} succeeded, {} retried, {} dead-lettered, {} duplicates, {} deduplicated, {} "
-            "requeued, {} cancelled, {} parked while paused, {} put in line by a concurrency limit, {} handed back "
-            "unstarted",
+            "requeued, {} cancelled, {} parked while paused, {} put in line by a concurrency limit, {} by a rate "
+            "limit, {} handed back unstarted",
             settings_.name, counts.succeeded.load(), counts.retried.load(), counts.dead_lettered.load(),
             counts.duplicates.load(), counts.deduplicated.load(), counts.requeued.load(), counts.cancelled.load(),
-            counts.parked.load(), counts.waiting.load(), counts.parked_at_shutdown.load());
+            counts.parked.load(), counts.waiting.load(), counts.waiting_for_token.load(),
+            counts.parked_at_shutdown.load());
         co_return WorkerStats{counts.succeeded, counts.retried, counts.dead_lettered, counts.requeued};
     }
 
@@ -237,8 +238,13 @@ class Worker::Impl {
         std::vector<std::string> limits;
         for (const auto& [type, settings] : config->jobs) {
             if (settings.concurrency) {
-                limits.push_back(
-                    fmt::format("{} {} per {}", type, settings.concurrency->limit, settings.concurrency->key_pointer));
+                limits.push_back(fmt::format("{} {} at once per {}", type, settings.concurrency->limit,
+                                             settings.concurrency->key_pointer));
+            }
+            if (settings.rate) {
+                const auto& rate = *settings.rate;
+                limits.push_back(fmt::format("{} {}/s (burst {}){}", type, rate.per_second, rate.burst,
+                                             rate.key_pointer.empty() ? "" : fmt::format(" per {}", rate.key_pointer)));
             }
         }
         spdlog::info("flow limits version {} in force: {}", version,
@@ -303,6 +309,7 @@ class Worker::Impl {
         background_.spawn("cancellations", [this](TaskGroup::Task&) { return control_.follow_records(); });
         background_.spawn("flow limits", [this](TaskGroup::Task&) { return flow_.follow(); });
         background_.spawn("concurrency limits", [this](TaskGroup::Task&) { return concurrency_.run(); });
+        background_.spawn("rate limits", [this](TaskGroup::Task&) { return rates_.run(); });
     }
 
     /// The pool: each coroutine runs on a strand of its own beside its job's watchdog, and the task's signal
@@ -548,18 +555,25 @@ class Worker::Impl {
         co_await settlement_.settle(delivery, envelope, metrics, std::move(*attempt), log, trace);
     }
 
-    /// Over its key's concurrency limit: into the key's waiting line, then acknowledged. If the worker drains while
-    /// the database is away, the job goes back to the broker instead.
+    /// Over its key's concurrency limit or without a token: into the limit's waiting line, then acknowledged. If the
+    /// worker drains while the database is away, the job goes back to the broker instead.
     asio::awaitable<void> wait_in_line(const amqp::Delivery& delivery, const admission::OverLimit& over_limit,
                                        const TraceContext& trace) {
         const auto log = job_logger(over_limit.envelope, delivery, trace);
-        const bool stored = co_await concurrency_.wait_in_line(over_limit.place, delivery, log);
+        const auto* place = std::get_if<ConcurrencyPlace>(&over_limit.limit);
+        bool stored = false;
+        if (place != nullptr) {
+            stored = co_await concurrency_.wait_in_line(*place, delivery, log);
+        } else {
+            stored = co_await rates_.wait_in_line(std::get<RateBucket>(over_limit.limit), delivery, log);
+        }
         if (!stored) {
             co_await hand_back(delivery);
             co_return;
         }
         auto& metrics = metrics_.job(delivery.queue, over_limit.envelope.type);
-        settlement_.acknowledge_waiting(delivery, over_limit.envelope, metrics, log);
+        settlement_.acknowledge_waiting(delivery, over_limit.envelope,
+                                        place != nullptr ? FlowLimit::concurrency : FlowLimit::rate, metrics, log);
     }
 
     asio::awaitable<void> hand_back(amqp::Delivery delivery) {
@@ -630,13 +644,22 @@ class Worker::Impl {
     std::atomic<bool> aborting_{false};
     UniqueKeys unique_keys_{pool_, database_, draining_};
     FlowLimits flow_{pool_, kFlowPoll, [this](std::int64_t version) { on_flow_change(version); }};
-    ConcurrencyLimits concurrency_{pool_,
-                                   publisher_,
-                                   database_,
-                                   flow_,
-                                   draining_,
-                                   {.holder = control_queue_.name.substr(topology::kControlExchange.size() + 1)},
-                                   {metrics_.flow_waiting_jobs(), metrics_.flow_waiting_keys()}};
+    ConcurrencyLimits concurrency_{
+        pool_,
+        publisher_,
+        database_,
+        flow_,
+        draining_,
+        {.holder = control_queue_.name.substr(topology::kControlExchange.size() + 1)},
+        {metrics_.flow_waiting_jobs("concurrency"), metrics_.flow_waiting_keys("concurrency")}};
+    RateLimits rates_{
+        pool_,
+        publisher_,
+        database_,
+        flow_,
+        draining_,
+        {},
+        {metrics_.flow_waiting_jobs("rate"), metrics_.flow_waiting_keys("rate"), metrics_.flow_rate_tokens()}};
     Admitter admitter_;
     Execution execution_;
     Settlement settlement_;

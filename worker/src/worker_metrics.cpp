@@ -48,7 +48,9 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
               .Name("conveyor_jobs_parked_total")
               .Help(
                   "Jobs held back without running, burning no attempt, by reason: parked in the delay ladder (paused, "
-                  "shutdown) or in a concurrency key's waiting line (concurrency_limit)")
+                  "shutdown), or in the waiting line of a concurrency key (concurrency_limit) or of a rate limit's "
+                  "bucket "
+                  "(rate_limit)")
               .Register(registry)),
       queue_paused_(prometheus::BuildGauge()
                         .Name("conveyor_queue_paused")
@@ -95,15 +97,20 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                             .Add({})),
       flow_waiting_jobs_(prometheus::BuildGauge()
                              .Name("conveyor_flow_waiting_jobs")
-                             .Help("Jobs waiting in line for a place under a per-key concurrency limit; "
+                             .Help("Jobs waiting in line for a place under a per-key concurrency limit "
+                                   "(limit=\"concurrency\") or for a rate limit's token (limit=\"rate\"); "
                                    "fleet-wide, so aggregate with max()")
-                             .Register(registry)
-                             .Add({})),
+                             .Register(registry)),
       flow_waiting_keys_(prometheus::BuildGauge()
                              .Name("conveyor_flow_waiting_keys")
-                             .Help("Concurrency keys with jobs waiting in line; fleet-wide, so aggregate with max()")
-                             .Register(registry)
-                             .Add({})),
+                             .Help("Keys (concurrency keys, or rate limit buckets) with jobs waiting in line; "
+                                   "fleet-wide, so aggregate with max()")
+                             .Register(registry)),
+      flow_rate_tokens_(prometheus::BuildGauge()
+                            .Name("conveyor_flow_rate_tokens")
+                            .Help("Whole tokens available in the buckets of a rate-limited job type (summed over its "
+                                  "keys); fleet-wide, so aggregate with max()")
+                            .Register(registry)),
       flow_version_(prometheus::BuildGauge()
                         .Name("conveyor_flow_version")
                         .Help("Version of the flow limits (conveyor flow apply) in force in this worker; 0: none")
@@ -177,6 +184,7 @@ WorkerMetrics::Job WorkerMetrics::make_job(const std::string& queue, const std::
                &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "paused"}}),
                &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "shutdown"}}),
                &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "concurrency_limit"}}),
+               &parked_.Add({{"queue", queue}, {"type", type}, {"reason", "rate_limit"}}),
                &duration_.Add(labels, seconds_buckets()),
                &queue_wait_.Add(labels, seconds_buckets()),
                &retry_delay_.Add(labels, delay_buckets())};

@@ -33,6 +33,8 @@ class WorkerMetrics {
         prometheus::Counter* parked_shutdown;  ///< taken but not started when its worker shut down
         /// over its key's concurrency limit: stored in the key's waiting line
         prometheus::Counter* parked_concurrency;
+        /// found no token under its type's rate limit: stored in its bucket's waiting line
+        prometheus::Counter* parked_rate;
         prometheus::Histogram* duration;
         prometheus::Histogram* queue_wait;
         prometheus::Histogram* retry_delay;
@@ -52,9 +54,16 @@ class WorkerMetrics {
     [[nodiscard]] prometheus::Counter& history_written() noexcept { return history_written_; }
     [[nodiscard]] prometheus::Counter& history_dropped() noexcept { return history_dropped_; }
     [[nodiscard]] prometheus::Gauge& history_buffered() noexcept { return history_buffered_; }
-    /// Jobs in the waiting lines of per-key concurrency limits, and the keys they wait for (fleet-wide).
-    [[nodiscard]] prometheus::Gauge& flow_waiting_jobs() noexcept { return flow_waiting_jobs_; }
-    [[nodiscard]] prometheus::Gauge& flow_waiting_keys() noexcept { return flow_waiting_keys_; }
+    /// Jobs in the waiting lines of a kind of limit ("concurrency" or "rate"), and the keys they wait for
+    /// (fleet-wide).
+    [[nodiscard]] prometheus::Gauge& flow_waiting_jobs(const std::string& limit) {
+        return flow_waiting_jobs_.Add({{"limit", limit}});
+    }
+    [[nodiscard]] prometheus::Gauge& flow_waiting_keys(const std::string& limit) {
+        return flow_waiting_keys_.Add({{"limit", limit}});
+    }
+    /// Whole tokens in the buckets of each rate-limited type.
+    [[nodiscard]] prometheus::Family<prometheus::Gauge>& flow_rate_tokens() noexcept { return flow_rate_tokens_; }
     /// The version of the flow limits in force here.
     [[nodiscard]] prometheus::Gauge& flow_version() noexcept { return flow_version_; }
 
@@ -101,8 +110,9 @@ class WorkerMetrics {
     prometheus::Counter& history_written_;
     prometheus::Counter& history_dropped_;
     prometheus::Gauge& history_buffered_;
-    prometheus::Gauge& flow_waiting_jobs_;
-    prometheus::Gauge& flow_waiting_keys_;
+    prometheus::Family<prometheus::Gauge>& flow_waiting_jobs_;
+    prometheus::Family<prometheus::Gauge>& flow_waiting_keys_;
+    prometheus::Family<prometheus::Gauge>& flow_rate_tokens_;
     prometheus::Gauge& flow_version_;
     std::mutex connections_mutex_;  ///< both connection threads report; the gauge reflects both flags
     std::array<bool, 2> connections_up_{};

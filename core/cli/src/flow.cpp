@@ -25,6 +25,12 @@ void print_limits(const flow::FlowConfig& config) {
             std::cout << fmt::format("{:<28}  at most {} running per {} (across all workers)\n", type,
                                      limits.concurrency->limit, limits.concurrency->key_pointer);
         }
+        if (limits.rate) {
+            const auto& rate = *limits.rate;
+            std::cout << fmt::format(
+                "{:<28}  at most {} starts a second{}, bursts of up to {} (across all workers)\n", type,
+                rate.per_second, rate.key_pointer.empty() ? "" : fmt::format(" per {}", rate.key_pointer), rate.burst);
+        }
     }
 }
 
@@ -59,15 +65,19 @@ int flow_apply(const FlowApplyOptions& options) {
         return kOk;
     }
     return with_database(options.pg_url, "flow apply", [&](pg::Pool& pool) -> asio::awaitable<int> {
-        const auto version = co_await flow::apply(pool, source, operator_name());
+        const auto stored = co_await flow::apply(pool, source, operator_name());
         if (options.json) {
-            std::cout << boost::json::serialize(
-                             boost::json::object{{"version", version}, {"limits", flow::to_json(config)}})
+            std::cout << boost::json::serialize(boost::json::object{{"version", stored.version},
+                                                                    {"changed", stored.changed},
+                                                                    {"limits", flow::to_json(config)}})
                       << '\n';
-        } else {
+        } else if (stored.changed) {
             std::cout << fmt::format("applied {} as version {}; every worker has it within a few seconds\n",
-                                     options.file, version);
+                                     options.file, stored.version);
             print_limits(config);
+        } else {
+            std::cout << fmt::format("{} is version {} already, in force; nothing changed\n", options.file,
+                                     stored.version);
         }
         co_return kOk;
     });

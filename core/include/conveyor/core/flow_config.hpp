@@ -22,8 +22,17 @@ struct ConcurrencyLimit {
     std::uint32_t limit = 1;
 };
 
+/// At most `per_second` starts of the type per second across the fleet, with bursts of up to `burst` starts (a token
+/// bucket). With a `key_pointer`, each key of the payload has a bucket of its own.
+struct RateLimit {
+    double per_second = 1;
+    std::uint32_t burst = 1;
+    std::string key_pointer;  ///< empty: one bucket for the whole type
+};
+
 struct TypeLimits {
     std::optional<ConcurrencyLimit> concurrency;
+    std::optional<RateLimit> rate;
 };
 
 struct FlowConfig {
@@ -37,6 +46,11 @@ struct FlowConfig {
 
 /// Highest per-key concurrency limit a file may set.
 inline constexpr std::uint32_t kMaxConcurrencyLimit = 100'000;
+/// Highest rate (starts per second) and burst a file may set.
+inline constexpr double kMaxRate = 1'000'000;
+inline constexpr std::uint32_t kMaxBurst = 1'000'000;
+/// The burst of a rate limit that sets none: a tenth of a second's starts, at least one.
+[[nodiscard]] std::uint32_t default_burst(double per_second);
 
 /// Reads a flow file. Throws std::invalid_argument naming `origin`, the line and what is wrong.
 [[nodiscard]] FlowConfig parse(std::string_view yaml, std::string_view origin);
@@ -52,8 +66,15 @@ struct Applied {
     std::string applied_by;
 };
 
-/// Stores `source` as the newest version (it must have parsed) and returns that version. Throws pg::Error.
-boost::asio::awaitable<std::int64_t> apply(pg::Pool& pool, const std::string& source, const std::string& by);
+/// The version in force after an apply, and whether the apply made it.
+struct Stored {
+    std::int64_t version = 0;
+    bool changed = true;
+};
+
+/// Stores `source` as the newest version (it must have parsed), unless the newest version is that file already
+/// (applying on every deploy then adds no version). Throws pg::Error.
+boost::asio::awaitable<Stored> apply(pg::Pool& pool, const std::string& source, const std::string& by);
 
 /// The newest stored version if it is newer than `after`. Throws pg::Error.
 boost::asio::awaitable<std::optional<Applied>> newest(pg::Pool& pool, std::int64_t after = 0);

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <list>
 #include <string>
+#include <vector>
 
 namespace conveyor {
 
@@ -38,7 +39,7 @@ class TaskGroup {
         boost::asio::cancellation_signal signal_;
     };
 
-    explicit TaskGroup(boost::asio::any_io_executor executor);
+    explicit TaskGroup(const boost::asio::any_io_executor& executor);
     TaskGroup(const TaskGroup&) = delete;
     TaskGroup& operator=(const TaskGroup&) = delete;
     /// Tasks must have ended (join() returned true) before the group goes.
@@ -93,5 +94,11 @@ class TaskGroup {
 /// Awaited once cancelled, it throws operation_aborted, as any co_await does (or returns false at once, under
 /// `this_coro::throw_if_cancelled(false)`).
 boost::asio::awaitable<bool> wait_until(std::chrono::steady_clock::time_point at);
+
+/// Runs the loops side by side until all have ended; a cancellation reaches each. If one fails, the others are
+/// cancelled and its exception is rethrown; if they were all cancelled, operation_aborted is. Unlike awaitable
+/// operators' `&&`, which throws multiple_exceptions holding only the first loop's exception when several end with
+/// one (at every cancellation, and hiding a real failure behind a sibling's operation_aborted).
+boost::asio::awaitable<void> run_side_by_side(std::vector<boost::asio::awaitable<void>> loops);
 
 }  // namespace conveyor

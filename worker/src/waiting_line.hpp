@@ -1,0 +1,21 @@
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <chrono>
+#include <string_view>
+
+#include "conveyor/core/amqp.hpp"
+#include "conveyor/core/pg.hpp"
+
+/// The waiting lines of the flow limits: jobs a limit holds back wait as rows in PostgreSQL (acknowledged on the
+/// broker), and a job the limit lets go is marked released and published again to its queue from here.
+namespace conveyor::worker::waiting_line {
+
+/// Publishes one chunk of the released jobs of `table` (conveyor.concurrency_waiting or conveyor.rate_waiting) to the
+/// jobs exchange and deletes those the broker confirmed, in one transaction whose rows no other worker publishes
+/// meanwhile. `limit` names the limit in the log. False when there were none, or some could not be published (they
+/// stay, released, for the next call). Throws pg::Error.
+boost::asio::awaitable<bool> publish_released(pg::Pool& pool, amqp::Connection& publisher, std::string_view table,
+                                              std::string_view limit, std::chrono::milliseconds timeout);
+
+}  // namespace conveyor::worker::waiting_line
