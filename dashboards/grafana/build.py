@@ -165,6 +165,23 @@ OVERVIEW = dashboard(
                                                                      "overdue")], width=8),
         panel("Broker connections", "1 while a process's broker connection is up.",
               [("min by (job) (conveyor_broker_connected)", "{{job}}")], width=8),
+        row("Flow control"),
+        panel("Jobs held back by reason",
+              "Jobs that went without running or using an attempt: paused (their queue or type is paused), shutdown "
+              "(taken but not started when their worker stopped), concurrency_limit (their key was full: into its "
+              "waiting line), rate_limit (their bucket had no token: into its waiting line).",
+              [(f'sum by (reason) (rate(conveyor_jobs_parked_total{{{SELECT}}}[$__rate_interval]))', "{{reason}}")],
+              unit="ops", width=8),
+        panel("Jobs in waiting lines",
+              "Jobs waiting in PostgreSQL for a place under a per-key concurrency limit or for a rate limit's token, "
+              "and the keys (or rate buckets) they wait for. Fleet-wide values every worker reports alike.",
+              [("max by (limit) (conveyor_flow_waiting_jobs)", "{{limit}} jobs"),
+               ("max by (limit) (conveyor_flow_waiting_keys)", "{{limit}} keys")], width=8),
+        panel("Rate-limit tokens",
+              "Tokens each rate-limited type's buckets hold now: near 0 while jobs wait for them, the burst when "
+              "idle. The version of the flow limits each worker enforces beside it (conveyor flow apply).",
+              [("max by (type) (conveyor_flow_rate_tokens)", "{{type}} tokens"),
+               ("max(conveyor_flow_version)", "flow version")], width=8),
         row("Dead letters"),
         panel("Dead letters stored by family", "Dead letters in conveyor.dead_letters waiting for an operator.",
               [("family:conveyor_dead_letters_stored:max", "{{family}}")], width=8),

@@ -163,6 +163,10 @@ def run_workload(cli, run_id, gateway_control_port, pg_url):
     def enqueue(job_type, payload, *extra):
         run([*cli, "enqueue", job_type, "--payload", payload, "--no-progress", *extra])
 
+    flow = pathlib.Path(tempfile.mkdtemp(prefix="conveyor-live-flow-")) / "flow.yaml"
+    flow.write_text("jobs:\n  diag.ledger:\n    rate: {per_second: 10, burst: 1}\n")
+    run([*cli, "flow", "apply", str(flow), "--pg-url", pg_url])
+    shutil.rmtree(flow.parent)
     run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", pg_url, "-c",
          "INSERT INTO shop.products (id, name, price_cents, stock) VALUES ('live-widget', 'Widget', 1250, 1000000) "
          "ON CONFLICT (id) DO UPDATE SET stock = 1000000"])
@@ -179,6 +183,8 @@ def run_workload(cli, run_id, gateway_control_port, pg_url):
     enqueue("diag.fail", '{"times": 1}', "--count", "10")  # retried once, then succeed
     enqueue("diag.fail", '{"times": 1, "permanent": true}', "--count", "5")  # dead letters
     enqueue("diag.sleep", '{"ms": 4000}', "--count", "5")  # in flight while Prometheus scrapes
+    # Rate-limited: 30 jobs at 10 a second, most of them waiting in line for a token a while.
+    enqueue("diag.ledger", "{}", "--count", "30")
     enqueue("diag.noop", "{}", "--count", "20", "--in", "2s", "--pg-url", pg_url)  # through the relay
 
 
@@ -370,8 +376,9 @@ def main():
         stack.stop_all()
         # Best effort: a failure here must not hide the test's own result.
         subprocess.run(["psql", "-X", "-q", "-d", pg_url, "-c",
-                        "DELETE FROM conveyor.schedules WHERE name = 'live-heartbeat'"], capture_output=True,
-                       timeout=30, check=False)
+                        "DELETE FROM conveyor.schedules WHERE name = 'live-heartbeat'", "-c",
+                        "TRUNCATE conveyor.flow_config, conveyor.rate_buckets, conveyor.rate_waiting, "
+                        "conveyor.rate_passes"], capture_output=True, timeout=30, check=False)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
