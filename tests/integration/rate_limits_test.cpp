@@ -113,11 +113,11 @@ TEST_F(RateLimitsTest, FourWorkersHoldTheFleetToTheRateAndBurnNoAttempt) {
         kRate, kBurst, kJobs, mean, (mean / kRate - 1) * 100, busiest, std::stod(other_waits[0][0]) * 1000);
 }
 
-/// A limit per key: two keys of 40 jobs each at 10 starts a second per key (burst 1) run side by side, each at its
+/// A limit per key: two keys of 40 jobs each at 10 starts a second per key (burst 2) run side by side, each at its
 /// own rate, in about 4 s rather than the 8 s one shared bucket would take.
 TEST_F(RateLimitsTest, EachKeyHasABucketOfItsOwn) {
     constexpr int kPerKey = 40;
-    apply_flow("jobs:\n  diag.sleep:\n    rate: {per_second: 10, burst: 1, key: /customer}\n");
+    apply_flow("jobs:\n  diag.sleep:\n    rate: {per_second: 10, burst: 2, key: /customer}\n");
     std::vector<WorkerUnderTest> workers;
     workers.reserve(2);
     for (int n = 0; n < 2; ++n) {
@@ -144,11 +144,11 @@ TEST_F(RateLimitsTest, EachKeyHasABucketOfItsOwn) {
         const double rate = (kPerKey - 1) / (times.back() - times.front());
         rates.push_back(rate);
         EXPECT_NEAR(rate, 10, 1.0) << "key " << customer;
-        EXPECT_LE(busiest_second(times), 11) << "key " << customer;
+        EXPECT_LE(busiest_second(times), 12) << "key " << customer;
     }
     EXPECT_LT(elapsed, 6.0) << "the keys did not run side by side";
     std::cout << fmt::format(
-        "[ figures  ] 2 keys x {} jobs at 10/s per key (burst 1): {:.2f} and {:.2f} starts/s, all within {:.2f} s\n",
+        "[ figures  ] 2 keys x {} jobs at 10/s per key (burst 2): {:.2f} and {:.2f} starts/s, all within {:.2f} s\n",
         kPerKey, rates[0], rates[1], elapsed);
 }
 

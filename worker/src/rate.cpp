@@ -222,9 +222,11 @@ asio::awaitable<std::int64_t> RateLimits::sweep(const LimitColumns& limits) {
         "WHERE l.job_type = b.job_type "
         "AND b.refilled_at > now() - make_interval(secs => greatest(600, l.burst / l.rate)))",
         pg::text_array(limits.types), pg::text_array(limits.rates), pg::text_array(limits.bursts));
+    // As take_rate_tokens counts them: live passes hold part of the burst.
     const auto tokens = co_await pool_.query(
-        "SELECT b.job_type, sum(floor(least(l.burst, b.tokens + l.rate * "
-        "extract(epoch FROM clock_timestamp() - b.refilled_at)::double precision)))::bigint "
+        "SELECT b.job_type, sum(greatest(0, floor(least(l.burst - (SELECT count(*) FROM conveyor.rate_passes p "
+        "WHERE p.job_type = b.job_type AND p.rate_key = b.rate_key AND p.expires_at > now()), b.tokens + l.rate * "
+        "extract(epoch FROM clock_timestamp() - b.refilled_at)::double precision))))::bigint "
         "FROM conveyor.rate_buckets b "
         "JOIN unnest($1::text[], $2::double precision[], $3::integer[]) AS l(job_type, rate, burst) "
         "ON l.job_type = b.job_type GROUP BY b.job_type",

@@ -49,8 +49,7 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
               .Help(
                   "Jobs held back without running, burning no attempt, by reason: parked in the delay ladder (paused, "
                   "shutdown), or in the waiting line of a concurrency key (concurrency_limit) or of a rate limit's "
-                  "bucket "
-                  "(rate_limit)")
+                  "bucket (rate_limit)")
               .Register(registry)),
       queue_paused_(prometheus::BuildGauge()
                         .Name("conveyor_queue_paused")
@@ -106,11 +105,13 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                              .Help("Keys (concurrency keys, or rate limit buckets) with jobs waiting in line; "
                                    "fleet-wide, so aggregate with max()")
                              .Register(registry)),
-      flow_rate_tokens_(prometheus::BuildGauge()
-                            .Name("conveyor_flow_rate_tokens")
-                            .Help("Whole tokens available in the buckets of a rate-limited job type (summed over its "
-                                  "keys); fleet-wide, so aggregate with max()")
-                            .Register(registry)),
+      flow_rate_tokens_(
+          prometheus::BuildGauge()
+              .Name("conveyor_flow_rate_tokens")
+              .Help("Whole tokens a rate-limited job type's buckets could grant now (summed over its keys; "
+                    "released jobs on their way hold part of the burst); fleet-wide, so aggregate "
+                    "with max()")
+              .Register(registry)),
       flow_version_(prometheus::BuildGauge()
                         .Name("conveyor_flow_version")
                         .Help("Version of the flow limits (conveyor flow apply) in force in this worker; 0: none")
