@@ -8,7 +8,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <unordered_set>
 
 #include "conveyor/core/task_group.hpp"
 #include "waiting_line.hpp"
@@ -108,31 +107,17 @@ asio::awaitable<std::vector<bool>> ConcurrencyLimits::acquire_batch(std::vector<
         "$6::interval)",
         pg::text_array(columns.types), pg::text_array(columns.keys), pg::text_array(columns.job_ids),
         pg::text_array(columns.limits), settings_.holder, pg_interval(settings_.lease));
-    std::unordered_set<std::string_view> ids;
-    for (int row = 0; row < granted.rows(); ++row) {
-        ids.insert(granted.text(row, 0));
-    }
-    std::vector<bool> replies;
-    replies.reserve(requests.size());
-    for (const auto& request : requests) {
-        replies.push_back(ids.contains(request.job_id));
-    }
-    co_return replies;
+    co_return granted_replies(granted, requests);
 }
 
 asio::awaitable<std::vector<bool>> ConcurrencyLimits::wait_batch(std::vector<LineRequest>& requests) {
     const Columns columns(requests);
-    std::vector<std::string> properties;
-    std::vector<std::string> bodies;
-    for (auto& request : requests) {
-        properties.push_back(std::move(request.properties));
-        bodies.push_back(std::move(request.body));
-    }
+    const LineColumns messages(requests);
     const auto stored = co_await pool_.query(
         "SELECT conveyor.wait_for_concurrency_slots($1::text[], $2::text[], $3::text[], $4::integer[], "
         "$5::jsonb[], $6::bytea[], $7::interval)",
         pg::text_array(columns.types), pg::text_array(columns.keys), pg::text_array(columns.job_ids),
-        pg::text_array(columns.limits), pg::text_array(properties), pg::text_array(bodies),
+        pg::text_array(columns.limits), pg::text_array(messages.properties), pg::text_array(messages.bodies),
         pg_interval(settings_.promise));
     promoted(stored.integer(0, 0));
     co_return std::vector<bool>(requests.size(), true);

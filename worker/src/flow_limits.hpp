@@ -9,6 +9,9 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <unordered_set>
+#include <vector>
 
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/batched_calls.hpp"
@@ -38,6 +41,37 @@ struct LineEntry {
     std::string body;        ///< bytea input syntax
 };
 [[nodiscard]] LineEntry line_entry(const amqp::Delivery& delivery);
+
+/// The message columns of a batch of waiting-line requests (each a LineEntry), moved out of them.
+struct LineColumns {
+    std::vector<std::string> properties;
+    std::vector<std::string> bodies;
+
+    template <typename Request>
+    explicit LineColumns(std::vector<Request>& requests) {
+        properties.reserve(requests.size());
+        bodies.reserve(requests.size());
+        for (LineEntry& request : requests) {
+            properties.push_back(std::move(request.properties));
+            bodies.push_back(std::move(request.body));
+        }
+    }
+};
+
+/// Each request's answer, from a statement that returned the ids of the jobs it granted.
+template <typename Request>
+[[nodiscard]] std::vector<bool> granted_replies(const pg::Result& granted, const std::vector<Request>& requests) {
+    std::unordered_set<std::string_view> ids;
+    for (int row = 0; row < granted.rows(); ++row) {
+        ids.insert(granted.text(row, 0));
+    }
+    std::vector<bool> replies;
+    replies.reserve(requests.size());
+    for (const auto& request : requests) {
+        replies.push_back(ids.contains(request.job_id));
+    }
+    return replies;
+}
 
 /// Makes `request` through the batched `calls` once the database is usable, as DatabaseHealth::run_when_usable
 /// does; empty if the worker began draining while it was away.

@@ -10,7 +10,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <unordered_set>
 
 #include "conveyor/core/task_group.hpp"
 #include "waiting_line.hpp"
@@ -106,33 +105,19 @@ asio::awaitable<std::vector<bool>> RateLimits::acquire_batch(std::vector<TokenRe
         "$5::integer[])",
         pg::text_array(columns.types), pg::text_array(columns.keys), pg::text_array(columns.job_ids),
         pg::text_array(columns.rates), pg::text_array(columns.bursts));
-    std::unordered_set<std::string_view> ids;
-    for (int row = 0; row < granted.rows(); ++row) {
-        ids.insert(granted.text(row, 0));
-    }
-    std::vector<bool> replies;
-    replies.reserve(requests.size());
-    for (const auto& request : requests) {
-        replies.push_back(ids.contains(request.job_id));
-    }
-    co_return replies;
+    co_return granted_replies(granted, requests);
 }
 
 asio::awaitable<std::vector<bool>> RateLimits::wait_batch(std::vector<LineRequest>& requests) {
     const BucketColumns columns(requests);
-    std::vector<std::string> properties;
-    std::vector<std::string> bodies;
-    for (auto& request : requests) {
-        properties.push_back(std::move(request.properties));
-        bodies.push_back(std::move(request.body));
-    }
+    const LineColumns messages(requests);
     // A job already in line (a second copy of it) is not added twice.
     co_await pool_.query(
         "INSERT INTO conveyor.rate_waiting (job_type, rate_key, job_id, properties, body) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[]) "
         "ON CONFLICT (job_type, rate_key, job_id) DO NOTHING",
         pg::text_array(columns.types), pg::text_array(columns.keys), pg::text_array(columns.job_ids),
-        pg::text_array(properties), pg::text_array(bodies));
+        pg::text_array(messages.properties), pg::text_array(messages.bodies));
     stored_ = true;
     lines_arrived_.notify_all();
     co_return std::vector<bool>(requests.size(), true);
