@@ -491,9 +491,9 @@ int main(int argc, char** argv) {
     bool orders = false;
     e2e->add_flag("--orders", orders, "Publish a distinct orders.place payload per job (see order_payload)");
     std::uint64_t keys = 0;
-    e2e->add_option(
-        "--keys", keys,
-        "Publish {\"customer\": \"c<n mod KEYS>\"} as job n's body: the key of a per-key concurrency limit");
+    e2e->add_option("--keys", keys,
+                    "Publish {\"customer\": \"c<n mod KEYS>\"} as job n's body (with --payload's fields after it): the "
+                    "key of a per-key concurrency limit");
     bool published = false;
     e2e->add_flag("--published", published,
                   "The jobs are in the queue already (conveyor-bench publish): time the worker from its first "
@@ -595,7 +595,10 @@ int main(int argc, char** argv) {
             return run_saga(url, count, window, mailbox, std::chrono::seconds(saga_timeout), saga_rate);
         }
         const auto body = payload.empty() ? payload_of_size(size) : payload;
-        const BodyOf keyed([keys](std::uint64_t n) { return fmt::format(R"({{"customer":"c{}"}})", n % keys); });
+        // The payload's other fields (a JSON object's, such as {"ms":20}) follow the key.
+        const auto fields = payload.size() > 2 ? "," + payload.substr(1) : std::string("}");
+        const BodyOf keyed(
+            [keys, fields](std::uint64_t n) { return fmt::format(R"({{"customer":"c{}"{})", n % keys, fields); });
         const BodyOf body_of = orders     ? BodyOf(order_payload)
                                : keys > 0 ? keyed
                                           : BodyOf([&body](std::uint64_t) { return std::string(body); });

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <csignal>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -155,6 +156,71 @@ TEST_F(ConcurrencyLimitsTest, AQuietKeyStartsWithinASecondBehindTwentyThousandJo
         "[ figures  ] {} jobs of one key in line after {:.2f} s; {} quiet keys started {} ms (median) and {} ms "
         "(max) after their publish\n",
         kBacklog, to_line, kQuiet, waits[waits.size() / 2][1], waits.back()[1]);
+}
+
+/// A worker keeps the places of a key between its jobs; one that stops frees them as it leaves, so the key's next job
+/// starts at once on another worker. One that dies frees them only when its lease (30 s, renewed every 10 s) runs
+/// out: until then it may be alive behind a partition, still running its jobs, so their copies wait; the job it took
+/// from a line, which only PostgreSQL holds, goes back to its line then and runs elsewhere.
+TEST_F(ConcurrencyLimitsTest, AWorkerThatStopsFreesItsPlacesAtOnceAndOneThatDiesWhenItsLeaseRunsOut) {
+    apply_flow(limit_per_customer(1));
+    const auto live_places = [this] {
+        return database_.scalar("SELECT count(*) FROM conveyor.concurrency_slots WHERE expires_at > now()");
+    };
+    const auto succeeded_jobs = [this] {
+        return database_.scalar("SELECT count(*) FROM conveyor.job_events WHERE state = 'succeeded'");
+    };
+    // Stopped just after its job: the place it kept for the key's next job goes back as it leaves.
+    auto idle = start_worker({"--name", "leaving-idle"}, "leaving-idle");
+    broker_.publish(Broker::job("diag.sleep", R"({"ms": 0, "customer": "k"})", "kept-0"));
+    ASSERT_TRUE(eventually([&] { return idle.succeeded() == 1; }, 30s));
+    idle.process->signal(SIGTERM);
+    ASSERT_EQ(idle.process->wait(30s), std::optional<int>(0)) << idle.process->log();
+    EXPECT_EQ(live_places(), 0) << "a worker that stopped kept a place it was not using";
+    // Stopped while its job runs: the job ends within the grace period and its place goes back.
+    auto busy = start_worker({"--name", "leaving-busy"}, "leaving-busy");
+    broker_.publish(Broker::job("diag.sleep", R"({"ms": 1000, "customer": "k"})", "kept-1"));
+    ASSERT_TRUE(eventually([&] { return busy.metric("conveyor_jobs_in_flight") == 1; }, 30s));
+    EXPECT_EQ(live_places(), 1);
+    busy.process->signal(SIGTERM);
+    ASSERT_EQ(busy.process->wait(30s), std::optional<int>(0)) << busy.process->log();
+    EXPECT_TRUE(eventually([&] { return succeeded_jobs() == 2; }, 10s))
+        << "the stopping worker did not finish the job it was running";
+    EXPECT_EQ(live_places(), 0) << "a worker that stopped kept the place of the job it finished";
+
+    // Killed while it runs two jobs: one it got from the broker (its copy comes back to the queue at once), one it
+    // took from its key's line (in PostgreSQL only), which it got when the job before it in the key ended there.
+    auto dying = start_worker({"--name", "dying"}, "dying");
+    broker_.publish(Broker::job("diag.sleep", R"({"ms": 5000, "customer": "j"})", "from-broker"));
+    broker_.publish(Broker::job("diag.sleep", R"({"ms": 1000, "customer": "k"})", "before"));
+    broker_.publish(Broker::job("diag.sleep", R"({"ms": 5000, "customer": "k"})", "from-line"));
+    const auto taken_from_line = [this] {
+        return database_.scalar("SELECT count(*) FROM conveyor.concurrency_waiting WHERE claimed_by IS NOT NULL");
+    };
+    ASSERT_TRUE(eventually([&] { return dying.succeeded() == 1 && taken_from_line() == 1 && live_places() == 2; }, 30s))
+        << dying.process->log();
+    dying.process->signal(SIGKILL);
+    const auto killed = Clock::now();
+    dying.process->wait(10s);
+    auto surviving = start_worker({"--name", "surviving"}, "surviving");
+    const auto both_ended = [this] {
+        return database_.scalar(
+                   "SELECT count(DISTINCT job_id) FROM conveyor.job_events WHERE state = 'succeeded' "
+                   "AND job_id IN ('from-broker', 'from-line')") == 2;
+    };
+    ASSERT_TRUE(eventually(both_ended, 60s)) << surviving.process->log();
+    const auto since_kill = std::chrono::duration<double>(Clock::now() - killed).count();
+    // Renewed every 10 s, the leases ran out 20 to 30 s after the kill; then the jobs ran for 5 s.
+    EXPECT_GE(since_kill, 25.0) << "a job ran again while its place was still leased to the dead worker";
+    EXPECT_LT(since_kill, 50.0);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.job_events WHERE state = 'succeeded' AND job_id IN "
+                               "('from-broker', 'from-line') AND worker = 'surviving'"),
+              2);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.concurrency_waiting"), 0);
+    std::cout << fmt::format(
+        "[ figures  ] the jobs of a SIGKILLed worker's keys ran again and ended {:.1f} s after "
+        "the kill\n",
+        since_kill);
 }
 
 /// An applied file is in force on every worker within 5 s, without a restart; a bad one changes nothing.

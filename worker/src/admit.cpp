@@ -1,5 +1,7 @@
 #include "admit.hpp"
 
+#include "conveyor/core/job_headers.hpp"
+
 namespace conveyor::worker {
 namespace asio = boost::asio;
 
@@ -40,11 +42,11 @@ asio::awaitable<Admission> Admitter::admit(const amqp::Delivery& delivery, simdj
     }
     auto& readable = std::get<Screened>(screened);
     if (control_.cancelled(readable.envelope.job_id)) {
-        give_up_promise(readable.envelope);
+        give_up_promise(readable.envelope, delivery);
         co_return admission::Cancelled{std::move(readable.envelope)};
     }
     if (control_.paused(delivery.queue, readable.envelope.type)) {
-        give_up_promise(readable.envelope);
+        give_up_promise(readable.envelope, delivery);
         co_return admission::Paused{std::move(readable.envelope)};
     }
     AdmittedJob job{std::move(readable.envelope), readable.definition, std::nullopt, false, false, std::nullopt};
@@ -91,7 +93,13 @@ asio::awaitable<Admission> Admitter::admit_job(const amqp::Delivery& delivery, c
         }
         job.alone = history->decision == Quarantine::Decision::run_alone;
     }
-    if (auto held_back = co_await take_flow_limits(job, log)) {
+    if (delivery.stored_id) {
+        // Taken from its key's line by this worker, with its place.
+        job.place = concurrency_.take_claimed(*delivery.stored_id);
+    }
+    const bool promised =
+        amqp::find_text_header(delivery.message.properties.headers, job_headers::kPromised) == "concurrency";
+    if (auto held_back = co_await take_flow_limits(job, promised, log)) {
         co_return std::move(*held_back);
     }
     const bool entered = co_await enter_gate(job.alone, log);
@@ -101,7 +109,7 @@ asio::awaitable<Admission> Admitter::admit_job(const amqp::Delivery& delivery, c
     job.pass.emplace(quarantine_, job.alone);
     // The waits above can outlast the delivery's session: then the broker has requeued it already, and running it
     // here would only duplicate it (its ack would be dropped).
-    if (!consumer_.is_current(delivery)) {
+    if (!source_.is_current(delivery)) {
         co_return admission::Gone{};
     }
     // Paused while it waited at a gate above.
@@ -118,10 +126,12 @@ asio::awaitable<Admission> Admitter::admit_job(const amqp::Delivery& delivery, c
     co_return std::move(job);
 }
 
-asio::awaitable<std::optional<Admission>> Admitter::take_flow_limits(AdmittedJob& job, const JobLogger& log) {
+asio::awaitable<std::optional<Admission>> Admitter::take_flow_limits(AdmittedJob& job, bool promised,
+                                                                     const JobLogger& log) {
     const auto& envelope = job.envelope;
-    if (auto place = concurrency_.place_of(envelope)) {
-        const auto verdict = co_await concurrency_.acquire(*place, envelope.job_id, log);
+    auto place = job.place ? std::nullopt : concurrency_.place_of(envelope);
+    if (place) {
+        const auto verdict = co_await concurrency_.acquire(*place, envelope.job_id, promised, log);
         if (!verdict) {
             co_return admission::HandBack{};
         }
@@ -143,7 +153,10 @@ asio::awaitable<std::optional<Admission>> Admitter::take_flow_limits(AdmittedJob
     co_return std::nullopt;
 }
 
-void Admitter::give_up_promise(const Envelope& envelope) {
+void Admitter::give_up_promise(const Envelope& envelope, const amqp::Delivery& delivery) {
+    if (delivery.stored_id) {
+        return;  // its place goes back as it is acknowledged
+    }
     if (auto place = concurrency_.place_of(envelope)) {
         concurrency_.release(*place, envelope.job_id);
     }
@@ -183,6 +196,7 @@ asio::awaitable<bool> Admitter::database_available(const JobLogger& log) {
 }
 
 void Admitter::stop_waiting() noexcept {
+    concurrency_.stop_waiting();
     quarantine_.wake_waiters();
     database_.wake_waiters();
 }

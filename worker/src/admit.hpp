@@ -15,6 +15,7 @@
 #include "conveyor/core/job.hpp"
 #include "conveyor/core/trace.hpp"
 #include "housekeeping.hpp"
+#include "job_source.hpp"
 #include "quarantine.hpp"
 #include "rate.hpp"
 #include "settle.hpp"
@@ -94,7 +95,7 @@ class Admitter {
     };
     Admitter(const JobRegistry& registry, Settings settings, Quarantine& quarantine, DatabaseHealth& database,
              const JobControl& control, UniqueKeys& unique_keys, ConcurrencyLimits& concurrency, RateLimits& rates,
-             const amqp::Connection& consumer, const std::atomic<bool>& draining)
+             const JobSource& source, const std::atomic<bool>& draining)
         : registry_(registry),
           settings_(settings),
           quarantine_(quarantine),
@@ -103,7 +104,7 @@ class Admitter {
           unique_keys_(unique_keys),
           concurrency_(concurrency),
           rates_(rates),
-          consumer_(consumer),
+          source_(source),
           draining_(draining) {}
 
     boost::asio::awaitable<Admission> admit(const amqp::Delivery& delivery, simdjson::dom::parser& parser,
@@ -117,11 +118,12 @@ class Admitter {
     /// is not admitted after all).
     boost::asio::awaitable<Admission> admit_job(const amqp::Delivery& delivery, const TraceContext& trace,
                                                 AdmittedJob& job);
-    /// The flow limits' steps: a place under its key's concurrency limit (held by `job` once taken), then a token
-    /// under its rate limit. Empty if the job may go on.
-    boost::asio::awaitable<std::optional<Admission>> take_flow_limits(AdmittedJob& job, const JobLogger& log);
+    /// The flow limits' steps: a place under its key's concurrency limit (held by `job` once taken; `promised` as
+    /// the job left the key's line), then a token under its rate limit. Empty if the job may go on.
+    boost::asio::awaitable<std::optional<Admission>> take_flow_limits(AdmittedJob& job, bool promised,
+                                                                      const JobLogger& log);
     /// A job that will not run now gives up the place it may have been promised as it left its key's waiting line.
-    void give_up_promise(const Envelope& envelope);
+    void give_up_promise(const Envelope& envelope, const amqp::Delivery& delivery);
     /// Only a redelivered job can have been running when a worker died: its record says whether it may run, and
     /// how. Empty if the worker began draining while the database was away.
     boost::asio::awaitable<std::optional<Quarantine::History>> judge(const std::string& job_id, const JobLogger& log);
@@ -139,7 +141,7 @@ class Admitter {
     UniqueKeys& unique_keys_;
     ConcurrencyLimits& concurrency_;
     RateLimits& rates_;
-    const amqp::Connection& consumer_;
+    const JobSource& source_;
     const std::atomic<bool>& draining_;
 };
 

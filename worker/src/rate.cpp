@@ -186,7 +186,7 @@ asio::awaitable<RateLimits::Released> RateLimits::release(const LimitColumns& li
                 std::chrono::duration<double>(std::stod(std::string(result.text(0, 1)))));
         }
     }
-    while (co_await waiting_line::publish_released(pool_, publisher_, "conveyor.rate_waiting", "rate",
+    while (co_await waiting_line::publish_released(pool_, publisher_, "conveyor.rate_waiting", "true", "rate",
                                                    settings_.publish_timeout)) {
         outcome.lines_open = true;
     }

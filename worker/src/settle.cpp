@@ -91,7 +91,7 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
                                          const TraceContext& trace) {
     if (attempt.duplicate) {
         co_await unique_keys_.after_attempt(envelope, UniqueKeys::End::finished, log);
-        consumer_.ack(delivery);
+        source_.ack(delivery);
         metrics.duplicate->Increment();
         ++counts_.duplicates;
         record_end(delivery, envelope, attempt, trace, "duplicate", {});
@@ -101,7 +101,7 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
     auto decided = decide(attempt, envelope.attempt, policies_.at(envelope.type), unit_random());
     co_await unique_keys_.after_attempt(envelope, key_end(decided), log);
     if (std::holds_alternative<decision::Acknowledge>(decided)) {
-        consumer_.ack(delivery);
+        source_.ack(delivery);
         metrics.success->Increment();
         ++counts_.succeeded;
         record_end(delivery, envelope, attempt, trace, "succeeded", {});
@@ -110,7 +110,7 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
             co_await publish_emitted(attempt.emitted, log);
         }
     } else if (std::holds_alternative<decision::Cancel>(decided)) {
-        consumer_.ack(delivery);
+        source_.ack(delivery);
         metrics.cancelled->Increment();
         ++counts_.cancelled;
         record_end(delivery, envelope, attempt, trace, "cancelled", "cancelled on request");
@@ -143,7 +143,7 @@ void Settlement::record_end(const amqp::Delivery& delivery, const Envelope& enve
 
 void Settlement::discard_duplicate(const amqp::Delivery& delivery, const Envelope& envelope,
                                    WorkerMetrics::Job& metrics, const JobLogger& log, const TraceContext& trace) {
-    consumer_.ack(delivery);
+    source_.ack(delivery);
     metrics.deduplicated->Increment();
     ++counts_.deduplicated;
     Attempt unrun;
@@ -154,7 +154,7 @@ void Settlement::discard_duplicate(const amqp::Delivery& delivery, const Envelop
 }
 
 void Settlement::requeue(const amqp::Delivery& delivery) {
-    consumer_.reject(delivery, true);
+    source_.reject(delivery, true);
     ++counts_.requeued;
 }
 
@@ -183,7 +183,7 @@ asio::awaitable<void> Settlement::schedule_retry(const amqp::Delivery& delivery,
         co_await requeue_after_pause(delivery);
         co_return;
     }
-    consumer_.ack(delivery);
+    source_.ack(delivery);
     metrics.retry->Increment();
     metrics.retry_delay->Observe(std::chrono::duration<double>(delay).count());
     ++counts_.retried;
@@ -203,7 +203,7 @@ asio::awaitable<void> Settlement::park(const amqp::Delivery& delivery, const Env
         co_await requeue_after_pause(delivery);
         co_return;
     }
-    consumer_.ack(delivery);
+    source_.ack(delivery);
     metrics.parked_paused->Increment();
     ++counts_.parked;
     log.debug("paused: parked for {} s, attempt {} not counted", delay.count(), envelope.attempt);
@@ -211,7 +211,7 @@ asio::awaitable<void> Settlement::park(const amqp::Delivery& delivery, const Env
 
 void Settlement::acknowledge_waiting(const amqp::Delivery& delivery, const Envelope& envelope, FlowLimit limit,
                                      WorkerMetrics::Job& metrics, const JobLogger& log) {
-    consumer_.ack(delivery);
+    source_.ack(delivery);
     if (limit == FlowLimit::concurrency) {
         ++counts_.waiting;
         metrics.parked_concurrency->Increment();
@@ -228,7 +228,7 @@ asio::awaitable<void> Settlement::hand_back(std::vector<amqp::Delivery> deliveri
     std::vector<amqp::Delivery> parking;
     std::vector<amqp::Message> copies;
     for (auto& delivery : deliveries) {
-        if (!consumer_.is_current(delivery)) {
+        if (!source_.is_current(delivery)) {
             continue;
         }
         if (!returns_to_its_queue(delivery)) {
@@ -251,7 +251,7 @@ asio::awaitable<void> Settlement::hand_back(std::vector<amqp::Delivery> deliveri
             ++requeued;
             continue;
         }
-        consumer_.ack(delivery);
+        source_.ack(delivery);
         metrics.job(delivery.queue, topology::job_type_of_routing_key(delivery.message.routing_key))
             .parked_shutdown->Increment();
         ++counts_.parked_at_shutdown;
@@ -298,7 +298,7 @@ asio::awaitable<bool> Settlement::dead_letter(const amqp::Delivery& delivery, Wo
         co_await requeue_after_pause(delivery);
         co_return false;
     }
-    consumer_.ack(delivery);
+    source_.ack(delivery);
     metrics.dead_letter->Increment();
     ++counts_.dead_lettered;
     log.warn("dead-lettered to {}: {}: {}", dead_letter_queue, verdict.reason, error_text);

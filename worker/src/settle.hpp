@@ -17,6 +17,7 @@
 #include "flow_limits.hpp"
 #include "history.hpp"
 #include "housekeeping.hpp"
+#include "job_source.hpp"
 #include "unique.hpp"
 #include "worker_metrics.hpp"
 
@@ -82,10 +83,10 @@ struct SettledCounts {
 
 class Settlement {
   public:
-    Settlement(amqp::Connection& consumer, amqp::Connection& publisher, OutboxRelay& outbox, HistoryRecorder& history,
+    Settlement(JobSource& source, amqp::Connection& publisher, OutboxRelay& outbox, HistoryRecorder& history,
                UniqueKeys& unique_keys, std::string worker_name,
                std::map<std::string, RetryPolicy, std::less<>> policies)
-        : consumer_(consumer),
+        : source_(source),
           publisher_(publisher),
           outbox_(outbox),
           history_(history),
@@ -142,7 +143,7 @@ class Settlement {
     void record_end(const amqp::Delivery& delivery, const Envelope& envelope, const Attempt& attempt,
                     const TraceContext& trace, std::string state, const std::string& error);
 
-    amqp::Connection& consumer_;
+    JobSource& source_;
     amqp::Connection& publisher_;
     OutboxRelay& outbox_;
     HistoryRecorder& history_;

@@ -5,6 +5,7 @@
 
 #include "conveyor/core/dead_letters.hpp"
 #include "conveyor/core/header_json.hpp"
+#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor::worker::waiting_line {
@@ -16,11 +17,12 @@ constexpr int kPublishChunk = 500;
 }  // namespace
 
 asio::awaitable<bool> publish_released(pg::Pool& pool, amqp::Connection& publisher, std::string_view table,
-                                       std::string_view limit, std::chrono::milliseconds timeout) {
+                                       std::string_view to_publish, std::string_view limit,
+                                       std::chrono::milliseconds timeout) {
     const auto select = fmt::format(
-        "SELECT id, job_type, properties::text, encode(body, 'hex') FROM {} WHERE released_at IS NOT NULL "
+        "SELECT id, job_type, properties::text, encode(body, 'hex') FROM {} WHERE released_at IS NOT NULL AND ({}) "
         "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        table);
+        table, to_publish);
     const auto remove = fmt::format("DELETE FROM {} WHERE id = ANY($1::bigint[])", table);
     auto transaction = co_await pool.begin();
     const auto rows = co_await transaction.query(select, kPublishChunk);
@@ -33,6 +35,7 @@ asio::awaitable<bool> publish_released(pg::Pool& pool, amqp::Connection& publish
         message.exchange = topology::kJobsExchange;
         message.routing_key = rows.text(row, 1);
         message.properties = amqp::properties_from_json(rows.text(row, 2));
+        amqp::set_header(message.properties.headers, job_headers::kPromised, std::string(limit));
         message.body = dead_letters::decode_body(rows.text(row, 3));
         messages.push_back(std::move(message));
     }

@@ -13,9 +13,11 @@ namespace conveyor::worker::waiting_line {
 
 /// Publishes one chunk of the released jobs of `table` (conveyor.concurrency_waiting or conveyor.rate_waiting) to the
 /// jobs exchange and deletes those the broker confirmed, in one transaction whose rows no other worker publishes
-/// meanwhile. `limit` names the limit in the log. False when there were none, or some could not be published (they
-/// stay, released, for the next call). Throws pg::Error.
+/// meanwhile. `limit` names the limit in the log and in the header kPromised of each job; `to_publish` is the SQL
+/// condition a released row meets if it is to be published (not one a worker took straight from the line). False
+/// when there were none, or some could not be published (they stay, released, for the next call). Throws pg::Error.
 boost::asio::awaitable<bool> publish_released(pg::Pool& pool, amqp::Connection& publisher, std::string_view table,
-                                              std::string_view limit, std::chrono::milliseconds timeout);
+                                              std::string_view to_publish, std::string_view limit,
+                                              std::chrono::milliseconds timeout);
 
 }  // namespace conveyor::worker::waiting_line

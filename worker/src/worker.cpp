@@ -141,10 +141,10 @@ class Worker::Impl {
                     .worker = settings_.name},
                    {metrics_.history_written(), metrics_.history_dropped(), metrics_.history_buffered()}),
           admitter_(registry_, {{.max_body_bytes = settings_.max_message_bytes}, settings_.quarantine_after},
-                    quarantine_, database_, control_, unique_keys_, concurrency_, rates_, consumer_, draining_),
+                    quarantine_, database_, control_, unique_keys_, concurrency_, rates_, source_, draining_),
           execution_(pool_, quarantine_, database_, metrics_, history_, control_,
                      {settings_.job_timeout, settings_.name}, aborting_),
-          settlement_(consumer_, publisher_, outbox_, history_, unique_keys_, settings_.name,
+          settlement_(source_, publisher_, outbox_, history_, unique_keys_, settings_.name,
                       retry_policies(settings_, registry_)) {}
 
     /// What the broker may have handed this worker and not had acknowledged: the sum of the queues' prefetch.
@@ -178,6 +178,8 @@ class Worker::Impl {
 
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         co_await drain();
+        // A place kept for a key's next job would otherwise hold the key back for the rest of its lease.
+        co_await concurrency_.release_all();
         // Nothing publishes after the drain but an outbox sweep, which must not wait for a broker that is gone.
         co_await asio::co_spawn(blocking_, amqp::stop_connection(publisher_), asio::use_awaitable);
         // The background tasks end within a statement (bounded by the statement timeout); a sweep's publish fails
@@ -490,7 +492,7 @@ class Worker::Impl {
             if (error) {
                 co_return;  // closed at shutdown
             }
-            if (!consumer_.is_current(delivery)) {
+            if (!source_.is_current(delivery)) {
                 continue;  // its connection dropped, so the broker has requeued it already
             }
             if (draining_) {
@@ -555,12 +557,29 @@ class Worker::Impl {
         co_await settlement_.settle(delivery, envelope, metrics, std::move(*attempt), log, trace);
     }
 
+    /// Jobs a key's waiting line handed to this worker, as a job of the key ended here: they start like deliveries.
+    /// A worker that is draining takes no more: they go back to their line.
+    void take_from_line(amqp::DeliveryBatch jobs) {
+        if (draining_) {
+            for (const auto& job : jobs) {
+                source_.reject(job, true);
+            }
+            return;
+        }
+        ready_.push(std::move(jobs));
+    }
+
     /// Over its key's concurrency limit or without a token: into the limit's waiting line, then acknowledged. If the
     /// worker drains while the database is away, the job goes back to the broker instead.
     asio::awaitable<void> wait_in_line(const amqp::Delivery& delivery, const admission::OverLimit& over_limit,
                                        const TraceContext& trace) {
         const auto log = job_logger(over_limit.envelope, delivery, trace);
         const auto* place = std::get_if<ConcurrencyPlace>(&over_limit.limit);
+        if (place != nullptr && delivery.stored_id) {
+            // Taken from its line, but its promised place ran out before it got here: back to its turn in line.
+            source_.reject(delivery, true);
+            co_return;
+        }
         bool stored = false;
         if (place != nullptr) {
             stored = co_await concurrency_.wait_in_line(*place, delivery, log);
@@ -650,8 +669,11 @@ class Worker::Impl {
         database_,
         flow_,
         draining_,
-        {.holder = control_queue_.name.substr(topology::kControlExchange.size() + 1)},
-        {metrics_.flow_waiting_jobs("concurrency"), metrics_.flow_waiting_keys("concurrency")}};
+        {.holder = control_queue_.name.substr(topology::kControlExchange.size() + 1),
+         .pool = {.max_waiters = std::max<std::size_t>(1, settings_.concurrency / 4)}},
+        {metrics_.flow_waiting_jobs("concurrency"), metrics_.flow_waiting_keys("concurrency")},
+        [this](amqp::DeliveryBatch jobs) { take_from_line(std::move(jobs)); }};
+    JobSource source_{consumer_, concurrency_};
     RateLimits rates_{
         pool_,
         publisher_,

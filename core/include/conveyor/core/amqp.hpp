@@ -74,6 +74,9 @@ struct Delivery {
     bool redelivered = false;
     std::uint16_t channel = 0;
     std::uint64_t session = 0;  ///< Which (re)connection delivered it; tags are only valid on that one.
+    /// Set on a message that did not come from the broker but from the application's own store of parked messages,
+    /// as that store's id for it: its owner settles it there, never the consumer (for which it is not current).
+    std::optional<std::int64_t> stored_id;
 };
 
 struct Url {

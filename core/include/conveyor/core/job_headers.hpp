@@ -24,6 +24,9 @@ inline constexpr std::string_view kOriginalRoutingKey = "x-conveyor-original-rou
 inline constexpr std::string_view kReplayedAt = "x-conveyor-replayed-at";
 inline constexpr std::string_view kReplayedBy = "x-conveyor-replayed-by";
 inline constexpr std::string_view kReplayedFrom = "x-conveyor-replayed-from";
+/// On a job a waiting line released: the limit that let it go ("concurrency" or "rate"), so that a worker takes what
+/// the line promised it (a place, a pass) rather than another.
+inline constexpr std::string_view kPromised = "x-conveyor-promised";
 /// A unique job's key (1 to 255 bytes of text) and its window in whole seconds after the job ends.
 inline constexpr std::string_view kUniqueKey = "x-conveyor-unique-key";
 inline constexpr std::string_view kUniqueFor = "x-conveyor-unique-for";
