@@ -87,6 +87,21 @@ boost::system::result<void, std::string> read_unique(const amqp::Headers& header
     return {};
 }
 
+/// x-conveyor-batch into the envelope; what is wrong with it otherwise.
+boost::system::result<void, std::string> read_batch(const amqp::Headers& headers, Envelope& envelope) {
+    const auto* batch = amqp::find_header(headers, job_headers::kBatch);
+    if (batch == nullptr) {
+        return {};
+    }
+    const auto* text = std::get_if<std::string>(batch);
+    if (text == nullptr || !job_headers::is_batch_id(*text)) {
+        return fmt::format("{} must be UTF-8 text of 1 to {} bytes without U+0000", job_headers::kBatch,
+                           job_headers::kMaxBatchIdBytes);
+    }
+    envelope.batch = *text;
+    return {};
+}
+
 }  // namespace
 
 std::string_view reason_code(EnvelopeErrc errc) noexcept {
@@ -188,7 +203,10 @@ boost::system::result<Envelope, EnvelopeError> parse_envelope(const amqp::Messag
         }
     }
     if (auto unique = read_unique(properties.headers, envelope); !unique) {
-        return error(EnvelopeErrc::invalid_envelope, std::move(unique.error()));
+        return error(EnvelopeErrc::invalid_envelope, unique.error());
+    }
+    if (auto batch = read_batch(properties.headers, envelope); !batch) {
+        return error(EnvelopeErrc::invalid_envelope, batch.error());
     }
     return envelope;
 }

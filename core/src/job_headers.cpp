@@ -6,6 +6,7 @@
 #include <array>
 
 #include "conveyor/core/config.hpp"
+#include "conveyor/core/utf8.hpp"
 
 namespace conveyor::job_headers {
 
@@ -47,6 +48,11 @@ std::uint32_t count_of(const amqp::Headers& headers, std::string_view name) {
 }
 
 }  // namespace
+
+bool is_batch_id(std::string_view id) {
+    return !id.empty() && id.size() <= kMaxBatchIdBytes && id.find('\0') == std::string_view::npos &&
+           utf8::sanitized(id) == id;
+}
 
 std::string bounded(std::string_view text, std::size_t limit) {
     if (text.size() <= limit) {

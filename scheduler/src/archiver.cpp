@@ -167,6 +167,12 @@ asio::awaitable<void> DeadLetterArchiver::archive(const amqp::DeliveryBatch& bat
         "WHERE held.job_type = d.type AND held.unique_key = d.unique_key AND held.job_id = d.job_id "
         "AND held.held_until IS NULL",
         job_ids, types, headers);
+    // Likewise a batch member: it has ended, dead-lettered (recording one a worker recorded already changes nothing).
+    co_await transaction.query(
+        "SELECT conveyor.record_batch_members(array_agg(d.batch_id), array_agg(d.job_id), "
+        "array_agg('dead_lettered'::text)) FROM (SELECT u.job_id, u.headers::jsonb ->> 'x-conveyor-batch' AS batch_id "
+        "FROM unnest($1::text[], $2::text[]) AS u(job_id, headers)) AS d WHERE d.batch_id IS NOT NULL",
+        job_ids, headers);
     co_await transaction.commit();
 }
 

@@ -110,6 +110,21 @@ TEST_F(EnvelopeTest, RefusesAUniqueKeyOrWindowItCannotHoldSayingWhich) {
     EXPECT_EQ(refusal({{window, std::int64_t{60}}}).detail, "x-conveyor-unique-for needs x-conveyor-unique-key");
 }
 
+TEST_F(EnvelopeTest, ReadsTheBatchAJobIsAMemberOfAndRefusesOneItCannotRecord) {
+    auto message = job("{}");
+    EXPECT_TRUE(parse(message)->batch.empty()) << "a job without the header is of no batch";
+    amqp::set_header(message.properties.headers, "x-conveyor-batch", std::string("import-7"));
+    EXPECT_EQ(parse(message)->batch, "import-7");
+    for (const auto& bad : std::vector<amqp::FieldValue>{std::string(), std::string(129, 'b'), std::int64_t{7},
+                                                         std::string("a\0b", 3), std::string("\xff\xfe")}) {
+        amqp::set_header(message.properties.headers, "x-conveyor-batch", bad);
+        auto result = parse(message);
+        ASSERT_FALSE(result.has_value());
+        EXPECT_EQ(result.error().errc, EnvelopeErrc::invalid_envelope);
+        EXPECT_EQ(result.error().detail, "x-conveyor-batch must be UTF-8 text of 1 to 128 bytes without U+0000");
+    }
+}
+
 TEST_F(EnvelopeTest, RejectsABodyOverTheLimit) {
     EXPECT_EQ(error_of(job(R"({"pad": ")" + std::string(100, 'x') + R"("})")), EnvelopeErrc::too_large);
 }

@@ -60,6 +60,17 @@ UniqueKeys::End key_end(const Decision& decided) {
     return std::holds_alternative<decision::Cancel>(decided) ? UniqueKeys::End::cancelled : UniqueKeys::End::finished;
 }
 
+/// How a decision ends the job as a batch member; empty while it will run again.
+std::optional<std::string_view> member_end(const Decision& decided) {
+    if (std::holds_alternative<decision::RetryLater>(decided)) {
+        return std::nullopt;
+    }
+    if (std::holds_alternative<decision::Acknowledge>(decided)) {
+        return "succeeded";
+    }
+    return std::holds_alternative<decision::Cancel>(decided) ? "cancelled" : "dead_lettered";
+}
+
 }  // namespace
 
 Decision decide(const Attempt& attempt, std::uint32_t attempt_number, const RetryPolicy& policy, double unit_random) {
@@ -91,6 +102,7 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
                                          const TraceContext& trace) {
     if (attempt.duplicate) {
         co_await unique_keys_.after_attempt(envelope, UniqueKeys::End::finished, log);
+        co_await batch_members_.ended(envelope.batch, envelope.job_id, "succeeded", log);
         source_.ack(delivery);
         metrics.duplicate->Increment();
         ++counts_.duplicates;
@@ -100,6 +112,9 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
     }
     auto decided = decide(attempt, envelope.attempt, policies_.at(envelope.type), unit_random());
     co_await unique_keys_.after_attempt(envelope, key_end(decided), log);
+    if (const auto state = member_end(decided)) {
+        co_await batch_members_.ended(envelope.batch, envelope.job_id, *state, log);
+    }
     if (std::holds_alternative<decision::Acknowledge>(decided)) {
         source_.ack(delivery);
         metrics.success->Increment();
@@ -141,8 +156,10 @@ void Settlement::record_end(const amqp::Delivery& delivery, const Envelope& enve
     history_.record(std::move(event));
 }
 
-void Settlement::discard_duplicate(const amqp::Delivery& delivery, const Envelope& envelope,
-                                   WorkerMetrics::Job& metrics, const JobLogger& log, const TraceContext& trace) {
+asio::awaitable<void> Settlement::discard_duplicate(const amqp::Delivery& delivery, const Envelope& envelope,
+                                                    WorkerMetrics::Job& metrics, const JobLogger& log,
+                                                    const TraceContext& trace) {
+    co_await batch_members_.ended(envelope.batch, envelope.job_id, "deduplicated", log);
     source_.ack(delivery);
     metrics.deduplicated->Increment();
     ++counts_.deduplicated;

@@ -10,6 +10,7 @@
 #include <variant>
 #include <vector>
 
+#include "batch_members.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/envelope.hpp"
 #include "conveyor/core/job.hpp"
@@ -84,13 +85,14 @@ struct SettledCounts {
 class Settlement {
   public:
     Settlement(JobSource& source, amqp::Connection& publisher, OutboxRelay& outbox, HistoryRecorder& history,
-               UniqueKeys& unique_keys, std::string worker_name,
+               UniqueKeys& unique_keys, BatchMembers& batch_members, std::string worker_name,
                std::map<std::string, RetryPolicy, std::less<>> policies)
         : source_(source),
           publisher_(publisher),
           outbox_(outbox),
           history_(history),
           unique_keys_(unique_keys),
+          batch_members_(batch_members),
           worker_name_(std::move(worker_name)),
           policies_(std::move(policies)) {}
 
@@ -106,8 +108,9 @@ class Settlement {
                                              std::uint32_t attempts, Verdict verdict, const TraceContext& trace);
 
     /// Discards a unique job whose key another job holds: acknowledged without running, on record as deduplicated.
-    void discard_duplicate(const amqp::Delivery& delivery, const Envelope& envelope, WorkerMetrics::Job& metrics,
-                           const JobLogger& log, const TraceContext& trace);
+    boost::asio::awaitable<void> discard_duplicate(const amqp::Delivery& delivery, const Envelope& envelope,
+                                                   WorkerMetrics::Job& metrics, const JobLogger& log,
+                                                   const TraceContext& trace);
     /// Hands a delivery back to the broker for another attempt (here or on another worker).
     void requeue(const amqp::Delivery& delivery);
     /// A job over its key's concurrency limit or without a rate limit's token, stored in a waiting line:
@@ -148,6 +151,7 @@ class Settlement {
     OutboxRelay& outbox_;
     HistoryRecorder& history_;
     UniqueKeys& unique_keys_;
+    BatchMembers& batch_members_;
     std::string worker_name_;
     std::map<std::string, RetryPolicy, std::less<>> policies_;
     SettledCounts counts_;

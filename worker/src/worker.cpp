@@ -19,6 +19,7 @@
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/http_server.hpp"
+#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/metrics.hpp"
 #include "conveyor/core/redaction.hpp"
@@ -144,7 +145,7 @@ class Worker::Impl {
                     quarantine_, database_, control_, unique_keys_, concurrency_, rates_, source_, draining_),
           execution_(pool_, quarantine_, database_, metrics_, history_, control_,
                      {settings_.job_timeout, settings_.name}, aborting_),
-          settlement_(source_, publisher_, outbox_, history_, unique_keys_, settings_.name,
+          settlement_(source_, publisher_, outbox_, history_, unique_keys_, batch_members_, settings_.name,
                       retry_policies(settings_, registry_)) {}
 
     /// What the broker may have handed this worker and not had acknowledged: the sum of the queues' prefetch.
@@ -306,6 +307,7 @@ class Worker::Impl {
         });
         background_.spawn("capacity estimate", [this](TaskGroup::Task&) { return estimate_capacity(); });
         background_.spawn("job history", [this](TaskGroup::Task&) { return history_.run(kHistoryFinalFlush); });
+        background_.spawn("batch members", [this](TaskGroup::Task&) { return batch_members_.run(); });
         background_.spawn("control listener",
                           [this](TaskGroup::Task&) { return control_.listen(control_deliveries_, consumer_); });
         background_.spawn("cancellations", [this](TaskGroup::Task&) { return control_.follow_records(); });
@@ -527,7 +529,7 @@ class Worker::Impl {
         if (auto* duplicate = std::get_if<admission::Deduplicated>(&admission)) {
             const auto log = job_logger(duplicate->envelope, delivery, trace);
             auto& metrics = metrics_.job(delivery.queue, duplicate->envelope.type);
-            settlement_.discard_duplicate(delivery, duplicate->envelope, metrics, log, trace);
+            co_await settlement_.discard_duplicate(delivery, duplicate->envelope, metrics, log, trace);
             co_return;
         }
         if (auto* paused = std::get_if<admission::Paused>(&admission)) {
@@ -615,21 +617,26 @@ class Worker::Impl {
 
     asio::awaitable<void> refuse(const amqp::Delivery& delivery, Refusal refusal, const TraceContext& trace) {
         auto& metrics = metrics_.job(delivery.queue, refusal.type);
-        if (history_.enabled() && !delivery.message.properties.message_id.empty()) {
+        const auto& job_id = delivery.message.properties.message_id;
+        const JobLogger log({.job_id = job_id,
+                             .type = refusal.type,
+                             .correlation_id = delivery.message.properties.correlation_id,
+                             .queue = delivery.queue,
+                             .attempt = refusal.attempts,
+                             .trace = &trace});
+        if (history_.enabled() && !job_id.empty()) {
             history_.record(refusal_event(delivery, refusal.type, refusal.attempts, trace, settings_.name,
                                           fmt::format("{}: {}", refusal.verdict.reason, refusal.verdict.error)));
+        }
+        // A member that cannot run has ended, dead-lettered (a batch header that is itself malformed names none).
+        const auto batch = amqp::find_text_header(delivery.message.properties.headers, job_headers::kBatch);
+        if (!job_id.empty() && job_headers::is_batch_id(batch)) {
+            co_await batch_members_.ended(std::string(batch), job_id, "dead_lettered", log);
         }
         const bool confirmed =
             co_await settlement_.dead_letter(delivery, metrics, refusal.attempts, std::move(refusal.verdict), trace);
         // A quarantined job's record is the evidence: it is cleared only once the job is in its dead-letter queue.
         if (confirmed && refusal.clear_record) {
-            const auto& job_id = delivery.message.properties.message_id;
-            const JobLogger log({.job_id = job_id,
-                                 .type = refusal.type,
-                                 .correlation_id = delivery.message.properties.correlation_id,
-                                 .queue = delivery.queue,
-                                 .attempt = refusal.attempts,
-                                 .trace = &trace});
             co_await execution_.forget_start(job_id, log);
         }
     }
@@ -662,6 +669,7 @@ class Worker::Impl {
     std::atomic<bool> draining_{false};
     std::atomic<bool> aborting_{false};
     UniqueKeys unique_keys_{pool_, database_, draining_};
+    BatchMembers batch_members_{pool_, database_, draining_};
     FlowLimits flow_{pool_, kFlowPoll, [this](std::int64_t version) { on_flow_change(version); }};
     ConcurrencyLimits concurrency_{
         pool_,

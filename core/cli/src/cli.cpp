@@ -199,7 +199,10 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         ->excludes(at_option);
     enqueue_cmd->add_option("--idempotency-key", enqueue_options.idempotency_key,
                             "Enqueue through conveyor.enqueue() once per key: the same key returns the same job id");
-    enqueue_cmd->add_option("--pg-url", enqueue_options.pg_url, "PostgreSQL URL (with --at, --in, --idempotency-key)")
+    enqueue_cmd->add_option("--batch", enqueue_options.batch,
+                            "Add every job to this open batch (x-conveyor-batch; see conveyor batches)");
+    enqueue_cmd
+        ->add_option("--pg-url", enqueue_options.pg_url, "PostgreSQL URL (with --at, --in, --idempotency-key, --batch)")
         ->envname("CONVEYOR_PG_URL")
         ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
 
@@ -342,6 +345,45 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         flow_cmd->add_subcommand("show", "The flow limits in force, their version and who applied it");
     flow_show_cmd->add_flag("--json", flow_show_json, "As one JSON object, with the file's text");
 
+    BatchOptions batch_options;
+    EnqueueOptions batch_add_options;
+    auto* batches_cmd = app.add_subcommand(
+        "batches", "Batches of jobs: open one, add members in any number of calls, seal it; its callback job runs "
+                   "once every member has ended");
+    batches_cmd->require_subcommand(1);
+    batches_cmd->fallthrough();
+    batches_cmd->add_option("--pg-url", batch_options.pg_url, "PostgreSQL URL")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    batches_cmd->add_flag("--json", batch_options.json, "As one JSON object");
+    auto* batches_open_cmd = batches_cmd->add_subcommand("open", "Open a batch; prints its id");
+    batches_open_cmd->add_option("--id", batch_options.id, "Its id (default: batch-<uuid>), 1 to 128 bytes");
+    batches_open_cmd->add_option("--description", batch_options.description, "What it is, for people");
+    batches_open_cmd->add_option("--callback", batch_options.callback_type,
+                                 "Job type enqueued once every member has ended after the seal");
+    batches_open_cmd->add_option("--callback-payload", batch_options.callback_payload,
+                                 "The callback's payload, a JSON object; it also gets \"batch\": {id, counts}");
+    auto* batches_add_cmd = batches_cmd->add_subcommand(
+        "add", "Publish jobs as members of an open batch (conveyor enqueue --batch; prints their ids or a count)");
+    batches_add_cmd->add_option("batch", batch_add_options.batch, "The batch's id")->required();
+    batches_add_cmd->add_option("type", batch_add_options.type, "Job type, <family>.<action>")->required();
+    batches_add_cmd->add_option("--payload", batch_add_options.payload, "Job payload, a JSON object ({{seq}}, "
+                                                                        "{{job_id}} as for enqueue)");
+    batches_add_cmd->add_option("--count", batch_add_options.count, "How many jobs")
+        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}));
+    batches_add_cmd->add_option("--priority", batch_add_options.priority, "high, normal or low")
+        ->check(CLI::IsMember({"high", "normal", "low"}));
+    batches_add_cmd->add_flag("!--no-progress", batch_add_options.progress, "Do not print progress on stderr");
+    auto* batches_seal_cmd = batches_cmd->add_subcommand(
+        "seal", "Seal a batch: it takes no more members, and finishes once they have all ended");
+    batches_seal_cmd->add_option("id", batch_options.id, "The batch's id")->required();
+    batches_seal_cmd->add_option("--expect", batch_options.expected,
+                                 "How many members it has in all (needed for members published over AMQP by your "
+                                 "own code; default: those added here)")
+        ->check(CLI::Range(std::int64_t{0}, std::int64_t{2'000'000'000}));
+    auto* batches_show_cmd = batches_cmd->add_subcommand("show", "A batch's progress: its members by how they ended");
+    batches_show_cmd->add_option("id", batch_options.id, "The batch's id")->required();
+
     auto* migrate_cmd = app.add_subcommand(
         "migrate",
         "Apply the database migrations not yet applied, each in a transaction (idempotent, safe to run "
@@ -428,6 +470,19 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         }
         if (*flow_show_cmd) {
             return flow_show(flow_options.pg_url, flow_show_json);
+        }
+        if (*batches_open_cmd) {
+            return batches_open(batch_options);
+        }
+        if (*batches_add_cmd) {
+            batch_add_options.pg_url = batch_options.pg_url;
+            return enqueue(common, batch_add_options);
+        }
+        if (*batches_seal_cmd) {
+            return batches_seal(batch_options);
+        }
+        if (*batches_show_cmd) {
+            return batches_show(batch_options);
         }
         if (*migrate_cmd) {
             migrate_options.statement_timeout = parse_duration(statement_timeout);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -42,7 +43,19 @@ struct EnqueueOptions {
     /// A unique job's key (only with --count 1) and its window in seconds after the job ends.
     std::string unique_key;
     std::int64_t unique_for = 0;
+    /// x-conveyor-batch of every job: the open batch they join, counted in it before they are published.
+    std::string batch;
     std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+};
+
+struct BatchOptions {
+    std::string id;
+    std::string description;
+    std::string callback_type;
+    std::string callback_payload = "{}";
+    std::optional<std::int64_t> expected;  ///< seal: the members in all
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    bool json = false;
 };
 
 struct ScheduledListOptions {
@@ -163,5 +176,12 @@ int jobs_list(const JobsListOptions& options);
 int flow_apply(const FlowApplyOptions& options);
 /// The flow limits in force and their version.
 int flow_show(const std::string& pg_url, bool json);
+
+/// conveyor batches open|seal|show (members are added with `conveyor batches add`, which is enqueue with a batch).
+int batches_open(const BatchOptions& options);
+int batches_seal(const BatchOptions& options);
+int batches_show(const BatchOptions& options);
+/// Counts `count` more members of options.batch (negative: gives back those that were not published).
+int count_batch_members(const EnqueueOptions& options, std::int64_t count);
 
 }  // namespace conveyor::cli

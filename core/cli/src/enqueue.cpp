@@ -170,6 +170,11 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
         return kUsage;
     }
     const bool through_database = !options.at.empty() || !options.in.empty() || !options.idempotency_key.empty();
+    if (!options.batch.empty() && through_database) {
+        std::cerr << "conveyor enqueue: --batch cannot be combined with --at, --in or --idempotency-key: members are "
+                     "published at once\n";
+        return kUsage;
+    }
     if (const auto violation = json::check(parsed.value_unsafe(), {.allow_nul = !through_database})) {
         std::cerr << fmt::format("conveyor enqueue: --payload: {}\n", violation->message);
         return kUsage;
@@ -208,6 +213,13 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
         return kUsage;
     }
 
+    if (!options.batch.empty()) {
+        // Counted before they are published, so the batch cannot finish without them.
+        const int counted = count_batch_members(options, static_cast<std::int64_t>(options.count));
+        if (counted != kOk) {
+            return counted;
+        }
+    }
     amqp::Connection connection(cli_connection_settings(common, "conveyor enqueue"), {});
     Run run{options, connection, {}, {}, Clock::now(), 0, 0, 0, {}, {}};
     run.properties.content_type = "application/json";
@@ -219,6 +231,9 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
     if (!options.unique_key.empty()) {
         amqp::set_header(run.properties.headers, job_headers::kUniqueKey, options.unique_key);
         amqp::set_header(run.properties.headers, job_headers::kUniqueFor, options.unique_for);
+    }
+    if (!options.batch.empty()) {
+        amqp::set_header(run.properties.headers, job_headers::kBatch, options.batch);
     }
     if (options.count <= kMaxPrintedIds) {
         run.ids.resize(options.count);
@@ -257,6 +272,11 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
     if (run.failed > 0) {
         std::cerr << fmt::format("conveyor enqueue: {} publishes failed; first error: {}\n", run.failed,
                                  run.first_error);
+        if (!options.batch.empty()) {
+            // Not in the queue: the batch must not wait for them (a publish whose confirm was lost with the
+            // connection may have arrived after all, and then counts beyond what was added).
+            count_batch_members(options, -static_cast<std::int64_t>(run.failed));
+        }
         return kFailed;
     }
     return kOk;

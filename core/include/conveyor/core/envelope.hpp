@@ -63,6 +63,8 @@ struct Envelope {
     /// nor for `unique_for` after it ends. Empty for a job that is not unique.
     std::string unique_key;
     std::chrono::seconds unique_for{0};
+    /// x-conveyor-batch: the batch the job is a member of, told how it ended. Empty for a job of no batch.
+    std::string batch;
     /// The JSON object body. Valid while the parser that produced it is not reused.
     simdjson::dom::element payload;
 };

@@ -33,6 +33,11 @@ inline constexpr std::string_view kUniqueFor = "x-conveyor-unique-for";
 /// The longest window: ten years, the bound of every other time a job carries.
 inline constexpr std::int64_t kMaxUniqueForSeconds = 315'360'000;
 inline constexpr std::size_t kMaxUniqueKeyBytes = 255;
+/// The batch a job is a member of (conveyor batches): its id, 1 to 128 bytes of text.
+inline constexpr std::string_view kBatch = "x-conveyor-batch";
+inline constexpr std::size_t kMaxBatchIdBytes = 128;
+/// Whether `id` is a batch id: UTF-8 text of 1 to kMaxBatchIdBytes bytes without U+0000.
+[[nodiscard]] bool is_batch_id(std::string_view id);
 
 /// An error as a header holds it: at most this many bytes, cut between characters and marked with an ellipsis.
 inline constexpr std::size_t kMaxErrorBytes = 1024;

@@ -1,0 +1,146 @@
+#include "conveyor/core/batches.hpp"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "conveyor/core/envelope.hpp"
+#include "conveyor/core/job_headers.hpp"
+
+namespace conveyor::batches {
+namespace asio = boost::asio;
+
+namespace {
+
+// PostgreSQL's codes for what the batch functions raise, and for a taken primary key.
+constexpr std::string_view kNoData = "P0002";
+constexpr std::string_view kNotInPrerequisiteState = "55000";
+constexpr std::string_view kInvalidParameterValue = "22023";
+constexpr std::string_view kUniqueViolation = "23505";
+constexpr std::string_view kInvalidJson = "22P02";
+
+/// A failure the caller caused (the batch's state or their input), as std::invalid_argument; others as they are.
+[[noreturn]] void rethrow_refusal(const pg::Error& error) {
+    const auto& code = error.sqlstate();
+    if (code == kNoData || code == kNotInPrerequisiteState || code == kInvalidParameterValue) {
+        // PostgreSQL's message ("ERROR:  batch b-1 is sealed already" and context lines): its first line, bare.
+        std::string message = error.what();
+        message = message.substr(0, message.find('\n'));
+        const auto colon = message.find(":  ");
+        throw std::invalid_argument(colon == std::string::npos ? message : message.substr(colon + 3));
+    }
+    throw error;
+}
+
+void check_id(const std::string& id) {
+    if (!job_headers::is_batch_id(id)) {
+        throw std::invalid_argument(
+            fmt::format("a batch id is UTF-8 text of 1 to {} bytes without U+0000", job_headers::kMaxBatchIdBytes));
+    }
+}
+
+}  // namespace
+
+asio::awaitable<std::string> open(pg::Pool& pool, const Opening& opening) {
+    if (!opening.id.empty()) {
+        check_id(opening.id);
+    }
+    if (!opening.callback_type.empty() && !is_valid_job_type(opening.callback_type)) {
+        throw std::invalid_argument(
+            fmt::format("the callback '{}' is not a job type; expected <family>.<action>", opening.callback_type));
+    }
+    std::string failure;
+    try {
+        const auto opened = co_await pool.query(
+            "INSERT INTO conveyor.batches (id, description, callback_type, callback_payload, opened_by) "
+            "SELECT coalesce(nullif($1, ''), 'batch-' || gen_random_uuid()), $2, nullif($3, ''), payload, $5 "
+            "FROM (SELECT $4::jsonb AS payload) p "
+            "WHERE jsonb_typeof(payload) = 'object' AND conveyor.jsonb_within_depth(payload) RETURNING id",
+            opening.id, opening.description, opening.callback_type, opening.callback_payload, opening.opened_by);
+        if (opened.rows() == 1) {
+            co_return std::string(opened.text(0, 0));
+        }
+        failure = "the callback payload must be a JSON object, nested at most 32 levels deep";
+    } catch (const pg::Error& e) {
+        if (e.sqlstate() == kUniqueViolation) {
+            failure = fmt::format("a batch {} exists already", opening.id);
+        } else if (e.sqlstate() == kInvalidJson) {
+            failure = "the callback payload is not valid JSON";
+        } else {
+            throw;
+        }
+    }
+    throw std::invalid_argument(failure);
+}
+
+asio::awaitable<void> count_added(pg::Pool& pool, const std::string& batch_id, std::int64_t count) {
+    const auto counted = co_await pool.query(
+        "UPDATE conveyor.batches SET added = added + $2 WHERE id = $1 AND sealed_at IS NULL RETURNING added", batch_id,
+        count);
+    if (counted.rows() == 0) {
+        const auto batch = co_await find(pool, batch_id);
+        throw std::invalid_argument(batch ? fmt::format("batch {} is sealed: it takes no more members", batch_id)
+                                          : fmt::format("no batch {}", batch_id));
+    }
+}
+
+asio::awaitable<void> seal(pg::Pool& pool, const std::string& batch_id, std::optional<std::int64_t> expected) {
+    std::optional<pg::Error> refused;
+    try {
+        co_await pool.query("SELECT conveyor.seal_batch($1, $2::integer)", batch_id, expected);
+    } catch (const pg::Error& e) {
+        refused = e;
+    }
+    if (refused) {
+        rethrow_refusal(*refused);
+    }
+}
+
+asio::awaitable<std::optional<Batch>> find(pg::Pool& pool, const std::string& batch_id) {
+    const auto rows = co_await pool.query(
+        "SELECT b.id, b.description, coalesce(b.callback_type, ''), b.opened_at::text, b.opened_by, b.added, "
+        "b.expected, coalesce(b.sealed_at::text, ''), coalesce(b.finished_at::text, ''), "
+        "coalesce(b.callback_job_id::text, ''), coalesce(b.callback_error, ''), "
+        "count(m.job_id) FILTER (WHERE m.state = 'succeeded'), count(m.job_id) FILTER (WHERE m.state = "
+        "'dead_lettered'), count(m.job_id) FILTER (WHERE m.state = 'cancelled'), "
+        "count(m.job_id) FILTER (WHERE m.state = 'deduplicated') "
+        "FROM conveyor.batches b LEFT JOIN conveyor.batch_members m ON m.batch_id = b.id WHERE b.id = $1 "
+        "GROUP BY b.id",
+        batch_id);
+    if (rows.rows() == 0) {
+        co_return std::nullopt;
+    }
+    Batch batch{.id = std::string(rows.text(0, 0)),
+                .description = std::string(rows.text(0, 1)),
+                .callback_type = std::string(rows.text(0, 2)),
+                .opened_at = std::string(rows.text(0, 3)),
+                .opened_by = std::string(rows.text(0, 4)),
+                .added = rows.integer(0, 5),
+                .expected = rows.is_null(0, 6) ? std::nullopt : std::optional(rows.integer(0, 6)),
+                .sealed_at = std::string(rows.text(0, 7)),
+                .finished_at = std::string(rows.text(0, 8)),
+                .callback_job_id = std::string(rows.text(0, 9)),
+                .callback_error = std::string(rows.text(0, 10)),
+                .succeeded = rows.integer(0, 11),
+                .dead_lettered = rows.integer(0, 12),
+                .cancelled = rows.integer(0, 13),
+                .deduplicated = rows.integer(0, 14)};
+    co_return batch;
+}
+
+asio::awaitable<std::int64_t> record(pg::Pool& pool, const std::vector<MemberEnd>& ends) {
+    std::vector<std::string> batch_ids;
+    std::vector<std::string> job_ids;
+    std::vector<std::string> states;
+    for (const auto& end : ends) {
+        batch_ids.push_back(end.batch_id);
+        job_ids.push_back(end.job_id);
+        states.push_back(end.state);
+    }
+    const auto finished =
+        co_await pool.query("SELECT conveyor.record_batch_members($1::text[], $2::text[], $3::text[])",
+                            pg::text_array(batch_ids), pg::text_array(job_ids), pg::text_array(states));
+    co_return finished.integer(0, 0);
+}
+
+}  // namespace conveyor::batches
