@@ -19,15 +19,22 @@ constexpr std::string_view kInvalidParameterValue = "22023";
 constexpr std::string_view kUniqueViolation = "23505";
 constexpr std::string_view kInvalidJson = "22P02";
 
-/// A failure the caller caused (the batch's state or their input), as std::invalid_argument; others as they are.
+/// A failure the caller caused (the batch's state or their input) as the refusal it is; others as they are.
 [[noreturn]] void rethrow_refusal(const pg::Error& error) {
     const auto& code = error.sqlstate();
-    if (code == kNoData || code == kNotInPrerequisiteState || code == kInvalidParameterValue) {
-        // PostgreSQL's message ("ERROR:  batch b-1 is sealed already" and context lines): its first line, bare.
-        std::string message = error.what();
-        message = message.substr(0, message.find('\n'));
-        const auto colon = message.find(":  ");
-        throw std::invalid_argument(colon == std::string::npos ? message : message.substr(colon + 3));
+    // PostgreSQL's message ("ERROR:  batch b-1 is sealed already" and context lines): its first line, bare.
+    std::string message = error.what();
+    message = message.substr(0, message.find('\n'));
+    const auto colon = message.find(":  ");
+    message = colon == std::string::npos ? message : message.substr(colon + 3);
+    if (code == kNoData) {
+        throw NoSuchBatch(message);
+    }
+    if (code == kNotInPrerequisiteState) {
+        throw BatchConflict(message);
+    }
+    if (code == kInvalidParameterValue) {
+        throw std::invalid_argument(message);
     }
     throw error;
 }
@@ -50,6 +57,7 @@ asio::awaitable<std::string> open(pg::Pool& pool, const Opening& opening) {
             fmt::format("the callback '{}' is not a job type; expected <family>.<action>", opening.callback_type));
     }
     std::string failure;
+    bool taken = false;
     try {
         const auto opened = co_await pool.query(
             "INSERT INTO conveyor.batches (id, description, callback_type, callback_payload, opened_by) "
@@ -64,11 +72,15 @@ asio::awaitable<std::string> open(pg::Pool& pool, const Opening& opening) {
     } catch (const pg::Error& e) {
         if (e.sqlstate() == kUniqueViolation) {
             failure = fmt::format("a batch {} exists already", opening.id);
+            taken = true;
         } else if (e.sqlstate() == kInvalidJson) {
             failure = "the callback payload is not valid JSON";
         } else {
             throw;
         }
+    }
+    if (taken) {
+        throw BatchConflict(failure);
     }
     throw std::invalid_argument(failure);
 }
@@ -79,8 +91,10 @@ asio::awaitable<void> count_added(pg::Pool& pool, const std::string& batch_id, s
         count);
     if (counted.rows() == 0) {
         const auto batch = co_await find(pool, batch_id);
-        throw std::invalid_argument(batch ? fmt::format("batch {} is sealed: it takes no more members", batch_id)
-                                          : fmt::format("no batch {}", batch_id));
+        if (batch) {
+            throw BatchConflict(fmt::format("batch {} is sealed: it takes no more members", batch_id));
+        }
+        throw NoSuchBatch(fmt::format("no batch {}", batch_id));
     }
 }
 
@@ -94,6 +108,29 @@ asio::awaitable<void> seal(pg::Pool& pool, const std::string& batch_id, std::opt
     if (refused) {
         rethrow_refusal(*refused);
     }
+}
+
+boost::json::object to_json(const Batch& batch) {
+    boost::json::object counts{{"succeeded", batch.succeeded},
+                               {"dead_lettered", batch.dead_lettered},
+                               {"cancelled", batch.cancelled},
+                               {"deduplicated", batch.deduplicated}};
+    const auto* state = !batch.finished_at.empty() ? "finished" : !batch.sealed_at.empty() ? "sealed" : "open";
+    return {{"id", batch.id},
+            {"state", state},
+            {"description", batch.description},
+            {"callback_type", batch.callback_type},
+            {"opened_at", batch.opened_at},
+            {"opened_by", batch.opened_by},
+            {"added", batch.added},
+            {"expected", batch.expected ? boost::json::value(*batch.expected) : boost::json::value(nullptr)},
+            {"total", batch.total()},
+            {"ended", batch.ended()},
+            {"ended_by_state", std::move(counts)},
+            {"sealed_at", batch.sealed_at},
+            {"finished_at", batch.finished_at},
+            {"callback_job_id", batch.callback_job_id},
+            {"callback_error", batch.callback_error}};
 }
 
 asio::awaitable<std::optional<Batch>> find(pg::Pool& pool, const std::string& batch_id) {

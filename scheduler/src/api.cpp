@@ -94,6 +94,13 @@ void EnqueueApi::register_routes(HttpServer& server) {
     server.route(
         "POST", "/v1/dead-letters/purge",
         guarded("/v1/dead-letters/purge", Scope::admin, std::bind_front(&EnqueueApi::purge_dead_letters, this)));
+    // Batches belong to the services that fill them: the enqueue scope opens, follows and seals them.
+    server.route("POST", "/v1/batches",
+                 guarded("/v1/batches", Scope::enqueue, std::bind_front(&EnqueueApi::open_batch, this)));
+    server.route("GET", "/v1/batches/{id}",
+                 guarded("/v1/batches/{id}", Scope::enqueue, std::bind_front(&EnqueueApi::show_batch, this)));
+    server.route("POST", "/v1/batches/{id}/seal",
+                 guarded("/v1/batches/{id}/seal", Scope::enqueue, std::bind_front(&EnqueueApi::seal_batch, this)));
     if (tokens_.empty()) {
         spdlog::warn("api: no tokens (CONVEYOR_API_TOKENS_FILE): every API request is refused with 401");
     }

@@ -75,6 +75,9 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> show_dead_letter(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> replay_dead_letters(const HttpRequest& request, const ApiToken& token);
     boost::asio::awaitable<HttpResponse> purge_dead_letters(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> open_batch(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> show_batch(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> seal_batch(const HttpRequest& request, const ApiToken& token);
 
     pg::Pool& pool_;
     amqp::Connection& publisher_;

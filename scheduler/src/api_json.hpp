@@ -1,6 +1,7 @@
 #pragma once
 
 #include <fmt/format.h>
+#include <simdjson.h>
 
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
@@ -15,6 +16,7 @@
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/json.hpp"
 #include "conveyor/core/pg.hpp"
+#include "enqueue_request.hpp"
 
 /// Request parameters and JSON bodies shared by the API's handlers.
 namespace conveyor::scheduler {
@@ -52,6 +54,28 @@ inline HttpResponse json_response(unsigned status, const boost::json::value& bod
 
 inline HttpResponse error_response(unsigned status, std::string_view message) {
     return json_response(status, boost::json::object{{"error", message}});
+}
+
+/// A POST body: a JSON object whose fields are all in `allowed`. Throws InvalidRequest saying what is wrong.
+inline simdjson::dom::object read_body(simdjson::dom::parser& parser, const std::string& body,
+                                       std::initializer_list<std::string_view> allowed) {
+    simdjson::dom::element root;
+    simdjson::dom::object object;
+    if (const auto error = parser.parse(body).get(root)) {
+        throw InvalidRequest(fmt::format("the body must be a JSON object: {}", simdjson::error_message(error)));
+    }
+    if (auto violation = json::check(root, {.allow_nul = false})) {
+        throw InvalidRequest(violation->message);
+    }
+    if (root.get(object) != simdjson::SUCCESS) {
+        throw InvalidRequest("the body must be a JSON object");
+    }
+    for (const auto field : object) {
+        if (std::find(allowed.begin(), allowed.end(), field.key) == allowed.end()) {
+            throw InvalidRequest(fmt::format("unknown field '{}'", field.key));
+        }
+    }
+    return object;
 }
 
 /// Stored JSON (a payload, a dead letter's headers) to render: as JSON when it is within json::kMaxDepth, as the

@@ -21,11 +21,6 @@ namespace {
 // can be interrupted.
 constexpr double kMaxReplaySeconds = 300;
 
-class InvalidRequest : public std::invalid_argument {
-  public:
-    using std::invalid_argument::invalid_argument;
-};
-
 /// Maps `state` as the API takes it (dead, replayed, all) onto the filter.
 void set_state(dead_letters::Filter& filter, std::string_view state) {
     if (state == "all") {
@@ -104,28 +99,6 @@ boost::json::object filter_json(const dead_letters::Filter& filter) {
     }
     json["state"] = filter.state.value_or("all");
     return json;
-}
-
-/// A POST body: an object whose fields are all in `allowed`; "filter" must be an object when present.
-simdjson::dom::object read_body(simdjson::dom::parser& parser, const std::string& body,
-                                std::initializer_list<std::string_view> allowed) {
-    simdjson::dom::element root;
-    simdjson::dom::object object;
-    if (const auto error = parser.parse(body).get(root)) {
-        throw InvalidRequest(fmt::format("the body must be a JSON object: {}", simdjson::error_message(error)));
-    }
-    if (auto violation = json::check(root, {.allow_nul = false})) {
-        throw InvalidRequest(violation->message);
-    }
-    if (root.get(object) != simdjson::SUCCESS) {
-        throw InvalidRequest("the body must be a JSON object");
-    }
-    for (const auto field : object) {
-        if (std::find(allowed.begin(), allowed.end(), field.key) == allowed.end()) {
-            throw InvalidRequest(fmt::format("unknown field '{}'", field.key));
-        }
-    }
-    return object;
 }
 
 dead_letters::Filter filter_of(simdjson::dom::object body) {

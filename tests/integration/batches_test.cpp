@@ -165,5 +165,43 @@ TEST_F(BatchesTest, TheCliOpensFillsSealsAndShowsABatchAndRefusesWhatItCannotDo)
     EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.batches"), 1) << "a refused request stored a batch";
 }
 
+/// The HTTP API opens, follows and seals a batch (the enqueue scope); a wrong request gets 400, an unknown batch
+/// 404, a batch in the wrong state 409, and none of them changes anything.
+TEST_F(BatchesTest, TheApiOpensShowsAndSealsABatchWithAClearStatusForEachRefusal) {
+    auto scheduler = start_scheduler_with_tokens("batches-api");
+    auto worker = start_worker({"--name", "batch-api"}, "batch-api");
+    const std::string token = "enqueue-secret";
+    const auto opened = call_api(scheduler.port, "POST", "/v1/batches", token,
+                                 R"({"id": "api-1", "callback": "diag.noop", "callback_payload": {"k": 1}})");
+    ASSERT_EQ(opened.status, 201) << opened.body;
+    EXPECT_NE(opened.body.find(R"("state":"open")"), std::string::npos) << opened.body;
+    EXPECT_NE(opened.body.find(R"("opened_by":"api:orders-service")"), std::string::npos) << opened.body;
+    const auto [added, ids] = cli({"batches", "add", "api-1", "diag.noop", "--count", "2"});
+    ASSERT_EQ(added, 0) << ids;
+    const auto sealed = call_api(scheduler.port, "POST", "/v1/batches/api-1/seal", token, R"({"expected": 2})");
+    ASSERT_EQ(sealed.status, 200) << sealed.body;
+    ASSERT_TRUE(eventually(
+        [&] {
+            return call_api(scheduler.port, "GET", "/v1/batches/api-1", token).body.find(R"("state":"finished")") !=
+                   std::string::npos;
+        },
+        30s));
+    const auto shown = call_api(scheduler.port, "GET", "/v1/batches/api-1", token);
+    EXPECT_NE(shown.body.find(R"("ended_by_state":{"succeeded":2,)"), std::string::npos) << shown.body;
+
+    EXPECT_EQ(call_api(scheduler.port, "GET", "/v1/batches/nope", token).status, 404);
+    EXPECT_EQ(call_api(scheduler.port, "POST", "/v1/batches/nope/seal", token).status, 404);
+    const auto twice = call_api(scheduler.port, "POST", "/v1/batches/api-1/seal", token);
+    EXPECT_EQ(twice.status, 409) << twice.body;
+    EXPECT_NE(twice.body.find("is sealed already"), std::string::npos) << twice.body;
+    EXPECT_EQ(call_api(scheduler.port, "POST", "/v1/batches", token, R"({"id": "api-1"})").status, 409);
+    const auto unknown_field = call_api(scheduler.port, "POST", "/v1/batches", token, R"({"size": 3})");
+    EXPECT_EQ(unknown_field.status, 400);
+    EXPECT_NE(unknown_field.body.find("unknown field 'size'"), std::string::npos) << unknown_field.body;
+    EXPECT_EQ(call_api(scheduler.port, "POST", "/v1/batches", token, R"({"callback_payload": [1]})").status, 400);
+    EXPECT_EQ(call_api(scheduler.port, "POST", "/v1/batches", "", "{}").status, 401);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.batches"), 1) << "a refused request stored a batch";
+}
+
 }  // namespace
 }  // namespace conveyor::testing

@@ -13,29 +13,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-boost::json::object batch_json(const batches::Batch& batch) {
-    boost::json::object counts{{"succeeded", batch.succeeded},
-                               {"dead_lettered", batch.dead_lettered},
-                               {"cancelled", batch.cancelled},
-                               {"deduplicated", batch.deduplicated}};
-    const auto state = !batch.finished_at.empty() ? "finished" : !batch.sealed_at.empty() ? "sealed" : "open";
-    return {{"id", batch.id},
-            {"state", state},
-            {"description", batch.description},
-            {"callback_type", batch.callback_type},
-            {"opened_at", batch.opened_at},
-            {"opened_by", batch.opened_by},
-            {"added", batch.added},
-            {"expected", batch.expected ? boost::json::value(*batch.expected) : boost::json::value(nullptr)},
-            {"total", batch.total()},
-            {"ended", batch.ended()},
-            {"ended_by_state", std::move(counts)},
-            {"sealed_at", batch.sealed_at},
-            {"finished_at", batch.finished_at},
-            {"callback_job_id", batch.callback_job_id},
-            {"callback_error", batch.callback_error}};
-}
-
 void print_batch(const batches::Batch& batch) {
     const auto total = batch.total();
     const double percent = total > 0 ? 100.0 * static_cast<double>(batch.ended()) / static_cast<double>(total) : 0;
@@ -82,7 +59,7 @@ int batches_seal(const BatchOptions& options) {
         co_await batches::seal(pool, options.id, options.expected);
         const auto batch = co_await batches::find(pool, options.id);
         if (options.json) {
-            std::cout << boost::json::serialize(batch_json(*batch)) << '\n';
+            std::cout << boost::json::serialize(batches::to_json(*batch)) << '\n';
         } else {
             print_batch(*batch);
         }
@@ -98,7 +75,7 @@ int batches_show(const BatchOptions& options) {
             co_return kUsage;
         }
         if (options.json) {
-            std::cout << boost::json::serialize(batch_json(*batch)) << '\n';
+            std::cout << boost::json::serialize(batches::to_json(*batch)) << '\n';
         } else {
             print_batch(*batch);
         }

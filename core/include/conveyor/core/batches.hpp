@@ -1,8 +1,10 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/json/object.hpp>
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -13,6 +15,15 @@
 /// (succeeded, dead-lettered, cancelled or deduplicated), with the counts. Workers record each member's end before
 /// they acknowledge it; the dead-letter archiver records members the broker dead-lettered on its own.
 namespace conveyor::batches {
+
+/// No batch has that id.
+class NoSuchBatch : public std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+/// The batch is not in a state that allows it: its id is taken, or it is sealed already.
+class BatchConflict : public std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
 
 /// A batch to open. An empty id gets a fresh one.
 struct Opening {
@@ -53,18 +64,21 @@ struct MemberEnd {
     std::string state;  ///< succeeded, dead_lettered, cancelled or deduplicated
 };
 
-/// Opens a batch and returns its id. Throws std::invalid_argument (the id is taken or malformed, the callback is not
-/// a job type, its payload not a JSON object) and pg::Error.
+/// Opens a batch and returns its id. Throws BatchConflict (the id is taken), std::invalid_argument (the id is
+/// malformed, the callback is not a job type, its payload not a JSON object) and pg::Error.
 [[nodiscard]] boost::asio::awaitable<std::string> open(pg::Pool& pool, const Opening& opening);
 
-/// Counts `count` more members added through Conveyor, before they are published. Throws std::invalid_argument if
-/// the batch does not exist or is sealed.
+/// Counts `count` more members added through Conveyor, before they are published. Throws NoSuchBatch or
+/// BatchConflict (sealed).
 boost::asio::awaitable<void> count_added(pg::Pool& pool, const std::string& batch_id, std::int64_t count);
 
 /// Seals the batch, with the number of members it has in all if given (needed when publishers send members over
-/// AMQP themselves); finishes it at once if they have all ended. Throws std::invalid_argument (no such batch, sealed
-/// already, fewer than added) and pg::Error.
+/// AMQP themselves); finishes it at once if they have all ended. Throws NoSuchBatch, BatchConflict (sealed already),
+/// std::invalid_argument (fewer than added) and pg::Error.
 boost::asio::awaitable<void> seal(pg::Pool& pool, const std::string& batch_id, std::optional<std::int64_t> expected);
+
+/// The batch as JSON: its state (open, sealed, finished), counts by how members ended, progress.
+[[nodiscard]] boost::json::object to_json(const Batch& batch);
 
 /// The batch, or empty.
 [[nodiscard]] boost::asio::awaitable<std::optional<Batch>> find(pg::Pool& pool, const std::string& batch_id);
