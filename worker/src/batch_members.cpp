@@ -1,5 +1,6 @@
 #include "batch_members.hpp"
 
+#include "conveyor/core/utf8.hpp"
 #include "flow_limits.hpp"
 
 namespace conveyor::worker {
@@ -18,7 +19,8 @@ asio::awaitable<void> BatchMembers::ended(const std::string& batch_id, const std
     if (batch_id.empty()) {
         co_return;
     }
-    const batches::MemberEnd end{batch_id, job_id, std::string(state)};
+    // As the job history stores it: a job id that is not valid UTF-8 must not fail the statement it shares.
+    const batches::MemberEnd end{batch_id, utf8::postgres_text(job_id), std::string(state)};
     const auto recorded = co_await call_when_usable(records_, end, database_, draining_, log);
     if (!recorded) {
         log.error("its end ({}) is not counted in batch {}: the database is away and the worker is stopping", state,
