@@ -12,9 +12,6 @@
 #include <set>
 #include <utility>
 
-#include "conveyor/core/dead_letters.hpp"
-#include "conveyor/core/header_json.hpp"
-#include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/task_group.hpp"
 #include "conveyor/core/topology.hpp"
 #include "waiting_line.hpp"
@@ -61,11 +58,8 @@ std::vector<std::string> ids_as_text(const std::vector<std::int64_t>& ids) {
 /// worker took it before (and died).
 amqp::Delivery taken_delivery(const pg::Result& rows, int row) {
     amqp::Delivery delivery;
-    auto& message = delivery.message;
-    message.exchange = topology::kJobsExchange;
-    message.routing_key = rows.text(row, 1);
-    message.properties = amqp::properties_from_json(rows.text(row, 2));
-    message.body = dead_letters::decode_body(rows.text(row, 3));
+    delivery.message = waiting_line::stored_message(rows, row);
+    const auto& message = delivery.message;
     const auto band =
         topology::parse_band(amqp::find_text_header(message.properties.headers, topology::kPriorityHeader));
     const std::string_view type = message.routing_key;

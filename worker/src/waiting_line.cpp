@@ -16,6 +16,15 @@ namespace {
 constexpr int kPublishChunk = 500;
 }  // namespace
 
+amqp::Message stored_message(const pg::Result& rows, int row) {
+    amqp::Message message;
+    message.exchange = topology::kJobsExchange;
+    message.routing_key = rows.text(row, 1);
+    message.properties = amqp::properties_from_json(rows.text(row, 2));
+    message.body = dead_letters::decode_body(rows.text(row, 3));
+    return message;
+}
+
 asio::awaitable<bool> publish_released(pg::Pool& pool, amqp::Connection& publisher, std::string_view table,
                                        std::string_view to_publish, std::string_view limit,
                                        std::chrono::milliseconds timeout) {
@@ -31,12 +40,8 @@ asio::awaitable<bool> publish_released(pg::Pool& pool, amqp::Connection& publish
     }
     std::vector<amqp::Message> messages;
     for (int row = 0; row < rows.rows(); ++row) {
-        amqp::Message message;
-        message.exchange = topology::kJobsExchange;
-        message.routing_key = rows.text(row, 1);
-        message.properties = amqp::properties_from_json(rows.text(row, 2));
+        auto message = stored_message(rows, row);
         amqp::set_header(message.properties.headers, job_headers::kPromised, std::string(limit));
-        message.body = dead_letters::decode_body(rows.text(row, 3));
         messages.push_back(std::move(message));
     }
     const auto errors = co_await amqp::publish_all(publisher, std::move(messages), timeout);

@@ -11,6 +11,10 @@
 /// broker), and a job the limit lets go is marked released and published again to its queue from here.
 namespace conveyor::worker::waiting_line {
 
+/// The message of a job in a waiting line, as it arrived, from a row whose columns 1 to 3 are job_type, properties
+/// (JSON text) and body (hex): addressed to the jobs exchange with its type as routing key.
+[[nodiscard]] amqp::Message stored_message(const pg::Result& rows, int row);
+
 /// Publishes one chunk of the released jobs of `table` (conveyor.concurrency_waiting or conveyor.rate_waiting) to the
 /// jobs exchange and deletes those the broker confirmed, in one transaction whose rows no other worker publishes
 /// meanwhile. `limit` names the limit in the log and in the header kPromised of each job; `to_publish` is the SQL
