@@ -1,3 +1,4 @@
+#include <chrono>
 #include <cstdio>
 #include <regex>
 #include <sstream>
@@ -10,16 +11,24 @@ namespace {
 using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 
-/// Milliseconds since midnight of a worker log line's UTC timestamp ("2026-11-22T01:23:02.253Z info …").
+/// Milliseconds since the epoch of a worker log line's UTC timestamp ("2026-11-22T01:23:02.253Z info …"): the
+/// whole date counts, so a run that crosses midnight measures its delays right.
 std::optional<std::int64_t> log_time_ms(const std::string& line) {
+    int year = 0;
+    unsigned month = 0;
+    unsigned day = 0;
     int hours = 0;
     int minutes = 0;
     int seconds = 0;
     int millis = 0;
-    if (std::sscanf(line.c_str(), "%*d-%*d-%*dT%d:%d:%d.%dZ", &hours, &minutes, &seconds, &millis) != 4) {
+    if (std::sscanf(line.c_str(), "%d-%u-%uT%d:%d:%d.%dZ", &year, &month, &day, &hours, &minutes, &seconds, &millis) !=
+        7) {
         return std::nullopt;
     }
-    return ((hours * 60 + minutes) * 60 + seconds) * std::int64_t{1000} + millis;
+    const std::chrono::sys_days date{std::chrono::year{year} / std::chrono::month{month} / std::chrono::day{day}};
+    const auto at = date + std::chrono::hours{hours} + std::chrono::minutes{minutes} + std::chrono::seconds{seconds} +
+                    milliseconds{millis};
+    return std::chrono::duration_cast<milliseconds>(at.time_since_epoch()).count();
 }
 
 /// When each attempt of a job ended, by attempt number, from the worker's debug log.
