@@ -221,6 +221,9 @@ amqp::Message outbox_to_message(const OutboxMessage& row) {
         amqp::set_header(properties.headers, job_headers::kUniqueKey, row.unique_key);
         amqp::set_header(properties.headers, job_headers::kUniqueFor, row.unique_for);
     }
+    if (!row.batch.empty()) {
+        amqp::set_header(properties.headers, job_headers::kBatch, row.batch);
+    }
     return message;
 }
 

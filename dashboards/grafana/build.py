@@ -182,6 +182,15 @@ OVERVIEW = dashboard(
               "idle. The version of the flow limits each worker enforces beside it (conveyor flow apply).",
               [("max by (type) (conveyor_flow_rate_tokens)", "{{type}} tokens"),
                ("max(conveyor_flow_version)", "flow version")], width=8),
+        panel("Unfinished batches",
+              "Batches open (taking members) and sealed (waiting for their members to end), and the members they "
+              "still wait for. A sealed batch whose waiting members stay flat has members that will never end: "
+              "published to no queue, or sealed with an --expect above what was published (conveyor batches show).",
+              [("max by (state) (conveyor_batches_unfinished)", "{{state}}"),
+               ("max(conveyor_batch_members_unended)", "members not ended")], width=12),
+        panel("Oldest unfinished batch", "Age of the oldest batch that has not finished (its callback not yet "
+              "enqueued), from the scheduler's count of conveyor.batches.",
+              [("max(conveyor_batch_oldest_unfinished_age_seconds)", "oldest")], unit="s", width=12),
         row("Dead letters"),
         panel("Dead letters stored by family", "Dead letters in conveyor.dead_letters waiting for an operator.",
               [("family:conveyor_dead_letters_stored:max", "{{family}}")], width=8),

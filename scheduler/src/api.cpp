@@ -41,6 +41,29 @@ std::optional<std::string> request_fault(const pg::Error& error) {
     return "a value in the request is malformed";
 }
 
+/// One field of every job, as a statement's text array.
+std::string column(const std::vector<ApiJob>& jobs, std::string ApiJob::*field) {
+    std::vector<std::string_view> values;
+    values.reserve(jobs.size());
+    for (const auto& job : jobs) {
+        values.emplace_back(job.*field);
+    }
+    return pg::text_array(values);
+}
+
+/// What conveyor.enqueue() refuses because of the request, as its answer: a key that already names a job of
+/// another type, payload or batch (409), a batch that does not exist (404) or is sealed (409); empty for others.
+std::optional<HttpResponse> enqueue_refusal(const pg::Error& error) {
+    const std::string_view code = error.sqlstate();
+    if (code == "23505" || code == "55000") {
+        return error_response(409, error.message());
+    }
+    if (code == "P0002") {
+        return error_response(404, error.message());
+    }
+    return std::nullopt;
+}
+
 }  // namespace
 
 EnqueueApi::EnqueueApi(pg::Pool& pool, Publisher publisher, const std::atomic<bool>& stopping,
@@ -201,57 +224,35 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
         auto response = error_response(400, e.what());
         co_return response;
     }
-    auto& jobs = parsed.jobs;
-    const bool is_batch = parsed.batch;
-    std::vector<std::string> types, payloads, run_ats, keys, correlations, traceparents, priorities, unique_keys,
-        unique_windows;
-    for (auto& job : jobs) {
-        types.push_back(std::move(job.type));
-        payloads.push_back(std::move(job.payload));
-        run_ats.push_back(std::move(job.run_at));
-        keys.push_back(std::move(job.idempotency_key));
-        correlations.push_back(std::move(job.correlation_id));
-        traceparents.push_back(std::move(job.traceparent));
-        priorities.push_back(std::move(job.priority));
-        unique_keys.push_back(std::move(job.unique_key));
-        unique_windows.push_back(std::move(job.unique_for));
-    }
-    const auto type_array = pg::text_array(types);
-    const auto payload_array = pg::text_array(payloads);
-    const auto run_at_array = pg::text_array(run_ats);
-    const auto key_array = pg::text_array(keys);
-    const auto correlation_array = pg::text_array(correlations);
-    const auto traceparent_array = pg::text_array(traceparents);
-    const auto priority_array = pg::text_array(priorities);
-    const auto unique_key_array = pg::text_array(unique_keys);
-    const auto unique_for_array = pg::text_array(unique_windows);
+    const auto& jobs = parsed.jobs;
     // The token's name, not its secret, names the idempotency keys' namespace: they survive a token's rotation.
     const auto source = fmt::format("api:{}", token.name);
     pg::Result rows;
-    std::optional<HttpResponse> conflict;
+    std::optional<HttpResponse> refusal;
     try {
         rows = co_await pool_.query(
             "SELECT conveyor.enqueue(j.type, j.payload::jsonb, coalesce(nullif(j.run_at, '')::timestamptz, now()), "
             "nullif(j.key, ''), nullif(j.correlation, ''), nullif(j.traceparent, ''), $7, "
             "coalesce(nullif(j.priority, ''), 'normal'), nullif(j.unique_key, ''), "
-            "coalesce(nullif(j.unique_for, '')::integer, 0)) "
+            "coalesce(nullif(j.unique_for, '')::integer, 0), nullif(j.batch, '')) "
             "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[], "
-            "$9::text[], $10::text[]) WITH ORDINALITY "
-            "AS j(type, payload, run_at, key, correlation, traceparent, priority, unique_key, unique_for, n) "
+            "$9::text[], $10::text[], $11::text[]) WITH ORDINALITY "
+            "AS j(type, payload, run_at, key, correlation, traceparent, priority, unique_key, unique_for, batch, n) "
             "ORDER BY j.n",
-            type_array, payload_array, run_at_array, key_array, correlation_array, traceparent_array, source,
-            priority_array, unique_key_array, unique_for_array);
+            column(jobs, &ApiJob::type), column(jobs, &ApiJob::payload), column(jobs, &ApiJob::run_at),
+            column(jobs, &ApiJob::idempotency_key), column(jobs, &ApiJob::correlation_id),
+            column(jobs, &ApiJob::traceparent), source, column(jobs, &ApiJob::priority),
+            column(jobs, &ApiJob::unique_key), column(jobs, &ApiJob::unique_for), column(jobs, &ApiJob::batch));
     } catch (const pg::Error& e) {
-        // conveyor.enqueue() refuses a key that already names a job of another type or payload.
-        if (e.sqlstate() != "23505") {
+        refusal = enqueue_refusal(e);
+        if (!refusal) {
             throw;
         }
-        conflict = error_response(409, e.message());
     }
-    if (conflict) {
-        co_return std::move(*conflict);
+    if (refusal) {
+        co_return std::move(*refusal);
     }
-    if (!is_batch) {
+    if (!parsed.listed) {
         auto response = json_response(202, boost::json::object{{"id", rows.text(0, 0)}});
         co_return response;
     }

@@ -23,7 +23,8 @@ using Millis = std::chrono::milliseconds;
 
 constexpr std::size_t kMaxIdentifierBytes = 255;
 constexpr std::string_view kKnownFields =
-    "type, payload, run_at, delay, idempotency_key, correlation_id, traceparent, priority, unique_key, unique_for";
+    "type, payload, run_at, delay, idempotency_key, correlation_id, traceparent, priority, unique_key, unique_for, "
+    "batch";
 
 // Groups: 1 year, 2 month, 3 day, 4 hour, 5 minute, 6 second, 7 fraction, 8 zone, 9 sign, 10 and 11 the offset.
 const std::regex kTimestamp(
@@ -108,7 +109,7 @@ bool read_field(std::string_view key, simdjson::dom::element value, ApiJob& job,
     } else if (key == "priority") {
         std::string_view priority;
         if (value.get(priority) != simdjson::SUCCESS || !topology::parse_band(priority)) {
-            throw InvalidRequest("priority must be \"high\", \"normal\" or \"low\"");
+            throw InvalidRequest(R"(priority must be "high", "normal" or "low")");
         }
         job.priority = std::string(priority);
     } else if (key == "unique_key") {
@@ -120,6 +121,13 @@ bool read_field(std::string_view key, simdjson::dom::element value, ApiJob& job,
                 fmt::format("unique_for must be whole seconds from 0 to {}", job_headers::kMaxUniqueForSeconds));
         }
         job.unique_for = std::to_string(seconds);
+    } else if (key == "batch") {
+        std::string_view batch;
+        if (value.get(batch) != simdjson::SUCCESS || !job_headers::is_batch_id(batch)) {
+            throw InvalidRequest(fmt::format("batch must be the id of an open batch: 1 to {} bytes of text",
+                                             job_headers::kMaxBatchIdBytes));
+        }
+        job.batch = std::string(batch);
     } else {
         throw InvalidRequest(fmt::format("unknown field '{}' (known: {})", key.substr(0, 64), kKnownFields));
     }
@@ -189,20 +197,20 @@ EnqueueRequest parse_enqueue_request(std::string_view body, const JobCatalogue& 
         throw InvalidRequest(violation->message);
     }
     EnqueueRequest request;
-    simdjson::dom::array batch;
-    request.batch = root.is_object() && root["jobs"].error() == simdjson::SUCCESS;
-    if (!request.batch) {
+    simdjson::dom::array listed;
+    request.listed = root.is_object() && root["jobs"].error() == simdjson::SUCCESS;
+    if (!request.listed) {
         request.jobs.push_back(read_job(root, catalogue, now));
         return request;
     }
-    if (root["jobs"].get(batch) != simdjson::SUCCESS || batch.size() == 0 || batch.size() > kMaxBatch) {
-        throw InvalidRequest(fmt::format("jobs must be an array of 1 to {} jobs", kMaxBatch));
+    if (root["jobs"].get(listed) != simdjson::SUCCESS || listed.size() == 0 || listed.size() > kMaxJobsPerRequest) {
+        throw InvalidRequest(fmt::format("jobs must be an array of 1 to {} jobs", kMaxJobsPerRequest));
     }
     if (root.get_object().value_unsafe().size() != 1) {
-        throw InvalidRequest(R"(a batch is {"jobs": [...]} with no other field)");
+        throw InvalidRequest(R"(a list of jobs is {"jobs": [...]} with no other field)");
     }
     std::size_t index = 0;
-    for (const auto element : batch) {
+    for (const auto element : listed) {
         try {
             request.jobs.push_back(read_job(element, catalogue, now));
         } catch (const InvalidRequest& e) {

@@ -25,12 +25,14 @@ struct ApiJob {
     /// A unique job's key and its window in seconds (as text, for the statement's array); empty for none.
     std::string unique_key;
     std::string unique_for;
+    /// The batch the job joins (conveyor.batches); empty for none.
+    std::string batch;
 };
 
 struct EnqueueRequest {
     std::vector<ApiJob> jobs;
     /// {"jobs": [...]}, answered with {"ids"}; otherwise one job, answered with {"id"}.
-    bool batch = false;
+    bool listed = false;
 };
 
 /// A request the API refuses with 400; the message says what is wrong and where (jobs[3]: …).
@@ -40,14 +42,14 @@ class InvalidRequest : public std::invalid_argument {
 };
 
 /// Reads a POST /v1/jobs body: one job {type, payload, run_at | delay, idempotency_key, correlation_id, traceparent,
-/// priority, unique_key, unique_for}
-/// or {"jobs": [...]} of up to kMaxBatch, each checked against the catalogue; the whole body free of repeated keys
-/// and U+0000, each payload within json::kMaxDepth. Throws InvalidRequest.
+/// priority, unique_key, unique_for, batch}
+/// or {"jobs": [...]} of up to kMaxJobsPerRequest, each checked against the catalogue; the whole body free of repeated
+/// keys and U+0000, each payload within json::kMaxDepth. Throws InvalidRequest.
 [[nodiscard]] EnqueueRequest parse_enqueue_request(std::string_view body, const JobCatalogue& catalogue,
                                                    std::chrono::system_clock::time_point now);
 
-/// Jobs in one batch request at most.
-inline constexpr std::size_t kMaxBatch = 1000;
+/// Jobs in one {"jobs": [...]} request at most.
+inline constexpr std::size_t kMaxJobsPerRequest = 1000;
 
 /// An RFC 3339 time with an explicit offset ("2026-12-24T18:00:00Z", "2026-12-24 19:00:00.5+01:00"): a time
 /// without one would be read in the database session's time zone. Throws InvalidRequest for another form or a

@@ -28,7 +28,7 @@ constexpr int kMaxPublishAttempts = 50;
 constexpr std::string_view kClaimDue =
     "SELECT id, type, payload::text, correlation_id, traceparent, "
     "(extract(epoch FROM greatest(run_at, created_at)) * 1000)::bigint, priority, coalesce(unique_key, ''), "
-    "unique_for "
+    "unique_for, coalesce(batch_id, '') "
     "FROM conveyor.scheduled_jobs WHERE state = 'pending' AND run_at <= now() "
     "AND (next_attempt_at IS NULL OR next_attempt_at <= now()) "
     "ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED";
@@ -55,6 +55,7 @@ std::vector<OutboxMessage> read_due(const pg::Result& rows) {
         job.priority = rows.text(row, 6);
         job.unique_key = rows.text(row, 7);
         job.unique_for = rows.integer(row, 8);
+        job.batch = rows.text(row, 9);
         jobs.push_back(std::move(job));
     }
     return jobs;

@@ -202,6 +202,7 @@ class Scheduler::Impl {
                     metrics_.pending.Set(static_cast<double>(counts.integer(0, 0)));
                     metrics_.overdue.Set(static_cast<double>(counts.integer(0, 1)));
                     co_await count_dead_letters();
+                    co_await count_unfinished_batches();
                     co_await read_next_fires();
                 }
                 if (Clock::now() >= next_prune) {
@@ -261,6 +262,22 @@ class Scheduler::Impl {
                 counter.Increment(total - counter.Value());
             }
         }
+    }
+
+    /// The unfinished batches and the members they wait for; a sealed batch whose count stays flat has members
+    /// that will never end (published to no queue, or an --expect above what was published).
+    asio::awaitable<void> count_unfinished_batches() {
+        const auto rows = co_await pool_.query(
+            "SELECT count(*) FILTER (WHERE b.sealed_at IS NULL), count(*) FILTER (WHERE b.sealed_at IS NOT NULL), "
+            "coalesce(sum(greatest(coalesce(b.expected, b.added) - ended.members, 0)), 0), "
+            "coalesce(extract(epoch FROM now() - min(b.opened_at)), 0)::float8 "
+            "FROM conveyor.batches b CROSS JOIN LATERAL "
+            "(SELECT count(*) AS members FROM conveyor.batch_members m WHERE m.batch_id = b.id) ended "
+            "WHERE b.finished_at IS NULL");
+        metrics_.unfinished_batches("open").Set(static_cast<double>(rows.integer(0, 0)));
+        metrics_.unfinished_batches("sealed").Set(static_cast<double>(rows.integer(0, 1)));
+        metrics_.batch_members_unended.Set(static_cast<double>(rows.integer(0, 2)));
+        metrics_.oldest_unfinished_batch.Set(std::stod(std::string(rows.text(0, 3))));
     }
 
     /// Each active schedule's next fire time, from the database: the leader advances it with every fire, so a

@@ -41,6 +41,17 @@ SchedulerMetrics::SchedulerMetrics(prometheus::Registry& registry)
                   .Help("Pending rows due more than a second ago: a relay that is behind or down")
                   .Register(registry)
                   .Add({})),
+      batch_members_unended(prometheus::BuildGauge()
+                                .Name("conveyor_batch_members_unended")
+                                .Help("Members of unfinished batches that have not ended yet (expected or added, "
+                                      "less those that ended)")
+                                .Register(registry)
+                                .Add({})),
+      oldest_unfinished_batch(prometheus::BuildGauge()
+                                  .Name("conveyor_batch_oldest_unfinished_age_seconds")
+                                  .Help("Age of the oldest batch not finished yet (0 when there is none)")
+                                  .Register(registry)
+                                  .Add({})),
       fired_(prometheus::BuildCounter()
                  .Name("conveyor_schedule_fired_total")
                  .Help("Fire times of a cron schedule enqueued by this replica")
@@ -67,6 +78,11 @@ SchedulerMetrics::SchedulerMetrics(prometheus::Registry& registry)
                      .Help("When an active cron schedule fires next (Unix time; 0 once it is inactive): a time "
                            "long past means nobody fires it")
                      .Register(registry)),
+      unfinished_batches_(prometheus::BuildGauge()
+                              .Name("conveyor_batches_unfinished")
+                              .Help("Batches not finished yet, by state: open (taking members) or sealed (waiting "
+                                    "for their members to end)")
+                              .Register(registry)),
       broker_connected_(prometheus::BuildGauge()
                             .Name("conveyor_broker_connected")
                             .Help("1 while the scheduler's broker connection is up")

@@ -12,8 +12,9 @@
 namespace conveyor::scheduler {
 
 /// The scheduler's series: the contract's conveyor_scheduler_leader, conveyor_schedule_fired_total and
-/// conveyor_dlq_replayed_total, the relay's, the stored dead letters', the schedules' next fire times, and the
-/// publisher connection's (conveyor_broker_connected, conveyor_publish_confirm_seconds). The dead-letter and
+/// conveyor_dlq_replayed_total, the relay's, the stored dead letters', the schedules' next fire times, the unfinished
+/// batches', and the
+/// publisher connection's (conveyor_broker_connected, conveyor_publish_confirm_seconds). The dead-letter, batch and
 /// next-fire series are read from the database, so every replica reports the same cluster-wide values: aggregate them
 /// with max, not sum.
 class SchedulerMetrics final : public amqp::ConnectionObserver {
@@ -41,6 +42,10 @@ class SchedulerMetrics final : public amqp::ConnectionObserver {
     [[nodiscard]] prometheus::Gauge& next_fire(const std::string& schedule) {
         return next_fire_.Add({{"schedule", schedule}});
     }
+    /// Batches not finished yet, `open` (taking members) or `sealed` (waiting for their members to end).
+    [[nodiscard]] prometheus::Gauge& unfinished_batches(const std::string& state) {
+        return unfinished_batches_.Add({{"state", state}});
+    }
 
     prometheus::Gauge& leader;
     prometheus::Counter& relay_published;
@@ -49,6 +54,9 @@ class SchedulerMetrics final : public amqp::ConnectionObserver {
     prometheus::Histogram& relay_latency;
     prometheus::Gauge& pending;
     prometheus::Gauge& overdue;
+    /// Members of unfinished batches that have not ended, as far as known (expected or added, less those ended).
+    prometheus::Gauge& batch_members_unended;
+    prometheus::Gauge& oldest_unfinished_batch;
 
   private:
     prometheus::Family<prometheus::Counter>& fired_;
@@ -57,6 +65,7 @@ class SchedulerMetrics final : public amqp::ConnectionObserver {
     prometheus::Family<prometheus::Gauge>& dead_letters_;
     prometheus::Family<prometheus::Gauge>& oldest_dead_letter_;
     prometheus::Family<prometheus::Gauge>& next_fire_;
+    prometheus::Family<prometheus::Gauge>& unfinished_batches_;
     prometheus::Gauge& broker_connected_;
     prometheus::Family<prometheus::Histogram>& publish_confirm_;
 };

@@ -73,7 +73,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (request.jobs.empty()) {
             violated("accepted request without jobs", body);
         }
-        if (!request.batch && request.jobs.size() != 1) {
+        if (!request.listed && request.jobs.size() != 1) {
             violated("a single-job request gave several jobs", body);
         }
         for (const auto& job : request.jobs) {

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "conveyor/core/job_headers.hpp"
+#include "conveyor/core/pg.hpp"
 #include "scheduler_fixture.hpp"
 
 namespace conveyor::testing {
@@ -36,6 +37,16 @@ class BatchesTest : public SchedulerFixture {
         auto message = Broker::job(type, body, job_id);
         amqp::set_header(message.properties.headers, job_headers::kBatch, batch);
         return message;
+    }
+
+    /// The SQLSTATE of a statement the database refuses; empty if it succeeds.
+    std::string refusal(const std::string& sql) {
+        try {
+            database_.query(sql);
+        } catch (const pg::Error& e) {
+            return e.sqlstate();
+        }
+        return {};
     }
 
     std::string batch_field(const std::string& batch, const std::string& field) {
@@ -201,6 +212,94 @@ TEST_F(BatchesTest, TheApiOpensShowsAndSealsABatchWithAClearStatusForEachRefusal
     EXPECT_EQ(call_api(scheduler.port, "POST", "/v1/batches", token, R"({"callback_payload": [1]})").status, 400);
     EXPECT_EQ(call_api(scheduler.port, "POST", "/v1/batches", "", "{}").status, 401);
     EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.batches"), 1) << "a refused request stored a batch";
+}
+
+/// Members join through conveyor.enqueue() in the caller's transaction (a rollback adds none, a replayed
+/// idempotency key adds none), through POST /v1/jobs and through conveyor enqueue --in; the relay publishes them
+/// with the batch's header. A member cancelled before it was published, and one the relay could not route, end
+/// there, so the batch still finishes, with each counted as it ended.
+TEST_F(BatchesTest, MembersJoinThroughSqlHttpAndTheCliAndOnesThatNeverReachAWorkerStillEnd) {
+    auto scheduler = start_scheduler_with_tokens("batches-ways-in");
+    auto worker = start_worker({"--name", "batch-ways-in"}, "batch-ways-in");
+    const std::string token = "enqueue-secret";
+    ASSERT_EQ(cli({"batches", "open", "--id", "mixed", "--callback", "diag.ledger"}).first, 0);
+
+    EXPECT_EQ(refusal("DO $$ BEGIN PERFORM conveyor.enqueue('diag.noop', '{}', batch => 'mixed'); "
+                      "RAISE EXCEPTION 'the business transaction failed'; END $$"),
+              "P0001");
+    EXPECT_EQ(batch_field("mixed", "added"), "0") << "a rolled-back member was counted";
+    const std::string keyed = "SELECT conveyor.enqueue('diag.noop', '{}', idempotency_key => 'k1', batch => 'mixed')";
+    database_.query(keyed);
+    database_.query(keyed);
+    EXPECT_EQ(batch_field("mixed", "added"), "1") << "a replayed idempotency key was counted again";
+    EXPECT_EQ(refusal("SELECT conveyor.enqueue('diag.noop', '{}', idempotency_key => 'k1')"), "23505");
+    EXPECT_EQ(refusal("SELECT conveyor.enqueue('diag.noop', '{}', batch => 'nope')"), "P0002");
+    database_.query("SELECT conveyor.enqueue('nowhere.job', '{}', batch => 'mixed')");
+
+    const auto listed = call_api(scheduler.port, "POST", "/v1/jobs", token,
+                                 R"({"jobs": [{"type": "diag.noop", "batch": "mixed"},
+                                              {"type": "diag.noop", "batch": "mixed", "priority": "high"}]})");
+    EXPECT_EQ(listed.status, 202) << listed.body;
+    const auto unknown = call_api(scheduler.port, "POST", "/v1/jobs", token,
+                                  R"({"jobs": [{"type": "diag.noop", "batch": "mixed"},
+                                               {"type": "diag.noop", "batch": "nope"}]})");
+    EXPECT_EQ(unknown.status, 404) << unknown.body;
+    EXPECT_NE(unknown.body.find("no batch nope"), std::string::npos) << unknown.body;
+    const auto malformed = call_api(scheduler.port, "POST", "/v1/jobs", token, R"({"type": "diag.noop", "batch": 7})");
+    EXPECT_EQ(malformed.status, 400) << malformed.body;
+
+    const auto delayed_member = [&] {
+        return run_command({(binary_dir() / "conveyor").string(), "enqueue", "diag.noop", "--batch", "mixed", "--in",
+                            "1h", "--pg-url", pg_url()},
+                           30s);
+    };
+    const auto [scheduled, scheduled_id] = delayed_member();
+    ASSERT_EQ(scheduled, 0) << scheduled_id;
+    EXPECT_EQ(batch_field("mixed", "added"), "5")
+        << "the members are the key's, the unroutable, two by HTTP, one delayed";
+    const auto [cancelled, cancel_output] = run_command(
+        {(binary_dir() / "conveyor").string(), "scheduled", "--pg-url", pg_url(), "cancel", scheduled_id.substr(0, 36)},
+        30s);
+    ASSERT_EQ(cancelled, 0) << cancel_output;
+
+    const auto sealed = call_api(scheduler.port, "POST", "/v1/batches/mixed/seal", token);
+    ASSERT_EQ(sealed.status, 200) << sealed.body;
+    ASSERT_TRUE(eventually([&] { return !batch_field("mixed", "finished_at").empty(); }, 30s))
+        << cli({"batches", "show", "mixed"}).second << scheduler.process->log();
+    const auto shown = call_api(scheduler.port, "GET", "/v1/batches/mixed", token);
+    EXPECT_NE(shown.body.find(R"("ended_by_state":{"succeeded":3,"dead_lettered":1,"cancelled":1,"deduplicated":0})"),
+              std::string::npos)
+        << shown.body;
+    const auto callback = batch_field("mixed", "callback_job_id");
+    EXPECT_TRUE(eventually(
+        [&] {
+            return database_.scalar("SELECT count(*) FROM conveyor.diag_ledger WHERE job_id = $1", {callback}) == 1;
+        },
+        30s));
+
+    EXPECT_EQ(refusal("SELECT conveyor.enqueue('diag.noop', '{}', batch => 'mixed')"), "55000");
+    const auto late = call_api(scheduler.port, "POST", "/v1/jobs", token, R"({"type": "diag.noop", "batch": "mixed"})");
+    EXPECT_EQ(late.status, 409) << late.body;
+    EXPECT_NE(late.body.find("is sealed"), std::string::npos) << late.body;
+    const auto [late_delayed, late_delayed_output] = delayed_member();
+    EXPECT_EQ(late_delayed, 2) << late_delayed_output;
+    EXPECT_NE(late_delayed_output.find("batch mixed is sealed"), std::string::npos) << late_delayed_output;
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.scheduled_jobs WHERE batch_id IS NOT NULL"), 5)
+        << "a refused member was stored";
+
+    // A batch sealed expecting members that never come shows in the scheduler's gauges, the finished one does not.
+    ASSERT_EQ(call_api(scheduler.port, "POST", "/v1/batches", token, R"({"id": "never-filled"})").status, 201);
+    ASSERT_EQ(call_api(scheduler.port, "POST", "/v1/batches/never-filled/seal", token, R"({"expected": 10})").status,
+              200);
+    EXPECT_TRUE(eventually(
+        [&] {
+            return scheduler.metric("conveyor_batches_unfinished", {"state=\"sealed\""}) == 1 &&
+                   scheduler.metric("conveyor_batch_members_unended") == 10;
+        },
+        15s))
+        << scheduler.metric("conveyor_batches_unfinished", {"state=\"sealed\""}) << " sealed, "
+        << scheduler.metric("conveyor_batch_members_unended") << " members unended";
+    EXPECT_EQ(scheduler.metric("conveyor_batches_unfinished", {"state=\"open\""}), 0);
 }
 
 }  // namespace

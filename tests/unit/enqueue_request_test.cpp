@@ -40,21 +40,33 @@ std::string nested_payload(std::size_t levels) {
     return text + "{}" + std::string(levels - 1, '}');
 }
 
-TEST_F(EnqueueRequestTest, ReadsOneJobAndABatch) {
+TEST_F(EnqueueRequestTest, ReadsOneJobAndAList) {
     const auto one = parse(R"({"type":"diag.sleep","payload":{ "ms" : 5 },"idempotency_key":"k","delay":"90s"})");
     ASSERT_EQ(one.jobs.size(), 1U);
-    EXPECT_FALSE(one.batch);
+    EXPECT_FALSE(one.listed);
     EXPECT_EQ(one.jobs[0].type, "diag.sleep");
     EXPECT_EQ(one.jobs[0].payload, R"({"ms":5})");
     EXPECT_EQ(one.jobs[0].idempotency_key, "k");
     EXPECT_EQ(one.jobs[0].run_at, "2026-12-04T00:01:30.000Z");
 
-    const auto batch =
+    const auto listed =
         parse(R"({"jobs":[{"type":"diag.noop"},{"type":"diag.noop","run_at":"2026-12-24T18:00:00+01:00"}]})");
-    ASSERT_EQ(batch.jobs.size(), 2U);
-    EXPECT_TRUE(batch.batch);
-    EXPECT_EQ(batch.jobs[0].run_at, "");
-    EXPECT_EQ(batch.jobs[1].run_at, "2026-12-24T17:00:00.000Z");
+    ASSERT_EQ(listed.jobs.size(), 2U);
+    EXPECT_TRUE(listed.listed);
+    EXPECT_EQ(listed.jobs[0].run_at, "");
+    EXPECT_EQ(listed.jobs[1].run_at, "2026-12-24T17:00:00.000Z");
+}
+
+TEST_F(EnqueueRequestTest, ReadsTheBatchAJobJoinsAndRefusesOneThatCannotBeABatchId) {
+    const auto listed = parse(R"({"jobs":[{"type":"diag.noop","batch":"import-7"},{"type":"diag.noop"}]})");
+    ASSERT_EQ(listed.jobs.size(), 2U);
+    EXPECT_EQ(listed.jobs[0].batch, "import-7");
+    EXPECT_EQ(listed.jobs[1].batch, "");
+    const std::string refused = "batch must be the id of an open batch: 1 to 128 bytes of text";
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","batch":""})"), refused);
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","batch":7})"), refused);
+    EXPECT_EQ(refusal(R"({"type":"diag.noop","batch":")" + std::string(129, 'b') + R"("})"), refused);
+    EXPECT_EQ(refusal(R"({"jobs":[{"type":"diag.noop","batch":null}]})"), "jobs[0]: " + refused);
 }
 
 TEST_F(EnqueueRequestTest, ReadsAPriorityBandAndRefusesAnyOther) {

@@ -170,11 +170,6 @@ int enqueue(const CommonOptions& common, const EnqueueOptions& options) {
         return kUsage;
     }
     const bool through_database = !options.at.empty() || !options.in.empty() || !options.idempotency_key.empty();
-    if (!options.batch.empty() && through_database) {
-        std::cerr << "conveyor enqueue: --batch cannot be combined with --at, --in or --idempotency-key: members are "
-                     "published at once\n";
-        return kUsage;
-    }
     if (const auto violation = json::check(parsed.value_unsafe(), {.allow_nul = !through_database})) {
         std::cerr << fmt::format("conveyor enqueue: --payload: {}\n", violation->message);
         return kUsage;

@@ -19,7 +19,7 @@ namespace asio = boost::asio;
 namespace {
 
 // Rows per INSERT when one command schedules many jobs.
-constexpr std::size_t kInsertBatch = 1000;
+constexpr std::size_t kInsertChunk = 1000;
 
 std::string or_dash(const pg::Result& rows, int row, int column) {
     return rows.is_null(row, column) ? std::string("-") : std::string(rows.text(row, column));
@@ -62,8 +62,11 @@ int report_database_error(std::string_view command, const std::string& pg_url, c
     if (error.sqlstate().starts_with("08")) {
         return kUnavailable;
     }
-    // Class 22 is bad data (an --at or --since PostgreSQL cannot read, a payload that is not JSON): a usage error.
-    return error.sqlstate().starts_with("22") ? kUsage : kFailed;
+    // Class 22 is bad data (an --at or --since PostgreSQL cannot read, a payload that is not JSON), P0002 and 55000
+    // what Conveyor's functions raise for something named that does not exist or is in the wrong state (a batch
+    // unknown or sealed): usage errors.
+    const auto& code = error.sqlstate();
+    return code.starts_with("22") || code == "P0002" || code == "55000" ? kUsage : kFailed;
 }
 
 pg::Settings cli_database_settings(const std::string& pg_url, std::string_view command) {
@@ -111,9 +114,9 @@ int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string
     return with_database(options.pg_url, "enqueue", [&](pg::Pool& pool) -> asio::awaitable<int> {
         std::vector<std::string> ids;
         std::string due_text;
-        for (std::size_t start = 0; start < payloads.size(); start += kInsertBatch) {
-            const auto end = std::min(payloads.size(), start + kInsertBatch);
-            const auto batch =
+        for (std::size_t start = 0; start < payloads.size(); start += kInsertChunk) {
+            const auto end = std::min(payloads.size(), start + kInsertChunk);
+            const auto chunk =
                 pg::text_array(std::span<const std::string>(payloads.begin() + static_cast<std::ptrdiff_t>(start),
                                                             payloads.begin() + static_cast<std::ptrdiff_t>(end)));
             const std::optional<std::string> key =
@@ -122,12 +125,14 @@ int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string
                 options.unique_key.empty() ? std::nullopt : std::optional(options.unique_key);
             const std::optional<std::string> correlation =
                 options.correlation_id.empty() ? std::nullopt : std::optional(options.correlation_id);
+            // Members join their batch in the transaction that stores them: a refused chunk adds none.
             const auto inserted = co_await pool.query(
                 "SELECT conveyor.enqueue($1, payload::jsonb, $3::timestamptz, $4, $5, NULL, 'cli', $6, $7, "
-                "$8::integer), "
+                "$8::integer, nullif($9, '')), "
                 "to_char($3::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') "
                 "FROM unnest($2::text[]) WITH ORDINALITY AS p(payload, n) ORDER BY n",
-                options.type, batch, run_at, key, correlation, options.priority, unique_key, options.unique_for);
+                options.type, chunk, run_at, key, correlation, options.priority, unique_key, options.unique_for,
+                options.batch);
             for (int row = 0; row < inserted.rows(); ++row) {
                 ids.emplace_back(inserted.text(row, 0));
                 due_text = inserted.text(row, 1);

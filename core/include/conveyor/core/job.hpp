@@ -126,10 +126,12 @@ struct OutboxMessage {
     /// x-conveyor-unique-key and x-conveyor-unique-for (seconds), if the key is not empty.
     std::string unique_key;
     std::int64_t unique_for = 0;
+    /// x-conveyor-batch, if not empty.
+    std::string batch;
 };
 
 /// The AMQP message for an outbox row, as the wire contract describes a job: the id as message_id, enqueued-at in
-/// milliseconds, the correlation id, traceparent and priority it carries.
+/// milliseconds, the correlation id, traceparent, priority, unique key and batch it carries.
 [[nodiscard]] amqp::Message outbox_to_message(const OutboxMessage& row);
 
 /// What a handler gets: the validated envelope, a logger, and the deadline it must finish by. The worker
