@@ -20,21 +20,19 @@ int main(int argc, char** argv) {
 
     auto catalogue = conveyor::jobs::payload_validators();
     std::vector<scheduler::Schedule> schedules;
-    std::vector<scheduler::ApiToken> tokens;
+    std::optional<scheduler::Authenticator> authenticator;
     try {
         if (!settings.schedules_file.empty()) {
             schedules = scheduler::load_schedules(settings.schedules_file, catalogue);
         }
-        if (!settings.api_tokens_file.empty()) {
-            tokens = scheduler::load_api_tokens(settings.api_tokens_file);
-        }
+        authenticator.emplace(scheduler::load_authenticator(settings));
     } catch (const std::invalid_argument& e) {
         std::cerr << "conveyor-scheduler: " << e.what() << '\n';
         return 2;
     }
 
     asio::io_context io(static_cast<int>(settings.threads));
-    scheduler::Scheduler service(io, settings, std::move(catalogue), std::move(schedules), std::move(tokens),
+    scheduler::Scheduler service(io, settings, std::move(catalogue), std::move(schedules), std::move(*authenticator),
                                  std::make_shared<prometheus::Registry>());
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](boost::system::error_code error, int signal) {

@@ -6,6 +6,8 @@
 #include <charconv>
 #include <climits>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 namespace conveyor {
@@ -73,6 +75,16 @@ std::string default_instance_name() {
         return host;
     }
     return "unknown-host";
+}
+
+std::string read_config_file(const std::string& path, std::string_view what) {
+    std::ifstream file(path, std::ios::binary);
+    if (!file) {
+        throw std::invalid_argument(fmt::format("cannot read the {} {}", what, path));
+    }
+    std::ostringstream text;
+    text << file.rdbuf();
+    return text.str();
 }
 
 }  // namespace conveyor

@@ -64,17 +64,34 @@ std::optional<HttpResponse> enqueue_refusal(const pg::Error& error) {
     return std::nullopt;
 }
 
+/// What a permission takes, for a 403's message.
+std::string_view needed(Permission permission) {
+    switch (permission) {
+        case Permission::any:
+            return "enqueue scope or a role";
+        case Permission::enqueue:
+            return "enqueue scope (or the operator role)";
+        case Permission::view:
+            return "viewer role (or more)";
+        case Permission::operate:
+            return "operator role (or admin)";
+        case Permission::administer:
+            return "admin role";
+    }
+    return "admin role";
+}
+
 }  // namespace
 
 EnqueueApi::EnqueueApi(pg::Pool& pool, Publisher publisher, const std::atomic<bool>& stopping,
-                       const JobCatalogue& catalogue, std::vector<ApiToken> tokens, double rate_limit,
+                       const JobCatalogue& catalogue, Authenticator authenticator, double rate_limit,
                        prometheus::Registry& metrics)
     : pool_(pool),
       publisher_(publisher.connection),
       publish_timeout_(publisher.timeout),
       stopping_(stopping),
       catalogue_(catalogue),
-      tokens_(std::move(tokens)),
+      authenticator_(std::move(authenticator)),
       limiter_(rate_limit),
       requests_(prometheus::BuildCounter()
                     .Name("conveyor_api_requests_total")
@@ -86,74 +103,63 @@ EnqueueApi::EnqueueApi(pg::Pool& pool, Publisher publisher, const std::atomic<bo
                    .Register(metrics)) {}
 
 void EnqueueApi::register_routes(HttpServer& server) {
-    using namespace std::placeholders;
-    server.route("POST", "/v1/jobs", guarded("/v1/jobs", Scope::enqueue, std::bind_front(&EnqueueApi::enqueue, this)));
-    server.route("GET", "/v1/jobs", guarded("/v1/jobs", Scope::admin, std::bind_front(&EnqueueApi::list_jobs, this)));
-    server.route("GET", "/v1/jobs/{id}",
-                 guarded("/v1/jobs/{id}", Scope::admin, std::bind_front(&EnqueueApi::show_job, this)));
-    server.route("DELETE", "/v1/jobs/{id}",
-                 guarded("/v1/jobs/{id}", Scope::admin, std::bind_front(&EnqueueApi::cancel_job, this)));
-    server.route("GET", "/v1/queues",
-                 guarded("/v1/queues", Scope::admin, std::bind_front(&EnqueueApi::list_queues, this)));
-    server.route(
-        "POST", "/v1/queues/{family}/pause",
-        guarded("/v1/queues/{family}/pause", Scope::admin, std::bind_front(&EnqueueApi::pause_queue, this, true)));
-    server.route(
-        "POST", "/v1/queues/{family}/resume",
-        guarded("/v1/queues/{family}/resume", Scope::admin, std::bind_front(&EnqueueApi::pause_queue, this, false)));
-    server.route("GET", "/v1/scheduled",
-                 guarded("/v1/scheduled", Scope::admin, std::bind_front(&EnqueueApi::list_scheduled, this)));
-    server.route("DELETE", "/v1/scheduled/{id}",
-                 guarded("/v1/scheduled/{id}", Scope::admin, std::bind_front(&EnqueueApi::cancel_scheduled, this)));
-    server.route("GET", "/v1/schedules",
-                 guarded("/v1/schedules", std::nullopt, std::bind_front(&EnqueueApi::list_schedules, this)));
-    server.route("GET", "/v1/dead-letters",
-                 guarded("/v1/dead-letters", Scope::admin, std::bind_front(&EnqueueApi::list_dead_letters, this)));
-    server.route("GET", "/v1/dead-letters/{id}",
-                 guarded("/v1/dead-letters/{id}", Scope::admin, std::bind_front(&EnqueueApi::show_dead_letter, this)));
-    server.route(
-        "POST", "/v1/dead-letters/replay",
-        guarded("/v1/dead-letters/replay", Scope::admin, std::bind_front(&EnqueueApi::replay_dead_letters, this)));
-    server.route(
-        "POST", "/v1/dead-letters/purge",
-        guarded("/v1/dead-letters/purge", Scope::admin, std::bind_front(&EnqueueApi::purge_dead_letters, this)));
+    const auto add = [&](std::string_view method, const std::string& pattern, Permission permission, Handler handler) {
+        server.route(std::string(method), pattern, guarded(pattern, permission, std::move(handler)));
+    };
+    using P = Permission;
+    add("POST", "/v1/jobs", P::enqueue, std::bind_front(&EnqueueApi::enqueue, this));
+    add("GET", "/v1/jobs", P::view, std::bind_front(&EnqueueApi::list_jobs, this));
+    add("GET", "/v1/jobs/{id}", P::view, std::bind_front(&EnqueueApi::show_job, this));
+    add("DELETE", "/v1/jobs/{id}", P::operate, std::bind_front(&EnqueueApi::cancel_job, this));
+    add("GET", "/v1/queues", P::view, std::bind_front(&EnqueueApi::list_queues, this));
+    add("POST", "/v1/queues/{family}/pause", P::operate, std::bind_front(&EnqueueApi::pause_queue, this, true));
+    add("POST", "/v1/queues/{family}/resume", P::operate, std::bind_front(&EnqueueApi::pause_queue, this, false));
+    add("GET", "/v1/scheduled", P::view, std::bind_front(&EnqueueApi::list_scheduled, this));
+    add("DELETE", "/v1/scheduled/{id}", P::operate, std::bind_front(&EnqueueApi::cancel_scheduled, this));
+    add("GET", "/v1/schedules", P::any, std::bind_front(&EnqueueApi::list_schedules, this));
+    add("GET", "/v1/dead-letters", P::view, std::bind_front(&EnqueueApi::list_dead_letters, this));
+    add("GET", "/v1/dead-letters/{id}", P::view, std::bind_front(&EnqueueApi::show_dead_letter, this));
+    add("POST", "/v1/dead-letters/replay", P::operate, std::bind_front(&EnqueueApi::replay_dead_letters, this));
+    add("POST", "/v1/dead-letters/purge", P::administer, std::bind_front(&EnqueueApi::purge_dead_letters, this));
     // Batches belong to the services that fill them: the enqueue scope opens, follows and seals them.
-    server.route("POST", "/v1/batches",
-                 guarded("/v1/batches", Scope::enqueue, std::bind_front(&EnqueueApi::open_batch, this)));
-    server.route("GET", "/v1/batches/{id}",
-                 guarded("/v1/batches/{id}", Scope::enqueue, std::bind_front(&EnqueueApi::show_batch, this)));
-    server.route("POST", "/v1/batches/{id}/seal",
-                 guarded("/v1/batches/{id}/seal", Scope::enqueue, std::bind_front(&EnqueueApi::seal_batch, this)));
-    if (tokens_.empty()) {
-        spdlog::warn("api: no tokens (CONVEYOR_API_TOKENS_FILE): every API request is refused with 401");
+    add("POST", "/v1/batches", P::enqueue, std::bind_front(&EnqueueApi::open_batch, this));
+    add("GET", "/v1/batches/{id}", P::any, std::bind_front(&EnqueueApi::show_batch, this));
+    add("POST", "/v1/batches/{id}/seal", P::enqueue, std::bind_front(&EnqueueApi::seal_batch, this));
+    if (!authenticator_.configured()) {
+        spdlog::warn(
+            "api: no tokens (CONVEYOR_API_TOKENS_FILE) and no JWT key (CONVEYOR_JWT_SECRET_FILE or "
+            "CONVEYOR_JWT_PUBLIC_KEY_FILE): every API request is refused with 401");
     }
 }
 
-std::optional<HttpResponse> EnqueueApi::refuse(const HttpRequest& request, std::optional<Scope> scope,
-                                               const ApiToken*& token) {
+std::optional<HttpResponse> EnqueueApi::refuse(const HttpRequest& request, Permission permission,
+                                               std::optional<Caller>& caller) {
     const auto authorization = request.header("Authorization");
     if (!authorization || !authorization->starts_with("Bearer ") || authorization->size() <= 7) {
-        auto response = error_response(401, tokens_.empty() ? "the API has no tokens configured"
-                                                            : "an Authorization: Bearer <token> header is required");
+        auto response =
+            error_response(401, authenticator_.configured() ? "an Authorization: Bearer <token> header is required"
+                                                            : "the API has no tokens configured");
         response.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"conveyor\"");
         return response;
     }
-    token = find_token(tokens_, authorization->substr(7));
-    if (token == nullptr) {
+    auto outcome = authenticator_.authenticate(authorization->substr(7), std::chrono::system_clock::now());
+    if (!outcome.caller) {
         if (const auto held_back = refusal_log_.admit()) {
-            spdlog::warn("api: refused {} {} from {}: unknown token{}", request.method, request.path,
-                         request.remote_address, LogThrottle::held_back_note(*held_back));
+            spdlog::warn("api: refused {} {} from {}: {}{}", request.method, request.path, request.remote_address,
+                         outcome.refusal.reason, LogThrottle::held_back_note(*held_back));
         }
-        auto response = error_response(401, "the token is not valid");
-        response.headers.emplace_back("WWW-Authenticate", R"(Bearer realm="conveyor", error="invalid_token")");
+        auto response = error_response(outcome.refusal.status, outcome.refusal.reason);
+        if (outcome.refusal.status == 401) {
+            response.headers.emplace_back("WWW-Authenticate", R"(Bearer realm="conveyor", error="invalid_token")");
+        }
         return response;
     }
-    if (scope && !token->allows(*scope)) {
-        return error_response(403, fmt::format("token '{}' lacks the {} scope", token->name,
-                                               *scope == Scope::admin ? "admin" : "enqueue"));
+    caller = std::move(outcome.caller);
+    if (!caller->may(permission)) {
+        return error_response(403, fmt::format("{} lacks the {} this needs", caller->name, needed(permission)));
     }
-    if (const auto wait = limiter_.try_acquire(*token)) {
-        auto response = error_response(429, fmt::format("token '{}' is over its rate limit", token->name));
+    if (const auto wait = limiter_.try_acquire(*caller)) {
+        auto response = error_response(429, fmt::format("{} is over its rate limit", caller->name));
         response.headers.emplace_back("Retry-After", std::to_string((wait->count() + 999) / 1000));
         return response;
     }
@@ -171,18 +177,18 @@ asio::awaitable<void> EnqueueApi::requests_finished() {
     co_await idle_.wait(idle);
 }
 
-HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scope> scope, Handler handler) {
+HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, Permission permission, Handler handler) {
     auto& latency = latency_.Add(
         {{"route", route}},
         prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5});
-    return [this, route = std::move(route), scope, handler = std::move(handler),
+    return [this, route = std::move(route), permission, handler = std::move(handler),
             &latency](const HttpRequest& request) -> asio::awaitable<HttpResponse> {
         const auto started = std::chrono::steady_clock::now();
         ++in_flight_;
         const std::unique_ptr<EnqueueApi, void (*)(EnqueueApi*)> counted(this,
                                                                          [](EnqueueApi* api) { api->request_ended(); });
-        const ApiToken* token = nullptr;
-        auto refusal = refuse(request, scope, token);
+        std::optional<Caller> caller;
+        auto refusal = refuse(request, permission, caller);
         HttpResponse response;
         if (refusal) {
             response = std::move(*refusal);
@@ -190,19 +196,19 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scop
             std::string failure;
             bool unavailable = false;
             try {
-                response = co_await handler(request, *token);
+                response = co_await handler(request, *caller);
             } catch (const pg::Error& e) {
                 failure = e.what();
                 unavailable = e.transient();
                 if (const auto fault = request_fault(e)) {
-                    spdlog::debug("api: {} {} (token {}) refused by the database: {}", request.method, request.path,
-                                  token->name, e.what());
+                    spdlog::debug("api: {} {} ({}) refused by the database: {}", request.method, request.path,
+                                  caller->name, e.what());
                     response = error_response(400, *fault);
                     failure.clear();
                 }
             }
             if (!failure.empty()) {
-                spdlog::error("api: {} {} (token {}): {}", request.method, request.path, token->name, failure);
+                spdlog::error("api: {} {} ({}): {}", request.method, request.path, caller->name, failure);
                 response = unavailable ? error_response(503, "the database is busy or unavailable; try again")
                                        : error_response(500, "internal error");
                 if (unavailable) {
@@ -216,7 +222,7 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, std::optional<Scop
     };
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, const ApiToken& token) {
+asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, const Caller& caller) {
     EnqueueRequest parsed;
     try {
         parsed = parse_enqueue_request(request.body, catalogue_, std::chrono::system_clock::now());
@@ -226,7 +232,7 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     }
     const auto& jobs = parsed.jobs;
     // The token's name, not its secret, names the idempotency keys' namespace: they survive a token's rotation.
-    const auto source = fmt::format("api:{}", token.name);
+    const auto source = caller.source();
     pg::Result rows;
     std::optional<HttpResponse> refusal;
     try {
@@ -264,7 +270,7 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& request, const ApiToken& /*token*/) {
+asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& request, const Caller& /*caller*/) {
     const auto state = request.query_param("state").value_or("pending");
     if (state != "all" && !scheduled_jobs::is_state(state)) {
         auto response = error_response(400, "state must be pending, published, cancelled, failed or all");
@@ -304,7 +310,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& requ
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::cancel_scheduled(const HttpRequest& request, const ApiToken& token) {
+asio::awaitable<HttpResponse> EnqueueApi::cancel_scheduled(const HttpRequest& request, const Caller& caller) {
     const std::string id(request.param("id").value_or(""));
     if (!scheduled_jobs::is_job_id(id)) {
         auto response = error_response(400, fmt::format("'{}' is not a job id (a UUID)", id));
@@ -319,12 +325,12 @@ asio::awaitable<HttpResponse> EnqueueApi::cancel_scheduled(const HttpRequest& re
         auto response = error_response(409, fmt::format("job {} is {}, not pending", id, outcome.state));
         co_return response;
     }
-    spdlog::info("api: token {} cancelled scheduled job {}", token.name, id);
+    spdlog::info("api: {} cancelled scheduled job {}", caller.name, id);
     auto response = json_response(200, boost::json::object{{"id", id}, {"state", "cancelled"}});
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::list_schedules(const HttpRequest& /*request*/, const ApiToken& /*token*/) {
+asio::awaitable<HttpResponse> EnqueueApi::list_schedules(const HttpRequest& /*request*/, const Caller& /*caller*/) {
     const auto rows = co_await scheduled_jobs::list_schedules(pool_);
     boost::json::array schedules;
     for (int row = 0; row < rows.rows(); ++row) {

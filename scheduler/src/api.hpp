@@ -14,29 +14,37 @@
 #include "conveyor/core/async_condition.hpp"
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/pg.hpp"
-#include "conveyor/scheduler/api_tokens.hpp"
+#include "conveyor/scheduler/authenticator.hpp"
 #include "conveyor/scheduler/catalogue.hpp"
 
 namespace conveyor::scheduler {
 
 /// The HTTP enqueue API on the scheduler's port:
 ///   POST   /v1/jobs             (enqueue)  one job {type, payload, run_at | delay, idempotency_key, correlation_id,
-///                                          traceparent} or {"jobs": [...]} (up to 1,000) → 202 {"id"} / {"ids"}
-///   GET    /v1/scheduled        (admin)    scheduled jobs: ?state=pending|published|cancelled|failed|all&type=&limit=
-///   DELETE /v1/scheduled/{id}   (admin)    cancels a pending job
-///   GET    /v1/jobs/{id}        (admin)    a job from the history: state, progress, attempts
-///   GET    /v1/jobs             (admin)    jobs by their latest event: ?type=&state=&queue=&correlation_id=&since=
+///                                          traceparent, priority, unique_key, unique_for, batch} or
+///                                          {"jobs": [...]} (up to 1,000) → 202 {"id"} / {"ids"}
+///   GET    /v1/scheduled        (viewer)   scheduled jobs: ?state=pending|published|cancelled|failed|all&type=&limit=
+///   DELETE /v1/scheduled/{id}   (operator) cancels a pending job
+///   GET    /v1/jobs/{id}        (viewer)   a job from the history: state, progress, attempts
+///   GET    /v1/jobs             (viewer)   jobs by their latest event: ?type=&state=&queue=&correlation_id=&since=
 ///                                          &limit=&after= → {"jobs": [...], "next": cursor | null}
-///   DELETE /v1/jobs/{id}        (admin)    cancels a job wherever it is → 200 cancelled (it was scheduled), 202
+///   DELETE /v1/jobs/{id}        (operator) cancels a job wherever it is → 200 cancelled (it was scheduled), 202
 ///                                          cancelling or cancel_pending (not on record yet), 409 if it has ended
 ///   GET    /v1/schedules        (any)      the cron schedules with their next fire times
-///   GET    /v1/dead-letters     (admin)    stored dead letters, oldest first: ?family=&type=&reason=&error=&since=
+///   GET    /v1/dead-letters     (viewer)   stored dead letters, oldest first: ?family=&type=&reason=&error=&since=
 ///                                          &until=&job_id=&fingerprint=&state=dead|replayed|all&limit=
-///   GET    /v1/dead-letters/{id} (admin)   one dead letter with its headers and payload
-///   POST   /v1/dead-letters/replay (admin) {filter, limit, rate, dry_run, to} → what was (or would be) replayed
+///   GET    /v1/dead-letters/{id} (viewer)  one dead letter with its headers and payload
+///   POST   /v1/dead-letters/replay (operator) {filter, limit, rate, dry_run, to} → what was (or would be) replayed
 ///   POST   /v1/dead-letters/purge  (admin) {filter} → what was deleted
-/// Every request needs `Authorization: Bearer <token>`; errors are JSON {"error": "..."}. A batch is accepted or
-/// refused whole, in one transaction, after every job was checked against the catalogue.
+///   GET    /v1/queues           (viewer)   job queues with their depth and what is paused
+///   POST   /v1/queues/{family}/pause|resume (operator) pauses or resumes a family (?type= for one job type)
+///   POST   /v1/batches          (enqueue)  opens a batch {id, description, callback, callback_payload} → 201
+///   GET    /v1/batches/{id}     (any)      a batch's state, counts and progress
+///   POST   /v1/batches/{id}/seal (enqueue) seals it ({"expected": N} members in all)
+/// In brackets what a route needs: the enqueue scope (or the operator role), or a role (viewer < operator < admin;
+/// the admin scope is the admin role). Every request needs `Authorization: Bearer <token>`: a static token or a
+/// JSON Web Token (Authenticator); errors are JSON {"error": "..."}. A list of jobs is accepted
+/// or refused whole, in one transaction, after every job was checked against the catalogue.
 class EnqueueApi {
   public:
     /// Replays publish here, waiting at most `timeout` for each confirm (their rows stay locked meanwhile).
@@ -47,7 +55,7 @@ class EnqueueApi {
 
     /// A replay ends after its current message once `stopping` is set.
     EnqueueApi(pg::Pool& pool, Publisher publisher, const std::atomic<bool>& stopping, const JobCatalogue& catalogue,
-               std::vector<ApiToken> tokens, double rate_limit, prometheus::Registry& metrics);
+               Authenticator authenticator, double rate_limit, prometheus::Registry& metrics);
 
     void register_routes(HttpServer& server);
 
@@ -56,35 +64,36 @@ class EnqueueApi {
     boost::asio::awaitable<void> requests_finished();
 
   private:
-    using Handler = std::function<boost::asio::awaitable<HttpResponse>(const HttpRequest&, const ApiToken&)>;
+    using Handler = std::function<boost::asio::awaitable<HttpResponse>(const HttpRequest&, const Caller&)>;
 
     /// Authentication, scope, rate limit, metrics and error handling around a handler.
-    HttpServer::AsyncRoute guarded(std::string route, std::optional<Scope> scope, Handler handler);
-    std::optional<HttpResponse> refuse(const HttpRequest& request, std::optional<Scope> scope, const ApiToken*& token);
+    HttpServer::AsyncRoute guarded(std::string route, Permission permission, Handler handler);
+    std::optional<HttpResponse> refuse(const HttpRequest& request, Permission permission,
+                                       std::optional<Caller>& caller);
 
-    boost::asio::awaitable<HttpResponse> enqueue(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> list_scheduled(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> cancel_scheduled(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> list_schedules(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> show_job(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> list_jobs(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> cancel_job(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> list_queues(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> pause_queue(bool paused, const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> list_dead_letters(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> show_dead_letter(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> replay_dead_letters(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> purge_dead_letters(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> open_batch(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> show_batch(const HttpRequest& request, const ApiToken& token);
-    boost::asio::awaitable<HttpResponse> seal_batch(const HttpRequest& request, const ApiToken& token);
+    boost::asio::awaitable<HttpResponse> enqueue(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> list_scheduled(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> cancel_scheduled(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> list_schedules(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> show_job(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> list_jobs(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> cancel_job(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> list_queues(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> pause_queue(bool paused, const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> list_dead_letters(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> show_dead_letter(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> replay_dead_letters(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> purge_dead_letters(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> open_batch(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> show_batch(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> seal_batch(const HttpRequest& request, const Caller& caller);
 
     pg::Pool& pool_;
     amqp::Connection& publisher_;
     std::chrono::milliseconds publish_timeout_;
     const std::atomic<bool>& stopping_;
     const JobCatalogue& catalogue_;
-    std::vector<ApiToken> tokens_;
+    Authenticator authenticator_;
     RateLimiter limiter_;
     /// Requests with unknown tokens can come by the thousand: they are logged once per interval.
     LogThrottle refusal_log_;

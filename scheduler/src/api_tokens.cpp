@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <fstream>
-#include <sstream>
+
+#include "conveyor/core/config.hpp"
 
 namespace conveyor::scheduler {
 
@@ -50,8 +50,8 @@ ApiToken parse_token(const YAML::Node& entry, std::string_view origin, std::size
     token.name = entry["name"].Scalar();
     for (const auto& key : entry) {
         const auto text = key.first.as<std::string>();
-        if (text != "name" && text != "sha256" && text != "scopes" && text != "rate_limit") {
-            fail(fmt::format("unknown key '{}' (known: name, sha256, scopes, rate_limit)", text));
+        if (text != "name" && text != "sha256" && text != "scopes" && text != "role" && text != "rate_limit") {
+            fail(fmt::format("unknown key '{}' (known: name, sha256, scopes, role, rate_limit)", text));
         }
     }
     if (!entry["sha256"] || !entry["sha256"].IsScalar()) {
@@ -64,9 +64,18 @@ ApiToken parse_token(const YAML::Node& entry, std::string_view origin, std::size
         fail("'sha256' must be 64 hexadecimal digits");
     }
     token.sha256 = *digest;
+    if (const auto role = entry["role"]) {
+        token.role = role.IsScalar() ? parse_role(role.Scalar()) : std::nullopt;
+        if (!token.role) {
+            fail("'role' must be viewer, operator or admin");
+        }
+    }
     const auto scopes = entry["scopes"];
+    if (!scopes && token.role) {
+        return token;
+    }
     if (!scopes || !scopes.IsSequence() || scopes.size() == 0) {
-        fail("'scopes' must list enqueue and/or admin");
+        fail("'scopes' must list enqueue and/or admin (or give a role)");
     }
     for (const auto& scope : scopes) {
         const auto text = scope.IsScalar() ? scope.Scalar() : std::string();
@@ -118,13 +127,7 @@ std::vector<ApiToken> parse_api_tokens(std::string_view yaml, std::string_view o
 }
 
 std::vector<ApiToken> load_api_tokens(const std::string& path) {
-    std::ifstream file(path);
-    if (!file) {
-        throw std::invalid_argument(fmt::format("cannot read the API tokens file {}", path));
-    }
-    std::ostringstream text;
-    text << file.rdbuf();
-    return parse_api_tokens(text.str(), path);
+    return parse_api_tokens(read_config_file(path, "API tokens file"), path);
 }
 
 const ApiToken* find_token(const std::vector<ApiToken>& tokens, std::string_view secret) {
@@ -139,9 +142,59 @@ const ApiToken* find_token(const std::vector<ApiToken>& tokens, std::string_view
     return found;
 }
 
-std::optional<std::chrono::milliseconds> RateLimiter::try_acquire(const ApiToken& token) {
-    const double rate = token.rate_limit.value_or(default_rate_);
-    return buckets_.try_acquire(token.name, rate, std::max(rate, 1.0));
+std::optional<std::chrono::milliseconds> RateLimiter::try_acquire(const Caller& caller) {
+    const double rate = caller.rate_limit.value_or(default_rate_);
+    return buckets_.try_acquire(caller.name, rate, std::max(rate, 1.0));
+}
+
+std::optional<Role> parse_role(std::string_view name) {
+    if (name == "viewer") {
+        return Role::viewer;
+    }
+    if (name == "operator") {
+        return Role::operator_;
+    }
+    if (name == "admin") {
+        return Role::admin;
+    }
+    return std::nullopt;
+}
+
+std::string_view role_name(Role role) {
+    switch (role) {
+        case Role::viewer:
+            return "viewer";
+        case Role::operator_:
+            return "operator";
+        case Role::admin:
+            return "admin";
+    }
+    return "viewer";
+}
+
+Caller Caller::of(const ApiToken& token) {
+    Caller caller{.name = token.name, .role = token.role, .rate_limit = token.rate_limit};
+    if (token.scopes.contains(Scope::admin)) {
+        caller.role = Role::admin;
+    }
+    caller.can_enqueue = token.scopes.contains(Scope::enqueue) || (caller.role && *caller.role >= Role::operator_);
+    return caller;
+}
+
+bool Caller::may(Permission permission) const {
+    switch (permission) {
+        case Permission::any:
+            return can_enqueue || role.has_value();
+        case Permission::enqueue:
+            return can_enqueue;
+        case Permission::view:
+            return role.has_value();
+        case Permission::operate:
+            return role && *role >= Role::operator_;
+        case Permission::administer:
+            return role == Role::admin;
+    }
+    return false;
 }
 
 }  // namespace conveyor::scheduler

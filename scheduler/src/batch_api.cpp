@@ -24,7 +24,7 @@ std::string text_field(simdjson::dom::object body, std::string_view name) {
 }
 
 /// POST /v1/batches: {"id"?, "description"?, "callback"?, "callback_payload"?}, every field optional.
-batches::Opening opening_of(const std::string& body_text, const ApiToken& token) {
+batches::Opening opening_of(const std::string& body_text, const Caller& caller) {
     simdjson::dom::parser parser;
     const auto body = read_body(parser, body_text.empty() ? std::string("{}") : body_text,
                                 {"id", "description", "callback", "callback_payload"});
@@ -32,7 +32,7 @@ batches::Opening opening_of(const std::string& body_text, const ApiToken& token)
                              .description = text_field(body, "description"),
                              .callback_type = text_field(body, "callback"),
                              .callback_payload = "{}",
-                             .opened_by = "api:" + token.name};
+                             .opened_by = caller.source()};
     simdjson::dom::element payload;
     if (body["callback_payload"].get(payload) == simdjson::SUCCESS) {
         if (!payload.is_object()) {
@@ -73,11 +73,11 @@ HttpResponse refusal(const std::exception_ptr& refused) {
 
 }  // namespace
 
-asio::awaitable<HttpResponse> EnqueueApi::open_batch(const HttpRequest& request, const ApiToken& token) {
+asio::awaitable<HttpResponse> EnqueueApi::open_batch(const HttpRequest& request, const Caller& caller) {
     std::exception_ptr refused;
     std::string id;
     try {
-        const auto opening = opening_of(request.body, token);
+        const auto opening = opening_of(request.body, caller);
         id = co_await batches::open(pool_, opening);
     } catch (const std::invalid_argument&) {
         refused = std::current_exception();
@@ -85,13 +85,13 @@ asio::awaitable<HttpResponse> EnqueueApi::open_batch(const HttpRequest& request,
     if (refused) {
         co_return refusal(refused);
     }
-    spdlog::info("api: batch {} opened by {}", id, token.name);
+    spdlog::info("api: batch {} opened by {}", id, caller.name);
     const auto batch = co_await batches::find(pool_, id);
     auto response = json_response(201, batches::to_json(*batch));
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::show_batch(const HttpRequest& request, const ApiToken& /*token*/) {
+asio::awaitable<HttpResponse> EnqueueApi::show_batch(const HttpRequest& request, const Caller& /*caller*/) {
     const auto id = std::string(request.param("id").value_or(""));
     const auto batch = co_await batches::find(pool_, id);
     if (!batch) {
@@ -102,7 +102,7 @@ asio::awaitable<HttpResponse> EnqueueApi::show_batch(const HttpRequest& request,
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::seal_batch(const HttpRequest& request, const ApiToken& token) {
+asio::awaitable<HttpResponse> EnqueueApi::seal_batch(const HttpRequest& request, const Caller& caller) {
     const auto id = std::string(request.param("id").value_or(""));
     std::exception_ptr refused;
     try {
@@ -114,7 +114,7 @@ asio::awaitable<HttpResponse> EnqueueApi::seal_batch(const HttpRequest& request,
     if (refused) {
         co_return refusal(refused);
     }
-    spdlog::info("api: batch {} sealed by {}", id, token.name);
+    spdlog::info("api: batch {} sealed by {}", id, caller.name);
     const auto batch = co_await batches::find(pool_, id);
     auto response = json_response(200, batches::to_json(*batch));
     co_return response;

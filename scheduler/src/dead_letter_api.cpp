@@ -125,7 +125,7 @@ boost::json::array counts_json(const pg::Result& rows, int type_column, int reas
 
 }  // namespace
 
-asio::awaitable<HttpResponse> EnqueueApi::list_dead_letters(const HttpRequest& request, const ApiToken& /*token*/) {
+asio::awaitable<HttpResponse> EnqueueApi::list_dead_letters(const HttpRequest& request, const Caller& /*caller*/) {
     dead_letters::Filter filter;
     std::int64_t limit = 0;
     try {
@@ -156,7 +156,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_dead_letters(const HttpRequest& r
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::show_dead_letter(const HttpRequest& request, const ApiToken& /*token*/) {
+asio::awaitable<HttpResponse> EnqueueApi::show_dead_letter(const HttpRequest& request, const Caller& /*caller*/) {
     const auto text = request.param("id").value_or("");
     const auto id = parse_integer(text);
     if (!id || *id < 1) {
@@ -201,7 +201,7 @@ asio::awaitable<HttpResponse> EnqueueApi::show_dead_letter(const HttpRequest& re
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest& request, const ApiToken& token) {
+asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest& request, const Caller& caller) {
     dead_letters::ReplayRequest replay;
     bool dry_run = false;
     try {
@@ -231,7 +231,7 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
         auto response = error_response(400, e.what());
         co_return response;
     }
-    replay.by = fmt::format("api:{}", token.name);
+    replay.by = caller.source();
     replay.publish_timeout = publish_timeout_;
     // A replay would wait for the broker inside this request, holding its rows locked.
     if (!dry_run && (!publisher_.connected() || publisher_.blocked())) {
@@ -259,7 +259,7 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
                              matched, replay.rate, static_cast<double>(matched) / replay.rate, kMaxReplaySeconds));
         co_return response;
     }
-    spdlog::info("api: token {} replays {} dead letters ({})", token.name, matched,
+    spdlog::info("api: {} replays {} dead letters ({})", caller.name, matched,
                  boost::json::serialize(filter_json(replay.filter)));
     const auto started = std::chrono::steady_clock::now();
     dead_letters::ReplayHooks hooks;
@@ -269,7 +269,7 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
     boost::json::object summary{{"matched", result.matched}, {"replayed", result.replayed}, {"seconds", seconds}};
     unsigned status = 200;
     if (!result.failure.empty()) {
-        spdlog::error("api: replay by token {} stopped after {} of {}: {}", token.name, result.replayed, result.matched,
+        spdlog::error("api: replay by {} stopped after {} of {}: {}", caller.name, result.replayed, result.matched,
                       result.failure);
         summary["error"] = fmt::format("stopped: {}; the rest are still dead letters", result.failure);
         status = 502;
@@ -281,7 +281,7 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::purge_dead_letters(const HttpRequest& request, const ApiToken& token) {
+asio::awaitable<HttpResponse> EnqueueApi::purge_dead_letters(const HttpRequest& request, const Caller& caller) {
     dead_letters::Filter filter;
     try {
         simdjson::dom::parser parser;
@@ -295,7 +295,7 @@ asio::awaitable<HttpResponse> EnqueueApi::purge_dead_letters(const HttpRequest& 
     for (int row = 0; row < rows.rows(); ++row) {
         deleted += rows.integer(row, 2);
     }
-    spdlog::warn("api: token {} purged {} dead letters ({})", token.name, deleted,
+    spdlog::warn("api: {} purged {} dead letters ({})", caller.name, deleted,
                  boost::json::serialize(filter_json(filter)));
     auto response = json_response(
         200, boost::json::object{{"deleted", deleted}, {"by_type_and_reason", counts_json(rows, 0, 1, 2)}});

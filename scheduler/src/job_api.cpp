@@ -44,7 +44,7 @@ job_history::Filter jobs_filter(const HttpRequest& request) {
 
 }  // namespace
 
-asio::awaitable<HttpResponse> EnqueueApi::show_job(const HttpRequest& request, const ApiToken& /*token*/) {
+asio::awaitable<HttpResponse> EnqueueApi::show_job(const HttpRequest& request, const Caller& /*caller*/) {
     const auto id = request.param("id").value_or("");
     const auto job = co_await job_history::find(pool_, id);
     if (!job) {
@@ -55,7 +55,7 @@ asio::awaitable<HttpResponse> EnqueueApi::show_job(const HttpRequest& request, c
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::list_jobs(const HttpRequest& request, const ApiToken& /*token*/) {
+asio::awaitable<HttpResponse> EnqueueApi::list_jobs(const HttpRequest& request, const Caller& /*caller*/) {
     job_history::Filter filter;
     try {
         filter = jobs_filter(request);
@@ -82,13 +82,13 @@ asio::awaitable<HttpResponse> EnqueueApi::list_jobs(const HttpRequest& request, 
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::cancel_job(const HttpRequest& request, const ApiToken& token) {
+asio::awaitable<HttpResponse> EnqueueApi::cancel_job(const HttpRequest& request, const Caller& caller) {
     const auto id = request.param("id").value_or("");
     if (id.empty() || id.size() > kMaxJobIdBytes) {
         auto response = error_response(400, fmt::format("a job id is 1 to {} bytes", kMaxJobIdBytes));
         co_return response;
     }
-    const auto outcome = co_await job_control::request_cancel(pool_, id, "api:" + token.name);
+    const auto outcome = co_await job_control::request_cancel(pool_, id, caller.source());
     using Result = job_control::CancelOutcome::Result;
     if (outcome.result == Result::terminal) {
         auto response = json_response(

@@ -12,7 +12,7 @@
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
 
-asio::awaitable<HttpResponse> EnqueueApi::list_queues(const HttpRequest& /*request*/, const ApiToken& /*token*/) {
+asio::awaitable<HttpResponse> EnqueueApi::list_queues(const HttpRequest& /*request*/, const Caller& /*caller*/) {
     const auto states = co_await job_control::pauses(pool_);
     boost::json::array queues;
     for (const auto& family : topology::default_families()) {
@@ -26,7 +26,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_queues(const HttpRequest& /*reque
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::pause_queue(bool paused, const HttpRequest& request, const ApiToken& token) {
+asio::awaitable<HttpResponse> EnqueueApi::pause_queue(bool paused, const HttpRequest& request, const Caller& caller) {
     const auto family = request.param("family").value_or("");
     const auto job_type = request.query_param("type").value_or("");
     std::optional<std::string> refused;
@@ -39,7 +39,7 @@ asio::awaitable<HttpResponse> EnqueueApi::pause_queue(bool paused, const HttpReq
         auto response = error_response(400, *refused);
         co_return response;
     }
-    const auto change = co_await job_control::set_paused(pool_, family, job_type, paused, "api:" + token.name);
+    const auto change = co_await job_control::set_paused(pool_, family, job_type, paused, caller.source());
     // Sent even when nothing changed: a worker that missed the first broadcast hears it now.
     const job_control::Command command = change.state;
     const auto error = co_await job_control::broadcast(publisher_, command);
@@ -49,7 +49,7 @@ asio::awaitable<HttpResponse> EnqueueApi::pause_queue(bool paused, const HttpReq
     }
     if (change.changed) {
         spdlog::info("api: {} {}{} by {}", paused ? "paused" : "resumed", family,
-                     job_type.empty() ? std::string() : fmt::format(" (type {})", job_type), token.name);
+                     job_type.empty() ? std::string() : fmt::format(" (type {})", job_type), caller.name);
     }
     auto body = job_control::to_json(change.state);
     body["changed"] = change.changed;

@@ -76,7 +76,7 @@ void set_gauges(std::map<Key, double>& shown, std::map<Key, double> current, con
 class Scheduler::Impl {
   public:
     Impl(asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue, std::vector<Schedule> schedules,
-         std::vector<ApiToken> tokens, std::shared_ptr<prometheus::Registry> registry)
+         Authenticator authenticator, std::shared_ptr<prometheus::Registry> registry)
         : io_(io),
           settings_(std::move(settings)),
           catalogue_(std::move(catalogue)),
@@ -94,7 +94,7 @@ class Scheduler::Impl {
                  RelaySettings{settings_.relay_batch, settings_.relay_poll_interval, settings_.publish_timeout}),
           firing_(io_.get_executor(), pool_, database_settings(settings_, 1, "leadership"), std::move(schedules),
                   metrics_),
-          api_(pool_, {publisher_, settings_.publish_timeout}, stopping_, catalogue_, std::move(tokens),
+          api_(pool_, {publisher_, settings_.publish_timeout}, stopping_, catalogue_, std::move(authenticator),
                settings_.api_rate_limit, *registry_),
           archiver_(pool_, archiver_consumer_, dead_letters_) {}
 
@@ -338,10 +338,10 @@ class Scheduler::Impl {
 };
 
 Scheduler::Scheduler(asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue,
-                     std::vector<Schedule> schedules, std::vector<ApiToken> tokens,
+                     std::vector<Schedule> schedules, Authenticator authenticator,
                      std::shared_ptr<prometheus::Registry> metrics)
     : impl_(std::make_unique<Impl>(io, std::move(settings), std::move(catalogue), std::move(schedules),
-                                   std::move(tokens), std::move(metrics))) {}
+                                   std::move(authenticator), std::move(metrics))) {}
 
 Scheduler::~Scheduler() = default;
 

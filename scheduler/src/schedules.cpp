@@ -8,9 +8,7 @@
 #include <boost/json/string.hpp>
 #include <boost/json/value.hpp>
 #include <charconv>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/job_headers.hpp"
@@ -248,13 +246,7 @@ std::vector<Schedule> parse_schedules(std::string_view yaml, std::string_view or
 }
 
 std::vector<Schedule> load_schedules(const std::string& path, const JobCatalogue& catalogue) {
-    std::ifstream file(path);
-    if (!file) {
-        throw std::invalid_argument(fmt::format("cannot read the schedules file {}", path));
-    }
-    std::ostringstream text;
-    text << file.rdbuf();
-    return parse_schedules(text.str(), path, catalogue);
+    return parse_schedules(read_config_file(path, "schedules file"), path, catalogue);
 }
 
 }  // namespace conveyor::scheduler

@@ -90,9 +90,23 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
                    "Proxies whose X-Forwarded-For names the client: CIDR blocks or addresses, comma-separated")
         ->envname("CONVEYOR_HTTP_TRUSTED_PROXIES");
     app.add_option("--api-tokens-file", settings.api_tokens_file,
-                   "YAML file of API tokens: tokens: [{name, sha256, scopes: [enqueue|admin], rate_limit}]")
+                   "YAML file of API tokens: tokens: [{name, sha256, scopes: [enqueue|admin], role, rate_limit}]")
         ->envname("CONVEYOR_API_TOKENS_FILE")
         ->check(CLI::ExistingFile);
+    auto* jwt_secret = app.add_option("--jwt-secret-file", settings.jwt_secret_file,
+                                      "File holding the HS256 secret (32 bytes or more) JSON Web Tokens are "
+                                      "signed with")
+                           ->envname("CONVEYOR_JWT_SECRET_FILE")
+                           ->check(CLI::ExistingFile);
+    app.add_option("--jwt-public-key-file", settings.jwt_public_key_file,
+                   "PEM file of the RSA public key (2048 bits or more) RS256 JSON Web Tokens are verified with")
+        ->envname("CONVEYOR_JWT_PUBLIC_KEY_FILE")
+        ->check(CLI::ExistingFile)
+        ->excludes(jwt_secret);
+    app.add_option("--jwt-audience", settings.jwt_audience, "The audience a JSON Web Token's aud must name")
+        ->envname("CONVEYOR_JWT_AUDIENCE");
+    app.add_option("--jwt-issuer", settings.jwt_issuer, "The issuer a JSON Web Token's iss must be (default: any)")
+        ->envname("CONVEYOR_JWT_ISSUER");
     app.add_option("--api-rate-limit", settings.api_rate_limit,
                    "API requests per second per token (a token may set its own)")
         ->envname("CONVEYOR_API_RATE_LIMIT")

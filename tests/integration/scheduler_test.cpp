@@ -476,7 +476,7 @@ TEST_F(SchedulerApiTest, RefusesWithTheRightStatusAndAPreciseError) {
     EXPECT_EQ(call("POST", "/v1/jobs", "wrong-secret", job).status, 401);
     auto forbidden = call("GET", "/v1/scheduled", "enqueue-secret");
     EXPECT_EQ(forbidden.status, 403);
-    EXPECT_NE(forbidden.body.find("lacks the admin scope"), std::string::npos) << forbidden.body;
+    EXPECT_NE(forbidden.body.find("lacks the viewer role"), std::string::npos) << forbidden.body;
 
     auto malformed = call("POST", "/v1/jobs", "enqueue-secret", R"({"type": "diag.noop")");
     EXPECT_EQ(malformed.status, 400);

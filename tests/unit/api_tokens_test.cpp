@@ -77,7 +77,7 @@ std::string refusal(const std::string& yaml) {
     return "accepted";
 }
 
-const std::string known_keys = "(known: name, sha256, scopes, rate_limit)";
+const std::string known_keys = "(known: name, sha256, scopes, role, rate_limit)";
 const std::string sha256_required =
     "'sha256' is required: the token's SHA-256 in hex (e.g. printf %s \"$TOKEN\" | sha256sum)";
 
@@ -170,7 +170,7 @@ TEST(ApiTokens, ANonHexSha256IsRefused) {
 
 TEST(ApiTokens, EmptyScopesAreRefused) {
     const auto head = "name: bob\n    sha256: " + hex_sha256(bob_secret) + "\n";
-    const std::string message = "tokens.yaml:5: token 'bob': 'scopes' must list enqueue and/or admin";
+    const std::string message = "tokens.yaml:5: token 'bob': 'scopes' must list enqueue and/or admin (or give a role)";
     EXPECT_EQ(refusal(second_token(head + "    scopes: []\n")), message);
     EXPECT_EQ(refusal(second_token(head)), message);
     EXPECT_EQ(refusal(second_token(head + "    scopes: enqueue\n")), message);
@@ -273,12 +273,58 @@ TEST(ApiTokens, FindTokenReturnsNullForASecretOneCharacterOff) {
     EXPECT_EQ(find_token(tokens, alice_secret + "x"), nullptr);
 }
 
-ApiToken token(std::string name, std::optional<double> rate_limit) {
+Caller token(std::string name, std::optional<double> rate_limit) {
     ApiToken result;
     result.name = std::move(name);
     result.scopes = {Scope::enqueue};
     result.rate_limit = rate_limit;
-    return result;
+    return Caller::of(result);
+}
+
+TEST(ApiTokensRoles, ARoleGrantsWhatItMayAndTheAdminScopeIsTheAdminRole) {
+    const auto tokens = parse_api_tokens(
+        "tokens:\n"
+        "  - name: grafana\n"
+        "    sha256: " +
+            hex_sha256("g") +
+            "\n"
+            "    role: viewer\n"
+            "  - name: oncall\n"
+            "    sha256: " +
+            hex_sha256("o") +
+            "\n"
+            "    role: operator\n"
+            "  - name: ops\n"
+            "    sha256: " +
+            hex_sha256("a") +
+            "\n"
+            "    scopes: [admin]\n"
+            "  - name: shop\n"
+            "    sha256: " +
+            hex_sha256("s") +
+            "\n"
+            "    scopes: [enqueue]\n",
+        "tokens.yaml");
+    ASSERT_EQ(tokens.size(), 4U);
+    const auto viewer = Caller::of(tokens[0]);
+    const auto operator_ = Caller::of(tokens[1]);
+    const auto admin = Caller::of(tokens[2]);
+    const auto shop = Caller::of(tokens[3]);
+    EXPECT_TRUE(viewer.may(Permission::view));
+    EXPECT_FALSE(viewer.may(Permission::operate));
+    EXPECT_FALSE(viewer.may(Permission::enqueue));
+    EXPECT_TRUE(operator_.may(Permission::operate));
+    EXPECT_TRUE(operator_.may(Permission::enqueue)) << "an operator runs jobs";
+    EXPECT_FALSE(operator_.may(Permission::administer));
+    EXPECT_TRUE(admin.may(Permission::administer));
+    EXPECT_TRUE(admin.may(Permission::enqueue));
+    EXPECT_TRUE(shop.may(Permission::enqueue));
+    EXPECT_TRUE(shop.may(Permission::any));
+    EXPECT_FALSE(shop.may(Permission::view)) << "an enqueue-only token reads nothing";
+    EXPECT_EQ(shop.source(), "api:shop");
+
+    EXPECT_EQ(refusal("tokens:\n  - name: x\n    sha256: " + hex_sha256("x") + "\n    role: root\n"),
+              "tokens.yaml:2: token 'x': 'role' must be viewer, operator or admin");
 }
 
 TEST(ApiTokensRateLimiter, ARateOfTwoAllowsTwoAtOnceThenWaitsAtMostHalfASecond) {

@@ -345,11 +345,35 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         flow_cmd->add_subcommand("show", "The flow limits in force, their version and who applied it");
     flow_show_cmd->add_flag("--json", flow_show_json, "As one JSON object, with the file's text");
 
+    TokenOptions token_options;
+    auto* token_cmd = app.add_subcommand(
+        "token",
+        "Sign a JSON Web Token (HS256) for the API and the console with the secret the schedulers verify "
+        "(--jwt-secret-file); prints it");
+    token_cmd->add_option("--role", token_options.role, "viewer, operator or admin")
+        ->required()
+        ->check(CLI::IsMember({"viewer", "operator", "admin"}));
+    token_cmd->add_option("--subject", token_options.subject, "Whom it names (sub): the user the audit log records")
+        ->required();
+    token_cmd->add_option("--ttl", token_options.ttl, "How long it stays valid (at most 30 days)")
+        ->capture_default_str()
+        ->check(duration_validator());
+    token_cmd->add_option("--jwt-secret-file", token_options.secret_file, "File holding the HS256 secret")
+        ->envname("CONVEYOR_JWT_SECRET_FILE")
+        ->required()
+        ->check(CLI::ExistingFile);
+    token_cmd->add_option("--audience", token_options.audience, "Its aud")
+        ->envname("CONVEYOR_JWT_AUDIENCE")
+        ->capture_default_str();
+    token_cmd->add_option("--issuer", token_options.issuer, "Its iss (default: none)")->envname("CONVEYOR_JWT_ISSUER");
+    token_cmd->add_flag("--json", token_options.json, "As {\"token\", \"expires_at\"}");
+
     BatchOptions batch_options;
     EnqueueOptions batch_add_options;
     auto* batches_cmd = app.add_subcommand(
-        "batches", "Batches of jobs: open one, add members in any number of calls, seal it; its callback job runs "
-                   "once every member has ended");
+        "batches",
+        "Batches of jobs: open one, add members in any number of calls, seal it; its callback job runs "
+        "once every member has ended");
     batches_cmd->require_subcommand(1);
     batches_cmd->fallthrough();
     batches_cmd->add_option("--pg-url", batch_options.pg_url, "PostgreSQL URL")
@@ -367,8 +391,9 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         "add", "Publish jobs as members of an open batch (conveyor enqueue --batch; prints their ids or a count)");
     batches_add_cmd->add_option("batch", batch_add_options.batch, "The batch's id")->required();
     batches_add_cmd->add_option("type", batch_add_options.type, "Job type, <family>.<action>")->required();
-    batches_add_cmd->add_option("--payload", batch_add_options.payload, "Job payload, a JSON object ({{seq}}, "
-                                                                        "{{job_id}} as for enqueue)");
+    batches_add_cmd->add_option("--payload", batch_add_options.payload,
+                                "Job payload, a JSON object ({{seq}}, "
+                                "{{job_id}} as for enqueue)");
     batches_add_cmd->add_option("--count", batch_add_options.count, "How many jobs")
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}));
     batches_add_cmd->add_option("--priority", batch_add_options.priority, "high, normal or low")
@@ -377,9 +402,10 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     auto* batches_seal_cmd = batches_cmd->add_subcommand(
         "seal", "Seal a batch: it takes no more members, and finishes once they have all ended");
     batches_seal_cmd->add_option("id", batch_options.id, "The batch's id")->required();
-    batches_seal_cmd->add_option("--expect", batch_options.expected,
-                                 "How many members it has in all (needed for members published over AMQP by your "
-                                 "own code; default: those added here)")
+    batches_seal_cmd
+        ->add_option("--expect", batch_options.expected,
+                     "How many members it has in all (needed for members published over AMQP by your "
+                     "own code; default: those added here)")
         ->check(CLI::Range(std::int64_t{0}, std::int64_t{2'000'000'000}));
     auto* batches_show_cmd = batches_cmd->add_subcommand("show", "A batch's progress: its members by how they ended");
     batches_show_cmd->add_option("id", batch_options.id, "The batch's id")->required();
@@ -470,6 +496,9 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         }
         if (*flow_show_cmd) {
             return flow_show(flow_options.pg_url, flow_show_json);
+        }
+        if (*token_cmd) {
+            return sign_token(token_options);
         }
         if (*batches_open_cmd) {
             return batches_open(batch_options);

@@ -58,6 +58,16 @@ struct BatchOptions {
     bool json = false;
 };
 
+struct TokenOptions {
+    std::string role;
+    std::string subject;
+    std::string ttl = "8h";
+    std::string secret_file;
+    std::string audience = "conveyor";
+    std::string issuer;
+    bool json = false;
+};
+
 struct ScheduledListOptions {
     std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
     std::string state = "pending";
@@ -145,6 +155,8 @@ int report_database_error(std::string_view command, const std::string& pg_url, c
 int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body);
 
 int enqueue(const CommonOptions& common, const EnqueueOptions& options);
+/// Prints a JSON Web Token signed with the schedulers' HS256 secret, for the API and the console.
+int sign_token(const TokenOptions& options);
 /// Schedules one job per payload through conveyor.enqueue(), due at --at or after --in.
 int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string>& payloads);
 int list_scheduled(const ScheduledListOptions& options);

@@ -14,6 +14,9 @@ namespace conveyor {
 [[nodiscard]] std::string utc_timestamp(std::chrono::system_clock::time_point at);
 [[nodiscard]] std::string utc_timestamp_seconds(std::chrono::sys_seconds at);
 
+/// The whole content of a configuration file; throws std::invalid_argument "cannot read the <what> <path>".
+[[nodiscard]] std::string read_config_file(const std::string& path, std::string_view what);
+
 /// This process's identity in logs and dead-letter headers when its --name (CONVEYOR_WORKER_NAME,
 /// CONVEYOR_SCHEDULER_NAME) is not given: $POD_NAME or the host name.
 [[nodiscard]] std::string default_instance_name();

@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include "conveyor/scheduler/api_tokens.hpp"
+#include "conveyor/scheduler/authenticator.hpp"
 #include "conveyor/scheduler/catalogue.hpp"
 #include "conveyor/scheduler/schedules.hpp"
 #include "conveyor/scheduler/settings.hpp"
@@ -19,7 +19,7 @@ namespace conveyor::scheduler {
 class Scheduler {
   public:
     Scheduler(boost::asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue,
-              std::vector<Schedule> schedules, std::vector<ApiToken> tokens,
+              std::vector<Schedule> schedules, Authenticator authenticator,
               std::shared_ptr<prometheus::Registry> metrics);
     ~Scheduler();
     Scheduler(const Scheduler&) = delete;

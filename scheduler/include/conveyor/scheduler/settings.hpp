@@ -50,6 +50,14 @@ struct SchedulerSettings {
     IpNetworks http_trusted_proxies;
     /// YAML file of API tokens, by SHA-256 (CONVEYOR_API_TOKENS_FILE); without it every API request gets 401.
     std::string api_tokens_file;
+    /// The key JSON Web Tokens are verified with: an HS256 shared secret (CONVEYOR_JWT_SECRET_FILE) or an RS256
+    /// public key, PEM (CONVEYOR_JWT_PUBLIC_KEY_FILE); without either, bearer JWTs are refused.
+    std::string jwt_secret_file;
+    std::string jwt_public_key_file;
+    /// A token's aud must name it (CONVEYOR_JWT_AUDIENCE); its iss must be jwt_issuer if that is set
+    /// (CONVEYOR_JWT_ISSUER).
+    std::string jwt_audience = "conveyor";
+    std::string jwt_issuer;
     /// Requests per second per token unless the token sets its own (CONVEYOR_API_RATE_LIMIT).
     double api_rate_limit = 100;
     /// Largest request body (CONVEYOR_API_MAX_BODY_BYTES); a batch of 1,000 jobs must fit.

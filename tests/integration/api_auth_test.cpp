@@ -1,0 +1,176 @@
+// The HTTP API's roles with JSON Web Tokens, against a real conveyor-scheduler: tokens signed by `conveyor token`
+// (HS256) and by the openssl command (RS256, a key pair made for the test), each role allowed what it may and
+// refused the rest, and every token that must not be believed refused with 401.
+#include <fmt/format.h>
+
+#include <boost/json/serialize.hpp>
+#include <filesystem>
+
+#include "conveyor/core/jwt.hpp"
+#include "scheduler_fixture.hpp"
+
+namespace conveyor::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+const std::string kSecret = "the-schedulers-hs256-secret-0123456789";
+
+class ApiAuthTest : public SchedulerFixture {
+  protected:
+    static std::filesystem::path secret_file() {
+        auto path = std::filesystem::temp_directory_path() / "conveyor-jwt-secret";
+        std::ofstream(path) << kSecret << '\n';
+        return path;
+    }
+
+    /// A token as `conveyor token` signs it.
+    static std::string token(const std::string& role, const std::string& subject = "alice") {
+        auto [status, output] = run_command({(binary_dir() / "conveyor").string(), "token", "--role", role, "--subject",
+                                             subject, "--ttl", "10m", "--jwt-secret-file", secret_file().string()},
+                                            10s);
+        EXPECT_EQ(status, 0) << output;
+        return output.substr(0, output.find('\n'));
+    }
+
+    static std::int64_t epoch_seconds(std::chrono::system_clock::duration from_now) {
+        return std::chrono::duration_cast<std::chrono::seconds>(
+                   (std::chrono::system_clock::now() + from_now).time_since_epoch())
+            .count();
+    }
+
+    static boost::json::object claims(std::chrono::system_clock::duration expires_in = 10min) {
+        return {{"sub", "mallory"}, {"role", "admin"}, {"aud", "conveyor"}, {"exp", epoch_seconds(expires_in)}};
+    }
+
+    static std::string base64url(const std::string& text) {
+        auto [status, output] =
+            run_command({"/bin/sh", "-c", "printf %s '" + text + "' | base64 -w0 | tr '+/' '-_' | tr -d '='"}, 10s);
+        return output;
+    }
+
+    std::uint16_t port_ = 0;
+    int status(const std::string& method, const std::string& path, const std::string& bearer,
+               const std::string& body = {}) {
+        return call_api(port_, method, path, bearer, body).status;
+    }
+};
+
+TEST_F(ApiAuthTest, EachRoleDoesWhatItMayAndIsRefusedTheRestWith403) {
+    database_.query("DELETE FROM conveyor.scheduled_jobs WHERE source LIKE 'api:user:%'");
+    auto scheduler = start_scheduler({"--jwt-secret-file", secret_file().string()}, "api-auth-roles");
+    port_ = scheduler.port;
+    const auto viewer = token("viewer");
+    const auto operator_ = token("operator", "olga");
+    const auto admin = token("admin", "ada");
+    const std::string nothing_matches = R"({"filter": {"type": "no.such-type"}})";
+
+    for (const auto* path : {"/v1/jobs", "/v1/dead-letters", "/v1/queues", "/v1/scheduled", "/v1/schedules"}) {
+        EXPECT_EQ(status("GET", path, viewer), 200) << path;
+    }
+    const auto refused = call_api(port_, "POST", "/v1/queues/diag/pause", viewer);
+    EXPECT_EQ(refused.status, 403);
+    EXPECT_NE(refused.body.find("user:alice lacks the operator role"), std::string::npos) << refused.body;
+    EXPECT_EQ(status("DELETE", "/v1/jobs/some-job", viewer), 403);
+    EXPECT_EQ(status("POST", "/v1/dead-letters/replay", viewer, nothing_matches), 403);
+    EXPECT_EQ(status("POST", "/v1/dead-letters/purge", viewer, nothing_matches), 403);
+    EXPECT_EQ(status("POST", "/v1/jobs", viewer, R"({"type": "diag.noop"})"), 403);
+
+    EXPECT_EQ(status("POST", "/v1/queues/diag/pause", operator_), 200);
+    EXPECT_EQ(status("POST", "/v1/queues/diag/resume", operator_), 200);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.queue_pauses WHERE paused"), 0);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.queue_pauses WHERE family = 'diag' AND job_type = '' "
+                               "AND changed_by = 'api:user:olga'"),
+              1)
+        << "the change is not recorded under the token's subject";
+    EXPECT_EQ(status("POST", "/v1/dead-letters/replay", operator_, R"({"filter": {}, "dry_run": true})"), 200);
+    EXPECT_EQ(status("POST", "/v1/jobs", operator_, R"({"type": "diag.noop"})"), 202);
+    EXPECT_EQ(status("POST", "/v1/dead-letters/purge", operator_, nothing_matches), 403);
+
+    EXPECT_EQ(status("POST", "/v1/dead-letters/purge", admin, nothing_matches), 200);
+    // The caller's name is the token's subject: its enqueues live in the namespace api:user:<sub>.
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.scheduled_jobs WHERE source = 'api:user:olga'"), 1);
+}
+
+TEST_F(ApiAuthTest, ExpiredForgedUnsignedAndMisaddressedTokensAreRefusedWith401) {
+    auto scheduler = start_scheduler({"--jwt-secret-file", secret_file().string()}, "api-auth-refusals");
+    port_ = scheduler.port;
+    const auto expect_refused = [&](const std::string& bearer, const std::string& why, unsigned code = 401) {
+        const auto response = call_api(port_, "GET", "/v1/queues", bearer);
+        EXPECT_EQ(response.status, code) << why << ": " << response.body;
+        EXPECT_NE(response.body.find(why), std::string::npos) << response.body;
+    };
+    expect_refused(jwt::sign_hs256(claims(-31s), kSecret), "the token expired 31 s ago");
+    EXPECT_EQ(status("GET", "/v1/queues", jwt::sign_hs256(claims(-20s), kSecret)), 200)
+        << "a token expired less than the 30 s of leeway ago is accepted";
+    expect_refused(jwt::sign_hs256(claims(), kSecret + "-guessed"), "signed with another key");
+    const auto payload = base64url(boost::json::serialize(claims()));
+    expect_refused(base64url(R"({"alg":"none","typ":"JWT"})") + "." + payload + ".c2ln", "alg none");
+    expect_refused(base64url(R"({"alg":"RS256","typ":"JWT"})") + "." + payload + ".c2ln", "accepts HS256 only");
+    auto elsewhere = claims();
+    elsewhere["aud"] = "billing";
+    expect_refused(jwt::sign_hs256(elsewhere, kSecret), "aud does not name conveyor");
+    auto superuser = claims();
+    superuser["role"] = "superuser";
+    expect_refused(jwt::sign_hs256(superuser, kSecret), "role claim must be viewer, operator or admin", 403);
+    auto anonymous = claims();
+    anonymous.erase("sub");
+    expect_refused(jwt::sign_hs256(anonymous, kSecret), "has no sub");
+    const auto response = call_api(port_, "GET", "/v1/queues", jwt::sign_hs256(claims(-1h), kSecret));
+    EXPECT_EQ(response.headers.at("www-authenticate"), R"(Bearer realm="conveyor", error="invalid_token")");
+}
+
+TEST_F(ApiAuthTest, AnRs256ServerTakesTokensSignedWithItsKeyPairOnly) {
+    const auto directory = std::filesystem::temp_directory_path() / "conveyor-rs256";
+    std::filesystem::create_directories(directory);
+    const auto key = (directory / "key.pem").string();
+    const auto public_key = (directory / "public.pem").string();
+    const auto other_key = (directory / "other.pem").string();
+    for (const auto& path : {key, other_key}) {
+        ASSERT_EQ(run_command({"/usr/bin/openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                               "-out", path},
+                              30s)
+                      .first,
+                  0);
+    }
+    ASSERT_EQ(run_command({"/usr/bin/openssl", "pkey", "-in", key, "-pubout", "-out", public_key}, 10s).first, 0);
+    const auto sign = [&](const std::string& with_key) {
+        const auto signed_part =
+            base64url(R"({"alg":"RS256","typ":"JWT"})") + "." +
+            base64url(boost::json::serialize(boost::json::object{
+                {"sub", "rhea"}, {"role", "viewer"}, {"aud", "conveyor"}, {"exp", epoch_seconds(10min)}}));
+        auto [status, signature] = run_command({"/bin/sh", "-c",
+                                                "printf %s '" + signed_part + "' | openssl dgst -sha256 -sign " +
+                                                    with_key + " | base64 -w0 | tr '+/' '-_' | tr -d '='"},
+                                               10s);
+        EXPECT_EQ(status, 0) << signature;
+        return signed_part + "." + signature;
+    };
+    auto scheduler = start_scheduler({"--jwt-public-key-file", public_key}, "api-auth-rs256");
+    port_ = scheduler.port;
+    EXPECT_EQ(status("GET", "/v1/queues", sign(key)), 200);
+    EXPECT_EQ(status("GET", "/v1/queues", sign(other_key)), 401);
+    EXPECT_EQ(status("POST", "/v1/queues/diag/pause", sign(key)), 403) << "a viewer paused a queue";
+    // The public key, known to anyone, used as an HS256 secret must not pass (algorithm confusion).
+    std::ifstream pem(public_key);
+    const std::string pem_text((std::istreambuf_iterator<char>(pem)), {});
+    EXPECT_EQ(status("GET", "/v1/queues", jwt::sign_hs256(claims(), pem_text)), 401);
+}
+
+TEST_F(ApiAuthTest, ASchedulerWithAnUnusableKeySaysWhatIsWrongAndDoesNotStart) {
+    const auto short_secret = std::filesystem::temp_directory_path() / "conveyor-short-secret";
+    std::ofstream(short_secret) << "too-short\n";
+    auto [status, output] = run_command({(binary_dir() / "conveyor-scheduler").string(), "--jwt-secret-file",
+                                         short_secret.string(), "--pg-url", pg_url(), "--amqp-url", amqp_url()},
+                                        30s);
+    EXPECT_EQ(status, 2) << output;
+    EXPECT_NE(output.find("an HS256 secret must be at least 32 bytes, not 9"), std::string::npos) << output;
+    const auto [token_status, token_output] =
+        run_command({(binary_dir() / "conveyor").string(), "token", "--role", "root", "--subject", "x",
+                     "--jwt-secret-file", secret_file().string()},
+                    10s);
+    EXPECT_EQ(token_status, 2) << token_output;
+}
+
+}  // namespace
+}  // namespace conveyor::testing
