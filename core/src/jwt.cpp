@@ -14,6 +14,7 @@
 #include <cmath>
 #include <optional>
 
+#include "conveyor/core/base64url.hpp"
 #include "conveyor/core/config.hpp"
 
 namespace conveyor::jwt {
@@ -21,55 +22,6 @@ namespace conveyor::jwt {
 namespace {
 
 using Clock = std::chrono::system_clock;
-
-constexpr std::string_view kBase64UrlAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-int base64url_value(char c) {
-    const auto at = kBase64UrlAlphabet.find(c);
-    return at == std::string_view::npos ? -1 : static_cast<int>(at);
-}
-
-/// RFC 7515's base64url without padding; nothing for any other character or a length no encoding has.
-std::optional<std::string> decode_base64url(std::string_view text) {
-    if (text.size() % 4 == 1) {
-        return std::nullopt;
-    }
-    std::string bytes;
-    bytes.reserve(text.size() * 3 / 4);
-    unsigned buffer = 0;
-    int bits = 0;
-    for (const char c : text) {
-        const int value = base64url_value(c);
-        if (value < 0) {
-            return std::nullopt;
-        }
-        buffer = (buffer << 6U) | static_cast<unsigned>(value);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            bytes.push_back(static_cast<char>((buffer >> static_cast<unsigned>(bits)) & 0xFFU));
-        }
-    }
-    return bytes;
-}
-
-std::string encode_base64url(std::string_view bytes) {
-    std::string text;
-    unsigned buffer = 0;
-    int bits = 0;
-    for (const char c : bytes) {
-        buffer = (buffer << 8U) | static_cast<unsigned char>(c);
-        bits += 8;
-        while (bits >= 6) {
-            bits -= 6;
-            text.push_back(kBase64UrlAlphabet[(buffer >> static_cast<unsigned>(bits)) & 0x3FU]);
-        }
-    }
-    if (bits > 0) {
-        text.push_back(kBase64UrlAlphabet[(buffer << static_cast<unsigned>(6 - bits)) & 0x3FU]);
-    }
-    return text;
-}
 
 std::array<unsigned char, 32> hmac_sha256(std::string_view secret, std::string_view data) {
     std::array<unsigned char, 32> digest{};
@@ -81,7 +33,7 @@ std::array<unsigned char, 32> hmac_sha256(std::string_view secret, std::string_v
 
 /// A part of the token as the JSON object it must be.
 boost::json::object decode_part(std::string_view part, std::string_view name) {
-    const auto bytes = decode_base64url(part);
+    const auto bytes = base64url::decode(part);
     if (!bytes) {
         throw Refused(fmt::format("the token's {} is not base64url", name));
     }
@@ -185,7 +137,7 @@ Claims Verifier::verify(std::string_view token, Clock::time_point now) const {
     if (header.contains("crit")) {
         throw Refused("the token names critical header extensions this server does not know");
     }
-    const auto signature = decode_base64url(token.substr(second_dot + 1));
+    const auto signature = base64url::decode(token.substr(second_dot + 1));
     if (!signature) {
         throw Refused("the token's signature is not base64url");
     }
@@ -245,10 +197,10 @@ std::string sign_hs256(const boost::json::object& claims, std::string_view secre
             fmt::format("an HS256 secret must be at least {} bytes, not {}", kMinSecretBytes, secret.size()));
     }
     const auto signed_part =
-        encode_base64url(R"({"alg":"HS256","typ":"JWT"})") + "." + encode_base64url(boost::json::serialize(claims));
+        base64url::encode(R"({"alg":"HS256","typ":"JWT"})") + "." + base64url::encode(boost::json::serialize(claims));
     const auto digest = hmac_sha256(secret, signed_part);
     return signed_part + "." +
-           encode_base64url(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()));
+           base64url::encode(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()));
 }
 
 std::string read_secret_file(const std::string& path) {
@@ -271,7 +223,7 @@ bool looks_like_jwt(std::string_view credential) noexcept {
     const auto second_dot = credential.find('.', first_dot + 1);
     return first_dot > 0 && second_dot > first_dot + 1 && second_dot + 1 < credential.size() &&
            std::all_of(credential.begin(), credential.end(),
-                       [](char c) { return c == '.' || base64url_value(c) >= 0; });
+                       [](char c) { return c == '.' || base64url::is_alphabet(c); });
 }
 
 }  // namespace conveyor::jwt

@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "api_json.hpp"
+#include "console_sessions.hpp"
 #include "conveyor/core/scheduled_jobs.hpp"
 #include "enqueue_request.hpp"
 
@@ -67,7 +68,8 @@ std::optional<HttpResponse> enqueue_refusal(const pg::Error& error) {
 /// What a permission takes, for a 403's message.
 std::string_view needed(Permission permission) {
     switch (permission) {
-        case Permission::any:
+        case Permission::none:
+        case Permission::authenticated:
             return "enqueue scope or a role";
         case Permission::enqueue:
             return "enqueue scope (or the operator role)";
@@ -116,15 +118,18 @@ void EnqueueApi::register_routes(HttpServer& server) {
     add("POST", "/v1/queues/{family}/resume", P::operate, std::bind_front(&EnqueueApi::pause_queue, this, false));
     add("GET", "/v1/scheduled", P::view, std::bind_front(&EnqueueApi::list_scheduled, this));
     add("DELETE", "/v1/scheduled/{id}", P::operate, std::bind_front(&EnqueueApi::cancel_scheduled, this));
-    add("GET", "/v1/schedules", P::any, std::bind_front(&EnqueueApi::list_schedules, this));
+    add("GET", "/v1/schedules", P::authenticated, std::bind_front(&EnqueueApi::list_schedules, this));
     add("GET", "/v1/dead-letters", P::view, std::bind_front(&EnqueueApi::list_dead_letters, this));
     add("GET", "/v1/dead-letters/{id}", P::view, std::bind_front(&EnqueueApi::show_dead_letter, this));
     add("POST", "/v1/dead-letters/replay", P::operate, std::bind_front(&EnqueueApi::replay_dead_letters, this));
     add("POST", "/v1/dead-letters/purge", P::administer, std::bind_front(&EnqueueApi::purge_dead_letters, this));
     // Batches belong to the services that fill them: the enqueue scope opens, follows and seals them.
     add("POST", "/v1/batches", P::enqueue, std::bind_front(&EnqueueApi::open_batch, this));
-    add("GET", "/v1/batches/{id}", P::any, std::bind_front(&EnqueueApi::show_batch, this));
+    add("GET", "/v1/batches/{id}", P::authenticated, std::bind_front(&EnqueueApi::show_batch, this));
     add("POST", "/v1/batches/{id}/seal", P::enqueue, std::bind_front(&EnqueueApi::seal_batch, this));
+    add("POST", "/console/api/session", P::none, std::bind_front(&EnqueueApi::sign_in, this));
+    add("GET", "/console/api/session", P::none, std::bind_front(&EnqueueApi::show_session, this));
+    add("DELETE", "/console/api/session", P::none, std::bind_front(&EnqueueApi::sign_out, this));
     if (!authenticator_.configured()) {
         spdlog::warn(
             "api: no tokens (CONVEYOR_API_TOKENS_FILE) and no JWT key (CONVEYOR_JWT_SECRET_FILE or "
@@ -132,17 +137,44 @@ void EnqueueApi::register_routes(HttpServer& server) {
     }
 }
 
-std::optional<HttpResponse> EnqueueApi::refuse(const HttpRequest& request, Permission permission,
-                                               std::optional<Caller>& caller) {
+asio::awaitable<std::optional<HttpResponse>> EnqueueApi::refuse(const HttpRequest& request, Permission permission,
+                                                                std::optional<Caller>& caller) {
+    if (permission == Permission::none) {
+        caller.emplace();
+        co_return std::nullopt;
+    }
+    std::optional<HttpResponse> refusal;
     const auto authorization = request.header("Authorization");
-    if (!authorization || !authorization->starts_with("Bearer ") || authorization->size() <= 7) {
+    const auto cookie = console_sessions::cookie_value(request.header("Cookie").value_or(""));
+    if (authorization || !cookie) {
+        refusal = authenticate_bearer(request, authorization.value_or(""), caller);
+    } else {
+        refusal = co_await authenticate_session(request, *cookie, caller);
+    }
+    if (refusal) {
+        co_return refusal;
+    }
+    if (!caller->may(permission)) {
+        co_return error_response(403, fmt::format("{} lacks the {} this needs", caller->name, needed(permission)));
+    }
+    if (const auto wait = limiter_.try_acquire(*caller)) {
+        auto response = error_response(429, fmt::format("{} is over its rate limit", caller->name));
+        response.headers.emplace_back("Retry-After", std::to_string((wait->count() + 999) / 1000));
+        co_return response;
+    }
+    co_return std::nullopt;
+}
+
+std::optional<HttpResponse> EnqueueApi::authenticate_bearer(const HttpRequest& request, std::string_view authorization,
+                                                            std::optional<Caller>& caller) {
+    if (!authorization.starts_with("Bearer ") || authorization.size() <= 7) {
         auto response =
             error_response(401, authenticator_.configured() ? "an Authorization: Bearer <token> header is required"
                                                             : "the API has no tokens configured");
         response.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"conveyor\"");
         return response;
     }
-    auto outcome = authenticator_.authenticate(authorization->substr(7), std::chrono::system_clock::now());
+    auto outcome = authenticator_.authenticate(authorization.substr(7), std::chrono::system_clock::now());
     if (!outcome.caller) {
         if (const auto held_back = refusal_log_.admit()) {
             spdlog::warn("api: refused {} {} from {}: {}{}", request.method, request.path, request.remote_address,
@@ -155,15 +187,24 @@ std::optional<HttpResponse> EnqueueApi::refuse(const HttpRequest& request, Permi
         return response;
     }
     caller = std::move(outcome.caller);
-    if (!caller->may(permission)) {
-        return error_response(403, fmt::format("{} lacks the {} this needs", caller->name, needed(permission)));
-    }
-    if (const auto wait = limiter_.try_acquire(*caller)) {
-        auto response = error_response(429, fmt::format("{} is over its rate limit", caller->name));
-        response.headers.emplace_back("Retry-After", std::to_string((wait->count() + 999) / 1000));
-        return response;
-    }
     return std::nullopt;
+}
+
+asio::awaitable<std::optional<HttpResponse>> EnqueueApi::authenticate_session(const HttpRequest& request,
+                                                                              std::string_view cookie,
+                                                                              std::optional<Caller>& caller) {
+    auto session = co_await console_sessions::find(pool_, cookie);
+    if (!session) {
+        co_return error_response(401, "the console session has ended: sign in again");
+    }
+    // The browser sends the cookie with any request to this site, including one another site makes it send: a
+    // change also needs the token only the console's own page can read.
+    const bool reads = request.method == "GET" || request.method == "HEAD";
+    if (!reads && !console_sessions::csrf_matches(*session, request.header("X-CSRF-Token").value_or(""))) {
+        co_return error_response(403, "a change made with the console's session needs its X-CSRF-Token header");
+    }
+    caller = std::move(session->caller);
+    co_return std::nullopt;
 }
 
 void EnqueueApi::request_ended() noexcept {
@@ -188,7 +229,7 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, Permission permiss
         const std::unique_ptr<EnqueueApi, void (*)(EnqueueApi*)> counted(this,
                                                                          [](EnqueueApi* api) { api->request_ended(); });
         std::optional<Caller> caller;
-        auto refusal = refuse(request, permission, caller);
+        auto refusal = co_await refuse(request, permission, caller);
         HttpResponse response;
         if (refusal) {
             response = std::move(*refusal);

@@ -41,10 +41,14 @@ namespace conveyor::scheduler {
 ///   POST   /v1/batches          (enqueue)  opens a batch {id, description, callback, callback_payload} → 201
 ///   GET    /v1/batches/{id}     (any)      a batch's state, counts and progress
 ///   POST   /v1/batches/{id}/seal (enqueue) seals it ({"expected": N} members in all)
+///   POST   /console/api/session  (none)    signs in: {"token"} (a JWT or an API token with a role) → 201 with the
+///                                          session cookie and {user, role, csrf_token, expires_at}
+///   GET    /console/api/session  (cookie)  who is signed in; DELETE signs out (with X-CSRF-Token)
 /// In brackets what a route needs: the enqueue scope (or the operator role), or a role (viewer < operator < admin;
 /// the admin scope is the admin role). Every request needs `Authorization: Bearer <token>`: a static token or a
-/// JSON Web Token (Authenticator); errors are JSON {"error": "..."}. A list of jobs is accepted
-/// or refused whole, in one transaction, after every job was checked against the catalogue.
+/// JSON Web Token (Authenticator), or the console's session cookie, with X-CSRF-Token for a change; errors are JSON
+/// {"error": "..."}. A list of jobs is accepted or refused whole, in one transaction, after every job was checked
+/// against the catalogue.
 class EnqueueApi {
   public:
     /// Replays publish here, waiting at most `timeout` for each confirm (their rows stay locked meanwhile).
@@ -68,8 +72,15 @@ class EnqueueApi {
 
     /// Authentication, scope, rate limit, metrics and error handling around a handler.
     HttpServer::AsyncRoute guarded(std::string route, Permission permission, Handler handler);
-    std::optional<HttpResponse> refuse(const HttpRequest& request, Permission permission,
-                                       std::optional<Caller>& caller);
+    /// Why the request may not go on (401, 403, 429), or nothing with `caller` set: the Authorization header's
+    /// token, else the console's session cookie (and, for a change, its X-CSRF-Token).
+    boost::asio::awaitable<std::optional<HttpResponse>> refuse(const HttpRequest& request, Permission permission,
+                                                               std::optional<Caller>& caller);
+    std::optional<HttpResponse> authenticate_bearer(const HttpRequest& request, std::string_view authorization,
+                                                    std::optional<Caller>& caller);
+    boost::asio::awaitable<std::optional<HttpResponse>> authenticate_session(const HttpRequest& request,
+                                                                             std::string_view cookie,
+                                                                             std::optional<Caller>& caller);
 
     boost::asio::awaitable<HttpResponse> enqueue(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_scheduled(const HttpRequest& request, const Caller& caller);
@@ -87,6 +98,9 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> open_batch(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> show_batch(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> seal_batch(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> sign_in(const HttpRequest& request, const Caller& nobody);
+    boost::asio::awaitable<HttpResponse> show_session(const HttpRequest& request, const Caller& nobody);
+    boost::asio::awaitable<HttpResponse> sign_out(const HttpRequest& request, const Caller& nobody);
 
     pg::Pool& pool_;
     amqp::Connection& publisher_;
@@ -94,6 +108,8 @@ class EnqueueApi {
     const std::atomic<bool>& stopping_;
     const JobCatalogue& catalogue_;
     Authenticator authenticator_;
+    /// Session cookies carry Secure when the port serves TLS.
+    bool secure_cookies_ = false;
     RateLimiter limiter_;
     /// Requests with unknown tokens can come by the thousand: they are logged once per interval.
     LogThrottle refusal_log_;

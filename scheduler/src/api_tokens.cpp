@@ -183,7 +183,9 @@ Caller Caller::of(const ApiToken& token) {
 
 bool Caller::may(Permission permission) const {
     switch (permission) {
-        case Permission::any:
+        case Permission::none:
+            return true;
+        case Permission::authenticated:
             return can_enqueue || role.has_value();
         case Permission::enqueue:
             return can_enqueue;

@@ -12,36 +12,36 @@ Authenticator::Authenticator(std::vector<ApiToken> tokens, std::optional<jwt::Ve
 
 Authenticator::Outcome Authenticator::authenticate(std::string_view credential,
                                                    std::chrono::system_clock::time_point now) const {
+    const auto refused = [](unsigned status, std::string reason) {
+        return Outcome{std::nullopt, {status, std::move(reason)}, std::nullopt};
+    };
     if (!jwt::looks_like_jwt(credential)) {
         if (const auto* token = find_token(tokens_, credential)) {
-            return {Caller::of(*token), {}};
+            return {Caller::of(*token), {}, std::nullopt};
         }
-        return {std::nullopt, {401, "the token is not valid"}};
+        return refused(401, "the token is not valid");
     }
     if (!verifier_) {
-        return {std::nullopt,
-                {401,
-                 "this server accepts no JSON Web Tokens (no --jwt-secret-file or "
-                 "--jwt-public-key-file)"}};
+        return refused(401, "this server accepts no JSON Web Tokens (no --jwt-secret-file or --jwt-public-key-file)");
     }
     jwt::Claims claims;
     try {
         claims = verifier_->verify(credential, now);
     } catch (const jwt::Refused& e) {
-        return {std::nullopt, {401, e.what()}};
+        return refused(401, e.what());
     }
     const auto role = parse_role(claims.role);
     if (!role) {
-        return {std::nullopt, {403, "the token's role claim must be viewer, operator or admin"}};
+        return refused(403, "the token's role claim must be viewer, operator or admin");
     }
     if (claims.subject.empty()) {
-        return {std::nullopt, {401, "the token has no sub: the caller must be named, for the audit log"}};
+        return refused(401, "the token has no sub: the caller must be named, for the audit log");
     }
     Caller caller{.name = "user:" + claims.subject,
                   .role = role,
                   .can_enqueue = *role >= Role::operator_,
                   .rate_limit = std::nullopt};
-    return {std::move(caller), {}};
+    return {std::move(caller), {}, claims.expires_at};
 }
 
 Authenticator load_authenticator(const SchedulerSettings& settings) {

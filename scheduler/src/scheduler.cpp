@@ -14,6 +14,8 @@
 
 #include "api.hpp"
 #include "archiver.hpp"
+#include "console_pages.hpp"
+#include "console_sessions.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/metrics.hpp"
@@ -176,6 +178,7 @@ class Scheduler::Impl {
             return HttpResponse{200, kPrometheusContentType, serialize_metrics(*registry_)};
         });
         api_.register_routes(http_);
+        register_console_pages(http_);
         http_.set_limits({.max_connections = settings_.http_max_connections,
                           .max_body_bytes = settings_.api_max_body_bytes,
                           .client_rate = settings_.http_client_rate,
@@ -310,6 +313,7 @@ class Scheduler::Impl {
         if (total > 0) {
             spdlog::info("retention: deleted {} finished scheduled jobs older than {} s", total, seconds);
         }
+        co_await console_sessions::prune(pool_);
     }
 
     asio::io_context& io_;

@@ -3,6 +3,7 @@
 // refused the rest, and every token that must not be believed refused with 401.
 #include <fmt/format.h>
 
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <filesystem>
 
@@ -170,6 +171,79 @@ TEST_F(ApiAuthTest, ASchedulerWithAnUnusableKeySaysWhatIsWrongAndDoesNotStart) {
                      "--jwt-secret-file", secret_file().string()},
                     10s);
     EXPECT_EQ(token_status, 2) << token_output;
+}
+
+/// The console's sign-in: a token buys an HttpOnly, SameSite=Strict cookie (only its hash is stored) that another
+/// replica accepts too; reads with it need nothing more, changes need the session's CSRF token, a viewer's session
+/// changes nothing, and a sign-out or the expiry ends it everywhere.
+TEST_F(ApiAuthTest, AConsoleSessionReadsWithItsCookieChangesWithItsCsrfTokenAndEndsEverywhere) {
+    database_.query("TRUNCATE conveyor.console_sessions");
+    const auto tokens = write_file("console-tokens", fmt::format("tokens:\n  - name: shop\n    sha256: {}\n"
+                                                                 "    scopes: [enqueue]\n",
+                                                                 sha256("enqueue-secret")));
+    const std::vector<std::string> args{"--jwt-secret-file", secret_file().string(), "--api-tokens-file",
+                                        tokens.string()};
+    auto first = start_scheduler(args, "console-first");
+    auto second = start_scheduler(args, "console-second");
+    const auto sign_in = [&](const std::string& credential) {
+        return call_api(first.port, "POST", "/console/api/session", "", R"({"token": ")" + credential + R"("})");
+    };
+    const auto signed_in = sign_in(token("operator", "olga"));
+    ASSERT_EQ(signed_in.status, 201) << signed_in.body;
+    const auto& set_cookie = signed_in.headers.at("set-cookie");
+    for (const auto* attribute : {"; Path=/", "; HttpOnly", "; SameSite=Strict", "; Max-Age="}) {
+        EXPECT_NE(set_cookie.find(attribute), std::string::npos) << set_cookie;
+    }
+    const auto max_age = std::stoi(set_cookie.substr(set_cookie.find("Max-Age=") + 8));
+    EXPECT_GT(max_age, 500) << "the session outlives its 10 minute token";
+    EXPECT_LE(max_age, 600) << "the session outlives its 10 minute token";
+    const auto value = set_cookie.substr(set_cookie.find('=') + 1, set_cookie.find(';') - set_cookie.find('=') - 1);
+    const auto cookie = "Cookie: conveyor_session=" + value;
+    const auto csrf = std::string(boost::json::parse(signed_in.body).at("csrf_token").as_string());
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.console_sessions WHERE id_sha256 = "
+                               "sha256(convert_to($1, 'UTF8'))",
+                               {value}),
+              1)
+        << "the session is not stored by its cookie's SHA-256";
+
+    const auto call = [&](std::uint16_t port, const std::string& method, const std::string& path,
+                          const std::vector<std::string>& headers) {
+        return call_api(port, method, path, "", {}, headers).status;
+    };
+    EXPECT_EQ(call(second.port, "GET", "/v1/queues", {cookie}), 200) << "another replica refused the session";
+    EXPECT_EQ(call(first.port, "POST", "/v1/queues/diag/pause", {cookie}), 403) << "a change without the CSRF token";
+    EXPECT_EQ(call(first.port, "POST", "/v1/queues/diag/pause", {cookie, "X-CSRF-Token: " + csrf + "x"}), 403);
+    EXPECT_EQ(call(second.port, "POST", "/v1/queues/diag/pause", {cookie, "X-CSRF-Token: " + csrf}), 200);
+    EXPECT_EQ(call(second.port, "POST", "/v1/queues/diag/resume", {cookie, "X-CSRF-Token: " + csrf}), 200);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.queue_pauses WHERE family = 'diag' AND job_type = '' "
+                               "AND NOT paused AND changed_by = 'api:user:olga'"),
+              1);
+    const auto shown = call_api(first.port, "GET", "/console/api/session", "", {}, {cookie});
+    EXPECT_NE(shown.body.find(R"("user":"user:olga","role":"operator")"), std::string::npos) << shown.body;
+
+    const auto viewer = sign_in(token("viewer", "vera"));
+    ASSERT_EQ(viewer.status, 201) << viewer.body;
+    const auto viewer_cookie = viewer.headers.at("set-cookie");
+    const auto viewer_csrf = std::string(boost::json::parse(viewer.body).at("csrf_token").as_string());
+    EXPECT_EQ(call(first.port, "POST", "/v1/queues/diag/pause",
+                   {"Cookie: " + viewer_cookie.substr(0, viewer_cookie.find(';')), "X-CSRF-Token: " + viewer_csrf}),
+              403)
+        << "a viewer's session paused a queue";
+    EXPECT_EQ(sign_in("enqueue-secret").status, 403) << "an enqueue-only token signed in to the console";
+    EXPECT_EQ(sign_in("no-such-token").status, 401);
+    EXPECT_EQ(call_api(first.port, "POST", "/console/api/session", "", R"({"secret": "x"})").status, 400);
+
+    EXPECT_EQ(call(first.port, "DELETE", "/console/api/session", {cookie}), 403) << "signed out without CSRF";
+    const auto signed_out =
+        call_api(first.port, "DELETE", "/console/api/session", "", {}, {cookie, "X-CSRF-Token: " + csrf});
+    EXPECT_EQ(signed_out.status, 200) << signed_out.body;
+    EXPECT_NE(signed_out.headers.at("set-cookie").find("Max-Age=0"), std::string::npos);
+    EXPECT_EQ(call(second.port, "GET", "/v1/queues", {cookie}), 401) << "the session outlived its sign-out";
+
+    database_.query("UPDATE conveyor.console_sessions SET expires_at = now() - interval '1 second'");
+    EXPECT_EQ(call(second.port, "GET", "/v1/queues", {"Cookie: " + viewer_cookie.substr(0, viewer_cookie.find(';'))}),
+              401)
+        << "an expired session was accepted";
 }
 
 }  // namespace

@@ -90,11 +90,16 @@ class SchedulerFixture : public WorkerTest {
         return output.substr(0, 64);
     }
 
+    /// `headers` are sent as they are ("Cookie: …", "X-CSRF-Token: …").
     static ApiResponse call_api(std::uint16_t port, const std::string& method, const std::string& path,
-                                const std::string& token, const std::string& body = {}) {
+                                const std::string& token, const std::string& body = {},
+                                const std::vector<std::string>& headers = {}) {
         std::vector<std::string> command{"/usr/bin/curl", "-sS", "-i", "-X", method, "-H", "Expect:"};
         if (!token.empty()) {
             command.insert(command.end(), {"-H", "Authorization: Bearer " + token});
+        }
+        for (const auto& header : headers) {
+            command.insert(command.end(), {"-H", header});
         }
         std::filesystem::path body_file;
         if (!body.empty()) {

@@ -319,7 +319,7 @@ TEST(ApiTokensRoles, ARoleGrantsWhatItMayAndTheAdminScopeIsTheAdminRole) {
     EXPECT_TRUE(admin.may(Permission::administer));
     EXPECT_TRUE(admin.may(Permission::enqueue));
     EXPECT_TRUE(shop.may(Permission::enqueue));
-    EXPECT_TRUE(shop.may(Permission::any));
+    EXPECT_TRUE(shop.may(Permission::authenticated));
     EXPECT_FALSE(shop.may(Permission::view)) << "an enqueue-only token reads nothing";
     EXPECT_EQ(shop.source(), "api:shop");
 

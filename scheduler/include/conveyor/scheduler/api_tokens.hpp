@@ -23,9 +23,9 @@ enum class Role { viewer, operator_, admin };
 [[nodiscard]] std::optional<Role> parse_role(std::string_view name);
 [[nodiscard]] std::string_view role_name(Role role);
 
-/// What a route needs of its caller: `any` authenticated caller, one that may `enqueue`, or a role that may `view`,
-/// `operate` or `administer`.
-enum class Permission { any, enqueue, view, operate, administer };
+/// What a route needs of its caller: `none` (no credentials: the console's sign-in), an `authenticated` caller, one
+/// that may `enqueue`, or a role that may `view`, `operate` or `administer`.
+enum class Permission { none, authenticated, enqueue, view, operate, administer };
 
 /// One entry of CONVEYOR_API_TOKENS_FILE. The file holds each token's SHA-256, never the token, so it can be a
 /// mounted secret that leaks nothing usable.

@@ -29,6 +29,8 @@ class Authenticator {
     struct Outcome {
         std::optional<Caller> caller;
         Refusal refusal;
+        /// When the credential stops being valid: a JWT's exp; nothing for a static token.
+        std::optional<std::chrono::system_clock::time_point> expires_at;
     };
     [[nodiscard]] Outcome authenticate(std::string_view credential, std::chrono::system_clock::time_point now) const;
 
