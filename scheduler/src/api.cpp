@@ -83,6 +83,23 @@ std::string_view needed(Permission permission) {
     return "admin role";
 }
 
+/// The answer to a request the database failed: 400 for what the request holds (a value PostgreSQL cannot store),
+/// 503 with Retry-After while it is unavailable, 500 otherwise; logged once.
+HttpResponse database_failure(const HttpRequest& request, std::string_view caller, const pg::Error& error) {
+    if (const auto fault = request_fault(error)) {
+        spdlog::debug("api: {} {} ({}) refused by the database: {}", request.method, request.path, caller,
+                      error.what());
+        return error_response(400, *fault);
+    }
+    spdlog::error("api: {} {} ({}): {}", request.method, request.path, caller, error.what());
+    if (!error.transient()) {
+        return error_response(500, "internal error");
+    }
+    auto response = error_response(503, "the database is busy or unavailable; try again");
+    response.headers.emplace_back("Retry-After", "1");
+    return response;
+}
+
 }  // namespace
 
 EnqueueApi::EnqueueApi(pg::Pool& pool, Publisher publisher, const std::atomic<bool>& stopping,
@@ -228,39 +245,27 @@ HttpServer::AsyncRoute EnqueueApi::guarded(std::string route, Permission permiss
         ++in_flight_;
         const std::unique_ptr<EnqueueApi, void (*)(EnqueueApi*)> counted(this,
                                                                          [](EnqueueApi* api) { api->request_ended(); });
-        std::optional<Caller> caller;
-        auto refusal = co_await refuse(request, permission, caller);
-        HttpResponse response;
-        if (refusal) {
-            response = std::move(*refusal);
-        } else {
-            std::string failure;
-            bool unavailable = false;
-            try {
-                response = co_await handler(request, *caller);
-            } catch (const pg::Error& e) {
-                failure = e.what();
-                unavailable = e.transient();
-                if (const auto fault = request_fault(e)) {
-                    spdlog::debug("api: {} {} ({}) refused by the database: {}", request.method, request.path,
-                                  caller->name, e.what());
-                    response = error_response(400, *fault);
-                    failure.clear();
-                }
-            }
-            if (!failure.empty()) {
-                spdlog::error("api: {} {} ({}): {}", request.method, request.path, caller->name, failure);
-                response = unavailable ? error_response(503, "the database is busy or unavailable; try again")
-                                       : error_response(500, "internal error");
-                if (unavailable) {
-                    response.headers.emplace_back("Retry-After", "1");
-                }
-            }
-        }
+        auto response = co_await respond(request, permission, handler);
         requests_.Add({{"route", route}, {"status", std::to_string(response.status)}}).Increment();
         latency.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
         co_return response;
     };
+}
+
+asio::awaitable<HttpResponse> EnqueueApi::respond(const HttpRequest& request, Permission permission,
+                                                  const Handler& handler) {
+    std::optional<Caller> caller;
+    std::optional<pg::Error> failure;
+    try {
+        auto refusal = co_await refuse(request, permission, caller);
+        if (refusal) {
+            co_return std::move(*refusal);
+        }
+        co_return co_await handler(request, *caller);
+    } catch (const pg::Error& e) {
+        failure = e;
+    }
+    co_return database_failure(request, caller ? caller->name : std::string("-"), *failure);
 }
 
 asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, const Caller& caller) {

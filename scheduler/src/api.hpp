@@ -72,6 +72,9 @@ class EnqueueApi {
 
     /// Authentication, scope, rate limit, metrics and error handling around a handler.
     HttpServer::AsyncRoute guarded(std::string route, Permission permission, Handler handler);
+    /// The handler's answer, or the refusal, or what a database failure (in either) calls for.
+    boost::asio::awaitable<HttpResponse> respond(const HttpRequest& request, Permission permission,
+                                                 const Handler& handler);
     /// Why the request may not go on (401, 403, 429), or nothing with `caller` set: the Authorization header's
     /// token, else the console's session cookie (and, for a change, its X-CSRF-Token).
     boost::asio::awaitable<std::optional<HttpResponse>> refuse(const HttpRequest& request, Permission permission,

@@ -68,7 +68,10 @@ asio::awaitable<HttpResponse> EnqueueApi::sign_in(const HttpRequest& request, co
     const auto now = Clock::now();
     auto outcome = authenticator_.authenticate(credential, now);
     if (!outcome.caller) {
-        spdlog::warn("console: sign-in refused from {}: {}", request.remote_address, outcome.refusal.reason);
+        if (const auto held_back = refusal_log_.admit()) {
+            spdlog::warn("console: sign-in refused from {}: {}{}", request.remote_address, outcome.refusal.reason,
+                         LogThrottle::held_back_note(*held_back));
+        }
         co_return no_store(error_response(outcome.refusal.status, outcome.refusal.reason));
     }
     if (!outcome.caller->role) {
