@@ -152,6 +152,10 @@ asio::awaitable<ReplayResult> replay(pg::Pool& pool, amqp::Connection& publisher
     filter.state = "dead";
     ReplayResult result;
     result.matched = co_await count_replayable(pool, request);
+    if (result.matched == 0) {
+        co_return result;
+    }
+    const auto audit_entry = co_await open_replay_entry(pool, filter, request.by, request.to_type, result.matched);
     const auto clock = co_await pool.query("SELECT now()::text");
     const std::string since(clock.text(0, 0));
     auto next_send = Clock::now();
@@ -172,7 +176,7 @@ asio::awaitable<ReplayResult> replay(pg::Pool& pool, amqp::Connection& publisher
         } else {
             published = co_await publish_all(publisher, rows, request, result);
         }
-        co_await mark_replayed(transaction, published, request.by, request.to_type);
+        co_await mark_replayed(transaction, published, request.by, request.to_type, audit_entry);
         co_await transaction.commit();
         result.replayed += static_cast<std::int64_t>(published.size());
         hooks.on_progress(result);
@@ -191,6 +195,8 @@ asio::awaitable<ReplayResult> replay(pg::Pool& pool, amqp::Connection& publisher
         }
     }
     result.stopped = hooks.stop_requested();
+    const auto why_ended = result.stopped && result.failure.empty() ? std::string("stopped") : result.failure;
+    co_await close_replay_entry(pool, audit_entry, result.replayed, why_ended);
     co_return result;
 }
 

@@ -21,18 +21,24 @@ constexpr std::string_view kWhere =
     "AND ($6::timestamptz IS NULL OR failed_at < $6::timestamptz) AND ($7::text IS NULL OR job_id = $7) "
     "AND ($8::text IS NULL OR fingerprint = lower($8)) AND ($9::text IS NULL OR state = $9)";
 
+// The filter's fields ($1…$9) as a JSON object of those that are set, for the audit log.
+constexpr std::string_view kFilterJson =
+    "jsonb_strip_nulls(jsonb_build_object('family', $1::text, 'type', $2::text, 'reason', $3::text, "
+    "'error_contains', $4::text, 'since', $5::text, 'until', $6::text, 'job_id', $7::text, 'fingerprint', $8::text, "
+    "'state', $9::text))";
+
 std::vector<pg::Param> filter_params(const Filter& filter) {
     return {filter.family, filter.type,   filter.reason,      filter.error_contains, filter.since,
             filter.until,  filter.job_id, filter.fingerprint, filter.state};
 }
 
-/// Runs `sql` with the filter's condition in place of its {}, on a pool or in a transaction; the filter's parameters
-/// are $1…$9 and `extra` follow from $10.
+/// Runs `sql` with the filter's condition in place of its {where} (and its JSON in place of {filter_json}), on a pool
+/// or in a transaction; the filter's parameters are $1…$9 and `extra` follow from $10.
 template <typename Session>
 asio::awaitable<pg::Result> query_filtered(Session& session, std::string_view sql, const Filter& filter,
                                            std::vector<pg::Param> extra = {}) {
     // Named: no temporaries inside co_await for g++ 12.
-    auto statement = fmt::format(fmt::runtime(sql), kWhere);
+    auto statement = fmt::format(fmt::runtime(sql), fmt::arg("where", kWhere), fmt::arg("filter_json", kFilterJson));
     auto params = filter_params(filter);
     params.insert(params.end(), std::make_move_iterator(extra.begin()), std::make_move_iterator(extra.end()));
     auto rows = co_await session.query_params(std::move(statement), std::move(params));
@@ -78,7 +84,7 @@ asio::awaitable<pg::Result> list(pg::Pool& pool, const Filter& filter, std::int6
         pool,
         "SELECT id, job_id, type, family, reason, attempts, "
         "to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), error, "
-        "fingerprint, state, correlation_id FROM conveyor.dead_letters WHERE {} ORDER BY id LIMIT $10",
+        "fingerprint, state, correlation_id FROM conveyor.dead_letters WHERE {where} ORDER BY id LIMIT $10",
         filter, {std::to_string(limit)});
 }
 
@@ -98,7 +104,7 @@ asio::awaitable<pg::Result> stats(pg::Pool& pool, const Filter& filter) {
     return query_filtered(pool,
                           "SELECT family, type, reason, count(*), "
                           "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
-                          "FROM conveyor.dead_letters WHERE {} GROUP BY family, type, reason "
+                          "FROM conveyor.dead_letters WHERE {where} GROUP BY family, type, reason "
                           "ORDER BY count(*) DESC, family, type, reason",
                           filter);
 }
@@ -108,13 +114,13 @@ asio::awaitable<pg::Result> groups(pg::Pool& pool, const Filter& filter) {
                           "SELECT fingerprint, count(*), min(error_pattern), string_agg(DISTINCT type, ','), "
                           "to_char(min(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
                           "to_char(max(failed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-                          "(array_agg(error ORDER BY id))[1] FROM conveyor.dead_letters WHERE {} "
+                          "(array_agg(error ORDER BY id))[1] FROM conveyor.dead_letters WHERE {where} "
                           "GROUP BY fingerprint ORDER BY count(*) DESC, fingerprint",
                           filter);
 }
 
 asio::awaitable<std::int64_t> count(pg::Pool& pool, const Filter& filter) {
-    const auto rows = co_await query_filtered(pool, "SELECT count(*) FROM conveyor.dead_letters WHERE {}", filter);
+    const auto rows = co_await query_filtered(pool, "SELECT count(*) FROM conveyor.dead_letters WHERE {where}", filter);
     co_return rows.integer(0, 0);
 }
 
@@ -122,13 +128,52 @@ asio::awaitable<pg::Result> claim(pg::Transaction& transaction, const Filter& fi
                                   std::int64_t limit) {
     return query_filtered(transaction,
                           "SELECT id, job_id, type, routing_key, correlation_id, headers::text, encode(body, 'hex') "
-                          "FROM conveyor.dead_letters WHERE {} AND id > $10 ORDER BY id LIMIT $11 "
+                          "FROM conveyor.dead_letters WHERE {where} AND id > $10 ORDER BY id LIMIT $11 "
                           "FOR UPDATE SKIP LOCKED",
                           filter, {std::to_string(after), std::to_string(limit)});
 }
 
+std::string describe(const Filter& filter) {
+    std::vector<std::string> parts;
+    const auto add = [&parts](std::string_view name, const std::optional<std::string>& value) {
+        if (value) {
+            parts.push_back(fmt::format("{}={}", name, *value));
+        }
+    };
+    add("family", filter.family);
+    add("type", filter.type);
+    add("reason", filter.reason);
+    add("error", filter.error_contains);
+    add("since", filter.since);
+    add("until", filter.until);
+    add("job", filter.job_id);
+    add("fingerprint", filter.fingerprint);
+    return parts.empty() ? std::string("all dead letters") : fmt::format("dead letters {}", fmt::join(parts, " "));
+}
+
+asio::awaitable<std::int64_t> open_replay_entry(pg::Pool& pool, const Filter& filter, const std::string& by,
+                                                const std::string& as_type, std::int64_t matched) {
+    std::vector<pg::Param> entry{by, describe(filter), std::to_string(matched),
+                                 as_type.empty() ? pg::Param() : pg::Param(as_type)};
+    const auto rows = co_await query_filtered(
+        pool,
+        "INSERT INTO conveyor.audit_log (actor, action, target, details) SELECT $10, 'replay', $11, "
+        "jsonb_strip_nulls(jsonb_build_object('filter', {filter_json}, 'matched', $12::bigint, 'as_type', $13::text)) "
+        "RETURNING id",
+        filter, std::move(entry));
+    co_return rows.integer(0, 0);
+}
+
+asio::awaitable<void> close_replay_entry(pg::Pool& pool, std::int64_t entry, std::int64_t replayed,
+                                         const std::string& failure) {
+    co_await pool.query(
+        "UPDATE conveyor.audit_log SET details = details || jsonb_strip_nulls(jsonb_build_object('replayed', "
+        "$2::bigint, 'failure', $3::text)) WHERE id = $1",
+        entry, replayed, failure.empty() ? std::nullopt : std::optional(failure));
+}
+
 asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vector<std::string>& ids,
-                                    const std::string& by, const std::string& as_type) {
+                                    const std::string& by, const std::string& as_type, std::int64_t audit_entry) {
     if (ids.empty()) {
         co_return;
     }
@@ -136,18 +181,24 @@ asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vec
     const std::optional<std::string> as = as_type.empty() ? std::nullopt : std::optional(as_type);
     co_await transaction.query(
         "WITH marked AS (UPDATE conveyor.dead_letters SET state = 'replayed', replayed_at = now(), replayed_by = $2, "
-        "replayed_as = coalesce($3, type) WHERE id = ANY($1::bigint[]) RETURNING queue) "
+        "replayed_as = coalesce($3, type) WHERE id = ANY($1::bigint[]) RETURNING queue, job_id), "
+        "audited AS (UPDATE conveyor.audit_log SET job_ids = job_ids || (SELECT array_agg(job_id) FROM marked) "
+        "WHERE id = $4) "
         "INSERT INTO conveyor.dead_letter_replays AS r (queue, replayed) "
         "SELECT queue, count(*) FROM marked GROUP BY queue "
         "ON CONFLICT (queue) DO UPDATE SET replayed = r.replayed + excluded.replayed",
-        id_array, by, as);
+        id_array, by, as, audit_entry);
 }
 
-asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter) {
-    return query_filtered(pool,
-                          "WITH gone AS (DELETE FROM conveyor.dead_letters WHERE {} RETURNING type, reason) "
-                          "SELECT type, reason, count(*) FROM gone GROUP BY type, reason ORDER BY count(*) DESC, type",
-                          filter);
+asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter, const std::string& by) {
+    return query_filtered(
+        pool,
+        "WITH gone AS (DELETE FROM conveyor.dead_letters WHERE {where} RETURNING type, reason, job_id), "
+        "audited AS (INSERT INTO conveyor.audit_log (actor, action, target, job_ids, details) "
+        "SELECT $10, 'purge', $11, array_agg(job_id), jsonb_build_object('filter', {filter_json}, 'count', count(*)) "
+        "FROM gone HAVING count(*) > 0) "
+        "SELECT type, reason, count(*) FROM gone GROUP BY type, reason ORDER BY count(*) DESC, type",
+        filter, {by, describe(filter)});
 }
 
 asio::awaitable<Outcomes> outcomes(pg::Pool& pool, const std::vector<std::string>& job_ids, const std::string& since) {

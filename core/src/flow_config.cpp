@@ -200,7 +200,9 @@ boost::asio::awaitable<Stored> apply(pg::Pool& pool, const std::string& source, 
     const auto stored = co_await pool.query(
         "WITH newest AS (SELECT version, source FROM conveyor.flow_config ORDER BY version DESC LIMIT 1), "
         "inserted AS (INSERT INTO conveyor.flow_config (source, applied_by) SELECT $1, $2 "
-        "WHERE NOT EXISTS (SELECT 1 FROM newest WHERE source = $1) RETURNING version) "
+        "WHERE NOT EXISTS (SELECT 1 FROM newest WHERE source = $1) RETURNING version), "
+        "audited AS (INSERT INTO conveyor.audit_log (actor, action, target, details) "
+        "SELECT $2, 'apply_flow_limits', 'version ' || version, jsonb_build_object('version', version) FROM inserted) "
         "SELECT version, true FROM inserted UNION ALL SELECT version, false FROM newest WHERE source = $1",
         source, by);
     co_return Stored{stored.integer(0, 0), stored.text(0, 1) == "t"};

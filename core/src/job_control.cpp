@@ -98,9 +98,13 @@ asio::awaitable<CancelOutcome> request_cancel(pg::Pool& pool, std::string_view j
             co_return outcome;
         }
     }
+    const auto state_before = job ? std::optional(job->state) : std::nullopt;
     co_await pool.query(
-        "INSERT INTO conveyor.job_cancellations (job_id, requested_by) VALUES ($1, $2) ON CONFLICT (job_id) DO NOTHING",
-        job_id, by);
+        "WITH tombstone AS (INSERT INTO conveyor.job_cancellations (job_id, requested_by) VALUES ($1, $2) "
+        "ON CONFLICT (job_id) DO NOTHING RETURNING job_id) "
+        "INSERT INTO conveyor.audit_log (actor, action, target, job_ids, details) "
+        "SELECT $2, 'cancel', $1, ARRAY[$1], jsonb_build_object('state', $3::text) FROM tombstone",
+        job_id, by, state_before);
     if (job && job->state == "scheduled") {
         // Published meanwhile, it is a queued job: the tombstone stops it.
         const auto scheduled = co_await scheduled_jobs::cancel(pool, std::string(job_id));
@@ -172,12 +176,17 @@ asio::awaitable<PauseChange> set_paused(pg::Pool& pool, std::string_view family,
     check_pause_target(family, job_type);
     // The version is drawn under the row's lock (DO UPDATE), so a later commit to the row has a higher one.
     const auto written = co_await pool.query(
-        fmt::format("INSERT INTO conveyor.queue_pauses AS p (family, job_type, paused, version, changed_by) "
-                    "VALUES ($1, $2, $3, nextval('conveyor.queue_pause_versions'), $4) "
-                    "ON CONFLICT (family, job_type) DO UPDATE SET paused = EXCLUDED.paused, "
-                    "version = nextval('conveyor.queue_pause_versions'), changed_at = now(), "
-                    "changed_by = EXCLUDED.changed_by WHERE p.paused <> EXCLUDED.paused RETURNING {}",
-                    kPauseColumns),
+        fmt::format(
+            "WITH written AS (INSERT INTO conveyor.queue_pauses AS p (family, job_type, paused, version, changed_by) "
+            "VALUES ($1, $2, $3, nextval('conveyor.queue_pause_versions'), $4) "
+            "ON CONFLICT (family, job_type) DO UPDATE SET paused = EXCLUDED.paused, "
+            "version = nextval('conveyor.queue_pause_versions'), changed_at = now(), "
+            "changed_by = EXCLUDED.changed_by WHERE p.paused <> EXCLUDED.paused RETURNING {}), "
+            "audited AS (INSERT INTO conveyor.audit_log (actor, action, target) "
+            "SELECT $4, CASE WHEN $3 THEN 'pause' ELSE 'resume' END, "
+            "CASE WHEN $2 = '' THEN $1 ELSE $2 END FROM written) "
+            "SELECT * FROM written",
+            kPauseColumns),
         family, job_type, paused, by);
     if (written.rows() == 1) {
         co_return PauseChange{pause_state(written, 0), true};

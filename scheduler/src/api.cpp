@@ -133,6 +133,8 @@ void EnqueueApi::register_routes(HttpServer& server) {
     add("GET", "/v1/queues", P::view, std::bind_front(&EnqueueApi::list_queues, this));
     add("POST", "/v1/queues/{family}/pause", P::operate, std::bind_front(&EnqueueApi::pause_queue, this, true));
     add("POST", "/v1/queues/{family}/resume", P::operate, std::bind_front(&EnqueueApi::pause_queue, this, false));
+    add("GET", "/v1/workers", P::view, std::bind_front(&EnqueueApi::list_workers, this));
+    add("GET", "/v1/audit", P::view, std::bind_front(&EnqueueApi::list_audit, this));
     add("GET", "/v1/scheduled", P::view, std::bind_front(&EnqueueApi::list_scheduled, this));
     add("DELETE", "/v1/scheduled/{id}", P::operate, std::bind_front(&EnqueueApi::cancel_scheduled, this));
     add("GET", "/v1/schedules", P::authenticated, std::bind_front(&EnqueueApi::list_schedules, this));

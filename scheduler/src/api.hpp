@@ -93,6 +93,8 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> list_jobs(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> cancel_job(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_queues(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> list_workers(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> list_audit(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> pause_queue(bool paused, const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_dead_letters(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> show_dead_letter(const HttpRequest& request, const Caller& caller);

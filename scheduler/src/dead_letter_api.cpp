@@ -290,7 +290,8 @@ asio::awaitable<HttpResponse> EnqueueApi::purge_dead_letters(const HttpRequest& 
         auto response = error_response(400, e.what());
         co_return response;
     }
-    const auto rows = co_await dead_letters::purge(pool_, filter);
+    const auto source = caller.source();
+    const auto rows = co_await dead_letters::purge(pool_, filter, source);
     std::int64_t deleted = 0;
     for (int row = 0; row < rows.rows(); ++row) {
         deleted += rows.integer(row, 2);

@@ -3,6 +3,7 @@
 
 #include "api.hpp"
 #include "api_json.hpp"
+#include "conveyor/core/audit.hpp"
 #include "conveyor/core/envelope.hpp"
 #include "conveyor/core/job_control.hpp"
 #include "conveyor/core/job_history.hpp"
@@ -51,7 +52,12 @@ asio::awaitable<HttpResponse> EnqueueApi::show_job(const HttpRequest& request, c
         auto response = error_response(404, fmt::format("no job {} in the history or among the scheduled jobs", id));
         co_return response;
     }
-    auto response = json_response(200, job_history::to_json(*job));
+    audit::Filter touched;
+    touched.job_id = id;
+    const auto entries = co_await audit::list(pool_, touched);
+    auto shown = job_history::to_json(*job);
+    shown.as_object()["audit"] = audit::to_json(entries, touched).as_object()["entries"];
+    auto response = json_response(200, shown);
     co_return response;
 }
 

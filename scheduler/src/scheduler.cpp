@@ -23,6 +23,7 @@
 #include "conveyor/core/redaction.hpp"
 #include "conveyor/core/task_group.hpp"
 #include "conveyor/core/topology.hpp"
+#include "conveyor/core/workers.hpp"
 #include "firing.hpp"
 #include "relay.hpp"
 #include "scheduler_metrics.hpp"
@@ -38,6 +39,8 @@ constexpr std::uint16_t kArchiverPrefetch = 200;
 constexpr auto kProbeInterval = std::chrono::seconds(1);
 constexpr auto kCountInterval = std::chrono::seconds(5);
 constexpr auto kPruneInterval = std::chrono::minutes(1);
+// How long a worker stopped or gone stays on record (in the console and GET /v1/workers).
+constexpr auto kDepartedWorkersKept = std::chrono::hours(24);
 constexpr int kPruneBatch = 10'000;
 
 pg::Settings database_settings(const SchedulerSettings& settings, std::size_t pool_size, std::string_view role) {
@@ -314,6 +317,10 @@ class Scheduler::Impl {
             spdlog::info("retention: deleted {} finished scheduled jobs older than {} s", total, seconds);
         }
         co_await console_sessions::prune(pool_);
+        const auto departed = co_await workers::prune(pool_, kDepartedWorkersKept);
+        if (departed > 0) {
+            spdlog::info("retention: forgot {} workers stopped or gone for a day", departed);
+        }
     }
 
     asio::io_context& io_;

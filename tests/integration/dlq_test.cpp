@@ -352,10 +352,25 @@ TEST_F(DlqTest, AReplayKilledMidwayAndRunAgainRunsEveryJobExactlyOnce) {
     const auto first = database_.scalar("SELECT count(*) FROM conveyor.dead_letters WHERE state = 'replayed'");
     EXPECT_LT(first, kJobs) << "the kill came too late to test anything";
     EXPECT_EQ(first + dead_count(), kJobs) << "every dead letter is either replayed or still replayable";
+    // The audit entry gains each chunk's job ids in the chunk's transaction: after the kill it names exactly the
+    // jobs marked replayed, none that the kill left replayable.
+    const std::string audited_jobs =
+        "SELECT DISTINCT unnest(job_ids) FROM conveyor.audit_log WHERE action = 'replay' AND job_ids && "
+        "ARRAY(SELECT job_id FROM conveyor.dead_letters WHERE job_id LIKE $1)";
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM (" + audited_jobs + ") a", {run_ + "-kill-%"}), first);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM (" + audited_jobs +
+                                   ") a(job_id) JOIN conveyor.dead_letters d USING (job_id) WHERE d.state = 'dead'",
+                               {run_ + "-kill-%"}),
+              0);
 
     const auto second = dlq({"replay", "--type", "diag.ledger", "--no-progress"});
     ASSERT_EQ(second.status, 0) << second.output;
     EXPECT_EQ(dead_count(), 0);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM (" + audited_jobs + ") a", {run_ + "-kill-%"}), kJobs);
+    EXPECT_EQ(database_.scalar("SELECT (details->>'replayed')::bigint FROM conveyor.audit_log WHERE action = 'replay' "
+                               "ORDER BY id DESC LIMIT 1"),
+              kJobs - first)
+        << "the finished replay records how many it replayed";
     const auto applied = [&] {
         return database_.scalar("SELECT count(*) FROM conveyor.diag_ledger WHERE job_id LIKE $1", {run_ + "-kill-%"});
     };

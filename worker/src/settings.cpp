@@ -119,6 +119,7 @@ struct OptionTexts {
     std::string history = "on";
     std::string history_retention = "7d";
     std::string paused_recheck = "16s";
+    std::string heartbeat_interval = "5s";
     std::string priority_weights = "6:3:1";
 };
 
@@ -214,6 +215,11 @@ void add_database_options(CLI::App& app, WorkerSettings& settings, OptionTexts& 
                    "How often outbox rows left behind by a crash are published")
         ->envname("CONVEYOR_OUTBOX_SWEEP_INTERVAL")
         ->check(duration_validator());
+    app.add_option("--heartbeat-interval", texts.heartbeat_interval,
+                   "How often the worker writes its heartbeat to conveyor.workers (1s to 1m); silent for three, it "
+                   "shows as gone")
+        ->envname("CONVEYOR_HEARTBEAT_INTERVAL")
+        ->check(duration_validator());
     app.add_option("--history", texts.history, "Record every job's attempts in conveyor.job_events: on or off")
         ->envname("CONVEYOR_HISTORY")
         ->check(CLI::IsMember({"on", "off"}));
@@ -265,6 +271,11 @@ void apply_texts(const OptionTexts& texts, WorkerSettings& settings) {
     settings.outbox_sweep_interval = parse_duration(texts.outbox_sweep_interval);
     if (settings.outbox_sweep_interval.count() == 0 || settings.pg_statement_timeout.count() == 0) {
         throw std::invalid_argument("--outbox-sweep-interval and --pg-statement-timeout must be greater than zero");
+    }
+    settings.heartbeat_interval = parse_duration(texts.heartbeat_interval);
+    if (settings.heartbeat_interval < std::chrono::seconds(1) ||
+        settings.heartbeat_interval > std::chrono::minutes(1)) {
+        throw std::invalid_argument("--heartbeat-interval must be 1s to 1m");
     }
     settings.paused_recheck = std::chrono::ceil<std::chrono::seconds>(parse_duration(texts.paused_recheck));
     if (settings.paused_recheck < std::chrono::seconds(1) || settings.paused_recheck > std::chrono::hours(1)) {

@@ -6,6 +6,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/host_name.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -27,6 +28,7 @@
 #include "conveyor/core/topology.hpp"
 #include "execute.hpp"
 #include "flow_limits.hpp"
+#include "heartbeat.hpp"
 #include "housekeeping.hpp"
 #include "quarantine.hpp"
 #include "ready_jobs.hpp"
@@ -108,6 +110,11 @@ std::map<std::string, RetryPolicy, std::less<>> retry_policies(const WorkerSetti
     return policies;
 }
 
+workers::Identity identity(const WorkerSettings& settings) {
+    return {settings.name,     CONVEYOR_VERSION,     asio::ip::host_name(),      static_cast<int>(::getpid()),
+            settings.families, settings.concurrency, settings.heartbeat_interval};
+}
+
 }  // namespace
 
 /// A delivery goes through three stages on one of the pool's coroutines: admit (may it run now?), execute (the
@@ -146,7 +153,8 @@ class Worker::Impl {
           execution_(pool_, quarantine_, database_, metrics_, history_, control_,
                      {settings_.job_timeout, settings_.name}, aborting_),
           settlement_(source_, publisher_, outbox_, history_, unique_keys_, batch_members_, settings_.name,
-                      retry_policies(settings_, registry_)) {}
+                      retry_policies(settings_, registry_)),
+          heartbeat_(pool_, identity(settings_), [this] { return load(); }) {}
 
     /// What the broker may have handed this worker and not had acknowledged: the sum of the queues' prefetch.
     [[nodiscard]] std::size_t deliveries_at_once() const {
@@ -188,6 +196,7 @@ class Worker::Impl {
         background_.cancel();
         co_await background_.join(Clock::time_point::max());
         co_await closing_.join(Clock::time_point::max());
+        co_await heartbeat_.stop();
         http_.stop();
         const auto& counts = settlement_.counts();
         spdlog::info(
@@ -314,6 +323,7 @@ class Worker::Impl {
         background_.spawn("flow limits", [this](TaskGroup::Task&) { return flow_.follow(); });
         background_.spawn("concurrency limits", [this](TaskGroup::Task&) { return concurrency_.run(); });
         background_.spawn("rate limits", [this](TaskGroup::Task&) { return rates_.run(); });
+        background_.spawn("heartbeat", [this](TaskGroup::Task&) { return heartbeat_.run(database_); });
     }
 
     /// The pool: each coroutine runs on a strand of its own beside its job's watchdog, and the task's signal
@@ -454,6 +464,18 @@ class Worker::Impl {
                                             std::move(totals.duration_counts)});
         }
         co_return std::string();
+    }
+
+    /// What the heartbeat reports: jobs running now and the totals since start.
+    [[nodiscard]] workers::Load load() {
+        double in_flight = 0;
+        for (const auto& family : settings_.families) {
+            in_flight += metrics_.in_flight(topology::queue_name(family)).Value();
+        }
+        const auto& counts = settlement_.counts();
+        return {static_cast<std::int64_t>(in_flight), static_cast<std::int64_t>(counts.succeeded.load()),
+                static_cast<std::int64_t>(counts.retried.load()),
+                static_cast<std::int64_t>(counts.dead_lettered.load())};
     }
 
     /// Lines up each batch from the connection thread for the slots. Running on the worker's own threads, it
@@ -693,6 +715,7 @@ class Worker::Impl {
     Admitter admitter_;
     Execution execution_;
     Settlement settlement_;
+    Heartbeat heartbeat_;
     std::vector<std::unique_ptr<JobSlot>> job_slots_;
     TaskGroup slots_{io_.get_executor()};
     TaskGroup dispatching_{io_.get_executor()};  ///< joined by the drain, before the publisher stops

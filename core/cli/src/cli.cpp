@@ -93,6 +93,34 @@ struct QueuesCommands {
     CLI::App* resume;
 };
 
+/// conveyor audit and conveyor workers: the records operators read during and after an incident.
+struct FleetCommands {
+    CLI::App* audit;
+    CLI::App* workers;
+};
+
+FleetCommands add_fleet_commands(CLI::App& app, AuditOptions& audit, bool& workers_json) {
+    auto* audit_cmd = app.add_subcommand(
+        "audit", "The audit log, newest first: who cancelled, paused, resumed, replayed, purged or applied limits");
+    audit_cmd->add_option("--pg-url", audit.pg_url, "PostgreSQL URL")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    audit_cmd->add_option("--actor", audit.filter.actor, "Only this actor (api:NAME, api:user:SUB, user@host)");
+    audit_cmd->add_option("--action", audit.filter.action,
+                          "Only this action: cancel, pause, resume, replay, purge, apply_flow_limits");
+    audit_cmd->add_option("--job", audit.filter.job_id, "Only entries that touched this job");
+    audit_cmd->add_option("--limit", audit.filter.limit, "Entries at most (1 to 1000)")->capture_default_str();
+    audit_cmd->add_option("--before", audit.filter.before, "Entries older than this id (the next page)");
+    audit_cmd->add_flag("--json", audit.json, "As one JSON object");
+    auto* workers_cmd =
+        app.add_subcommand("workers", "The workers on record: running, stopped, or gone (silent for three heartbeats)");
+    workers_cmd->add_option("--pg-url", audit.pg_url, "PostgreSQL URL")
+        ->envname("CONVEYOR_PG_URL")
+        ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    workers_cmd->add_flag("--json", workers_json, "As one JSON object");
+    return {audit_cmd, workers_cmd};
+}
+
 QueuesCommands add_queues_commands(CLI::App& app, QueuesOptions& queues, PauseOptions& pause) {
     auto* show = app.add_subcommand("queues", "Ready messages, consumers and pauses of each job and dead-letter queue");
     show->add_option("--families", queues.families, "Comma-separated job families");
@@ -305,6 +333,9 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     QueuesOptions queues_options;
     PauseOptions pause_options;
     const auto queues_cmd = add_queues_commands(app, queues_options, pause_options);
+    AuditOptions audit_options;
+    bool workers_json = false;
+    const auto fleet_cmd = add_fleet_commands(app, audit_options, workers_json);
 
     JobsListOptions jobs_options;
     std::string job_id;
@@ -481,6 +512,12 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         }
         if (*queues_cmd.show) {
             return show_queues(common, queues_options);
+        }
+        if (*fleet_cmd.audit) {
+            return audit_list(audit_options);
+        }
+        if (*fleet_cmd.workers) {
+            return workers_list(audit_options.pg_url, workers_json);
         }
         if (*jobs_show_cmd) {
             return jobs_show(jobs_options.pg_url, job_id, job_json);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "conveyor/core/amqp.hpp"
+#include "conveyor/core/audit.hpp"
 #include "conveyor/core/dead_letters.hpp"
 #include "conveyor/core/job_history.hpp"
 #include "conveyor/core/migrations.hpp"
@@ -136,6 +137,12 @@ struct JobsListOptions {
     bool json = false;
 };
 
+struct AuditOptions {
+    std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    audit::Filter filter;
+    bool json = false;
+};
+
 /// The settings of a CLI command's database connection: one connection, named after the command.
 [[nodiscard]] pg::Settings cli_database_settings(const std::string& pg_url, std::string_view command);
 
@@ -188,6 +195,13 @@ int jobs_list(const JobsListOptions& options);
 int flow_apply(const FlowApplyOptions& options);
 /// The flow limits in force and their version.
 int flow_show(const std::string& pg_url, bool json);
+
+/// The audit log, newest first: who cancelled, paused, resumed, replayed, purged or applied flow limits.
+int audit_list(const AuditOptions& options);
+/// One line of the audit log, as `conveyor audit` and `conveyor jobs show` print it.
+void print_audit_entry(const audit::Entry& entry);
+/// The workers on record: running, stopped, or gone (silent for three heartbeats).
+int workers_list(const std::string& pg_url, bool json);
 
 /// conveyor batches open|seal|show (members are added with `conveyor batches add`, which is enqueue with a batch).
 int batches_open(const BatchOptions& options);

@@ -216,7 +216,7 @@ int dlq_purge(const DlqOptions& options, bool confirmed) {
                                      matching);
             co_return kUsage;
         }
-        const auto rows = co_await dead_letters::purge(pool, options.filter);
+        const auto rows = co_await dead_letters::purge(pool, options.filter, operator_name());
         std::int64_t total = 0;
         for (int row = 0; row < rows.rows(); ++row) {
             total += rows.integer(row, 2);

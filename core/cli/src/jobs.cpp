@@ -127,10 +127,21 @@ int jobs_show(const std::string& pg_url, const std::string& id, bool json) {
                 id);
             co_return kFailed;
         }
+        audit::Filter touched;
+        touched.job_id = id;
+        const auto entries = co_await audit::list(pool, touched);
         if (json) {
-            std::cout << boost::json::serialize(job_history::to_json(*job)) << '\n';
-        } else {
-            print_job(*job);
+            auto shown = job_history::to_json(*job);
+            shown.as_object()["audit"] = audit::to_json(entries, touched).as_object()["entries"];
+            std::cout << boost::json::serialize(shown) << '\n';
+            co_return kOk;
+        }
+        print_job(*job);
+        if (!entries.empty()) {
+            std::cout << "audit:\n";
+        }
+        for (const auto& entry : entries) {
+            print_audit_entry(entry);
         }
         co_return kOk;
     });

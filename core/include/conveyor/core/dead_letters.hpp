@@ -58,13 +58,26 @@ boost::asio::awaitable<std::int64_t> count(pg::Pool& pool, const Filter& filter)
 boost::asio::awaitable<pg::Result> claim(pg::Transaction& transaction, const Filter& filter, std::int64_t after,
                                          std::int64_t limit);
 
-/// Marks dead letters replayed, by whom and as which type (empty: their own), and counts them per dead-letter queue
-/// in conveyor.dead_letter_replays.
-boost::asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vector<std::string>& ids,
-                                           const std::string& by, const std::string& as_type);
+/// The filter as the audit log names a target: "dead letters type=payments.charge fingerprint=…".
+[[nodiscard]] std::string describe(const Filter& filter);
 
-/// Deletes matching dead letters. Columns: type, reason, count deleted.
-boost::asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter);
+/// Records a replay of `matched` dead letters in the audit log (its job ids are added as they are marked
+/// replayed); returns the entry's id.
+boost::asio::awaitable<std::int64_t> open_replay_entry(pg::Pool& pool, const Filter& filter, const std::string& by,
+                                                       const std::string& as_type, std::int64_t matched);
+/// Adds how the replay ended (how many were replayed, why it stopped early) to its audit entry.
+boost::asio::awaitable<void> close_replay_entry(pg::Pool& pool, std::int64_t entry, std::int64_t replayed,
+                                                const std::string& failure);
+
+/// Marks dead letters replayed, by whom and as which type (empty: their own), counts them per dead-letter queue
+/// in conveyor.dead_letter_replays and adds their job ids to the replay's audit entry, in `transaction`.
+boost::asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vector<std::string>& ids,
+                                           const std::string& by, const std::string& as_type,
+                                           std::int64_t audit_entry);
+
+/// Deletes matching dead letters and records the purge (by `by`, with their job ids) in the audit log, in one
+/// statement. Columns: type, reason, count deleted.
+boost::asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter, const std::string& by);
 
 /// How replayed jobs came out since `since` (a timestamp from the database's clock): how many of `job_ids` are in
 /// conveyor.inbox (they ran, in a transaction) and how many were dead-lettered again, with one of the new errors.

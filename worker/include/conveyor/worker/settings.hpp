@@ -76,6 +76,8 @@ struct WorkerSettings {
     std::chrono::milliseconds inbox_retention{std::chrono::hours(24 * 14)};
     /// How often outbox rows left behind by a crash are published (CONVEYOR_OUTBOX_SWEEP_INTERVAL).
     std::chrono::milliseconds outbox_sweep_interval{5'000};
+    /// How often the worker writes its heartbeat to conveyor.workers (CONVEYOR_HEARTBEAT_INTERVAL).
+    std::chrono::milliseconds heartbeat_interval{5'000};
     /// Whether the job history (conveyor.job_events) is written (CONVEYOR_HISTORY: on or off).
     bool history = true;
     /// How long a job held back by a pause waits in the delay ladder before it is looked at again

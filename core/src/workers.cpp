@@ -1,0 +1,132 @@
+#include "conveyor/core/workers.hpp"
+
+#include <fmt/format.h>
+
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+
+namespace conveyor::workers {
+namespace asio = boost::asio;
+namespace json = boost::json;
+
+namespace {
+
+std::string utc(std::string_view column) {
+    return fmt::format(R"(coalesce(to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ''))", column);
+}
+
+/// queues as PostgreSQL prints a text[] ("{a,b}") back to names; family names need no quoting.
+std::vector<std::string> queue_names(std::string_view array) {
+    std::vector<std::string> names;
+    array.remove_prefix(std::min<std::size_t>(1, array.size()));
+    array.remove_suffix(std::min<std::size_t>(1, array.size()));
+    while (!array.empty()) {
+        const auto comma = array.find(',');
+        names.emplace_back(array.substr(0, comma));
+        array.remove_prefix(comma == std::string_view::npos ? array.size() : comma + 1);
+    }
+    return names;
+}
+
+Worker worker_of(const pg::Result& rows, int row) {
+    Worker worker;
+    worker.instance_id = rows.text(row, 0);
+    worker.identity = {std::string(rows.text(row, 1)),
+                       std::string(rows.text(row, 2)),
+                       std::string(rows.text(row, 3)),
+                       static_cast<int>(rows.integer(row, 4)),
+                       queue_names(rows.text(row, 5)),
+                       static_cast<unsigned>(rows.integer(row, 6)),
+                       std::chrono::milliseconds(rows.integer(row, 7))};
+    worker.load = {rows.integer(row, 8), rows.integer(row, 9), rows.integer(row, 10), rows.integer(row, 11)};
+    worker.state = rows.text(row, 12);
+    worker.started_at = rows.text(row, 13);
+    worker.last_seen_at = rows.text(row, 14);
+    worker.stopped_at = rows.text(row, 15);
+    worker.seconds_since_seen = std::stod(std::string(rows.text(row, 16)));
+    return worker;
+}
+
+}  // namespace
+
+asio::awaitable<std::string> register_instance(pg::Pool& pool, const Identity& identity) {
+    const auto rows = co_await pool.query(
+        "INSERT INTO conveyor.workers (instance_id, name, version, host, pid, queues, concurrency, "
+        "heartbeat_interval_ms) VALUES (gen_random_uuid(), $1, $2, $3, $4, $5::text[], $6, $7) RETURNING instance_id",
+        identity.name, identity.version, identity.host, identity.pid, pg::text_array(identity.queues),
+        identity.concurrency, identity.heartbeat_interval.count());
+    co_return std::string(rows.text(0, 0));
+}
+
+asio::awaitable<void> beat(pg::Pool& pool, const std::string& instance_id, const Load& load) {
+    co_await pool.query(
+        "UPDATE conveyor.workers SET last_seen_at = now(), in_flight = $2, succeeded = $3, retried = $4, "
+        "dead_lettered = $5 WHERE instance_id = $1",
+        instance_id, load.in_flight, load.succeeded, load.retried, load.dead_lettered);
+}
+
+asio::awaitable<void> stop(pg::Pool& pool, const std::string& instance_id, const Load& load) {
+    co_await pool.query(
+        "UPDATE conveyor.workers SET last_seen_at = now(), stopped_at = now(), in_flight = $2, succeeded = $3, "
+        "retried = $4, dead_lettered = $5 WHERE instance_id = $1",
+        instance_id, load.in_flight, load.succeeded, load.retried, load.dead_lettered);
+}
+
+asio::awaitable<std::vector<Worker>> list(pg::Pool& pool) {
+    const auto sql = fmt::format(
+        "SELECT instance_id, name, version, host, pid, queues, concurrency, heartbeat_interval_ms, in_flight, "
+        "succeeded, retried, dead_lettered, state, {}, {}, {}, extract(epoch FROM now() - last_seen_at)::float8 "
+        "FROM (SELECT *, CASE WHEN stopped_at IS NOT NULL THEN 'stopped' "
+        "WHEN last_seen_at < now() - make_interval(secs => {} * heartbeat_interval_ms / 1000.0) THEN 'gone' "
+        "ELSE 'running' END AS state FROM conveyor.workers) w "
+        "ORDER BY state = 'running' DESC, last_seen_at DESC, name",
+        utc("started_at"), utc("last_seen_at"), utc("stopped_at"), kMissedHeartbeats);
+    const auto rows = co_await pool.query(sql);
+    std::vector<Worker> workers;
+    workers.reserve(static_cast<std::size_t>(rows.rows()));
+    for (int row = 0; row < rows.rows(); ++row) {
+        workers.push_back(worker_of(rows, row));
+    }
+    co_return workers;
+}
+
+asio::awaitable<std::int64_t> prune(pg::Pool& pool, std::chrono::milliseconds retention) {
+    const auto rows = co_await pool.query(
+        "DELETE FROM conveyor.workers WHERE last_seen_at < now() - make_interval(secs => $1 / 1000.0)",
+        retention.count());
+    co_return rows.affected();
+}
+
+json::value to_json(const std::vector<Worker>& workers) {
+    json::array listed;
+    std::int64_t running = 0;
+    for (const auto& worker : workers) {
+        running += worker.state == "running" ? 1 : 0;
+        json::array queues;
+        for (const auto& queue : worker.identity.queues) {
+            queues.emplace_back(queue);
+        }
+        listed.push_back(json::object{
+            {"instance_id", worker.instance_id},
+            {"name", worker.identity.name},
+            {"version", worker.identity.version},
+            {"host", worker.identity.host},
+            {"pid", worker.identity.pid},
+            {"queues", std::move(queues)},
+            {"concurrency", worker.identity.concurrency},
+            {"heartbeat_interval_ms", worker.identity.heartbeat_interval.count()},
+            {"in_flight", worker.load.in_flight},
+            {"succeeded", worker.load.succeeded},
+            {"retried", worker.load.retried},
+            {"dead_lettered", worker.load.dead_lettered},
+            {"state", worker.state},
+            {"started_at", worker.started_at},
+            {"last_seen_at", worker.last_seen_at},
+            {"stopped_at", worker.stopped_at.empty() ? json::value(nullptr) : json::value(worker.stopped_at)},
+            {"seconds_since_seen", worker.seconds_since_seen},
+        });
+    }
+    return json::object{{"workers", std::move(listed)}, {"running", running}};
+}
+
+}  // namespace conveyor::workers
