@@ -190,15 +190,27 @@ asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vec
         id_array, by, as, audit_entry);
 }
 
-asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter, const std::string& by) {
-    return query_filtered(
-        pool,
+asio::awaitable<Purged> purge(pg::Pool& pool, const Filter& filter, const std::string& by,
+                              std::optional<std::int64_t> expected) {
+    auto transaction = co_await pool.begin();
+    std::vector<pg::Param> entry{by, describe(filter)};
+    Purged purged;
+    purged.by_type_and_reason = co_await query_filtered(
+        transaction,
         "WITH gone AS (DELETE FROM conveyor.dead_letters WHERE {where} RETURNING type, reason, job_id), "
         "audited AS (INSERT INTO conveyor.audit_log (actor, action, target, job_ids, details) "
         "SELECT $10, 'purge', $11, array_agg(job_id), jsonb_build_object('filter', {filter_json}, 'count', count(*)) "
         "FROM gone HAVING count(*) > 0) "
         "SELECT type, reason, count(*) FROM gone GROUP BY type, reason ORDER BY count(*) DESC, type",
-        filter, {by, describe(filter)});
+        filter, std::move(entry));
+    for (int row = 0; row < purged.by_type_and_reason.rows(); ++row) {
+        purged.deleted += purged.by_type_and_reason.integer(row, 2);
+    }
+    purged.refused = expected && *expected != purged.deleted;
+    if (!purged.refused) {
+        co_await transaction.commit();
+    }
+    co_return purged;
 }
 
 asio::awaitable<Outcomes> outcomes(pg::Pool& pool, const std::vector<std::string>& job_ids, const std::string& since) {

@@ -5,6 +5,7 @@
 #include <array>
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
 #include "conveyor/core/config.hpp"
@@ -23,7 +24,7 @@ constexpr std::int64_t kMaxPage = 1000;
 
 /// A timestamp column as RFC 3339 UTC with milliseconds.
 std::string utc(std::string_view column) {
-    return fmt::format("to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')", column);
+    return fmt::format(R"(to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))", column);
 }
 
 /// Text PostgreSQL stores: no NUL (text cannot hold it) and valid UTF-8.
@@ -371,6 +372,34 @@ json::value to_json(const Page& page) {
         jobs.push_back(summary_json(job));
     }
     return json::object{{"jobs", std::move(jobs)}, {"next", text_or_null(page.next)}};
+}
+
+asio::awaitable<json::value> activity(pg::Pool& pool, int minutes) {
+    // Built by PostgreSQL as one JSON document: the counts never leave the server row by row.
+    const auto rows = co_await pool.query(
+        "WITH ended AS (SELECT regexp_replace(queue, '\\.(high|low)$', '') AS queue, state, attempt, started_at, "
+        "ended_at, enqueued_at FROM conveyor.job_events "
+        "WHERE recorded_at >= now() - make_interval(mins => $1) AND ended_at >= now() - make_interval(mins => $1) "
+        "AND state IN ('succeeded', 'dead_lettered', 'retrying')), "
+        "per_minute AS (SELECT queue, json_agg(json_build_object('minute', to_char(minute AT TIME ZONE 'UTC', "
+        "'YYYY-MM-DD\"T\"HH24:MI\"Z\"'), 'succeeded', succeeded, 'failed', failed, 'retried', retried) "
+        "ORDER BY minute) AS minutes FROM (SELECT queue, date_trunc('minute', ended_at) AS minute, "
+        "count(*) FILTER (WHERE state = 'succeeded') AS succeeded, "
+        "count(*) FILTER (WHERE state = 'dead_lettered') AS failed, "
+        "count(*) FILTER (WHERE state = 'retrying') AS retried FROM ended GROUP BY 1, 2) m GROUP BY queue), "
+        "summary AS (SELECT queue, count(*) FILTER (WHERE state = 'succeeded') AS succeeded, "
+        "count(*) FILTER (WHERE state = 'dead_lettered') AS failed, "
+        "count(*) FILTER (WHERE state = 'retrying') AS retried, "
+        "round(percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM ended_at - started_at) * 1000)"
+        "::numeric, 1) AS p95_duration_ms, "
+        "round(percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - enqueued_at) * 1000) "
+        "FILTER (WHERE attempt = 1 AND enqueued_at IS NOT NULL)::numeric, 1) AS p95_wait_ms "
+        "FROM ended GROUP BY queue) "
+        "SELECT coalesce(json_agg(json_build_object('queue', s.queue, 'succeeded', s.succeeded, 'failed', s.failed, "
+        "'retried', s.retried, 'p95_duration_ms', s.p95_duration_ms, 'p95_wait_ms', s.p95_wait_ms, "
+        "'minutes', p.minutes) ORDER BY s.queue), '[]')::text FROM summary s JOIN per_minute p USING (queue)",
+        minutes);
+    co_return json::parse(rows.text(0, 0));
 }
 
 }  // namespace conveyor::job_history

@@ -58,3 +58,11 @@ export async function signOut() {
 
 export const get = (path) => call("GET", path);
 export const post = (path, body) => call("POST", path, body);
+export const remove = (path) => call("DELETE", path);
+
+/// `path` with the non-empty entries of `params` as its query string.
+export function withQuery(path, params) {
+  const query = new URLSearchParams(Object.entries(params).filter(([, value]) => value !== undefined && value !== ""));
+  const text = query.toString();
+  return text ? `${path}?${text}` : path;
+}

@@ -1,10 +1,30 @@
-// The console's shell: sign-in, the signed-in user, and the page the address's hash names.
+// The console's shell: sign-in, the signed-in user, and the page the address's hash names ("#/jobs/ID",
+// "#/jobs?type=…"). Each page gets an AbortSignal that fires when the user leaves it, which ends its refreshes.
 import { ApiError, currentSession, signIn, signOut } from "/console/api.js";
+import { renderAudit } from "/console/pages/audit.js";
+import { renderDeadLetters } from "/console/pages/dead_letters.js";
+import { renderJobs } from "/console/pages/jobs.js";
+import { renderOverview } from "/console/pages/overview.js";
 import { renderQueues } from "/console/pages/queues.js";
+import { renderWorkers } from "/console/pages/workers.js";
 
 const pages = {
-  "#/queues": renderQueues,
+  overview: renderOverview,
+  queues: renderQueues,
+  jobs: renderJobs,
+  "dead-letters": renderDeadLetters,
+  workers: renderWorkers,
+  audit: renderAudit,
 };
+
+let leaving = new AbortController();
+
+/// "#/jobs/abc?x=1" → { name: "jobs", segments: ["abc"], params }.
+function parseHash() {
+  const [path, query = ""] = location.hash.replace(/^#\/?/, "").split("?");
+  const [name = "", ...segments] = path.split("/").map(decodeURIComponent);
+  return { name: pages[name] ? name : "overview", segments, params: new URLSearchParams(query) };
+}
 
 let session = null;
 
@@ -40,9 +60,14 @@ async function route() {
     return;
   }
   showUser();
-  const render = pages[location.hash] ?? renderQueues;
+  leaving.abort();
+  leaving = new AbortController();
+  const route = parseHash();
+  for (const link of document.querySelectorAll("#nav a")) {
+    link.classList.toggle("current", link.getAttribute("href") === `#/${route.name}`);
+  }
   try {
-    await render(main, session);
+    await pages[route.name](main, session, route, leaving.signal);
   } catch (failure) {
     if (failure instanceof ApiError && failure.status === 401) {
       session = null;

@@ -102,12 +102,12 @@ HttpResponse database_failure(const HttpRequest& request, std::string_view calle
 
 }  // namespace
 
-EnqueueApi::EnqueueApi(pg::Pool& pool, Publisher publisher, const std::atomic<bool>& stopping,
-                       const JobCatalogue& catalogue, Authenticator authenticator, double rate_limit,
-                       prometheus::Registry& metrics)
+EnqueueApi::EnqueueApi(pg::Pool& pool, Broker broker, const std::atomic<bool>& stopping, const JobCatalogue& catalogue,
+                       Authenticator authenticator, double rate_limit, prometheus::Registry& metrics)
     : pool_(pool),
-      publisher_(publisher.connection),
-      publish_timeout_(publisher.timeout),
+      publisher_(broker.publisher),
+      monitor_(broker.monitor),
+      publish_timeout_(broker.publish_timeout),
       stopping_(stopping),
       catalogue_(catalogue),
       authenticator_(std::move(authenticator)),
@@ -133,12 +133,14 @@ void EnqueueApi::register_routes(HttpServer& server) {
     add("GET", "/v1/queues", P::view, std::bind_front(&EnqueueApi::list_queues, this));
     add("POST", "/v1/queues/{family}/pause", P::operate, std::bind_front(&EnqueueApi::pause_queue, this, true));
     add("POST", "/v1/queues/{family}/resume", P::operate, std::bind_front(&EnqueueApi::pause_queue, this, false));
+    add("GET", "/v1/overview", P::view, std::bind_front(&EnqueueApi::overview, this));
     add("GET", "/v1/workers", P::view, std::bind_front(&EnqueueApi::list_workers, this));
     add("GET", "/v1/audit", P::view, std::bind_front(&EnqueueApi::list_audit, this));
     add("GET", "/v1/scheduled", P::view, std::bind_front(&EnqueueApi::list_scheduled, this));
     add("DELETE", "/v1/scheduled/{id}", P::operate, std::bind_front(&EnqueueApi::cancel_scheduled, this));
     add("GET", "/v1/schedules", P::authenticated, std::bind_front(&EnqueueApi::list_schedules, this));
     add("GET", "/v1/dead-letters", P::view, std::bind_front(&EnqueueApi::list_dead_letters, this));
+    add("GET", "/v1/dead-letters/groups", P::view, std::bind_front(&EnqueueApi::dead_letter_groups, this));
     add("GET", "/v1/dead-letters/{id}", P::view, std::bind_front(&EnqueueApi::show_dead_letter, this));
     add("POST", "/v1/dead-letters/replay", P::operate, std::bind_front(&EnqueueApi::replay_dead_letters, this));
     add("POST", "/v1/dead-letters/purge", P::administer, std::bind_front(&EnqueueApi::purge_dead_letters, this));

@@ -25,7 +25,7 @@ namespace conveyor::scheduler {
 ///                                          {"jobs": [...]} (up to 1,000) → 202 {"id"} / {"ids"}
 ///   GET    /v1/scheduled        (viewer)   scheduled jobs: ?state=pending|published|cancelled|failed|all&type=&limit=
 ///   DELETE /v1/scheduled/{id}   (operator) cancels a pending job
-///   GET    /v1/jobs/{id}        (viewer)   a job from the history: state, progress, attempts
+///   GET    /v1/jobs/{id}        (viewer)   a job from the history: state, progress, attempts, audit entries
 ///   GET    /v1/jobs             (viewer)   jobs by their latest event: ?type=&state=&queue=&correlation_id=&since=
 ///                                          &limit=&after= → {"jobs": [...], "next": cursor | null}
 ///   DELETE /v1/jobs/{id}        (operator) cancels a job wherever it is → 200 cancelled (it was scheduled), 202
@@ -33,10 +33,16 @@ namespace conveyor::scheduler {
 ///   GET    /v1/schedules        (any)      the cron schedules with their next fire times
 ///   GET    /v1/dead-letters     (viewer)   stored dead letters, oldest first: ?family=&type=&reason=&error=&since=
 ///                                          &until=&job_id=&fingerprint=&state=dead|replayed|all&limit=
+///   GET    /v1/dead-letters/groups (viewer) dead letters grouped by error fingerprint (the same filters)
 ///   GET    /v1/dead-letters/{id} (viewer)  one dead letter with its headers and payload
-///   POST   /v1/dead-letters/replay (operator) {filter, limit, rate, dry_run, to} → what was (or would be) replayed
-///   POST   /v1/dead-letters/purge  (admin) {filter} → what was deleted
-///   GET    /v1/queues           (viewer)   job queues with their depth and what is paused
+///   POST   /v1/dead-letters/replay (operator) {filter, limit, rate, dry_run, to, canary} → what was (or would be)
+///                                          replayed
+///   POST   /v1/dead-letters/purge  (admin) {filter, expected} → what was deleted; 409 and nothing deleted if the
+///                                          matches are not `expected` in number
+///   GET    /v1/queues           (viewer)   job queues with their depth per band and what is paused
+///   GET    /v1/overview         (viewer)   the last hour per queue (per minute), workers, dead letters, scheduled
+///   GET    /v1/workers          (viewer)   the workers on record: running, stopped or gone
+///   GET    /v1/audit            (viewer)   the audit log, newest first: ?actor=&action=&job_id=&limit=&before=
 ///   POST   /v1/queues/{family}/pause|resume (operator) pauses or resumes a family (?type= for one job type)
 ///   POST   /v1/batches          (enqueue)  opens a batch {id, description, callback, callback_payload} → 201
 ///   GET    /v1/batches/{id}     (any)      a batch's state, counts and progress
@@ -51,14 +57,17 @@ namespace conveyor::scheduler {
 /// against the catalogue.
 class EnqueueApi {
   public:
-    /// Replays publish here, waiting at most `timeout` for each confirm (their rows stay locked meanwhile).
-    struct Publisher {
-        amqp::Connection& connection;
-        std::chrono::milliseconds timeout;
+    /// The API's broker connections: replays publish on `publisher`, waiting at most `publish_timeout` for each
+    /// confirm (their rows stay locked meanwhile); queue depths are asked on `monitor`, whose calls block its thread
+    /// until the broker answers and so must not hold up publishes.
+    struct Broker {
+        amqp::Connection& publisher;
+        amqp::Connection& monitor;
+        std::chrono::milliseconds publish_timeout;
     };
 
     /// A replay ends after its current message once `stopping` is set.
-    EnqueueApi(pg::Pool& pool, Publisher publisher, const std::atomic<bool>& stopping, const JobCatalogue& catalogue,
+    EnqueueApi(pg::Pool& pool, Broker broker, const std::atomic<bool>& stopping, const JobCatalogue& catalogue,
                Authenticator authenticator, double rate_limit, prometheus::Registry& metrics);
 
     void register_routes(HttpServer& server);
@@ -93,7 +102,13 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> list_jobs(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> cancel_job(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_queues(const HttpRequest& request, const Caller& caller);
+    /// Adds the family's queue depths from the broker (messages and consumers per band, the dead-letter queue's
+    /// messages) to `queue`; returns why it could not.
+    boost::asio::awaitable<std::optional<std::string>> add_depths(boost::json::object& queue,
+                                                                  const std::string& family);
+    boost::asio::awaitable<HttpResponse> dead_letter_groups(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_workers(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> overview(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_audit(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> pause_queue(bool paused, const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_dead_letters(const HttpRequest& request, const Caller& caller);
@@ -109,6 +124,7 @@ class EnqueueApi {
 
     pg::Pool& pool_;
     amqp::Connection& publisher_;
+    amqp::Connection& monitor_;
     std::chrono::milliseconds publish_timeout_;
     const std::atomic<bool>& stopping_;
     const JobCatalogue& catalogue_;

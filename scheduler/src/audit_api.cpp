@@ -3,7 +3,6 @@
 #include "api.hpp"
 #include "api_json.hpp"
 #include "conveyor/core/audit.hpp"
-#include "conveyor/core/workers.hpp"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
@@ -46,12 +45,6 @@ asio::awaitable<HttpResponse> EnqueueApi::list_audit(const HttpRequest& request,
     }
     const auto entries = co_await audit::list(pool_, filter);
     auto response = json_response(200, audit::to_json(entries, filter));
-    co_return response;
-}
-
-asio::awaitable<HttpResponse> EnqueueApi::list_workers(const HttpRequest& /*request*/, const Caller& /*caller*/) {
-    const auto listed = co_await workers::list(pool_);
-    auto response = json_response(200, workers::to_json(listed));
     co_return response;
 }
 

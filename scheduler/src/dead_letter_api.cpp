@@ -156,6 +156,31 @@ asio::awaitable<HttpResponse> EnqueueApi::list_dead_letters(const HttpRequest& r
     co_return response;
 }
 
+asio::awaitable<HttpResponse> EnqueueApi::dead_letter_groups(const HttpRequest& request, const Caller& /*caller*/) {
+    dead_letters::Filter filter;
+    try {
+        filter = query_filter(request);
+    } catch (const std::invalid_argument& e) {
+        auto response = error_response(400, e.what());
+        co_return response;
+    }
+    const auto rows = co_await dead_letters::groups(pool_, filter);
+    boost::json::array groups;
+    for (int row = 0; row < rows.rows(); ++row) {
+        groups.emplace_back(boost::json::object{
+            {"fingerprint", rows.text(row, 0)},
+            {"count", rows.integer(row, 1)},
+            {"error_pattern", rows.text(row, 2)},
+            {"types", rows.text(row, 3)},
+            {"first_failed_at", rows.text(row, 4)},
+            {"last_failed_at", rows.text(row, 5)},
+            {"example_error", rows.text(row, 6)},
+        });
+    }
+    auto response = json_response(200, boost::json::object{{"groups", std::move(groups)}});
+    co_return response;
+}
+
 asio::awaitable<HttpResponse> EnqueueApi::show_dead_letter(const HttpRequest& request, const Caller& /*caller*/) {
     const auto text = request.param("id").value_or("");
     const auto id = parse_integer(text);
@@ -206,7 +231,7 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
     bool dry_run = false;
     try {
         simdjson::dom::parser parser;
-        const auto body = read_body(parser, request.body, {"filter", "limit", "rate", "dry_run", "to"});
+        const auto body = read_body(parser, request.body, {"filter", "limit", "rate", "dry_run", "to", "canary"});
         replay.filter = filter_of(body);
         replay.filter.state = "dead";
         if (body["limit"].error() == simdjson::SUCCESS &&
@@ -216,6 +241,10 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
         if (body["rate"].error() == simdjson::SUCCESS &&
             (body["rate"].get(replay.rate) != simdjson::SUCCESS || !(replay.rate > 0))) {
             throw InvalidRequest("rate must be a positive number of jobs per second");
+        }
+        if (body["canary"].error() == simdjson::SUCCESS &&
+            (body["canary"].get(replay.canary) != simdjson::SUCCESS || replay.canary < 1)) {
+            throw InvalidRequest("canary must be a positive number of dead letters to replay first");
         }
         if (body["dry_run"].error() == simdjson::SUCCESS && body["dry_run"].get(dry_run) != simdjson::SUCCESS) {
             throw InvalidRequest("dry_run must be true or false");
@@ -283,23 +312,35 @@ asio::awaitable<HttpResponse> EnqueueApi::replay_dead_letters(const HttpRequest&
 
 asio::awaitable<HttpResponse> EnqueueApi::purge_dead_letters(const HttpRequest& request, const Caller& caller) {
     dead_letters::Filter filter;
+    std::optional<std::int64_t> expected;
     try {
         simdjson::dom::parser parser;
-        filter = filter_of(read_body(parser, request.body, {"filter"}));
+        const auto body = read_body(parser, request.body, {"filter", "expected"});
+        filter = filter_of(body);
+        if (body["expected"].error() == simdjson::SUCCESS) {
+            std::int64_t count = 0;
+            if (body["expected"].get(count) != simdjson::SUCCESS || count < 0) {
+                throw InvalidRequest("expected must be the number of dead letters you mean to delete");
+            }
+            expected = count;
+        }
     } catch (const std::invalid_argument& e) {
         auto response = error_response(400, e.what());
         co_return response;
     }
     const auto source = caller.source();
-    const auto rows = co_await dead_letters::purge(pool_, filter, source);
-    std::int64_t deleted = 0;
-    for (int row = 0; row < rows.rows(); ++row) {
-        deleted += rows.integer(row, 2);
+    const auto purged = co_await dead_letters::purge(pool_, filter, source, expected);
+    if (purged.refused) {
+        auto response =
+            error_response(409, fmt::format("{} dead letters match now, not the {} you confirmed; nothing was deleted",
+                                            purged.deleted, *expected));
+        co_return response;
     }
-    spdlog::warn("api: {} purged {} dead letters ({})", caller.name, deleted,
+    spdlog::warn("api: {} purged {} dead letters ({})", caller.name, purged.deleted,
                  boost::json::serialize(filter_json(filter)));
     auto response = json_response(
-        200, boost::json::object{{"deleted", deleted}, {"by_type_and_reason", counts_json(rows, 0, 1, 2)}});
+        200, boost::json::object{{"deleted", purged.deleted},
+                                 {"by_type_and_reason", counts_json(purged.by_type_and_reason, 0, 1, 2)}});
     co_return response;
 }
 

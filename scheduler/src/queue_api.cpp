@@ -1,6 +1,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
 
@@ -12,17 +14,55 @@
 namespace conveyor::scheduler {
 namespace asio = boost::asio;
 
+asio::awaitable<std::optional<std::string>> EnqueueApi::add_depths(boost::json::object& queue,
+                                                                   const std::string& family) {
+    if (!monitor_.connected()) {
+        co_return fmt::format("the broker is not connected: {}", monitor_.last_error());
+    }
+    boost::json::object bands;
+    std::uint64_t messages = 0;
+    for (const auto band : topology::kBands) {
+        const auto name = topology::queue_name(family, band);
+        auto counting = monitor_.async_queue_counts(name, asio::as_tuple(asio::use_awaitable));
+        auto [error, counts] = co_await std::move(counting);
+        if (error) {
+            co_return fmt::format("{}: {}", name, error.message());
+        }
+        messages += counts.messages;
+        bands[topology::band_name(band)] = {{"messages", counts.messages}, {"consumers", counts.consumers}};
+    }
+    const auto dead_letter_queue = topology::dead_letter_queue_name(family);
+    auto counting = monitor_.async_queue_counts(dead_letter_queue, asio::as_tuple(asio::use_awaitable));
+    auto [error, counts] = co_await std::move(counting);
+    if (error) {
+        co_return fmt::format("{}: {}", dead_letter_queue, error.message());
+    }
+    queue["messages"] = messages;
+    queue["consumers"] = bands["normal"].as_object()["consumers"];
+    queue["bands"] = std::move(bands);
+    queue["dead_letter_queue_messages"] = counts.messages;
+    co_return std::nullopt;
+}
+
 asio::awaitable<HttpResponse> EnqueueApi::list_queues(const HttpRequest& /*request*/, const Caller& /*caller*/) {
     const auto states = co_await job_control::pauses(pool_);
     boost::json::array queues;
+    std::optional<std::string> broker_error;
     for (const auto& family : topology::default_families()) {
         boost::json::object queue{{"family", family}, {"queue", topology::queue_name(family)}};
         for (auto& [name, value] : job_control::to_json(job_control::family_pause(states, family))) {
             queue[name] = std::move(value);
         }
+        if (!broker_error) {
+            broker_error = co_await add_depths(queue, family);
+        }
         queues.emplace_back(std::move(queue));
     }
-    auto response = json_response(200, boost::json::object{{"queues", std::move(queues)}});
+    boost::json::object listed{{"queues", std::move(queues)}};
+    if (broker_error) {
+        listed["broker_error"] = *broker_error;  // the pauses are on record; only the depths are missing
+    }
+    auto response = json_response(200, listed);
     co_return response;
 }
 

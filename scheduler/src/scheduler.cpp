@@ -39,6 +39,8 @@ constexpr std::uint16_t kArchiverPrefetch = 200;
 constexpr auto kProbeInterval = std::chrono::seconds(1);
 constexpr auto kCountInterval = std::chrono::seconds(5);
 constexpr auto kPruneInterval = std::chrono::minutes(1);
+// Connect, handshake and query timeout of the connection that counts queue depths.
+constexpr auto kMonitorTimeout = std::chrono::milliseconds(2000);
 // How long a worker stopped or gone stays on record (in the console and GET /v1/workers).
 constexpr auto kDepartedWorkersKept = std::chrono::hours(24);
 constexpr int kPruneBatch = 10'000;
@@ -60,6 +62,14 @@ amqp::ConnectionSettings connection_settings(const SchedulerSettings& settings, 
     connection.tls_ca_file = settings.amqp_ca_file;
     connection.heartbeat = settings.amqp_heartbeat;
     connection.observer = observer;
+    return connection;
+}
+
+/// The console's and the API's queue depths: a connection of their own with a short timeout, since each count
+/// blocks its thread until the broker answers.
+amqp::ConnectionSettings monitor_settings(const SchedulerSettings& settings) {
+    auto connection = connection_settings(settings, "monitor", nullptr);
+    connection.connect_timeout = kMonitorTimeout;
     return connection;
 }
 
@@ -90,6 +100,7 @@ class Scheduler::Impl {
           shutdown_requests_(io_, 1),
           publisher_(connection_settings(settings_, "publisher", &metrics_),
                      topology::job_topology(topology::default_families())),
+          monitor_(monitor_settings(settings_), {}),
           archiver_consumer_(connection_settings(settings_, "dead-letter archiver", nullptr),
                              topology::job_topology(topology::default_families())),
           dead_letters_(io_, topology::default_families().size() * kArchiverPrefetch),
@@ -99,8 +110,8 @@ class Scheduler::Impl {
                  RelaySettings{settings_.relay_batch, settings_.relay_poll_interval, settings_.publish_timeout}),
           firing_(io_.get_executor(), pool_, database_settings(settings_, 1, "leadership"), std::move(schedules),
                   metrics_),
-          api_(pool_, {publisher_, settings_.publish_timeout}, stopping_, catalogue_, std::move(authenticator),
-               settings_.api_rate_limit, *registry_),
+          api_(pool_, {publisher_, monitor_, settings_.publish_timeout}, stopping_, catalogue_,
+               std::move(authenticator), settings_.api_rate_limit, *registry_),
           archiver_(pool_, archiver_consumer_, dead_letters_) {}
 
     asio::awaitable<void> run() {
@@ -109,6 +120,7 @@ class Scheduler::Impl {
         }
         serve_http();
         publisher_.start();
+        monitor_.start();
         background_.spawn("relay", [this](TaskGroup::Task&) { return relay_.run(stopping_); });
         background_.spawn("schedule firing", [this](TaskGroup::Task&) { return firing_.run(stopping_); });
         background_.spawn("housekeeping", [this](TaskGroup::Task&) { return housekeeping(); });
@@ -144,6 +156,7 @@ class Scheduler::Impl {
         co_await asio::co_spawn(blocking_, amqp::stop_connection(publisher_), asio::use_awaitable);
         co_await asio::co_spawn(blocking_, amqp::stop_connection(archiver_consumer_), asio::use_awaitable);
         http_.stop();
+        co_await asio::co_spawn(blocking_, amqp::stop_connection(monitor_), asio::use_awaitable);
         const auto no_deadline = Clock::time_point::max();
         co_await background_.join(no_deadline);
         co_await archiving_.join(no_deadline);
@@ -330,6 +343,7 @@ class Scheduler::Impl {
     SchedulerMetrics metrics_;
     asio::experimental::concurrent_channel<void(boost::system::error_code)> shutdown_requests_;
     amqp::Connection publisher_;
+    amqp::Connection monitor_;
     amqp::Connection archiver_consumer_;
     amqp::DeliveryChannel dead_letters_;
     pg::Pool pool_;

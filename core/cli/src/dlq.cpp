@@ -216,14 +216,13 @@ int dlq_purge(const DlqOptions& options, bool confirmed) {
                                      matching);
             co_return kUsage;
         }
-        const auto rows = co_await dead_letters::purge(pool, options.filter, operator_name());
-        std::int64_t total = 0;
+        const auto purged = co_await dead_letters::purge(pool, options.filter, operator_name());
+        const auto& rows = purged.by_type_and_reason;
         for (int row = 0; row < rows.rows(); ++row) {
-            total += rows.integer(row, 2);
             std::cout << fmt::format("deleted {:>8}  {:<22}  {}\n", rows.text(row, 2), rows.text(row, 0),
                                      rows.text(row, 1));
         }
-        std::cout << fmt::format("deleted {} dead letters\n", total);
+        std::cout << fmt::format("deleted {} dead letters\n", purged.deleted);
         co_return kOk;
     });
 }

@@ -75,9 +75,16 @@ boost::asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const s
                                            const std::string& by, const std::string& as_type,
                                            std::int64_t audit_entry);
 
+struct Purged {
+    pg::Result by_type_and_reason;  ///< columns: type, reason, count
+    std::int64_t deleted = 0;       ///< how many matched (and were deleted unless refused)
+    bool refused = false;           ///< they were not `expected` in number, so none was deleted
+};
+
 /// Deletes matching dead letters and records the purge (by `by`, with their job ids) in the audit log, in one
-/// statement. Columns: type, reason, count deleted.
-boost::asio::awaitable<pg::Result> purge(pg::Pool& pool, const Filter& filter, const std::string& by);
+/// transaction. With `expected` (the count the operator confirmed), a different number of matches deletes nothing.
+boost::asio::awaitable<Purged> purge(pg::Pool& pool, const Filter& filter, const std::string& by,
+                                     std::optional<std::int64_t> expected = std::nullopt);
 
 /// How replayed jobs came out since `since` (a timestamp from the database's clock): how many of `job_ids` are in
 /// conveyor.inbox (they ran, in a transaction) and how many were dead-lettered again, with one of the new errors.

@@ -97,6 +97,12 @@ struct Page {
 };
 boost::asio::awaitable<Page> list(pg::Pool& pool, const Filter& filter);
 
+/// What ended in the last `minutes`, per family's queue (its priority bands together): succeeded, dead-lettered
+/// and retried attempts, p95 duration and p95 queue wait (of first attempts), and the same counts per minute, oldest
+/// first. A JSON array of {queue, succeeded, failed, retried, p95_duration_ms, p95_wait_ms, minutes: [{minute,
+/// succeeded, failed, retried}]}.
+boost::asio::awaitable<boost::json::value> activity(pg::Pool& pool, int minutes);
+
 [[nodiscard]] boost::json::value to_json(const Job& job);
 /// A job as a listing shows it: without its attempts.
 [[nodiscard]] boost::json::value summary_json(const Job& job);

@@ -1,0 +1,198 @@
+// The console's pages in a real browser (see stack.mjs): the live overview, jobs (search, a job's page with cancel
+// and retry, a saga's timeline), dead-letter groups (replay, purge confirmed by its count), workers and the audit
+// log, each as the role that may use it, each screenshotted.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import path from "node:path";
+import { conveyor, eventually, screenshots, sql, startStack } from "./stack.mjs";
+
+const run = `browser-${Date.now()}`;
+let stack;
+
+const shot = (page, name) => page.screenshot({ path: path.join(screenshots, `${name}.png`), fullPage: true });
+
+/// A diag.fail job that fails for good, once the archiver has stored its dead letter.
+async function deadLettered(jobId) {
+  conveyor("enqueue", "diag.fail", "--payload", '{"times": 9, "permanent": true}', "--job-id", jobId);
+  await eventually(
+    () => sql(`SELECT count(*) FROM conveyor.dead_letters WHERE job_id = '${jobId}' ` + "AND state = 'dead'") === "1",
+    30_000,
+    `the dead letter of ${jobId}`,
+  );
+}
+
+before(async () => {
+  sql("DELETE FROM conveyor.queue_pauses WHERE family = 'diag'");
+  stack = await startStack({ schedulerPort: 19483, workerPort: 19484 });
+});
+
+after(async () => {
+  await stack?.stop();
+});
+
+test("the overview counts what runs, live, without a reload", async () => {
+  const { context, page, violations } = await stack.signedInPage("viewer", "vera");
+  await page.goto(`${stack.origin}/console#/overview`);
+  await page.waitForSelector("#overview-queues tr[data-queue='conveyor.diag']");
+  const succeeded = async () =>
+    Number(
+      (await page.textContent("#overview-queues tr[data-queue='conveyor.diag'] td:nth-child(3)")).replaceAll(",", ""),
+    );
+  const before = await succeeded();
+  conveyor("enqueue", "diag.noop", "--count", "40", "--no-progress");
+  await eventually(async () => (await succeeded()) >= before + 40, 20_000, "the overview to count 40 more jobs");
+  assert.match(await page.textContent("#workers-running"), /^\s*[1-9]/);
+  assert.equal(
+    (await page.locator("#overview-queues tr[data-queue='conveyor.diag'] svg.chart rect").count()) > 0,
+    true,
+  );
+  await shot(page, "overview");
+  assert.deepEqual(violations, []);
+  await context.close();
+});
+
+test("an operator finds a dead-lettered job, reads its error and payload, retries it and sees who did", async () => {
+  const jobId = `${run}-failing`;
+  await deadLettered(jobId);
+  const { context, page, violations } = await stack.signedInPage("operator", "olga");
+  await page.goto(`${stack.origin}/console#/jobs?type=diag.fail&state=dead_lettered`);
+  await page.click(`#jobs tr[data-id='${jobId}'] a`);
+  await page.waitForSelector("#attempts");
+  assert.match(await page.textContent("#attempts"), /permanent_failure: diag\.fail: failing attempt 1 of 9/);
+  assert.deepEqual(JSON.parse(await page.textContent("#payload")), { times: 9, permanent: true });
+  await shot(page, "job-dead-lettered");
+  await page.click("#retry-job");
+  await page.waitForSelector("#job-audit td:text('replay')");
+  assert.match(await page.textContent("#job-audit"), /user:olga/);
+  await eventually(
+    () => sql(`SELECT count(*) FROM conveyor.dead_letters WHERE job_id = '${jobId}'`) === "2",
+    30_000,
+    "the retried job to run and fail again",
+  );
+  assert.deepEqual(violations, []);
+  await context.close();
+});
+
+test("an operator cancels a scheduled job from its page; a viewer gets no buttons", async () => {
+  const jobId = conveyor("enqueue", "diag.noop", "--in", "1h", "--no-progress");
+  assert.match(jobId, /^[0-9a-f-]{36}$/);
+  const viewer = await stack.signedInPage("viewer", "vera");
+  await viewer.page.goto(`${stack.origin}/console#/jobs/${jobId}`);
+  await viewer.page.waitForSelector("#attempts");
+  assert.equal(await viewer.page.locator("#cancel-job").count(), 0);
+  await viewer.context.close();
+
+  const { context, page, violations } = await stack.signedInPage("operator", "olga");
+  await page.goto(`${stack.origin}/console#/jobs/${jobId}`);
+  await page.click("#cancel-job");
+  await page.waitForSelector("#job-audit td:text('cancel')");
+  assert.equal(sql(`SELECT state FROM conveyor.scheduled_jobs WHERE id = '${jobId}'`), "cancelled");
+  await shot(page, "job-cancelled");
+  assert.deepEqual(violations, []);
+  await context.close();
+});
+
+test("a correlation id shows its saga as a timeline in enqueue order", async () => {
+  const correlation = `${run}-order`;
+  for (const [type, payload] of [
+    ["diag.noop", "{}"],
+    ["diag.sleep", '{"ms": 1}'],
+    ["diag.noop", "{}"],
+  ]) {
+    conveyor("enqueue", type, "--payload", payload, "--correlation-id", correlation, "--no-progress");
+  }
+  const { context, page } = await stack.signedInPage("viewer", "vera");
+  await eventually(
+    async () => {
+      await page.goto(`${stack.origin}/console#/jobs?correlation_id=${correlation}`);
+      await page.waitForSelector("#jobs");
+      return (await page.locator("#timeline li").count()) === 3;
+    },
+    20_000,
+    "three steps in the timeline",
+  );
+  const types = await page.locator("#timeline li").evaluateAll((steps) => steps.map((step) => step.dataset.type));
+  assert.deepEqual(types, ["diag.noop", "diag.sleep", "diag.noop"]);
+  await shot(page, "saga-timeline");
+  await context.close();
+});
+
+test("an admin purges a group of dead letters only by typing its count", async () => {
+  sql("DELETE FROM conveyor.dead_letters WHERE type = 'diag.fail'");
+  await Promise.all([1, 2, 3].map((n) => deadLettered(`${run}-purged-${n}`)));
+  const { context, page, violations } = await stack.signedInPage("admin", "ada");
+  await page.goto(`${stack.origin}/console#/dead-letters?type=diag.fail`);
+  const group = page.locator("#dead-letter-groups tbody tr").first();
+  assert.equal((await group.locator("td").first().textContent()).trim(), "3");
+  await shot(page, "dead-letter-groups");
+  await group.locator("button.purge").click();
+  await page.fill("#purge-count", "2");
+  await page.click("#confirm");
+  assert.equal(await page.locator("dialog[open]").count(), 1, "a wrong count closed the dialog");
+  assert.equal(sql("SELECT count(*) FROM conveyor.dead_letters WHERE type = 'diag.fail'"), "3");
+  await page.fill("#purge-count", "3");
+  await page.click("#confirm");
+  await page.waitForSelector("#dead-letter-status:text('Deleted 3 dead letters')");
+  assert.equal(sql("SELECT count(*) FROM conveyor.dead_letters WHERE type = 'diag.fail'"), "0");
+  assert.equal(
+    sql(
+      "SELECT actor || ' ' || (details->>'count') FROM conveyor.audit_log WHERE action = 'purge' " +
+        "ORDER BY id DESC LIMIT 1",
+    ),
+    "api:user:ada 3",
+  );
+  assert.deepEqual(violations, []);
+  await context.close();
+});
+
+test("an operator replays a group after a dry run; a viewer sees the groups without actions", async () => {
+  await deadLettered(`${run}-replayed`);
+  const viewer = await stack.signedInPage("viewer", "vera");
+  await viewer.page.goto(`${stack.origin}/console#/dead-letters?type=diag.fail`);
+  await viewer.page.waitForSelector("#dead-letter-groups");
+  assert.equal(await viewer.page.locator("#dead-letter-groups button").count(), 0);
+  await viewer.context.close();
+
+  const { context, page, violations } = await stack.signedInPage("operator", "olga");
+  await page.goto(`${stack.origin}/console#/dead-letters?type=diag.fail`);
+  assert.equal(await page.locator("#dead-letter-groups button.purge").count(), 0, "an operator may not purge");
+  await page.locator("#dead-letter-groups button.replay").first().click();
+  await page.waitForSelector("dialog[open]");
+  assert.match(await page.textContent("#dead-letter-status"), /Dry run: 1 would be replayed/);
+  await page.click("#confirm");
+  await page.waitForSelector("#dead-letter-status:text('Replayed 1 of 1')");
+  assert.equal(
+    sql(`SELECT state FROM conveyor.dead_letters WHERE job_id = '${run}-replayed' ORDER BY id LIMIT 1`),
+    "replayed",
+  );
+  assert.deepEqual(violations, []);
+  await context.close();
+});
+
+test("the workers page shows the running worker by its heartbeat", async () => {
+  const { context, page, violations } = await stack.signedInPage("viewer", "vera");
+  await page.goto(`${stack.origin}/console#/workers`);
+  const row = page.locator("#workers tr[data-name='browser-worker-19484']").first();
+  await row.waitFor();
+  assert.equal(await row.getAttribute("data-state"), "running");
+  assert.match(await page.textContent("#workers-summary"), /[1-9]\d* running/);
+  await shot(page, "workers");
+  assert.deepEqual(violations, []);
+  await context.close();
+});
+
+test("the audit page lists the changes and filters them by action", async () => {
+  const { context, page, violations } = await stack.signedInPage("viewer", "vera");
+  await page.goto(`${stack.origin}/console#/audit`);
+  await page.waitForSelector("#audit tbody tr[data-action]");
+  await page.selectOption("#audit-filter select[name=action]", "purge");
+  await page.click("#audit-filter button[type=submit]");
+  await page.waitForFunction(() => location.hash.includes("action=purge"));
+  await page.waitForSelector("#audit tbody tr[data-action]");
+  const actions = await page.locator("#audit tbody tr").evaluateAll((rows) => rows.map((row) => row.dataset.action));
+  assert.ok(actions.length > 0 && actions.every((action) => action === "purge"), actions.join(","));
+  assert.match(await page.textContent("#audit"), /api:user:ada/);
+  await shot(page, "audit");
+  assert.deepEqual(violations, []);
+  await context.close();
+});

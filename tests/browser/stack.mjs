@@ -1,0 +1,133 @@
+// The console's browser tests share this: a real conveyor-scheduler and conveyor-worker on the local stack
+// (CONVEYOR_AMQP_URL, CONVEYOR_PG_URL), Debian's chromium driven by playwright-core, tokens signed by `conveyor
+// token`, and screenshots into CONVEYOR_SCREENSHOT_DIR (default: the system's temporary folder). Each test file
+// starts its own processes on its own ports and stops them, by pid, when it ends.
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+export const binDir = process.env.CONVEYOR_BIN_DIR ?? path.resolve("../../build/bin");
+export const pgUrl = process.env.CONVEYOR_PG_URL ?? "postgresql://postgres@127.0.0.1:5432/conveyor";
+export const amqpUrl = process.env.CONVEYOR_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672/%2f";
+export const screenshots = process.env.CONVEYOR_SCREENSHOT_DIR ?? mkdtempSync(path.join(tmpdir(), "conveyor-console-"));
+
+const scratch = mkdtempSync(path.join(tmpdir(), "conveyor-browser-"));
+const secretFile = path.join(scratch, "jwt-secret");
+writeFileSync(secretFile, "a-browser-test-secret-of-at-least-32-bytes\n");
+mkdirSync(screenshots, { recursive: true });
+
+export function sql(statement) {
+  return execFileSync("psql", ["-X", "-q", "-t", "-A", "-d", pgUrl, "-c", statement], { encoding: "utf8" }).trim();
+}
+
+export function conveyor(...args) {
+  return execFileSync(path.join(binDir, "conveyor"), ["--amqp-url", amqpUrl, ...args], { encoding: "utf8" }).trim();
+}
+
+export function token(role, subject) {
+  return execFileSync(
+    path.join(binDir, "conveyor"),
+    ["token", "--role", role, "--subject", subject, "--ttl", "15m", "--jwt-secret-file", secretFile],
+    { encoding: "utf8" },
+  ).trim();
+}
+
+export async function eventually(check, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) {
+      return;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/// The scheduler (with the HS256 secret) and a worker of the diag family, and a browser; stop() ends them all.
+export async function startStack({ schedulerPort, workerPort }) {
+  const processes = [];
+  const start = async (binary, args, readyUrl) => {
+    const child = spawn(path.join(binDir, binary), args, { stdio: ["ignore", "inherit", "inherit"] });
+    processes.push(child);
+    await eventually(
+      async () => {
+        try {
+          return (await fetch(readyUrl)).ok;
+        } catch {
+          return false;
+        }
+      },
+      30_000,
+      `${binary} at ${readyUrl}`,
+    );
+  };
+  execFileSync(path.join(binDir, "conveyor"), ["migrate", "--pg-url", pgUrl], { stdio: "ignore" });
+  const origin = `http://127.0.0.1:${schedulerPort}`;
+  await start(
+    "conveyor-scheduler",
+    ["--http-port", String(schedulerPort), "--jwt-secret-file", secretFile, "--amqp-url", amqpUrl, "--pg-url", pgUrl],
+    `${origin}/readyz`,
+  );
+  await start(
+    "conveyor-worker",
+    [
+      "--http-port",
+      String(workerPort),
+      "--queues",
+      "diag",
+      "--heartbeat-interval",
+      "1s",
+      "--amqp-url",
+      amqpUrl,
+      "--pg-url",
+      pgUrl,
+      "--name",
+      `browser-worker-${workerPort}`,
+    ],
+    `http://127.0.0.1:${workerPort}/readyz`,
+  );
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+
+  /// A page signed in with a JWT of `role` for `subject`; `violations` collects CSP reports and page errors.
+  const signedInPage = async (role, subject) => {
+    const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+    const page = await context.newPage();
+    const violations = [];
+    page.on("console", (message) => {
+      if (message.text().includes("Content Security Policy")) {
+        violations.push(message.text());
+      }
+    });
+    page.on("pageerror", (error) => violations.push(error.message));
+    const response = await page.goto(`${origin}/console#/queues`);
+    assert.match(response.headers()["content-security-policy"], /script-src 'self'/);
+    await page.fill("#token", token(role, subject));
+    await page.click("#sign-in button[type=submit]");
+    await page.waitForSelector("#queues");
+    assert.equal(await page.textContent("#user"), `user:${subject}`);
+    return { context, page, violations };
+  };
+
+  const stop = async () => {
+    await browser.close();
+    await Promise.all(
+      processes.map(
+        (child) =>
+          new Promise((resolve) => {
+            if (child.exitCode !== null) {
+              resolve();
+              return;
+            }
+            child.once("exit", resolve);
+            child.kill("SIGTERM");
+          }),
+      ),
+    );
+  };
+  return { origin, signedInPage, stop };
+}
