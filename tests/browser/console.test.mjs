@@ -46,6 +46,10 @@ test("an operator pauses a queue, its jobs wait, and they run once it is resumed
     ),
     "true api:user:olga",
   );
+  assert.equal(
+    sql("SELECT actor || ' ' || action || ' ' || target FROM conveyor.audit_log ORDER BY id DESC LIMIT 1"),
+    "api:user:olga pause diag",
+  );
 
   const jobId = `browser-paused-${Date.now()}`;
   conveyor("enqueue", "diag.noop", "--job-id", jobId);

@@ -105,6 +105,7 @@ test("a correlation id shows its saga as a timeline in enqueue order", async () 
   await eventually(
     async () => {
       await page.goto(`${stack.origin}/console#/jobs?correlation_id=${correlation}`);
+      await page.reload();
       await page.waitForSelector("#jobs");
       return (await page.locator("#timeline li").count()) === 3;
     },
@@ -145,26 +146,82 @@ test("an admin purges a group of dead letters only by typing its count", async (
   await context.close();
 });
 
-test("an operator replays a group after a dry run; a viewer sees the groups without actions", async () => {
-  await deadLettered(`${run}-replayed`);
+test("an operator dry-runs and replays a dead-letter group after a fix and watches its jobs succeed", async () => {
+  // The "bug": a worker that gives diag.fail one attempt. Its jobs fail once and are dead-lettered.
+  await stack.restartWorker(["--retry", "diag.fail=attempts:1"]);
+  const ids = [1, 2, 3, 4, 5].map((n) => `${run}-fixed-${n}`);
+  for (const id of ids) {
+    conveyor("enqueue", "diag.fail", "--payload", '{"times": 1}', "--job-id", id, "--no-progress");
+  }
+  const dead = () =>
+    sql(`SELECT count(*) FROM conveyor.dead_letters WHERE job_id LIKE '${run}-fixed-%' AND state = 'dead'`);
+  await eventually(() => dead() === "5", 30_000, "five dead letters");
+  // The fix: a worker that retries them.
+  await stack.restartWorker(["--retry", "diag.fail=attempts:3,base:100ms"]);
+
   const viewer = await stack.signedInPage("viewer", "vera");
   await viewer.page.goto(`${stack.origin}/console#/dead-letters?type=diag.fail`);
-  await viewer.page.waitForSelector("#dead-letter-groups");
-  assert.equal(await viewer.page.locator("#dead-letter-groups button").count(), 0);
+  await viewer.page.waitForSelector("#dead-letter-groups tbody tr[data-fingerprint]");
+  assert.equal(await viewer.page.locator("#dead-letter-groups button").count(), 0, "a viewer was offered an action");
   await viewer.context.close();
 
   const { context, page, violations } = await stack.signedInPage("operator", "olga");
   await page.goto(`${stack.origin}/console#/dead-letters?type=diag.fail`);
+  const group = page.locator("#dead-letter-groups tbody tr[data-fingerprint]").first();
+  assert.equal((await group.locator("td").first().textContent()).trim(), "5");
   assert.equal(await page.locator("#dead-letter-groups button.purge").count(), 0, "an operator may not purge");
-  await page.locator("#dead-letter-groups button.replay").first().click();
+  await group.locator("button.replay").click();
   await page.waitForSelector("dialog[open]");
-  assert.match(await page.textContent("#dead-letter-status"), /Dry run: 1 would be replayed/);
+  assert.match(await page.textContent("#dead-letter-status"), /Dry run: 5 would be replayed/);
+  assert.equal(dead(), "5", "the dry run replayed something");
+  await shot(page, "dead-letter-replay-dialog");
   await page.click("#confirm");
-  await page.waitForSelector("#dead-letter-status:text('Replayed 1 of 1')");
-  assert.equal(
-    sql(`SELECT state FROM conveyor.dead_letters WHERE job_id = '${run}-replayed' ORDER BY id LIMIT 1`),
-    "replayed",
+  await page.waitForSelector("#dead-letter-status:text('Replayed 5 of 5')");
+  await eventually(
+    async () => {
+      await page.goto(`${stack.origin}/console#/jobs?type=diag.fail&state=succeeded&since=1%20hour`);
+      await page.reload();
+      await page.waitForSelector("#jobs");
+      const shown = await page
+        .locator("#jobs tbody tr[data-id]")
+        .evaluateAll((rows) => rows.map((row) => row.dataset.id));
+      return ids.every((id) => shown.includes(id));
+    },
+    30_000,
+    "the replayed jobs to succeed in the jobs page",
   );
+  await shot(page, "replayed-jobs-succeeded");
+  assert.equal(dead(), "0");
+  assert.deepEqual(violations, []);
+  await context.close();
+});
+
+test("cancelling a running job from its page settles it as cancelled", async () => {
+  const jobId = `${run}-running`;
+  conveyor("enqueue", "diag.sleep", "--payload", '{"ms": 60000}', "--job-id", jobId, "--no-progress");
+  const { context, page, violations } = await stack.signedInPage("operator", "olga");
+  await eventually(
+    async () => {
+      await page.goto(`${stack.origin}/console#/jobs/${jobId}`);
+      await page.reload();
+      return (await page.locator("#attempts .state-running").count()) === 1;
+    },
+    20_000,
+    "the job to run",
+  );
+  await page.click("#cancel-job");
+  await page.waitForSelector("#job-status:text('Cancel requested')");
+  await eventually(
+    async () => {
+      await page.reload();
+      await page.waitForSelector("#attempts");
+      return (await page.locator("dd .state-cancelled").count()) === 1;
+    },
+    10_000,
+    "the job's page to show it cancelled",
+  );
+  assert.equal(sql(`SELECT count(*) FROM conveyor.job_events WHERE job_id = '${jobId}' AND state = 'cancelled'`), "1");
+  await shot(page, "job-running-cancelled");
   assert.deepEqual(violations, []);
   await context.close();
 });
@@ -192,6 +249,12 @@ test("the audit page lists the changes and filters them by action", async () => 
   const actions = await page.locator("#audit tbody tr").evaluateAll((rows) => rows.map((row) => row.dataset.action));
   assert.ok(actions.length > 0 && actions.every((action) => action === "purge"), actions.join(","));
   assert.match(await page.textContent("#audit"), /api:user:ada/);
+  await page.goto(`${stack.origin}/console#/audit`);
+  await page.waitForSelector("#audit tbody tr[data-action]");
+  const text = await page.textContent("#audit");
+  for (const expected of [`api:user:olgacancel${run}-running`, "api:user:olgareplaydead letters type=diag.fail"]) {
+    assert.ok(text.includes(expected), `${expected} is not in the audit log`);
+  }
   await shot(page, "audit");
   assert.deepEqual(violations, []);
   await context.close();

@@ -48,6 +48,18 @@ export async function eventually(check, timeoutMs, what) {
   }
 }
 
+/// Sends SIGTERM (unless it has exited) and waits for the exit.
+function ended(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      resolve();
+      return;
+    }
+    child.once("exit", resolve);
+    child.kill("SIGTERM");
+  });
+}
+
 /// The scheduler (with the HS256 secret) and a worker of the diag family, and a browser; stop() ends them all.
 export async function startStack({ schedulerPort, workerPort }) {
   const processes = [];
@@ -73,24 +85,15 @@ export async function startStack({ schedulerPort, workerPort }) {
     ["--http-port", String(schedulerPort), "--jwt-secret-file", secretFile, "--amqp-url", amqpUrl, "--pg-url", pgUrl],
     `${origin}/readyz`,
   );
-  await start(
-    "conveyor-worker",
-    [
-      "--http-port",
-      String(workerPort),
-      "--queues",
-      "diag",
-      "--heartbeat-interval",
-      "1s",
-      "--amqp-url",
-      amqpUrl,
-      "--pg-url",
-      pgUrl,
-      "--name",
-      `browser-worker-${workerPort}`,
-    ],
-    `http://127.0.0.1:${workerPort}/readyz`,
-  );
+  const workerName = `browser-worker-${workerPort}`;
+  const workerArgs = ["--http-port", String(workerPort), "--queues", "diag", "--heartbeat-interval", "1s"];
+  let worker;
+  const startWorker = async (extraArgs = []) => {
+    const args = [...workerArgs, "--amqp-url", amqpUrl, "--pg-url", pgUrl, "--name", workerName, ...extraArgs];
+    await start("conveyor-worker", args, `http://127.0.0.1:${workerPort}/readyz`);
+    worker = processes.at(-1);
+  };
+  await startWorker();
   const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
 
   /// A page signed in with a JWT of `role` for `subject`; `violations` collects CSP reports and page errors.
@@ -115,19 +118,13 @@ export async function startStack({ schedulerPort, workerPort }) {
 
   const stop = async () => {
     await browser.close();
-    await Promise.all(
-      processes.map(
-        (child) =>
-          new Promise((resolve) => {
-            if (child.exitCode !== null) {
-              resolve();
-              return;
-            }
-            child.once("exit", resolve);
-            child.kill("SIGTERM");
-          }),
-      ),
-    );
+    await Promise.all(processes.map(ended));
   };
-  return { origin, signedInPage, stop };
+
+  /// The worker again with other settings (a fix deployed): the old one drains and exits first.
+  const restartWorker = async (extraArgs) => {
+    await ended(worker);
+    await startWorker(extraArgs);
+  };
+  return { origin, workerName, signedInPage, restartWorker, stop };
 }

@@ -111,8 +111,7 @@ function actions(job, session, status, rerender) {
           click: async (event) => {
             event.target.disabled = true;
             try {
-              status.textContent = await perform();
-              await rerender();
+              await rerender(await perform());
             } catch (failure) {
               status.textContent = failure.message;
             }
@@ -164,7 +163,7 @@ function fields(job) {
   );
 }
 
-async function renderJob(main, session, id) {
+async function renderJob(main, session, id, message = "") {
   let job;
   try {
     job = await get(`/v1/jobs/${encodeURIComponent(id)}`);
@@ -175,7 +174,7 @@ async function renderJob(main, session, id) {
     }
     throw failure;
   }
-  const status = el("p", { id: "job-status", role: "status" });
+  const status = el("p", { id: "job-status", role: "status" }, message);
   const letter = job.state === "dead_lettered" || job.state === "retrying" ? await deadLetterOf(id) : null;
   page(
     main,
@@ -184,7 +183,7 @@ async function renderJob(main, session, id) {
     el(
       "div",
       { className: "buttons" },
-      actions(job, session, status, () => renderJob(main, session, id)),
+      actions(job, session, status, (shown) => renderJob(main, session, id, shown)),
     ),
     status,
     el("h2", {}, "Attempts"),
