@@ -15,7 +15,8 @@ namespace json = boost::json;
 
 namespace {
 
-constexpr std::array<std::string_view, 6> kActions{"cancel", "pause", "resume", "replay", "purge", "apply_flow_limits"};
+constexpr std::array<std::string_view, 7> kActions{"cancel", "pause", "resume", "replay", "purge", "apply_flow_limits",
+                                                   "run_now"};
 constexpr std::int64_t kMaxPage = 1000;
 
 }  // namespace

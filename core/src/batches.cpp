@@ -133,36 +133,61 @@ boost::json::object to_json(const Batch& batch) {
             {"callback_error", batch.callback_error}};
 }
 
-asio::awaitable<std::optional<Batch>> find(pg::Pool& pool, const std::string& batch_id) {
-    const auto rows = co_await pool.query(
-        "SELECT b.id, b.description, coalesce(b.callback_type, ''), b.opened_at::text, b.opened_by, b.added, "
-        "b.expected, coalesce(b.sealed_at::text, ''), coalesce(b.finished_at::text, ''), "
+namespace {
+
+/// The batches `condition` selects (ordered and limited by `tail`), with their members' ends counted.
+std::string batches_query(std::string_view condition, std::string_view tail) {
+    return fmt::format(
+        "SELECT b.id, b.description, coalesce(b.callback_type, ''), {0}, b.opened_by, b.added, "
+        "b.expected, coalesce({1}, ''), coalesce({2}, ''), "
         "coalesce(b.callback_job_id::text, ''), coalesce(b.callback_error, ''), "
         "count(m.job_id) FILTER (WHERE m.state = 'succeeded'), count(m.job_id) FILTER (WHERE m.state = "
         "'dead_lettered'), count(m.job_id) FILTER (WHERE m.state = 'cancelled'), "
         "count(m.job_id) FILTER (WHERE m.state = 'deduplicated') "
-        "FROM conveyor.batches b LEFT JOIN conveyor.batch_members m ON m.batch_id = b.id WHERE b.id = $1 "
-        "GROUP BY b.id",
-        batch_id);
+        "FROM conveyor.batches b LEFT JOIN conveyor.batch_members m ON m.batch_id = b.id WHERE {3} "
+        "GROUP BY b.id {4}",
+        pg::utc_text("b.opened_at"), pg::utc_text("b.sealed_at"), pg::utc_text("b.finished_at"), condition, tail);
+}
+
+Batch batch_of(const pg::Result& rows, int row) {
+    return {.id = std::string(rows.text(row, 0)),
+            .description = std::string(rows.text(row, 1)),
+            .callback_type = std::string(rows.text(row, 2)),
+            .opened_at = std::string(rows.text(row, 3)),
+            .opened_by = std::string(rows.text(row, 4)),
+            .added = rows.integer(row, 5),
+            .expected = rows.is_null(row, 6) ? std::nullopt : std::optional(rows.integer(row, 6)),
+            .sealed_at = std::string(rows.text(row, 7)),
+            .finished_at = std::string(rows.text(row, 8)),
+            .callback_job_id = std::string(rows.text(row, 9)),
+            .callback_error = std::string(rows.text(row, 10)),
+            .succeeded = rows.integer(row, 11),
+            .dead_lettered = rows.integer(row, 12),
+            .cancelled = rows.integer(row, 13),
+            .deduplicated = rows.integer(row, 14)};
+}
+
+}  // namespace
+
+asio::awaitable<std::optional<Batch>> find(pg::Pool& pool, const std::string& batch_id) {
+    const auto rows = co_await pool.query(batches_query("b.id = $1", ""), batch_id);
     if (rows.rows() == 0) {
         co_return std::nullopt;
     }
-    Batch batch{.id = std::string(rows.text(0, 0)),
-                .description = std::string(rows.text(0, 1)),
-                .callback_type = std::string(rows.text(0, 2)),
-                .opened_at = std::string(rows.text(0, 3)),
-                .opened_by = std::string(rows.text(0, 4)),
-                .added = rows.integer(0, 5),
-                .expected = rows.is_null(0, 6) ? std::nullopt : std::optional(rows.integer(0, 6)),
-                .sealed_at = std::string(rows.text(0, 7)),
-                .finished_at = std::string(rows.text(0, 8)),
-                .callback_job_id = std::string(rows.text(0, 9)),
-                .callback_error = std::string(rows.text(0, 10)),
-                .succeeded = rows.integer(0, 11),
-                .dead_lettered = rows.integer(0, 12),
-                .cancelled = rows.integer(0, 13),
-                .deduplicated = rows.integer(0, 14)};
-    co_return batch;
+    co_return batch_of(rows, 0);
+}
+
+asio::awaitable<std::vector<Batch>> recent(pg::Pool& pool, std::int64_t limit) {
+    const auto rows =
+        co_await pool.query(batches_query("b.finished_at IS NULL OR b.finished_at > now() - interval '1 day'",
+                                          "ORDER BY b.finished_at IS NULL DESC, b.opened_at DESC LIMIT $1"),
+                            limit);
+    std::vector<Batch> listed;
+    listed.reserve(static_cast<std::size_t>(rows.rows()));
+    for (int row = 0; row < rows.rows(); ++row) {
+        listed.push_back(batch_of(rows, row));
+    }
+    co_return listed;
 }
 
 asio::awaitable<std::int64_t> record(pg::Pool& pool, const std::vector<MemberEnd>& ends) {

@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <boost/json/parse.hpp>
 #include <charconv>
 #include <cmath>
 #include <stdexcept>
@@ -218,6 +219,30 @@ boost::asio::awaitable<std::optional<Applied>> newest(pg::Pool& pool, std::int64
     }
     co_return Applied{rows.integer(0, 0), std::string(rows.text(0, 1)), std::string(rows.text(0, 2)),
                       std::string(rows.text(0, 3))};
+}
+
+boost::json::object to_json(const Applied& applied, const FlowConfig& config) {
+    return {{"version", applied.version},
+            {"applied_at", applied.applied_at},
+            {"applied_by", applied.applied_by},
+            {"limits", to_json(config)},
+            {"source", applied.source}};
+}
+
+boost::asio::awaitable<boost::json::value> held_back(pg::Pool& pool) {
+    const auto rows = co_await pool.query(
+        "WITH lines AS (SELECT 'concurrency' AS kind, job_type, count(*) AS waiting, "
+        "count(DISTINCT concurrency_key) AS keys, min(waiting_since) AS oldest FROM conveyor.concurrency_waiting "
+        "WHERE released_at IS NULL GROUP BY job_type "
+        "UNION ALL SELECT 'rate', job_type, count(*), count(DISTINCT rate_key), min(waiting_since) "
+        "FROM conveyor.rate_waiting WHERE released_at IS NULL GROUP BY job_type), "
+        "places AS (SELECT 'concurrency' AS kind, job_type, count(*) AS running FROM conveyor.concurrency_slots "
+        "WHERE expires_at > now() GROUP BY job_type) "
+        "SELECT coalesce(json_agg(json_build_object('type', job_type, 'kind', kind, 'waiting', "
+        "coalesce(waiting, 0), 'keys', coalesce(keys, 0), 'oldest_waiting_since', "
+        "to_char(oldest AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), 'running', running) "
+        "ORDER BY job_type, kind), '[]')::text FROM lines FULL JOIN places USING (kind, job_type)");
+    co_return boost::json::parse(rows.text(0, 0));
 }
 
 }  // namespace conveyor::flow

@@ -107,9 +107,9 @@ asio::awaitable<CancelOutcome> request_cancel(pg::Pool& pool, std::string_view j
         job_id, by, state_before);
     if (job && job->state == "scheduled") {
         // Published meanwhile, it is a queued job: the tombstone stops it.
-        const auto scheduled = co_await scheduled_jobs::cancel(pool, std::string(job_id));
-        outcome.result = scheduled.result == scheduled_jobs::Cancel::cancelled ? CancelOutcome::Result::cancelled
-                                                                               : CancelOutcome::Result::cancelling;
+        const auto scheduled = co_await scheduled_jobs::cancel(pool, std::string(job_id), "");
+        outcome.result = scheduled.result == scheduled_jobs::Change::done ? CancelOutcome::Result::cancelled
+                                                                          : CancelOutcome::Result::cancelling;
         co_return outcome;
     }
     outcome.result = job ? CancelOutcome::Result::cancelling : CancelOutcome::Result::cancel_pending;

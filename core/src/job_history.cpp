@@ -22,11 +22,6 @@ namespace {
 
 constexpr std::int64_t kMaxPage = 1000;
 
-/// A timestamp column as RFC 3339 UTC with milliseconds.
-std::string utc(std::string_view column) {
-    return fmt::format(R"(to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))", column);
-}
-
 /// Text PostgreSQL stores: no NUL (text cannot hold it) and valid UTF-8.
 std::string storable(std::string_view text) {
     auto clean = utf8::sanitized(text);
@@ -115,7 +110,7 @@ const std::string kRunsQuery = fmt::format(
     "progress, progress_note, {} "
     "FROM conveyor.job_events WHERE job_id = $1 "
     "ORDER BY started_at, attempt, recorded_at DESC, (state <> 'running') DESC",
-    utc("started_at"), utc("ended_at"), utc("enqueued_at"), utc("recorded_at"));
+    pg::utc_text("started_at"), pg::utc_text("ended_at"), pg::utc_text("enqueued_at"), pg::utc_text("recorded_at"));
 
 Job job_from_runs(std::string_view job_id, const pg::Result& runs) {
     Job job;
@@ -161,7 +156,7 @@ asio::awaitable<std::optional<Job>> find_scheduled(pg::Pool& pool, std::string_v
         fmt::format("SELECT type, CASE state WHEN 'pending' THEN 'scheduled' WHEN 'failed' THEN 'dead_lettered' "
                     "ELSE state END, correlation_id, traceparent, {}, {}, error "
                     "FROM conveyor.scheduled_jobs WHERE id = $1::uuid",
-                    utc("run_at"), utc("coalesce(finished_at, created_at)")),
+                    pg::utc_text("run_at"), pg::utc_text("coalesce(finished_at, created_at)")),
         job_id);
     if (rows.rows() == 0) {
         co_return std::nullopt;
@@ -309,7 +304,7 @@ asio::awaitable<Page> list(pg::Pool& pool, const Filter& filter) {
                     "WHERE ($6::text IS NULL OR state = $6) "
                     "AND ($7::timestamptz IS NULL OR (recorded_at, job_id) < ($7::timestamptz, $8::text)) "
                     "ORDER BY recorded_at DESC, job_id DESC LIMIT $9",
-                    utc("enqueued_at"), utc("recorded_at")),
+                    pg::utc_text("enqueued_at"), pg::utc_text("recorded_at")),
         since_at, since_ago, filter.type, filter.queue, filter.correlation_id, filter.state, after_at, after_id,
         filter.limit + 1);
     Page page;

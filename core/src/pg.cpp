@@ -761,4 +761,8 @@ std::string bytea_literal(std::string_view bytes) {
     return out;
 }
 
+std::string utc_text(std::string_view column) {
+    return fmt::format(R"(to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))", column);
+}
+
 }  // namespace conveyor::pg

@@ -38,20 +38,44 @@ asio::awaitable<pg::Result> list(pg::Pool& pool, const Filter& filter) {
     co_return rows;
 }
 
-asio::awaitable<CancelOutcome> cancel(pg::Pool& pool, const std::string& id) {
-    const auto rows = co_await pool.query(
+namespace {
+
+/// Runs `change` (a data-modifying statement on the locked row `target`, returning its id as `changed` rows) on a
+/// pending job and records it in the audit log as `action` by $2 unless $2 is empty; $1 is the id.
+asio::awaitable<ChangeOutcome> change_pending(pg::Pool& pool, const std::string& id, std::string_view by,
+                                              std::string_view change, std::string_view action) {
+    const auto sql = fmt::format(
         "WITH target AS (SELECT id, state FROM conveyor.scheduled_jobs WHERE id = $1::uuid FOR UPDATE), "
-        "cancelled AS (UPDATE conveyor.scheduled_jobs AS jobs SET state = 'cancelled', "
-        "finished_at = clock_timestamp() FROM target WHERE jobs.id = target.id AND target.state = 'pending' "
-        "RETURNING jobs.id) "
-        "SELECT target.state, EXISTS (SELECT 1 FROM cancelled) FROM target",
-        id);
-    CancelOutcome outcome;
+        "changed AS ({}), "
+        "audited AS (INSERT INTO conveyor.audit_log (actor, action, target, job_ids) "
+        "SELECT $2, '{}', $1, ARRAY[$1] FROM changed WHERE $2 <> '') "
+        "SELECT target.state, EXISTS (SELECT 1 FROM changed), "
+        "(SELECT count(pg_notify('conveyor_scheduled_jobs', '')) FROM changed) FROM target",
+        change, action);
+    const auto rows = co_await pool.query(sql, id, by);
+    ChangeOutcome outcome;
     if (rows.rows() == 1) {
-        outcome.result = rows.text(0, 1) == "t" ? Cancel::cancelled : Cancel::not_pending;
+        outcome.result = rows.text(0, 1) == "t" ? Change::done : Change::not_pending;
         outcome.state = rows.text(0, 0);
     }
     co_return outcome;
+}
+
+}  // namespace
+
+asio::awaitable<ChangeOutcome> cancel(pg::Pool& pool, const std::string& id, std::string_view by) {
+    return change_pending(pool, id, by,
+                          "UPDATE conveyor.scheduled_jobs AS jobs SET state = 'cancelled', "
+                          "finished_at = clock_timestamp() FROM target WHERE jobs.id = target.id "
+                          "AND target.state = 'pending' RETURNING jobs.id",
+                          "cancel");
+}
+
+asio::awaitable<ChangeOutcome> run_now(pg::Pool& pool, const std::string& id, std::string_view by) {
+    return change_pending(pool, id, by,
+                          "UPDATE conveyor.scheduled_jobs AS jobs SET run_at = now() FROM target "
+                          "WHERE jobs.id = target.id AND target.state = 'pending' RETURNING jobs.id",
+                          "run_now");
 }
 
 asio::awaitable<pg::Result> list_schedules(pg::Pool& pool) {

@@ -11,10 +11,6 @@ namespace json = boost::json;
 
 namespace {
 
-std::string utc(std::string_view column) {
-    return fmt::format(R"(coalesce(to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ''))", column);
-}
-
 /// queues as PostgreSQL prints a text[] ("{a,b}") back to names; family names need no quoting.
 std::vector<std::string> queue_names(std::string_view array) {
     std::vector<std::string> names;
@@ -80,7 +76,8 @@ asio::awaitable<std::vector<Worker>> list(pg::Pool& pool) {
         "WHEN last_seen_at < now() - make_interval(secs => {} * heartbeat_interval_ms / 1000.0) THEN 'gone' "
         "ELSE 'running' END AS state FROM conveyor.workers) w "
         "ORDER BY state = 'running' DESC, last_seen_at DESC, name",
-        utc("started_at"), utc("last_seen_at"), utc("stopped_at"), kMissedHeartbeats);
+        pg::utc_text("started_at"), pg::utc_text("last_seen_at"),
+        fmt::format("coalesce({}, '')", pg::utc_text("stopped_at")), kMissedHeartbeats);
     const auto rows = co_await pool.query(sql);
     std::vector<Worker> workers;
     workers.reserve(static_cast<std::size_t>(rows.rows()));

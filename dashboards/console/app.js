@@ -3,9 +3,11 @@
 import { ApiError, currentSession, signIn, signOut } from "/console/api.js";
 import { renderAudit } from "/console/pages/audit.js";
 import { renderDeadLetters } from "/console/pages/dead_letters.js";
+import { renderFlow } from "/console/pages/flow.js";
 import { renderJobs } from "/console/pages/jobs.js";
 import { renderOverview } from "/console/pages/overview.js";
 import { renderQueues } from "/console/pages/queues.js";
+import { renderScheduled } from "/console/pages/scheduled.js";
 import { renderWorkers } from "/console/pages/workers.js";
 
 const pages = {
@@ -13,6 +15,8 @@ const pages = {
   queues: renderQueues,
   jobs: renderJobs,
   "dead-letters": renderDeadLetters,
+  scheduled: renderScheduled,
+  flow: renderFlow,
   workers: renderWorkers,
   audit: renderAudit,
 };

@@ -137,7 +137,8 @@ void EnqueueApi::register_routes(HttpServer& server) {
     add("GET", "/v1/workers", P::view, std::bind_front(&EnqueueApi::list_workers, this));
     add("GET", "/v1/audit", P::view, std::bind_front(&EnqueueApi::list_audit, this));
     add("GET", "/v1/scheduled", P::view, std::bind_front(&EnqueueApi::list_scheduled, this));
-    add("DELETE", "/v1/scheduled/{id}", P::operate, std::bind_front(&EnqueueApi::cancel_scheduled, this));
+    add("DELETE", "/v1/scheduled/{id}", P::operate, std::bind_front(&EnqueueApi::change_scheduled, this, false));
+    add("POST", "/v1/scheduled/{id}/run", P::operate, std::bind_front(&EnqueueApi::change_scheduled, this, true));
     add("GET", "/v1/schedules", P::authenticated, std::bind_front(&EnqueueApi::list_schedules, this));
     add("GET", "/v1/dead-letters", P::view, std::bind_front(&EnqueueApi::list_dead_letters, this));
     add("GET", "/v1/dead-letters/groups", P::view, std::bind_front(&EnqueueApi::dead_letter_groups, this));
@@ -146,6 +147,8 @@ void EnqueueApi::register_routes(HttpServer& server) {
     add("POST", "/v1/dead-letters/purge", P::administer, std::bind_front(&EnqueueApi::purge_dead_letters, this));
     // Batches belong to the services that fill them: the enqueue scope opens, follows and seals them.
     add("POST", "/v1/batches", P::enqueue, std::bind_front(&EnqueueApi::open_batch, this));
+    add("GET", "/v1/batches", P::view, std::bind_front(&EnqueueApi::list_batches, this));
+    add("GET", "/v1/flow", P::view, std::bind_front(&EnqueueApi::show_flow, this));
     add("GET", "/v1/batches/{id}", P::authenticated, std::bind_front(&EnqueueApi::show_batch, this));
     add("POST", "/v1/batches/{id}/seal", P::enqueue, std::bind_front(&EnqueueApi::seal_batch, this));
     add("POST", "/console/api/session", P::none, std::bind_front(&EnqueueApi::sign_in, this));
@@ -360,23 +363,30 @@ asio::awaitable<HttpResponse> EnqueueApi::list_scheduled(const HttpRequest& requ
     co_return response;
 }
 
-asio::awaitable<HttpResponse> EnqueueApi::cancel_scheduled(const HttpRequest& request, const Caller& caller) {
+asio::awaitable<HttpResponse> EnqueueApi::change_scheduled(bool run_now, const HttpRequest& request,
+                                                           const Caller& caller) {
     const std::string id(request.param("id").value_or(""));
     if (!scheduled_jobs::is_job_id(id)) {
         auto response = error_response(400, fmt::format("'{}' is not a job id (a UUID)", id));
         co_return response;
     }
-    const auto outcome = co_await scheduled_jobs::cancel(pool_, id);
-    if (outcome.result == scheduled_jobs::Cancel::not_found) {
+    const auto source = caller.source();
+    scheduled_jobs::ChangeOutcome outcome;
+    if (run_now) {
+        outcome = co_await scheduled_jobs::run_now(pool_, id, source);
+    } else {
+        outcome = co_await scheduled_jobs::cancel(pool_, id, source);
+    }
+    if (outcome.result == scheduled_jobs::Change::not_found) {
         auto response = error_response(404, fmt::format("no scheduled job {}", id));
         co_return response;
     }
-    if (outcome.result == scheduled_jobs::Cancel::not_pending) {
+    if (outcome.result == scheduled_jobs::Change::not_pending) {
         auto response = error_response(409, fmt::format("job {} is {}, not pending", id, outcome.state));
         co_return response;
     }
-    spdlog::info("api: {} cancelled scheduled job {}", caller.name, id);
-    auto response = json_response(200, boost::json::object{{"id", id}, {"state", "cancelled"}});
+    spdlog::info("api: {} {} scheduled job {}", caller.name, run_now ? "made due now" : "cancelled", id);
+    auto response = json_response(200, boost::json::object{{"id", id}, {"state", run_now ? "pending" : "cancelled"}});
     co_return response;
 }
 

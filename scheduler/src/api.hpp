@@ -24,7 +24,7 @@ namespace conveyor::scheduler {
 ///                                          traceparent, priority, unique_key, unique_for, batch} or
 ///                                          {"jobs": [...]} (up to 1,000) → 202 {"id"} / {"ids"}
 ///   GET    /v1/scheduled        (viewer)   scheduled jobs: ?state=pending|published|cancelled|failed|all&type=&limit=
-///   DELETE /v1/scheduled/{id}   (operator) cancels a pending job
+///   DELETE /v1/scheduled/{id}   (operator) cancels a pending job; POST /v1/scheduled/{id}/run makes it due now
 ///   GET    /v1/jobs/{id}        (viewer)   a job from the history: state, progress, attempts, audit entries
 ///   GET    /v1/jobs             (viewer)   jobs by their latest event: ?type=&state=&queue=&correlation_id=&since=
 ///                                          &limit=&after= → {"jobs": [...], "next": cursor | null}
@@ -46,6 +46,8 @@ namespace conveyor::scheduler {
 ///   POST   /v1/queues/{family}/pause|resume (operator) pauses or resumes a family (?type= for one job type)
 ///   POST   /v1/batches          (enqueue)  opens a batch {id, description, callback, callback_payload} → 201
 ///   GET    /v1/batches/{id}     (any)      a batch's state, counts and progress
+///   GET    /v1/batches          (viewer)   the unfinished batches, then those finished in the last day: ?limit=
+///   GET    /v1/flow             (viewer)   the flow limits in force and what they hold back now
 ///   POST   /v1/batches/{id}/seal (enqueue) seals it ({"expected": N} members in all)
 ///   POST   /console/api/session  (none)    signs in: {"token"} (a JWT or an API token with a role) → 201 with the
 ///                                          session cookie and {user, role, csrf_token, expires_at}
@@ -96,7 +98,9 @@ class EnqueueApi {
 
     boost::asio::awaitable<HttpResponse> enqueue(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_scheduled(const HttpRequest& request, const Caller& caller);
-    boost::asio::awaitable<HttpResponse> cancel_scheduled(const HttpRequest& request, const Caller& caller);
+    /// Cancels a pending scheduled job, or makes it due now.
+    boost::asio::awaitable<HttpResponse> change_scheduled(bool run_now, const HttpRequest& request,
+                                                          const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_schedules(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> show_job(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_jobs(const HttpRequest& request, const Caller& caller);
@@ -108,6 +112,8 @@ class EnqueueApi {
                                                                   const std::string& family);
     boost::asio::awaitable<HttpResponse> dead_letter_groups(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_workers(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> list_batches(const HttpRequest& request, const Caller& caller);
+    boost::asio::awaitable<HttpResponse> show_flow(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> overview(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_audit(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> pause_queue(bool paused, const HttpRequest& request, const Caller& caller);

@@ -1,6 +1,8 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <boost/json/array.hpp>
+
 #include "api.hpp"
 #include "api_json.hpp"
 #include "conveyor/core/batches.hpp"
@@ -99,6 +101,23 @@ asio::awaitable<HttpResponse> EnqueueApi::show_batch(const HttpRequest& request,
         co_return response;
     }
     auto response = json_response(200, batches::to_json(*batch));
+    co_return response;
+}
+
+asio::awaitable<HttpResponse> EnqueueApi::list_batches(const HttpRequest& request, const Caller& /*caller*/) {
+    std::int64_t limit = 0;
+    try {
+        limit = listing_limit(request);
+    } catch (const std::invalid_argument& e) {
+        auto response = error_response(400, e.what());
+        co_return response;
+    }
+    const auto listed = co_await batches::recent(pool_, limit);
+    boost::json::array shown;
+    for (const auto& batch : listed) {
+        shown.emplace_back(batches::to_json(batch));
+    }
+    auto response = json_response(200, boost::json::object{{"batches", std::move(shown)}});
     co_return response;
 }
 

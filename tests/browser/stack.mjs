@@ -19,6 +19,13 @@ const secretFile = path.join(scratch, "jwt-secret");
 writeFileSync(secretFile, "a-browser-test-secret-of-at-least-32-bytes\n");
 mkdirSync(screenshots, { recursive: true });
 
+/// A file in this run's scratch folder; returns its path.
+export function writeScratch(name, text) {
+  const file = path.join(scratch, name);
+  writeFileSync(file, text);
+  return file;
+}
+
 export function sql(statement) {
   return execFileSync("psql", ["-X", "-q", "-t", "-A", "-d", pgUrl, "-c", statement], { encoding: "utf8" }).trim();
 }
@@ -60,8 +67,8 @@ function ended(child) {
   });
 }
 
-/// The scheduler (with the HS256 secret) and a worker of the diag family, and a browser; stop() ends them all.
-export async function startStack({ schedulerPort, workerPort }) {
+/// The scheduler (with the HS256 secret, and `schedules` as its schedules file if given) and a worker of the diag family, and a browser; stop() ends them all.
+export async function startStack({ schedulerPort, workerPort, schedules }) {
   const processes = [];
   const start = async (binary, args, readyUrl) => {
     const child = spawn(path.join(binDir, binary), args, { stdio: ["ignore", "inherit", "inherit"] });
@@ -82,7 +89,10 @@ export async function startStack({ schedulerPort, workerPort }) {
   const origin = `http://127.0.0.1:${schedulerPort}`;
   await start(
     "conveyor-scheduler",
-    ["--http-port", String(schedulerPort), "--jwt-secret-file", secretFile, "--amqp-url", amqpUrl, "--pg-url", pgUrl],
+    [
+      ...["--http-port", String(schedulerPort), "--jwt-secret-file", secretFile, "--amqp-url", amqpUrl],
+      ...["--pg-url", pgUrl, ...(schedules ? ["--schedules", writeScratch("schedules.yaml", schedules)] : [])],
+    ],
     `${origin}/readyz`,
   );
   const workerName = `browser-worker-${workerPort}`;

@@ -107,7 +107,7 @@ FleetCommands add_fleet_commands(CLI::App& app, AuditOptions& audit, bool& worke
         ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
     audit_cmd->add_option("--actor", audit.filter.actor, "Only this actor (api:NAME, api:user:SUB, user@host)");
     audit_cmd->add_option("--action", audit.filter.action,
-                          "Only this action: cancel, pause, resume, replay, purge, apply_flow_limits");
+                          "Only this action: cancel, pause, resume, replay, purge, apply_flow_limits, run_now");
     audit_cmd->add_option("--job", audit.filter.job_id, "Only entries that touched this job");
     audit_cmd->add_option("--limit", audit.filter.limit, "Entries at most (1 to 1000)")->capture_default_str();
     audit_cmd->add_option("--before", audit.filter.before, "Entries older than this id (the next page)");
@@ -250,6 +250,9 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
     auto* scheduled_cancel_cmd =
         scheduled_cmd->add_subcommand("cancel", "Cancel pending scheduled jobs by id (published ones cannot be)");
     scheduled_cancel_cmd->add_option("id", cancel_ids, "Job ids")->required();
+    auto* scheduled_run_cmd =
+        scheduled_cmd->add_subcommand("run", "Make pending scheduled jobs due now (the relay publishes them at once)");
+    scheduled_run_cmd->add_option("id", cancel_ids, "Job ids")->required();
 
     DlqOptions dlq_options;
     std::string dlq_state = "dead";
@@ -497,8 +500,8 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         if (*scheduled_list_cmd) {
             return list_scheduled(scheduled_options);
         }
-        if (*scheduled_cancel_cmd) {
-            return cancel_scheduled(scheduled_options.pg_url, cancel_ids);
+        if (*scheduled_cancel_cmd || *scheduled_run_cmd) {
+            return change_scheduled(scheduled_options.pg_url, cancel_ids, scheduled_run_cmd->parsed());
         }
         if (*schedules_list_cmd) {
             return list_schedules(schedules_pg_url, schedules_json);

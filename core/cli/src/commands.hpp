@@ -167,7 +167,8 @@ int sign_token(const TokenOptions& options);
 /// Schedules one job per payload through conveyor.enqueue(), due at --at or after --in.
 int enqueue_delayed(const EnqueueOptions& options, const std::vector<std::string>& payloads);
 int list_scheduled(const ScheduledListOptions& options);
-int cancel_scheduled(const std::string& pg_url, const std::vector<std::string>& ids);
+/// Cancels pending scheduled jobs, or (`run_now`) makes them due now.
+int change_scheduled(const std::string& pg_url, const std::vector<std::string>& ids, bool run_now);
 int list_schedules(const std::string& pg_url, bool json);
 int dlq_list(const DlqOptions& options);
 int dlq_show(const std::string& pg_url, std::int64_t id);

@@ -34,14 +34,6 @@ void print_limits(const flow::FlowConfig& config) {
     }
 }
 
-boost::json::object applied_json(const flow::Applied& applied, const flow::FlowConfig& config) {
-    return {{"version", applied.version},
-            {"applied_at", applied.applied_at},
-            {"applied_by", applied.applied_by},
-            {"limits", flow::to_json(config)},
-            {"source", applied.source}};
-}
-
 }  // namespace
 
 int flow_apply(const FlowApplyOptions& options) {
@@ -97,7 +89,7 @@ int flow_show(const std::string& pg_url, bool json) {
         }
         const auto config = flow::parse(applied->source, fmt::format("version {}", applied->version));
         if (json) {
-            std::cout << boost::json::serialize(applied_json(*applied, config)) << '\n';
+            std::cout << boost::json::serialize(flow::to_json(*applied, config)) << '\n';
             co_return kOk;
         }
         std::cout << fmt::format("version {}, applied {} by {}\n", applied->version, applied->applied_at,

@@ -196,24 +196,31 @@ int list_scheduled(const ScheduledListOptions& options) {
     });
 }
 
-int cancel_scheduled(const std::string& pg_url, const std::vector<std::string>& ids) {
+int change_scheduled(const std::string& pg_url, const std::vector<std::string>& ids, bool run_now) {
+    const auto* command = run_now ? "scheduled run" : "scheduled cancel";
     for (const auto& id : ids) {
         if (!scheduled_jobs::is_job_id(id)) {
-            std::cerr << fmt::format("conveyor scheduled cancel: '{}' is not a job id (a UUID)\n", id);
+            std::cerr << fmt::format("conveyor {}: '{}' is not a job id (a UUID)\n", command, id);
             return kUsage;
         }
     }
-    return with_database(pg_url, "scheduled cancel", [&](pg::Pool& pool) -> asio::awaitable<int> {
+    return with_database(pg_url, command, [&](pg::Pool& pool) -> asio::awaitable<int> {
         int exit_code = kOk;
+        const auto by = operator_name();
         for (const auto& id : ids) {
-            const auto outcome = co_await scheduled_jobs::cancel(pool, id);
-            if (outcome.result == scheduled_jobs::Cancel::not_found) {
-                std::cerr << fmt::format("conveyor scheduled cancel: no scheduled job {}\n", id);
-                exit_code = kFailed;
-            } else if (outcome.result == scheduled_jobs::Cancel::cancelled) {
-                std::cout << fmt::format("cancelled {}\n", id);
+            scheduled_jobs::ChangeOutcome outcome;
+            if (run_now) {
+                outcome = co_await scheduled_jobs::run_now(pool, id, by);
             } else {
-                std::cerr << fmt::format("conveyor scheduled cancel: {} is {}, not pending; nothing to cancel\n", id,
+                outcome = co_await scheduled_jobs::cancel(pool, id, by);
+            }
+            if (outcome.result == scheduled_jobs::Change::not_found) {
+                std::cerr << fmt::format("conveyor {}: no scheduled job {}\n", command, id);
+                exit_code = kFailed;
+            } else if (outcome.result == scheduled_jobs::Change::done) {
+                std::cout << fmt::format("{} {}\n", run_now ? "due now:" : "cancelled", id);
+            } else {
+                std::cerr << fmt::format("conveyor {}: {} is {}, not pending; nothing to change\n", command, id,
                                          outcome.state);
                 exit_code = kFailed;
             }

@@ -64,7 +64,7 @@ export async function renderOverview(main, session, route, signal) {
       ),
       card("in-flight", "jobs in flight", `${workers.in_flight} / ${workers.concurrency}`, "#/workers"),
       card("dead-letters", "dead letters", overview.dead_letters.toLocaleString("en"), "#/dead-letters"),
-      card("scheduled", "scheduled jobs", overview.scheduled.toLocaleString("en"), "#/jobs"),
+      card("scheduled", "scheduled jobs", overview.scheduled.toLocaleString("en"), "#/scheduled"),
     );
     const activity = new Map(overview.queues.map((queue) => [queue.queue, queue]));
     const rows = depths.map((depth) => ({ ...depth, ...(activity.get(depth.queue) ?? { minutes: [] }) }));

@@ -83,6 +83,9 @@ boost::asio::awaitable<void> seal(pg::Pool& pool, const std::string& batch_id, s
 /// The batch, or empty.
 [[nodiscard]] boost::asio::awaitable<std::optional<Batch>> find(pg::Pool& pool, const std::string& batch_id);
 
+/// The unfinished batches, then those finished in the last day, newest first within each, at most `limit` in all.
+[[nodiscard]] boost::asio::awaitable<std::vector<Batch>> recent(pg::Pool& pool, std::int64_t limit);
+
 /// Records how members ended (members of unknown or finished batches are ignored) and finishes the batches that are
 /// complete, in one transaction. Returns how many batches it finished.
 [[nodiscard]] boost::asio::awaitable<std::int64_t> record(pg::Pool& pool, const std::vector<MemberEnd>& ends);

@@ -79,4 +79,12 @@ boost::asio::awaitable<Stored> apply(pg::Pool& pool, const std::string& source, 
 /// The newest stored version if it is newer than `after`. Throws pg::Error.
 boost::asio::awaitable<std::optional<Applied>> newest(pg::Pool& pool, std::int64_t after = 0);
 
+/// {version, applied_at, applied_by, limits, source}: a stored version and the limits it sets.
+[[nodiscard]] boost::json::object to_json(const Applied& applied, const FlowConfig& config);
+
+/// What the limits hold back now, per job type and kind (concurrency, rate): jobs in the waiting lines, over how
+/// many keys, waiting since when, and (concurrency) the places held by running jobs. A JSON array of {type, kind,
+/// waiting, keys, oldest_waiting_since, running}.
+boost::asio::awaitable<boost::json::value> held_back(pg::Pool& pool);
+
 }  // namespace conveyor::flow

@@ -239,6 +239,10 @@ class Session {
 [[nodiscard]] std::string text_array(std::span<const std::string_view> values);
 [[nodiscard]] std::string text_array(std::span<const std::string> values);
 
+/// SQL printing the timestamptz expression `column` as RFC 3339 UTC with milliseconds ("2026-12-07T03:45:53.642Z"),
+/// as every answer of the API and the CLI shows times; NULL stays NULL.
+[[nodiscard]] std::string utc_text(std::string_view column);
+
 /// bytea input syntax (hex) for `bytes`, whatever they hold: a parameter such as `$1::bytea`, or an element of a
 /// text_array() cast to bytea[].
 [[nodiscard]] std::string bytea_literal(std::string_view bytes);

@@ -32,15 +32,21 @@ struct Filter {
 /// idempotency_key, correlation_id, payload (JSON text), error; the last four may be NULL.
 boost::asio::awaitable<pg::Result> list(pg::Pool& pool, const Filter& filter);
 
-enum class Cancel { cancelled, not_found, not_pending };
-struct CancelOutcome {
-    Cancel result = Cancel::not_found;
+/// What a change to one pending job did: made it, found no such job, or found it no longer pending.
+enum class Change { done, not_found, not_pending };
+struct ChangeOutcome {
+    Change result = Change::not_found;
     std::string state;  ///< the row's state when it was not pending
 };
 
 /// Cancels a pending job; one that is already published, cancelled or failed is left as it is. `id` must be a
-/// job id (is_job_id).
-boost::asio::awaitable<CancelOutcome> cancel(pg::Pool& pool, const std::string& id);
+/// job id (is_job_id). `by` is recorded in the audit log with it; empty when the caller records the change itself
+/// (a cancel by job id, whose tombstone is on record).
+boost::asio::awaitable<ChangeOutcome> cancel(pg::Pool& pool, const std::string& id, std::string_view by);
+
+/// Makes a pending job due now (the relay publishes it within its poll interval, woken at once by a NOTIFY),
+/// recorded in the audit log as run_now by `by`.
+boost::asio::awaitable<ChangeOutcome> run_now(pg::Pool& pool, const std::string& id, std::string_view by);
 
 /// The active schedules by name. Columns: name, cron, timezone, type, payload (JSON text), misfire, next_fire_at
 /// (RFC 3339 UTC, NULL if it never fires again), last_fire_at, fired, misfired.
