@@ -11,7 +11,7 @@
 
 #include "api_json.hpp"
 #include "console_sessions.hpp"
-#include "conveyor/core/scheduled_jobs.hpp"
+#include "conveyor/admin/scheduled_jobs.hpp"
 #include "enqueue_request.hpp"
 
 namespace conveyor::scheduler {

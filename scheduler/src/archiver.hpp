@@ -8,9 +8,9 @@
 namespace conveyor::scheduler {
 
 /// Moves dead letters from the conveyor.<family>.dlq queues into conveyor.dead_letters: a batch of deliveries is
-/// inserted in one statement and acknowledged only once that has committed. A crash in between leaves the messages
-/// in the queue, and their second insert is a no-op (archive_key), so a dead letter is never lost and never stored
-/// twice. Every replica archives; the queues share their messages among them.
+/// stored by dead_letters::archive() and acknowledged only once that has committed. A crash in between leaves the
+/// messages in the queue, and their second insert is a no-op (archive_key), so a dead letter is never lost and never
+/// stored twice. Every replica archives; the queues share their messages among them.
 class DeadLetterArchiver {
   public:
     DeadLetterArchiver(pg::Pool& pool, amqp::Connection& consumer, amqp::DeliveryChannel& deliveries)
@@ -19,9 +19,6 @@ class DeadLetterArchiver {
     /// Runs until its coroutine is cancelled (the scheduler stops); unacknowledged deliveries go back to their queue
     /// when the connection closes.
     boost::asio::awaitable<void> run();
-
-    /// Inserts a batch (idempotently); throws pg::Error if the database refuses.
-    boost::asio::awaitable<void> archive(const amqp::DeliveryBatch& batch);
 
   private:
     /// Stores a batch, retrying every second while the database refuses, then acknowledges it; cancelled, it gives

@@ -2,7 +2,7 @@
 
 #include "api.hpp"
 #include "api_json.hpp"
-#include "conveyor/core/audit.hpp"
+#include "conveyor/admin/audit.hpp"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;

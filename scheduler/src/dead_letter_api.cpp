@@ -8,7 +8,7 @@
 
 #include "api.hpp"
 #include "api_json.hpp"
-#include "conveyor/core/dead_letters.hpp"
+#include "conveyor/admin/dead_letters.hpp"
 #include "conveyor/core/envelope.hpp"
 #include "conveyor/core/json.hpp"
 

@@ -7,10 +7,10 @@
 #include <limits>
 #include <regex>
 
+#include "conveyor/admin/scheduled_jobs.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/json.hpp"
-#include "conveyor/core/scheduled_jobs.hpp"
 #include "conveyor/core/topology.hpp"
 #include "conveyor/core/trace.hpp"
 

@@ -3,10 +3,10 @@
 
 #include "api.hpp"
 #include "api_json.hpp"
-#include "conveyor/core/audit.hpp"
+#include "conveyor/admin/audit.hpp"
+#include "conveyor/admin/job_control.hpp"
+#include "conveyor/admin/job_history.hpp"
 #include "conveyor/core/envelope.hpp"
-#include "conveyor/core/job_control.hpp"
-#include "conveyor/core/job_history.hpp"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;

@@ -2,8 +2,8 @@
 
 #include "api.hpp"
 #include "api_json.hpp"
-#include "conveyor/core/job_history.hpp"
-#include "conveyor/core/workers.hpp"
+#include "conveyor/admin/job_history.hpp"
+#include "conveyor/admin/workers.hpp"
 
 namespace conveyor::scheduler {
 namespace asio = boost::asio;

@@ -8,7 +8,7 @@
 
 #include "api.hpp"
 #include "api_json.hpp"
-#include "conveyor/core/job_control.hpp"
+#include "conveyor/admin/job_control.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor::scheduler {

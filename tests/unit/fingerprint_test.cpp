@@ -1,8 +1,8 @@
-#include "conveyor/scheduler/fingerprint.hpp"
+#include "conveyor/admin/fingerprint.hpp"
 
 #include <gtest/gtest.h>
 
-namespace conveyor::scheduler {
+namespace conveyor::dead_letters {
 namespace {
 
 TEST(ErrorPattern, IdsNumbersQuotedValuesAndAddressesAreNormalisedAway) {
@@ -37,4 +37,4 @@ TEST(ErrorPattern, TheSameFailureOfDifferentJobsHasOneFingerprint) {
 }
 
 }  // namespace
-}  // namespace conveyor::scheduler
+}  // namespace conveyor::dead_letters

@@ -1,4 +1,4 @@
-#include "conveyor/core/job_control.hpp"
+#include "conveyor/admin/job_control.hpp"
 
 #include <gtest/gtest.h>
 

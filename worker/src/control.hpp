@@ -10,8 +10,8 @@
 #include <string_view>
 #include <unordered_set>
 
+#include "conveyor/admin/job_control.hpp"
 #include "conveyor/core/amqp.hpp"
-#include "conveyor/core/job_control.hpp"
 #include "conveyor/core/pg.hpp"
 
 /// The worker's side of job control: which jobs are cancelled and which families or types are paused (the records

@@ -4,8 +4,8 @@
 #include <functional>
 #include <string>
 
+#include "conveyor/admin/workers.hpp"
 #include "conveyor/core/pg.hpp"
-#include "conveyor/core/workers.hpp"
 #include "housekeeping.hpp"
 
 namespace conveyor::worker {

@@ -11,9 +11,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "conveyor/admin/job_history.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/envelope.hpp"
-#include "conveyor/core/job_history.hpp"
 #include "conveyor/core/pg.hpp"
 #include "conveyor/core/trace.hpp"
 

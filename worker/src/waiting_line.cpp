@@ -3,7 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "conveyor/core/dead_letters.hpp"
+#include "conveyor/admin/dead_letters.hpp"
 #include "conveyor/core/header_json.hpp"
 #include "conveyor/core/job_headers.hpp"
 #include "conveyor/core/topology.hpp"

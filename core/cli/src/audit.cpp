@@ -1,4 +1,4 @@
-#include "conveyor/core/audit.hpp"
+#include "conveyor/admin/audit.hpp"
 
 #include <fmt/format.h>
 
@@ -6,8 +6,8 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "conveyor/admin/workers.hpp"
 #include "conveyor/cli/cli.hpp"
-#include "conveyor/core/workers.hpp"
 
 namespace conveyor::cli {
 namespace asio = boost::asio;

@@ -10,10 +10,10 @@
 #include <string_view>
 #include <vector>
 
+#include "conveyor/admin/audit.hpp"
+#include "conveyor/admin/dead_letters.hpp"
+#include "conveyor/admin/job_history.hpp"
 #include "conveyor/core/amqp.hpp"
-#include "conveyor/core/audit.hpp"
-#include "conveyor/core/dead_letters.hpp"
-#include "conveyor/core/job_history.hpp"
 #include "conveyor/core/migrations.hpp"
 
 namespace conveyor::cli {

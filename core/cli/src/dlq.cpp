@@ -7,8 +7,8 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "conveyor/admin/dead_letters.hpp"
 #include "conveyor/cli/cli.hpp"
-#include "conveyor/core/dead_letters.hpp"
 
 namespace conveyor::cli {
 namespace asio = boost::asio;

@@ -5,10 +5,10 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "conveyor/admin/job_control.hpp"
+#include "conveyor/admin/job_history.hpp"
 #include "conveyor/cli/cli.hpp"
 #include "conveyor/core/envelope.hpp"
-#include "conveyor/core/job_control.hpp"
-#include "conveyor/core/job_history.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor::cli {

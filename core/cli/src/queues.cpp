@@ -8,8 +8,8 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "conveyor/admin/job_control.hpp"
 #include "conveyor/cli/cli.hpp"
-#include "conveyor/core/job_control.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor::cli {

@@ -7,11 +7,11 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "conveyor/admin/scheduled_jobs.hpp"
 #include "conveyor/cli/cli.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/pg.hpp"
 #include "conveyor/core/redaction.hpp"
-#include "conveyor/core/scheduled_jobs.hpp"
 
 namespace conveyor::cli {
 namespace asio = boost::asio;

@@ -1,4 +1,4 @@
-#include "conveyor/core/audit.hpp"
+#include "conveyor/admin/audit.hpp"
 
 #include <fmt/format.h>
 

@@ -1,4 +1,4 @@
-#include "conveyor/scheduler/fingerprint.hpp"
+#include "conveyor/admin/fingerprint.hpp"
 
 #include <fmt/format.h>
 
@@ -6,7 +6,7 @@
 #include <cctype>
 #include <cstdint>
 
-namespace conveyor::scheduler {
+namespace conveyor::dead_letters {
 
 namespace {
 
@@ -134,4 +134,4 @@ std::string error_fingerprint(std::string_view pattern) {
     return fmt::format("{:016x}", hash);
 }
 
-}  // namespace conveyor::scheduler
+}  // namespace conveyor::dead_letters

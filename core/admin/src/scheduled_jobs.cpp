@@ -1,4 +1,4 @@
-#include "conveyor/core/scheduled_jobs.hpp"
+#include "conveyor/admin/scheduled_jobs.hpp"
 
 #include <array>
 #include <cctype>

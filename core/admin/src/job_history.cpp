@@ -1,4 +1,4 @@
-#include "conveyor/core/job_history.hpp"
+#include "conveyor/admin/job_history.hpp"
 
 #include <fmt/format.h>
 
@@ -8,9 +8,9 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
+#include "conveyor/admin/scheduled_jobs.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/job_headers.hpp"
-#include "conveyor/core/scheduled_jobs.hpp"
 #include "conveyor/core/topology.hpp"
 #include "conveyor/core/utf8.hpp"
 

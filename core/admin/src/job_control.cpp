@@ -1,4 +1,4 @@
-#include "conveyor/core/job_control.hpp"
+#include "conveyor/admin/job_control.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -11,9 +11,9 @@
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 
+#include "conveyor/admin/job_history.hpp"
+#include "conveyor/admin/scheduled_jobs.hpp"
 #include "conveyor/core/envelope.hpp"
-#include "conveyor/core/job_history.hpp"
-#include "conveyor/core/scheduled_jobs.hpp"
 #include "conveyor/core/topology.hpp"
 
 namespace conveyor::job_control {

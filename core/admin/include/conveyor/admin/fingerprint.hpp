@@ -3,7 +3,7 @@
 #include <string>
 #include <string_view>
 
-namespace conveyor::scheduler {
+namespace conveyor::dead_letters {
 
 /// An error message with what varies between jobs that failed the same way replaced by placeholders: UUIDs and long
 /// hex strings (<id>), email addresses (<email>), quoted values (<str>), numbers (<n>), so "order 4711: gateway
@@ -13,4 +13,4 @@ namespace conveyor::scheduler {
 /// A short stable hash of error_pattern (16 hex digits), for grouping and for naming a group on the command line.
 [[nodiscard]] std::string error_fingerprint(std::string_view pattern);
 
-}  // namespace conveyor::scheduler
+}  // namespace conveyor::dead_letters

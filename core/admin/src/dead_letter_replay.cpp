@@ -7,7 +7,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "conveyor/core/dead_letters.hpp"
+#include "conveyor/admin/dead_letters.hpp"
 #include "conveyor/core/envelope.hpp"
 #include "conveyor/core/header_json.hpp"
 #include "conveyor/core/job_headers.hpp"

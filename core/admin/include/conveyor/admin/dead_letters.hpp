@@ -11,7 +11,8 @@
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/pg.hpp"
 
-/// Reading conveyor.dead_letters (filled by conveyor-scheduler's archiver), for the operator CLI and the admin API.
+/// Dead letters in conveyor.dead_letters: stored by conveyor-scheduler's archiver, read, grouped, replayed and purged
+/// by the operator CLI, the HTTP API and the console alike.
 namespace conveyor::dead_letters {
 
 /// Which dead letters an operation applies to; every field narrows it.
@@ -30,6 +31,11 @@ struct Filter {
     /// Throws std::invalid_argument naming the field: an unknown family or state, a malformed fingerprint.
     void validate() const;
 };
+
+/// Stores a batch of deliveries from the conveyor.<family>.dlq queues in one transaction, idempotently (the same
+/// message again is a no-op, by its archive key; a replayed dead letter that failed again is dead again), and ends
+/// what the dead-lettering ends: a unique job's key window, a batch member. Throws pg::Error if the database refuses.
+boost::asio::awaitable<void> archive(pg::Pool& pool, const amqp::DeliveryBatch& batch);
 
 /// Oldest first, at most `limit`. Columns: id, job_id, type, family, reason, attempts, failed_at (RFC 3339 UTC),
 /// error, fingerprint, state, correlation_id (NULL if none).
@@ -72,8 +78,7 @@ boost::asio::awaitable<void> close_replay_entry(pg::Pool& pool, std::int64_t ent
 /// Marks dead letters replayed, by whom and as which type (empty: their own), counts them per dead-letter queue
 /// in conveyor.dead_letter_replays and adds their job ids to the replay's audit entry, in `transaction`.
 boost::asio::awaitable<void> mark_replayed(pg::Transaction& transaction, const std::vector<std::string>& ids,
-                                           const std::string& by, const std::string& as_type,
-                                           std::int64_t audit_entry);
+                                           const std::string& by, const std::string& as_type, std::int64_t audit_entry);
 
 struct Purged {
     pg::Result by_type_and_reason;  ///< columns: type, reason, count

@@ -1,4 +1,4 @@
-#include "conveyor/core/dead_letters.hpp"
+#include "conveyor/admin/dead_letters.hpp"
 
 #include <fmt/format.h>
 

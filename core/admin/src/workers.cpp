@@ -1,4 +1,4 @@
-#include "conveyor/core/workers.hpp"
+#include "conveyor/admin/workers.hpp"
 
 #include <fmt/format.h>
 
