@@ -2,6 +2,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "conveyor/core/logging.hpp"
@@ -32,8 +33,15 @@ int main(int argc, char** argv) {
     }
 
     asio::io_context io(static_cast<int>(settings.threads));
-    scheduler::Scheduler service(io, settings, std::move(catalogue), std::move(schedules), std::move(*authenticator),
-                                 std::make_shared<prometheus::Registry>());
+    std::optional<scheduler::Scheduler> built;
+    try {
+        built.emplace(io, settings, std::move(catalogue), std::move(schedules), std::move(*authenticator),
+                      std::make_shared<prometheus::Registry>());
+    } catch (const std::invalid_argument& e) {
+        std::cerr << "conveyor-scheduler: " << e.what() << '\n';
+        return 2;
+    }
+    auto& service = *built;
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](boost::system::error_code error, int signal) {
         if (!error) {

@@ -12,6 +12,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -19,6 +20,7 @@
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/url/parse.hpp>
 #include <boost/url/parse_query.hpp>
 #include <map>
@@ -48,11 +50,15 @@ constexpr std::size_t kMaxRefusing = 64;
 constexpr auto kAcceptBackoffMin = std::chrono::milliseconds(10);
 constexpr auto kAcceptBackoffMax = std::chrono::seconds(1);
 constexpr std::string_view kText = "text/plain; charset=utf-8";
+// How long a TLS client gets to complete its handshake, and to answer the close_notify at the end.
+constexpr auto kTlsHandshakeTimeout = std::chrono::seconds(10);
+constexpr auto kTlsShutdownTimeout = std::chrono::seconds(1);
 constexpr std::array kRefusalReasons = {"connection_limit", "client_rate_limit",   "header_too_large",
                                         "body_too_large",   "unsupported_version", "malformed",
-                                        "accept_failed"};
+                                        "accept_failed",    "tls_handshake"};
 
 using Message = http::request<http::string_body>;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
 HttpResponse json_error(unsigned status, std::string_view message) {
     return HttpResponse{status, "application/json", fmt::format(R"({{"error":"{}"}})", message)};
@@ -182,7 +188,8 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
                                     fmt::format("HTTP server cannot listen on {}:{}", address_, requested_port_));
         }
         port_ = acceptor_.local_endpoint().port();
-        spdlog::info("http: listening on {}:{} (at most {} connections)", address_, port_, limits_.max_connections);
+        spdlog::info("http: listening on {}:{}{} (at most {} connections)", address_, port_, tls_ ? " with TLS" : "",
+                     limits_.max_connections);
         asio::co_spawn(acceptor_.get_executor(), accept_loop(shared_from_this()), log_failure("http accept loop"));
     }
 
@@ -221,8 +228,28 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
         }
     }
 
+    void use_tls(const std::string& certificate_chain_file, const std::string& private_key_file) {
+        asio::ssl::context context(asio::ssl::context::tls_server);
+        context.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                            asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                            asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use);
+        boost::system::error_code error;
+        context.use_certificate_chain_file(certificate_chain_file, error);
+        if (error) {
+            throw std::invalid_argument(
+                fmt::format("TLS certificate {} cannot be used: {}", certificate_chain_file, error.message()));
+        }
+        context.use_private_key_file(private_key_file, asio::ssl::context::pem, error);
+        if (error) {
+            throw std::invalid_argument(fmt::format("TLS key {} cannot be used (or does not match the certificate): {}",
+                                                    private_key_file, error.message()));
+        }
+        tls_.emplace(std::move(context));
+    }
+
     std::map<std::string, Route, std::less<>> routes_;
     std::vector<ApiRoute> api_routes_;
+    std::optional<asio::ssl::context> tls_;
     HttpLimits limits_;
     std::uint16_t port_ = 0;
 
@@ -261,8 +288,9 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
             auto executor = socket.get_executor();
             if (self->connections_ >= self->limits_.max_connections) {
                 self->count_refused("connection_limit");
-                // Past kMaxRefusing answers in progress, the socket closes unanswered as it goes out of scope.
-                if (self->refusing_ < kMaxRefusing) {
+                // Past kMaxRefusing answers in progress, the socket closes unanswered as it goes out of scope; so
+                // does one to a TLS server, which has no plain text to answer it in.
+                if (self->refusing_ < kMaxRefusing && !self->tls_) {
                     asio::co_spawn(
                         executor,
                         refuse_connection(self, beast::tcp_stream(std::move(socket)), Slot(self->refusing_, nullptr)),
@@ -270,10 +298,14 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
                 }
                 continue;
             }
-            asio::co_spawn(
-                executor,
-                serve(self, beast::tcp_stream(std::move(socket)), Slot(self->connections_, self->connections_gauge_)),
-                log_failure("http session"));
+            Slot connection(self->connections_, self->connections_gauge_);
+            if (self->tls_) {
+                asio::co_spawn(executor, serve_tls(self, beast::tcp_stream(std::move(socket)), std::move(connection)),
+                               log_failure("https session"));
+            } else {
+                asio::co_spawn(executor, serve(self, beast::tcp_stream(std::move(socket)), std::move(connection)),
+                               log_failure("http session"));
+            }
         }
     }
 
@@ -287,12 +319,40 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
 
     static asio::awaitable<void> serve(std::shared_ptr<Impl> self, beast::tcp_stream stream, Slot /*connection*/) {
         const auto peer = peer_address(stream);
+        co_await self->serve_requests(stream, peer);
+        boost::system::error_code ignored;
+        stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    }
+
+    /// The TLS handshake, the requests, and the close_notify, each bounded in time.
+    static asio::awaitable<void> serve_tls(std::shared_ptr<Impl> self, beast::tcp_stream tcp, Slot /*connection*/) {
+        const auto peer = peer_address(tcp);
+        TlsStream stream(std::move(tcp), *self->tls_);
+        beast::get_lowest_layer(stream).expires_after(kTlsHandshakeTimeout);
+        auto [handshake_error] =
+            co_await stream.async_handshake(asio::ssl::stream_base::server, asio::as_tuple(asio::use_awaitable));
+        if (handshake_error) {
+            self->count_refused("tls_handshake");
+            if (const auto held_back = self->refusal_log_.admit()) {
+                spdlog::warn("http: TLS handshake with {} failed: {}{}", peer.to_string(), handshake_error.message(),
+                             LogThrottle::held_back_note(*held_back));
+            }
+            co_return;
+        }
+        co_await self->serve_requests(stream, peer);
+        beast::get_lowest_layer(stream).expires_after(kTlsShutdownTimeout);
+        co_await stream.async_shutdown(asio::as_tuple(asio::use_awaitable));
+    }
+
+    template <typename Stream>
+    asio::awaitable<void> serve_requests(Stream& stream, const asio::ip::address& peer) {
+        auto self = shared_from_this();
         beast::flat_buffer buffer;
         while (true) {
             http::request_parser<http::string_body> parser;
             parser.header_limit(static_cast<std::uint32_t>(self->limits_.max_header_bytes));
             parser.body_limit(self->limits_.max_body_bytes);
-            stream.expires_after(kIdleTimeout);
+            beast::get_lowest_layer(stream).expires_after(kIdleTimeout);
             auto [header_error, header_bytes] =
                 co_await http::async_read_header(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
             if (header_error) {
@@ -326,12 +386,11 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
                 break;
             }
         }
-        boost::system::error_code ignored;
-        stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
     }
 
     /// Answers one request; whether the connection may serve another.
-    asio::awaitable<bool> answer(beast::tcp_stream& stream, Message& request, const asio::ip::address& peer) const {
+    template <typename Stream>
+    asio::awaitable<bool> answer(Stream& stream, Message& request, const asio::ip::address& peer) const {
         const bool head = request.method() == http::verb::head;
         const bool keep_alive = request.keep_alive();
         const unsigned version = request.version();
@@ -341,14 +400,15 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
         response.keep_alive(keep_alive && !close);
         response.prepare_payload();
         // An API handler may have awaited past the read's deadline.
-        stream.expires_after(kIdleTimeout);
+        beast::get_lowest_layer(stream).expires_after(kIdleTimeout);
         auto [write_error, written] = co_await http::async_write(stream, response, asio::as_tuple(asio::use_awaitable));
         co_return !write_error && response.keep_alive();
     }
 
     /// After a failed read: answers a request that could not be read as it should be (too large, malformed), and
     /// says nothing to a peer that went away or timed out.
-    asio::awaitable<void> refuse_unreadable(beast::tcp_stream& stream, const boost::system::error_code& error) {
+    template <typename Stream>
+    asio::awaitable<void> refuse_unreadable(Stream& stream, const boost::system::error_code& error) {
         if (error == http::error::body_limit) {
             count_refused("body_too_large");
             co_await refuse(
@@ -506,12 +566,13 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
     }
 
     /// Sends `refusal` and closes the connection: the request (or what is left of it) is not served.
-    static asio::awaitable<void> refuse(beast::tcp_stream& stream, HttpResponse refusal,
+    template <typename Stream>
+    static asio::awaitable<void> refuse(Stream& stream, HttpResponse refusal,
                                         std::chrono::seconds drain_for = kDrainTimeout) {
         auto response = to_message(std::move(refusal), 11, false);
         response.keep_alive(false);
         response.prepare_payload();
-        stream.expires_after(kIdleTimeout);
+        beast::get_lowest_layer(stream).expires_after(kIdleTimeout);
         auto [write_error, written] = co_await http::async_write(stream, response, asio::as_tuple(asio::use_awaitable));
         if (!write_error) {
             co_await drain(stream, drain_for);
@@ -520,10 +581,12 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
 
     /// Closing a socket with unread input makes the kernel reset the connection, and the reset can destroy the
     /// answer before the client has read it; so the rest of the request is read and dropped for a while first.
-    static asio::awaitable<void> drain(beast::tcp_stream& stream, std::chrono::seconds drain_for) {
+    template <typename Stream>
+    static asio::awaitable<void> drain(Stream& stream, std::chrono::seconds drain_for) {
+        auto& lowest = beast::get_lowest_layer(stream);
         boost::system::error_code ignored;
-        stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
-        stream.expires_after(drain_for);
+        lowest.socket().shutdown(tcp::socket::shutdown_send, ignored);
+        lowest.expires_after(drain_for);
         std::array<char, 16 * 1024> scratch{};
         while (true) {
             auto [error, bytes] =
@@ -560,6 +623,10 @@ void HttpServer::get(std::string path, Route route) {
 
 void HttpServer::route(std::string method, std::string pattern, AsyncRoute handler) {
     impl_->add_route(std::move(method), pattern, std::move(handler));
+}
+
+void HttpServer::use_tls(const std::string& certificate_chain_file, const std::string& private_key_file) {
+    impl_->use_tls(certificate_chain_file, private_key_file);
 }
 
 void HttpServer::set_limits(HttpLimits limits) {

@@ -221,7 +221,8 @@ OVERVIEW = dashboard(
         panel("HTTP refusals by reason",
               "Connections and requests a server limit refused: connection_limit, client_rate_limit (per address, "
               "before authentication), header_too_large, body_too_large, unsupported_version, malformed, "
-              "accept_failed (out of file descriptors).",
+              "accept_failed (out of file descriptors), tls_handshake (a scheduler serving HTTPS dropped a client "
+              "that could not complete the handshake).",
               [("sum by (reason) (rate(conveyor_http_refused_total[$__rate_interval]))", "{{reason}}")],
               unit="reqps", width=12),
     ],

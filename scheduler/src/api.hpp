@@ -74,6 +74,9 @@ class EnqueueApi {
 
     void register_routes(HttpServer& server);
 
+    /// The port serves TLS: session cookies carry Secure.
+    void use_secure_cookies() noexcept { secure_cookies_ = true; }
+
     /// Waits until no request is being handled: the shutdown's last step once the server stopped taking them, since
     /// they use the database pool.
     boost::asio::awaitable<void> requests_finished();

@@ -112,7 +112,12 @@ class Scheduler::Impl {
                   metrics_),
           api_(pool_, {publisher_, monitor_, settings_.publish_timeout}, stopping_, catalogue_,
                std::move(authenticator), settings_.api_rate_limit, *registry_),
-          archiver_(pool_, archiver_consumer_, dead_letters_) {}
+          archiver_(pool_, archiver_consumer_, dead_letters_) {
+        if (!settings_.tls_cert_file.empty()) {
+            http_.use_tls(settings_.tls_cert_file, settings_.tls_key_file);
+            api_.use_secure_cookies();
+        }
+    }
 
     asio::awaitable<void> run() {
         for (const auto& family : topology::default_families()) {

@@ -103,6 +103,16 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
         ->envname("CONVEYOR_JWT_PUBLIC_KEY_FILE")
         ->check(CLI::ExistingFile)
         ->excludes(jwt_secret);
+    auto* tls_cert = app.add_option("--tls-cert-file", settings.tls_cert_file,
+                                    "PEM certificate chain: the HTTP port serves HTTPS (and console cookies are "
+                                    "Secure); needs --tls-key-file")
+                         ->envname("CONVEYOR_TLS_CERT_FILE")
+                         ->check(CLI::ExistingFile);
+    auto* tls_key = app.add_option("--tls-key-file", settings.tls_key_file, "PEM private key of --tls-cert-file")
+                        ->envname("CONVEYOR_TLS_KEY_FILE")
+                        ->check(CLI::ExistingFile);
+    tls_cert->needs(tls_key);
+    tls_key->needs(tls_cert);
     app.add_option("--jwt-audience", settings.jwt_audience, "The audience a JSON Web Token's aud must name")
         ->envname("CONVEYOR_JWT_AUDIENCE");
     app.add_option("--jwt-issuer", settings.jwt_issuer, "The issuer a JSON Web Token's iss must be (default: any)")

@@ -246,5 +246,53 @@ TEST_F(ApiAuthTest, AConsoleSessionReadsWithItsCookieChangesWithItsCsrfTokenAndE
         << "an expired session was accepted";
 }
 
+/// With a certificate and key the port serves HTTPS only: a client that trusts the certificate signs in and gets a
+/// Secure cookie; plain HTTP on the port gets no answer, is counted, and leaves the server serving; a key that is
+/// not PEM stops the scheduler with exit 2 naming the file.
+TEST_F(ApiAuthTest, OverTlsTheConsoleCookieIsSecureAndPlainHttpIsRefused) {
+    const auto dir = std::filesystem::temp_directory_path();
+    const auto cert = (dir / "conveyor-tls-test.crt").string();
+    const auto key = (dir / "conveyor-tls-test.key").string();
+    ASSERT_EQ(run_command({"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out",
+                           cert, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"},
+                          30s)
+                  .first,
+              0);
+    const std::uint16_t port = 19590;
+    const auto origin = fmt::format("https://127.0.0.1:{}", port);
+    Process scheduler(binary_dir() / "conveyor-scheduler",
+                      {"--jwt-secret-file", secret_file().string(), "--tls-cert-file", cert, "--tls-key-file", key,
+                       "--http-port", std::to_string(port), "--amqp-url", amqp_url(), "--pg-url", pg_url()},
+                      dir / "conveyor-api-auth-tls.log");
+    const auto https = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"/usr/bin/curl", "-sS", "-i", "--max-time", "5", "--cacert", cert});
+        return run_command(args, 10s);
+    };
+    ASSERT_TRUE(eventually([&] { return https({origin + "/readyz"}).second.find(" 200") != std::string::npos; }, 30s))
+        << scheduler.log();
+
+    const auto signed_in = https({"-X", "POST", "-H", "Content-Type: application/json", "-d",
+                                  R"({"token": ")" + token("operator") + R"("})", origin + "/console/api/session"});
+    EXPECT_NE(signed_in.second.find(" 201"), std::string::npos) << signed_in.second;
+    EXPECT_NE(signed_in.second.find("; Secure"), std::string::npos) << "the session cookie over TLS is not Secure";
+
+    const auto plain = run_command(
+        {"/usr/bin/curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}/healthz", port)}, 10s);
+    EXPECT_NE(plain.first, 0) << "plain HTTP was answered on the TLS port: " << plain.second;
+    EXPECT_EQ(https({origin + "/healthz"}).first, 0) << "the server stopped serving after a plain request";
+    const auto metrics = https({origin + "/metrics"}).second;
+    EXPECT_NE(metrics.find(R"(conveyor_http_refused_total{reason="tls_handshake"} 1)"), std::string::npos);
+    scheduler.signal(SIGTERM);
+    EXPECT_EQ(scheduler.wait(15s), std::optional<int>(0)) << scheduler.log();
+
+    const auto [status, output] =
+        run_command({(binary_dir() / "conveyor-scheduler").string(), "--jwt-secret-file", secret_file().string(),
+                     "--tls-cert-file", cert, "--tls-key-file", cert, "--http-port", std::to_string(port + 1),
+                     "--amqp-url", amqp_url(), "--pg-url", pg_url()},
+                    30s);
+    EXPECT_EQ(status, 2) << output;
+    EXPECT_NE(output.find("TLS key " + cert + " cannot be used"), std::string::npos) << output;
+}
+
 }  // namespace
 }  // namespace conveyor::testing

@@ -103,6 +103,11 @@ class HttpServer {
     /// '/', an empty handler, or a method and pattern that an earlier route already matches the same way.
     void route(std::string method, std::string pattern, AsyncRoute handler);
 
+    /// Serves HTTPS (TLS 1.2 and later) with this certificate chain and private key, PEM files; call before start().
+    /// Throws std::invalid_argument naming the file and the reason if either cannot be used. A client whose
+    /// handshake fails (plain HTTP, an untrusted certificate) is dropped and counted [tls_handshake].
+    void use_tls(const std::string& certificate_chain_file, const std::string& private_key_file);
+
     /// Sets what the server admits; call before start().
     void set_limits(HttpLimits limits);
 

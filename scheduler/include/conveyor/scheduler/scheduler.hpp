@@ -18,6 +18,7 @@ namespace conveyor::scheduler {
 /// firing (on the elected leader), retention of finished rows, the HTTP enqueue API and the health endpoints.
 class Scheduler {
   public:
+    /// Throws std::invalid_argument if the TLS certificate or key cannot be used.
     Scheduler(boost::asio::io_context& io, SchedulerSettings settings, JobCatalogue catalogue,
               std::vector<Schedule> schedules, Authenticator authenticator,
               std::shared_ptr<prometheus::Registry> metrics);

@@ -54,6 +54,10 @@ struct SchedulerSettings {
     /// public key, PEM (CONVEYOR_JWT_PUBLIC_KEY_FILE); without either, bearer JWTs are refused.
     std::string jwt_secret_file;
     std::string jwt_public_key_file;
+    /// The HTTP port serves HTTPS with this certificate chain and key, PEM (CONVEYOR_TLS_CERT_FILE,
+    /// CONVEYOR_TLS_KEY_FILE; both or neither); the console's cookies are then Secure.
+    std::string tls_cert_file;
+    std::string tls_key_file;
     /// A token's aud must name it (CONVEYOR_JWT_AUDIENCE); its iss must be jwt_issuer if that is set
     /// (CONVEYOR_JWT_ISSUER).
     std::string jwt_audience = "conveyor";
