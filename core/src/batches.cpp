@@ -170,7 +170,8 @@ Batch batch_of(const pg::Result& rows, int row) {
 }  // namespace
 
 asio::awaitable<std::optional<Batch>> find(pg::Pool& pool, const std::string& batch_id) {
-    const auto rows = co_await pool.query(batches_query("b.id = $1", ""), batch_id);
+    const auto sql = batches_query("b.id = $1", "");  // named: no temporaries inside co_await for g++ 12
+    const auto rows = co_await pool.query(sql, batch_id);
     if (rows.rows() == 0) {
         co_return std::nullopt;
     }
@@ -178,10 +179,9 @@ asio::awaitable<std::optional<Batch>> find(pg::Pool& pool, const std::string& ba
 }
 
 asio::awaitable<std::vector<Batch>> recent(pg::Pool& pool, std::int64_t limit) {
-    const auto rows =
-        co_await pool.query(batches_query("b.finished_at IS NULL OR b.finished_at > now() - interval '1 day'",
-                                          "ORDER BY b.finished_at IS NULL DESC, b.opened_at DESC LIMIT $1"),
-                            limit);
+    const auto sql = batches_query("b.finished_at IS NULL OR b.finished_at > now() - interval '1 day'",
+                                   "ORDER BY b.finished_at IS NULL DESC, b.opened_at DESC LIMIT $1");
+    const auto rows = co_await pool.query(sql, limit);
     std::vector<Batch> listed;
     listed.reserve(static_cast<std::size_t>(rows.rows()));
     for (int row = 0; row < rows.rows(); ++row) {

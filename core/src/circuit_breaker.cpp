@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <array>
+
 namespace conveyor {
 
 namespace {
@@ -17,6 +20,8 @@ const char* state_name(CircuitBreaker::State state) {
     }
     return "?";
 }
+
+constexpr std::string_view kStateMetric = "conveyor_circuit_breaker_state";
 
 // While a trial call is under way, the others look again after this long.
 constexpr std::chrono::milliseconds kTrialWait{1000};
@@ -47,11 +52,30 @@ CircuitBreaker::CircuitBreaker(std::string name, Settings settings, prometheus::
     : name_(std::move(name)),
       settings_(settings),
       state_gauge_(prometheus::BuildGauge()
-                       .Name("conveyor_circuit_breaker_state")
+                       .Name(std::string(kStateMetric))
                        .Help("State of a circuit breaker: 0 closed, 1 half-open (one trial call), 2 open (calls wait)")
                        .Register(metrics)
                        .Add({{"circuit", name_}})) {
     state_gauge_.Set(0);
+}
+
+std::map<std::string, std::string> CircuitBreaker::states(const prometheus::Registry& metrics) {
+    static constexpr std::array<const char*, 3> kNames{"closed", "half_open", "open"};
+    std::map<std::string, std::string> states;
+    for (const auto& family : metrics.Collect()) {
+        if (family.name != kStateMetric) {
+            continue;
+        }
+        for (const auto& metric : family.metric) {
+            const auto circuit = std::find_if(metric.label.begin(), metric.label.end(),
+                                              [](const auto& label) { return label.name == "circuit"; });
+            const auto state = static_cast<std::size_t>(std::clamp(metric.gauge.value, 0.0, 2.0));
+            if (circuit != metric.label.end()) {
+                states[circuit->value] = kNames.at(state);
+            }
+        }
+    }
+    return states;
 }
 
 CircuitBreaker::Permit CircuitBreaker::acquire() {

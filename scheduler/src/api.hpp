@@ -12,6 +12,7 @@
 
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/async_condition.hpp"
+#include "conveyor/core/http_client.hpp"
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/pg.hpp"
 #include "conveyor/scheduler/authenticator.hpp"
@@ -77,6 +78,9 @@ class EnqueueApi {
     /// The port serves TLS: session cookies carry Secure.
     void use_secure_cookies() noexcept { secure_cookies_ = true; }
 
+    /// The overview shows the alerts of the Prometheus `prometheus` talks to; it must outlive the API.
+    void use_prometheus(http::Client& prometheus) noexcept { prometheus_ = &prometheus; }
+
     /// Waits until no request is being handled: the shutdown's last step once the server stopped taking them, since
     /// they use the database pool.
     boost::asio::awaitable<void> requests_finished();
@@ -118,6 +122,8 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> list_batches(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> show_flow(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> overview(const HttpRequest& request, const Caller& caller);
+    /// Prometheus's alerts for the overview: null without Prometheus, {"error"} when it does not answer.
+    boost::asio::awaitable<boost::json::value> prometheus_alerts();
     boost::asio::awaitable<HttpResponse> list_audit(const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> pause_queue(bool paused, const HttpRequest& request, const Caller& caller);
     boost::asio::awaitable<HttpResponse> list_dead_letters(const HttpRequest& request, const Caller& caller);
@@ -140,6 +146,7 @@ class EnqueueApi {
     Authenticator authenticator_;
     /// Session cookies carry Secure when the port serves TLS.
     bool secure_cookies_ = false;
+    http::Client* prometheus_ = nullptr;
     RateLimiter limiter_;
     /// Requests with unknown tokens can come by the thousand: they are logged once per interval.
     LogThrottle refusal_log_;

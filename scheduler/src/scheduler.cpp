@@ -39,6 +39,8 @@ constexpr std::uint16_t kArchiverPrefetch = 200;
 constexpr auto kProbeInterval = std::chrono::seconds(1);
 constexpr auto kCountInterval = std::chrono::seconds(5);
 constexpr auto kPruneInterval = std::chrono::minutes(1);
+// How long the overview waits for Prometheus's alerts before showing it without them.
+constexpr auto kPrometheusTimeout = std::chrono::milliseconds(2000);
 // Connect, handshake and query timeout of the connection that counts queue depths.
 constexpr auto kMonitorTimeout = std::chrono::milliseconds(2000);
 // How long a worker stopped or gone stays on record (in the console and GET /v1/workers).
@@ -116,6 +118,11 @@ class Scheduler::Impl {
         if (!settings_.tls_cert_file.empty()) {
             http_.use_tls(settings_.tls_cert_file, settings_.tls_key_file);
             api_.use_secure_cookies();
+        }
+        if (!settings_.prometheus_url.empty()) {
+            prometheus_.emplace(io_.get_executor(), http::ClientSettings{.base_url = settings_.prometheus_url,
+                                                                         .timeout = kPrometheusTimeout});
+            api_.use_prometheus(*prometheus_);
         }
     }
 
@@ -350,6 +357,7 @@ class Scheduler::Impl {
     amqp::Connection publisher_;
     amqp::Connection monitor_;
     amqp::Connection archiver_consumer_;
+    std::optional<http::Client> prometheus_;
     amqp::DeliveryChannel dead_letters_;
     pg::Pool pool_;
     HttpServer http_;

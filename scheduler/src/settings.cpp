@@ -113,6 +113,9 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
                         ->check(CLI::ExistingFile);
     tls_cert->needs(tls_key);
     tls_key->needs(tls_cert);
+    app.add_option("--prometheus-url", settings.prometheus_url,
+                   "Prometheus whose alerts the console's overview shows, e.g. http://prometheus:9090 (default: none)")
+        ->envname("CONVEYOR_PROMETHEUS_URL");
     app.add_option("--jwt-audience", settings.jwt_audience, "The audience a JSON Web Token's aud must name")
         ->envname("CONVEYOR_JWT_AUDIENCE");
     app.add_option("--jwt-issuer", settings.jwt_issuer, "The issuer a JSON Web Token's iss must be (default: any)")

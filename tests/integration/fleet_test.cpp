@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <set>
 
 #include "scheduler_fixture.hpp"
 
@@ -19,7 +21,7 @@ class FleetTest : public SchedulerFixture {
         run_ = fmt::format("fleet-{}", ::getpid());
     }
 
-    SchedulerUnderTest start_scheduler_with_roles(const std::string& log_name) {
+    SchedulerUnderTest start_scheduler_with_roles(const std::string& log_name, std::vector<std::string> args = {}) {
         const auto tokens = write_file(log_name + "-tokens",
                                        fmt::format(R"(tokens:
   - name: ops
@@ -33,7 +35,8 @@ class FleetTest : public SchedulerFixture {
     role: viewer
 )",
                                                    sha256("ops-secret"), sha256("olga-secret"), sha256("vera-secret")));
-        return start_scheduler({"--api-tokens-file", tokens.string()}, log_name);
+        args.insert(args.end(), {"--api-tokens-file", tokens.string()});
+        return start_scheduler(std::move(args), log_name);
     }
 
     /// The worker named `name` in GET /v1/workers, or an empty object.
@@ -79,6 +82,7 @@ TEST_F(FleetTest, WorkersShowRunningWithTheirLoadStoppedAfterATermAndGoneThreeHe
     EXPECT_EQ(shown.at("queues").as_array(), boost::json::array({"diag"}));
     EXPECT_EQ(shown.at("pid").as_int64(), killed.process->pid());
     EXPECT_FALSE(shown.at("version").as_string().empty());
+    EXPECT_EQ(shown.at("circuit_breakers"), boost::json::object({{"payment_gateway", "closed"}}));
 
     // Both take long jobs; the heartbeat reports what runs.
     publish_sleeps(8, 30'000);
@@ -207,6 +211,39 @@ TEST_F(FleetTest, TheAuditLogRecordsWhoChangedWhatByEveryWayInAndKeepsItWithTheJ
     EXPECT_NE(bad.body.find("action: delete is not one of"), std::string::npos) << bad.body;
     EXPECT_EQ(call_api(port, "GET", "/v1/audit", "").status, 401);
     stop(scheduler);
+}
+
+/// The overview shows the alerts Prometheus has, as Prometheus has them (the local stack's, with Conveyor's rules),
+/// and is still served, saying why, when Prometheus does not answer.
+TEST_F(FleetTest, TheOverviewShowsPrometheusAlertsAndCopesWithoutPrometheus) {
+    const char* configured = std::getenv("CONVEYOR_PROMETHEUS_URL");
+    const std::string prometheus = configured != nullptr ? configured : "http://127.0.0.1:9090";
+    auto scheduler = start_scheduler_with_roles("fleet-prometheus-on", {"--prometheus-url", prometheus});
+    const auto overview = [](std::uint16_t port) {
+        const auto response = call_api(port, "GET", "/v1/overview", "vera-secret");
+        EXPECT_EQ(response.status, 200) << response.body;
+        return boost::json::parse(response.body).at("prometheus");
+    };
+    const auto names = [](const boost::json::array& alerts, std::string_view name_key) {
+        std::set<std::string> found;
+        for (const auto& alert : alerts) {
+            const auto& name = name_key == "name" ? alert.at("name") : alert.at("labels").at("alertname");
+            found.insert(std::string(name.as_string()));
+        }
+        return found;
+    };
+    const auto [status, truth] = run_command({"/usr/bin/curl", "-sS", prometheus + "/api/v1/alerts"}, 10s);
+    ASSERT_EQ(status, 0) << truth;
+    const auto expected = names(boost::json::parse(truth).at("data").at("alerts").as_array(), "labels");
+    const auto shown = overview(scheduler.port);
+    ASSERT_TRUE(shown.is_object() && shown.as_object().contains("alerts")) << boost::json::serialize(shown);
+    EXPECT_EQ(names(shown.at("alerts").as_array(), "name"), expected);
+    stop(scheduler);
+
+    auto unreachable = start_scheduler_with_roles("fleet-prometheus-down", {"--prometheus-url", "http://127.0.0.1:1"});
+    const auto missing = overview(unreachable.port);
+    EXPECT_TRUE(missing.is_object() && missing.as_object().contains("error")) << boost::json::serialize(missing);
+    stop(unreachable);
 }
 
 }  // namespace

@@ -334,8 +334,16 @@ TEST_F(SagaTest, AGatewayOutageOpensTheCircuitAndPaymentsWaitWithoutUsingUpTheir
     // within seconds.
     auto worker = start_saga_worker(gateway, mail,
                                     {"--retry", "payments.*=attempts:2,base:1s,cap:1s", "--payment-circuit-failures",
-                                     "3", "--payment-circuit-open-for", "2s"},
+                                     "3", "--payment-circuit-open-for", "2s", "--heartbeat-interval", "1s"},
                                     "saga-outage");
+    // What the console shows of this worker's circuit: its heartbeat's record.
+    const auto recorded_circuit = [&] {
+        const auto rows = database_.query(
+            "SELECT circuit_breakers->>'payment_gateway' FROM conveyor.workers WHERE pid = $1::int "
+            "ORDER BY started_at DESC LIMIT 1",
+            {std::to_string(worker.process->pid())});
+        return rows.empty() ? std::string() : rows[0][0];
+    };
     for (int i = 0; i < 20; ++i) {
         place(fmt::format("outage-{}", i), fmt::format("c{}", i), {{"sku-1", 1}});
     }
@@ -344,6 +352,8 @@ TEST_F(SagaTest, AGatewayOutageOpensTheCircuitAndPaymentsWaitWithoutUsingUpTheir
         << worker.process->log();
     const auto opened = std::chrono::steady_clock::now();
     const auto calls_when_opened = worker.metric("conveyor_payment_gateway_requests_total");
+    EXPECT_TRUE(eventually([&] { return recorded_circuit() != "closed" && !recorded_circuit().empty(); }, 5s))
+        << "the heartbeat did not record the open circuit: " << recorded_circuit();
     // The jobs keep waiting on the open circuit: each wait is a retry that does not count as an attempt.
     ASSERT_TRUE(eventually(
         [&] {
@@ -372,6 +382,7 @@ TEST_F(SagaTest, AGatewayOutageOpensTheCircuitAndPaymentsWaitWithoutUsingUpTheir
     EXPECT_EQ(broker_.ready("conveyor.payments.dlq"), 0U);
     EXPECT_TRUE(eventually(
         [&] { return worker.metric("conveyor_circuit_breaker_state", {"circuit=\"payment_gateway\""}) == 0; }, 10s));
+    EXPECT_TRUE(eventually([&] { return recorded_circuit() == "closed"; }, 5s)) << recorded_circuit();
 }
 
 TEST_F(SagaTest, ConcurrentOrdersForScarceStockNeverOversellAndNeverDeadlock) {

@@ -18,6 +18,7 @@
 #include "capacity.hpp"
 #include "concurrency.hpp"
 #include "conveyor/core/amqp.hpp"
+#include "conveyor/core/circuit_breaker.hpp"
 #include "conveyor/core/config.hpp"
 #include "conveyor/core/http_server.hpp"
 #include "conveyor/core/job_headers.hpp"
@@ -466,7 +467,7 @@ class Worker::Impl {
         co_return std::string();
     }
 
-    /// What the heartbeat reports: jobs running now and the totals since start.
+    /// What the heartbeat reports: jobs running now, the totals since start, the circuit breakers' states.
     [[nodiscard]] workers::Load load() {
         double in_flight = 0;
         for (const auto& family : settings_.families) {
@@ -475,7 +476,7 @@ class Worker::Impl {
         const auto& counts = settlement_.counts();
         return {static_cast<std::int64_t>(in_flight), static_cast<std::int64_t>(counts.succeeded.load()),
                 static_cast<std::int64_t>(counts.retried.load()),
-                static_cast<std::int64_t>(counts.dead_lettered.load())};
+                static_cast<std::int64_t>(counts.dead_lettered.load()), CircuitBreaker::states(*prometheus_)};
     }
 
     /// Lines up each batch from the connection thread for the slots. Running on the worker's own threads, it

@@ -4,6 +4,8 @@
 
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
 
 namespace conveyor::workers {
 namespace asio = boost::asio;
@@ -40,6 +42,9 @@ Worker worker_of(const pg::Result& rows, int row) {
     worker.last_seen_at = rows.text(row, 14);
     worker.stopped_at = rows.text(row, 15);
     worker.seconds_since_seen = std::stod(std::string(rows.text(row, 16)));
+    for (const auto& [name, state] : json::parse(rows.text(row, 17)).as_object()) {
+        worker.load.circuit_breakers.emplace(name, state.as_string());
+    }
     return worker;
 }
 
@@ -54,24 +59,36 @@ asio::awaitable<std::string> register_instance(pg::Pool& pool, const Identity& i
     co_return std::string(rows.text(0, 0));
 }
 
-asio::awaitable<void> beat(pg::Pool& pool, const std::string& instance_id, const Load& load) {
+namespace {
+
+asio::awaitable<void> write_load(pg::Pool& pool, const std::string& instance_id, const Load& load, bool stopping) {
+    json::object breakers;
+    for (const auto& [name, state] : load.circuit_breakers) {
+        breakers[name] = state;
+    }
+    const auto circuit_breakers = json::serialize(breakers);
     co_await pool.query(
         "UPDATE conveyor.workers SET last_seen_at = now(), in_flight = $2, succeeded = $3, retried = $4, "
-        "dead_lettered = $5 WHERE instance_id = $1",
-        instance_id, load.in_flight, load.succeeded, load.retried, load.dead_lettered);
+        "dead_lettered = $5, circuit_breakers = $6::jsonb, stopped_at = CASE WHEN $7 THEN now() END "
+        "WHERE instance_id = $1",
+        instance_id, load.in_flight, load.succeeded, load.retried, load.dead_lettered, circuit_breakers, stopping);
+}
+
+}  // namespace
+
+asio::awaitable<void> beat(pg::Pool& pool, const std::string& instance_id, const Load& load) {
+    co_await write_load(pool, instance_id, load, false);
 }
 
 asio::awaitable<void> stop(pg::Pool& pool, const std::string& instance_id, const Load& load) {
-    co_await pool.query(
-        "UPDATE conveyor.workers SET last_seen_at = now(), stopped_at = now(), in_flight = $2, succeeded = $3, "
-        "retried = $4, dead_lettered = $5 WHERE instance_id = $1",
-        instance_id, load.in_flight, load.succeeded, load.retried, load.dead_lettered);
+    co_await write_load(pool, instance_id, load, true);
 }
 
 asio::awaitable<std::vector<Worker>> list(pg::Pool& pool) {
     const auto sql = fmt::format(
         "SELECT instance_id, name, version, host, pid, queues, concurrency, heartbeat_interval_ms, in_flight, "
-        "succeeded, retried, dead_lettered, state, {}, {}, {}, extract(epoch FROM now() - last_seen_at)::float8 "
+        "succeeded, retried, dead_lettered, state, {}, {}, {}, extract(epoch FROM now() - last_seen_at)::float8, "
+        "circuit_breakers::text "
         "FROM (SELECT *, CASE WHEN stopped_at IS NOT NULL THEN 'stopped' "
         "WHEN last_seen_at < now() - make_interval(secs => {} * heartbeat_interval_ms / 1000.0) THEN 'gone' "
         "ELSE 'running' END AS state FROM conveyor.workers) w "
@@ -103,6 +120,10 @@ json::value to_json(const std::vector<Worker>& workers) {
         for (const auto& queue : worker.identity.queues) {
             queues.emplace_back(queue);
         }
+        json::object breakers;
+        for (const auto& [name, state] : worker.load.circuit_breakers) {
+            breakers[name] = state;
+        }
         listed.push_back(json::object{
             {"instance_id", worker.instance_id},
             {"name", worker.identity.name},
@@ -121,6 +142,7 @@ json::value to_json(const std::vector<Worker>& workers) {
             {"last_seen_at", worker.last_seen_at},
             {"stopped_at", worker.stopped_at.empty() ? json::value(nullptr) : json::value(worker.stopped_at)},
             {"seconds_since_seen", worker.seconds_since_seen},
+            {"circuit_breakers", std::move(breakers)},
         });
     }
     return json::object{{"workers", std::move(listed)}, {"running", running}};

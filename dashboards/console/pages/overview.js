@@ -2,7 +2,7 @@
 // the broker, the workers running and their load, dead letters and scheduled jobs. From the database and the
 // broker, so it works without Prometheus. Refreshed every 5 s.
 import { get } from "/console/api.js";
-import { el, every, link, milliseconds, page, table } from "/console/dom.js";
+import { ago, badge, el, every, link, milliseconds, page, table } from "/console/dom.js";
 
 const svgNs = "http://www.w3.org/2000/svg";
 
@@ -48,9 +48,46 @@ function card(id, label, value, href) {
   );
 }
 
+/// Circuits a running worker holds open (or half-open, trying one call): the outside services it stopped calling.
+function breakersCard(open) {
+  const circuits = [...new Set(open.map((breaker) => `${breaker.circuit} (${breaker.state.replace("_", "-")})`))];
+  const shown = card(
+    "open-circuits",
+    circuits.length ? `circuits not closed: ${circuits.join(", ")}` : "circuit breakers open",
+    String(circuits.length),
+    "#/workers",
+  );
+  shown.classList.toggle("alarm", circuits.length > 0);
+  return shown;
+}
+
+/// Prometheus's alerts, firing first; or why there are none to show.
+function alertsSection(prometheus) {
+  if (prometheus === null) {
+    return el("p", { className: "muted", id: "alerts" }, "Alerts: no Prometheus configured (CONVEYOR_PROMETHEUS_URL).");
+  }
+  if (prometheus.error) {
+    return el("p", { className: "error", id: "alerts" }, `Alerts unavailable: ${prometheus.error}`);
+  }
+  const alerts = [...prometheus.alerts].sort((a, b) => (a.state === "firing" ? 0 : 1) - (b.state === "firing" ? 0 : 1));
+  return table(
+    "alerts",
+    [
+      ["Alert", (alert) => alert.name],
+      ["Severity", (alert) => alert.severity ?? ""],
+      ["State", (alert) => badge(alert.state, alert.state === "firing" ? "failed" : "paused")],
+      ["Since", (alert) => ago(alert.active_at)],
+      ["Summary", (alert) => alert.summary ?? ""],
+    ],
+    alerts,
+    (alert) => ({ dataset: { name: alert.name, state: alert.state } }),
+  );
+}
+
 export async function renderOverview(main, session, route, signal) {
   const cards = el("div", { className: "cards" });
   const holder = el("div");
+  const alerts = el("div");
   const note = el("p", { className: "muted", id: "overview-note" });
   const refresh = async () => {
     const [overview, { queues: depths }] = await Promise.all([get("/v1/overview"), get("/v1/queues")]);
@@ -63,6 +100,7 @@ export async function renderOverview(main, session, route, signal) {
         "#/workers",
       ),
       card("in-flight", "jobs in flight", `${workers.in_flight} / ${workers.concurrency}`, "#/workers"),
+      breakersCard(workers.open_circuit_breakers),
       card("dead-letters", "dead letters", overview.dead_letters.toLocaleString("en"), "#/dead-letters"),
       card("scheduled", "scheduled jobs", overview.scheduled.toLocaleString("en"), "#/scheduled"),
     );
@@ -86,10 +124,11 @@ export async function renderOverview(main, session, route, signal) {
         (queue) => ({ dataset: { queue: queue.queue } }),
       ),
     );
+    alerts.replaceChildren(alertsSection(overview.prometheus));
     note.textContent = `Updated ${new Date().toLocaleTimeString("en-GB")}`;
   };
   await refresh();
-  page(main, "Overview", cards, holder, note);
+  page(main, "Overview", cards, holder, el("h2", {}, "Alerts"), alerts, note);
   every(5000, signal, refresh, (failure) => {
     note.textContent = failure.message;
   });

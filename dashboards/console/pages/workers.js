@@ -3,6 +3,12 @@
 import { get } from "/console/api.js";
 import { ago, badge, el, every, page, table } from "/console/dom.js";
 
+function circuits(worker) {
+  return Object.entries(worker.circuit_breakers).map(([name, state]) =>
+    badge(`${name} ${state.replace("_", "-")}`, state === "closed" ? "running" : "failed"),
+  );
+}
+
 export async function renderWorkers(main, session, route, signal) {
   const summary = el("p", { id: "workers-summary" });
   const holder = el("div");
@@ -25,6 +31,7 @@ export async function renderWorkers(main, session, route, signal) {
           ["Dead-lettered", (worker) => worker.dead_lettered.toLocaleString("en")],
           ["Started", (worker) => ago(worker.started_at)],
           ["Last heartbeat", (worker) => ago(worker.last_seen_at)],
+          ["Circuit breakers", circuits],
         ],
         workers,
         (worker) => ({ dataset: { name: worker.name, state: worker.state } }),

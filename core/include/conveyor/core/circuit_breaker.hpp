@@ -4,6 +4,7 @@
 #include <prometheus/registry.h>
 
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -57,6 +58,10 @@ class CircuitBreaker {
     };
 
     CircuitBreaker(std::string name, Settings settings, prometheus::Registry& metrics);
+
+    /// The state of every circuit breaker registered with `metrics`, by name: closed, half_open or open. For the
+    /// worker's heartbeat, which knows the registry and not the job families' breakers.
+    [[nodiscard]] static std::map<std::string, std::string> states(const prometheus::Registry& metrics);
 
     [[nodiscard]] Permit acquire();
     [[nodiscard]] State state() const;

@@ -58,6 +58,8 @@ struct SchedulerSettings {
     /// CONVEYOR_TLS_KEY_FILE; both or neither); the console's cookies are then Secure.
     std::string tls_cert_file;
     std::string tls_key_file;
+    /// Prometheus's base URL (CONVEYOR_PROMETHEUS_URL): the console's overview shows its firing and pending alerts.
+    std::string prometheus_url;
     /// A token's aud must name it (CONVEYOR_JWT_AUDIENCE); its iss must be jwt_issuer if that is set
     /// (CONVEYOR_JWT_ISSUER).
     std::string jwt_audience = "conveyor";

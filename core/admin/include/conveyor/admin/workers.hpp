@@ -4,6 +4,7 @@
 #include <boost/json/value.hpp>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,8 @@ struct Load {
     std::int64_t succeeded = 0;
     std::int64_t retried = 0;
     std::int64_t dead_lettered = 0;
+    /// Each circuit breaker's state by its name: closed, half_open or open.
+    std::map<std::string, std::string> circuit_breakers;
 };
 
 /// Records a new instance (one per process start); returns its id.
@@ -63,7 +66,7 @@ boost::asio::awaitable<std::vector<Worker>> list(pg::Pool& pool);
 /// Deletes instances stopped or gone for longer than `retention`; returns how many.
 boost::asio::awaitable<std::int64_t> prune(pg::Pool& pool, std::chrono::milliseconds retention);
 
-/// {"workers": [...], "running": n}.
+/// {"workers": [...], "running": n}; each worker with its circuit_breakers object.
 [[nodiscard]] boost::json::value to_json(const std::vector<Worker>& workers);
 
 }  // namespace conveyor::workers
