@@ -1,8 +1,10 @@
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/parse.hpp>
+#include <optional>
 
 #include "api.hpp"
 #include "api_json.hpp"
@@ -22,12 +24,17 @@ boost::json::object fleet_json(const std::vector<workers::Worker>& listed) {
     std::int64_t gone = 0;
     std::int64_t in_flight = 0;
     std::int64_t concurrency = 0;
+    std::optional<std::int64_t> needed;
     boost::json::array open_breakers;
     for (const auto& worker : listed) {
         if (worker.state == "running") {
             ++running;
             in_flight += worker.load.in_flight;
             concurrency += worker.identity.concurrency;
+            // Each worker estimates for the queues it consumes; the busiest estimate is what the fleet needs.
+            if (worker.load.workers_needed) {
+                needed = std::max(needed.value_or(0), *worker.load.workers_needed);
+            }
             for (const auto& [circuit, state] : worker.load.circuit_breakers) {
                 if (state != "closed") {
                     open_breakers.push_back({{"circuit", circuit}, {"state", state}, {"worker", worker.identity.name}});
@@ -41,6 +48,7 @@ boost::json::object fleet_json(const std::vector<workers::Worker>& listed) {
             {"gone", gone},
             {"in_flight", in_flight},
             {"concurrency", concurrency},
+            {"needed", needed ? boost::json::value(*needed) : boost::json::value(nullptr)},
             {"open_circuit_breakers", std::move(open_breakers)}};
 }
 

@@ -103,7 +103,7 @@ TEST_F(WorkerTest, AJobInFlightWhenTheWorkerIsKilledIsRedeliveredToASecondWorker
 }
 
 TEST_F(WorkerTest, WorkersNeededRisesWithTheBacklog) {
-    auto worker = start_worker({"--concurrency", "4"}, "workers-needed");
+    auto worker = start_worker({"--concurrency", "4", "--heartbeat-interval", "1s"}, "workers-needed");
     // 2,000 jobs of 100 ms for 4 slots, which settle at most 40 a second. The first estimate comes after 30 s of
     // history: by then at least 800 still wait. At least 40/s x 0.1 s = 4 slots keep up and 800 x 0.1 s / 60 s
     // = 1.3 more clear the backlog in a minute: two workers. At most (40/s + 2,000 in 30 s) x 0.5 s +
@@ -113,6 +113,14 @@ TEST_F(WorkerTest, WorkersNeededRisesWithTheBacklog) {
     const auto needed = worker.metric("conveyor_workers_needed");
     EXPECT_GE(needed, 2);
     EXPECT_LE(needed, 18);
+    // The heartbeat carries the estimate to the console (which has no Prometheus to ask).
+    const auto recorded = [&] {
+        return database_.scalar(
+            "SELECT coalesce(workers_needed, 0) FROM conveyor.workers WHERE pid = $1::int ORDER BY started_at DESC "
+            "LIMIT 1",
+            {std::to_string(worker.process->pid())});
+    };
+    EXPECT_TRUE(eventually([&] { return recorded() >= 2; }, 5s)) << recorded();
     broker_.purge("conveyor.diag");
 }
 

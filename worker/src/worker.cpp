@@ -433,6 +433,7 @@ class Worker::Impl {
                 failure.empty() ? estimator.observe(Clock::now(), queues) : std::optional<std::uint32_t>();
             if (needed) {
                 metrics_.workers_needed().Set(static_cast<double>(*needed));
+                estimated_ = true;
                 for (const auto& [queue, estimate] : estimator.estimates()) {
                     spdlog::debug("capacity: {} arrivals {:.1f}/s, p95 {:.3f} s, {:.1f} slots", queue,
                                   estimate.arrivals_per_second, estimate.p95_seconds, estimate.slots);
@@ -467,16 +468,21 @@ class Worker::Impl {
         co_return std::string();
     }
 
-    /// What the heartbeat reports: jobs running now, the totals since start, the circuit breakers' states.
+    /// What the heartbeat reports: jobs running now, the totals since start, the circuit breakers' states, the
+    /// estimate of the workers needed.
     [[nodiscard]] workers::Load load() {
         double in_flight = 0;
         for (const auto& family : settings_.families) {
             in_flight += metrics_.in_flight(topology::queue_name(family)).Value();
         }
         const auto& counts = settlement_.counts();
-        return {static_cast<std::int64_t>(in_flight), static_cast<std::int64_t>(counts.succeeded.load()),
-                static_cast<std::int64_t>(counts.retried.load()),
-                static_cast<std::int64_t>(counts.dead_lettered.load()), CircuitBreaker::states(*prometheus_)};
+        return {
+            static_cast<std::int64_t>(in_flight),
+            static_cast<std::int64_t>(counts.succeeded.load()),
+            static_cast<std::int64_t>(counts.retried.load()),
+            static_cast<std::int64_t>(counts.dead_lettered.load()),
+            CircuitBreaker::states(*prometheus_),
+            estimated_ ? std::optional(static_cast<std::int64_t>(metrics_.workers_needed().Value())) : std::nullopt};
     }
 
     /// Lines up each batch from the connection thread for the slots. Running on the worker's own threads, it
@@ -717,6 +723,8 @@ class Worker::Impl {
     Execution execution_;
     Settlement settlement_;
     Heartbeat heartbeat_;
+    /// conveyor_workers_needed holds an estimate (not its initial 0).
+    std::atomic<bool> estimated_ = false;
     std::vector<std::unique_ptr<JobSlot>> job_slots_;
     TaskGroup slots_{io_.get_executor()};
     TaskGroup dispatching_{io_.get_executor()};  ///< joined by the drain, before the publisher stops

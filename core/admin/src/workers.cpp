@@ -45,6 +45,9 @@ Worker worker_of(const pg::Result& rows, int row) {
     for (const auto& [name, state] : json::parse(rows.text(row, 17)).as_object()) {
         worker.load.circuit_breakers.emplace(name, state.as_string());
     }
+    if (!rows.is_null(row, 18)) {
+        worker.load.workers_needed = rows.integer(row, 18);
+    }
     return worker;
 }
 
@@ -69,9 +72,10 @@ asio::awaitable<void> write_load(pg::Pool& pool, const std::string& instance_id,
     const auto circuit_breakers = json::serialize(breakers);
     co_await pool.query(
         "UPDATE conveyor.workers SET last_seen_at = now(), in_flight = $2, succeeded = $3, retried = $4, "
-        "dead_lettered = $5, circuit_breakers = $6::jsonb, stopped_at = CASE WHEN $7 THEN now() END "
-        "WHERE instance_id = $1",
-        instance_id, load.in_flight, load.succeeded, load.retried, load.dead_lettered, circuit_breakers, stopping);
+        "dead_lettered = $5, circuit_breakers = $6::jsonb, stopped_at = CASE WHEN $7 THEN now() END, "
+        "workers_needed = $8 WHERE instance_id = $1",
+        instance_id, load.in_flight, load.succeeded, load.retried, load.dead_lettered, circuit_breakers, stopping,
+        load.workers_needed);
 }
 
 }  // namespace
@@ -88,7 +92,7 @@ asio::awaitable<std::vector<Worker>> list(pg::Pool& pool) {
     const auto sql = fmt::format(
         "SELECT instance_id, name, version, host, pid, queues, concurrency, heartbeat_interval_ms, in_flight, "
         "succeeded, retried, dead_lettered, state, {}, {}, {}, extract(epoch FROM now() - last_seen_at)::float8, "
-        "circuit_breakers::text "
+        "circuit_breakers::text, workers_needed "
         "FROM (SELECT *, CASE WHEN stopped_at IS NOT NULL THEN 'stopped' "
         "WHEN last_seen_at < now() - make_interval(secs => {} * heartbeat_interval_ms / 1000.0) THEN 'gone' "
         "ELSE 'running' END AS state FROM conveyor.workers) w "
@@ -143,6 +147,8 @@ json::value to_json(const std::vector<Worker>& workers) {
             {"stopped_at", worker.stopped_at.empty() ? json::value(nullptr) : json::value(worker.stopped_at)},
             {"seconds_since_seen", worker.seconds_since_seen},
             {"circuit_breakers", std::move(breakers)},
+            {"workers_needed",
+             worker.load.workers_needed ? json::value(*worker.load.workers_needed) : json::value(nullptr)},
         });
     }
     return json::object{{"workers", std::move(listed)}, {"running", running}};

@@ -95,7 +95,9 @@ export async function renderOverview(main, session, route, signal) {
     cards.replaceChildren(
       card(
         "workers-running",
-        "workers running" + (workers.gone ? `, ${workers.gone} gone` : ""),
+        "workers running" +
+          (workers.needed !== null ? `, ${workers.needed} needed` : "") +
+          (workers.gone ? `, ${workers.gone} gone` : ""),
         String(workers.running),
         "#/workers",
       ),

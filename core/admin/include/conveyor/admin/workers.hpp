@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,8 @@ struct Load {
     std::int64_t dead_lettered = 0;
     /// Each circuit breaker's state by its name: closed, half_open or open.
     std::map<std::string, std::string> circuit_breakers;
+    /// The worker's estimate of the workers its queues need (conveyor_workers_needed); empty before its first.
+    std::optional<std::int64_t> workers_needed;
 };
 
 /// Records a new instance (one per process start); returns its id.
