@@ -4,7 +4,7 @@
 // starts its own processes on its own ports and stops them, by pid, when it ends.
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
@@ -96,10 +96,11 @@ export async function startStack({ schedulerPort, workerPort, schedules }) {
     `${origin}/readyz`,
   );
   const workerName = `browser-worker-${workerPort}`;
-  const workerArgs = ["--http-port", String(workerPort), "--queues", "diag", "--heartbeat-interval", "1s"];
+  const workerArgs = ["--http-port", String(workerPort), "--heartbeat-interval", "1s"];
   let worker;
-  const startWorker = async (extraArgs = []) => {
-    const args = [...workerArgs, "--amqp-url", amqpUrl, "--pg-url", pgUrl, "--name", workerName, ...extraArgs];
+  const startWorker = async (extraArgs = [], queues = "diag") => {
+    const args = [...workerArgs, "--queues", queues, "--amqp-url", amqpUrl, "--pg-url", pgUrl, "--name", workerName];
+    args.push(...extraArgs);
     await start("conveyor-worker", args, `http://127.0.0.1:${workerPort}/readyz`);
     worker = processes.at(-1);
   };
@@ -131,10 +132,26 @@ export async function startStack({ schedulerPort, workerPort, schedules }) {
     await Promise.all(processes.map(ended));
   };
 
-  /// The worker again with other settings (a fix deployed): the old one drains and exits first.
-  const restartWorker = async (extraArgs) => {
+  /// The worker again with other settings (a fix deployed) or queues: the old one drains and exits first.
+  const restartWorker = async (extraArgs, queues) => {
     await ended(worker);
-    await startWorker(extraArgs);
+    await startWorker(extraArgs, queues);
   };
-  return { origin, workerName, signedInPage, restartWorker, stop };
+
+  /// One of deploy/local's stand-ins for the outside world (payment_gateway.py, smtp_sink.py), stopped with the
+  /// stack; resolves to the port it wrote to `--port-file`.
+  const startStandIn = async (script, args) => {
+    const portFile = path.join(scratch, `${script}.port`);
+    const child = spawn(
+      "/usr/bin/python3",
+      [path.resolve("../../deploy/local", script), "--port-file", portFile, ...args],
+      {
+        stdio: ["ignore", "inherit", "inherit"],
+      },
+    );
+    processes.push(child);
+    await eventually(() => existsSync(portFile) && readFileSync(portFile, "utf8").trim() !== "", 10_000, script);
+    return Number(readFileSync(portFile, "utf8").trim());
+  };
+  return { origin, workerName, signedInPage, restartWorker, startStandIn, stop };
 }
