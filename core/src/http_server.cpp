@@ -325,9 +325,9 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
     }
 
     /// The TLS handshake, the requests, and the close_notify, each bounded in time.
-    static asio::awaitable<void> serve_tls(std::shared_ptr<Impl> self, beast::tcp_stream tcp, Slot /*connection*/) {
-        const auto peer = peer_address(tcp);
-        TlsStream stream(std::move(tcp), *self->tls_);
+    static asio::awaitable<void> serve_tls(std::shared_ptr<Impl> self, beast::tcp_stream plain, Slot /*connection*/) {
+        const auto peer = peer_address(plain);
+        TlsStream stream(std::move(plain), *self->tls_);
         beast::get_lowest_layer(stream).expires_after(kTlsHandshakeTimeout);
         auto [handshake_error] =
             co_await stream.async_handshake(asio::ssl::stream_base::server, asio::as_tuple(asio::use_awaitable));
@@ -573,6 +573,7 @@ class HttpServer::Impl : public std::enable_shared_from_this<Impl> {
         response.keep_alive(false);
         response.prepare_payload();
         beast::get_lowest_layer(stream).expires_after(kIdleTimeout);
+        // NOLINTNEXTLINE(bugprone-use-after-move): clang-tidy 14 takes the frame's end for a use of the moved parameter
         auto [write_error, written] = co_await http::async_write(stream, response, asio::as_tuple(asio::use_awaitable));
         if (!write_error) {
             co_await drain(stream, drain_for);
@@ -621,7 +622,7 @@ void HttpServer::get(std::string path, Route route) {
     impl_->routes_.emplace(std::move(path), std::move(route));
 }
 
-void HttpServer::route(std::string method, std::string pattern, AsyncRoute handler) {
+void HttpServer::route(std::string method, const std::string& pattern, AsyncRoute handler) {
     impl_->add_route(std::move(method), pattern, std::move(handler));
 }
 

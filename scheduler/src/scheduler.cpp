@@ -120,8 +120,10 @@ class Scheduler::Impl {
             api_.use_secure_cookies();
         }
         if (!settings_.prometheus_url.empty()) {
-            prometheus_.emplace(io_.get_executor(), http::ClientSettings{.base_url = settings_.prometheus_url,
-                                                                         .timeout = kPrometheusTimeout});
+            http::ClientSettings prometheus;
+            prometheus.base_url = settings_.prometheus_url;
+            prometheus.timeout = kPrometheusTimeout;
+            prometheus_.emplace(io_.get_executor(), std::move(prometheus));
             api_.use_prometheus(*prometheus_);
         }
     }

@@ -36,13 +36,17 @@ Worker worker_of(const pg::Result& rows, int row) {
                        queue_names(rows.text(row, 5)),
                        static_cast<unsigned>(rows.integer(row, 6)),
                        std::chrono::milliseconds(rows.integer(row, 7))};
-    worker.load = {rows.integer(row, 8), rows.integer(row, 9), rows.integer(row, 10), rows.integer(row, 11)};
+    worker.load.in_flight = rows.integer(row, 8);
+    worker.load.succeeded = rows.integer(row, 9);
+    worker.load.retried = rows.integer(row, 10);
+    worker.load.dead_lettered = rows.integer(row, 11);
     worker.state = rows.text(row, 12);
     worker.started_at = rows.text(row, 13);
     worker.last_seen_at = rows.text(row, 14);
     worker.stopped_at = rows.text(row, 15);
     worker.seconds_since_seen = std::stod(std::string(rows.text(row, 16)));
-    for (const auto& [name, state] : json::parse(rows.text(row, 17)).as_object()) {
+    const auto breakers = json::parse(rows.text(row, 17));
+    for (const auto& [name, state] : breakers.as_object()) {
         worker.load.circuit_breakers.emplace(name, state.as_string());
     }
     if (!rows.is_null(row, 18)) {

@@ -400,7 +400,7 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         ->envname("CONVEYOR_JWT_AUDIENCE")
         ->capture_default_str();
     token_cmd->add_option("--issuer", token_options.issuer, "Its iss (default: none)")->envname("CONVEYOR_JWT_ISSUER");
-    token_cmd->add_flag("--json", token_options.json, "As {\"token\", \"expires_at\"}");
+    token_cmd->add_flag("--json", token_options.json, R"(As {"token", "expires_at"})");
 
     BatchOptions batch_options;
     EnqueueOptions batch_add_options;

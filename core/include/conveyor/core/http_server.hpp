@@ -101,7 +101,7 @@ class HttpServer {
     /// over a {name} one where both match. A path that matches only other methods' patterns gets 405 with Allow;
     /// an exception escaping the handler gets 500. Throws std::invalid_argument for a pattern not starting with
     /// '/', an empty handler, or a method and pattern that an earlier route already matches the same way.
-    void route(std::string method, std::string pattern, AsyncRoute handler);
+    void route(std::string method, const std::string& pattern, AsyncRoute handler);
 
     /// Serves HTTPS (TLS 1.2 and later) with this certificate chain and private key, PEM files; call before start().
     /// Throws std::invalid_argument naming the file and the reason if either cannot be used. A client whose
