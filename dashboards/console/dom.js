@@ -1,4 +1,5 @@
 // Small helpers for building pages from data: every text goes in through textContent, never as HTML.
+import { withQuery } from "/console/api.js";
 
 export function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -122,4 +123,59 @@ export function confirmDialog(title, message, confirmText, fields = []) {
     document.body.append(dialog);
     dialog.showModal();
   });
+}
+
+/// A text field of a filter form, showing what the page's query holds for `name`.
+export function queryField(params, name, label, placeholder = "") {
+  return el("label", {}, `${label} `, el("input", { name, value: params.get(name) ?? "", placeholder }));
+}
+
+/// A choice of a filter form among `choices` ("" shows as "any"), showing what the page's query holds.
+export function queryChoice(params, name, label, choices) {
+  const current = params.get(name) ?? "";
+  return el(
+    "label",
+    {},
+    `${label} `,
+    el(
+      "select",
+      { name },
+      choices.map((choice) => el("option", { value: choice, selected: choice === current }, choice || "any")),
+    ),
+  );
+}
+
+/// A filter form of `fields`: submitting it hands its values to `go` (by default the address `base` with them as
+/// its query), so a filter is a link that can be shared.
+export function filterForm(id, fields, buttonText, base, go = (values) => (location.hash = withQuery(base, values))) {
+  const form = el("form", { id, className: "filters" }, ...fields, el("button", { type: "submit" }, buttonText));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    go(Object.fromEntries(new FormData(form)));
+  });
+  return form;
+}
+
+/// A button that runs `perform` once per click, disabled meanwhile; a failure is shown in `status`.
+export function actionButton(label, props, perform, status) {
+  return el(
+    "button",
+    {
+      type: "button",
+      ...props,
+      on: {
+        click: async (event) => {
+          event.target.disabled = true;
+          try {
+            await perform();
+          } catch (failure) {
+            status.textContent = failure.message;
+          } finally {
+            event.target.disabled = false;
+          }
+        },
+      },
+    },
+    label,
+  );
 }

@@ -1,7 +1,7 @@
 // The audit log: who cancelled, paused, resumed, replayed, purged or applied flow limits, newest first, filtered by
 // actor and action, a page at a time.
 import { get, withQuery } from "/console/api.js";
-import { el, link, page, table } from "/console/dom.js";
+import { el, filterForm, link, page, queryChoice, queryField, table } from "/console/dom.js";
 
 const actions = ["", "cancel", "pause", "resume", "replay", "purge", "apply_flow_limits"];
 
@@ -22,29 +22,12 @@ function details(entry) {
 
 export async function renderAudit(main, session, route) {
   const params = route.params;
-  const form = el(
-    "form",
-    { id: "audit-filter", className: "filters" },
-    el("label", {}, "Actor ", el("input", { name: "actor", value: params.get("actor") ?? "" })),
-    el(
-      "label",
-      {},
-      "Action ",
-      el(
-        "select",
-        { name: "action" },
-        actions.map((action) =>
-          el("option", { value: action, selected: action === (params.get("action") ?? "") }, action || "any"),
-        ),
-      ),
-    ),
-    el("button", { type: "submit" }, "Filter"),
+  const form = filterForm(
+    "audit-filter",
+    [queryField(params, "actor", "Actor"), queryChoice(params, "action", "Action", actions)],
+    "Filter",
+    "#/audit",
   );
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const values = Object.fromEntries(new FormData(form));
-    location.hash = withQuery("#/audit", values);
-  });
   const { entries, next_before: nextBefore } = await get(
     withQuery("/v1/audit", {
       actor: params.get("actor") ?? "",

@@ -1,7 +1,18 @@
 // Dead letters: groups by error fingerprint, one group's letters, one letter (headers and payload), and the
 // actions of the CLI's engine: a dry run, a replay with canaries, and a purge confirmed by typing its count.
 import { get, post, withQuery } from "/console/api.js";
-import { ago, badge, confirmDialog, el, link, page, table } from "/console/dom.js";
+import {
+  actionButton,
+  ago,
+  badge,
+  confirmDialog,
+  el,
+  filterForm,
+  link,
+  page,
+  queryField,
+  table,
+} from "/console/dom.js";
 
 const filterNames = ["family", "type", "reason", "error", "fingerprint", "state"];
 
@@ -9,23 +20,18 @@ function filterOf(params) {
   return Object.fromEntries(filterNames.map((name) => [name, params.get(name) ?? ""]).filter(([, value]) => value));
 }
 
-function filterForm(params) {
-  const input = (name, label, placeholder = "") =>
-    el("label", {}, `${label} `, el("input", { name, value: params.get(name) ?? "", placeholder }));
-  const form = el(
-    "form",
-    { id: "dead-letter-filter", className: "filters" },
-    input("family", "Family", "payments"),
-    input("type", "Type"),
-    input("reason", "Reason"),
-    input("error", "Error contains"),
-    el("button", { type: "submit" }, "Filter"),
+function filters(params) {
+  return filterForm(
+    "dead-letter-filter",
+    [
+      queryField(params, "family", "Family", "payments"),
+      queryField(params, "type", "Type"),
+      queryField(params, "reason", "Reason"),
+      queryField(params, "error", "Error contains"),
+    ],
+    "Filter",
+    "#/dead-letters",
   );
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    location.hash = withQuery("#/dead-letters", Object.fromEntries(new FormData(form)));
-  });
-  return form;
 }
 
 async function replay(filter, status, refresh) {
@@ -76,37 +82,13 @@ async function purge(filter, count, status, refresh) {
 
 function groupActions(group, filter, session, status, refresh) {
   const scoped = { ...filter, fingerprint: group.fingerprint };
-  const guarded = (perform) => async (event) => {
-    event.target.disabled = true;
-    try {
-      await perform();
-    } catch (failure) {
-      status.textContent = failure.message;
-    } finally {
-      event.target.disabled = false;
-    }
-  };
   const buttons = [];
   if (session.role !== "viewer") {
-    buttons.push(
-      el(
-        "button",
-        { type: "button", className: "replay", on: { click: guarded(() => replay(scoped, status, refresh)) } },
-        "Replay…",
-      ),
-    );
+    buttons.push(actionButton("Replay…", { className: "replay" }, () => replay(scoped, status, refresh), status));
   }
   if (session.role === "admin") {
     buttons.push(
-      el(
-        "button",
-        {
-          type: "button",
-          className: "purge danger",
-          on: { click: guarded(() => purge(scoped, group.count, status, refresh)) },
-        },
-        "Purge…",
-      ),
+      actionButton("Purge…", { className: "purge danger" }, () => purge(scoped, group.count, status, refresh), status),
     );
   }
   return el("span", { className: "buttons" }, buttons);
@@ -139,7 +121,7 @@ async function renderGroups(main, session, params) {
     );
   };
   await refresh();
-  const content = [filterForm(params), status, holder];
+  const content = [filters(params), status, holder];
   if (filter.fingerprint) {
     const { dead_letters: letters } = await get(withQuery("/v1/dead-letters", { ...filter, limit: "100" }));
     content.push(

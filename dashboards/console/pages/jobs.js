@@ -1,7 +1,19 @@
 // Jobs: search the history (by id, type, state, queue, correlation id, time), one job's page (every attempt, its
 // payload where a dead letter keeps it, who changed it, cancel and retry), and a correlation id's saga as a timeline.
 import { ApiError, get, post, remove, withQuery } from "/console/api.js";
-import { ago, badge, el, link, milliseconds, page, table } from "/console/dom.js";
+import {
+  actionButton,
+  ago,
+  badge,
+  el,
+  filterForm,
+  link,
+  milliseconds,
+  page,
+  queryChoice,
+  queryField,
+  table,
+} from "/console/dom.js";
 
 const states = ["", "running", "succeeded", "retrying", "dead_lettered", "cancelled", "deduplicated"];
 const ended = new Set(["succeeded", "dead_lettered", "cancelled", "deduplicated"]);
@@ -10,36 +22,22 @@ const filterNames = ["type", "state", "queue", "correlation_id", "since"];
 const jobLink = (id) => link(`#/jobs/${encodeURIComponent(id)}`, id);
 
 function searchForm(params) {
-  const input = (name, label, placeholder = "") =>
-    el("label", {}, `${label} `, el("input", { name, value: params.get(name) ?? "", placeholder }));
-  const form = el(
-    "form",
-    { id: "job-search", className: "filters" },
-    input("id", "Job id"),
-    input("type", "Type", "payments.charge"),
-    el(
-      "label",
-      {},
-      "State ",
-      el(
-        "select",
-        { name: "state" },
-        states.map((state) =>
-          el("option", { value: state, selected: state === (params.get("state") ?? "") }, state || "any"),
-        ),
-      ),
-    ),
-    input("queue", "Queue", "conveyor.payments"),
-    input("correlation_id", "Correlation id"),
-    input("since", "Since", "24 hours"),
-    el("button", { type: "submit" }, "Search"),
+  return filterForm(
+    "job-search",
+    [
+      queryField(params, "id", "Job id"),
+      queryField(params, "type", "Type", "payments.charge"),
+      queryChoice(params, "state", "State", states),
+      queryField(params, "queue", "Queue", "conveyor.payments"),
+      queryField(params, "correlation_id", "Correlation id"),
+      queryField(params, "since", "Since", "24 hours"),
+    ],
+    "Search",
+    "#/jobs",
+    (values) => {
+      location.hash = values.id ? `#/jobs/${encodeURIComponent(values.id.trim())}` : withQuery("#/jobs", values);
+    },
   );
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const values = Object.fromEntries(new FormData(form));
-    location.hash = values.id ? `#/jobs/${encodeURIComponent(values.id.trim())}` : withQuery("#/jobs", values);
-  });
-  return form;
 }
 
 /// A correlation id's jobs in the order they were enqueued: an order's saga, step by step.
@@ -101,25 +99,7 @@ function actions(job, session, status, rerender) {
   if (session.role === "viewer") {
     return [];
   }
-  const act = (label, id, perform) =>
-    el(
-      "button",
-      {
-        type: "button",
-        id,
-        on: {
-          click: async (event) => {
-            event.target.disabled = true;
-            try {
-              await rerender(await perform());
-            } catch (failure) {
-              status.textContent = failure.message;
-            }
-          },
-        },
-      },
-      label,
-    );
+  const act = (label, id, perform) => actionButton(label, { id }, async () => rerender(await perform()), status);
   const buttons = [];
   if (!ended.has(job.state)) {
     buttons.push(

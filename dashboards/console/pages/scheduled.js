@@ -1,32 +1,26 @@
 // Scheduled jobs and cron schedules: delayed jobs waiting in PostgreSQL (run now, cancel) and each schedule with its
 // next and last fire times, how often it fired and how many fire times it missed.
 import { get, post, remove, withQuery } from "/console/api.js";
-import { ago, badge, el, link, page, table } from "/console/dom.js";
+import { actionButton, ago, badge, el, link, page, table } from "/console/dom.js";
 
 function jobActions(job, session, status, refresh) {
   if (session.role === "viewer") {
     return "";
   }
+  // The list is read again after either outcome: a job another operator changed meanwhile leaves it.
   const act = (label, className, perform, done) =>
-    el(
-      "button",
-      {
-        type: "button",
-        className,
-        on: {
-          click: async (event) => {
-            event.target.disabled = true;
-            try {
-              await perform();
-              status.textContent = `${done} ${job.id}`;
-            } catch (failure) {
-              status.textContent = failure.message;
-            }
-            await refresh();
-          },
-        },
-      },
+    actionButton(
       label,
+      { className },
+      async () => {
+        try {
+          await perform();
+          status.textContent = `${done} ${job.id}`;
+        } finally {
+          await refresh();
+        }
+      },
+      status,
     );
   const path = `/v1/scheduled/${encodeURIComponent(job.id)}`;
   return el(
