@@ -23,6 +23,8 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <ranges>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -49,6 +51,7 @@ constexpr std::size_t kBodyPadding = 64;
 constexpr std::chrono::milliseconds kCloseTimeout{2000};
 // Frames handled before the read loop yields, so queued acks and publishes are not starved by a busy consumer.
 constexpr int kFramesPerTurn = 512;
+constexpr std::uint16_t kPreconditionFailed = 406;
 
 // Boost's error_category has a non-virtual destructor by design; this final class is only ever a static.
 // NOLINTNEXTLINE(cppcoreguidelines-virtual-class-destructor)
@@ -221,9 +224,8 @@ struct OutstandingPublish {
     std::optional<PendingError> handler;
     std::uint64_t id;
     std::optional<Clock::time_point> deadline;
-    std::string exchange;
-    std::string routing_key;
-    std::string message_id;
+    /// Kept until the broker confirms it: a connection lost before then sends it again on the next one.
+    Message message;
     Clock::time_point sent_at;
 };
 
@@ -241,7 +243,11 @@ error_code make_error_code(Errc e) noexcept {
 class Connection::Impl {
   public:
     Impl(ConnectionSettings settings, Topology topology)
-        : settings_(std::move(settings)), topology_(std::move(topology)), log_prefix_("amqp[" + settings_.name + "]") {}
+        : settings_(std::move(settings)), topology_(std::move(topology)), log_prefix_("amqp[" + settings_.name + "]") {
+        if (settings_.url.endpoints.empty()) {
+            throw std::invalid_argument("AMQP connection settings name no broker");
+        }
+    }
 
     ~Impl() { stop(); }
 
@@ -324,6 +330,11 @@ class Connection::Impl {
         return last_error_;
     }
 
+    std::vector<QueueMismatch> queue_mismatches() const {
+        std::lock_guard lock(last_error_mutex_);
+        return mismatches_;
+    }
+
   private:
     // ---- everything below runs on the connection thread ----
 
@@ -355,11 +366,13 @@ class Connection::Impl {
                 fail_waiting(Errc::connection_failed);
                 break;
             }
-            const auto delay = backoff(failures);
+            const auto delay = next_endpoint(failures);
+            const auto next = settings_.url.redacted(current_endpoint());
             if (was_connected) {
-                spdlog::warn("{}: connection lost: {}; reconnecting in {} ms", log_prefix_, failure, delay.count());
+                spdlog::warn("{}: connection lost: {}; reconnecting to {} in {} ms", log_prefix_, failure, next,
+                             delay.count());
             } else {
-                spdlog::warn("{}: {}; retrying in {} ms", log_prefix_, failure, delay.count());
+                spdlog::warn("{}: {}; trying {} in {} ms", log_prefix_, failure, next, delay.count());
             }
             backoff_timer_.expires_after(delay);
             co_await backoff_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
@@ -367,6 +380,19 @@ class Connection::Impl {
         if (stopping_) {
             fail_waiting(Errc::stopped);
         }
+    }
+
+    [[nodiscard]] const Endpoint& current_endpoint() const { return settings_.url.endpoints[endpoint_]; }
+
+    /// Moves to the next broker and says how long to wait first: nothing while some node of the list is untried
+    /// since the last success, the backoff once a whole round has failed.
+    std::chrono::milliseconds next_endpoint(unsigned failures) {
+        const auto count = settings_.url.endpoints.size();
+        endpoint_ = (endpoint_ + 1) % count;
+        if (failures % count != 0) {
+            return std::chrono::milliseconds::zero();
+        }
+        return backoff(static_cast<unsigned>(failures / count));
     }
 
     std::chrono::milliseconds backoff(unsigned failures) {
@@ -403,14 +429,16 @@ class Connection::Impl {
             }
         }
         auto timeout = to_timeval(settings_.connect_timeout);
-        check_status(amqp_socket_open_noblock(socket, settings_.url.host.c_str(), settings_.url.port, &timeout),
-                     fmt::format("connect to {}", settings_.url.redacted()));
+        const auto& endpoint = current_endpoint();
+        check_status(amqp_socket_open_noblock(socket, endpoint.host.c_str(), endpoint.port, &timeout),
+                     fmt::format("connect to {}", settings_.url.redacted(endpoint)));
         check_status(amqp_set_handshake_timeout(conn_, &timeout), "set handshake timeout");
         check_status(amqp_set_rpc_timeout(conn_, &timeout), "set RPC timeout");
 
         login();
         amqp_channel_open(conn_, kControlChannel);
         check_reply(conn_, "open control channel");
+        name_queues_for_session(session_ + 1);
         declare_topology();
         amqp_channel_open(conn_, kPublishChannel);
         check_reply(conn_, "open publish channel");
@@ -431,8 +459,9 @@ class Connection::Impl {
         ++session_;
         live_session_ = session_;
         consuming_ = !consumers_cancelled_;
-        spdlog::info("{}: connected to {} (heartbeat {} s, {} consumers)", log_prefix_, settings_.url.redacted(),
-                     heartbeat_.count(), consumers_cancelled_ ? 0 : consumers_.size());
+        spdlog::info("{}: connected to {} (heartbeat {} s, {} consumers)", log_prefix_,
+                     settings_.url.redacted(current_endpoint()), heartbeat_.count(),
+                     consumers_cancelled_ ? 0 : consumers_.size());
         if (settings_.observer != nullptr) {
             settings_.observer->on_connection_state(true);
         }
@@ -482,7 +511,8 @@ class Connection::Impl {
             conn_, settings_.url.vhost.c_str(), 0, kFrameMax, static_cast<int>(settings_.heartbeat.count()),
             &client_properties, AMQP_SASL_METHOD_PLAIN, settings_.url.user.c_str(), settings_.url.password.c_str());
         if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
-            throw SessionError(fmt::format("login to {} failed: {}", settings_.url.redacted(), describe_reply(reply)));
+            throw SessionError(fmt::format("login to {} failed: {}", settings_.url.redacted(current_endpoint()),
+                                           describe_reply(reply)));
         }
     }
 
@@ -493,15 +523,24 @@ class Connection::Impl {
                                   arguments.table());
             check_reply(conn_, fmt::format("declare exchange {}", exchange.name));
         }
+        std::vector<QueueMismatch> mismatches;
         for (const auto& queue : topology_.queues) {
             codec::EncodedTable arguments(queue.arguments);
-            amqp_queue_declare(conn_, kControlChannel, bytes_of(queue.name), 0, queue.exclusive ? 0 : 1,
+            const auto name = declared_name(queue.name);
+            amqp_queue_declare(conn_, kControlChannel, bytes_of(name), 0, queue.exclusive ? 0 : 1,
                                queue.exclusive ? 1 : 0, queue.exclusive ? 1 : 0, arguments.table());
-            check_reply(conn_, fmt::format("declare queue {}", queue.name));
+            const auto reply = amqp_get_rpc_reply(conn_);
+            if (reply.reply_type != AMQP_RESPONSE_NORMAL && closed_for(reply, kPreconditionFailed)) {
+                mismatches.push_back({queue.name, describe_reply(reply)});
+                reopen_control_channel();
+            } else if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+                throw SessionError(fmt::format("declare queue {}: {}", name, describe_reply(reply)));
+            }
         }
+        note_mismatches(std::move(mismatches));
         for (const auto& binding : topology_.bindings) {
             codec::EncodedTable arguments(binding.arguments);
-            amqp_queue_bind(conn_, kControlChannel, bytes_of(binding.queue), bytes_of(binding.exchange),
+            amqp_queue_bind(conn_, kControlChannel, bytes_of(declared_name(binding.queue)), bytes_of(binding.exchange),
                             bytes_of(binding.routing_key), arguments.table());
             check_reply(conn_,
                         fmt::format("bind {} to {} by {}", binding.queue, binding.exchange, binding.routing_key));
@@ -521,6 +560,57 @@ class Connection::Impl {
         }
     }
 
+    /// Whether the broker closed the channel that asked, with `code` if one is given (404 NOT_FOUND for a queue that
+    /// is missing, 406 PRECONDITION_FAILED for one that exists with other arguments).
+    static bool closed_for(const amqp_rpc_reply_t& reply, std::optional<std::uint16_t> code = std::nullopt) {
+        if (reply.reply_type != AMQP_RESPONSE_SERVER_EXCEPTION || reply.reply.id != AMQP_CHANNEL_CLOSE_METHOD) {
+            return false;
+        }
+        return !code || static_cast<const amqp_channel_close_t*>(reply.reply.decoded)->reply_code == *code;
+    }
+
+    /// Logs the queues found with other arguments once per connection (not on each reconnect), in one line.
+    void note_mismatches(std::vector<QueueMismatch> mismatches) {
+        std::size_t new_ones = 0;
+        for (const auto& mismatch : mismatches) {
+            new_ones += warned_mismatches_.insert(mismatch.queue).second ? 1 : 0;
+        }
+        if (new_ones > 0) {
+            spdlog::warn(
+                "{}: {} queues exist with other arguments than this version declares and are used as they "
+                "are (`conveyor topology declare` says what to do); e.g. {}: {}",
+                log_prefix_, mismatches.size(), mismatches.front().queue, mismatches.front().broker_says);
+        }
+        const std::lock_guard lock(last_error_mutex_);
+        mismatches_ = std::move(mismatches);
+    }
+
+    /// Acknowledges the broker's close of the control channel and opens it again.
+    void reopen_control_channel() {
+        amqp_channel_close_ok_t close_ok{};
+        amqp_send_method(conn_, kControlChannel, AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok);
+        amqp_channel_open(conn_, kControlChannel);
+        check_reply(conn_, "reopen the control channel");
+    }
+
+    /// The name a topology queue has on the broker in this session (see QueueSpec::renamed_per_connection).
+    const std::string& declared_name(const std::string& name) {
+        const auto found = session_names_.find(name);
+        if (found != session_names_.end()) {
+            return found->second;
+        }
+        return name;
+    }
+
+    void name_queues_for_session(std::uint64_t session) {
+        session_names_.clear();
+        for (const auto& queue : topology_.queues) {
+            if (queue.exclusive && queue.renamed_per_connection) {
+                session_names_.emplace(queue.name, fmt::format("{}.{}", queue.name, session));
+            }
+        }
+    }
+
     /// Opens the consumer's channel with its prefetch, and consumes unless it is paused.
     void subscribe(Consumer& consumer) {
         amqp_channel_open(conn_, consumer.channel);
@@ -530,8 +620,8 @@ class Connection::Impl {
         if (consumer.paused) {
             return;
         }
-        const auto* ok = amqp_basic_consume(conn_, consumer.channel, bytes_of(consumer.spec.queue), amqp_empty_bytes, 0,
-                                            0, 0, amqp_empty_table);
+        const auto* ok = amqp_basic_consume(conn_, consumer.channel, bytes_of(declared_name(consumer.spec.queue)),
+                                            amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
         check_reply(conn_, fmt::format("consume {}", consumer.spec.queue));
         consumer.tag = to_string(ok->consumer_tag);
         consumer.subscribed = true;
@@ -665,6 +755,7 @@ class Connection::Impl {
             }
             case AMQP_BASIC_NACK_METHOD: {
                 const auto* nack = static_cast<const amqp_basic_nack_t*>(method.decoded);
+                renew_publish_channel_ = true;
                 confirm(nack->delivery_tag, nack->multiple != 0, Errc::nacked);
                 break;
             }
@@ -782,21 +873,41 @@ class Connection::Impl {
             auto& publish = it->second;
             error_code outcome = result;
             if (!outcome) {
-                const auto returned =
-                    std::find(returned_.begin(), returned_.end(),
-                              returned_key(publish.exchange, publish.routing_key, publish.message_id));
+                const auto returned = std::find(returned_.begin(), returned_.end(),
+                                                returned_key(publish.message.exchange, publish.message.routing_key,
+                                                             publish.message.properties.message_id));
                 if (returned != returned_.end()) {
                     returned_.erase(returned);
                     outcome = Errc::unroutable;
                 }
             }
             if (settings_.observer != nullptr) {
-                settings_.observer->on_publish_confirmed(publish.exchange, now - publish.sent_at);
+                settings_.observer->on_publish_confirmed(publish.message.exchange, now - publish.sent_at);
             }
             if (publish.handler) {
                 complete(std::move(*publish.handler), outcome);
             }
         }
+        if (renew_publish_channel_ && outstanding_.empty()) {
+            renew_publish_channel();
+        }
+    }
+
+    /// A channel whose first publish to a quorum queue came while that queue had no leader (its leader's node had just
+    /// died) keeps nacking every publish to it in RabbitMQ 3.10, even once a new leader serves everyone else; a fresh
+    /// channel finds the new leader. So after a nack, once nothing is waiting for a confirm on it, the publish channel
+    /// is replaced (publishes meanwhile wait), whatever the reason for the nack: a fresh channel costs little.
+    void renew_publish_channel() {
+        amqp_channel_close(conn_, kPublishChannel, AMQP_REPLY_SUCCESS);
+        check_reply(conn_, "close the publish channel after a nack");
+        amqp_channel_open(conn_, kPublishChannel);
+        check_reply(conn_, "reopen the publish channel");
+        amqp_confirm_select(conn_, kPublishChannel);
+        check_reply(conn_, "confirm.select");
+        next_publish_tag_ = 0;
+        renew_publish_channel_ = false;
+        spdlog::debug("{}: publish channel renewed after a nack", log_prefix_);
+        flush_waiting();
     }
 
     asio::awaitable<void> heartbeat_loop(std::uint64_t session) {
@@ -892,7 +1003,7 @@ class Connection::Impl {
         }
         watch_deadline(publish.deadline);
         // Behind earlier waiting publishes, so that they keep their order.
-        if (!connected() || blocked_ || !waiting_.empty()) {
+        if (!connected() || blocked_ || renew_publish_channel_ || !waiting_.empty()) {
             waiting_.emplace_back(std::move(publish));
             return;
         }
@@ -974,10 +1085,9 @@ class Connection::Impl {
             return;
         }
         last_sent_ = Clock::now();
-        outstanding_.emplace(
-            ++next_publish_tag_,
-            OutstandingPublish{std::move(publish.handler), publish.id, publish.deadline, message.exchange,
-                               message.routing_key, message.properties.message_id, last_sent_});
+        outstanding_.emplace(++next_publish_tag_,
+                             OutstandingPublish{std::move(publish.handler), publish.id, publish.deadline,
+                                                std::move(publish.message), last_sent_});
     }
 
     void execute(CancelConsumersCommand& cancel) {
@@ -1026,7 +1136,8 @@ class Connection::Impl {
             spdlog::info("{}: stopped consuming {}", log_prefix_, consumer.spec.queue);
         } else if (!consumer.subscribed && wanted) {
             amqp_basic_consume_t request{};
-            request.queue = bytes_of(consumer.spec.queue);
+            const auto& queue = declared_name(consumer.spec.queue);
+            request.queue = bytes_of(queue);
             request.consumer_tag = amqp_empty_bytes;
             request.arguments = amqp_empty_table;
             sent(amqp_send_method(conn_, consumer.channel, AMQP_BASIC_CONSUME_METHOD, &request), "basic.consume");
@@ -1061,13 +1172,11 @@ class Connection::Impl {
             complete(std::move(query.handler), error_code{}, counts);
             return;
         }
-        if (reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
-            // A missing queue closes the channel (404 NOT_FOUND); acknowledge that and reopen it.
-            amqp_channel_close_ok_t close_ok{};
-            amqp_send_method(conn_, kControlChannel, AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok);
-            amqp_channel_open(conn_, kControlChannel);
-            if (amqp_get_rpc_reply(conn_).reply_type != AMQP_RESPONSE_NORMAL) {
-                fail_session("reopening the control channel failed");
+        if (closed_for(reply)) {
+            try {
+                reopen_control_channel();
+            } catch (const SessionError& e) {
+                fail_session(e.what());
             }
             complete(std::move(query.handler), error_code(Errc::not_found), QueueCounts{});
             return;
@@ -1110,6 +1219,7 @@ class Connection::Impl {
         live_session_ = 0;
         consuming_ = false;
         blocked_ = false;
+        renew_publish_channel_ = false;
         if (socket_) {
             socket_->release();  // rabbitmq-c owns the descriptor and closes it below
             socket_.reset();
@@ -1128,11 +1238,7 @@ class Connection::Impl {
             consumer.has_new_acks = false;
             consumer.batch.clear();
         }
-        for (auto& [tag, publish] : std::exchange(outstanding_, {})) {
-            if (publish.handler) {
-                complete(std::move(*publish.handler), error_code(Errc::connection_lost));
-            }
-        }
+        resend_unconfirmed();
         // The broker forgets consumers with the connection; nothing is left to wait for.
         for (auto& waiter : std::exchange(cancel_waiters_, {})) {
             complete(std::move(waiter), error_code{});
@@ -1142,8 +1248,26 @@ class Connection::Impl {
         }
     }
 
+    /// Publishes the broker had not confirmed when the connection died go out again first on the next one, in their
+    /// order: the broker may or may not hold them (at least once; consumers deduplicate by message id). One whose
+    /// caller gave up is dropped: its outcome was already reported as unknown.
+    void resend_unconfirmed() {
+        auto unconfirmed = std::exchange(outstanding_, {});
+        for (auto& [tag, publish] : std::views::reverse(unconfirmed)) {
+            if (!publish.handler) {
+                continue;
+            }
+            if (stopping_) {
+                complete(std::move(*publish.handler), error_code(Errc::stopped));
+                continue;
+            }
+            waiting_.emplace_front(
+                PublishCommand{std::move(publish.message), publish.id, publish.deadline, std::move(*publish.handler)});
+        }
+    }
+
     void flush_waiting() {
-        while (!waiting_.empty() && connected() && !blocked_ && !session_error_) {
+        while (!waiting_.empty() && connected() && !blocked_ && !renew_publish_channel_ && !session_error_) {
             auto command = std::move(waiting_.front());
             waiting_.pop_front();
             if (auto* publish = std::get_if<PublishCommand>(&command)) {
@@ -1209,13 +1333,18 @@ class Connection::Impl {
     bool drain_posted_ = false;
     bool stopped_ = false;  // guarded by commands_mutex_
 
-    mutable std::mutex last_error_mutex_;
+    mutable std::mutex last_error_mutex_;  ///< guards what other threads read: last_error_ and mismatches_
     std::string last_error_;
+    std::vector<QueueMismatch> mismatches_;
+    std::set<std::string> warned_mismatches_;
 
     amqp_connection_state_t conn_ = nullptr;
     std::optional<asio::posix::stream_descriptor> socket_;
     std::optional<std::string> session_error_;
     std::uint64_t session_ = 0;
+    std::size_t endpoint_ = 0;            ///< which of the URL's brokers the current or next session uses
+    bool renew_publish_channel_ = false;  ///< a nack came: replace the publish channel once it has no confirm due
+    std::unordered_map<std::string, std::string> session_names_;  ///< see declared_name()
     bool stopping_ = false;
     bool gave_up_ = false;
     bool consumers_cancelled_ = false;
@@ -1287,6 +1416,10 @@ bool Connection::blocked() const noexcept {
 bool Connection::is_current(const Delivery& delivery) const noexcept {
     return delivery.session == impl_->live_session_;
 }
+std::vector<QueueMismatch> Connection::queue_mismatches() const {
+    return impl_->queue_mismatches();
+}
+
 std::string Connection::last_error() const {
     return impl_->last_error();
 }

@@ -25,7 +25,7 @@ std::string level_pattern(unsigned level, char bit) {
 }
 
 amqp::Headers quorum() {
-    return {{"x-queue-type", std::string("quorum")}};
+    return {{"x-queue-type", std::string("quorum")}, {"x-quorum-initial-group-size", kQuorumGroupSize}};
 }
 
 void add_delay_ladder(amqp::Topology& topology) {
@@ -216,7 +216,10 @@ std::vector<std::string> parse_families(std::string_view list) {
 amqp::QueueSpec control_queue(std::string_view worker_name) {
     // Unique per process: two workers given the same --name must not share (or steal) each other's commands.
     thread_local std::mt19937_64 generator{std::random_device{}()};
-    return {fmt::format("conveyor.control.{}.{:016x}", worker_name, generator()), {}, true};
+    return {.name = fmt::format("conveyor.control.{}.{:016x}", worker_name, generator()),
+            .arguments = {},
+            .exclusive = true,
+            .renamed_per_connection = true};
 }
 
 amqp::Topology job_topology(std::span<const std::string> families, std::int64_t delivery_limit) {

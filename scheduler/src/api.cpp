@@ -102,9 +102,11 @@ HttpResponse database_failure(const HttpRequest& request, std::string_view calle
 
 }  // namespace
 
-EnqueueApi::EnqueueApi(pg::Pool& pool, Broker broker, const std::atomic<bool>& stopping, const JobCatalogue& catalogue,
-                       Authenticator authenticator, double rate_limit, prometheus::Registry& metrics)
+EnqueueApi::EnqueueApi(pg::Pool& pool, pg::Pool& reads, Broker broker, const std::atomic<bool>& stopping,
+                       const JobCatalogue& catalogue, Authenticator authenticator, double rate_limit,
+                       prometheus::Registry& metrics)
     : pool_(pool),
+      reads_(reads),
       publisher_(broker.publisher),
       monitor_(broker.monitor),
       publish_timeout_(broker.publish_timeout),

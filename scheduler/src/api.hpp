@@ -69,9 +69,11 @@ class EnqueueApi {
         std::chrono::milliseconds publish_timeout;
     };
 
-    /// A replay ends after its current message once `stopping` is set.
-    EnqueueApi(pg::Pool& pool, Broker broker, const std::atomic<bool>& stopping, const JobCatalogue& catalogue,
-               Authenticator authenticator, double rate_limit, prometheus::Registry& metrics);
+    /// A replay ends after its current message once `stopping` is set. Reads that may lag (history, audit, dead-letter
+    /// listings, the overview) go to `reads`, which may be a standby's pool or `pool` itself.
+    EnqueueApi(pg::Pool& pool, pg::Pool& reads, Broker broker, const std::atomic<bool>& stopping,
+               const JobCatalogue& catalogue, Authenticator authenticator, double rate_limit,
+               prometheus::Registry& metrics);
 
     void register_routes(HttpServer& server);
 
@@ -138,6 +140,7 @@ class EnqueueApi {
     boost::asio::awaitable<HttpResponse> sign_out(const HttpRequest& request, const Caller& nobody);
 
     pg::Pool& pool_;
+    pg::Pool& reads_;
     amqp::Connection& publisher_;
     amqp::Connection& monitor_;
     std::chrono::milliseconds publish_timeout_;

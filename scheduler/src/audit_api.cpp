@@ -43,7 +43,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_audit(const HttpRequest& request,
         auto response = error_response(400, e.what());
         co_return response;
     }
-    const auto entries = co_await audit::list(pool_, filter);
+    const auto entries = co_await audit::list(reads_, filter);
     auto response = json_response(200, audit::to_json(entries, filter));
     co_return response;
 }

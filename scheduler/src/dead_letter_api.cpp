@@ -135,7 +135,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_dead_letters(const HttpRequest& r
         auto response = error_response(400, e.what());
         co_return response;
     }
-    const auto rows = co_await dead_letters::list(pool_, filter, limit);
+    const auto rows = co_await dead_letters::list(reads_, filter, limit);
     boost::json::array letters;
     for (int row = 0; row < rows.rows(); ++row) {
         letters.emplace_back(boost::json::object{
@@ -164,7 +164,7 @@ asio::awaitable<HttpResponse> EnqueueApi::dead_letter_groups(const HttpRequest& 
         auto response = error_response(400, e.what());
         co_return response;
     }
-    const auto rows = co_await dead_letters::groups(pool_, filter);
+    const auto rows = co_await dead_letters::groups(reads_, filter);
     boost::json::array groups;
     for (int row = 0; row < rows.rows(); ++row) {
         groups.emplace_back(boost::json::object{
@@ -189,7 +189,7 @@ asio::awaitable<HttpResponse> EnqueueApi::show_dead_letter(const HttpRequest& re
             error_response(400, fmt::format("'{}' is not a dead letter id (see GET /v1/dead-letters)", text));
         co_return response;
     }
-    const auto rows = co_await dead_letters::show(pool_, *id);
+    const auto rows = co_await dead_letters::show(reads_, *id);
     if (rows.rows() == 0) {
         auto response = error_response(404, fmt::format("no dead letter {}", *id));
         co_return response;

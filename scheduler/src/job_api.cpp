@@ -47,14 +47,14 @@ job_history::Filter jobs_filter(const HttpRequest& request) {
 
 asio::awaitable<HttpResponse> EnqueueApi::show_job(const HttpRequest& request, const Caller& /*caller*/) {
     const auto id = request.param("id").value_or("");
-    const auto job = co_await job_history::find(pool_, id);
+    const auto job = co_await job_history::find(reads_, id);
     if (!job) {
         auto response = error_response(404, fmt::format("no job {} in the history or among the scheduled jobs", id));
         co_return response;
     }
     audit::Filter touched;
     touched.job_id = id;
-    const auto entries = co_await audit::list(pool_, touched);
+    const auto entries = co_await audit::list(reads_, touched);
     auto shown = job_history::to_json(*job);
     shown.as_object()["audit"] = audit::to_json(entries, touched).as_object()["entries"];
     auto response = json_response(200, shown);
@@ -72,7 +72,7 @@ asio::awaitable<HttpResponse> EnqueueApi::list_jobs(const HttpRequest& request, 
     std::optional<std::string> refused;
     job_history::Page page;
     try {
-        page = co_await job_history::list(pool_, filter);
+        page = co_await job_history::list(reads_, filter);
     } catch (const pg::Error& e) {
         // Class 22: a since PostgreSQL cannot read as a time or an interval.
         if (!e.sqlstate().starts_with("22")) {

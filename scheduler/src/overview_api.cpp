@@ -55,7 +55,7 @@ boost::json::object fleet_json(const std::vector<workers::Worker>& listed) {
 }  // namespace
 
 asio::awaitable<HttpResponse> EnqueueApi::list_workers(const HttpRequest& /*request*/, const Caller& /*caller*/) {
-    const auto listed = co_await workers::list(pool_);
+    const auto listed = co_await workers::list(reads_);
     auto response = json_response(200, workers::to_json(listed));
     co_return response;
 }
@@ -106,10 +106,10 @@ asio::awaitable<boost::json::value> EnqueueApi::prometheus_alerts() {
 }
 
 asio::awaitable<HttpResponse> EnqueueApi::overview(const HttpRequest& /*request*/, const Caller& /*caller*/) {
-    const auto activity = co_await job_history::activity(pool_, kOverviewMinutes);
-    const auto listed = co_await workers::list(pool_);
+    const auto activity = co_await job_history::activity(reads_, kOverviewMinutes);
+    const auto listed = co_await workers::list(reads_);
     auto alerts = co_await prometheus_alerts();
-    const auto counts = co_await pool_.query(
+    const auto counts = co_await reads_.query(
         "SELECT (SELECT count(*) FROM conveyor.dead_letters WHERE state = 'dead'), "
         "(SELECT count(*) FROM conveyor.scheduled_jobs WHERE state = 'pending')");
     boost::json::object shown{{"window_minutes", kOverviewMinutes}, {"queues", activity},

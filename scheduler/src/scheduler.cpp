@@ -46,10 +46,11 @@ constexpr auto kMonitorTimeout = std::chrono::milliseconds(2000);
 // How long a worker stopped or gone stays on record (in the console and GET /v1/workers).
 constexpr auto kDepartedWorkersKept = std::chrono::hours(24);
 constexpr int kPruneBatch = 10'000;
+constexpr std::string_view kReadsRole = "reads";
 
 pg::Settings database_settings(const SchedulerSettings& settings, std::size_t pool_size, std::string_view role) {
     pg::Settings database;
-    database.url = settings.pg_url;
+    database.url = role == kReadsRole ? settings.pg_read_url : settings.pg_url;
     database.pool_size = pool_size;
     database.statement_timeout = settings.pg_statement_timeout;
     database.application_name = fmt::format("conveyor-scheduler {} {}", settings.name, role);
@@ -107,13 +108,17 @@ class Scheduler::Impl {
                              topology::job_topology(topology::default_families())),
           dead_letters_(io_, topology::default_families().size() * kArchiverPrefetch),
           pool_(io_.get_executor(), database_settings(settings_, settings_.pg_pool_size, "pool")),
+          read_pool_(settings_.pg_read_url.empty() || settings_.pg_read_url == settings_.pg_url
+                         ? nullptr
+                         : std::make_unique<pg::Pool>(
+                               io_.get_executor(), database_settings(settings_, settings_.pg_pool_size, kReadsRole))),
           http_(io_.get_executor(), settings_.http_address, settings_.http_port),
           relay_(io_.get_executor(), pool_, database_settings(settings_, 1, "relay listener"), publisher_, metrics_,
                  RelaySettings{settings_.relay_batch, settings_.relay_poll_interval, settings_.publish_timeout}),
           firing_(io_.get_executor(), pool_, database_settings(settings_, 1, "leadership"), std::move(schedules),
                   metrics_),
-          api_(pool_, {publisher_, monitor_, settings_.publish_timeout}, stopping_, catalogue_,
-               std::move(authenticator), settings_.api_rate_limit, *registry_),
+          api_(pool_, read_pool_ ? *read_pool_ : pool_, {publisher_, monitor_, settings_.publish_timeout}, stopping_,
+               catalogue_, std::move(authenticator), settings_.api_rate_limit, *registry_),
           archiver_(pool_, archiver_consumer_, dead_letters_) {
         if (!settings_.tls_cert_file.empty()) {
             http_.use_tls(settings_.tls_cert_file, settings_.tls_key_file);
@@ -362,6 +367,7 @@ class Scheduler::Impl {
     std::optional<http::Client> prometheus_;
     amqp::DeliveryChannel dead_letters_;
     pg::Pool pool_;
+    std::unique_ptr<pg::Pool> read_pool_;  ///< when reads that may lag have a database of their own
     HttpServer http_;
     Relay relay_;
     ScheduleFiring firing_;

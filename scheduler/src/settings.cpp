@@ -40,6 +40,11 @@ SchedulerParseResult parse_scheduler_settings(std::span<const char* const> argv,
     app.add_option("--pg-url", settings.pg_url, "PostgreSQL URL (scheduled jobs, schedule state)")
         ->envname("CONVEYOR_PG_URL")
         ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
+    app.add_option("--pg-read-url", settings.pg_read_url,
+                   "PostgreSQL URL for reads that may lag (job history, audit, dead-letter listings, overview), "
+                   "e.g. a standby's; empty: the --pg-url database")
+        ->envname("CONVEYOR_PG_READ_URL")
+        ->default_str("");
     app.add_option("--pg-pool-size", settings.pg_pool_size, "Database connections at most")
         ->envname("CONVEYOR_PG_POOL_SIZE")
         ->check(CLI::Range(std::size_t{2}, std::size_t{1000}));

@@ -45,7 +45,8 @@ class RawConnection {
   public:
     explicit RawConnection(const Url& url) : conn_(amqp_new_connection()) {
         auto* socket = amqp_tcp_socket_new(conn_);
-        if (socket == nullptr || amqp_socket_open(socket, url.host.c_str(), url.port) != AMQP_STATUS_OK) {
+        const auto& broker = url.endpoints.front();
+        if (socket == nullptr || amqp_socket_open(socket, broker.host.c_str(), broker.port) != AMQP_STATUS_OK) {
             throw std::runtime_error("cannot connect to " + url.redacted());
         }
         const auto reply = amqp_login(conn_, url.vhost.c_str(), 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, url.user.c_str(),

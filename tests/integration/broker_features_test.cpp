@@ -137,6 +137,52 @@ TEST_F(WorkerTest, ShutdownStaysBoundedWhenTheBrokerStalls) {
         << "ready: " << after.ready("conveyor.diag");
 }
 
+/// A queue that exists with other arguments (made by an earlier version, or by hand) cannot be changed in place: the
+/// worker uses it as it is instead of failing every connection, and `conveyor topology declare` says what differs
+/// and what to do.
+TEST_F(WorkerTest, AQueueWithOtherArgumentsIsUsedAsItIsAndTopologyDeclareSaysWhatToDo) {
+    const char* management = std::getenv("CONVEYOR_RABBITMQ_MANAGEMENT_URL");
+    const std::string delete_dlq = fmt::format("{}/api/queues/%2f/conveyor.diag.dlq",
+                                               management != nullptr ? management : "http://127.0.0.1:15672");
+    const auto remove_dlq = [&] {
+        auto [status, output] =
+            run_command({"/usr/bin/curl", "-sS", "-f", "-u", "guest:guest", "-X", "DELETE", delete_dlq}, 20s);
+        ASSERT_EQ(status, 0) << output;
+    };
+    remove_dlq();
+    {
+        amqp::ConnectionSettings settings;
+        settings.url = amqp::Url::parse(amqp_url());
+        settings.max_connect_attempts = 3;
+        amqp::Topology by_hand;
+        by_hand.queues.push_back({"conveyor.diag.dlq",
+                                  {{"x-queue-type", std::string("quorum")},
+                                   {"x-quorum-initial-group-size", topology::kQuorumGroupSize},
+                                   {"x-delivery-limit", std::int64_t{5}}}});
+        amqp::Connection connection(settings, by_hand);
+        connection.start();
+        ASSERT_TRUE(eventually([&] { return connection.connected(); }, 10s)) << connection.last_error();
+        connection.stop();
+    }
+    auto [status, output] = run_command(
+        {(binary_dir() / "conveyor").string(), "--amqp-url", amqp_url(), "topology", "declare", "--families", "diag"},
+        60s);
+    EXPECT_EQ(status, 1) << output;
+    EXPECT_NE(output.find("unchanged conveyor.diag.dlq (other arguments)"), std::string::npos) << output;
+    EXPECT_NE(output.find("inequivalent arg"), std::string::npos) << output;
+    EXPECT_NE(output.find("let it drain, delete it, and declare again"), std::string::npos) << output;
+
+    auto worker = start_worker({"--concurrency", "4"}, "queue-with-other-arguments");
+    broker_.publish(Broker::job("diag.noop", "{}"));
+    EXPECT_TRUE(eventually([&] { return worker.succeeded() >= 1; }, 20s)) << worker.process->log();
+    EXPECT_NE(worker.process->log().find("exist with other arguments than this version declares"), std::string::npos)
+        << worker.process->log();
+    worker.process->signal(SIGTERM);
+    EXPECT_EQ(worker.process->wait(20s), std::optional<int>(0));
+    remove_dlq();
+    run_cli({"topology", "declare", "--families", "diag"});
+}
+
 /// A retry waits in the delay ladder and comes back to the band it left: the ladder keeps the header, and its exit
 /// goes through the family's bands exchange.
 TEST_F(WorkerTest, AHighPriorityJobIsRetriedInTheHighBand) {

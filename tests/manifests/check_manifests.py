@@ -24,7 +24,22 @@ Checks (each problem is one line; the exit code is 1 if there is any):
      grace + the drain's bounded tail; the scheduler's likewise;
   f. KEDA ScaledObjects and HPAs target the worker Deployment; each rabbitmq trigger's queue is
      conveyor.<family> for a family the workers know (and consume); conveyor_workers_needed is
-     aggregated with max() and used as an AverageValue target.
+     aggregated with max() and used as an AverageValue target;
+  g. broker and database clusters run by operators (RabbitmqCluster, CloudNativePG Cluster), and the URLs:
+     a RabbitmqCluster has an odd number (>= 3) of replicas, a memory limit, an absolute memory watermark
+     below what the operator tells RabbitMQ it has, pause_minority, a valid queue_leader_locator, pod
+     anti-affinity on its own pods and a PodDisruptionBudget that keeps a majority (the operator makes
+     none); a Cluster has >= 2 instances, synchronous replication (minSyncReplicas >= 1 <= maxSyncReplicas
+     <= standbys, or postgresql.synchronous), anti-affinity left on, storage, and max_connections for the
+     Conveyor pods' pools at their autoscaling maximum. References to what the operators derive from a CR's
+     name (Services <name>, <name>-nodes, <name>-rw/-ro/-r; Secrets <name>-default-user, <name>-app) count
+     as provided. In a render with such a cluster, every amqp/postgresql CONVEYOR_*_URL (and KEDA's host)
+     points at a Service (or pod) the render creates or its operators make, on a port it serves, one
+     backend per URL; CONVEYOR_PG_URL goes to the primary's -rw Service and the database initdb creates;
+     the user and password are $(VARIABLES) from that backend's Secret. Everywhere: no CONVEYOR_* URL
+     carries a literal password; an env value's $(NAME) is defined before it (else Kubernetes leaves it as
+     written); a NetworkPolicy that restricts a pod's egress lets its URLs' ports out; PodMonitors of the
+     backends' pods use the operators' port names and metrics paths.
 --metric-names prints the metric names the autoscaling queries use (KEDA prometheus triggers and
 prometheus-adapter rules), one per line, for a live test to look up.
 
@@ -772,10 +787,433 @@ def pre_stop_seconds(container):
     return 0.0
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Check (g): operator-run broker and database clusters, and the URLs that point at them
+
+
+# What the operators make from a custom resource, named after it, so that references to objects that are in no
+# manifest can still be checked. RabbitMQ Cluster Operator (internal/resource/*.go): Service <name> and headless
+# <name>-nodes, StatefulSet <name>-server, Secret <name>-default-user, pods labelled app.kubernetes.io/name:
+# <name>; it makes no PodDisruptionBudget. CloudNativePG (docs: applications.md, monitoring.md; pkg/specs):
+# Services <name>-rw (primary), <name>-ro (standbys), <name>-r (any), Secret <name>-app (the initdb owner's),
+# pods labelled cnpg.io/cluster: <name>, metrics on port `metrics`.
+RABBITMQ_SECRET_KEYS = {"username", "password", "host", "port", "provider", "type", "default_user.conf"}
+CNPG_SECRET_KEYS = {"username", "user", "password", "dbname", "host", "port", "pgpass", "uri", "jdbc-uri",
+                    "fqdn-uri", "fqdn-jdbc-uri"}
+URL_FAMILIES = {"amqp": ("rabbitmq", 5672), "amqps": ("rabbitmq", 5671), "postgres": ("postgres", 5432),
+                "postgresql": ("postgres", 5432)}
+VARIABLE_REF = re.compile(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+GIB = 1024 ** 3
+
+
+class Backend:
+    """A RabbitmqCluster or CloudNativePG Cluster, and the objects its operator derives from it."""
+
+    def __init__(self, resource, family, services, pod_hosts, secret, secret_keys, pod_labels, pod_ports,
+                 metrics_paths, primary_service=None, database=None):
+        self.resource = resource
+        self.family = family  # "rabbitmq" or "postgres", as in URL_FAMILIES
+        self.services = services  # name -> {port name: number}
+        self.pod_hosts = pod_hosts  # "<pod>.<headless service>"
+        self.secret = secret
+        self.secret_keys = secret_keys  # None: a Secret the user provides, which must be in the manifests
+        self.pod_labels = pod_labels
+        self.pod_ports = pod_ports
+        self.metrics_paths = metrics_paths
+        self.primary_service = primary_service
+        self.database = database
+
+    def derived(self):
+        """Resources standing for the Services and the Secret the operator will create."""
+        origin = f"{self.resource.origin} ({self.resource}, made by its operator)"
+        made = [Resource({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                          "spec": {"ports": [{"name": key, "port": port} for key, port in ports.items()]}}, origin)
+                for name, ports in self.services.items()]
+        if self.secret_keys is not None:
+            made.append(Resource({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": self.secret},
+                                  "data": dict.fromkeys(sorted(self.secret_keys), "")}, origin))
+        return made
+
+
+def quantity_bytes(text):
+    """Bytes in a Kubernetes quantity (4Gi, 512Mi, 2G) or a RabbitMQ information unit (2GiB, 1GB, 1024MiB)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTkmgt]?)(i?)[Bb]?\s*", str(text))
+    if not match:
+        return None
+    number, prefix, binary = match.groups()
+    power = "KMGT".find(prefix.upper()) + 1 if prefix else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
+def rabbitmq_conf(text):
+    """key -> value of a rabbitmq.conf (sysctl format) fragment."""
+    settings = {}
+    for line in str(text or "").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "=" in line:
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def backends_of(resources):
+    found = []
+    for resource in resources:
+        spec = resource.doc.get("spec") or {}
+        name = resource.name
+        if resource.kind == "RabbitmqCluster" and resource.group == "rabbitmq.com":
+            ports = {"amqp": 5672}
+            if (spec.get("tls") or {}).get("secretName"):
+                ports["amqps"] = 5671
+            replicas = spec.get("replicas", 1) if isinstance(spec.get("replicas", 1), int) else 0
+            found.append(Backend(
+                resource, "rabbitmq", {name: dict(ports), f"{name}-nodes": dict(ports)},
+                [f"{name}-server-{index}.{name}-nodes" for index in range(replicas)],
+                f"{name}-default-user", RABBITMQ_SECRET_KEYS,
+                {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "rabbitmq",
+                 "app.kubernetes.io/part-of": "rabbitmq"},
+                {"epmd": 4369, "amqp": 5672, "http": 15672, "prometheus": 15692},
+                {"/metrics", "/metrics/per-object", "/metrics/detailed"}))
+        elif resource.kind == "Cluster" and resource.group == "postgresql.cnpg.io":
+            initdb = (spec.get("bootstrap") or {}).get("initdb") or {}
+            disabled = ((spec.get("managed") or {}).get("services") or {}).get("disabledDefaultServices") or []
+            services = {f"{name}-{suffix}": {"postgres": 5432}
+                        for suffix in ("rw", "ro", "r") if suffix not in disabled}
+            own_secret = (initdb.get("secret") or {}).get("name")
+            # initdb's database (default `app`); a cluster recovered or cloned from elsewhere has its source's.
+            database = initdb.get("database", "app") if initdb or not spec.get("bootstrap") else None
+            found.append(Backend(
+                resource, "postgres", services, [], own_secret or f"{name}-app",
+                None if own_secret else CNPG_SECRET_KEYS,
+                {"cnpg.io/cluster": name}, {"postgresql": 5432, "metrics": 9187}, {"/metrics"},
+                primary_service=f"{name}-rw", database=database))
+    return found
+
+
+def split_url(text):
+    """(scheme, userinfo or None, [(host, port or None)], path, query) of a URL that may name several hosts
+    (libpq's and Conveyor's form: scheme://user:pass@host1:port1,host2:port2/path?query), or None."""
+    match = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?", str(text).strip())
+    if not match:
+        return None
+    scheme, authority, path, query = match.groups()
+    userinfo, at, hostlist = authority.rpartition("@")
+    hosts = []
+    for entry in hostlist.split(","):
+        host, colon, port = entry.rpartition(":") if not entry.endswith("]") else (entry, "", "")
+        if not colon:
+            host, port = entry, ""
+        hosts.append((host, int(port) if port.isdigit() else None))
+    return scheme.lower(), userinfo if at else None, hosts, path, query or ""
+
+
+def literal_password(url):
+    """The URL's password if it is written out rather than made of $(VARIABLE) references, else None."""
+    parts = split_url(url)
+    if parts is None or parts[1] is None or ":" not in parts[1]:
+        return None
+    password = parts[1].split(":", 1)[1]
+    if not password or re.fullmatch(r"(?:\$\([A-Za-z_][A-Za-z0-9_]*\))+", password):
+        return None
+    return password
+
+
+class HostIndex:
+    """Every spelling of the backends' Service and pod names a client in `namespace` may use."""
+
+    def __init__(self, backends, services, namespace):
+        self.namespace = namespace
+        self.entries = {}  # host -> (backend or None, service name, ports or None)
+        self.backend_services = {name for backend in backends for name in backend.services}
+        for backend in backends:
+            for name, ports in backend.services.items():
+                self._add(name, (backend, name, ports))
+            for pod in backend.pod_hosts:
+                headless = pod.split(".", 1)[1]
+                self._add(pod, (backend, headless, backend.services.get(headless)))
+        for service in services:
+            ports = {str(port.get("name", port.get("port"))): port.get("port")
+                     for port in (service.doc.get("spec") or {}).get("ports") or []}
+            self._add(service.name, (None, service.name, ports))
+
+    def _add(self, short, entry):
+        self.entries.setdefault(short, entry)
+        if self.namespace:
+            for suffix in ("", ".svc", ".svc.cluster.local"):
+                self.entries.setdefault(f"{short}.{self.namespace}{suffix}", entry)
+
+    def lookup(self, host):
+        entry = self.entries.get(host)
+        if entry is None and not self.namespace:
+            # A namespace-less render: accept <service>.<any namespace>[.svc[.cluster.local]].
+            base = re.sub(r"\.svc(\.cluster\.local)?$", "", host)
+            if "." in base:
+                entry = self.entries.get(base.rsplit(".", 1)[0])
+        return entry
+
+
+def check_url(report, what, url, index, secret_refs, stats, writes=False):
+    """A URL in a render that has operator-run backends: every host is a Service (or pod) the render creates or
+    its operators make, on a port it serves, all of one backend; a database URL opens the database that backend
+    creates, and one for writes goes to the primary; its user and password are $(VARIABLES) taken from that
+    backend's Secret (secret_refs: variable -> (Secret, key); None for KEDA's host, whose user comes apart)."""
+    parts = split_url(url)
+    if parts is None or parts[0] not in URL_FAMILIES:
+        return
+    scheme, userinfo, hosts, path, _ = parts
+    family, default_port = URL_FAMILIES[scheme]
+    stats["urls"] += 1
+    owners = []
+    for host, port in hosts:
+        port = port or default_port
+        entry = index.lookup(host)
+        if entry is None:
+            report(f"{what} points at {host}, which is none of the Services this kustomization creates or its "
+                   f"operators make ({', '.join(sorted(index.backend_services))})")
+            continue
+        backend, service, ports = entry
+        if backend is not None and backend.family != family:
+            report(f"{what} ({scheme}://) points at {host}, which belongs to {backend.resource}")
+            continue
+        if ports and port not in ports.values():
+            report(f"{what} uses port {port} of {host}, which serves "
+                   f"{', '.join(str(number) for number in ports.values())}")
+        if backend is None:
+            continue
+        owners.append(backend)
+        if writes and backend.primary_service and service != backend.primary_service:
+            report(f"{what} points at {host}: its writes need the primary's Service, {backend.primary_service} "
+                   f"({service} may lead to a read-only standby)")
+    if not owners:
+        return
+    owner = owners[0]
+    if len({backend.resource.name for backend in owners}) > 1:
+        report(f"{what} mixes hosts of {', '.join(sorted({str(backend.resource) for backend in owners}))}")
+    if owner.database is not None and path.strip("/") != owner.database:
+        report(f"{what} opens database '{path.strip('/')}', but {owner.resource} creates '{owner.database}' "
+               "(bootstrap.initdb.database)")
+    if secret_refs is None:
+        return
+    if userinfo is None or ":" not in userinfo:
+        report(f"{what} carries no password; {owner.resource}'s user is in Secret {owner.secret}")
+        return
+    for part, wanted, role in zip(userinfo.split(":", 1), ({"username", "user"}, {"password"}), ("user", "password")):
+        for variable in VARIABLE_REF.findall(part):
+            ref = secret_refs.get(variable)
+            if ref is None:
+                report(f"{what} takes its {role} from $({variable}), which does not come from a Secret")
+            elif ref[0] != owner.secret:
+                report(f"{what} takes $({variable}) from Secret {ref[0]}, but its host belongs to {owner.resource}, "
+                       f"whose user is in Secret {owner.secret}")
+            elif ref[1] not in wanted:
+                report(f"{what} takes its {role} from key {ref[1]} of Secret {ref[0]}")
+
+
+def check_references(where, label, raw, envfrom_names, envfrom_complete, problems, context):
+    """$(NAME) in an env value: Kubernetes expands it only from variables defined before it (envFrom's, then the
+    env entries above it); any other reference stays in the value as written, a URL with "$(DB_PASSWORD)" for a
+    password."""
+    defined = set(envfrom_names)
+    entries = raw.get("env") or []
+    for entry in entries:
+        if entry.get("value") is not None and not entry.get("valueFrom"):
+            for variable in VARIABLE_REF.findall(str(entry["value"])):
+                if variable in defined:
+                    continue
+                later = any(other.get("name") == variable for other in entries)
+                if later or envfrom_complete:
+                    problems.add(where, f"{label}: {entry.get('name')} uses $({variable}), which is "
+                                        f"{'defined only after it' if later else 'not defined'} in the "
+                                        "container's env, so Kubernetes leaves it unexpanded", context)
+        defined.add(entry.get("name"))
+
+
+def check_container_urls(container, resource, known, backends, secret_refs, stats):
+    """A Conveyor container's URL settings: no password written out; in a render with operator-run backends,
+    check_url; and where a NetworkPolicy restricts the pod's egress, it lets the URL's ports out."""
+    namespace = (resource.doc.get("metadata") or {}).get("namespace")
+    index = HostIndex(backends, [other for other in known if other.kind == "Service"], namespace) if backends else None
+    for variable, value in sorted(container.env.items()):
+        parts = split_url(value) if value is not None and str(variable).startswith("CONVEYOR_") else None
+        if parts is None:
+            continue
+        if literal_password(value) is not None:
+            container.report(f"{variable} carries a literal password: take it from a Secret (secretKeyRef into a "
+                             "variable defined before it, then $(VARIABLE) in the URL)")
+        if index is not None:
+            check_url(container.report, variable, value, index, secret_refs, stats,
+                      writes=variable == "CONVEYOR_PG_URL")
+        if parts[0] in URL_FAMILIES:
+            for host, port in parts[2]:
+                port = port or URL_FAMILIES[parts[0]][1]
+                if egress_allows(known, pod_labels(resource), port) is False:
+                    container.report(f"{variable} reaches {host}:{port}, but the NetworkPolicies that select the "
+                                     "pod let no traffic out to that port")
+
+
+def egress_allows(resources, labels, port):
+    """None if no NetworkPolicy restricts the pods' egress; else whether one lets `port` out."""
+    restricting = []
+    for policy in resources:
+        if policy.kind != "NetworkPolicy":
+            continue
+        spec = policy.doc.get("spec") or {}
+        types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
+        if "Egress" in types and selector_matches(spec.get("podSelector"), labels):
+            restricting.append(spec)
+    if not restricting:
+        return None
+    for spec in restricting:
+        for rule in spec.get("egress") or []:
+            entries = rule.get("ports")
+            if not entries:
+                return True
+            for entry in entries:
+                number = entry.get("port")
+                if number is None or (isinstance(number, int) and number <= port <= entry.get("endPort", number)):
+                    return True
+    return False
+
+
+def check_backends(resources, backends, conveyor_pods, problems, context, stats):
+    for backend in backends:
+        stats["backends"] += 1
+        resource = backend.resource
+        where = resource.origin
+        spec = resource.doc.get("spec") or {}
+        budgets = [pdb for pdb in resources if pdb.kind == "PodDisruptionBudget"
+                    and selector_matches((pdb.doc.get("spec") or {}).get("selector"), backend.pod_labels)
+                    and ((pdb.doc.get("spec") or {}).get("selector") or {}).get("matchLabels")]
+        if backend.family == "rabbitmq":
+            replicas = spec.get("replicas", 1)
+            if not isinstance(replicas, int) or replicas < 3 or replicas % 2 == 0:
+                problems.add(where, f"{resource} has {replicas} replicas: quorum queues need an odd number, at least "
+                                    "3, to keep a majority through the loss of a node", context)
+                continue
+            limit = quantity_bytes(((spec.get("resources") or {}).get("limits") or {}).get("memory", ""))
+            conf = rabbitmq_conf((spec.get("rabbitmq") or {}).get("additionalConfig"))
+            if limit is None:
+                problems.add(where, f"{resource} sets no memory limit: the operator then tells RabbitMQ nothing "
+                                    "about its memory, and the watermark follows the node's RAM", context)
+            if "vm_memory_high_watermark.absolute" in conf:
+                watermark = quantity_bytes(conf["vm_memory_high_watermark.absolute"])
+                # The operator gives RabbitMQ the limit minus headroom for the VM: 20%, at most 2 GiB.
+                available = None if limit is None else limit - min(limit // 5, 2 * GIB)
+                if watermark is None:
+                    problems.add(where, f"{resource}: vm_memory_high_watermark.absolute "
+                                        f"'{conf['vm_memory_high_watermark.absolute']}' is not a size", context)
+                elif available is not None and watermark >= available:
+                    problems.add(where, f"{resource}: vm_memory_high_watermark.absolute "
+                                        f"{conf['vm_memory_high_watermark.absolute']} is not below the "
+                                        f"{available / GIB:.2f} GiB RabbitMQ is told it has (the memory limit less "
+                                        "the operator's headroom)", context)
+            elif limit is not None:
+                problems.add(where, f"{resource} sets no vm_memory_high_watermark.absolute in "
+                                    "rabbitmq.additionalConfig: the default, 0.4 of what the node reports, is not "
+                                    "tied to the memory limit", context)
+            handling = conf.get("cluster_partition_handling", "pause_minority")
+            if handling != "pause_minority":
+                problems.add(where, f"{resource}: cluster_partition_handling = {handling}; pause_minority (the "
+                                    "operator's default) stops the nodes cut off from the majority", context)
+            locator = conf.get("queue_leader_locator")
+            if locator is not None and locator not in ("client-local", "balanced"):
+                problems.add(where, f"{resource}: queue_leader_locator = {locator} is not one of client-local, "
+                                    "balanced (RabbitMQ 3.10)", context)
+            anti = (spec.get("affinity") or {}).get("podAntiAffinity") or {}
+            terms = list(anti.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+            terms += [term.get("podAffinityTerm") or {}
+                      for term in anti.get("preferredDuringSchedulingIgnoredDuringExecution") or []]
+            if not any(selector_matches(term.get("labelSelector"), backend.pod_labels)
+                       and term.get("labelSelector") and term.get("topologyKey") for term in terms):
+                problems.add(where, f"{resource} has no pod anti-affinity selecting its own pods "
+                                    f"(app.kubernetes.io/name: {resource.name}): its nodes may share a Kubernetes "
+                                    "node and fall together", context)
+            majority_loss = (replicas - 1) // 2
+            if not budgets:
+                problems.add(where, f"{resource} has no PodDisruptionBudget (the operator creates none): a drain "
+                                    "may stop a majority of its nodes at once", context)
+            for pdb in budgets:
+                pdb_spec = pdb.doc.get("spec") or {}
+                unavailable = pdb_spec.get("maxUnavailable")
+                available = pdb_spec.get("minAvailable")
+                if (isinstance(unavailable, int) and unavailable > majority_loss) or (
+                        isinstance(available, int) and replicas - available > majority_loss):
+                    problems.add(pdb.origin, f"{pdb} lets {resource} lose more than {majority_loss} of {replicas} "
+                                             "nodes at once, and its quorum queues their majority", context)
+        else:
+            instances = spec.get("instances", 1)
+            if not isinstance(instances, int) or instances < 2:
+                problems.add(where, f"{resource} has {instances} instance(s): a failover needs a standby (2 or more)",
+                             context)
+                continue
+            synchronous = (spec.get("postgresql") or {}).get("synchronous")
+            low, high = spec.get("minSyncReplicas"), spec.get("maxSyncReplicas")
+            if synchronous and (low is not None or high is not None):
+                problems.add(where, f"{resource} sets both postgresql.synchronous and min/maxSyncReplicas, which "
+                                    "CloudNativePG refuses", context)
+            elif synchronous:
+                number = synchronous.get("number")
+                if not isinstance(number, int) or not 1 <= number <= instances - 1:
+                    problems.add(where, f"{resource}: postgresql.synchronous.number {number} is not between 1 and "
+                                        f"{instances - 1} (the standbys)", context)
+            elif not isinstance(low, int) or low < 1:
+                problems.add(where, f"{resource} does not replicate synchronously (minSyncReplicas {low}): a "
+                                    "failover could lose confirmed commits", context)
+            elif not isinstance(high, int) or not low <= high <= instances - 1:
+                problems.add(where, f"{resource}: maxSyncReplicas {high} must be between minSyncReplicas ({low}) and "
+                                    f"the number of standbys ({instances - 1})", context)
+            if (spec.get("affinity") or {}).get("enablePodAntiAffinity") is False:
+                problems.add(where, f"{resource} disables pod anti-affinity: the primary and its standby may share a "
+                                    "node and fall together", context)
+            storage = spec.get("storage") or {}
+            if not storage.get("size") and not storage.get("pvcTemplate"):
+                problems.add(where, f"{resource} has no storage.size", context)
+            check_connection_budget(resources, backend, conveyor_pods, problems, context)
+
+
+def check_connection_budget(resources, backend, conveyor_pods, problems, context):
+    """max_connections of a CloudNativePG cluster against what the Conveyor pods can open on its primary: the
+    workers' autoscaling maximum x their pool, each scheduler's pool + 3 (its leader lock and listeners; the
+    README's "capacity limits")."""
+    parameters = ((backend.resource.doc.get("spec") or {}).get("postgresql") or {}).get("parameters") or {}
+    limit = str(parameters.get("max_connections", "100"))
+    if not limit.isdigit():
+        problems.add(backend.resource.origin, f"{backend.resource}: max_connections '{limit}' is not a number", context)
+        return
+    limit = int(limit)
+    needed, parts = 0, []
+    for pod, _, entries in conveyor_pods:
+        for container, _ in entries:
+            if container.binary == "conveyor":
+                continue
+            pool = container.setting("CONVEYOR_PG_POOL_SIZE")
+            if pool is None or not str(pool).isdigit():
+                continue
+            if container.binary == "conveyor-worker":
+                scalers = [resource for resource in resources
+                           if resource.kind in ("ScaledObject", "HorizontalPodAutoscaler")
+                           and ((resource.doc.get("spec") or {}).get("scaleTargetRef") or {}).get("name") == pod.name]
+                counts = [(scaler.doc.get("spec") or {}).get("maxReplicaCount", 100) if scaler.kind == "ScaledObject"
+                          else (scaler.doc.get("spec") or {}).get("maxReplicas", 1) for scaler in scalers]
+                replicas = max(counts) if counts else (pod.doc.get("spec") or {}).get("replicas", 1)
+                each = int(pool)
+            else:
+                replicas = (pod.doc.get("spec") or {}).get("replicas", 1)
+                each = int(pool) + 3
+            needed += replicas * each
+            parts.append(f"{replicas} x {each} ({container.binary})")
+    if needed > limit:
+        problems.add(backend.resource.origin, f"{backend.resource}: max_connections {limit} is below what Conveyor "
+                                              f"may open on the primary: {' + '.join(parts)} = {needed}", context)
+
+
 def check_k8s(resources, context, binaries, dockerfile, problems, stats):
     families = binaries.families()
     conveyor_pods = []  # (resource, labels, [(Container, raw container)])
-    provides_secrets = any(resource.kind == "Secret" for resource in resources)
+    backends = backends_of(resources)
+    # The resources, and what the operators will make from the custom resources among them.
+    known = resources + [made for backend in backends for made in backend.derived()]
+    provides_secrets = any(resource.kind == "Secret" for resource in known)
     referenced_configs = set()
 
     for resource in resources:
@@ -787,12 +1225,16 @@ def check_k8s(resources, context, binaries, dockerfile, problems, stats):
             label = f"{resource} container {raw.get('name')}"
             argv = argv_of(raw, dockerfile)
             env = {}
+            secret_refs = {}  # env name -> (Secret, key)
+            envfrom_names, envfrom_complete = set(), True
             for entry in raw.get("env") or []:
                 source = entry.get("valueFrom") or {}
                 env[entry.get("name")] = None if source else str(entry.get("value", ""))
                 secret_ref = source.get("secretKeyRef")
+                if secret_ref:
+                    secret_refs[entry.get("name")] = (secret_ref.get("name"), secret_ref.get("key"))
                 if secret_ref and provides_secrets:
-                    secret = find(resources, "Secret", secret_ref.get("name"))
+                    secret = find(known, "Secret", secret_ref.get("name"))
                     keys = secret_keys(secret)
                     if secret is None and not secret_ref.get("optional"):
                         problems.add(resource.origin, f"{label}: {entry.get('name')} refers to Secret "
@@ -813,10 +1255,11 @@ def check_k8s(resources, context, binaries, dockerfile, problems, stats):
                     ref = source.get(ref_kind)
                     if not ref:
                         continue
-                    found = find(resources, kind, ref.get("name"))
+                    found = find(known, kind, ref.get("name"))
                     if kind == "ConfigMap":
                         referenced_configs.add(ref.get("name"))
                     if found is None:
+                        envfrom_complete = False
                         if kind == "ConfigMap" or provides_secrets:
                             if not ref.get("optional"):
                                 problems.add(resource.origin, f"{label}: envFrom {kind} {ref.get('name')} "
@@ -825,7 +1268,9 @@ def check_k8s(resources, context, binaries, dockerfile, problems, stats):
                     data = dict(found.doc.get("data") or {})
                     data.update(found.doc.get("stringData") or {})
                     for key, value in data.items():
+                        envfrom_names.add(prefix + key)
                         env.setdefault(prefix + key, None if kind == "Secret" else str(value))
+            check_references(resource.origin, label, raw, envfrom_names, envfrom_complete, problems, context)
             if not is_conveyor(argv):
                 names = [name for name in env if str(name).startswith("CONVEYOR_")]
                 if names:
@@ -842,8 +1287,10 @@ def check_k8s(resources, context, binaries, dockerfile, problems, stats):
                 grace = spec.get("terminationGracePeriodSeconds", 30)
                 check_grace(container, f"terminationGracePeriodSeconds {grace}", float(grace),
                             pre_stop_seconds(raw), stats)
+            check_container_urls(container, resource, known, backends, secret_refs, stats)
         if entries:
             conveyor_pods.append((resource, pod_labels(resource), entries))
+    check_backends(resources, backends, conveyor_pods, problems, context, stats)
 
     for resource in resources:
         keys = [key for key in (resource.doc.get("data") or {}) if str(key).startswith("CONVEYOR_")]
@@ -877,6 +1324,22 @@ def check_k8s(resources, context, binaries, dockerfile, problems, stats):
         where = resource.origin
         spec = resource.doc.get("spec") or {}
         if resource.kind == "PodMonitor":
+            selector = spec.get("selector") or {}
+            operated = [backend for backend in backends if selector.get("matchLabels")
+                        and selector_matches(selector, backend.pod_labels)]
+            if operated:
+                # The pods of an operator-run backend: its named metrics port and paths (check g).
+                backend = operated[0]
+                for endpoint in spec.get("podMetricsEndpoints") or []:
+                    stats["ports"] += 1
+                    port = endpoint.get("port", endpoint.get("targetPort"))
+                    if port not in backend.pod_ports and port not in backend.pod_ports.values():
+                        problems.add(where, f"{resource} scrapes port {port}, which {backend.resource}'s pods do not "
+                                            f"have ({', '.join(sorted(backend.pod_ports))})", context)
+                    if endpoint.get("path", "/metrics") not in backend.metrics_paths:
+                        problems.add(where, f"{resource} scrapes {endpoint.get('path')}, none of "
+                                            f"{', '.join(sorted(backend.metrics_paths))}", context)
+                continue
             pods = [pod for pod in conveyor_pods if selector_matches(spec.get("selector"), pod[1])]
             if not pods:
                 problems.add(where, f"{resource} selects no Conveyor pod", context)
@@ -933,12 +1396,41 @@ def check_k8s(resources, context, binaries, dockerfile, problems, stats):
                             problems.add(where, f"{resource} trigger on conveyor_workers_needed must use "
                                                 "metricType AverageValue (replicas = value / threshold)", context)
         elif resource.kind == "TriggerAuthentication" and provides_secrets:
+            refs = {}
             for ref in spec.get("secretTargetRef") or []:
-                secret = find(resources, "Secret", ref.get("name"))
+                secret = find(known, "Secret", ref.get("name"))
                 keys = secret_keys(secret)
                 if secret is None or ref.get("key") not in keys:
                     problems.add(where, f"{resource} needs key {ref.get('key')} of Secret {ref.get('name')}, "
                                         "which is not provided", context)
+                    continue
+                value = dict(secret.doc.get("data") or {}, **(secret.doc.get("stringData") or {})).get(ref.get("key"))
+                refs[ref.get("parameter")] = (ref.get("name"), ref.get("key"), value)
+            if backends and "host" in refs and refs["host"][2]:
+                # KEDA's broker address: one of the backends', under its full name (KEDA runs in its own
+                # namespace), and a user from that backend's Secret.
+                host_url = str(refs["host"][2])
+                parts = split_url(host_url)
+                index = HostIndex(backends, [other for other in known if other.kind == "Service"],
+                                  (resource.doc.get("metadata") or {}).get("namespace"))
+
+                def report(message, resource=resource, where=where):
+                    problems.add(where, f"{resource}: {message}", context)
+
+                check_url(report, f"host (Secret {refs['host'][0]})", host_url, index, None, stats)
+                for host, _ in (parts[2] if parts else []):
+                    if index.namespace and "." not in host:
+                        report(f"host {host} is a short name, which resolves in KEDA's namespace, not in "
+                               f"{index.namespace}: use {host}.{index.namespace}.svc")
+                owner = next((index.lookup(host)[0] for host, _ in (parts[2] if parts else [])
+                              if index.lookup(host) and index.lookup(host)[0]), None)
+                user_refs = [refs[key] for key in ("username", "password") if key in refs]
+                if owner is not None and user_refs and any(ref[0] != owner.secret for ref in user_refs):
+                    report(f"username/password come from Secret {user_refs[0][0]}, but the host belongs to "
+                           f"{owner.resource}, whose user is in Secret {owner.secret}")
+                elif owner is not None and not user_refs and (parts and not parts[1]):
+                    report(f"gives KEDA no user for {owner.resource} (username and password from Secret "
+                           f"{owner.secret})")
         elif resource.kind == "HorizontalPodAutoscaler":
             stats["autoscalers"] += 1
             check_scale_target(resource, spec.get("scaleTargetRef") or {}, conveyor_pods, problems, context)
@@ -1369,7 +1861,8 @@ def main():
 
     binaries = Binaries(arguments.bin_dir)
     stats = dict.fromkeys(("yaml_files", "yaml_documents", "json_files", "containers", "variables", "ports",
-                           "probes", "grace_checks", "autoscalers", "triggers", "compose_files"), 0)
+                           "probes", "grace_checks", "autoscalers", "triggers", "backends", "urls",
+                           "compose_files"), 0)
     check_parse(problems, stats)
     for folder, kind in folders:
         if kind == "Component" and folder.resolve() not in kustomize.components_used:
@@ -1390,6 +1883,7 @@ def main():
           f"{stats['variables']} CONVEYOR_* settings checked against --help of {', '.join(BINARIES)}; "
           f"{stats['ports']} ports and {stats['probes']} probes; {stats['grace_checks']} grace periods; "
           f"{stats['autoscalers']} autoscalers with {stats['triggers']} triggers; "
+          f"{stats['backends']} operator-run backends and {stats['urls']} URLs to them; "
           f"{stats['compose_files']} compose file(s) and the Dockerfile")
     if problems.lines:
         print(f"check_manifests: {len(problems.lines)} problem(s)")

@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <future>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -231,11 +232,12 @@ bool eventually(const std::function<bool()>& condition, std::chrono::millisecond
 
 class Broker::Impl {
   public:
-    explicit Impl(std::string url) : url_(std::move(url)) {
+    Impl(std::string url, BrokerOptions options) : url_(std::move(url)), options_(options) {
         amqp::ConnectionSettings settings;
         settings.url = amqp::Url::parse(url_);
         settings.name = "conveyor tests";
-        settings.max_connect_attempts = 3;
+        settings.max_connect_attempts = options.max_connect_attempts;
+        settings.heartbeat = options.heartbeat;
         settings.connect_timeout = std::chrono::seconds(3);
         connection_ = std::make_unique<amqp::Connection>(settings, amqp::Topology{});
         connection_->start();
@@ -254,13 +256,14 @@ class Broker::Impl {
     }
 
     std::string url_;
+    BrokerOptions options_;
     asio::io_context io_;
     asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
     std::unique_ptr<amqp::Connection> connection_;
     std::thread thread_;
 };
 
-Broker::Broker(std::string url) : impl_(std::make_unique<Impl>(std::move(url))) {}
+Broker::Broker(std::string url, BrokerOptions options) : impl_(std::make_unique<Impl>(std::move(url), options)) {}
 Broker::~Broker() = default;
 
 void Broker::connect() {
@@ -278,8 +281,9 @@ void Broker::connect() {
 
 void Broker::reconnect() {
     auto url = impl_->url_;
+    const auto options = impl_->options_;
     impl_.reset();
-    impl_ = std::make_unique<Impl>(std::move(url));
+    impl_ = std::make_unique<Impl>(std::move(url), options);
     connect();
 }
 
@@ -294,27 +298,55 @@ void Broker::publish(amqp::Message message) {
     }
 }
 
+namespace {
+
+/// Publishes a window of messages at once; the outcome of each, in order.
+std::vector<error_code> publish_window(amqp::Connection& connection, std::vector<amqp::Message> messages) {
+    std::vector<error_code> outcomes(messages.size());
+    std::atomic<std::size_t> pending{messages.size()};
+    std::promise<void> confirmed;
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+        connection.async_publish(std::move(messages[i]), [&, i](error_code error) {
+            outcomes[i] = error;
+            if (--pending == 0) {
+                confirmed.set_value();
+            }
+        });
+    }
+    if (!messages.empty()) {
+        confirmed.get_future().wait();
+    }
+    return outcomes;
+}
+
+}  // namespace
+
 void Broker::publish_all(std::vector<amqp::Message> messages) {
     constexpr std::size_t kWindow = 2000;
-    auto& connection = *impl_->connection_;
+    // A quorum queue between leaders (its leader's node just died) nacks what it cannot take yet: a careful client
+    // publishes those again, for a bounded while.
+    constexpr int kNackedRounds = 120;
+    constexpr auto kNackedPause = std::chrono::milliseconds(500);
     for (std::size_t begin = 0; begin < messages.size(); begin += kWindow) {
         const auto end = std::min(messages.size(), begin + kWindow);
-        std::atomic<std::size_t> pending{end - begin};
-        std::atomic<std::size_t> failed{0};
-        std::promise<void> confirmed;
-        for (auto i = begin; i < end; ++i) {
-            connection.async_publish(std::move(messages[i]), [&](error_code error) {
-                if (error) {
-                    ++failed;
+        std::vector<amqp::Message> window(
+            std::make_move_iterator(messages.begin() + static_cast<std::ptrdiff_t>(begin)),
+            std::make_move_iterator(messages.begin() + static_cast<std::ptrdiff_t>(end)));
+        for (int round = 0; !window.empty(); ++round) {
+            const auto outcomes = publish_window(*impl_->connection_, window);
+            std::vector<amqp::Message> nacked;
+            for (std::size_t i = 0; i < window.size(); ++i) {
+                if (outcomes[i] == amqp::Errc::nacked && round < kNackedRounds) {
+                    nacked.push_back(std::move(window[i]));
+                } else if (outcomes[i]) {
+                    throw std::runtime_error(fmt::format("publish of {} failed: {}", window[i].properties.message_id,
+                                                         outcomes[i].message()));
                 }
-                if (--pending == 0) {
-                    confirmed.set_value();
-                }
-            });
-        }
-        confirmed.get_future().wait();
-        if (failed > 0) {
-            throw std::runtime_error(fmt::format("{} of {} publishes failed", failed.load(), end - begin));
+            }
+            window = std::move(nacked);
+            if (!window.empty()) {
+                std::this_thread::sleep_for(kNackedPause);
+            }
         }
     }
 }

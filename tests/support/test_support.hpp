@@ -64,10 +64,18 @@ double metric_sum(const std::string& exposition, const std::string& name, const 
 /// Polls `condition` every 50 ms until it holds or the timeout passes.
 bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 
+/// How a test's broker connection copes with a broker that goes away.
+struct BrokerOptions {
+    /// Failed connection attempts in a row before calls fail; 0 keeps trying (a client that must ride out failovers).
+    unsigned max_connect_attempts = 3;
+    /// AMQP heartbeat: how soon a frozen broker node is noticed.
+    std::chrono::seconds heartbeat{30};
+};
+
 /// A synchronous facade over amqp::Connection for test code: its own io thread, blocking calls.
 class Broker {
   public:
-    explicit Broker(std::string url = amqp_url());
+    explicit Broker(std::string url = amqp_url(), BrokerOptions options = {});
     ~Broker();
 
     /// Waits for the connection (three quick attempts); throws std::runtime_error with a clear message if the

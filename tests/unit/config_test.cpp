@@ -81,6 +81,10 @@ TEST(Topology, DeclaresThreeBandQueuesAndADeadLetterQueuePerFamily) {
         const auto* type = amqp::find_header(queue.arguments, "x-queue-type");
         ASSERT_NE(type, nullptr) << queue.name;
         EXPECT_EQ(std::get<std::string>(*type), "quorum");
+        // Replicated on three nodes of a cluster, whichever client declares it first.
+        const auto* group_size = amqp::find_header(queue.arguments, "x-quorum-initial-group-size");
+        ASSERT_NE(group_size, nullptr) << queue.name;
+        EXPECT_EQ(std::get<std::int64_t>(*group_size), 3);
     }
     auto bound_by = [&](const std::string& queue, std::string_view exchange) {
         return std::find_if(topology.bindings.begin(), topology.bindings.end(), [&](const auto& binding) {

@@ -54,6 +54,47 @@ amqp::ConnectionSettings cli_connection_settings(const CommonOptions& common, st
 
 namespace {
 
+std::string queue_details(const amqp::QueueSpec& queue) {
+    const auto* ttl = amqp::find_header(queue.arguments, "x-message-ttl");
+    const auto* limit = amqp::find_header(queue.arguments, "x-delivery-limit");
+    const auto* group = amqp::find_header(queue.arguments, "x-quorum-initial-group-size");
+    std::string details = "quorum";
+    if (group != nullptr) {
+        details += fmt::format(", {} members", std::get<std::int64_t>(*group));
+    }
+    if (ttl != nullptr) {
+        details += fmt::format(", delay {} s", std::get<std::int64_t>(*ttl) / 1000);
+    }
+    if (limit != nullptr) {
+        details += fmt::format(", delivery limit {}", std::get<std::int64_t>(*limit));
+    }
+    return details;
+}
+
+/// Says what differs on the broker and what can be done about it; kFailed unless only initial group sizes differ
+/// (they only matter when a queue is made).
+int report_mismatches(const std::vector<amqp::QueueMismatch>& mismatches) {
+    bool only_group_sizes = true;
+    for (const auto& mismatch : mismatches) {
+        const bool group_size = mismatch.broker_says.find("x-quorum-initial-group-size") != std::string::npos;
+        only_group_sizes = only_group_sizes && group_size;
+        std::cout << fmt::format("unchanged {} ({}): {}\n", mismatch.queue,
+                                 group_size ? "made before its group size was explicit" : "other arguments",
+                                 mismatch.broker_says);
+    }
+    if (mismatches.empty()) {
+        return kOk;
+    }
+    std::cerr << "conveyor topology declare: RabbitMQ cannot change a queue's arguments once it exists, so the queues\n"
+                 "above were left as they are (workers use them as they find them). To converge:\n"
+                 "  - x-quorum-initial-group-size only matters when a queue is made: check its members with\n"
+                 "    `rabbitmq-queues quorum_status <queue>` and add some with `rabbitmq-queues grow <node> all`;\n"
+                 "  - x-delivery-limit: a policy's delivery-limit can lower it (the lower of the two applies);\n"
+                 "  - anything else: stop its producers, let it drain, delete it, and declare again.\n"
+                 "RabbitMQ names one differing argument per queue: declare again after each change.\n";
+    return only_group_sizes ? kOk : kFailed;
+}
+
 int declare_topology(const CommonOptions& common, const std::string& families_list) {
     const auto families = topology::parse_families(families_list);
     const auto topology = topology::job_topology(families);
@@ -63,16 +104,7 @@ int declare_topology(const CommonOptions& common, const std::string& families_li
             std::cout << fmt::format("exchange {} ({})\n", exchange.name, exchange.type);
         }
         for (const auto& queue : topology.queues) {
-            const auto* ttl = amqp::find_header(queue.arguments, "x-message-ttl");
-            const auto* limit = amqp::find_header(queue.arguments, "x-delivery-limit");
-            std::string details = "quorum";
-            if (ttl != nullptr) {
-                details += fmt::format(", delay {} s", std::get<std::int64_t>(*ttl) / 1000);
-            }
-            if (limit != nullptr) {
-                details += fmt::format(", delivery limit {}", std::get<std::int64_t>(*limit));
-            }
-            std::cout << fmt::format("queue    {} ({})\n", queue.name, details);
+            std::cout << fmt::format("queue    {} ({})\n", queue.name, queue_details(queue));
         }
         for (const auto& binding : topology.bindings) {
             std::cout << fmt::format("binding  {} -> {} by '{}'\n", binding.exchange, binding.queue,
@@ -82,7 +114,7 @@ int declare_topology(const CommonOptions& common, const std::string& families_li
             std::cout << fmt::format("binding  {} -> exchange {} by '{}'\n", binding.source, binding.destination,
                                      binding.routing_key);
         }
-        co_return kOk;
+        co_return report_mismatches(connection.queue_mismatches());
     });
 }
 

@@ -79,18 +79,32 @@ struct Delivery {
     std::optional<std::int64_t> stored_id;
 };
 
-struct Url {
-    bool tls = false;
+/// One broker of a URL: a cluster's nodes are several.
+struct Endpoint {
     std::string host;
     std::uint16_t port = 5672;
+
+    friend bool operator==(const Endpoint&, const Endpoint&) = default;
+};
+
+struct Url {
+    bool tls = false;
+    /// At least one. A connection starts at the first, as libpq does with its hosts, and moves on to the next (round
+    /// the list) whenever a connection fails: the order is the operator's way to prefer a node, and clients of one
+    /// cluster spread over its nodes by listing them in different orders (or behind one load-balanced name).
+    std::vector<Endpoint> endpoints;
     std::string user = "guest";
     std::string password = "guest";
     std::string vhost = "/";
 
-    /// Parses amqp://user:pass@host:port/vhost and amqps://…; throws std::invalid_argument saying what is wrong.
+    /// Parses amqp://user:pass@host:port/vhost and amqps://…, and a cluster's nodes as several comma-separated
+    /// hosts sharing the credentials and vhost (amqp://user:pass@node1:5672,node2:5672,node3/vhost, libpq's
+    /// multi-host form); throws std::invalid_argument saying what is wrong.
     [[nodiscard]] static Url parse(std::string_view text);
     /// The URL with the password masked, for logs and errors.
     [[nodiscard]] std::string redacted() const;
+    /// One endpoint of it, masked, to say which node a connection reached.
+    [[nodiscard]] std::string redacted(const Endpoint& endpoint) const;
 };
 
 struct ExchangeSpec {
@@ -105,6 +119,10 @@ struct QueueSpec {
     /// A classic queue of this connection alone, deleted when it closes (and declared anew on a reconnect);
     /// otherwise durable.
     bool exclusive = false;
+    /// For an exclusive queue reached only through its bindings: each connection declares it as "<name>.<connection
+    /// number>". The last connection's queue may outlive it on a frozen or cut-off node until the cluster notices
+    /// (some net_ticktime later), and would refuse the new connection its name (405 RESOURCE_LOCKED).
+    bool renamed_per_connection = false;
 };
 
 struct BindingSpec {
@@ -133,6 +151,14 @@ struct Topology {
     std::vector<BindingSpec> obsolete_bindings;
 };
 
+/// A durable queue of the topology that exists on the broker with other arguments than the topology's. A queue's
+/// arguments cannot change once it exists, so it is used as it is: one made by an earlier version or by hand must not
+/// refuse every connection.
+struct QueueMismatch {
+    std::string queue;
+    std::string broker_says;  ///< the broker's 406 text: RabbitMQ names the first argument that differs
+};
+
 struct ConsumerSpec {
     std::string queue;
     std::uint16_t prefetch = 100;  ///< basic.qos per consumer; quorum queues do not support global qos.
@@ -147,7 +173,7 @@ class ConnectionObserver {
 };
 
 struct ConnectionSettings {
-    /// Broker to connect to.
+    /// Broker to connect to: with several endpoints, a failed connection moves on to the next.
     Url url;
     /// Shown in the management UI (client property connection_name).
     std::string name = "conveyor";
@@ -169,7 +195,7 @@ struct ConnectionSettings {
 enum class Errc {
     nacked = 1,         ///< the broker refused the message (basic.nack)
     unroutable,         ///< no queue is bound for the routing key (basic.return)
-    connection_lost,    ///< the connection dropped before the broker confirmed
+    connection_lost,    ///< the connection dropped before the broker answered (queue counts, purge)
     connection_failed,  ///< max_connect_attempts exhausted
     stopped,            ///< the connection was stopped
     not_found,          ///< queue or exchange does not exist
@@ -214,6 +240,8 @@ class Connection {
     [[nodiscard]] bool blocked() const noexcept;
     /// The last connection error, for diagnostics.
     [[nodiscard]] std::string last_error() const;
+    /// The topology's queues found with other arguments on the last declaration (each also logged once, as a warning).
+    [[nodiscard]] std::vector<QueueMismatch> queue_mismatches() const;
 
     /// False once the session that delivered it has ended: the broker has requeued it and will deliver it again,
     /// so running it now would only duplicate work.
@@ -229,10 +257,11 @@ class Connection {
     void pause_consumer(std::string_view queue, bool paused);
 
     /// Publishes with mandatory=true on a confirm channel and completes when the broker confirms:
-    /// success, Errc::nacked, Errc::unroutable, Errc::connection_lost or Errc::stopped. Waits while the
-    /// connection is down or blocked. Emitting the handler's cancellation slot completes it at once with
-    /// operation_aborted; a publish already sent may still reach its queue then (its outcome is unknown, as after
-    /// connection_lost). The connection must outlive the operation and any emission of that slot.
+    /// success, Errc::nacked, Errc::unroutable or Errc::stopped. Waits while the connection is down or blocked; a
+    /// publish the connection lost before its confirm is sent again on the next connection (to whichever node of a
+    /// cluster it reaches), so the broker may hold it twice: at least once. Emitting the handler's cancellation slot
+    /// completes it at once with operation_aborted; a publish already sent may still reach its queue then (its
+    /// outcome is unknown). The connection must outlive the operation and any emission of that slot.
     template <typename Token>
     auto async_publish(Message message, Token&& token) {
         return async_publish(std::move(message), std::nullopt, std::forward<Token>(token));

@@ -55,6 +55,11 @@ inline constexpr std::string_view kControlExchange = "conveyor.control";
 /// sits well above the quarantine's bound.
 inline constexpr std::int64_t kDefaultDeliveryLimit = 20;
 
+/// Members of each quorum queue (x-quorum-initial-group-size): three hold a majority through one node's loss, the
+/// quorum queue's promise. RabbitMQ places as many as the cluster has nodes when it has fewer (one on a single node);
+/// `rabbitmq-queues grow` adds members to queues declared before nodes joined.
+inline constexpr std::int64_t kQuorumGroupSize = 3;
+
 /// The job families of the wire contract, in the order the CLI lists them.
 [[nodiscard]] const std::vector<std::string>& default_families();
 

@@ -20,6 +20,9 @@ struct SchedulerSettings {
     std::chrono::seconds amqp_heartbeat{10};
     /// Where scheduled jobs and schedule state live (CONVEYOR_PG_URL).
     std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
+    /// Where reads that may lag are served (CONVEYOR_PG_READ_URL): job history, audit entries, dead-letter listings,
+    /// the console's overview. A standby takes that load off the primary; empty reads from the primary.
+    std::string pg_read_url;
     std::size_t pg_pool_size = 10;
     std::chrono::milliseconds pg_statement_timeout{10'000};
     /// The YAML file of cron schedules (CONVEYOR_SCHEDULES); empty runs no schedules (the relay still runs).
