@@ -23,7 +23,6 @@
 #include <mutex>
 #include <optional>
 #include <random>
-#include <ranges>
 #include <set>
 #include <thread>
 #include <unordered_map>
@@ -1253,7 +1252,9 @@ class Connection::Impl {
     /// caller gave up is dropped: its outcome was already reported as unknown.
     void resend_unconfirmed() {
         auto unconfirmed = std::exchange(outstanding_, {});
-        for (auto& [tag, publish] : std::views::reverse(unconfirmed)) {
+        // NOLINTNEXTLINE(modernize-loop-convert): clang 14 cannot compile std::views::reverse of libstdc++ 12
+        for (auto it = unconfirmed.rbegin(); it != unconfirmed.rend(); ++it) {
+            auto& publish = it->second;
             if (!publish.handler) {
                 continue;
             }

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "local_servers.hpp"
+#include "orders.hpp"
 #include "worker_fixture.hpp"
 
 namespace conveyor::testing {
@@ -12,23 +13,6 @@ namespace {
 using namespace std::chrono_literals;
 
 const std::vector<std::string> kSagaFamilies{"orders", "payments", "emails", "projections"};
-
-struct Line {
-    std::string product;
-    int quantity = 1;
-};
-
-std::string order_payload(const std::string& order_id, const std::string& customer, const std::vector<Line>& lines,
-                          const std::string& currency = "EUR") {
-    std::string items;
-    for (const auto& line : lines) {
-        items += fmt::format(R"({}{{"product_id":"{}","quantity":{}}})", items.empty() ? "" : ",", line.product,
-                             line.quantity);
-    }
-    return fmt::format(
-        R"({{"order_id":"{}","customer":{{"id":"{}","email":"{}@example.com","name":"Customer {}"}},"items":[{}],"currency":"{}"}})",
-        order_id, customer, customer, customer, items, currency);
-}
 
 /// The order saga against the real broker, the real database, a local payment gateway and a local mail server.
 class SagaTest : public WorkerTest {
