@@ -175,24 +175,43 @@ class Connection {
     }
 
     asio::awaitable<Result> execute(const std::string& sql, const std::vector<Param>& params) {
-        std::vector<const char*> values;
-        values.reserve(params.size());
-        for (const auto& param : params) {
-            // libpq sends a parameter as a C string: a NUL would silently cut it, and the statement would act on a
-            // different value than the caller's (a filter naming another type).
-            if (param && param->find('\0') != std::string::npos) {
-                throw Error(std::string(kNulInText),
-                            fmt::format("parameter ${} holds a NUL byte (U+0000), which PostgreSQL text cannot store",
-                                        values.size() + 1));
-            }
-            values.push_back(param ? param->c_str() : nullptr);
-        }
-        if (PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
-                              nullptr, 0) == 0) {
-            throw failure("cannot send the statement");
-        }
+        send(sql, params);
         auto result = co_await finish_statement();
         co_return result;
+    }
+
+    /// Runs `statements` in one round trip (libpq's pipeline mode) and returns the last one's result. If one fails,
+    /// those after it are skipped and its failure is thrown once every result has been read.
+    asio::awaitable<Result> execute_pipeline(const std::vector<Statement>& statements) {
+        if (PQenterPipelineMode(conn_) == 0) {
+            throw failure("cannot enter pipeline mode");
+        }
+        for (const auto& statement : statements) {
+            send(statement.sql, statement.params);
+        }
+        if (PQpipelineSync(conn_) == 0) {
+            throw failure("cannot send the pipeline");
+        }
+        const auto deadline = statement_deadline();
+        co_await flush(deadline);
+        std::optional<Error> error;
+        Result last(nullptr);
+        for (std::size_t index = 0; index < statements.size(); ++index) {
+            auto results = co_await read_results(deadline);
+            if (!error && results.error) {
+                error = std::move(results.error);
+            }
+            last = std::move(results.last);
+        }
+        co_await wait_readable_until_idle(deadline);
+        const Result sync(PQgetResult(conn_));
+        if (PQexitPipelineMode(conn_) == 0) {
+            throw failure("cannot leave pipeline mode");
+        }
+        if (error) {
+            throw *error;
+        }
+        co_return last;
     }
 
     asio::awaitable<void> run_script(const std::string& sql) {
@@ -265,9 +284,32 @@ class Connection {
         PQsetNoticeProcessor(conn_, log_notice, nullptr);
     }
 
-    asio::awaitable<Result> finish_statement() {
+    /// Hands one statement to libpq (sent with the next flush).
+    void send(const std::string& sql, const std::vector<Param>& params) {
+        std::vector<const char*> values;
+        values.reserve(params.size());
+        for (const auto& param : params) {
+            // libpq sends a parameter as a C string: a NUL would silently cut it, and the statement would act on a
+            // different value than the caller's (a filter naming another type).
+            if (param && param->find('\0') != std::string::npos) {
+                throw Error(std::string(kNulInText),
+                            fmt::format("parameter ${} holds a NUL byte (U+0000), which PostgreSQL text cannot store",
+                                        values.size() + 1));
+            }
+            values.push_back(param ? param->c_str() : nullptr);
+        }
+        if (PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
+                              nullptr, 0) == 0) {
+            throw failure("cannot send the statement");
+        }
+    }
+
+    [[nodiscard]] Clock::time_point statement_deadline() const {
         const auto limit = transaction_statement_timeout_.value_or(settings_.statement_timeout);
-        const auto deadline = Clock::now() + limit + kClientDeadlineMargin;
+        return Clock::now() + limit + kClientDeadlineMargin;
+    }
+
+    asio::awaitable<void> flush(Clock::time_point deadline) {
         while (true) {
             const int pending = PQflush(conn_);
             if (pending == 0) {
@@ -282,15 +324,27 @@ class Connection {
                 throw failure("connection lost");
             }
         }
-        std::optional<Error> error;
-        Result last(nullptr);
-        while (true) {
-            while (PQisBusy(conn_) != 0) {
-                co_await wait(Ready::read, deadline, "the server did not answer in time");
-                if (PQconsumeInput(conn_) == 0) {
-                    throw failure("connection lost");
-                }
+    }
+
+    asio::awaitable<void> wait_readable_until_idle(Clock::time_point deadline) {
+        while (PQisBusy(conn_) != 0) {
+            co_await wait(Ready::read, deadline, "the server did not answer in time");
+            if (PQconsumeInput(conn_) == 0) {
+                throw failure("connection lost");
             }
+        }
+    }
+
+    struct StatementResults {
+        Result last;
+        std::optional<Error> error;
+    };
+
+    /// The results of one statement, up to libpq's null that ends them: its last result, or its first error.
+    asio::awaitable<StatementResults> read_results(Clock::time_point deadline) {
+        StatementResults results{Result(nullptr), std::nullopt};
+        while (true) {
+            co_await wait_readable_until_idle(deadline);
             PGresult* next = PQgetResult(conn_);
             if (next == nullptr) {
                 break;
@@ -298,20 +352,27 @@ class Connection {
             Result result(next);
             const auto status = PQresultStatus(next);
             if (status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE || status == PGRES_NONFATAL_ERROR) {
-                if (!error) {
-                    error.emplace(server_error(next));
+                if (!results.error) {
+                    results.error.emplace(server_error(next));
                 }
-            } else {
-                last = std::move(result);
+            } else if (status != PGRES_PIPELINE_ABORTED) {
+                results.last = std::move(result);
             }
         }
-        if (error) {
+        co_return results;
+    }
+
+    asio::awaitable<Result> finish_statement() {
+        const auto deadline = statement_deadline();
+        co_await flush(deadline);
+        auto results = co_await read_results(deadline);
+        if (results.error) {
             if (PQstatus(conn_) != CONNECTION_OK) {
                 broken_ = true;
             }
-            throw *error;
+            throw *results.error;
         }
-        co_return last;
+        co_return std::move(results.last);
     }
 
     /// Waits until the socket is ready, or throws once the deadline passes. Anything that interrupts a wait
@@ -509,13 +570,32 @@ asio::awaitable<Result> Transaction::execute(std::string sql, std::vector<Param>
     if (!open_) {
         throw std::logic_error("statement on a finished transaction");
     }
-    auto result = co_await lease_.connection().execute(sql, params);
+    if (deferred_.empty()) {
+        auto result = co_await lease_.connection().execute(sql, params);
+        co_return result;
+    }
+    auto statements = std::exchange(deferred_, {});
+    statements.push_back({std::move(sql), std::move(params)});
+    auto result = co_await lease_.connection().execute_pipeline(statements);
     co_return result;
+}
+
+void Transaction::defer(std::string sql, std::vector<Param> params) {
+    deferred_.push_back({std::move(sql), std::move(params)});
+}
+
+bool Transaction::failed() const noexcept {
+    return lease_.connection().transaction_failed();
 }
 
 asio::awaitable<void> Transaction::run_script(std::string sql) {
     if (!open_) {
         throw std::logic_error("script on a finished transaction");
+    }
+    if (!deferred_.empty()) {
+        // A script goes as a simple query, which a pipeline cannot carry: the deferred statements go first.
+        const auto statements = std::exchange(deferred_, {});
+        co_await lease_.connection().execute_pipeline(statements);
     }
     co_await lease_.connection().run_script(sql);
 }
@@ -530,7 +610,7 @@ asio::awaitable<void> Transaction::set_statement_timeout(std::chrono::millisecon
 asio::awaitable<void> Transaction::commit() {
     // A statement that failed inside the transaction aborted it, and PostgreSQL answers a COMMIT of an aborted
     // transaction with a rollback, not an error: a caller that caught the failure must not take that for success.
-    if (lease_.connection().transaction_failed()) {
+    if (deferred_.empty() && lease_.connection().transaction_failed()) {
         co_await rollback();
         throw Error("25P02", "the transaction was rolled back: a statement in it had failed");
     }
@@ -546,6 +626,7 @@ asio::awaitable<void> Transaction::commit() {
 }
 
 asio::awaitable<void> Transaction::rollback() {
+    deferred_.clear();
     std::string rollback_sql("ROLLBACK");
     std::vector<Param> no_params;
     co_await execute(std::move(rollback_sql), std::move(no_params));

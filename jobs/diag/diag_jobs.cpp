@@ -114,9 +114,12 @@ asio::awaitable<Outcome> ledger(JobContext& context) {
         co_return invalid;
     }
     auto& transaction = context.transaction();
+    std::string previous_lock_timeout;
     if (lock_timeout_ms > 0) {
         const auto lock_timeout = fmt::format("{}ms", lock_timeout_ms);
-        co_await transaction.query("SELECT set_config('lock_timeout', $1, true)", lock_timeout);
+        const auto previous = co_await transaction.query(
+            "SELECT current_setting('lock_timeout'), set_config('lock_timeout', $1, true)", lock_timeout);
+        previous_lock_timeout = previous.text(0, 0);
     }
     for (std::int64_t i = 0; i < emit; ++i) {
         context.emit("diag.ledger", "{}");
@@ -132,6 +135,32 @@ asio::awaitable<Outcome> ledger(JobContext& context) {
     if (!also.empty()) {
         co_await transaction.query(kApply, also);
     }
+    if (!previous_lock_timeout.empty()) {
+        // The transaction may go on with other jobs' statements (group commit): they get its setting back.
+        co_await transaction.query("SELECT set_config('lock_timeout', $1, true)", previous_lock_timeout);
+    }
+    co_return Success{};
+}
+
+/// Aborts the worker: at once, or with {"after_commit": true} once its transaction (its group's, with group commit)
+/// has committed and before the jobs committed with it are acknowledged, the window exactly-once must survive.
+asio::awaitable<Outcome> crash(JobContext& context, bool may_crash) {
+    if (!may_crash) {
+        Outcome refused = DeadLetter{"permanent_failure",
+                                     "diag.crash is disabled; set CONVEYOR_ENABLE_CRASH_JOBS=1 to let it abort the "
+                                     "worker"};
+        co_return refused;
+    }
+    const auto field = context.payload()["after_commit"].get_bool();
+    const bool after_commit = field.error() == simdjson::SUCCESS && field.value_unsafe();
+    if (!after_commit) {
+        context.log().error("diag.crash: aborting the worker process");
+        std::abort();
+    }
+    context.after_commit([job_id = context.job_id()] {
+        spdlog::error("diag.crash {}: committed; aborting the worker process before the acknowledgements", job_id);
+        std::abort();
+    });
     co_return Success{};
 }
 
@@ -163,6 +192,12 @@ std::optional<std::string> validate_ledger(simdjson::dom::element payload) {
     return reader.error();
 }
 
+std::optional<std::string> validate_crash(simdjson::dom::element payload) {
+    PayloadReader reader(payload);
+    (void)reader.boolean("after_commit", Need::optional);
+    return reader.error();
+}
+
 }  // namespace
 
 void register_diag_jobs(JobRegistry& registry) {
@@ -175,16 +210,10 @@ void register_diag_jobs(JobRegistry& registry) {
     // Killing the process is for poison-message tests only; a production worker dead-letters the job instead.
     const char* crash_enabled = std::getenv("CONVEYOR_ENABLE_CRASH_JOBS");
     const bool may_crash = crash_enabled != nullptr && std::string_view(crash_enabled) == "1";
-    registry.add("diag.crash", [may_crash](JobContext& context) -> asio::awaitable<Outcome> {
-        if (!may_crash) {
-            Outcome refused = DeadLetter{"permanent_failure",
-                                         "diag.crash is disabled; set CONVEYOR_ENABLE_CRASH_JOBS=1 to let it abort "
-                                         "the worker"};
-            co_return refused;
-        }
-        context.log().error("diag.crash: aborting the worker process");
-        std::abort();
-    });
+    JobOptions crash_options = validated_by(validate_crash);
+    crash_options.transaction = TransactionMode::per_job;
+    registry.add(
+        "diag.crash", [may_crash](JobContext& context) { return crash(context, may_crash); }, crash_options);
 }
 
 }  // namespace conveyor::jobs

@@ -99,6 +99,8 @@ void register_projection_jobs(JobRegistry& registry) {
     rebuild_options.transaction = TransactionMode::per_job;
     rebuild_options.validate = validate_rebuild;
     rebuild_options.timeout = kRebuildTimeout + std::chrono::minutes(2);
+    // It holds its transaction for minutes and raises the statement timeout for the rest of it.
+    rebuild_options.group_commit = false;
     registry.add("projections.rebuild", rebuild, rebuild_options);
 }
 

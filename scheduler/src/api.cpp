@@ -12,6 +12,7 @@
 #include "api_json.hpp"
 #include "console_sessions.hpp"
 #include "conveyor/admin/scheduled_jobs.hpp"
+#include "enqueue_batch.hpp"
 #include "enqueue_request.hpp"
 
 namespace conveyor::scheduler {
@@ -40,16 +41,6 @@ std::optional<std::string> request_fault(const pg::Error& error) {
         return "a date or time in the request is invalid or out of range";
     }
     return "a value in the request is malformed";
-}
-
-/// One field of every job, as a statement's text array.
-std::string column(const std::vector<ApiJob>& jobs, std::string ApiJob::*field) {
-    std::vector<std::string_view> values;
-    values.reserve(jobs.size());
-    for (const auto& job : jobs) {
-        values.emplace_back(job.*field);
-    }
-    return pg::text_array(values);
 }
 
 /// What conveyor.enqueue() refuses because of the request, as its answer: a key that already names a job of
@@ -285,25 +276,12 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
         auto response = error_response(400, e.what());
         co_return response;
     }
-    const auto& jobs = parsed.jobs;
     // The token's name, not its secret, names the idempotency keys' namespace: they survive a token's rotation.
-    const auto source = caller.source();
-    pg::Result rows;
+    EnqueueBatches::Request batched{std::move(parsed.jobs), caller.source()};
+    std::vector<std::string> ids;
     std::optional<HttpResponse> refusal;
     try {
-        rows = co_await pool_.query(
-            "SELECT conveyor.enqueue(j.type, j.payload::jsonb, coalesce(nullif(j.run_at, '')::timestamptz, now()), "
-            "nullif(j.key, ''), nullif(j.correlation, ''), nullif(j.traceparent, ''), $7, "
-            "coalesce(nullif(j.priority, ''), 'normal'), nullif(j.unique_key, ''), "
-            "coalesce(nullif(j.unique_for, '')::integer, 0), nullif(j.batch, '')) "
-            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[], "
-            "$9::text[], $10::text[], $11::text[]) WITH ORDINALITY "
-            "AS j(type, payload, run_at, key, correlation, traceparent, priority, unique_key, unique_for, batch, n) "
-            "ORDER BY j.n",
-            column(jobs, &ApiJob::type), column(jobs, &ApiJob::payload), column(jobs, &ApiJob::run_at),
-            column(jobs, &ApiJob::idempotency_key), column(jobs, &ApiJob::correlation_id),
-            column(jobs, &ApiJob::traceparent), source, column(jobs, &ApiJob::priority),
-            column(jobs, &ApiJob::unique_key), column(jobs, &ApiJob::unique_for), column(jobs, &ApiJob::batch));
+        ids = co_await enqueues_.enqueue(std::move(batched));
     } catch (const pg::Error& e) {
         refusal = enqueue_refusal(e);
         if (!refusal) {
@@ -314,14 +292,14 @@ asio::awaitable<HttpResponse> EnqueueApi::enqueue(const HttpRequest& request, co
         co_return std::move(*refusal);
     }
     if (!parsed.listed) {
-        auto response = json_response(202, boost::json::object{{"id", rows.text(0, 0)}});
+        auto response = json_response(202, boost::json::object{{"id", ids.at(0)}});
         co_return response;
     }
-    boost::json::array ids;
-    for (int row = 0; row < rows.rows(); ++row) {
-        ids.emplace_back(rows.text(row, 0));
+    boost::json::array listed;
+    for (auto& id : ids) {
+        listed.emplace_back(std::move(id));
     }
-    auto response = json_response(202, boost::json::object{{"ids", std::move(ids)}});
+    auto response = json_response(202, boost::json::object{{"ids", std::move(listed)}});
     co_return response;
 }
 

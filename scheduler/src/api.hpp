@@ -17,6 +17,7 @@
 #include "conveyor/core/pg.hpp"
 #include "conveyor/scheduler/authenticator.hpp"
 #include "conveyor/scheduler/catalogue.hpp"
+#include "enqueue_batch.hpp"
 
 namespace conveyor::scheduler {
 
@@ -87,6 +88,9 @@ class EnqueueApi {
     /// they use the database pool.
     boost::asio::awaitable<void> requests_finished();
 
+    /// Writes the enqueue requests' batches (EnqueueBatches) until cancelled, once no request is being handled.
+    boost::asio::awaitable<void> write_enqueues() { return enqueues_.serve(); }
+
   private:
     using Handler = std::function<boost::asio::awaitable<HttpResponse>(const HttpRequest&, const Caller&)>;
 
@@ -141,6 +145,7 @@ class EnqueueApi {
 
     pg::Pool& pool_;
     pg::Pool& reads_;
+    EnqueueBatches enqueues_{pool_};
     amqp::Connection& publisher_;
     amqp::Connection& monitor_;
     std::chrono::milliseconds publish_timeout_;

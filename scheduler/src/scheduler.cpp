@@ -140,6 +140,7 @@ class Scheduler::Impl {
         serve_http();
         publisher_.start();
         monitor_.start();
+        enqueueing_.spawn("enqueue batches", [this](TaskGroup::Task&) { return api_.write_enqueues(); });
         background_.spawn("relay", [this](TaskGroup::Task&) { return relay_.run(stopping_); });
         background_.spawn("schedule firing", [this](TaskGroup::Task&) { return firing_.run(stopping_); });
         background_.spawn("housekeeping", [this](TaskGroup::Task&) { return housekeeping(); });
@@ -180,6 +181,8 @@ class Scheduler::Impl {
         co_await background_.join(no_deadline);
         co_await archiving_.join(no_deadline);
         co_await api_.requests_finished();
+        enqueueing_.cancel();
+        co_await enqueueing_.join(no_deadline);
         spdlog::info("scheduler {} stopped", settings_.name);
     }
 
@@ -375,6 +378,7 @@ class Scheduler::Impl {
     DeadLetterArchiver archiver_;
     TaskGroup background_{io_.get_executor()};  ///< each ends at its next look at stopping_
     TaskGroup archiving_{io_.get_executor()};   ///< ends when cancelled
+    TaskGroup enqueueing_{io_.get_executor()};  ///< the API's enqueue batches: cancelled once no request is left
     asio::thread_pool blocking_{1};             ///< where the connections are stopped: each stop joins a thread
     std::atomic<bool> stopping_ = false;
     std::atomic<bool> draining_ = false;

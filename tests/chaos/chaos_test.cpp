@@ -16,9 +16,10 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 constexpr int kJobs = 20'000;
-/// Each ledger job holds its transaction this long, so 3 workers of 10 take about 15 s over 20,000 jobs and
-/// the faults land mid-run.
-constexpr int kJobMs = 20;
+/// Each ledger job holds its transaction this long, so that the faults land mid-run and mid-transaction: with group
+/// commit a worker runs one job's turn at a time, its group open throughout, and 3 workers take about 15 s over
+/// 20,000 jobs.
+constexpr int kJobMs = 2;
 constexpr auto kRunBound = 240s;
 
 struct Tally {
@@ -276,13 +277,14 @@ TEST_F(ChaosTest, ThirtyRollingRestartsUnderAStreamDeadLetterNothingAndLoseNothi
     stream.join();
     const auto restarts_seconds = std::chrono::duration<double>(Clock::now() - started).count();
     const auto ran_during_restarts = ledger_rows();
-    // The backlog's end is run by one fast worker, so the test stays short.
+    // The backlog's end is run by one fast worker, so the test stays short: without group commit, since each of
+    // these jobs holds its transaction for 300 ms, and a group runs its jobs one after another.
     for (auto& worker : fleet) {
         worker.process->signal(SIGTERM);
         EXPECT_EQ(worker.process->wait(30s), std::optional<int>(0)) << worker.process->log();
     }
     fleet.clear();
-    workers_.push_back(start_worker({"--concurrency", "100"}, "rolling-finish"));
+    workers_.push_back(start_worker({"--concurrency", "100", "--group-commit", "off"}, "rolling-finish"));
     const auto jobs = kBacklog + streamed.load();
     const auto tally = settle(jobs);
     std::printf(
@@ -315,9 +317,9 @@ TEST_F(ChaosTest, APoisonJobIsQuarantinedWithoutTakingItsPrefetchedNeighbours) {
                             false, crash_enabled);
     };
     const auto started = Clock::now();
-    publish_ledger_jobs(kNeighbours / 2, "before-poison-", 5);
+    publish_ledger_jobs(kNeighbours / 2, "before-poison-", 1);
     broker_.publish(Broker::job("diag.crash", "{}", "poison"));
-    publish_ledger_jobs(kNeighbours / 2, "after-poison-", 5);
+    publish_ledger_jobs(kNeighbours / 2, "after-poison-", 1);
 
     auto worker = start();
     int deaths = 0;
@@ -347,6 +349,55 @@ TEST_F(ChaosTest, APoisonJobIsQuarantinedWithoutTakingItsPrefetchedNeighbours) {
     EXPECT_EQ(others_dead, 0U);
     EXPECT_EQ(duplicates, 0);
     EXPECT_LE(deaths, 4) << "quarantine took more deaths than its bound";
+    worker.process->signal(SIGTERM);
+    worker.process->wait(30s);
+}
+
+/// A worker that dies after a group's commit and before its acknowledgements: every job of the group comes back,
+/// finds its claim in the inbox and counts as a duplicate, and the jobs they emitted (committed to the outbox, not
+/// yet published) are published by the next worker's outbox sweep. Every effect lands exactly once.
+TEST_F(ChaosTest, AWorkerKilledBetweenAGroupsCommitAndItsAcknowledgementsAppliesNothingTwice) {
+    constexpr int kParents = 2'000;  // each emits one more ledger job through the outbox
+    const std::map<std::string, std::string> crash_enabled{{"CONVEYOR_ENABLE_CRASH_JOBS", "1"}};
+    auto start = [&] {
+        return start_worker({"--concurrency", "50", "--outbox-sweep-interval", "1s"},
+                            fmt::format("crash-after-commit-{}", ++generation_), false, crash_enabled);
+    };
+    auto parents = [](int from, int to) {
+        std::vector<amqp::Message> jobs;
+        for (int i = from; i < to; ++i) {
+            jobs.push_back(Broker::job("diag.ledger", R"({"emit": 1})", fmt::format("parent-{}", i)));
+        }
+        return jobs;
+    };
+    const auto started = Clock::now();
+    broker_.publish_all(parents(0, kParents / 2));
+    broker_.publish(Broker::job("diag.crash", R"({"after_commit": true})", "crash-after-commit"));
+    broker_.publish_all(parents(kParents / 2, kParents));
+    auto worker = start();
+    ASSERT_TRUE(eventually([&] { return !worker.process->running(); }, 60s)) << worker.process->log();
+    const auto died = worker.process->log();
+    EXPECT_NE(died.find("committed; aborting the worker process before the acknowledgements"), std::string::npos)
+        << died;
+    worker = start();
+    ASSERT_TRUE(eventually([&] { return ledger_rows() >= 2 * kParents; }, 120s))
+        << ledger_rows() << " of " << 2 * kParents << "\n"
+        << worker.process->log();
+    std::this_thread::sleep_for(2s);  // late duplicates would show now
+    const auto absorbed = worker.metric("conveyor_jobs_completed_total", {"outcome=\"duplicate\""});
+    const auto twice = database_.scalar("SELECT count(*) FROM conveyor.diag_ledger WHERE applied > 1");
+    const auto dead = broker_.ready("conveyor.diag.dlq");
+    std::printf(
+        "{\"name\":\"chaos_crash_after_group_commit\",\"effects\":%d,\"applied\":%lld,\"duplicate_effects\":%lld,"
+        "\"redelivered_and_absorbed\":%.0f,\"dead_lettered\":%u,\"seconds\":%.1f}\n",
+        2 * kParents, static_cast<long long>(ledger_rows()), static_cast<long long>(twice), absorbed, dead,
+        std::chrono::duration<double>(Clock::now() - started).count());
+    EXPECT_TRUE(worker.process->running()) << "the crash job ran again:\n" << worker.process->log();
+    EXPECT_EQ(ledger_rows(), 2 * kParents);
+    EXPECT_EQ(twice, 0);
+    EXPECT_EQ(dead, 0U);
+    // The crash job itself and its group's other jobs: committed before the death, redelivered after it.
+    EXPECT_GE(absorbed, 2) << worker.process->log();
     worker.process->signal(SIGTERM);
     worker.process->wait(30s);
 }

@@ -166,7 +166,8 @@ TEST_F(WorkerTest, ALockTimeoutIsRetriedNotDeadLettered) {
 }
 
 TEST_F(WorkerTest, ADeadlockBetweenTwoJobsIsRetriedNotDeadLettered) {
-    auto worker = start_worker({"--retry", "diag.ledger=base:1s,cap:1s"}, "deadlock");
+    // Each in a transaction of its own: with group commit, a deadlock is resolved before it is detected (below).
+    auto worker = start_worker({"--retry", "diag.ledger=base:1s,cap:1s", "--group-commit", "off"}, "deadlock");
     // Each job writes its own row, waits, then writes the other's: PostgreSQL aborts one of them (40P01).
     broker_.publish(Broker::job("diag.ledger", R"({"ms": 300, "also": "deadlock-b"})", "deadlock-a"));
     broker_.publish(Broker::job("diag.ledger", R"({"ms": 300, "also": "deadlock-a"})", "deadlock-b"));
@@ -178,6 +179,47 @@ TEST_F(WorkerTest, ADeadlockBetweenTwoJobsIsRetriedNotDeadLettered) {
     // Each row was written once by its own job and once by the other: the aborted attempt left nothing.
     EXPECT_EQ(database_.scalar("SELECT sum(applied) FROM conveyor.diag_ledger"), 4);
     EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
+}
+
+TEST_F(WorkerTest, AJobWaitingForALockHeldOutsideItsGroupLeavesTheGroupAndRunsAgainAloneWithoutARetry) {
+    // Another session holds a row for 3 s. The job that wants it waits in its group for the group's lock wait, then
+    // leaves the group, which commits the job beside it at once; alone, it waits for the row as long as it takes.
+    // Handled as the job's own failure (55P03), it would be retried.
+    auto worker = start_worker({"--log-level", "debug"}, "group-lock-wait");
+    database_.query("INSERT INTO conveyor.diag_ledger (job_id, applied) VALUES ('held-row', 0)");
+    const std::string hold_the_row =
+        "BEGIN; SELECT * FROM conveyor.diag_ledger WHERE job_id = 'held-row' FOR UPDATE; SELECT pg_sleep(3); COMMIT;";
+    Process holder("/usr/bin/psql", {pg_url(), "-X", "-q", "-c", hold_the_row},
+                   std::filesystem::temp_directory_path() / "conveyor-group-lock-holder.log");
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar(
+                       "SELECT count(*) FROM (SELECT FROM conveyor.diag_ledger WHERE job_id = 'held-row' "
+                       "FOR UPDATE SKIP LOCKED) AS free") == 0;
+        },
+        10s));
+    broker_.publish(Broker::job("diag.ledger", R"({"also": "held-row"})", "group-lock-waiter"));
+    broker_.publish(Broker::job("diag.ledger", "{}", "group-lock-neighbour"));
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar(
+                       "SELECT count(*) FROM conveyor.diag_ledger WHERE job_id = 'group-lock-neighbour'") == 1;
+        },
+        2s))
+        << "the neighbour waited for the row too:\n"
+        << worker.process->log();
+    EXPECT_EQ(database_.scalar("SELECT applied FROM conveyor.diag_ledger WHERE job_id = 'held-row'"), 0);
+    ASSERT_TRUE(
+        eventually([&] { return worker.metric("conveyor_jobs_completed_total", {"outcome=\"success\""}) == 2; }, 30s))
+        << worker.process->log();
+    EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"outcome=\"retry\""}), 0) << worker.process->log();
+    EXPECT_NE(worker.process->log().find("job=group-lock-waiter type=diag.ledger correlation=- taken out of its group"),
+              std::string::npos)
+        << worker.process->log();
+    EXPECT_EQ(database_.scalar("SELECT applied FROM conveyor.diag_ledger WHERE job_id = 'held-row'"), 1);
+    EXPECT_EQ(database_.scalar("SELECT applied FROM conveyor.diag_ledger WHERE job_id = 'group-lock-waiter'"), 1);
+    EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
+    holder.wait(10s);
 }
 
 TEST_F(WorkerTest, ReadinessFollowsTheDatabaseAndJobsResumeWhenItIsBack) {

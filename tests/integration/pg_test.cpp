@@ -208,6 +208,41 @@ TEST_F(PgTest, CommittingATransactionThatAStatementAbortedFailsInsteadOfLookingL
     EXPECT_EQ(run(pool.query("SELECT count(*) FROM pg_test_rollback")).integer(0, 0), 0);
 }
 
+/// Deferred statements travel with the next one in one round trip (pipeline mode): their effects land in order,
+/// and a failing one fails the statement it went with, which is skipped.
+TEST_F(PgTest, DeferredStatementsGoWithTheNextOneAndTheirFailureIsItsFailure) {
+    auto pool = make_pool(1);
+    const auto outcome = run([&]() -> asio::awaitable<std::vector<std::string>> {
+        std::vector<std::string> seen;
+        co_await pool.query("CREATE TABLE IF NOT EXISTS pg_test_pipeline (id text PRIMARY KEY)");
+        co_await pool.query("TRUNCATE pg_test_pipeline");
+        auto transaction = co_await pool.begin();
+        transaction.defer("SAVEPOINT first");
+        transaction.defer("INSERT INTO pg_test_pipeline VALUES ($1)", {std::string("kept")});
+        const auto counted = co_await transaction.query("SELECT count(*) FROM pg_test_pipeline");
+        seen.push_back(std::string(counted.text(0, 0)));
+        transaction.defer("SAVEPOINT second");
+        transaction.defer("INSERT INTO pg_test_pipeline VALUES ($1)", {std::string("kept")});  // a duplicate key
+        try {
+            co_await transaction.query("INSERT INTO pg_test_pipeline VALUES ('skipped')");
+            seen.emplace_back("no failure");
+        } catch (const pg::Error& e) {
+            seen.push_back(e.sqlstate());
+        }
+        seen.emplace_back(transaction.failed() ? "failed" : "healthy");
+        transaction.defer("ROLLBACK TO SAVEPOINT second");
+        transaction.defer("RELEASE SAVEPOINT second");
+        const auto after = co_await transaction.query("SELECT string_agg(id, ',') FROM pg_test_pipeline");
+        seen.push_back(std::string(after.text(0, 0)));
+        seen.emplace_back(transaction.failed() ? "failed" : "healthy");
+        transaction.defer("RELEASE SAVEPOINT first");
+        co_await transaction.commit();
+        co_return seen;
+    }());
+    EXPECT_EQ(outcome, (std::vector<std::string>{"1", "23505", "failed", "kept", "healthy"}));
+    EXPECT_EQ(run(pool.query("SELECT string_agg(id, ',') FROM pg_test_pipeline")).text(0, 0), "kept");
+}
+
 TEST_F(PgTest, ServerErrorsCarryTheirSqlstateAndOnlyRetryableOnesAreTransient) {
     auto pool = make_pool(1);
     const auto syntax = error_of(pool, "SELEC 1");

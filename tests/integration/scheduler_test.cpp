@@ -536,6 +536,51 @@ TEST_F(SchedulerApiTest, TheSameIdempotencyKeyGivesTheSameJob) {
     EXPECT_EQ(schedules.body, "{\"schedules\":[]}\n");
 }
 
+/// Requests that arrive together share one statement and one commit (their rows share a transaction id), yet each
+/// gets its own ids, and a request the database refuses fails alone.
+TEST_F(SchedulerApiTest, ConcurrentRequestsShareACommitYetEachGetsItsOwnIdsAndItsOwnRefusal) {
+    ASSERT_EQ(call("POST", "/v1/jobs", "enqueue-secret",
+                   R"({"type": "diag.noop", "idempotency_key": "taken", "delay": "1h"})")
+                  .status,
+              202);
+    constexpr int kGood = 60;
+    constexpr int kTaken = 5;    // the key names a job of another type: 409
+    constexpr int kNoBatch = 5;  // a batch that does not exist: 404
+    std::vector<ApiResponse> responses(kGood + kTaken + kNoBatch);
+    std::vector<std::thread> clients;
+    for (int i = 0; i < static_cast<int>(responses.size()); ++i) {
+        std::string body;
+        if (i < kGood) {
+            body = fmt::format(R"({{"type": "diag.noop", "idempotency_key": "together-{}", "delay": "1h"}})", i);
+        } else if (i < kGood + kTaken) {
+            body = R"({"type": "diag.fail", "idempotency_key": "taken", "delay": "1h"})";
+        } else {
+            body = R"({"type": "diag.noop", "batch": "no-such-batch", "delay": "1h"})";
+        }
+        clients.emplace_back(
+            [this, &responses, i, body] { responses[i] = call("POST", "/v1/jobs", "enqueue-secret", body); });
+    }
+    for (auto& client : clients) {
+        client.join();
+    }
+    for (int i = 0; i < kGood; ++i) {
+        ASSERT_EQ(responses[i].status, 202) << responses[i].body;
+        const auto row = database_.query("SELECT id FROM conveyor.scheduled_jobs WHERE idempotency_key = $1",
+                                         {fmt::format("together-{}", i)});
+        ASSERT_EQ(row.size(), 1U);
+        EXPECT_EQ(responses[i].body, fmt::format("{{\"id\":\"{}\"}}\n", row[0][0]));
+    }
+    for (int i = kGood; i < kGood + kTaken; ++i) {
+        EXPECT_EQ(responses[i].status, 409) << responses[i].body;
+    }
+    for (int i = kGood + kTaken; i < kGood + kTaken + kNoBatch; ++i) {
+        EXPECT_EQ(responses[i].status, 404) << responses[i].body;
+    }
+    EXPECT_LT(database_.scalar("SELECT count(DISTINCT xmin::text) FROM conveyor.scheduled_jobs "
+                               "WHERE idempotency_key LIKE 'together-%'"),
+              kGood);
+}
+
 TEST_F(SchedulerApiTest, TenThousandJobsInBatchesAllArrive) {
     std::set<std::string> accepted;
     for (int request = 0; request < 10; ++request) {

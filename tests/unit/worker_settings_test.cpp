@@ -94,6 +94,25 @@ TEST(WorkerSettings, ThePrefetchIsSplitAmongTheQueuesSoTheirSumStaysWithinIt) {
     EXPECT_FALSE(parse({"--history-retention", "10m"}).result.settings);
 }
 
+TEST(WorkerSettings, GroupCommitIsOnByDefaultAndEachOfItsSettingsCanBeChanged) {
+    const auto defaults = parse({});
+    ASSERT_TRUE(defaults.result.settings) << defaults.err;
+    EXPECT_TRUE(defaults.result.settings->group_commit);
+    EXPECT_EQ(defaults.result.settings->group_commit_max, 64U);
+    EXPECT_EQ(defaults.result.settings->group_commit_lanes, 2U);
+    EXPECT_EQ(defaults.result.settings->group_commit_open, 1U);
+    EXPECT_EQ(defaults.result.settings->group_commit_wait, std::chrono::microseconds(0));
+    ScopedEnv off("CONVEYOR_GROUP_COMMIT", "off");
+    const auto parsed = parse({"--group-commit-max", "16", "--group-commit-lanes", "4", "--group-commit-open", "2",
+                               "--group-commit-wait", "2ms"});
+    ASSERT_TRUE(parsed.result.settings) << parsed.err;
+    EXPECT_FALSE(parsed.result.settings->group_commit);
+    EXPECT_EQ(parsed.result.settings->group_commit_max, 16U);
+    EXPECT_EQ(parsed.result.settings->group_commit_lanes, 4U);
+    EXPECT_EQ(parsed.result.settings->group_commit_open, 2U);
+    EXPECT_EQ(parsed.result.settings->group_commit_wait, std::chrono::milliseconds(2));
+}
+
 TEST(WorkerSettings, EnvironmentIsReadAndAFlagWins) {
     ScopedEnv concurrency("CONVEYOR_CONCURRENCY", "42");
     ScopedEnv grace("CONVEYOR_SHUTDOWN_GRACE", "5s");
@@ -121,6 +140,11 @@ TEST(WorkerSettings, BadValuesExitNonZeroSayingWhatIsWrong) {
         {{"--priority-weights", "6:3"}, "expected high:normal:low"},
         {{"--priority-weights", "6:0:1"}, "expected high:normal:low"},
         {{"--concurrency", "4", "--high-priority-reserved", "4"}, "must be less than --concurrency (4)"},
+        {{"--group-commit", "maybe"}, "--group-commit"},
+        {{"--group-commit-max", "65"}, "--group-commit-max"},
+        {{"--group-commit-wait", "1s"}, "--group-commit-wait must be at most 100ms"},
+        {{"--group-commit-open", "3"}, "--group-commit-open (3) must not exceed --group-commit-lanes (2)"},
+        {{"--group-commit-lanes", "5", "--pg-pool-size", "5"}, "must be less than --pg-pool-size (5)"},
     };
     for (const auto& [args, expected] : cases) {
         const auto parsed = parse(args);

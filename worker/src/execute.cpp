@@ -8,6 +8,22 @@ namespace conveyor::worker {
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+/// A lock conflict inside a group may be the group's doing: the group holds the locks of every job before this one
+/// until it commits, and another group may be waiting for them while holding what this job needs.
+bool lost_to_grouping(const std::exception_ptr& failure) {
+    try {
+        std::rethrow_exception(failure);
+    } catch (const pg::Error& e) {
+        return e.sqlstate() == "40P01" || e.sqlstate() == "40001" || e.sqlstate() == "55P03";
+    } catch (...) {
+        return false;
+    }
+}
+
+}  // namespace
+
 void JobSlot::close() {
     closed = true;
     deadline.cancel();
@@ -153,13 +169,29 @@ asio::awaitable<Attempt> Execution::attempt(const JobDefinition& definition, Job
 }
 
 asio::awaitable<Outcome> Execution::run_handler(const JobDefinition& definition, JobContext& context, bool& duplicate) {
-    const auto mode = definition.options.transaction;
-    if (mode == TransactionMode::none) {
+    if (definition.options.transaction == TransactionMode::none) {
         auto outcome = co_await definition.handler(context);
         co_return outcome;
     }
+    if (groups_ != nullptr && definition.options.group_commit) {
+        auto grouped = co_await run_in_group(definition, context, duplicate);
+        if (grouped) {
+            co_return std::move(*grouped);
+        }
+        // Its group failed, or held a lock it needed: what it did there was undone, and it runs again alone, without
+        // using up an attempt. Its emits get the same ids again.
+        context.emitted().clear();
+        context.commit_hooks().clear();
+        duplicate = false;
+        context.log().debug("taken out of its group; runs again in a transaction of its own");
+    }
+    auto outcome = co_await run_alone(definition, context, duplicate);
+    co_return outcome;
+}
+
+asio::awaitable<Outcome> Execution::run_alone(const JobDefinition& definition, JobContext& context, bool& duplicate) {
     std::optional<pg::Transaction> transaction;
-    if (mode == TransactionMode::per_job) {
+    if (definition.options.transaction == TransactionMode::per_job) {
         const bool claimed = co_await claim_in_transaction(context, transaction);
         if (!claimed) {
             duplicate = true;
@@ -182,10 +214,7 @@ asio::awaitable<Outcome> Execution::run_handler(const JobDefinition& definition,
     try {
         handled = co_await definition.handler(context);
     } catch (...) {
-        // The opener and the binding refer to this frame's locals: they must not outlive it in the context.
-        context.set_transaction_opener({});
-        context.bind_transaction(nullptr);
-        context.emitted().clear();
+        forget_transaction(context);
         throw;
     }
     context.set_transaction_opener({});
@@ -195,12 +224,110 @@ asio::awaitable<Outcome> Execution::run_handler(const JobDefinition& definition,
     co_return outcome;
 }
 
+void Execution::forget_transaction(JobContext& context) {
+    // The opener and the binding refer to locals of the frame that ends: they must not outlive it in the context.
+    context.set_transaction_opener({});
+    context.bind_transaction(nullptr);
+    context.emitted().clear();
+    context.commit_hooks().clear();
+}
+
+asio::awaitable<std::optional<Outcome>> Execution::run_in_group(const JobDefinition& definition, JobContext& context,
+                                                                bool& duplicate) {
+    std::optional<GroupCommit::Turn> turn;
+    std::optional<pg::Transaction> own;  // its group failed before its turn came: a transaction of its own
+    auto open = [this, &context, &turn, &own, &duplicate]() -> asio::awaitable<pg::Transaction*> {
+        auto joined = co_await groups_->join(context.job_id(), context.type());
+        pg::Transaction* opened = nullptr;
+        if (joined) {
+            turn.emplace(std::move(*joined));
+            opened = turn->claimed() ? &turn->transaction() : nullptr;
+        } else {
+            const bool claimed = co_await claim_in_transaction(context, own);
+            opened = claimed ? &*own : nullptr;
+        }
+        duplicate = opened == nullptr;
+        co_return opened;
+    };
+    if (definition.options.transaction == TransactionMode::per_job) {
+        auto* opened = co_await open();
+        if (opened == nullptr) {
+            co_return Outcome{Success{}};
+        }
+        context.bind_transaction(opened);
+    } else {
+        context.set_transaction_opener(open);
+    }
+    std::optional<Outcome> handled;
+    std::exception_ptr failure;
+    try {
+        handled = co_await definition.handler(context);
+    } catch (...) {
+        failure = std::current_exception();
+    }
+    context.set_transaction_opener({});
+    // The group's commit decides what became of the job: a cancellation that came meanwhile (its deadline) has had
+    // its effect on the handler and must not cut the turn's end short.
+    const auto state = co_await asio::this_coro::cancellation_state;
+    if (cancelled(state)) {
+        co_await asio::this_coro::reset_cancellation_state();
+    }
+    if (!turn) {
+        if (failure) {
+            forget_transaction(context);
+            std::rethrow_exception(failure);
+        }
+        auto finishing = finish_transaction(std::move(*handled), context, own, duplicate);
+        auto outcome = co_await std::move(finishing);
+        co_return outcome;
+    }
+    auto ending = end_turn(std::move(handled), failure, context, *turn, duplicate);
+    auto outcome = co_await std::move(ending);
+    co_return outcome;
+}
+
+asio::awaitable<std::optional<Outcome>> Execution::end_turn(std::optional<Outcome> handled, std::exception_ptr failure,
+                                                            JobContext& context, GroupCommit::Turn& turn,
+                                                            bool duplicate) {
+    const bool succeeded = !failure && std::holds_alternative<Success>(*handled) && !duplicate;
+    if (succeeded) {
+        try {
+            co_await context.write_outbox();
+        } catch (...) {
+            failure = std::current_exception();
+        }
+    }
+    if (failure || !succeeded) {
+        forget_transaction(context);
+        const auto how = failure && lost_to_grouping(failure) ? TurnEnd::run_alone : TurnEnd::undo;
+        const auto verdict = co_await turn.end(how);
+        if (how == TurnEnd::run_alone && verdict == GroupVerdict::run_alone) {
+            co_return std::nullopt;
+        }
+        if (failure) {
+            std::rethrow_exception(failure);
+        }
+        if (duplicate) {
+            co_return Outcome{Success{}};
+        }
+        co_return std::move(*handled);
+    }
+    context.bind_transaction(nullptr);
+    const auto verdict = co_await turn.end(TurnEnd::keep, std::move(context.commit_hooks()));
+    context.commit_hooks().clear();
+    if (verdict != GroupVerdict::committed) {
+        co_return std::nullopt;
+    }
+    co_return std::move(*handled);
+}
+
 asio::awaitable<Outcome> Execution::finish_transaction(Outcome outcome, JobContext& context,
                                                        std::optional<pg::Transaction>& transaction, bool duplicate) {
     const bool succeeded = std::holds_alternative<Success>(outcome) && !duplicate;
     if (!succeeded) {
         context.bind_transaction(nullptr);
         context.emitted().clear();  // staged for a transaction that never commits
+        context.commit_hooks().clear();
         if (transaction) {
             co_await transaction->rollback();
         }
@@ -214,11 +341,15 @@ asio::awaitable<Outcome> Execution::finish_transaction(Outcome outcome, JobConte
             throw std::logic_error(
                 fmt::format("job type {} emitted jobs but never began its transaction", context.type()));
         }
+        context.commit_hooks().clear();
         co_return outcome;
     }
     co_await context.write_outbox();
     context.bind_transaction(nullptr);
     co_await transaction->commit();
+    for (auto& hook : std::exchange(context.commit_hooks(), {})) {
+        hook();
+    }
     co_return outcome;
 }
 

@@ -12,6 +12,7 @@
 #include "conveyor/core/pg.hpp"
 #include "conveyor/core/task_group.hpp"
 #include "conveyor/core/trace.hpp"
+#include "group_commit.hpp"
 #include "history.hpp"
 #include "housekeeping.hpp"
 #include "quarantine.hpp"
@@ -51,9 +52,12 @@ class Execution {
         std::chrono::milliseconds default_timeout;
         std::string worker_name;
     };
-    Execution(pg::Pool& pool, Quarantine& quarantine, DatabaseHealth& database, WorkerMetrics& metrics,
-              HistoryRecorder& history, JobControl& control, Settings settings, const std::atomic<bool>& aborting)
+    /// `groups` is null when group commit is off.
+    Execution(pg::Pool& pool, GroupCommit* groups, Quarantine& quarantine, DatabaseHealth& database,
+              WorkerMetrics& metrics, HistoryRecorder& history, JobControl& control, Settings settings,
+              const std::atomic<bool>& aborting)
         : pool_(pool),
+          groups_(groups),
           quarantine_(quarantine),
           database_(database),
           metrics_(metrics),
@@ -87,8 +91,21 @@ class Execution {
     boost::asio::awaitable<Attempt> attempt(const JobDefinition& definition, JobContext& context, JobSlot& slot,
                                             std::chrono::milliseconds timeout);
     /// Runs the handler; a transactional one inside a transaction that first claims the job in the inbox, so that
-    /// its effects, the claim and its emitted jobs commit together or not at all.
+    /// its effects, the claim and its emitted jobs commit together or not at all: a group's, if its type allows and
+    /// group commit is on, else its own.
     boost::asio::awaitable<Outcome> run_handler(const JobDefinition& definition, JobContext& context, bool& duplicate);
+    /// Runs a transactional handler in a transaction of its own.
+    boost::asio::awaitable<Outcome> run_alone(const JobDefinition& definition, JobContext& context, bool& duplicate);
+    /// Runs a transactional handler in its turn in a group; none when it must run again alone (its group failed,
+    /// or a lock conflict the group may have caused undid it).
+    boost::asio::awaitable<std::optional<Outcome>> run_in_group(const JobDefinition& definition, JobContext& context,
+                                                                bool& duplicate);
+    /// Ends the job's turn as its handler ended: kept, with its outbox rows, if it succeeded.
+    boost::asio::awaitable<std::optional<Outcome>> end_turn(std::optional<Outcome> handled, std::exception_ptr failure,
+                                                            JobContext& context, GroupCommit::Turn& turn,
+                                                            bool duplicate);
+    /// Drops what the context holds of a transaction that ends without a commit.
+    static void forget_transaction(JobContext& context);
     /// Commits a transactional attempt, or rolls it back, with what it emitted.
     boost::asio::awaitable<Outcome> finish_transaction(Outcome outcome, JobContext& context,
                                                        std::optional<pg::Transaction>& transaction, bool duplicate);
@@ -97,6 +114,7 @@ class Execution {
                                                       std::optional<pg::Transaction>& transaction);
 
     pg::Pool& pool_;
+    GroupCommit* groups_;
     Quarantine& quarantine_;
     DatabaseHealth& database_;
     WorkerMetrics& metrics_;

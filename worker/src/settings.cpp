@@ -117,6 +117,8 @@ struct OptionTexts {
     std::string inbox_retention = "14d";
     std::string outbox_sweep_interval = "5s";
     std::string history = "on";
+    std::string group_commit = "on";
+    std::string group_commit_wait = "0ms";
     std::string history_retention = "7d";
     std::string paused_recheck = "16s";
     std::string heartbeat_interval = "5s";
@@ -207,6 +209,27 @@ void add_database_options(CLI::App& app, WorkerSettings& settings, OptionTexts& 
     app.add_option("--pg-statement-timeout", texts.pg_statement_timeout, "Limit on each SQL statement")
         ->envname("CONVEYOR_PG_STATEMENT_TIMEOUT")
         ->check(duration_validator());
+    app.add_option("--group-commit", texts.group_commit,
+                   "Transactional jobs ready at the same moment share one transaction and commit, each in a savepoint "
+                   "of its own: on or off")
+        ->envname("CONVEYOR_GROUP_COMMIT")
+        ->check(CLI::IsMember({"on", "off"}));
+    app.add_option("--group-commit-max", settings.group_commit_max, "Jobs in one group commit at most")
+        ->envname("CONVEYOR_GROUP_COMMIT_MAX")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{64}));
+    app.add_option("--group-commit-lanes", settings.group_commit_lanes,
+                   "Group commits under way at once, each on a database connection of its own")
+        ->envname("CONVEYOR_GROUP_COMMIT_LANES")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{64}));
+    app.add_option("--group-commit-open", settings.group_commit_open,
+                   "Groups running their jobs at once (the others commit); more use more database cores, and their "
+                   "jobs may wait for each other's locks")
+        ->envname("CONVEYOR_GROUP_COMMIT_OPEN")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{64}));
+    app.add_option("--group-commit-wait", texts.group_commit_wait,
+                   "How long a group with room left waits for one more job before it commits (e.g. 0ms, 2ms)")
+        ->envname("CONVEYOR_GROUP_COMMIT_WAIT")
+        ->check(duration_validator());
     app.add_option("--inbox-retention", texts.inbox_retention,
                    "How long processed job ids are kept to recognise duplicates (e.g. 14d)")
         ->envname("CONVEYOR_INBOX_RETENTION")
@@ -288,6 +311,21 @@ void apply_texts(const OptionTexts& texts, WorkerSettings& settings) {
             settings.high_priority_reserved, settings.concurrency));
     }
     settings.history = texts.history == "on";
+    settings.group_commit = texts.group_commit == "on";
+    settings.group_commit_wait = parse_duration(texts.group_commit_wait);
+    if (settings.group_commit_wait > std::chrono::milliseconds(100)) {
+        throw std::invalid_argument("--group-commit-wait must be at most 100ms: every job of the group waits it out");
+    }
+    if (settings.group_commit_open > settings.group_commit_lanes) {
+        throw std::invalid_argument(fmt::format("--group-commit-open ({}) must not exceed --group-commit-lanes ({})",
+                                                settings.group_commit_open, settings.group_commit_lanes));
+    }
+    if (settings.group_commit && settings.group_commit_lanes >= settings.pg_pool_size) {
+        throw std::invalid_argument(fmt::format(
+            "--group-commit-lanes ({}) must be less than --pg-pool-size ({}): each lane holds a connection, and jobs "
+            "that run alone and reads need the others",
+            settings.group_commit_lanes, settings.pg_pool_size));
+    }
     settings.history_retention = parse_duration(texts.history_retention);
     if (settings.history_retention < std::chrono::hours(1)) {
         throw std::invalid_argument("--history-retention must be at least 1h");

@@ -151,8 +151,15 @@ class Worker::Impl {
                    {metrics_.history_written(), metrics_.history_dropped(), metrics_.history_buffered()}),
           admitter_(registry_, {{.max_body_bytes = settings_.max_message_bytes}, settings_.quarantine_after},
                     quarantine_, database_, control_, unique_keys_, concurrency_, rates_, source_, draining_),
-          execution_(pool_, quarantine_, database_, metrics_, history_, control_,
-                     {settings_.job_timeout, settings_.name}, aborting_),
+          group_commit_(
+              pool_,
+              {.max_members = settings_.group_commit_max,
+               .lanes = settings_.group_commit_lanes,
+               .open_groups = settings_.group_commit_open,
+               .wait = settings_.group_commit_wait},
+              {&metrics_.group_commit_jobs(), &metrics_.group_commit_failed(), &metrics_.group_commit_taken_out()}),
+          execution_(pool_, settings_.group_commit ? &group_commit_ : nullptr, quarantine_, database_, metrics_,
+                     history_, control_, {settings_.job_timeout, settings_.name}, aborting_),
           settlement_(source_, publisher_, outbox_, history_, unique_keys_, batch_members_, settings_.name,
                       retry_policies(settings_, registry_)),
           heartbeat_(pool_, identity(settings_), [this] { return load(); }) {}
@@ -181,10 +188,14 @@ class Worker::Impl {
         start_slots();
         spdlog::info(
             "worker {} started: queues {}, concurrency {} ({} reserved for high priority), priority weights {}, "
-            "prefetch {} per priority band ({} per family), {} threads, job timeout {} ms",
+            "prefetch {} per priority band ({} per family), {} threads, job timeout {} ms, group commit {}",
             settings_.name, fmt::join(settings_.families, ","), settings_.concurrency, settings_.high_priority_reserved,
             fmt::join(settings_.priority_weights, ":"), deliveries_at_once() / topology::kBands.size(),
-            fmt::join(prefetch_shares_, "/"), settings_.threads, settings_.job_timeout.count());
+            fmt::join(prefetch_shares_, "/"), settings_.threads, settings_.job_timeout.count(),
+            settings_.group_commit
+                ? fmt::format("on ({} jobs at most, {} lanes, wait {} us)", settings_.group_commit_max,
+                              settings_.group_commit_lanes, settings_.group_commit_wait.count())
+                : std::string("off"));
 
         co_await shutdown_requests_.async_receive(asio::as_tuple(asio::use_awaitable));
         co_await drain();
@@ -325,6 +336,9 @@ class Worker::Impl {
         background_.spawn("concurrency limits", [this](TaskGroup::Task&) { return concurrency_.run(); });
         background_.spawn("rate limits", [this](TaskGroup::Task&) { return rates_.run(); });
         background_.spawn("heartbeat", [this](TaskGroup::Task&) { return heartbeat_.run(database_); });
+        if (settings_.group_commit) {
+            background_.spawn("group commit", [this](TaskGroup::Task&) { return group_commit_.serve(); });
+        }
     }
 
     /// The pool: each coroutine runs on a strand of its own beside its job's watchdog, and the task's signal
@@ -720,6 +734,7 @@ class Worker::Impl {
         {},
         {metrics_.flow_waiting_jobs("rate"), metrics_.flow_waiting_keys("rate"), metrics_.flow_rate_tokens()}};
     Admitter admitter_;
+    GroupCommit group_commit_;
     Execution execution_;
     Settlement settlement_;
     Heartbeat heartbeat_;

@@ -116,7 +116,22 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::vector<s
                         .Name("conveyor_flow_version")
                         .Help("Version of the flow limits (conveyor flow apply) in force in this worker; 0: none")
                         .Register(registry)
-                        .Add({})) {
+                        .Add({})),
+      group_commit_jobs_(prometheus::BuildHistogram()
+                             .Name("conveyor_group_commit_jobs")
+                             .Help("Jobs per committed group of the group commit (its count: the commits)")
+                             .Register(registry)
+                             .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64})),
+      group_commit_failed_(prometheus::BuildCounter()
+                               .Name("conveyor_group_commit_failed_total")
+                               .Help("Groups whose transaction failed; each of their jobs ran again alone")
+                               .Register(registry)
+                               .Add({})),
+      group_commit_taken_out_(prometheus::BuildCounter()
+                                  .Name("conveyor_group_commit_taken_out_total")
+                                  .Help("Jobs taken out of their group by a lock wait or conflict, run again alone")
+                                  .Register(registry)
+                                  .Add({})) {
     for (const auto& family : families) {
         const auto queue = topology::queue_name(family);
         for (const auto& type : jobs.types_of_family(family)) {

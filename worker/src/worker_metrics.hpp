@@ -66,6 +66,11 @@ class WorkerMetrics {
     [[nodiscard]] prometheus::Family<prometheus::Gauge>& flow_rate_tokens() noexcept { return flow_rate_tokens_; }
     /// The version of the flow limits in force here.
     [[nodiscard]] prometheus::Gauge& flow_version() noexcept { return flow_version_; }
+    /// Jobs per committed group; groups that failed (their jobs ran again alone); jobs taken out of a group for a
+    /// lock conflict.
+    [[nodiscard]] prometheus::Histogram& group_commit_jobs() noexcept { return group_commit_jobs_; }
+    [[nodiscard]] prometheus::Counter& group_commit_failed() noexcept { return group_commit_failed_; }
+    [[nodiscard]] prometheus::Counter& group_commit_taken_out() noexcept { return group_commit_taken_out_; }
 
     /// This worker's figures for one queue, summed over its job types: what the capacity estimate reads.
     struct QueueTotals {
@@ -114,6 +119,9 @@ class WorkerMetrics {
     prometheus::Family<prometheus::Gauge>& flow_waiting_keys_;
     prometheus::Family<prometheus::Gauge>& flow_rate_tokens_;
     prometheus::Gauge& flow_version_;
+    prometheus::Histogram& group_commit_jobs_;
+    prometheus::Counter& group_commit_failed_;
+    prometheus::Counter& group_commit_taken_out_;
     std::mutex connections_mutex_;  ///< both connection threads report; the gauge reflects both flags
     std::array<bool, 2> connections_up_{};
 

@@ -166,7 +166,8 @@ class JobContext {
 
     /// The job's transaction; throws std::logic_error unless it is open (a per_job type's always is, an
     /// on_demand type's once begin_transaction() returned it). Commit and rollback are the worker's: the
-    /// handler's outcome decides.
+    /// handler's outcome decides. It may be shared with other jobs (JobOptions::group_commit), each in a savepoint:
+    /// the job's own failure undoes only its own statements.
     [[nodiscard]] pg::Transaction& transaction() const;
 
     /// For TransactionMode::on_demand: begins the transaction and claims the job in the inbox, after the
@@ -194,6 +195,12 @@ class JobContext {
     /// What emit() staged (and write_outbox() wrote), for the worker to publish after the commit.
     [[nodiscard]] std::vector<OutboxMessage>& emitted() noexcept { return emitted_; }
 
+    /// Runs `hook` once the job's transaction has committed, before the job is acknowledged (for a job in a group,
+    /// before any job of its group is): never if it rolls back. It runs on the worker's threads and must not block.
+    void after_commit(std::function<void()> hook) { commit_hooks_.push_back(std::move(hook)); }
+    /// The hooks after_commit() gathered, for the worker to run (or drop, with the transaction).
+    [[nodiscard]] std::vector<std::function<void()>>& commit_hooks() noexcept { return commit_hooks_; }
+
     /// How far the job is, `fraction` in [0, 1] (clamped), with an optional note ("page 3 of 10"): shown in its
     /// history record. Cheap to call often: at most one report a second reaches the history, and the last one
     /// goes with the attempt's end.
@@ -216,6 +223,7 @@ class JobContext {
     pg::Transaction* transaction_ = nullptr;
     TransactionOpener opener_;
     std::vector<OutboxMessage> emitted_;
+    std::vector<std::function<void()>> commit_hooks_;
     ProgressReporter progress_reporter_;
     std::optional<std::pair<double, std::string>> last_progress_;
     std::chrono::steady_clock::time_point last_reported_{};
@@ -244,6 +252,11 @@ struct JobOptions {
     /// The type's own retry policy; unset uses the worker's (--retry-*), and a --retry override beats both.
     std::optional<RetryPolicy> retry;
     TransactionMode transaction = TransactionMode::none;
+    /// Whether a transactional job may share its transaction and commit with other jobs ready at the same moment,
+    /// inside a savepoint of its own (the worker's group commit). False for a type that needs a transaction of its
+    /// own: one that holds it long (it would hold the group), or changes settings for the rest of the transaction
+    /// (SET LOCAL, set_config(..., true)) without restoring them, which would reach the jobs after it.
+    bool group_commit = true;
     /// Unset accepts any JSON object.
     PayloadValidator validate;
 };

@@ -102,6 +102,12 @@ Param to_param(const T& value) {
     }
 }
 
+/// A statement with its parameters, queued to go with others in one round trip.
+struct Statement {
+    std::string sql;
+    std::vector<Param> params;
+};
+
 class Connection;
 class Pool;
 
@@ -147,11 +153,20 @@ class Transaction {
     boost::asio::awaitable<void> commit();
     boost::asio::awaitable<void> rollback();
 
+    /// Queues a statement to be sent with the next one, in the same round trip (libpq's pipeline mode): for
+    /// statements whose result nobody reads, such as SAVEPOINT and RELEASE. If it fails, the statement it went with
+    /// is skipped and throws its failure.
+    void defer(std::string sql, std::vector<Param> params = {});
+    /// Whether a failed statement aborted the transaction: only a rollback (to a savepoint, or whole) is accepted
+    /// until then. Statements still deferred are not counted.
+    [[nodiscard]] bool failed() const noexcept;
+
   private:
     boost::asio::awaitable<Result> execute(std::string sql, std::vector<Param> params);
 
     Lease lease_;
     bool open_ = true;
+    std::vector<Statement> deferred_;
 };
 
 /// A bounded set of connections shared by coroutines on any thread. Connections open lazily, and one found

@@ -69,6 +69,17 @@ struct WorkerSettings {
     std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
     /// Database connections at most (CONVEYOR_PG_POOL_SIZE); jobs beyond that wait for one.
     std::size_t pg_pool_size = 20;
+    /// Whether transactional jobs ready at the same moment share a transaction and its commit, each in a savepoint
+    /// of its own (CONVEYOR_GROUP_COMMIT: on or off).
+    bool group_commit = true;
+    /// Jobs in one group at most, 1 to 64 (CONVEYOR_GROUP_COMMIT_MAX).
+    std::size_t group_commit_max = 64;
+    /// Groups under way at once, each on a database connection of its own (CONVEYOR_GROUP_COMMIT_LANES).
+    std::size_t group_commit_lanes = 2;
+    /// Groups running their jobs at once, fewer than the lanes (CONVEYOR_GROUP_COMMIT_OPEN).
+    std::size_t group_commit_open = 1;
+    /// How long a group with room left waits for one more job before it commits (CONVEYOR_GROUP_COMMIT_WAIT).
+    std::chrono::microseconds group_commit_wait{0};
     /// Limit on each SQL statement (CONVEYOR_PG_STATEMENT_TIMEOUT).
     std::chrono::milliseconds pg_statement_timeout{10'000};
     /// How long processed job ids stay in conveyor.inbox (CONVEYOR_INBOX_RETENTION): a duplicate delivered later
