@@ -692,6 +692,12 @@ int main(int argc, char** argv) {
         for (const auto pid : worker_pids) {
             rss_mb = std::max(rss_mb, peak_rss_mb(pid));
         }
+        // Transactional jobs: how many the first worker's group commits carried each.
+        const auto groups = conveyor::testing::metric_sum(metrics, "conveyor_group_commit_jobs_count");
+        if (groups > 0) {
+            ratios += fmt::format(R"(,"jobs_per_group":{:.1f})",
+                                  conveyor::testing::metric_sum(metrics, "conveyor_group_commit_jobs_sum") / groups);
+        }
         std::cout
             << fmt::format(
                    R"({{"name":"{}","workers":{},"jobs_per_s":{:.0f}{},"worker_cpu_us_per_job":{:.1f},"jobs":{},"seconds":{:.2f},"queue_wait_p50_ms":{:.1f},"queue_wait_p99_ms":{:.1f},"duration_p50_ms":{:.1f},"duration_p99_ms":{:.1f},"rss_mb":{:.1f}}})",
