@@ -112,6 +112,16 @@ class GroupCommitTest : public ::testing::Test {
         co_return part == Part::fail_after ? TurnEnd::undo : TurnEnd::keep;
     }
 
+    /// Another worker's transaction: it locks the hot row and holds it for `hold`. (A function, not a lambda: a
+    /// coroutine lambda's captures die with the lambda, before the coroutine ends.)
+    static asio::awaitable<void> hold_hot_row_elsewhere(pg::Pool& pool, std::chrono::milliseconds hold) {
+        auto other = co_await pool.begin();
+        co_await other.query("UPDATE public.group_commit_rows SET transaction_id = -1 WHERE job = 'hot'");
+        asio::steady_timer timer(co_await asio::this_coro::executor, hold);
+        co_await timer.async_wait(asio::use_awaitable);
+        co_await other.commit();
+    }
+
     /// Runs the jobs with lanes of `settings`, and returns how each ended, in the order given.
     std::vector<Ended> run(GroupCommitSettings settings, const std::vector<std::pair<std::string, Part>>& jobs) {
         auto pool = make_pool();
@@ -228,16 +238,7 @@ TEST_F(GroupCommitTest, ALockHeldOutsideTheGroupTakesTheJobOutOfItWithoutHolding
     // Another worker's transaction holds the hot row for 1 s: the job that wants it leaves its group after the lock
     // wait, the group commits the others, and the job runs again alone later.
     auto pool = make_pool();
-    asio::co_spawn(
-        io_,
-        [&pool]() -> asio::awaitable<void> {
-            auto other = co_await pool.begin();
-            co_await other.query("UPDATE public.group_commit_rows SET transaction_id = -1 WHERE job = 'hot'");
-            asio::steady_timer hold(co_await asio::this_coro::executor, 1s);
-            co_await hold.async_wait(asio::use_awaitable);
-            co_await other.commit();
-        }(),
-        asio::detached);
+    asio::co_spawn(io_, hold_hot_row_elsewhere(pool, 1s), asio::detached);
     auto held = [&] {
         return database_.scalar(
                    "SELECT count(*) FROM (SELECT FROM public.group_commit_rows WHERE job = 'hot' "

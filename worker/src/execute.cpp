@@ -10,13 +10,15 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-/// A lock conflict inside a group may be the group's doing: the group holds the locks of every job before this one
-/// until it commits, and another group may be waiting for them while holding what this job needs.
+/// A failure inside a group that may be the group's doing, not the job's: a lock conflict (the group holds the locks
+/// of every job before this one until it commits, and another transaction may be waiting for them while holding
+/// what this job needs), or the group's connection lost (another job of the group was cancelled mid-statement).
 bool lost_to_grouping(const std::exception_ptr& failure) {
     try {
         std::rethrow_exception(failure);
     } catch (const pg::Error& e) {
-        return e.sqlstate() == "40P01" || e.sqlstate() == "40001" || e.sqlstate() == "55P03";
+        const auto& code = e.sqlstate();
+        return code == "40P01" || code == "40001" || code == "55P03" || code.starts_with("08");
     } catch (...) {
         return false;
     }
