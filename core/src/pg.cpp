@@ -209,7 +209,7 @@ class Connection {
             throw failure("cannot leave pipeline mode");
         }
         if (error) {
-            throw *error;
+            throw_statement_error(std::move(*error));
         }
         co_return last;
     }
@@ -367,12 +367,18 @@ class Connection {
         co_await flush(deadline);
         auto results = co_await read_results(deadline);
         if (results.error) {
-            if (PQstatus(conn_) != CONNECTION_OK) {
-                broken_ = true;
-            }
-            throw *results.error;
+            throw_statement_error(std::move(*results.error));
         }
         co_return std::move(results.last);
+    }
+
+    /// Throws a statement's failure; a failure that also ended the session (the server shut down) leaves the
+    /// connection broken, so the pool does not hand it out again.
+    [[noreturn]] void throw_statement_error(Error error) {
+        if (PQstatus(conn_) != CONNECTION_OK) {
+            broken_ = true;
+        }
+        throw std::move(error);
     }
 
     /// Waits until the socket is ready, or throws once the deadline passes. Anything that interrupts a wait

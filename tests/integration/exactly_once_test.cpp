@@ -137,19 +137,8 @@ TEST_F(WorkerTest, AJobThatTimesOutIsRetriedRolledBackEachTimeAndDeadLetteredAsT
 
 TEST_F(WorkerTest, ALockTimeoutIsRetriedNotDeadLettered) {
     auto worker = start_worker({"--retry", "diag.ledger=base:1s,cap:1s"}, "lock-timeout");
-    database_.query("INSERT INTO conveyor.diag_ledger (job_id, applied) VALUES ('locked', 0)");
-    // Another session holds the row for 3 s, as a long report or a stuck migration would.
-    const std::string hold_the_row =
-        "BEGIN; SELECT * FROM conveyor.diag_ledger WHERE job_id = 'locked' FOR UPDATE; SELECT pg_sleep(3); COMMIT;";
-    Process holder("/usr/bin/psql", {pg_url(), "-X", "-q", "-c", hold_the_row},
-                   std::filesystem::temp_directory_path() / "conveyor-lock-holder.log");
-    ASSERT_TRUE(eventually(
-        [&] {
-            return database_.scalar(
-                       "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                       "WHERE c.relname = 'diag_ledger' AND l.mode = 'RowShareLock'") > 0;
-        },
-        10s));
+    auto holder = hold_ledger_row("locked");
+    ASSERT_FALSE(HasFailure());
     broker_.publish(Broker::job("diag.ledger", R"({"lock_timeout_ms": 200})", "locked"));
     ASSERT_TRUE(eventually(
         [&] {
@@ -162,7 +151,7 @@ TEST_F(WorkerTest, ALockTimeoutIsRetriedNotDeadLettered) {
     EXPECT_GE(worker.metric("conveyor_jobs_completed_total", {"outcome=\"retry\""}), 1);
     EXPECT_NE(worker.process->log().find("55P03"), std::string::npos) << worker.process->log();
     EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
-    holder.wait(10s);
+    holder->wait(10s);
 }
 
 TEST_F(WorkerTest, ADeadlockBetweenTwoJobsIsRetriedNotDeadLettered) {
@@ -186,18 +175,8 @@ TEST_F(WorkerTest, AJobWaitingForALockHeldOutsideItsGroupLeavesTheGroupAndRunsAg
     // leaves the group, which commits the job beside it at once; alone, it waits for the row as long as it takes.
     // Handled as the job's own failure (55P03), it would be retried.
     auto worker = start_worker({"--log-level", "debug"}, "group-lock-wait");
-    database_.query("INSERT INTO conveyor.diag_ledger (job_id, applied) VALUES ('held-row', 0)");
-    const std::string hold_the_row =
-        "BEGIN; SELECT * FROM conveyor.diag_ledger WHERE job_id = 'held-row' FOR UPDATE; SELECT pg_sleep(3); COMMIT;";
-    Process holder("/usr/bin/psql", {pg_url(), "-X", "-q", "-c", hold_the_row},
-                   std::filesystem::temp_directory_path() / "conveyor-group-lock-holder.log");
-    ASSERT_TRUE(eventually(
-        [&] {
-            return database_.scalar(
-                       "SELECT count(*) FROM (SELECT FROM conveyor.diag_ledger WHERE job_id = 'held-row' "
-                       "FOR UPDATE SKIP LOCKED) AS free") == 0;
-        },
-        10s));
+    auto holder = hold_ledger_row("held-row");
+    ASSERT_FALSE(HasFailure());
     broker_.publish(Broker::job("diag.ledger", R"({"also": "held-row"})", "group-lock-waiter"));
     broker_.publish(Broker::job("diag.ledger", "{}", "group-lock-neighbour"));
     ASSERT_TRUE(eventually(
@@ -219,7 +198,7 @@ TEST_F(WorkerTest, AJobWaitingForALockHeldOutsideItsGroupLeavesTheGroupAndRunsAg
     EXPECT_EQ(database_.scalar("SELECT applied FROM conveyor.diag_ledger WHERE job_id = 'held-row'"), 1);
     EXPECT_EQ(database_.scalar("SELECT applied FROM conveyor.diag_ledger WHERE job_id = 'group-lock-waiter'"), 1);
     EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
-    holder.wait(10s);
+    holder->wait(10s);
 }
 
 TEST_F(WorkerTest, ReadinessFollowsTheDatabaseAndJobsResumeWhenItIsBack) {

@@ -160,6 +160,28 @@ class WorkerTest : public ::testing::Test {
         return worker;
     }
 
+    /// Another session (psql) locks the ledger row of `job_id` (created with applied = 0) FOR UPDATE and holds it for
+    /// 3 s, as a long report or a stuck migration would; returns once the row is held.
+    std::unique_ptr<Process> hold_ledger_row(const std::string& job_id) {
+        database_.query("INSERT INTO conveyor.diag_ledger (job_id, applied) VALUES ($1, 0)", {job_id});
+        const auto hold_the_row = fmt::format(
+            "BEGIN; SELECT * FROM conveyor.diag_ledger WHERE job_id = '{}' FOR UPDATE; SELECT pg_sleep(3); COMMIT;",
+            job_id);
+        auto holder = std::make_unique<Process>(
+            "/usr/bin/psql", std::vector<std::string>{pg_url(), "-X", "-q", "-c", hold_the_row},
+            std::filesystem::temp_directory_path() / ("conveyor-lock-holder-" + job_id + ".log"));
+        const bool held = eventually(
+            [&] {
+                return database_.scalar(
+                           "SELECT count(*) FROM (SELECT FROM conveyor.diag_ledger WHERE job_id = $1 "
+                           "FOR UPDATE SKIP LOCKED) AS free",
+                           {job_id}) == 0;
+            },
+            std::chrono::seconds(10));
+        EXPECT_TRUE(held) << "psql did not lock the row of " << job_id;
+        return holder;
+    }
+
     /// Publishes `count` diag.sleep jobs of `ms` milliseconds each.
     void publish_sleeps(int count, int ms) {
         for (int i = 0; i < count; ++i) {

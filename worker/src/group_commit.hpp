@@ -107,8 +107,6 @@ class GroupCommit {
     /// Runs the lanes until cancelled; then every job waiting for a turn, and every later one, is refused.
     boost::asio::awaitable<void> serve();
 
-    [[nodiscard]] const GroupCommitSettings& settings() const noexcept { return settings_; }
-
   private:
     boost::asio::awaitable<void> run_lane();
     /// Runs the open group: its jobs' turns one after another, then its commit (once another lane may open the next
