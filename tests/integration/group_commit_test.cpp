@@ -29,6 +29,7 @@ enum class Part {
     failed_sql,    ///< a statement of its fails (the transaction is aborted until its savepoint is rolled back)
     write_twin,    ///< writes its row with a value only the commit checks (a deferred unique constraint)
     hold_hot_row,  ///< locks the hot row, then keeps its turn for 500 ms
+    hold,          ///< keeps its turn for 500 ms, then writes its row
     want_hot_row,  ///< wants the hot row: it takes the job out of its group if another group holds it
 };
 
@@ -98,6 +99,10 @@ class GroupCommitTest : public ::testing::Test {
             asio::steady_timer hold(co_await asio::this_coro::executor, part == Part::hold_hot_row ? 500ms : 0ms);
             co_await hold.async_wait(asio::use_awaitable);
         }
+        if (part == Part::hold) {
+            asio::steady_timer hold(co_await asio::this_coro::executor, 500ms);
+            co_await hold.async_wait(asio::use_awaitable);
+        }
         if (part == Part::failed_sql) {
             try {
                 co_await transaction.query("SELECT 1 / 0");
@@ -122,26 +127,56 @@ class GroupCommitTest : public ::testing::Test {
         co_await other.commit();
     }
 
-    /// Runs the jobs with lanes of `settings`, and returns how each ended, in the order given.
-    std::vector<Ended> run(GroupCommitSettings settings, const std::vector<std::pair<std::string, Part>>& jobs) {
+    /// A job that joins `after` the lanes started.
+    struct Late {
+        std::string id;
+        Part part = Part::write;
+        std::chrono::milliseconds after{0};
+    };
+
+    /// Runs the jobs with lanes of `settings`, and returns how each ended, in the order given, the late one last.
+    std::vector<Ended> run(GroupCommitSettings settings, const std::vector<std::pair<std::string, Part>>& jobs,
+                           std::optional<Late> late = std::nullopt) {
         auto pool = make_pool();
         GroupCommit groups(pool, settings);
-        std::vector<Ended> ended(jobs.size());
+        const auto total = jobs.size() + (late ? 1 : 0);
+        std::vector<Ended> ended(total);
         std::size_t finished = 0;
         asio::cancellation_signal stop_lanes;
+        auto spawn = [&](std::size_t i, std::string id, Part part) {
+            asio::co_spawn(io_, job(groups, std::move(id), part), [&, i](const std::exception_ptr&, Ended outcome) {
+                ended[i] = std::move(outcome);
+                if (++finished == total) {
+                    stop_lanes.emit(asio::cancellation_type::terminal);
+                }
+            });
+        };
         for (std::size_t i = 0; i < jobs.size(); ++i) {
-            asio::co_spawn(io_, job(groups, jobs[i].first, jobs[i].second),
-                           [&, i](const std::exception_ptr&, Ended outcome) {
-                               ended[i] = std::move(outcome);
-                               if (++finished == jobs.size()) {
-                                   stop_lanes.emit(asio::cancellation_type::terminal);
-                               }
-                           });
+            spawn(i, jobs[i].first, jobs[i].second);
             io_.poll();  // in line, in this order
         }
         asio::co_spawn(io_, groups.serve(), asio::bind_cancellation_slot(stop_lanes.slot(), asio::detached));
+        asio::steady_timer late_timer(io_, late ? late->after : 0ms);
+        if (late) {
+            late_timer.async_wait([&](boost::system::error_code) { spawn(jobs.size(), late->id, late->part); });
+        }
         io_.run();
         return ended;
+    }
+
+    /// Another worker's transaction holds the hot row for `hold`; returns once it does.
+    void hold_hot_row_elsewhere_for(pg::Pool& pool, std::chrono::milliseconds hold) {
+        asio::co_spawn(io_, hold_hot_row_elsewhere(pool, hold), asio::detached);
+        auto held = [&] {
+            return database_.scalar(
+                       "SELECT count(*) FROM (SELECT FROM public.group_commit_rows WHERE job = 'hot' "
+                       "FOR UPDATE SKIP LOCKED) AS free") == 0;
+        };
+        const auto until = std::chrono::steady_clock::now() + 5s;
+        while (!held() && std::chrono::steady_clock::now() < until) {
+            io_.run_for(20ms);
+        }
+        ASSERT_TRUE(held());
     }
 
     [[nodiscard]] std::set<std::string> rows() {
@@ -234,27 +269,51 @@ TEST_F(GroupCommitTest, OneGroupRunsItsJobsAtATimeSoJobsArrivingMeanwhileJoinIt)
     }
 }
 
-TEST_F(GroupCommitTest, ALockHeldOutsideTheGroupTakesTheJobOutOfItWithoutHoldingTheOthers) {
+TEST_F(GroupCommitTest, ALockHeldOutsideTheGroupTakesTheJobOutAndItsGroupCommitsAtOnceTheRestJoiningTheNext) {
     // Another worker's transaction holds the hot row for 1 s: the job that wants it leaves its group after the lock
-    // wait, the group commits the others, and the job runs again alone later.
+    // wait (it runs again alone later), and its group commits at once rather than let the jobs after it wait for
+    // the same lock: they are given back, their claims undone, and commit in the next group.
     auto pool = make_pool();
-    asio::co_spawn(io_, hold_hot_row_elsewhere(pool, 1s), asio::detached);
-    auto held = [&] {
-        return database_.scalar(
-                   "SELECT count(*) FROM (SELECT FROM public.group_commit_rows WHERE job = 'hot' "
-                   "FOR UPDATE SKIP LOCKED) AS free") == 0;
-    };
-    const auto until = std::chrono::steady_clock::now() + 5s;
-    while (!held() && std::chrono::steady_clock::now() < until) {
-        io_.run_for(20ms);
-    }
-    ASSERT_TRUE(held());
-    const auto ended = run({.lanes = 2, .lock_wait = 50ms}, {{"wanting", Part::want_hot_row}, {"other", Part::write}});
-    EXPECT_EQ(ended[0].verdict, GroupVerdict::run_alone) << ended[0].failure;
-    EXPECT_LT(ended[0].took, 500ms);
-    EXPECT_EQ(ended[1].verdict, GroupVerdict::committed) << ended[1].failure;
+    hold_hot_row_elsewhere_for(pool, 1s);
+    const auto ended = run({.lanes = 2, .lock_wait = 50ms},
+                           {{"before", Part::write}, {"wanting", Part::want_hot_row}, {"after", Part::write}});
+    EXPECT_EQ(ended[1].verdict, GroupVerdict::run_alone) << ended[1].failure;
+    EXPECT_LT(ended[1].took, 500ms);
+    EXPECT_EQ(ended[0].verdict, GroupVerdict::committed) << ended[0].failure;
+    EXPECT_EQ(ended[2].verdict, GroupVerdict::committed) << ended[2].failure;
     EXPECT_EQ(ended[0].transaction_id, ended[1].transaction_id);
-    EXPECT_EQ(rows(), (std::set<std::string>{"other"}));
+    EXPECT_NE(ended[2].transaction_id, ended[0].transaction_id);
+    EXPECT_TRUE(ended[2].claimed);
+    EXPECT_EQ(rows(), (std::set<std::string>{"before", "after"}));
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.inbox WHERE message_id LIKE 'group-commit-%'"), 2);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM conveyor.inbox WHERE message_id = 'group-commit-after'"), 1);
+}
+
+TEST_F(GroupCommitTest, AfterAJobIsTakenOutOfItsGroupOnlyOneGroupOpensForAWhile) {
+    // Two groups may be open, but a job was just taken out for a lock wait: the job arriving while the next group
+    // holds its turns joins that group instead of opening one beside it.
+    auto pool = make_pool();
+    hold_hot_row_elsewhere_for(pool, 1s);
+    const auto ended = run({.lanes = 2, .open_groups = 2, .lock_wait = 50ms, .narrowed = 10s},
+                           {{"wanting", Part::want_hot_row}, {"holder", Part::hold}}, Late{"late", Part::write, 200ms});
+    EXPECT_EQ(ended[0].verdict, GroupVerdict::run_alone) << ended[0].failure;
+    EXPECT_EQ(ended[1].verdict, GroupVerdict::committed) << ended[1].failure;
+    EXPECT_EQ(ended[2].verdict, GroupVerdict::committed) << ended[2].failure;
+    EXPECT_EQ(ended[2].transaction_id, ended[1].transaction_id);
+}
+
+TEST_F(GroupCommitTest, OnceTheNarrowingIsOverASecondGroupOpensBesideAnOpenOne) {
+    // The same, with the narrowing over at once: the late job opens a second group and commits without waiting for
+    // the holder's turn.
+    auto pool = make_pool();
+    hold_hot_row_elsewhere_for(pool, 1s);
+    const auto ended = run({.lanes = 2, .open_groups = 2, .lock_wait = 50ms, .narrowed = 0ms},
+                           {{"wanting", Part::want_hot_row}, {"holder", Part::hold}}, Late{"late", Part::write, 200ms});
+    EXPECT_EQ(ended[0].verdict, GroupVerdict::run_alone) << ended[0].failure;
+    EXPECT_EQ(ended[1].verdict, GroupVerdict::committed) << ended[1].failure;
+    EXPECT_EQ(ended[2].verdict, GroupVerdict::committed) << ended[2].failure;
+    EXPECT_NE(ended[2].transaction_id, ended[1].transaction_id);
+    EXPECT_LT(ended[2].took, 300ms);
 }
 
 TEST_F(GroupCommitTest, AJobCancelledWhileInLineLeavesItAndTheOthersGoOn) {

@@ -204,20 +204,40 @@ asio::awaitable<void> GroupCommit::run_lane() {
     };
     auto open_is_free = [this] {
         const std::lock_guard lock(mutex_);
-        return open_groups_ < settings_.open_groups;
+        return may_open(std::chrono::steady_clock::now());
     };
     while (true) {
         co_await arrived_.wait(has_waiting);
         co_await opening_.wait(open_is_free);
         {
             const std::lock_guard lock(mutex_);
-            if (open_groups_ >= settings_.open_groups) {
+            if (!may_open(std::chrono::steady_clock::now())) {
                 continue;  // another lane opened its group first
             }
             ++open_groups_;
         }
         co_await run_group();
     }
+}
+
+bool GroupCommit::may_open(std::chrono::steady_clock::time_point now) const {
+    const auto limit = now < narrowed_until_ ? 1 : settings_.open_groups;
+    return open_groups_ < limit;
+}
+
+void GroupCommit::narrow() {
+    if (settings_.open_groups < 2) {
+        return;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    const std::lock_guard lock(mutex_);
+    if (now < narrowed_until_) {
+        return;  // one group at a time already: the conflict was with a job outside this worker's groups
+    }
+    // A conflict soon after more groups opened again: the jobs still touch the same rows, so stay narrow longer.
+    const bool again = narrowed_for_.count() > 0 && now < narrowed_until_ + narrowed_for_;
+    narrowed_for_ = again ? std::min(narrowed_for_ * 2, settings_.longest_narrowed) : settings_.narrowed;
+    narrowed_until_ = now + narrowed_for_;
 }
 
 void GroupCommit::close_group() noexcept {
@@ -249,10 +269,10 @@ asio::awaitable<void> GroupCommit::run_group() {
     try {
         auto transaction = std::make_shared<pg::Transaction>(co_await pool_.begin());
         while (!taken.empty()) {
-            members.insert(members.end(), taken.begin(), taken.end());
             co_await claim(*transaction, taken);
-            for (const auto& member : taken) {
-                co_await take_turn(transaction, *member);
+            const bool conflicted = co_await run_turns(transaction, taken, members);
+            if (conflicted) {
+                break;
             }
             taken = co_await next_members(settings_.max_members - members.size());
         }
@@ -265,7 +285,7 @@ asio::awaitable<void> GroupCommit::run_group() {
     co_await announce(members, failure);
 }
 
-void GroupCommit::count(const std::vector<std::shared_ptr<Member>>& members, const std::string& failure) {
+void GroupCommit::count(const std::vector<std::shared_ptr<Member>>& members, const std::string& failure) const {
     if (!failure.empty()) {
         if (metrics_.failed != nullptr) {
             metrics_.failed->Increment();
@@ -333,6 +353,41 @@ asio::awaitable<void> GroupCommit::announce(const std::vector<std::shared_ptr<Me
     }
 }
 
+asio::awaitable<bool> GroupCommit::run_turns(const std::shared_ptr<pg::Transaction>& transaction,
+                                             const std::vector<std::shared_ptr<Member>>& taken,
+                                             std::vector<std::shared_ptr<Member>>& members) {
+    for (auto next = taken.begin(); next != taken.end(); ++next) {
+        members.push_back(*next);
+        co_await take_turn(transaction, **next);
+        if ((*next)->how == TurnEnd::run_alone) {
+            // It waited too long for a lock, maybe held by another open group that waits for one of this group's:
+            // the group commits now, and the jobs not run yet wait for the next one.
+            give_back(*transaction, std::next(next), taken.end());
+            co_return true;
+        }
+    }
+    co_return false;
+}
+
+void GroupCommit::give_back(pg::Transaction& transaction, std::vector<std::shared_ptr<Member>>::const_iterator first,
+                            std::vector<std::shared_ptr<Member>>::const_iterator last) {
+    std::vector<std::string_view> claimed;
+    const std::lock_guard lock(mutex_);
+    for (auto member = std::make_reverse_iterator(last); member != std::make_reverse_iterator(first); ++member) {
+        const std::lock_guard member_lock((*member)->mutex);
+        if ((*member)->claimed) {
+            claimed.push_back((*member)->job_id);
+        }
+        if ((*member)->state == Member::State::taken) {
+            (*member)->state = Member::State::waiting;
+            waiting_.push_front(*member);
+        }
+    }
+    if (!claimed.empty()) {
+        transaction.defer("DELETE FROM conveyor.inbox WHERE message_id = ANY($1::text[])", {pg::text_array(claimed)});
+    }
+}
+
 asio::awaitable<void> GroupCommit::take_turn(const std::shared_ptr<pg::Transaction>& transaction, Member& member) {
     // Savepoint and release travel with the job's own statements, in the same round trips.
     const bool claimed = member.claimed;
@@ -362,6 +417,9 @@ asio::awaitable<void> GroupCommit::take_turn(const std::shared_ptr<pg::Transacti
         // It caught the failure of one of its statements and returned success anyway: the transaction is aborted
         // until its savepoint is rolled back. Alone, its commit fails as it would have without a group.
         member.how = TurnEnd::run_alone;
+    }
+    if (member.how == TurnEnd::run_alone) {
+        narrow();
     }
     if (!claimed) {
         co_return;

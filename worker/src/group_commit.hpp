@@ -31,11 +31,13 @@ struct GroupCommitSettings {
     /// subtransaction cache (DESIGN.md).
     std::size_t max_members = 64;
     /// Groups under way at once, each on a connection of its own: while one commits (waits for its fsync), the
-    /// next runs the jobs that arrived meanwhile. Only one group runs jobs at a time.
+    /// next runs the jobs that arrived meanwhile.
     std::size_t lanes = 2;
     /// Groups running their jobs at once (open), the others committing. With one, a job waits only for the locks of
     /// groups that are committing, which wait for nothing but their fsync, so one worker's groups cannot deadlock
-    /// each other; with more, the database works on several groups' statements at once.
+    /// each other. With more, the database works on several groups' statements at once, but jobs that touch the
+    /// same rows wait for each other across groups; after a job is taken out of its group for such a wait, only one
+    /// group opens for a while (`narrowed`).
     std::size_t open_groups = 1;
     /// How long a group with room left waits for one more job before it commits; zero commits as soon as no job
     /// waits.
@@ -44,6 +46,10 @@ struct GroupCommitSettings {
     /// own statements but behind another group (which holds the locks of all its jobs until it commits). It is
     /// taken out of its group and run again in a transaction of its own.
     std::chrono::milliseconds lock_wait{100};
+    /// How long only one group opens after a job was taken out of its group; doubled, up to `longest_narrowed`,
+    /// whenever a conflict comes again soon after more groups opened.
+    std::chrono::milliseconds narrowed{1'000};
+    std::chrono::milliseconds longest_narrowed{60'000};
 };
 
 /// How a job's place in a group ended.
@@ -113,7 +119,11 @@ class GroupCommit {
     /// group).
     boost::asio::awaitable<void> run_group();
     void close_group() noexcept;
-    void count(const std::vector<std::shared_ptr<Member>>& members, const std::string& failure);
+    /// Whether another group may open now; under mutex_.
+    [[nodiscard]] bool may_open(std::chrono::steady_clock::time_point now) const;
+    /// A job was taken out of its group: only one group opens for a while.
+    void narrow();
+    void count(const std::vector<std::shared_ptr<Member>>& members, const std::string& failure) const;
     /// Runs the kept jobs' after-commit hooks, then tells each job how its group ended.
     boost::asio::awaitable<void> announce(const std::vector<std::shared_ptr<Member>>& members,
                                           const std::string& failure);
@@ -124,6 +134,14 @@ class GroupCommit {
     /// Claims the jobs in the inbox in one statement; a job already there is not claimed (a duplicate).
     boost::asio::awaitable<void> claim(pg::Transaction& transaction,
                                        const std::vector<std::shared_ptr<Member>>& members);
+    /// Gives the `taken` jobs their turns, each added to `members` as it begins; true if one was taken out for a
+    /// lock conflict, which ends the group's turns: the jobs after it are given back.
+    boost::asio::awaitable<bool> run_turns(const std::shared_ptr<pg::Transaction>& transaction,
+                                           const std::vector<std::shared_ptr<Member>>& taken,
+                                           std::vector<std::shared_ptr<Member>>& members);
+    /// Puts the jobs back at the head of the line, their claims undone in `transaction`: the next group takes them.
+    void give_back(pg::Transaction& transaction, std::vector<std::shared_ptr<Member>>::const_iterator first,
+                   std::vector<std::shared_ptr<Member>>::const_iterator last);
     /// Gives `member` its turn in `transaction` (in a savepoint of its own if it was claimed) and waits for it to
     /// end; then releases the savepoint, or rolls it back with the job's claim.
     boost::asio::awaitable<void> take_turn(const std::shared_ptr<pg::Transaction>& transaction, Member& member);
@@ -138,6 +156,9 @@ class GroupCommit {
     bool closed_ = false;
     /// Groups running their jobs now (open), at most settings_.open_groups.
     std::size_t open_groups_ = 0;
+    /// Until when only one group opens, and for how long it did last time.
+    std::chrono::steady_clock::time_point narrowed_until_{};
+    std::chrono::milliseconds narrowed_for_{};
     AsyncCondition arrived_;
     AsyncCondition opening_;
 };

@@ -222,8 +222,8 @@ void add_database_options(CLI::App& app, WorkerSettings& settings, OptionTexts& 
         ->envname("CONVEYOR_GROUP_COMMIT_LANES")
         ->check(CLI::Range(std::size_t{1}, std::size_t{64}));
     app.add_option("--group-commit-open", settings.group_commit_open,
-                   "Groups running their jobs at once (the others commit); more use more database cores, and their "
-                   "jobs may wait for each other's locks")
+                   "Groups running their jobs at once (the others commit): more use more database cores; after a "
+                   "job waited too long for a lock held by another group, only one opens for a while")
         ->envname("CONVEYOR_GROUP_COMMIT_OPEN")
         ->check(CLI::Range(std::size_t{1}, std::size_t{64}));
     app.add_option("--group-commit-wait", texts.group_commit_wait,

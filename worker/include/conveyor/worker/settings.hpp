@@ -76,7 +76,8 @@ struct WorkerSettings {
     std::size_t group_commit_max = 64;
     /// Groups under way at once, each on a database connection of its own (CONVEYOR_GROUP_COMMIT_LANES).
     std::size_t group_commit_lanes = 2;
-    /// Groups running their jobs at once, fewer than the lanes (CONVEYOR_GROUP_COMMIT_OPEN).
+    /// Groups running their jobs at once, at most the lanes; one for a while after a lock conflict
+    /// (CONVEYOR_GROUP_COMMIT_OPEN).
     std::size_t group_commit_open = 1;
     /// How long a group with room left waits for one more job before it commits (CONVEYOR_GROUP_COMMIT_WAIT).
     std::chrono::microseconds group_commit_wait{0};
