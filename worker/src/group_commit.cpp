@@ -32,26 +32,41 @@ constexpr std::string_view kClaim =
 
 }  // namespace
 
-/// A job in a group, shared by its coroutine and the lane: the state says how far it is, and a one-slot channel
-/// each way wakes the other side to look at it (wake-ups merge; nothing travels in them).
+/// A job in a group, shared by its coroutine, the lane and the relay of its batch: the state says how far it is,
+/// and a one-slot channel wakes the job to look at it (wake-ups merge; nothing travels in them).
 struct GroupCommit::Member {
     using Wake = asio::experimental::concurrent_channel<void(error_code)>;
     enum class State {
         waiting,    ///< in line for a turn
         abandoned,  ///< its coroutine gave up while in line: the lanes skip it
-        taken,      ///< a lane is opening its savepoint
+        taken,      ///< in a batch, its turn not come yet
         granted,    ///< its turn: the job runs its statements
-        ended,      ///< it ended its turn (or gave up before it began); the lane releases or rolls back its savepoint
+        ended,      ///< it ended its turn (or gave up before it began); its savepoint is released or rolled back
         decided,    ///< its group ended, or could not take it: `verdict` holds
         refused,    ///< the lanes stopped before it had a turn
     };
 
     Member(const asio::any_io_executor& executor, std::string job, std::string job_type)
-        : job_id(std::move(job)), type(std::move(job_type)), to_job(executor, 1), to_lane(executor, 1) {}
+        : job_id(std::move(job)), type(std::move(job_type)), to_job(executor, 1) {}
 
     [[nodiscard]] State current() {
         const std::lock_guard lock(mutex);
         return state;
+    }
+
+    /// Gives the job its turn, unless it gave up meanwhile or its group ended.
+    State grant(const std::shared_ptr<pg::Transaction>& group_transaction, const std::shared_ptr<Relay>& batch) {
+        {
+            const std::lock_guard lock(mutex);
+            if (state != State::taken) {
+                return state;
+            }
+            state = State::granted;
+            transaction = group_transaction;
+            relay = batch;
+        }
+        to_job.try_send(error_code{});
+        return State::granted;
     }
 
     /// Tells the job how its group ended.
@@ -63,6 +78,7 @@ struct GroupCommit::Member {
             }
             if (state != State::granted) {
                 transaction.reset();  // a job holding its turn keeps its share until it ends the turn
+                relay.reset();
             }
             verdict = outcome;
             state = State::decided;
@@ -70,25 +86,9 @@ struct GroupCommit::Member {
         to_job.try_send(error_code{});
     }
 
-    /// The job ends its turn, or gives up its place: in line it is skipped, taken or granted it is undone unless
-    /// it says otherwise.
-    void end(TurnEnd way, std::vector<std::function<void()>> hooks = {}) {
-        {
-            const std::lock_guard lock(mutex);
-            transaction.reset();
-            if (state == State::waiting) {
-                state = State::abandoned;
-                return;
-            }
-            if (state != State::taken && state != State::granted) {
-                return;
-            }
-            how = way;
-            after_commit = std::move(hooks);
-            state = State::ended;
-        }
-        to_lane.try_send(error_code{});
-    }
+    /// The job ends its turn, or gives up its place: in line it is skipped, taken it is undone when its turn comes,
+    /// granted it is undone unless it says otherwise, and it passes the turn on.
+    void end(TurnEnd way, std::vector<std::function<void()>> hooks = {});
 
     const std::string job_id;
     const std::string type;
@@ -97,13 +97,121 @@ struct GroupCommit::Member {
     /// The group's transaction, shared while the job holds its turn: a lane that stops midway (at shutdown) must
     /// not end it under the job's feet.
     std::shared_ptr<pg::Transaction> transaction;
+    /// Its batch, while it holds its turn.
+    std::shared_ptr<Relay> relay;
     bool claimed = false;
     TurnEnd how = TurnEnd::undo;
     std::vector<std::function<void()>> after_commit;
     GroupVerdict verdict = GroupVerdict::run_alone;
     Wake to_job;
-    Wake to_lane;
 };
+
+/// The turns of a batch, passed from job to job: a job that ends its turn settles its savepoint and gives the next
+/// job its turn itself, so each job costs one wake-up rather than two through the lane. The lane wakes once the
+/// batch is over: every job had its turn, or one was taken out.
+struct GroupCommit::Relay {
+    Relay(const asio::any_io_executor& executor, std::shared_ptr<pg::Transaction> group_transaction,
+          std::vector<std::shared_ptr<Member>> jobs, const std::string& lock_wait)
+        : transaction(std::move(group_transaction)),
+          batch(std::move(jobs)),
+          lock_wait_statement(lock_wait),
+          to_lane(executor, 1) {}
+
+    /// Gives the next job its turn; wakes the lane if none is left, one was taken out, or the group ended.
+    void pass_turn(const std::shared_ptr<Relay>& self) {
+        while (true) {
+            std::shared_ptr<Member> next;
+            {
+                const std::lock_guard lock(mutex);
+                if (!taken_out && turns < batch.size()) {
+                    next = batch[turns++];
+                } else {
+                    over = true;
+                }
+            }
+            if (!next) {
+                break;
+            }
+            if (next->claimed) {
+                transaction->defer(lock_wait_statement);
+                transaction->defer("SAVEPOINT job");
+            }
+            const auto granted = next->grant(transaction, self);
+            if (granted == Member::State::granted) {
+                return;  // it passes the turn on when it ends
+            }
+            if (granted != Member::State::ended) {
+                const std::lock_guard lock(mutex);
+                over = true;  // the group ended without this batch (the lanes stopped)
+                break;
+            }
+            settle(*next);  // it gave up before its turn
+        }
+        to_lane.try_send(error_code{});
+    }
+
+    /// Releases the savepoint of a job that ended its turn, or rolls it back with the job's claim.
+    void settle(Member& member) {
+        if (member.how == TurnEnd::keep && transaction->failed()) {
+            // It caught the failure of one of its statements and returned success anyway: the transaction is
+            // aborted until its savepoint is rolled back. Alone, its commit fails as it would have without a group.
+            member.how = TurnEnd::run_alone;
+        }
+        if (member.how == TurnEnd::run_alone) {
+            const std::lock_guard lock(mutex);
+            taken_out = true;
+        }
+        if (!member.claimed) {
+            return;
+        }
+        if (member.how == TurnEnd::keep) {
+            transaction->defer("RELEASE SAVEPOINT job");
+        } else {
+            transaction->defer("ROLLBACK TO SAVEPOINT job");
+            transaction->defer("RELEASE SAVEPOINT job");
+            // Its claim was made for the whole batch, outside its savepoint.
+            transaction->defer("DELETE FROM conveyor.inbox WHERE message_id = $1", {member.job_id});
+        }
+    }
+
+    [[nodiscard]] bool is_over() {
+        const std::lock_guard lock(mutex);
+        return over;
+    }
+
+    const std::shared_ptr<pg::Transaction> transaction;
+    const std::vector<std::shared_ptr<Member>> batch;
+    const std::string& lock_wait_statement;
+    std::mutex mutex;
+    /// Jobs whose turn came (or who gave up before it did), in batch order.
+    std::size_t turns = 0;
+    bool taken_out = false;
+    bool over = false;
+    Member::Wake to_lane;
+};
+
+void GroupCommit::Member::end(TurnEnd way, std::vector<std::function<void()>> hooks) {
+    std::shared_ptr<Relay> batch;
+    {
+        const std::lock_guard lock(mutex);
+        transaction.reset();
+        if (state == State::waiting) {
+            state = State::abandoned;
+            return;
+        }
+        if (state != State::taken && state != State::granted) {
+            return;
+        }
+        how = way;
+        after_commit = std::move(hooks);
+        batch = std::exchange(relay, nullptr);
+        state = State::ended;
+    }
+    if (batch) {
+        batch->settle(*this);
+        batch->pass_turn(batch);
+    }
+}
 
 GroupCommit::Turn::~Turn() {
     if (member_) {
@@ -269,9 +377,11 @@ asio::awaitable<void> GroupCommit::run_group() {
     try {
         auto transaction = std::make_shared<pg::Transaction>(co_await pool_.begin());
         while (!taken.empty()) {
+            members.insert(members.end(), taken.begin(), taken.end());
             co_await claim(*transaction, taken);
-            const bool conflicted = co_await run_turns(transaction, taken, members);
-            if (conflicted) {
+            const auto given_back = co_await run_turns(transaction, taken);
+            if (given_back) {
+                members.resize(members.size() - *given_back);
                 break;
             }
             taken = co_await next_members(settings_.max_members - members.size());
@@ -353,20 +463,26 @@ asio::awaitable<void> GroupCommit::announce(const std::vector<std::shared_ptr<Me
     }
 }
 
-asio::awaitable<bool> GroupCommit::run_turns(const std::shared_ptr<pg::Transaction>& transaction,
-                                             const std::vector<std::shared_ptr<Member>>& taken,
-                                             std::vector<std::shared_ptr<Member>>& members) {
-    for (auto next = taken.begin(); next != taken.end(); ++next) {
-        members.push_back(*next);
-        co_await take_turn(transaction, **next);
-        if ((*next)->how == TurnEnd::run_alone) {
-            // It waited too long for a lock, maybe held by another open group that waits for one of this group's:
-            // the group commits now, and the jobs not run yet wait for the next one.
-            give_back(*transaction, std::next(next), taken.end());
-            co_return true;
+asio::awaitable<std::optional<std::size_t>> GroupCommit::run_turns(const std::shared_ptr<pg::Transaction>& transaction,
+                                                                   const std::vector<std::shared_ptr<Member>>& taken) {
+    auto relay = std::make_shared<Relay>(co_await asio::this_coro::executor, transaction, taken, lock_wait_statement_);
+    relay->pass_turn(relay);
+    while (!relay->is_over()) {
+        auto [error] = co_await relay->to_lane.async_receive(asio::as_tuple(asio::use_awaitable));
+        if (error) {
+            throw boost::system::system_error(error);  // the lanes are stopping
         }
     }
-    co_return false;
+    if (!relay->taken_out) {
+        co_return std::nullopt;
+    }
+    // A job waited too long for a lock, maybe held by another open group that waits for one of this group's: the
+    // group commits now, and the jobs whose turn has not come wait for the next one.
+    narrow();
+    const auto rest = taken.begin() + static_cast<std::ptrdiff_t>(relay->turns);
+    give_back(*transaction, rest, taken.end());
+    const auto given_back = static_cast<std::size_t>(taken.end() - rest);
+    co_return given_back;
 }
 
 void GroupCommit::give_back(pg::Transaction& transaction, std::vector<std::shared_ptr<Member>>::const_iterator first,
@@ -385,52 +501,6 @@ void GroupCommit::give_back(pg::Transaction& transaction, std::vector<std::share
     }
     if (!claimed.empty()) {
         transaction.defer("DELETE FROM conveyor.inbox WHERE message_id = ANY($1::text[])", {pg::text_array(claimed)});
-    }
-}
-
-asio::awaitable<void> GroupCommit::take_turn(const std::shared_ptr<pg::Transaction>& transaction, Member& member) {
-    // Savepoint and release travel with the job's own statements, in the same round trips.
-    const bool claimed = member.claimed;
-    if (claimed) {
-        transaction->defer(lock_wait_statement_);
-        transaction->defer("SAVEPOINT job");
-    }
-    bool granted = false;
-    {
-        const std::lock_guard lock(member.mutex);
-        if (member.state == Member::State::taken) {
-            member.state = Member::State::granted;
-            member.transaction = transaction;
-            granted = true;
-        }
-    }
-    if (granted) {
-        member.to_job.try_send(error_code{});
-    }
-    while (member.current() != Member::State::ended) {
-        auto [error] = co_await member.to_lane.async_receive(asio::as_tuple(asio::use_awaitable));
-        if (error) {
-            throw boost::system::system_error(error);  // the lanes are stopping
-        }
-    }
-    if (member.how == TurnEnd::keep && transaction->failed()) {
-        // It caught the failure of one of its statements and returned success anyway: the transaction is aborted
-        // until its savepoint is rolled back. Alone, its commit fails as it would have without a group.
-        member.how = TurnEnd::run_alone;
-    }
-    if (member.how == TurnEnd::run_alone) {
-        narrow();
-    }
-    if (!claimed) {
-        co_return;
-    }
-    if (member.how == TurnEnd::keep) {
-        transaction->defer("RELEASE SAVEPOINT job");
-    } else {
-        transaction->defer("ROLLBACK TO SAVEPOINT job");
-        transaction->defer("RELEASE SAVEPOINT job");
-        // Its claim was made for the whole batch, outside its savepoint.
-        transaction->defer("DELETE FROM conveyor.inbox WHERE message_id = $1", {member.job_id});
     }
 }
 

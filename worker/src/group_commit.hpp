@@ -20,10 +20,10 @@
 
 /// Group commit: transactional jobs that are ready at the same moment share one transaction and its commit (one
 /// fsync), each inside a savepoint of its own, so that one job's failure undoes only that job. A lane holds one
-/// connection; it begins a group, gives each waiting job its turn in arrival order (a savepoint, the inbox claim,
-/// then the job's own statements), releases or rolls back that savepoint as the job ends, and commits once no job
-/// waits or the group is full. Only then do the group's jobs learn that their effects are durable, and only then
-/// are they acknowledged.
+/// connection; it begins a group and claims the waiting jobs in the inbox; each then has its turn in arrival order
+/// (a savepoint, then the job's own statements) and, as it ends, releases or rolls back its savepoint and passes
+/// the turn to the next. The lane commits once no job waits or the group is full. Only then do the group's jobs
+/// learn that their effects are durable, and only then are they acknowledged.
 namespace conveyor::worker {
 
 struct GroupCommitSettings {
@@ -75,6 +75,7 @@ struct GroupCommitMetrics {
 
 class GroupCommit {
     struct Member;
+    struct Relay;
 
   public:
     /// A job's turn in a group: the group's transaction is the job's until end().
@@ -134,17 +135,13 @@ class GroupCommit {
     /// Claims the jobs in the inbox in one statement; a job already there is not claimed (a duplicate).
     boost::asio::awaitable<void> claim(pg::Transaction& transaction,
                                        const std::vector<std::shared_ptr<Member>>& members);
-    /// Gives the `taken` jobs their turns, each added to `members` as it begins; true if one was taken out for a
-    /// lock conflict, which ends the group's turns: the jobs after it are given back.
-    boost::asio::awaitable<bool> run_turns(const std::shared_ptr<pg::Transaction>& transaction,
-                                           const std::vector<std::shared_ptr<Member>>& taken,
-                                           std::vector<std::shared_ptr<Member>>& members);
+    /// Gives the `taken` jobs their turns, passed from one to the next, and waits until they are over. If one was
+    /// taken out for a lock conflict, which ends the group's turns, returns how many after it were given back.
+    boost::asio::awaitable<std::optional<std::size_t>> run_turns(const std::shared_ptr<pg::Transaction>& transaction,
+                                                                 const std::vector<std::shared_ptr<Member>>& taken);
     /// Puts the jobs back at the head of the line, their claims undone in `transaction`: the next group takes them.
     void give_back(pg::Transaction& transaction, std::vector<std::shared_ptr<Member>>::const_iterator first,
                    std::vector<std::shared_ptr<Member>>::const_iterator last);
-    /// Gives `member` its turn in `transaction` (in a savepoint of its own if it was claimed) and waits for it to
-    /// end; then releases the savepoint, or rolls it back with the job's claim.
-    boost::asio::awaitable<void> take_turn(const std::shared_ptr<pg::Transaction>& transaction, Member& member);
     void close() noexcept;
 
     pg::Pool& pool_;
