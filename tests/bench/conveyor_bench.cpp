@@ -174,6 +174,19 @@ void publish(const Url& url, const std::string& exchange, const std::string& rou
     }
 }
 
+/// A durable topic exchange routing "bench.#" to a quorum queue with no other arguments.
+void declare_plain_path(amqp_connection_state_t conn, const std::string& exchange, const std::string& queue) {
+    amqp_exchange_declare(conn, 1, bytes(exchange), bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
+    check(conn, "exchange.declare");
+    amqp_table_entry_t quorum{bytes("x-queue-type"), {AMQP_FIELD_KIND_UTF8, {}}};
+    quorum.value.value.bytes = bytes("quorum");
+    const amqp_table_t arguments{1, &quorum};
+    amqp_queue_declare(conn, 1, bytes(queue), 0, 1, 0, 0, arguments);
+    check(conn, "queue.declare");
+    amqp_queue_bind(conn, 1, bytes(queue), bytes(exchange), bytes("bench.#"), amqp_empty_table);
+    check(conn, "queue.bind");
+}
+
 constexpr std::uint64_t kAckEvery = 100;
 
 /// The raw consumer: basic.consume with manual acks, until `count` arrived: one ack (multiple) per kAckEvery
@@ -493,10 +506,14 @@ int main(int argc, char** argv) {
     auto* raw = app.add_subcommand("raw", "Raw rabbitmq-c ceiling: publisher + consumer through a quorum queue");
     unsigned prefetch = 500;
     bool direct = false;
+    bool plain = false;
     raw->add_option("--prefetch", prefetch);
     raw->add_flag("--direct", direct,
-                  "Publish straight to the queue through the default exchange (the broker's cheapest path) and "
-                  "report raw_direct");
+                  "Publish straight to a plain quorum queue through the default exchange (the broker's cheapest "
+                  "path) and report raw_direct");
+    raw->add_flag("--plain", plain,
+                  "Publish through a topic exchange of its own to a plain quorum queue and report raw_plain "
+                  "(without: through conveyor.jobs to conveyor.diag, the path of a diag job)");
 
     auto* purge = app.add_subcommand("purge", "Empty a queue before a run, so leftovers cannot skew it");
     std::string purge_queue;
@@ -572,21 +589,20 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (*raw) {
-            // The same path through the broker as a Conveyor job: a durable topic exchange routing by
-            // "<family>.#" to a quorum queue, so the ratio isolates what the consumer side costs.
-            const std::string exchange = "conveyor.bench";
-            const std::string queue = "conveyor.bench.raw";
+            // By default the path of a Conveyor diag job: conveyor.jobs (topic) -> the family's bands (headers) ->
+            // conveyor.diag, a quorum queue with a delivery limit and at-least-once dead-lettering, so the ratio
+            // isolates what the consumer side costs. --plain and --direct show what that path costs the broker.
+            const bool conveyor_path = !plain && !direct;
+            const std::string exchange = conveyor_path ? "conveyor.jobs" : "conveyor.bench";
+            const std::string queue = conveyor_path ? "conveyor.diag" : "conveyor.bench.raw";
             {
                 RawConnection setup(url);
-                amqp_exchange_declare(setup.get(), 1, bytes(exchange), bytes("topic"), 0, 1, 0, 0, amqp_empty_table);
-                check(setup.get(), "exchange.declare");
-                amqp_table_entry_t quorum{bytes("x-queue-type"), {AMQP_FIELD_KIND_UTF8, {}}};
-                quorum.value.value.bytes = bytes("quorum");
-                const amqp_table_t arguments{1, &quorum};
-                amqp_queue_declare(setup.get(), 1, bytes(queue), 0, 1, 0, 0, arguments);
-                check(setup.get(), "queue.declare");
-                amqp_queue_bind(setup.get(), 1, bytes(queue), bytes(exchange), bytes("bench.#"), amqp_empty_table);
-                check(setup.get(), "queue.bind");
+                if (conveyor_path) {
+                    amqp_queue_declare(setup.get(), 1, bytes(queue), 1, 0, 0, 0, amqp_empty_table);
+                    check(setup.get(), "queue.declare of conveyor.diag (run `conveyor topology declare` first)");
+                } else {
+                    declare_plain_path(setup.get(), exchange, queue);
+                }
                 amqp_queue_purge(setup.get(), 1, bytes(queue));
                 check(setup.get(), "queue.purge");
             }
@@ -598,7 +614,7 @@ int main(int argc, char** argv) {
             if (direct) {
                 publish(url, "", queue, same_body, count, window);
             } else {
-                publish(url, exchange, "bench.noop", same_body, count, window);
+                publish(url, exchange, conveyor_path ? "diag.noop" : "bench.noop", same_body, count, window);
             }
             consumer.join();
             const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
@@ -607,8 +623,8 @@ int main(int argc, char** argv) {
             std::cout
                 << fmt::format(
                        R"({{"name":"{}","jobs_per_s":{:.0f},"client_cpu_us_per_message":{:.1f},"messages":{},"seconds":{:.2f},"body_bytes":{}}})",
-                       direct ? "raw_direct" : "raw_ceiling", static_cast<double>(count) / seconds, cpu_per_message,
-                       count, seconds, body.size())
+                       direct ? "raw_direct" : (plain ? "raw_plain" : "raw_ceiling"),
+                       static_cast<double>(count) / seconds, cpu_per_message, count, seconds, body.size())
                 << std::endl;
             return 0;
         }
