@@ -179,6 +179,20 @@ class GroupCommitTest : public ::testing::Test {
         ASSERT_TRUE(held());
     }
 
+    /// With two open groups allowed and only one for `narrowed` after a take-out: "wanting" is taken out of its
+    /// group by a lock held elsewhere, "holder" then keeps its next group's turn for 500 ms, and "late" arrives
+    /// 200 ms in. Returns how the three ended, once each has checked its verdict.
+    std::vector<Ended> run_after_a_take_out(std::chrono::milliseconds narrowed) {
+        auto pool = make_pool();
+        hold_hot_row_elsewhere_for(pool, 1s);
+        auto ended = run({.lanes = 2, .open_groups = 2, .lock_wait = 50ms, .narrowed = narrowed},
+                         {{"wanting", Part::want_hot_row}, {"holder", Part::hold}}, Late{"late", Part::write, 200ms});
+        EXPECT_EQ(ended[0].verdict, GroupVerdict::run_alone) << ended[0].failure;
+        EXPECT_EQ(ended[1].verdict, GroupVerdict::committed) << ended[1].failure;
+        EXPECT_EQ(ended[2].verdict, GroupVerdict::committed) << ended[2].failure;
+        return ended;
+    }
+
     [[nodiscard]] std::set<std::string> rows() {
         std::set<std::string> written;
         for (const auto& row : database_.query("SELECT job FROM public.group_commit_rows WHERE job <> 'hot'")) {
@@ -292,26 +306,14 @@ TEST_F(GroupCommitTest, ALockHeldOutsideTheGroupTakesTheJobOutAndItsGroupCommits
 TEST_F(GroupCommitTest, AfterAJobIsTakenOutOfItsGroupOnlyOneGroupOpensForAWhile) {
     // Two groups may be open, but a job was just taken out for a lock wait: the job arriving while the next group
     // holds its turns joins that group instead of opening one beside it.
-    auto pool = make_pool();
-    hold_hot_row_elsewhere_for(pool, 1s);
-    const auto ended = run({.lanes = 2, .open_groups = 2, .lock_wait = 50ms, .narrowed = 10s},
-                           {{"wanting", Part::want_hot_row}, {"holder", Part::hold}}, Late{"late", Part::write, 200ms});
-    EXPECT_EQ(ended[0].verdict, GroupVerdict::run_alone) << ended[0].failure;
-    EXPECT_EQ(ended[1].verdict, GroupVerdict::committed) << ended[1].failure;
-    EXPECT_EQ(ended[2].verdict, GroupVerdict::committed) << ended[2].failure;
+    const auto ended = run_after_a_take_out(10s);
     EXPECT_EQ(ended[2].transaction_id, ended[1].transaction_id);
 }
 
 TEST_F(GroupCommitTest, OnceTheNarrowingIsOverASecondGroupOpensBesideAnOpenOne) {
     // The same, with the narrowing over at once: the late job opens a second group and commits without waiting for
     // the holder's turn.
-    auto pool = make_pool();
-    hold_hot_row_elsewhere_for(pool, 1s);
-    const auto ended = run({.lanes = 2, .open_groups = 2, .lock_wait = 50ms, .narrowed = 0ms},
-                           {{"wanting", Part::want_hot_row}, {"holder", Part::hold}}, Late{"late", Part::write, 200ms});
-    EXPECT_EQ(ended[0].verdict, GroupVerdict::run_alone) << ended[0].failure;
-    EXPECT_EQ(ended[1].verdict, GroupVerdict::committed) << ended[1].failure;
-    EXPECT_EQ(ended[2].verdict, GroupVerdict::committed) << ended[2].failure;
+    const auto ended = run_after_a_take_out(0ms);
     EXPECT_NE(ended[2].transaction_id, ended[1].transaction_id);
     EXPECT_LT(ended[2].took, 300ms);
 }
