@@ -69,37 +69,73 @@ void JobContext::progress(double fraction, std::string_view note) {
     }
 }
 
-void JobContext::emit(std::string type, std::string payload) {
+namespace {
+
+/// A job emitted on behalf of `envelope`'s job, checked as the wire contract wants it.
+OutboxMessage follow_up_message(const Envelope& envelope, const TraceContext& trace, std::string message_id,
+                                FollowUp job) {
+    const auto& families = topology::default_families();
+    const auto family = std::string_view(job.type).substr(0, job.type.find('.'));
+    if (!is_valid_job_type(job.type) || std::find(families.begin(), families.end(), family) == families.end()) {
+        throw PermanentError(
+            fmt::format("cannot emit job type '{}': expected <family>.<action> of a known family", job.type));
+    }
+    thread_local simdjson::dom::parser parser;
+    auto parsed = parser.parse(job.payload);
+    if (parsed.error() != simdjson::SUCCESS || !parsed.value_unsafe().is_object()) {
+        throw PermanentError(fmt::format("cannot emit {}: the payload is not a JSON object", job.type));
+    }
+    if (const auto violation = json::check(parsed.value_unsafe())) {
+        throw PermanentError(fmt::format("cannot emit {}: {}", job.type, violation->message));
+    }
+    OutboxMessage message;
+    message.message_id = std::move(message_id);
+    message.exchange = std::string(topology::kJobsExchange);
+    message.routing_key = std::move(job.type);
+    // The emitted job belongs to the same business flow: it keeps the correlation id, or starts one here.
+    message.correlation_id = envelope.correlation_id.empty() ? envelope.job_id : envelope.correlation_id;
+    // The emitted job is a child of this job's span, in the same trace.
+    message.traceparent = trace.traceparent();
+    message.body = std::move(job.payload);
+    return message;
+}
+
+}  // namespace
+
+void JobContext::emit(std::string type, std::string payload, std::chrono::seconds delay) {
     if (transaction_ == nullptr && !opener_) {
         // Without the outbox an emitted job could be published though nothing committed, or lost.
         throw std::logic_error(fmt::format(
             "job type {} emits jobs but has no transaction: register it with TransactionMode::per_job or on_demand",
             envelope_.type));
     }
-    const auto& families = topology::default_families();
-    const auto family = std::string_view(type).substr(0, type.find('.'));
-    if (!is_valid_job_type(type) || std::find(families.begin(), families.end(), family) == families.end()) {
-        throw PermanentError(
-            fmt::format("cannot emit job type '{}': expected <family>.<action> of a known family", type));
+    if (delay < std::chrono::seconds::zero() || delay > topology::kMaxDelay) {
+        throw PermanentError(fmt::format("cannot emit {} {} s later: the delay ladder holds 0 to {} s", type,
+                                         delay.count(), topology::kMaxDelay.count()));
     }
-    thread_local simdjson::dom::parser parser;
-    auto parsed = parser.parse(payload);
-    if (parsed.error() != simdjson::SUCCESS || !parsed.value_unsafe().is_object()) {
-        throw PermanentError(fmt::format("cannot emit {}: the payload is not a JSON object", type));
+    auto message = follow_up_message(envelope_, trace_, emitted_message_id(envelope_.job_id, emitted_.size()),
+                                     {std::move(type), std::move(payload)});
+    if (delay > std::chrono::seconds::zero()) {
+        message.routing_key = topology::delay_routing_key(delay, message.routing_key);
+        message.exchange = topology::delay_entry_exchange();
     }
-    if (const auto violation = json::check(parsed.value_unsafe())) {
-        throw PermanentError(fmt::format("cannot emit {}: {}", type, violation->message));
-    }
-    OutboxMessage message;
-    message.message_id = emitted_message_id(envelope_.job_id, emitted_.size());
-    message.exchange = std::string(topology::kJobsExchange);
-    message.routing_key = std::move(type);
-    // The emitted job belongs to the same business flow: it keeps the correlation id, or starts one here.
-    message.correlation_id = envelope_.correlation_id.empty() ? envelope_.job_id : envelope_.correlation_id;
-    // The emitted job is a child of this job's span, in the same trace.
-    message.traceparent = trace_.traceparent();
-    message.body = std::move(payload);
     emitted_.push_back(std::move(message));
+}
+
+std::vector<OutboxMessage> compensation_messages(const Envelope& envelope, const TraceContext& trace,
+                                                 std::vector<FollowUp> jobs) {
+    // Apart from the ids an attempt emits (job/0, job/1 …): a compensation follows a failed attempt, which emitted
+    // nothing that was published.
+    const auto base = fmt::format("{}!compensation", envelope.job_id);
+    const auto now =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch());
+    std::vector<OutboxMessage> messages;
+    for (auto& job : jobs) {
+        messages.push_back(
+            follow_up_message(envelope, trace, emitted_message_id(base, messages.size()), std::move(job)));
+        messages.back().enqueued_at_ms = now.count();
+    }
+    return messages;
 }
 
 boost::asio::awaitable<void> JobContext::write_outbox() {

@@ -4,7 +4,8 @@
 Two listeners:
 
 * the gateway (plain HTTP/1.1, or HTTPS when --tls-cert/--tls-key are given)
-  serving ``POST /v1/charges`` with Stripe-like idempotency keys;
+  serving ``POST /v1/charges`` and ``POST /v1/refunds`` with Stripe-like
+  idempotency keys;
 * the control listener (plain HTTP/1.1, no auth) through which a test steers
   the gateway's behaviour and reads what it did.
 
@@ -33,10 +34,30 @@ Gateway: ``POST /v1/charges``
     abort the connection with a TCP RST instead of responding).
     ``latency_ms`` delays every /v1/charges response.
 
+Gateway: ``POST /v1/refunds``
+    Same headers, idempotency and failure counters as charges (a key is
+    scoped to its endpoint).  Body::
+
+        {"charge_id": "ch_...", "amount_cents": 1299}
+
+    amount_cents optional (default: what is left of the charge).
+    201 {"id": "re_<32 hex>", "status": "succeeded", "charge_id",
+    "amount_cents", "currency", "order_id"} refunds the charge; 404
+    resource_missing for an unknown charge; 400 charge_already_refunded when
+    nothing is left, amount_too_large when more than is left is asked for;
+    402 refund_declined when the charge's order is in the control's
+    decline_refund_orders list.  ``latency_ms`` delays these responses too.
+
+Gateway: ``GET /v1/charges?order_id=X``
+    {"data": [...]}: the charges made for the order, each with "id",
+    "status", "amount_cents", "amount_refunded", "currency", "order_id",
+    "customer_id" (how a shop finds a charge whose response it never got).
+
 Control listener:
     ``POST /control`` {key: value, ...}  merge keys into the state (latency_ms,
         fail_next, fail_status, hang_next, hang_ms, reset_after_charge_next,
-        decline_customers, decline_amounts, refuse); unknown key or bad value
+        decline_customers, decline_amounts, decline_refund_orders, refuse);
+        unknown key or bad value
         -> 400; returns the whole state.  ``refuse: true`` closes the gateway
         listener (new connections get ECONNREFUSED; idle keep-alive
         connections are shut down too), ``false`` binds it again on the
@@ -45,9 +66,11 @@ Control listener:
     ``POST /reset``    state back to the start-up defaults; charges, stats and
         idempotency records cleared; listener serving again.
     ``GET /stats``     {"requests", "by_status", "charges", "charges_by_order",
-        "declines", "replays", "idempotency_keys"}.
+        "declines", "refunds", "refunds_by_order", "refund_declines",
+        "replays", "idempotency_keys"}.
     ``GET /charges[?order_id=X]``  list of the charges created, each with the
         idempotency key and the traceparent header it arrived with.
+    ``GET /refunds[?order_id=X]``  the same for the refunds made.
 
 Each listener's bound port is written (atomically) to its port file once it
 listens, so ``--port 0 --control-port 0`` works.  SIGTERM/SIGINT exit 0.
@@ -130,6 +153,8 @@ CONTROL_VALIDATORS = {
     "decline_customers": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
                           "a list of strings"),
     "decline_amounts": (lambda v: isinstance(v, list) and all(is_int(x) for x in v), "a list of integers"),
+    "decline_refund_orders": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                              "a list of strings"),
     "refuse": (lambda v: isinstance(v, bool), "a boolean"),
 }
 
@@ -152,6 +177,7 @@ class State:
             "reset_after_charge_next": 0,
             "decline_customers": [],
             "decline_amounts": [],
+            "decline_refund_orders": [],
             "refuse": False,
         }
 
@@ -159,12 +185,17 @@ class State:
         self.control = self.default_control()
         self.decline_customers = set()
         self.decline_amounts = set()
+        self.decline_refund_orders = set()
         self.latency_s = self.default_latency_ms / 1000.0
         self.requests = 0
         self.by_status = {}
         self.charges = []
         self.charges_by_order = {}
         self.declines = 0
+        self.charges_by_id = {}
+        self.refunds = []
+        self.refunds_by_order = {}
+        self.refund_declines = 0
         self.replays = 0
         self.seen_keys = set()
         # key -> [fingerprint, status or None while in progress, body bytes]
@@ -174,12 +205,14 @@ class State:
         view = dict(self.control)
         view["decline_customers"] = list(view["decline_customers"])
         view["decline_amounts"] = list(view["decline_amounts"])
+        view["decline_refund_orders"] = list(view["decline_refund_orders"])
         return view
 
     def apply_control_locked(self, changes):
         self.control.update(changes)
         self.decline_customers = set(self.control["decline_customers"])
         self.decline_amounts = set(self.control["decline_amounts"])
+        self.decline_refund_orders = set(self.control["decline_refund_orders"])
         self.latency_s = self.control["latency_ms"] / 1000.0
 
     def count_status_locked(self, status):
@@ -193,6 +226,9 @@ class State:
             "charges": len(self.charges),
             "charges_by_order": dict(self.charges_by_order),
             "declines": self.declines,
+            "refunds": len(self.refunds),
+            "refunds_by_order": dict(self.refunds_by_order),
+            "refund_declines": self.refund_declines,
             "replays": self.replays,
             "idempotency_keys": len(self.seen_keys),
         }
@@ -300,6 +336,78 @@ def parse_charge(body):
     return req
 
 
+def parse_refund(body):
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(req, dict):
+        raise BadRequest("body must be a JSON object")
+    charge_id = req.get("charge_id")
+    if not isinstance(charge_id, str) or not charge_id:
+        raise BadRequest("charge_id must be a non-empty string")
+    amount = req.get("amount_cents")
+    if amount is not None and (not is_int(amount) or amount <= 0):
+        raise BadRequest("amount_cents must be a positive integer")
+    return req
+
+
+ENDPOINTS = {"/v1/charges": parse_charge, "/v1/refunds": parse_refund}
+
+
+def create_charge_locked(state, req, key, traceparent):
+    """The response to a new charge request: (status, body bytes)."""
+    if req["customer_id"] in state.decline_customers or req["amount_cents"] in state.decline_amounts:
+        state.declines += 1
+        return 402, dumps(error_body("card_declined", "Your card was declined."))
+    charge = {
+        "id": "ch_" + os.urandom(16).hex(),
+        "status": "succeeded",
+        "amount_cents": req["amount_cents"],
+        "currency": req["currency"],
+        "order_id": req["order_id"],
+        "customer_id": req["customer_id"],
+    }
+    listed = dict(charge, idempotency_key=key, traceparent=traceparent, created_at=time.time(), refunded_cents=0)
+    state.charges.append(listed)
+    state.charges_by_id[charge["id"]] = listed
+    order = req["order_id"]
+    state.charges_by_order[order] = state.charges_by_order.get(order, 0) + 1
+    return 201, dumps(charge)
+
+
+def create_refund_locked(state, req, key, traceparent):
+    """The response to a new refund request: (status, body bytes)."""
+    charge = state.charges_by_id.get(req["charge_id"])
+    if charge is None:
+        return 404, dumps(error_body("resource_missing", f"no such charge: {req['charge_id']}"))
+    left = charge["amount_cents"] - charge["refunded_cents"]
+    if left == 0:
+        return 400, dumps(error_body("charge_already_refunded", "the charge has been refunded already"))
+    amount = req.get("amount_cents", left)
+    if amount > left:
+        return 400, dumps(error_body("amount_too_large", f"at most {left} is left to refund"))
+    if charge["order_id"] in state.decline_refund_orders:
+        state.refund_declines += 1
+        return 402, dumps(error_body("refund_declined", "The refund was declined."))
+    charge["refunded_cents"] += amount
+    refund = {
+        "id": "re_" + os.urandom(16).hex(),
+        "status": "succeeded",
+        "charge_id": charge["id"],
+        "amount_cents": amount,
+        "currency": charge["currency"],
+        "order_id": charge["order_id"],
+    }
+    state.refunds.append(dict(refund, idempotency_key=key, traceparent=traceparent, created_at=time.time()))
+    order = charge["order_id"]
+    state.refunds_by_order[order] = state.refunds_by_order.get(order, 0) + 1
+    return 201, dumps(refund)
+
+
+CREATORS = {"/v1/charges": create_charge_locked, "/v1/refunds": create_refund_locked}
+
+
 class GatewayHandler(Handler):
     app = None  # set by App
 
@@ -325,7 +433,27 @@ class GatewayHandler(Handler):
                     pass
 
     def do_GET(self):
-        self.not_found()
+        url = urllib.parse.urlsplit(self.path)
+        if url.path != "/v1/charges":
+            self.not_found()
+            return
+        self.discard_body()
+        if self.app.auth_header is not None and self.headers.get("Authorization") != self.app.auth_header:
+            self.send_json(401, error_body("unauthorized"))
+            return
+        order = urllib.parse.parse_qs(url.query).get("order_id", [None])[0]
+        if not order:
+            self.send_json(400, error_body("invalid_request", "order_id is required"))
+            return
+        state = self.app.state
+        with state.lock:
+            state.requests += 1
+            found = [{"id": c["id"], "status": c["status"], "amount_cents": c["amount_cents"],
+                      "amount_refunded": c["refunded_cents"], "currency": c["currency"],
+                      "order_id": c["order_id"], "customer_id": c["customer_id"]}
+                     for c in state.charges if c["order_id"] == order]
+            state.count_status_locked(200)
+        self.send_json(200, {"data": found})
 
     def do_PUT(self):
         self.not_found()
@@ -335,9 +463,10 @@ class GatewayHandler(Handler):
 
     def not_found(self):
         path = self.path.split("?", 1)[0]
-        if path == "/v1/charges":
+        if path in ENDPOINTS:
             self.discard_body()
-            self.send_json(405, error_body("method_not_allowed"), extra_headers="Allow: POST\r\n")
+            allow = "GET, POST" if path == "/v1/charges" else "POST"
+            self.send_json(405, error_body("method_not_allowed"), extra_headers=f"Allow: {allow}\r\n")
         else:
             self.discard_body()
             self.send_json(404, error_body("not_found"))
@@ -350,7 +479,8 @@ class GatewayHandler(Handler):
             self.close_connection = True
 
     def do_POST(self):
-        if self.path.split("?", 1)[0] != "/v1/charges":
+        path = self.path.split("?", 1)[0]
+        if path not in ENDPOINTS:
             self.not_found()
             return
         app = self.app
@@ -377,11 +507,12 @@ class GatewayHandler(Handler):
                 "invalid_request", "Idempotency-Key header of 1..255 characters is required"))
             return
         try:
-            req = parse_charge(body)
+            req = ENDPOINTS[path](body)
         except BadRequest as e:
             self.finish_response(latency, 400, error_body("invalid_request", str(e)))
             return
         fingerprint = json.dumps(req, sort_keys=True, separators=(",", ":"))
+        key = (path, key)
 
         mode = None
         with state.lock:
@@ -429,30 +560,7 @@ class GatewayHandler(Handler):
                     time.sleep(latency)
                 latency = 0
                 with state.lock:
-                    declined = (req["customer_id"] in state.decline_customers
-                                or req["amount_cents"] in state.decline_amounts)
-                    if declined:
-                        status = 402
-                        out = dumps(error_body("card_declined", "Your card was declined."))
-                        state.declines += 1
-                    else:
-                        status = 201
-                        charge = {
-                            "id": "ch_" + os.urandom(16).hex(),
-                            "status": "succeeded",
-                            "amount_cents": req["amount_cents"],
-                            "currency": req["currency"],
-                            "order_id": req["order_id"],
-                            "customer_id": req["customer_id"],
-                        }
-                        out = dumps(charge)
-                        listed = dict(charge)
-                        listed["idempotency_key"] = key
-                        listed["traceparent"] = self.headers.get("traceparent")
-                        listed["created_at"] = time.time()
-                        state.charges.append(listed)
-                        order = req["order_id"]
-                        state.charges_by_order[order] = state.charges_by_order.get(order, 0) + 1
+                    status, out = CREATORS[path](state, req, key[1], self.headers.get("traceparent"))
                     record = state.records.get(key)
                     if record is not None and record[0] == fingerprint and record[1] is None:
                         record[1], record[2] = status, out
@@ -545,12 +653,13 @@ class ControlHandler(Handler):
             with state.lock:
                 stats = state.stats_locked()
             self.send_json(200, stats)
-        elif url.path == "/charges":
+        elif url.path in ("/charges", "/refunds"):
             query = urllib.parse.parse_qs(url.query)
             order = query.get("order_id", [None])[0]
             with state.lock:
-                charges = [c for c in state.charges if order is None or c["order_id"] == order]
-            self.send_json(200, charges)
+                made = state.charges if url.path == "/charges" else state.refunds
+                listed = [dict(m) for m in made if order is None or m["order_id"] == order]
+            self.send_json(200, listed)
         else:
             self.send_json(404, error_body("not_found"))
 

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "conveyor/core/config.hpp"
+#include "conveyor/core/topology.hpp"
 #include "families.hpp"
 
 namespace conveyor::jobs {
@@ -90,12 +91,24 @@ void add_options(CLI::App& app, Settings& settings) {
     app.add_option("--mail-from", settings.mail_from, "From: address of every email")
         ->envname("CONVEYOR_MAIL_FROM")
         ->capture_default_str();
+    add_duration(app, "--order-timeout", settings.order_timeout,
+                 "Time from an order's placing to its confirmation, past which the saga compensates it",
+                 "CONVEYOR_ORDER_TIMEOUT")
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {
+                // The deadline waits in the delay ladder, which holds a message this long at most.
+                const auto longest = std::chrono::duration_cast<std::chrono::milliseconds>(topology::kMaxDelay);
+                return parse_duration(text) <= longest ? std::string()
+                                                       : fmt::format("must be at most {} s (the delay ladder's reach)",
+                                                                     topology::kMaxDelay.count());
+            },
+            "DURATION"));
 }
 
 void register_all(JobRegistry& registry, const Settings& settings, prometheus::Registry& metrics,
                   boost::asio::any_io_executor executor) {
     register_diag_jobs(registry);
-    register_order_jobs(registry);
+    register_order_jobs(registry, settings);
     register_payment_jobs(registry, settings, metrics, std::move(executor));
     register_email_jobs(registry, settings);
     register_projection_jobs(registry);
@@ -104,13 +117,14 @@ void register_all(JobRegistry& registry, const Settings& settings, prometheus::R
 std::map<std::string, PayloadValidator, std::less<>> payload_validators() {
     JobRegistry registry;
     register_diag_jobs(registry);
-    register_order_jobs(registry);
+    register_order_jobs(registry, Settings{});
     register_projection_jobs(registry);
     std::map<std::string, PayloadValidator, std::less<>> validators;
     for (const auto& type : registry.types()) {
         validators.emplace(type, registry.find(type)->options.validate);
     }
     validators.emplace("payments.charge", validate_charge);
+    validators.emplace("payments.refund", validate_refund);
     validators.emplace("emails.send", validate_send_email);
     return validators;
 }

@@ -38,6 +38,16 @@ constexpr std::array kTemplates{
                   "we could not take the payment for your order {{order_id}}: {{reason}}.\n"
                   "The order has been cancelled and nothing was charged.\n\n"
                   "-- Conveyor Shop\n"},
+    EmailTemplate{"order_cancelled", "Your order {{order_id}} is cancelled",
+                  "Hello {{customer_name?there}},\n\n"
+                  "your order {{order_id}} has been cancelled: {{reason}}.\n"
+                  "Its items are back in stock. Should a payment for it reach us after all, we refund it in full.\n\n"
+                  "-- Conveyor Shop\n"},
+    EmailTemplate{"order_refunded", "Your payment for order {{order_id}} is refunded",
+                  "Hello {{customer_name?there}},\n\n"
+                  "we refunded {{amount}} {{currency}} for your order {{order_id}} (refund {{refund_id}}).\n"
+                  "Depending on your bank it may take a few days to show.\n\n"
+                  "-- Conveyor Shop\n"},
     EmailTemplate{"out_of_stock", "Order {{order_id}} could not be placed",
                   "Hello {{customer_name?there}},\n\n"
                   "we are sorry: some products in your order {{order_id}} are out of stock, so it was not placed "
@@ -175,7 +185,8 @@ struct SendEmail {
 
 std::optional<SendEmail> read_send_email(PayloadReader& reader) {
     SendEmail email;
-    const auto name = reader.one_of("template", {"order_confirmed", "payment_failed", "out_of_stock"});
+    const auto name = reader.one_of(
+        "template", {"order_confirmed", "payment_failed", "order_cancelled", "order_refunded", "out_of_stock"});
     email.email_template = name ? find_template(*name) : nullptr;
     email.to = reader.email("to").value_or("");
     if (const auto data = reader.object("data", Need::required)) {

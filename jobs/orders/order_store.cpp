@@ -6,6 +6,7 @@
 #include <array>
 
 #include "../common/payload.hpp"
+#include "conveyor/core/job_headers.hpp"
 
 namespace conveyor::jobs {
 
@@ -13,7 +14,8 @@ namespace {
 
 constexpr std::array kStatusNames{std::string_view("placed"),    std::string_view("reserved"),
                                   std::string_view("paid"),      std::string_view("confirmed"),
-                                  std::string_view("cancelled"), std::string_view("rejected")};
+                                  std::string_view("cancelled"), std::string_view("rejected"),
+                                  std::string_view("refunding"), std::string_view("refunded")};
 
 }  // namespace
 
@@ -37,13 +39,22 @@ bool can_transition(OrderStatus from, OrderStatus to) noexcept {
         case reserved:
             return to == paid || to == cancelled;
         case paid:
-            return to == confirmed;
+            return to == confirmed || to == refunding;
         case confirmed:
+            return to == refunding;
+        case refunding:
+            return to == refunded;
         case cancelled:
         case rejected:
+        case refunded:
             return false;
     }
     return false;
+}
+
+bool is_settled(OrderStatus status) noexcept {
+    using enum OrderStatus;
+    return status == confirmed || status == cancelled || status == rejected || status == refunded;
 }
 
 boost::asio::awaitable<std::optional<LockedOrder>> lock_order(pg::Transaction& transaction, std::string_view order_id) {
@@ -132,6 +143,20 @@ void emit_order_email(JobContext& context, std::string_view template_name, const
     payload["data"] = std::move(data);
     payload["dedupe_key"] = fmt::format("order:{}:{}", order.id, template_name);
     context.emit("emails.send", to_json(payload));
+}
+
+Compensation cancel_order_when(std::string_view step) {
+    return [step](simdjson::dom::element payload, std::string_view why) -> std::vector<FollowUp> {
+        // The reason's limit in orders.cancel's schema, less the ellipsis a cut reason ends with.
+        constexpr std::size_t kMaxReasonBytes = 200 - 3;
+        PayloadReader reader(payload);
+        const auto order_id = reader.identifier("order_id");
+        if (!order_id) {
+            return {};  // a payload naming no order: the order's deadline ends its saga
+        }
+        const auto reason = job_headers::bounded(fmt::format("{} gave up: {}", step, why), kMaxReasonBytes);
+        return {{"orders.cancel", to_json({{"order_id", *order_id}, {"reason", reason}})}};
+    };
 }
 
 DeadLetter illegal_transition(const LockedOrder& order, OrderStatus to) {

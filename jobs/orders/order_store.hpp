@@ -50,6 +50,10 @@ void emit_projection_update(JobContext& context, const std::vector<std::int64_t>
 void emit_order_email(JobContext& context, std::string_view template_name, const LockedOrder& order,
                       boost::json::object data);
 
+/// The compensation of a saga step named `step` (JobOptions::compensate): when it gives up, orders.cancel cancels
+/// the order its payload names (or refunds it, if it was paid), with what ended the step as the reason.
+[[nodiscard]] Compensation cancel_order_when(std::string_view step);
+
 /// The DeadLetter for a transition the state machine refuses.
 [[nodiscard]] DeadLetter illegal_transition(const LockedOrder& order, OrderStatus to);
 

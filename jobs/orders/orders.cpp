@@ -72,8 +72,9 @@ std::optional<std::string> validate_place(simdjson::dom::element payload) {
 
 /// orders.place: creates the order and reserves its stock in one transaction, or rejects it when stock is short.
 /// Product rows are locked in id order (ORDER BY id FOR UPDATE), the one order every job locks them in, so
-/// concurrent orders queue on the products they share and never deadlock.
-asio::awaitable<Outcome> place(JobContext& context) {
+/// concurrent orders queue on the products they share and never deadlock. A reserved order's deadline
+/// (orders.expire) leaves with it: whatever happens to the steps after, the saga ends.
+asio::awaitable<Outcome> place(JobContext& context, const Settings& settings) {
     PayloadReader reader(context.payload());
     const auto order = read_place_order(reader);
     if (!order) {
@@ -184,6 +185,8 @@ asio::awaitable<Outcome> place(JobContext& context) {
                                    {"amount_cents", total},
                                    {"currency", created.currency}};
         context.emit("payments.charge", to_json(charge));
+        context.emit("orders.expire", to_json({{"order_id", created.id}}),
+                     std::chrono::ceil<std::chrono::seconds>(settings.order_timeout));
     } else {
         context.log().info("order {} rejected: {} product(s) out of stock", created.id, shortages.size());
         emit_order_email(context, "out_of_stock", created, {{"products", fmt::format("{}", shortages.size())}});
@@ -246,47 +249,141 @@ asio::awaitable<boost::json::array> release_stock(pg::Transaction& transaction, 
     co_return released;
 }
 
-/// orders.cancel: the saga's compensation. The reserved stock goes back exactly once: the release and the move to
-/// cancelled commit together, and a cancelled order is never released again.
-asio::awaitable<Outcome> cancel(JobContext& context) {
-    PayloadReader reader(context.payload());
-    const auto order_id = reader.identifier("order_id").value_or("");
-    const auto reason = reader.string("reason", Need::required, 1, kMaxReasonChars).value_or("");
+/// Whether the gateway declined the order's charge: then nothing was charged, ever (one idempotency key per order).
+asio::awaitable<bool> payment_declined(pg::Transaction& transaction, std::string_view order_id) {
+    const auto rows =
+        co_await transaction.query("SELECT 1 FROM shop.payments WHERE order_id = $1 AND status = 'declined'", order_id);
+    co_return rows.rows() > 0;
+}
+
+/// Cancels an order not paid yet: its stock goes back (once: the release and the move to cancelled commit
+/// together), and the customer hears why. Unless the gateway declined the charge, one may have been made that no
+/// one heard of (a response lost, a charge job cancelled mid-call): a refund job looks for it once every call in
+/// flight has ended.
+asio::awaitable<std::vector<std::int64_t>> cancel_unpaid(JobContext& context, const Settings& settings,
+                                                         LockedOrder& order, std::string_view reason) {
     auto& transaction = context.transaction();
-    auto order = co_await lock_order(transaction, order_id);
+    const bool reserved = order.status == OrderStatus::reserved;
+    // Plain ifs: g++ 12 miscompiles a co_await inside a conditional expression.
+    boost::json::array released;
+    bool declined = false;
+    if (reserved) {
+        released = co_await release_stock(transaction, order.id);
+        declined = co_await payment_declined(transaction, order.id);
+    }
+    const std::vector<DomainEvent> cancelled{{"OrderCancelled", {{"reason", reason}, {"released", released}}}};
+    auto events = co_await advance_order(transaction, order, OrderStatus::cancelled, reason, cancelled);
+    emit_order_email(context, declined ? "payment_failed" : "order_cancelled", order, {{"reason", reason}});
+    if (reserved && !declined) {
+        const auto calls_in_flight =
+            std::chrono::ceil<std::chrono::seconds>(settings.gateway.timeout) + std::chrono::seconds(5);
+        context.emit("payments.refund", to_json({{"order_id", order.id}}), calls_in_flight);
+    }
+    context.log().info("order {} cancelled ({}); {} product line(s) released", order.id, reason, released.size());
+    co_return events;
+}
+
+/// Cancels a paid order: its stock goes back now, and its charge is refunded (payments.refund ends the saga).
+asio::awaitable<std::vector<std::int64_t>> cancel_paid(JobContext& context, LockedOrder& order,
+                                                       std::string_view reason) {
+    auto& transaction = context.transaction();
+    const auto released = co_await release_stock(transaction, order.id);
+    const std::vector<DomainEvent> requested{{"RefundRequested", {{"reason", reason}, {"released", released}}}};
+    auto events = co_await advance_order(transaction, order, OrderStatus::refunding, reason, requested);
+    context.emit("payments.refund", to_json({{"order_id", order.id}}));
+    context.log().info("order {} cancelled after payment ({}); refunding, {} product line(s) released", order.id,
+                       reason, released.size());
+    co_return events;
+}
+
+/// The saga's compensation, whatever set it off (a customer, a step that gave up, the order's deadline): an order
+/// not paid yet is cancelled, a paid one refunded; one whose saga ended or is refunding already stays as it is.
+asio::awaitable<Outcome> compensate(JobContext& context, const Settings& settings, std::string_view order_id,
+                                    std::string_view reason) {
+    auto order = co_await lock_order(context.transaction(), order_id);
     if (!order) {
         Outcome unknown = DeadLetter{"invalid_payload", fmt::format("no order '{}'", order_id)};
         co_return unknown;
     }
-    if (order->status == OrderStatus::cancelled) {
-        co_return Success{};
+    std::vector<std::int64_t> events;
+    switch (order->status) {
+        case OrderStatus::placed:
+        case OrderStatus::reserved:
+            events = co_await cancel_unpaid(context, settings, *order, reason);
+            break;
+        case OrderStatus::paid:
+        case OrderStatus::confirmed:
+            events = co_await cancel_paid(context, *order, reason);
+            break;
+        case OrderStatus::refunding:
+        case OrderStatus::cancelled:
+        case OrderStatus::rejected:
+        case OrderStatus::refunded:
+            context.log().info("order {} is {}; nothing to cancel ({})", order->id, to_string(order->status), reason);
+            break;
     }
-    if (!can_transition(order->status, OrderStatus::cancelled)) {
-        Outcome refused = illegal_transition(*order, OrderStatus::cancelled);
-        co_return refused;
-    }
-    boost::json::array released;
-    if (order->status == OrderStatus::reserved) {
-        released = co_await release_stock(transaction, order_id);
-    }
-    const std::vector<DomainEvent> cancelled{{"OrderCancelled", {{"reason", reason}, {"released", released}}}};
-    const auto events = co_await advance_order(transaction, *order, OrderStatus::cancelled, reason, cancelled);
-    context.log().info("order {} cancelled ({}); {} product line(s) released", order_id, reason, released.size());
     emit_projection_update(context, events);
     co_return Success{};
 }
 
+/// orders.cancel: a customer's or operator's cancellation, and the compensation of a step that gave up.
+asio::awaitable<Outcome> cancel(JobContext& context, const Settings& settings) {
+    PayloadReader reader(context.payload());
+    const auto order_id = reader.identifier("order_id").value_or("");
+    const auto reason = reader.string("reason", Need::required, 1, kMaxReasonChars).value_or("");
+    auto outcome = co_await compensate(context, settings, order_id, reason);
+    co_return outcome;
+}
+
+/// orders.expire: the order's deadline, set when its stock was reserved. An order confirmed by then is left alone;
+/// any other is compensated.
+asio::awaitable<Outcome> expire(JobContext& context, const Settings& settings) {
+    PayloadReader reader(context.payload());
+    const auto order_id = reader.identifier("order_id").value_or("");
+    const auto status =
+        co_await context.transaction().query("SELECT status::text FROM shop.orders WHERE id = $1", order_id);
+    if (status.rows() == 1 && parse_order_status(status.text(0, 0)) == OrderStatus::confirmed) {
+        co_return Success{};
+    }
+    const auto reason = fmt::format("not confirmed within {} s",
+                                    std::chrono::ceil<std::chrono::seconds>(settings.order_timeout).count());
+    auto outcome = co_await compensate(context, settings, order_id, reason);
+    co_return outcome;
+}
+
 }  // namespace
 
-void register_order_jobs(JobRegistry& registry) {
+void register_order_jobs(JobRegistry& registry, const Settings& settings) {
     JobOptions options;
     options.transaction = TransactionMode::per_job;
     options.validate = validate_place;
-    registry.add("orders.place", place, options);
+    registry.add(
+        "orders.place",
+        [settings](JobContext& context) -> asio::awaitable<Outcome> {
+            auto outcome = co_await place(context, settings);
+            co_return outcome;
+        },
+        options);
     options.validate = validate_confirm;
+    options.compensate = cancel_order_when("orders.confirm");
     registry.add("orders.confirm", confirm, options);
+    options.compensate = nullptr;
     options.validate = validate_cancel;
-    registry.add("orders.cancel", cancel, options);
+    registry.add(
+        "orders.cancel",
+        [settings](JobContext& context) -> asio::awaitable<Outcome> {
+            auto outcome = co_await cancel(context, settings);
+            co_return outcome;
+        },
+        options);
+    options.validate = validate_confirm;
+    registry.add(
+        "orders.expire",
+        [settings](JobContext& context) -> asio::awaitable<Outcome> {
+            auto outcome = co_await expire(context, settings);
+            co_return outcome;
+        },
+        options);
 }
 
 }  // namespace conveyor::jobs

@@ -59,7 +59,7 @@ class SagaTest : public WorkerTest {
     bool settled(std::int64_t orders) {
         return database_.scalar(
                    "SELECT count(*) FROM shop.orders WHERE status IN ('confirmed', 'cancelled', "
-                   "'rejected')") == orders &&
+                   "'rejected', 'refunded')") == orders &&
                database_.scalar(
                    "SELECT count(*) FROM shop.orders o JOIN shop.projection_checkpoints c "
                    "ON c.aggregate_id = o.id AND c.version = o.version") == 3 * orders;
@@ -68,7 +68,29 @@ class SagaTest : public WorkerTest {
     std::int64_t stock_of(const std::string& product) {
         return database_.scalar("SELECT stock FROM shop.products WHERE id = $1", {product});
     }
+
+    /// The order's events, by type in version order: "OrderPlaced,StockReserved,…".
+    std::string story_of(const std::string& order_id) {
+        const auto rows = database_.query(
+            "SELECT string_agg(type, ',' ORDER BY version) FROM shop.events WHERE aggregate_id = $1", {order_id});
+        return rows.empty() ? std::string() : rows[0][0];
+    }
+
+    std::int64_t completed(const WorkerUnderTest& worker, const std::string& type, const std::string& outcome) {
+        return worker.metric("conveyor_jobs_completed_total",
+                             {fmt::format("type=\"{}\"", type), fmt::format("outcome=\"{}\"", outcome)});
+    }
+
+    void cancel_order(const std::string& order_id, const std::string& reason) {
+        broker_.publish(
+            Broker::job("orders.cancel", fmt::format(R"({{"order_id":"{}","reason":"{}"}})", order_id, reason)));
+    }
 };
+
+/// Arguments that make the saga's waits short: a refund job looks for a charge nobody heard of 6 s after the
+/// cancel (the gateway's timeout plus 5 s), and failed payment calls come back after a second.
+const std::vector<std::string> kQuickPayments{"--payment-gateway-timeout", "1s", "--retry",
+                                              "payments.*=attempts:5,base:1s,cap:1s"};
 
 TEST_F(SagaTest, AnOrderIsReservedChargedOnceConfirmedMailedAndProjected) {
     PaymentGatewayServer gateway;
@@ -244,6 +266,147 @@ TEST_F(SagaTest, ADeclinedPaymentCancelsTheOrderReleasesItsStockOnceAndMailsTheC
     EXPECT_EQ(status_of("order-2"), "cancelled");
 }
 
+TEST_F(SagaTest, AConfirmedOrderThatIsCancelledIsRefundedOnceOverAFlakyGatewayAndItsStockGoesBack) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 900, 10);
+    auto worker = start_saga_worker(gateway, mail, kQuickPayments, "saga-refund");
+    place("order-r1", "carol", {{"sku-1", 3}});
+    ASSERT_TRUE(eventually([&] { return has_status("order-r1", "confirmed"); }, 30s)) << worker.process->log();
+    EXPECT_EQ(stock_of("sku-1"), 7);
+
+    // The refund meets a 503, then a connection reset after the gateway made it: one refund all the same.
+    gateway.control(R"({"fail_next": 1, "reset_after_charge_next": 1})");
+    cancel_order("order-r1", "customer changed their mind");
+    ASSERT_TRUE(eventually([&] { return has_status("order-r1", "refunded"); }, 40s)) << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    EXPECT_EQ(gateway.stat("/refunds"), 1);
+    EXPECT_EQ(gateway.stat("/refunds_by_order/order-r1"), 1);
+    EXPECT_EQ(gateway.stat("/replays"), 1);
+    EXPECT_EQ(stock_of("sku-1"), 10);
+    EXPECT_EQ(story_of("order-r1"),
+              "OrderPlaced,StockReserved,PaymentCaptured,OrderConfirmed,RefundRequested,PaymentRefunded,OrderRefunded");
+    EXPECT_EQ(
+        database_.scalar("SELECT count(*) FROM shop.payments WHERE status = 'refunded' AND refund_id LIKE 're_%'"), 1);
+    ASSERT_TRUE(eventually([&] { return mail.count("order_refunded") == 1; }, 30s)) << worker.process->log();
+    EXPECT_EQ(mail.count("order_confirmed"), 1);
+    EXPECT_EQ(mail.mails().size(), 2U);
+    EXPECT_EQ(database_.scalar("SELECT lifetime_value_cents FROM shop.customer_stats WHERE customer_id = 'carol'"), 0);
+    EXPECT_EQ(database_.scalar("SELECT sum(refunded_cents) FROM shop.daily_sales"), 2700);
+
+    // Cancelling it again changes nothing and asks for no second refund.
+    cancel_order("order-r1", "again");
+    ASSERT_TRUE(eventually([&] { return completed(worker, "orders.cancel", "success") == 2; }, 30s));
+    EXPECT_EQ(gateway.stat("/refunds"), 1);
+    EXPECT_EQ(stock_of("sku-1"), 10);
+    EXPECT_EQ(status_of("order-r1"), "refunded");
+}
+
+TEST_F(SagaTest, AChargeThatGivesUpCancelsItsOrderAndRunningItAgainChargesNothing) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 500, 10);
+    // A 400 is the same on every attempt: the charge is dead-lettered at once, and its compensation cancels.
+    gateway.control(R"({"fail_next": 1, "fail_status": 400})");
+    auto worker = start_saga_worker(gateway, mail, kQuickPayments, "saga-charge-gives-up");
+    place("order-g1", "dave", {{"sku-1", 2}});
+    ASSERT_TRUE(eventually([&] { return has_status("order-g1", "cancelled"); }, 30s)) << worker.process->log();
+    const auto dead = broker_.take("conveyor.payments.dlq", 1, 30s);
+    ASSERT_EQ(dead.size(), 1U) << worker.process->log();
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-reason"), "permanent_failure");
+    EXPECT_EQ(stock_of("sku-1"), 10);
+    ASSERT_TRUE(eventually([&] { return mail.count("order_cancelled") == 1; }, 30s)) << worker.process->log();
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.orders WHERE id = 'order-g1' AND status_reason LIKE "
+                               "'payments.charge gave up: permanent_failure: payment gateway refused the charge%'"),
+              1);
+    // Once every call in flight has ended, a refund job looks for a charge nobody heard of, and finds none.
+    ASSERT_TRUE(eventually([&] { return completed(worker, "payments.refund", "success") == 1; }, 30s))
+        << worker.process->log();
+    EXPECT_EQ(gateway.stat("/refunds"), 0);
+
+    // The dead letter replayed: the saga's state decides, and a cancelled order is not charged.
+    broker_.publish(Broker::job("payments.charge", std::string(dead[0].message.body)));
+    ASSERT_TRUE(eventually([&] { return completed(worker, "payments.charge", "success") == 1; }, 30s));
+    EXPECT_EQ(gateway.stat("/charges"), 0);
+    EXPECT_EQ(status_of("order-g1"), "cancelled");
+    EXPECT_EQ(stock_of("sku-1"), 10);
+    ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    EXPECT_EQ(mail.mails().size(), 1U);
+}
+
+TEST_F(SagaTest, AChargeMadeAfterItsOrderWasCancelledIsRefundedAndTheOrderStaysCancelled) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 400, 10);
+    gateway.control(R"({"latency_ms": 1500})");
+    auto worker = start_saga_worker(gateway, mail, {"--payment-gateway-timeout", "5s"}, "saga-late-charge");
+    place("order-l1", "erin", {{"sku-1", 1}});
+    ASSERT_TRUE(eventually([&] { return gateway.stat("/requests") == 1; }, 30s)) << worker.process->log();
+    cancel_order("order-l1", "customer changed their mind");
+    ASSERT_TRUE(eventually([&] { return gateway.stat("/refunds") == 1; }, 30s)) << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    EXPECT_EQ(status_of("order-l1"), "cancelled");
+    EXPECT_EQ(story_of("order-l1"), "OrderPlaced,StockReserved,OrderCancelled,LatePaymentCaptured,PaymentRefunded");
+    EXPECT_EQ(stock_of("sku-1"), 10);
+    ASSERT_TRUE(eventually([&] { return mail.count("order_refunded") == 1; }, 30s)) << worker.process->log();
+    EXPECT_EQ(mail.count("order_cancelled"), 1);
+    EXPECT_EQ(mail.count("order_confirmed"), 0);
+    // The cancel's own look for an unheard-of charge, 10 s later, finds it refunded already.
+    ASSERT_TRUE(eventually([&] { return completed(worker, "payments.refund", "success") == 2; }, 30s))
+        << worker.process->log();
+    EXPECT_EQ(gateway.stat("/refunds"), 1);
+    EXPECT_EQ(database_.scalar("SELECT lifetime_value_cents FROM shop.customer_stats WHERE customer_id = 'erin'"), 0);
+}
+
+TEST_F(SagaTest, AChargeJobCancelledMidCallCancelsItsOrderAndTheChargeItMadeIsFoundAndRefunded) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 400, 10);
+    gateway.control(R"({"latency_ms": 2000})");
+    auto worker = start_saga_worker(gateway, mail, {"--payment-gateway-timeout", "3s"}, "saga-cancelled-charge");
+    broker_.publish(Broker::job("orders.place", order_payload("order-c1", "frank", {{"sku-1", 2}}), "place-c1"));
+    ASSERT_TRUE(eventually([&] { return gateway.stat("/requests") == 1; }, 30s)) << worker.process->log();
+    // orders.place's first emit is the charge: its id is the place job's id and the emit's position.
+    run_cli({"jobs", "cancel", "--pg-url", pg_url(), "place-c1/0"});
+    ASSERT_TRUE(eventually([&] { return has_status("order-c1", "cancelled"); }, 30s)) << worker.process->log();
+    EXPECT_EQ(completed(worker, "payments.charge", "cancelled"), 1);
+    EXPECT_EQ(stock_of("sku-1"), 10);
+    // The gateway finished the charge nobody waited for; the refund job 8 s after the cancel finds and refunds it.
+    ASSERT_TRUE(eventually([&] { return gateway.stat("/refunds_by_order/order-c1") == 1; }, 40s))
+        << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
+    EXPECT_EQ(gateway.stat("/charges"), 1);
+    EXPECT_EQ(story_of("order-c1"), "OrderPlaced,StockReserved,OrderCancelled,LatePaymentCaptured,PaymentRefunded");
+    EXPECT_EQ(status_of("order-c1"), "cancelled");
+}
+
+TEST_F(SagaTest, AnOrderNotConfirmedInTimeIsCancelledAndItsStockReleased) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 300, 10);
+    gateway.control(R"({"refuse": true})");
+    auto worker = start_saga_worker(gateway, mail,
+                                    {"--order-timeout", "3s", "--payment-gateway-timeout", "1s", "--retry",
+                                     "payments.*=attempts:30,base:1s,cap:1s"},
+                                    "saga-deadline");
+    place("order-t1", "gina", {{"sku-1", 4}});
+    ASSERT_TRUE(eventually([&] { return has_status("order-t1", "reserved"); }, 30s)) << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return has_status("order-t1", "cancelled"); }, 30s)) << worker.process->log();
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.orders WHERE status_reason = 'not confirmed within 3 s'"), 1);
+    EXPECT_EQ(stock_of("sku-1"), 10);
+    ASSERT_TRUE(eventually([&] { return mail.count("order_cancelled") == 1; }, 30s)) << worker.process->log();
+
+    // The gateway is back: the waiting charge finds its order cancelled and charges nothing.
+    gateway.control(R"({"refuse": false})");
+    ASSERT_TRUE(eventually([&] { return completed(worker, "payments.charge", "success") == 1; }, 40s))
+        << worker.process->log();
+    ASSERT_TRUE(eventually([&] { return completed(worker, "payments.refund", "success") == 1; }, 30s))
+        << worker.process->log();
+    EXPECT_EQ(gateway.stat("/charges"), 0);
+    EXPECT_EQ(gateway.stat("/refunds"), 0);
+    EXPECT_EQ(completed(worker, "orders.expire", "success"), 1);
+}
+
 TEST_F(SagaTest, OutOfStockRejectsTheOrderWithoutChargingAndMailsTheCustomer) {
     PaymentGatewayServer gateway;
     SmtpSink mail;
@@ -374,7 +537,7 @@ TEST_F(SagaTest, ConcurrentOrdersForScarceStockNeverOversellAndNeverDeadlock) {
     SmtpSink mail;
     add_product("hot-a", 100, 50);
     add_product("hot-b", 100, 1000);
-    auto worker = start_saga_worker(gateway, mail, {}, "saga-oversell");
+    auto worker = start_saga_worker(gateway, mail, kQuickPayments, "saga-oversell");
     // Every order takes both products, listed in either order: rows locked in payload order would deadlock.
     std::mt19937 random(7);
     std::vector<amqp::Message> orders;
@@ -387,12 +550,31 @@ TEST_F(SagaTest, ConcurrentOrdersForScarceStockNeverOversellAndNeverDeadlock) {
             Broker::job("orders.place", order_payload(fmt::format("rush-{}", i), fmt::format("buyer-{}", i), lines)));
     }
     broker_.publish_all(std::move(orders));
+    // While the rest are still being placed, 40 orders placed already are cancelled, whatever their state: the
+    // stock they release goes to later orders, and the paid ones are refunded.
+    ASSERT_TRUE(eventually([&] { return database_.scalar("SELECT count(*) FROM shop.orders") >= 100; }, 60s));
+    const auto placed = database_.query("SELECT id FROM shop.orders ORDER BY random() LIMIT 40");
+    for (const auto& row : placed) {
+        cancel_order(row[0], "changed their mind");
+    }
     ASSERT_TRUE(eventually([&] { return settled(200); }, 90s)) << worker.process->log();
-    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.orders WHERE status = 'confirmed'"), 50);
-    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.orders WHERE status = 'rejected'"), 150);
-    EXPECT_EQ(stock_of("hot-a"), 0);
-    EXPECT_EQ(stock_of("hot-b"), 950);
-    EXPECT_EQ(gateway.stat("/charges"), 50);
+    const auto confirmed = database_.scalar("SELECT count(*) FROM shop.orders WHERE status = 'confirmed'");
+    EXPECT_LE(confirmed, 50);
+    EXPECT_GT(database_.scalar("SELECT count(*) FROM shop.orders WHERE status IN ('cancelled', 'refunded')"), 0);
+    EXPECT_EQ(stock_of("hot-a"), 50 - confirmed);
+    EXPECT_EQ(stock_of("hot-b"), 1000 - confirmed);
+    // Every charge made is on record, every refund too, and each order was charged and refunded at most once.
+    ASSERT_TRUE(eventually(
+        [&] {
+            return gateway.stat("/refunds") ==
+                   database_.scalar("SELECT count(*) FROM shop.payments WHERE status = 'refunded'");
+        },
+        30s));
+    EXPECT_EQ(gateway.stat("/charges"),
+              database_.scalar("SELECT count(*) FROM shop.payments WHERE status IN ('captured', 'refunded')"));
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.orders o JOIN shop.payments p ON p.order_id = o.id "
+                               "WHERE o.status = 'confirmed' AND p.status <> 'captured'"),
+              0);
     EXPECT_EQ(worker.metric("conveyor_jobs_completed_total", {"type=\"orders.place\"", "outcome=\"retry\""}), 0);
     EXPECT_EQ(worker.process->log().find("40P01"), std::string::npos) << "a deadlock was reported";
 }
@@ -504,7 +686,9 @@ TEST_F(SagaTest, AGatewayWhoseCertificateIsNotTrustedIsNeverSentACharge) {
     EXPECT_NE(header_text(dead[0], "x-conveyor-error").find("TLS handshake"), std::string::npos)
         << header_text(dead[0], "x-conveyor-error");
     EXPECT_EQ(gateway.stat("/requests"), 0);
-    EXPECT_EQ(status_of("order-untrusted"), "reserved");
+    // The charge gave up, so its compensation cancelled the order.
+    EXPECT_TRUE(eventually([&] { return has_status("order-untrusted", "cancelled"); }, 30s)) << worker.process->log();
+    EXPECT_EQ(stock_of("sku-1"), 10);
 }
 
 TEST_F(SagaTest, AnInvalidOrderIsDeadLetteredWithAPreciseReason) {

@@ -11,15 +11,16 @@ namespace {
 
 using enum OrderStatus;
 
-constexpr std::array kAllStatuses{placed, reserved, paid, confirmed, cancelled, rejected};
+constexpr std::array kAllStatuses{placed, reserved, paid, confirmed, cancelled, rejected, refunding, refunded};
 
 TEST(OrderStatus, OnlyTheSagasStepsAreAllowedTransitions) {
-    // The saga forwards (placed → reserved → paid → confirmed), the compensation (placed or reserved →
-    // cancelled) and short stock (placed → rejected); nothing else. Confirmed, cancelled and rejected are final,
-    // and no status is a transition to itself (a caller that finds the order already there does not move it).
+    // The saga forwards (placed → reserved → paid → confirmed), the compensation before payment (placed or
+    // reserved → cancelled), the one after it (paid or confirmed → refunding → refunded) and short stock (placed →
+    // rejected); nothing else. Cancelled, rejected and refunded are final, and no status is a transition to itself
+    // (a caller that finds the order already there does not move it).
     const std::set<std::pair<OrderStatus, OrderStatus>> allowed{
-        {placed, reserved}, {placed, rejected},    {placed, cancelled},
-        {reserved, paid},   {reserved, cancelled}, {paid, confirmed},
+        {placed, reserved}, {placed, rejected}, {placed, cancelled},    {reserved, paid},      {reserved, cancelled},
+        {paid, confirmed},  {paid, refunding},  {confirmed, refunding}, {refunding, refunded},
     };
     for (const auto from : kAllStatuses) {
         for (const auto to : kAllStatuses) {
@@ -43,6 +44,15 @@ TEST(OrderStatus, NamesAreTheDatabaseEnumsLabels) {
     EXPECT_EQ(to_string(confirmed), "confirmed");
     EXPECT_EQ(to_string(cancelled), "cancelled");
     EXPECT_EQ(to_string(rejected), "rejected");
+    EXPECT_EQ(to_string(refunding), "refunding");
+    EXPECT_EQ(to_string(refunded), "refunded");
+}
+
+TEST(OrderStatus, ASagaEndsConfirmedCancelledRejectedOrRefunded) {
+    const std::set<OrderStatus> settled{confirmed, cancelled, rejected, refunded};
+    for (const auto status : kAllStatuses) {
+        EXPECT_EQ(is_settled(status), settled.contains(status)) << to_string(status);
+    }
 }
 
 TEST(OrderStatus, ParseRefusesAnUnknownWord) {

@@ -125,6 +125,9 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
             co_await publish_emitted(attempt.emitted, log);
         }
     } else if (std::holds_alternative<decision::Cancel>(decided)) {
+        if (!co_await compensate(delivery, envelope, "cancelled on request", log, trace)) {
+            co_return;
+        }
         source_.ack(delivery);
         metrics.cancelled->Increment();
         ++counts_.cancelled;
@@ -135,8 +138,11 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
         co_await schedule_retry(delivery, envelope, metrics, std::move(*retry), log);
     } else {
         auto& verdict = std::get<decision::GiveUp>(decided).verdict;
-        record_end(delivery, envelope, attempt, trace, "dead_lettered",
-                   fmt::format("{}: {}", verdict.reason, verdict.error));
+        const auto why = fmt::format("{}: {}", verdict.reason, verdict.error);
+        if (!co_await compensate(delivery, envelope, why, log, trace)) {
+            co_return;
+        }
+        record_end(delivery, envelope, attempt, trace, "dead_lettered", why);
         co_await dead_letter(delivery, metrics, envelope.attempt, std::move(verdict), trace);
     }
 }
@@ -319,6 +325,39 @@ asio::awaitable<bool> Settlement::dead_letter(const amqp::Delivery& delivery, Wo
     metrics.dead_letter->Increment();
     ++counts_.dead_lettered;
     log.warn("dead-lettered to {}: {}: {}", dead_letter_queue, verdict.reason, error_text);
+    co_return true;
+}
+
+asio::awaitable<bool> Settlement::compensate(const amqp::Delivery& delivery, const Envelope& envelope,
+                                             std::string_view why, const JobLogger& log, const TraceContext& trace) {
+    constexpr auto kConfirmTimeout = std::chrono::seconds(30);
+    const auto* definition = registry_.find(envelope.type);
+    if (definition == nullptr || !definition->options.compensate) {
+        co_return true;
+    }
+    std::vector<amqp::Message> messages;
+    try {
+        for (const auto& row :
+             compensation_messages(envelope, trace, definition->options.compensate(envelope.payload, why))) {
+            messages.push_back(outbox_to_message(row));
+        }
+    } catch (const std::exception& e) {
+        // A compensation that cannot be built is a bug in the job type: nothing to retry, the job settles as decided.
+        log.error("its compensation could not be built: {}", e.what());
+        co_return true;
+    }
+    const auto count = messages.size();
+    const auto errors = co_await amqp::publish_all(publisher_, std::move(messages), kConfirmTimeout);
+    const auto failed = std::find_if(errors.begin(), errors.end(), [](const auto& error) { return !!error; });
+    if (failed != errors.end()) {
+        log.error("could not publish its compensation ({} job(s)): {}; requeueing", count, failed->message());
+        co_await requeue_after_pause(delivery);
+        co_return false;
+    }
+    if (count > 0) {
+        log.info("gave up ({}); published its compensation: {} job(s)", job_headers::bounded(why, kLoggedErrorBytes),
+                 count);
+    }
     co_return true;
 }
 

@@ -86,7 +86,7 @@ class Settlement {
   public:
     Settlement(JobSource& source, amqp::Connection& publisher, OutboxRelay& outbox, HistoryRecorder& history,
                UniqueKeys& unique_keys, BatchMembers& batch_members, std::string worker_name,
-               std::map<std::string, RetryPolicy, std::less<>> policies)
+               std::map<std::string, RetryPolicy, std::less<>> policies, const JobRegistry& registry)
         : source_(source),
           publisher_(publisher),
           outbox_(outbox),
@@ -94,7 +94,8 @@ class Settlement {
           unique_keys_(unique_keys),
           batch_members_(batch_members),
           worker_name_(std::move(worker_name)),
-          policies_(std::move(policies)) {}
+          policies_(std::move(policies)),
+          registry_(registry) {}
 
     /// Settles an attempt of `envelope`: acks it (then publishes what it emitted), schedules its retry, or
     /// dead-letters it.
@@ -140,6 +141,10 @@ class Settlement {
                                                 WorkerMetrics::Job& metrics, decision::RetryLater retry,
                                                 const JobLogger& log);
     boost::asio::awaitable<void> publish_emitted(const std::vector<OutboxMessage>& emitted, const JobLogger& log);
+    /// Publishes the compensation of a job that gives up (JobOptions::compensate), confirmed. False when it could
+    /// not: the job is then requeued (after a pause) and compensates when it gives up again.
+    boost::asio::awaitable<bool> compensate(const amqp::Delivery& delivery, const Envelope& envelope,
+                                            std::string_view why, const JobLogger& log, const TraceContext& trace);
     /// After a refused publish: the original goes back, after a pause so a broken queue cannot make it spin.
     boost::asio::awaitable<void> requeue_after_pause(const amqp::Delivery& delivery);
     /// The end of the attempt in the job's history.
@@ -154,6 +159,7 @@ class Settlement {
     BatchMembers& batch_members_;
     std::string worker_name_;
     std::map<std::string, RetryPolicy, std::less<>> policies_;
+    const JobRegistry& registry_;
     SettledCounts counts_;
 };
 

@@ -161,7 +161,7 @@ class Worker::Impl {
           execution_(pool_, settings_.group_commit ? &group_commit_ : nullptr, quarantine_, database_, metrics_,
                      history_, control_, {settings_.job_timeout, settings_.name}, aborting_),
           settlement_(source_, publisher_, outbox_, history_, unique_keys_, batch_members_, settings_.name,
-                      retry_policies(settings_, registry_)),
+                      retry_policies(settings_, registry_), registry_),
           heartbeat_(pool_, identity(settings_), [this] { return load(); }) {}
 
     /// What the broker may have handed this worker and not had acknowledged: the sum of the queues' prefetch.

@@ -181,9 +181,11 @@ class JobContext {
 
     /// Emits a job of `type` with the JSON object `payload` through the outbox: staged here, and written by the
     /// worker in one statement just before the job's transaction commits. Its message id is derived from this
-    /// job's id and the emit's position, so every attempt emits the same ids. Throws PermanentError for an
-    /// unknown family or a payload that is not a JSON object.
-    void emit(std::string type, std::string payload);
+    /// job's id and the emit's position, so every attempt emits the same ids. With a `delay` (whole seconds, at
+    /// most topology::kMaxDelay) the job waits that long in the delay ladder before it reaches its queue: a
+    /// deadline the flow sets itself. Throws PermanentError for an unknown family or a payload that is not a JSON
+    /// object.
+    void emit(std::string type, std::string payload, std::chrono::seconds delay = {});
 
     /// Writes the staged emits to conveyor.outbox in the job's transaction (the worker calls it before commit).
     boost::asio::awaitable<void> write_outbox();
@@ -231,6 +233,21 @@ class JobContext {
 
 using JobHandler = std::function<boost::asio::awaitable<Outcome>(JobContext&)>;
 
+/// A job to publish, by type and JSON object payload.
+struct FollowUp {
+    std::string type;
+    std::string payload;
+};
+
+/// The jobs that undo a job's part of a larger flow when it ends without succeeding; `why` says how it ended.
+using Compensation = std::function<std::vector<FollowUp>(simdjson::dom::element payload, std::string_view why)>;
+
+/// The messages for the compensation of `envelope` (JobOptions::compensate): ids derived from the job's id, so a
+/// job settled twice (a crash between the publish and the acknowledgement) compensates with the same ids; the
+/// job's correlation id; children of `trace`. Throws PermanentError as JobContext::emit does.
+[[nodiscard]] std::vector<OutboxMessage> compensation_messages(const Envelope& envelope, const TraceContext& trace,
+                                                               std::vector<FollowUp> jobs);
+
 /// How a job type uses a database transaction. A transactional job runs in one that also records the job in
 /// conveyor.inbox: committed on success, rolled back otherwise, and a job found there already is acknowledged
 /// as a duplicate.
@@ -259,6 +276,12 @@ struct JobOptions {
     bool group_commit = true;
     /// Unset accepts any JSON object.
     PayloadValidator validate;
+    /// What a saga's step sets off when it gives up, so its flow never waits for it forever: when a job of the type
+    /// is dead-lettered by the worker (out of attempts, timed out, a permanent failure, an invalid payload) or
+    /// cancelled on request, the worker publishes these jobs, confirmed, before the job leaves its queue. Unset:
+    /// nothing. A message the broker dead-letters itself (its delivery limit) sets off nothing: a flow that must
+    /// end keeps a deadline of its own as well.
+    Compensation compensate;
 };
 
 struct JobDefinition {

@@ -35,6 +35,9 @@ struct Settings {
     smtp::Settings smtp;
     /// The From: of every email (CONVEYOR_MAIL_FROM).
     std::string mail_from = "Conveyor Shop <shop@conveyor.invalid>";
+    /// How long an order may take from placed to confirmed before the saga compensates it
+    /// (CONVEYOR_ORDER_TIMEOUT): its stock released, and its charge refunded if one was made.
+    std::chrono::milliseconds order_timeout{std::chrono::minutes(15)};
 };
 
 /// Adds the job families' options to a binary's command line (conveyor-worker's).
