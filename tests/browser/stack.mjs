@@ -10,7 +10,9 @@ import path from "node:path";
 import { chromium } from "playwright-core";
 
 export const binDir = process.env.CONVEYOR_BIN_DIR ?? path.resolve("../../build/bin");
-export const pgUrl = process.env.CONVEYOR_PG_URL ?? "postgresql://postgres@127.0.0.1:5432/conveyor";
+// The services connect as the application role; the tests set up, inspect and migrate as the schema's owner.
+export const pgUrl = process.env.CONVEYOR_PG_URL ?? "postgresql://conveyor_app@127.0.0.1:5432/conveyor";
+const ownerPgUrl = process.env.CONVEYOR_PG_OWNER_URL ?? "postgresql://postgres@127.0.0.1:5432/conveyor";
 export const amqpUrl = process.env.CONVEYOR_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672/%2f";
 export const screenshots = process.env.CONVEYOR_SCREENSHOT_DIR ?? mkdtempSync(path.join(tmpdir(), "conveyor-console-"));
 
@@ -27,7 +29,7 @@ export function writeScratch(name, text) {
 }
 
 export function sql(statement) {
-  return execFileSync("psql", ["-X", "-q", "-t", "-A", "-d", pgUrl, "-c", statement], { encoding: "utf8" }).trim();
+  return execFileSync("psql", ["-X", "-q", "-t", "-A", "-d", ownerPgUrl, "-c", statement], { encoding: "utf8" }).trim();
 }
 
 export function conveyor(...args) {
@@ -85,7 +87,7 @@ export async function startStack({ schedulerPort, workerPort, schedules }) {
       `${binary} at ${readyUrl}`,
     );
   };
-  execFileSync(path.join(binDir, "conveyor"), ["migrate", "--pg-url", pgUrl], { stdio: "ignore" });
+  execFileSync(path.join(binDir, "conveyor"), ["migrate", "--pg-url", ownerPgUrl], { stdio: "ignore" });
   const origin = `http://127.0.0.1:${schedulerPort}`;
   await start(
     "conveyor-scheduler",

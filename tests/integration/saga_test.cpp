@@ -3,6 +3,7 @@
 #include <set>
 #include <sstream>
 
+#include "conveyor/core/pg.hpp"
 #include "local_servers.hpp"
 #include "orders.hpp"
 #include "worker_fixture.hpp"
@@ -286,6 +287,18 @@ TEST_F(SagaTest, AConfirmedOrderThatIsCancelledIsRefundedOnceOverAFlakyGatewayAn
     EXPECT_EQ(stock_of("sku-1"), 10);
     EXPECT_EQ(story_of("order-r1"),
               "OrderPlaced,StockReserved,PaymentCaptured,OrderConfirmed,RefundRequested,PaymentRefunded,OrderRefunded");
+    // The operator's view of the same audit trail, read as the application role.
+    const auto history = run_cli({"orders", "history", "order-r1", "--json", "--pg-url", app_pg_url()});
+    simdjson::dom::parser parser;
+    simdjson::dom::element shown;
+    ASSERT_EQ(parser.parse(history).get(shown), simdjson::SUCCESS) << history;
+    EXPECT_EQ(std::string_view(shown["status"]), "refunded");
+    EXPECT_EQ(std::string_view(shown["status_reason"]), "customer changed their mind");
+    std::string types;
+    for (const auto event : shown["events"].get_array()) {
+        types += fmt::format("{}{}", types.empty() ? "" : ",", std::string_view(event["type"]));
+    }
+    EXPECT_EQ(types, story_of("order-r1"));
     EXPECT_EQ(
         database_.scalar("SELECT count(*) FROM shop.payments WHERE status = 'refunded' AND refund_id LIKE 're_%'"), 1);
     ASSERT_TRUE(eventually([&] { return mail.count("order_refunded") == 1; }, 30s)) << worker.process->log();
@@ -405,6 +418,55 @@ TEST_F(SagaTest, AnOrderNotConfirmedInTimeIsCancelledAndItsStockReleased) {
     EXPECT_EQ(gateway.stat("/charges"), 0);
     EXPECT_EQ(gateway.stat("/refunds"), 0);
     EXPECT_EQ(completed(worker, "orders.expire", "success"), 1);
+}
+
+/// The SQLSTATE a statement fails with, or "" if it succeeds.
+std::string refusal_of(Database& database, const std::string& statement) {
+    try {
+        database.query(statement);
+    } catch (const pg::Error& e) {
+        return e.sqlstate();
+    }
+    return {};
+}
+
+TEST_F(SagaTest, TheServicesConnectAsAnApplicationRoleThatCanAppendToTheEventStoreButNeverChangeIt) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 500, 10);
+    auto worker = start_saga_worker(gateway, mail, {}, "saga-role");
+    place("order-a1", "kim", {{"sku-1", 1}});
+    ASSERT_TRUE(eventually([&] { return has_status("order-a1", "confirmed"); }, 30s)) << worker.process->log();
+    // Every connection the worker holds is the application role's, and it is no superuser.
+    const auto roles = database_.query(
+        "SELECT DISTINCT a.usename, r.rolsuper FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename "
+        "WHERE a.application_name LIKE 'conveyor-worker %'");
+    ASSERT_EQ(roles.size(), 1U);
+    EXPECT_EQ(roles[0][0], "conveyor_app");
+    EXPECT_EQ(roles[0][1], "f");
+
+    Database app(app_pg_url());
+    EXPECT_EQ(refusal_of(app,
+                         "INSERT INTO shop.events (aggregate_id, version, type, data) "
+                         "VALUES ('audit-probe', 1, 'Probe', '{}')"),
+              "");
+    constexpr std::string_view kInsufficientPrivilege = "42501";
+    EXPECT_EQ(refusal_of(app, "UPDATE shop.events SET type = 'Rewritten' WHERE aggregate_id = 'order-a1'"),
+              kInsufficientPrivilege);
+    EXPECT_EQ(refusal_of(app, "DELETE FROM shop.events WHERE aggregate_id = 'order-a1'"), kInsufficientPrivilege);
+    EXPECT_EQ(refusal_of(app, "TRUNCATE shop.events"), kInsufficientPrivilege);
+    // Nor can it switch the append-only triggers off, or grant itself more.
+    EXPECT_EQ(refusal_of(app, "SET session_replication_role = replica"), kInsufficientPrivilege);
+    EXPECT_EQ(refusal_of(app, "ALTER TABLE shop.events DISABLE TRIGGER events_append_only"), kInsufficientPrivilege);
+    // A GRANT from a role without the grant option only warns, and grants nothing.
+    (void)refusal_of(app, "GRANT UPDATE, DELETE ON shop.events TO conveyor_app");
+    EXPECT_EQ(refusal_of(app, "UPDATE shop.events SET type = 'Rewritten' WHERE aggregate_id = 'order-a1'"),
+              kInsufficientPrivilege);
+    // The owner is refused by the triggers.
+    EXPECT_EQ(refusal_of(database_, "UPDATE shop.events SET type = 'Rewritten' WHERE aggregate_id = 'order-a1'"),
+              kInsufficientPrivilege);
+    EXPECT_EQ(refusal_of(database_, "DELETE FROM shop.events WHERE aggregate_id = 'order-a1'"), kInsufficientPrivilege);
+    EXPECT_EQ(story_of("order-a1"), "OrderPlaced,StockReserved,PaymentCaptured,OrderConfirmed");
 }
 
 TEST_F(SagaTest, OutOfStockRejectsTheOrderWithoutChargingAndMailsTheCustomer) {

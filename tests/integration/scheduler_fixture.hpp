@@ -44,7 +44,7 @@ class SchedulerFixture : public WorkerTest {
         static std::uint16_t next_port = 19560;
         const auto port = next_port++;
         args.insert(args.end(),
-                    {"--http-address", "127.0.0.1", "--http-port", std::to_string(port), "--pg-url", pg_url()});
+                    {"--http-address", "127.0.0.1", "--http-port", std::to_string(port), "--pg-url", app_pg_url()});
         if (std::find(args.begin(), args.end(), "--amqp-url") == args.end()) {
             args.insert(args.end(), {"--amqp-url", amqp_url()});
         }

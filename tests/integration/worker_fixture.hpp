@@ -145,7 +145,7 @@ class WorkerTest : public ::testing::Test {
             args.insert(args.end(), {"--amqp-url", amqp_url()});
         }
         if (std::find(args.begin(), args.end(), "--pg-url") == args.end()) {
-            args.insert(args.end(), {"--pg-url", pg_url()});
+            args.insert(args.end(), {"--pg-url", app_pg_url()});
         }
         const auto log = std::filesystem::temp_directory_path() / ("conveyor-" + log_name + ".log");
         WorkerUnderTest worker{std::make_unique<Process>(binary_dir() / "conveyor-worker", args, log, std::move(env)),

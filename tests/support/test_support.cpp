@@ -45,8 +45,17 @@ std::string amqp_url() {
 }
 
 std::string pg_url() {
+    for (const char* name : {"CONVEYOR_PG_OWNER_URL", "CONVEYOR_PG_URL"}) {
+        if (const char* url = std::getenv(name); url != nullptr && *url != '\0') {
+            return url;
+        }
+    }
+    return "postgresql://postgres@127.0.0.1:5432/conveyor";
+}
+
+std::string app_pg_url() {
     const char* url = std::getenv("CONVEYOR_PG_URL");
-    return url != nullptr && *url != '\0' ? url : "postgresql://postgres@127.0.0.1:5432/conveyor";
+    return url != nullptr && *url != '\0' ? url : "postgresql://conveyor_app@127.0.0.1:5432/conveyor";
 }
 
 std::filesystem::path binary_dir() {

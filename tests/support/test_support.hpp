@@ -18,8 +18,10 @@ namespace conveyor::testing {
 
 /// Environment the tests were pointed at (CONVEYOR_AMQP_URL), defaulting to the local stack.
 [[nodiscard]] std::string amqp_url();
-/// CONVEYOR_PG_URL, defaulting to the local stack's database.
+/// The schema owner's URL (CONVEYOR_PG_OWNER_URL, else CONVEYOR_PG_URL): what tests set up and inspect with.
 [[nodiscard]] std::string pg_url();
+/// The application role's URL (CONVEYOR_PG_URL): what the services under test connect as.
+[[nodiscard]] std::string app_pg_url();
 
 /// Where the project's binaries and scripts are.
 [[nodiscard]] std::filesystem::path binary_dir();

@@ -7,6 +7,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 
@@ -196,7 +197,8 @@ void add_jobs_filters(CLI::App& command, JobsListOptions& options) {
 
 }  // namespace
 
-int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations) {
+int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations,
+        const std::vector<Command>& commands) {
     CommonOptions common;
     MigrateOptions migrate_options;
     std::string statement_timeout = "10m";
@@ -480,10 +482,23 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         "migrate",
         "Apply the database migrations not yet applied, each in a transaction (idempotent, safe to run "
         "from several pods at once)");
-    migrate_cmd->add_option("--pg-url", migrate_options.pg_url, "PostgreSQL URL")
-        ->envname("CONVEYOR_PG_URL")
+    // The schema's owner runs migrations; the services connect as the application role. Without an owner URL the
+    // one URL is both (a superuser's, say).
+    if (const char* url = std::getenv("CONVEYOR_PG_URL"); url != nullptr && *url != '\0') {
+        migrate_options.pg_url = url;
+    }
+    migrate_cmd
+        ->add_option("--pg-url", migrate_options.pg_url,
+                     "PostgreSQL URL of the schema's owner (CONVEYOR_PG_OWNER_URL, else CONVEYOR_PG_URL)")
+        ->envname("CONVEYOR_PG_OWNER_URL")
         ->default_str("postgresql://postgres@127.0.0.1:5432/conveyor");
     migrate_cmd->add_option("--statement-timeout", statement_timeout, "Limit on each migration statement");
+
+    std::vector<CLI::App*> added;
+    added.reserve(commands.size());
+    for (const auto& command : commands) {
+        added.push_back(command.add(app));
+    }
 
     try {
         app.parse(static_cast<int>(argv.size()), argv.data());
@@ -588,6 +603,11 @@ int run(std::span<const char* const> argv, std::vector<pg::Migration> migrations
         if (*migrate_cmd) {
             migrate_options.statement_timeout = parse_duration(statement_timeout);
             return migrate(migrate_options, std::move(migrations));
+        }
+        for (std::size_t index = 0; index < commands.size(); ++index) {
+            if (added[index]->parsed()) {
+                return commands[index].run();
+            }
         }
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? kOk : kUsage;

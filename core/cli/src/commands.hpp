@@ -13,6 +13,7 @@
 #include "conveyor/admin/audit.hpp"
 #include "conveyor/admin/dead_letters.hpp"
 #include "conveyor/admin/job_history.hpp"
+#include "conveyor/cli/cli.hpp"
 #include "conveyor/core/amqp.hpp"
 #include "conveyor/core/migrations.hpp"
 
@@ -147,7 +148,6 @@ struct AuditOptions {
 [[nodiscard]] pg::Settings cli_database_settings(const std::string& pg_url, std::string_view command);
 
 /// What a database command does with its pool; returns the exit code.
-using DatabaseBody = std::function<boost::asio::awaitable<int>(pg::Pool&)>;
 
 /// A JSON string literal (the CLI's --json lines hold ids, types and times, but stay correct for anything).
 [[nodiscard]] std::string json_string(std::string_view text);
@@ -156,10 +156,6 @@ using DatabaseBody = std::function<boost::asio::awaitable<int>(pg::Pool&)>;
 
 /// Prints a database error and returns its exit code: 3 unreachable, 2 bad input (SQLSTATE class 22), 1 otherwise.
 int report_database_error(std::string_view command, const std::string& pg_url, const pg::Error& error);
-
-/// Runs `body` against the database; a database error is printed and becomes the exit code (3 unreachable, 2 bad
-/// input, 1 otherwise).
-int with_database(const std::string& pg_url, std::string_view command, const DatabaseBody& body);
 
 int enqueue(const CommonOptions& common, const EnqueueOptions& options);
 /// Prints a JSON Web Token signed with the schedulers' HS256 secret, for the API and the console.
