@@ -77,4 +77,44 @@ std::string TraceContext::traceparent() const {
     return fmt::format("00-{}-{}-{}", trace_id, span_id, flags);
 }
 
+bool TraceContext::sampled() const noexcept {
+    // The sampled flag is the flags byte's lowest bit: the last hex digit's.
+    if (flags.size() != 2 || !is_lower_hex(flags)) {
+        return false;
+    }
+    const char low = flags.back();
+    const int value = low <= '9' ? low - '0' : low - 'a' + 10;
+    return (value & 1) != 0;
+}
+
+ScopedSpan::ScopedSpan(SpanSink* sink, const TraceContext& parent, std::string name, SpanKind kind)
+    : sink_(parent.sampled() ? sink : nullptr) {
+    span_.context = TraceContext::start_span(parent.traceparent());
+    span_.name = std::move(name);
+    span_.kind = kind;
+    span_.start = std::chrono::system_clock::now();
+}
+
+void ScopedSpan::set(std::string key, std::variant<std::string, std::int64_t, bool> value) {
+    if (sink_ != nullptr) {
+        span_.attributes.emplace_back(std::move(key), std::move(value));
+    }
+}
+
+void ScopedSpan::fail(std::string message) {
+    span_.failed = true;
+    span_.status_message = std::move(message);
+}
+
+void ScopedSpan::end() noexcept {
+    if (ended_) {
+        return;
+    }
+    ended_ = true;
+    if (sink_ != nullptr) {
+        span_.end = std::chrono::system_clock::now();
+        sink_->record(std::move(span_));
+    }
+}
+
 }  // namespace conveyor

@@ -291,10 +291,16 @@ asio::awaitable<Outcome> send_email(JobContext& context, smtp::Client& mailer, c
         header_safe(settings.mail_from), header_safe(email->to), encoded_header(subject), utc, id, chosen.name,
         crlf_lines(body));
     std::optional<smtp::Error> refused;
-    try {
-        co_await mailer.send(mail, context.deadline());
-    } catch (const smtp::Error& e) {
-        refused = e;
+    {
+        auto span = context.span("smtp send");
+        span.set("conveyor.email.template", std::string(chosen.name));
+        try {
+            co_await mailer.send(mail, context.deadline());
+        } catch (const smtp::Error& e) {
+            refused = e;
+            // Not e.what(): the server's reply may quote the address, and spans leave the process.
+            span.fail(e.transient() ? "refused for now" : "refused");
+        }
     }
     if (refused && refused->maybe_delivered()) {
         // The server may have the mail: the claim stays until it expires, so nothing sends it again sooner.

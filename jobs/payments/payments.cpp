@@ -152,7 +152,11 @@ asio::awaitable<GatewayReply> call_gateway(JobContext& context, PaymentGateway& 
         GatewayReply wait = Outcome{Retry{permit.retry_after(), "the payment gateway's circuit is open", false}};
         co_return wait;
     }
-    request.headers.emplace_back("traceparent", context.trace().traceparent());
+    auto span = context.span(fmt::format("payment gateway {} {}", request.method, operation));
+    span.set("http.request.method", request.method);
+    span.set("url.path", request.path.substr(0, request.path.find('?')));
+    span.set("conveyor.gateway.operation", std::string(operation));
+    request.headers.emplace_back("traceparent", span.context().traceparent());
     if (!gateway.key().empty()) {
         request.headers.emplace_back("Authorization", fmt::format("Bearer {}", gateway.key()));
     }
@@ -167,6 +171,7 @@ asio::awaitable<GatewayReply> call_gateway(JobContext& context, PaymentGateway& 
     }
     const bool counts_attempt = !permit.trial();
     if (!response) {
+        span.fail(transport_failure);
         permit.failed();
         GatewayReply retry = Outcome{Retry{{}, fmt::format("payment gateway: {}", transport_failure), counts_attempt}};
         co_return retry;
@@ -174,6 +179,10 @@ asio::awaitable<GatewayReply> call_gateway(JobContext& context, PaymentGateway& 
     gateway.observe(std::chrono::steady_clock::now() - sent);
     gateway.count(operation, status_class(response->status));
     const auto code = response->status;
+    span.set("http.response.status_code", static_cast<std::int64_t>(code));
+    if (code >= 400 && code != 402) {
+        span.fail(fmt::format("answered {}", code));
+    }
     if (code == 409) {
         // The gateway is still working on an earlier attempt with this key; its answer will be replayed to us.
         permit.succeeded();

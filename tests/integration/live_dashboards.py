@@ -301,6 +301,7 @@ def main():
     bin_dir = options.bin_dir.resolve()
     amqp_url = os.environ.get("CONVEYOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
     pg_url = os.environ.get("CONVEYOR_PG_URL", "postgresql://postgres@127.0.0.1:5432/conveyor")
+    owner_url = os.environ.get("CONVEYOR_PG_OWNER_URL", pg_url)  # the schema's owner runs the migrations
     prometheus_binary = shutil.which("prometheus")
     if prometheus_binary is None:
         raise SystemExit("live-dashboards: no prometheus binary (deploy/local/install-deps installs it)")
@@ -309,7 +310,7 @@ def main():
     run_id = f"{int(time.time())}-{os.getpid()}"
     cli = [str(bin_dir / "conveyor"), "--amqp-url", amqp_url]
     try:
-        run([*cli, "migrate", "--pg-url", pg_url])
+        run([*cli, "migrate", "--pg-url", owner_url])
         run([*cli, "topology", "declare"])
         gateway = stack.start("gateway", [sys.executable, str(ROOT / "deploy/local/payment_gateway.py"),
                                           "--port-file", str(scratch / "gateway.port"),

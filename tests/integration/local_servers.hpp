@@ -180,4 +180,90 @@ class SmtpSink {
     std::uint16_t port_ = 0;
 };
 
+/// One span as deploy/local/otlp_receiver.py kept it.
+struct ReceivedSpan {
+    std::string trace_id;
+    std::string span_id;
+    std::string parent_span_id;
+    std::string name;
+    std::string kind;
+    std::string service;
+    std::int64_t status = 0;  ///< OTLP's: 0 unset, 1 ok, 2 error
+};
+
+/// deploy/local/otlp_receiver.py: an OTLP/HTTP traces endpoint that checks each request against the OTLP JSON
+/// encoding and keeps the spans.
+class OtlpReceiver {
+  public:
+    OtlpReceiver() : dir_(scratch_dir("otlp")) {
+        process_ = std::make_unique<Process>(
+            "/usr/bin/python3",
+            std::vector<std::string>{(source_dir() / "deploy/local/otlp_receiver.py").string(), "--port", "0",
+                                     "--port-file", (dir_ / "port").string()},
+            dir_ / "log");
+        port_ = read_port_file(dir_ / "port", *process_);
+    }
+    ~OtlpReceiver() {
+        process_->signal(SIGTERM);
+        process_->wait(std::chrono::seconds(5));
+        std::filesystem::remove_all(dir_);
+    }
+    OtlpReceiver(const OtlpReceiver&) = delete;
+    OtlpReceiver& operator=(const OtlpReceiver&) = delete;
+
+    [[nodiscard]] std::string url() const { return fmt::format("http://127.0.0.1:{}", port_); }
+
+    /// Merges settings into its behaviour, e.g. {"fail_next": 3}.
+    void control(const std::string& json) const {
+        const auto response = http_post(port_, "/control", json);
+        ASSERT_TRUE(response && response->first == 200)
+            << "otlp receiver control " << json << ": " << (response ? response->second : "no answer");
+    }
+
+    /// A number from GET /stats ("/spans", "/rejected" …), 0 if absent.
+    [[nodiscard]] std::int64_t stat(const std::string& pointer) const {
+        const auto response = http_get(port_, "/stats");
+        simdjson::dom::parser parser;
+        std::int64_t value = 0;
+        if (!response || parser.parse(response->second).at_pointer(pointer).get(value) != simdjson::SUCCESS) {
+            return 0;
+        }
+        return value;
+    }
+
+    /// The spans kept of one trace.
+    [[nodiscard]] std::vector<ReceivedSpan> spans_of(const std::string& trace_id) const {
+        std::vector<ReceivedSpan> spans;
+        const auto response = http_get(port_, "/spans?trace_id=" + trace_id);
+        simdjson::dom::parser parser;
+        simdjson::dom::array listed;
+        if (!response || parser.parse(response->second).get(listed) != simdjson::SUCCESS) {
+            return spans;
+        }
+        for (const auto item : listed) {
+            ReceivedSpan span;
+            span.trace_id = std::string(std::string_view(item["trace_id"]));
+            span.span_id = std::string(std::string_view(item["span_id"]));
+            span.parent_span_id = std::string(std::string_view(item["parent_span_id"]));
+            span.name = std::string(std::string_view(item["name"]));
+            span.kind = std::string(std::string_view(item["kind"]));
+            span.service = std::string(std::string_view(item["service"]));
+            span.status = std::int64_t(item["status"]);
+            spans.push_back(std::move(span));
+        }
+        return spans;
+    }
+
+    /// The trace as the receiver renders it: a text timeline.
+    [[nodiscard]] std::string render(const std::string& trace_id) const {
+        const auto response = http_get(port_, "/render?trace_id=" + trace_id);
+        return response ? response->second : std::string();
+    }
+
+  private:
+    std::filesystem::path dir_;
+    std::unique_ptr<Process> process_;
+    std::uint16_t port_ = 0;
+};
+
 }  // namespace conveyor::testing

@@ -226,11 +226,76 @@ TEST_F(SagaTest, JsonLogsFollowTheTraceFromTheOrderThroughTheEmittedJobsToTheGat
     for (const auto& span : mailed) {
         EXPECT_EQ(span.trace_id, trace_id) << span.job_id;
     }
-    // The gateway saw the charge's span as the parent of its request.
-    EXPECT_NE(gateway.charges_of("order-traced")
-                  .find(R"("traceparent":"00-)" + trace_id + "-" + charge_span.span_id + "-01\""),
+    // The gateway's request carries the trace, its parent the call's own span (a child of the charge's: see
+    // AnOrdersSagaReachesAnOtlpReceiverAsOneConnectedTrace).
+    const auto charges = gateway.charges_of("order-traced");
+    EXPECT_NE(charges.find(R"("traceparent":"00-)" + trace_id + "-"), std::string::npos) << charges;
+    EXPECT_EQ(charges.find(charge_span.span_id), std::string::npos) << charges;
+}
+
+TEST_F(SagaTest, AnOrdersSagaReachesAnOtlpReceiverAsOneConnectedTrace) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    OtlpReceiver receiver;
+    add_product("sku-1", 700, 10);
+    auto worker = start_saga_worker(gateway, mail, {"--otlp-endpoint", receiver.url()}, "saga-otlp");
+    const std::string trace_id = "0af7651916cd43dd8448eb211c80319c";
+    const std::string caller_span = "b7ad6b7169203331";
+    auto order = Broker::job("orders.place", order_payload("order-otlp", "lena", {{"sku-1", 2}}));
+    amqp::set_header(order.properties.headers, "traceparent", "00-" + trace_id + "-" + caller_span + "-01");
+    broker_.publish(std::move(order));
+    ASSERT_TRUE(eventually([&] { return has_status("order-otlp", "confirmed"); }, 30s)) << worker.process->log();
+
+    // Each span's parent is a span of the trace, but for the order's job, whose parent is the caller's.
+    std::vector<ReceivedSpan> spans;
+    const auto connected = [&] {
+        std::set<std::string> ids;
+        for (const auto& span : spans) {
+            ids.insert(span.span_id);
+        }
+        return std::all_of(spans.begin(), spans.end(), [&](const ReceivedSpan& span) {
+            return span.parent_span_id == caller_span || ids.contains(span.parent_span_id);
+        });
+    };
+    const auto named = [&](const std::string& name) {
+        return std::find_if(spans.begin(), spans.end(), [&](const ReceivedSpan& span) { return span.name == name; });
+    };
+    ASSERT_TRUE(eventually(
+        [&] {
+            spans = receiver.spans_of(trace_id);
+            return named("emails.send") != spans.end() && named("smtp send") != spans.end() && connected();
+        },
+        30s))
+        << receiver.render(trace_id) << worker.process->log();
+    EXPECT_EQ(std::count_if(spans.begin(), spans.end(),
+                            [&](const ReceivedSpan& span) { return span.parent_span_id == caller_span; }),
+              1);
+    const auto placed = named("orders.place");
+    ASSERT_NE(placed, spans.end());
+    EXPECT_EQ(placed->parent_span_id, caller_span);
+    EXPECT_EQ(placed->kind, "consumer");
+    EXPECT_EQ(placed->service, "conveyor-worker");
+    const auto charged = named("payments.charge");
+    ASSERT_NE(charged, spans.end());
+    EXPECT_EQ(charged->parent_span_id, placed->span_id);
+    // The gateway call is a client span of the charge's job, and the gateway saw it as its caller.
+    const auto called = named("payment gateway POST charge");
+    ASSERT_NE(called, spans.end()) << receiver.render(trace_id);
+    EXPECT_EQ(called->kind, "client");
+    EXPECT_EQ(called->parent_span_id, charged->span_id);
+    EXPECT_NE(gateway.charges_of("order-otlp").find("00-" + trace_id + "-" + called->span_id + "-01"),
               std::string::npos)
-        << gateway.charges_of("order-traced");
+        << gateway.charges_of("order-otlp");
+    // The database transactions: the order's own, and the charge's, which began after the gateway answered.
+    const auto transactions = std::count_if(spans.begin(), spans.end(), [&](const ReceivedSpan& span) {
+        return span.name.starts_with("db transaction") &&
+               (span.parent_span_id == placed->span_id || span.parent_span_id == charged->span_id);
+    });
+    EXPECT_EQ(transactions, 2) << receiver.render(trace_id);
+    EXPECT_EQ(named("smtp send")->parent_span_id, named("emails.send")->span_id);
+    EXPECT_EQ(receiver.stat("/rejected"), 0);
+    EXPECT_EQ(worker.metric("conveyor_trace_spans_dropped_total"), 0);
+    std::cout << receiver.render(trace_id);
 }
 
 TEST_F(SagaTest, ADeclinedPaymentCancelsTheOrderReleasesItsStockOnceAndMailsTheCustomer) {
@@ -357,9 +422,16 @@ TEST_F(SagaTest, AChargeMadeAfterItsOrderWasCancelledIsRefundedAndTheOrderStaysC
     ASSERT_TRUE(eventually([&] { return gateway.stat("/requests") == 1; }, 30s)) << worker.process->log();
     cancel_order("order-l1", "customer changed their mind");
     ASSERT_TRUE(eventually([&] { return gateway.stat("/refunds") == 1; }, 30s)) << worker.process->log();
+    // The refund is recorded in a transaction after the gateway answered.
+    ASSERT_TRUE(eventually(
+        [&] {
+            return story_of("order-l1") ==
+                   "OrderPlaced,StockReserved,OrderCancelled,LatePaymentCaptured,PaymentRefunded";
+        },
+        30s))
+        << story_of("order-l1");
     ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
     EXPECT_EQ(status_of("order-l1"), "cancelled");
-    EXPECT_EQ(story_of("order-l1"), "OrderPlaced,StockReserved,OrderCancelled,LatePaymentCaptured,PaymentRefunded");
     EXPECT_EQ(stock_of("sku-1"), 10);
     ASSERT_TRUE(eventually([&] { return mail.count("order_refunded") == 1; }, 30s)) << worker.process->log();
     EXPECT_EQ(mail.count("order_cancelled"), 1);
@@ -387,9 +459,15 @@ TEST_F(SagaTest, AChargeJobCancelledMidCallCancelsItsOrderAndTheChargeItMadeIsFo
     // The gateway finished the charge nobody waited for; the refund job 8 s after the cancel finds and refunds it.
     ASSERT_TRUE(eventually([&] { return gateway.stat("/refunds_by_order/order-c1") == 1; }, 40s))
         << worker.process->log();
+    ASSERT_TRUE(eventually(
+        [&] {
+            return story_of("order-c1") ==
+                   "OrderPlaced,StockReserved,OrderCancelled,LatePaymentCaptured,PaymentRefunded";
+        },
+        30s))
+        << story_of("order-c1");
     ASSERT_TRUE(eventually([&] { return settled(1); }, 30s)) << worker.process->log();
     EXPECT_EQ(gateway.stat("/charges"), 1);
-    EXPECT_EQ(story_of("order-c1"), "OrderPlaced,StockReserved,OrderCancelled,LatePaymentCaptured,PaymentRefunded");
     EXPECT_EQ(status_of("order-c1"), "cancelled");
 }
 

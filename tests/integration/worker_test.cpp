@@ -3,6 +3,7 @@
 #include <fstream>
 #include <set>
 
+#include "local_servers.hpp"
 #include "worker_fixture.hpp"
 
 namespace conveyor::testing {
@@ -28,6 +29,27 @@ TEST_F(WorkerTest, ProcessesTenThousandNoopJobsExactlyOnce) {
     EXPECT_EQ(broker_.ready("conveyor.diag"), 0U);
     EXPECT_EQ(broker_.ready("conveyor.diag.dlq"), 0U);
     EXPECT_EQ(http_get(worker.port, "/healthz")->first, 200U);
+}
+
+TEST_F(WorkerTest, SpansAreExportedInBatchesAndAReceiverThatFailsOrStallsNeverHoldsUpAJob) {
+    OtlpReceiver receiver;
+    // Every request waits 2 s and the first 5 fail: with a queue of 50 spans, most of 2,000 jobs' spans find it full.
+    receiver.control(R"({"latency_ms": 2000, "fail_next": 5})");
+    auto worker = start_worker({"--otlp-endpoint", receiver.url(), "--otlp-queue", "50"}, "otlp-stalled");
+    run_cli({"enqueue", "diag.noop", "--count", "2000", "--no-progress"});
+    ASSERT_TRUE(eventually([&] { return worker.succeeded() >= 2000; }, 60s)) << worker.process->log();
+    EXPECT_GT(worker.metric("conveyor_trace_spans_dropped_total", {"reason=\"queue_full\""}), 1000);
+    ASSERT_TRUE(eventually(
+        [&] { return worker.metric("conveyor_trace_spans_dropped_total", {"reason=\"export_failed\""}) > 0; }, 30s));
+    // The receiver recovers, and spans flow again: each batch at most the queue's 50.
+    receiver.control(R"({"latency_ms": 0, "fail_next": 0})");
+    run_cli({"enqueue", "diag.noop", "--count", "20", "--no-progress"});
+    ASSERT_TRUE(eventually([&] { return worker.metric("conveyor_trace_spans_exported_total") >= 20; }, 30s))
+        << worker.process->log();
+    EXPECT_EQ(receiver.stat("/rejected"), 0);
+    const auto log = worker.process->log();
+    EXPECT_NE(log.find("spans are dropped until it recovers"), std::string::npos) << log;
+    EXPECT_NE(log.find("accepts spans again"), std::string::npos) << log;
 }
 
 TEST_F(WorkerTest, MetricsExposeEveryNameOfTheContract) {

@@ -64,6 +64,7 @@ asio::awaitable<std::optional<Attempt>> Execution::run(const amqp::Delivery& del
     const auto started = Clock::now();
     const auto started_at = std::chrono::system_clock::now();
     JobContext context(envelope, trace, log, started + timeout, &pool_);
+    context.set_span_sink(spans_);
     const auto running = history_.record_start(envelope, delivery.queue, trace, started_at);
     report_progress(context, delivery.queue, started_at);
     auto result = co_await attempt_unless_cancelled(job, context, slot, timeout);
@@ -175,10 +176,16 @@ asio::awaitable<Outcome> Execution::run_handler(const JobDefinition& definition,
         auto outcome = co_await definition.handler(context);
         co_return outcome;
     }
+    // The transaction's span: from its begin (or the job's joining a group) to the job's verdict.
+    std::optional<ScopedSpan> transaction_span;
     if (groups_ != nullptr && definition.options.group_commit) {
-        auto grouped = co_await run_in_group(definition, context, duplicate);
+        auto grouped = co_await run_in_group(definition, context, duplicate, transaction_span);
         if (grouped) {
             co_return std::move(*grouped);
+        }
+        if (transaction_span) {
+            transaction_span->fail("taken out of its group");
+            transaction_span.reset();
         }
         // Its group failed, or held a lock it needed: what it did there was undone, and it runs again alone, without
         // using up an attempt. Its emits get the same ids again.
@@ -187,13 +194,15 @@ asio::awaitable<Outcome> Execution::run_handler(const JobDefinition& definition,
         duplicate = false;
         context.log().debug("taken out of its group; runs again in a transaction of its own");
     }
-    auto outcome = co_await run_alone(definition, context, duplicate);
+    auto outcome = co_await run_alone(definition, context, duplicate, transaction_span);
     co_return outcome;
 }
 
-asio::awaitable<Outcome> Execution::run_alone(const JobDefinition& definition, JobContext& context, bool& duplicate) {
+asio::awaitable<Outcome> Execution::run_alone(const JobDefinition& definition, JobContext& context, bool& duplicate,
+                                              std::optional<ScopedSpan>& span) {
     std::optional<pg::Transaction> transaction;
     if (definition.options.transaction == TransactionMode::per_job) {
+        start_transaction_span(context, span, false);
         const bool claimed = co_await claim_in_transaction(context, transaction);
         if (!claimed) {
             duplicate = true;
@@ -202,7 +211,8 @@ asio::awaitable<Outcome> Execution::run_alone(const JobDefinition& definition, J
         context.bind_transaction(&*transaction);
     } else {
         context.set_transaction_opener(
-            [this, &context, &transaction, &duplicate]() -> asio::awaitable<pg::Transaction*> {
+            [this, &context, &transaction, &duplicate, &span]() -> asio::awaitable<pg::Transaction*> {
+                start_transaction_span(context, span, false);
                 const bool claimed = co_await claim_in_transaction(context, transaction);
                 duplicate = !claimed;
                 pg::Transaction* opened = nullptr;
@@ -226,6 +236,13 @@ asio::awaitable<Outcome> Execution::run_alone(const JobDefinition& definition, J
     co_return outcome;
 }
 
+void Execution::start_transaction_span(const JobContext& context, std::optional<ScopedSpan>& span, bool grouped) {
+    span.emplace(context.span_sink(), context.trace(), grouped ? "db transaction (group commit)" : "db transaction",
+                 SpanKind::client);
+    span->set("db.system", std::string("postgresql"));
+    span->set("conveyor.group_commit", grouped);
+}
+
 void Execution::forget_transaction(JobContext& context) {
     // The opener and the binding refer to locals of the frame that ends: they must not outlive it in the context.
     context.set_transaction_opener({});
@@ -235,10 +252,11 @@ void Execution::forget_transaction(JobContext& context) {
 }
 
 asio::awaitable<std::optional<Outcome>> Execution::run_in_group(const JobDefinition& definition, JobContext& context,
-                                                                bool& duplicate) {
+                                                                bool& duplicate, std::optional<ScopedSpan>& span) {
     std::optional<GroupCommit::Turn> turn;
     std::optional<pg::Transaction> own;  // its group failed before its turn came: a transaction of its own
-    auto open = [this, &context, &turn, &own, &duplicate]() -> asio::awaitable<pg::Transaction*> {
+    auto open = [this, &context, &turn, &own, &duplicate, &span]() -> asio::awaitable<pg::Transaction*> {
+        start_transaction_span(context, span, true);
         auto joined = co_await groups_->join(context.job_id(), context.type());
         pg::Transaction* opened = nullptr;
         if (joined) {

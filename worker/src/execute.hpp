@@ -51,6 +51,8 @@ class Execution {
     struct Settings {
         std::chrono::milliseconds default_timeout;
         std::string worker_name;
+        /// Where the jobs' own spans go (JobContext::span), and their database transactions'; none: not exported.
+        SpanSink* spans = nullptr;
     };
     /// `groups` is null when group commit is off.
     Execution(pg::Pool& pool, GroupCommit* groups, Quarantine& quarantine, DatabaseHealth& database,
@@ -65,6 +67,7 @@ class Execution {
           control_(control),
           default_timeout_(settings.default_timeout),
           worker_name_(std::move(settings.worker_name)),
+          spans_(settings.spans),
           aborting_(aborting) {}
 
     /// Runs one attempt of the job in `slot`. Empty when the shutdown interrupted it before it succeeded: whatever
@@ -95,11 +98,15 @@ class Execution {
     /// group commit is on, else its own.
     boost::asio::awaitable<Outcome> run_handler(const JobDefinition& definition, JobContext& context, bool& duplicate);
     /// Runs a transactional handler in a transaction of its own.
-    boost::asio::awaitable<Outcome> run_alone(const JobDefinition& definition, JobContext& context, bool& duplicate);
+    boost::asio::awaitable<Outcome> run_alone(const JobDefinition& definition, JobContext& context, bool& duplicate,
+                                              std::optional<ScopedSpan>& span);
     /// Runs a transactional handler in its turn in a group; none when it must run again alone (its group failed,
     /// or a lock conflict the group may have caused undid it).
     boost::asio::awaitable<std::optional<Outcome>> run_in_group(const JobDefinition& definition, JobContext& context,
-                                                                bool& duplicate);
+                                                                bool& duplicate, std::optional<ScopedSpan>& span);
+    /// Starts `span`, the job's transaction's, child of its own: once the transaction begins (or the job joins a
+    /// group), and ended by the job's verdict.
+    static void start_transaction_span(const JobContext& context, std::optional<ScopedSpan>& span, bool grouped);
     /// Ends the job's turn as its handler ended: kept, with its outbox rows, if it succeeded.
     boost::asio::awaitable<std::optional<Outcome>> end_turn(std::optional<Outcome> handled, std::exception_ptr failure,
                                                             JobContext& context, GroupCommit::Turn& turn,
@@ -122,6 +129,7 @@ class Execution {
     JobControl& control_;
     std::chrono::milliseconds default_timeout_;
     std::string worker_name_;
+    SpanSink* spans_;
     const std::atomic<bool>& aborting_;
 };
 

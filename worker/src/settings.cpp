@@ -254,6 +254,21 @@ void add_database_options(CLI::App& app, WorkerSettings& settings, OptionTexts& 
                    "History events held while PostgreSQL is away; beyond, they are dropped and counted")
         ->envname("CONVEYOR_HISTORY_BUFFER")
         ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
+    app.add_option("--otlp-endpoint", settings.otlp.endpoint,
+                   "OTLP/HTTP receiver (an OpenTelemetry collector, Jaeger) the spans go to, e.g. "
+                   "http://collector:4318; empty: none")
+        ->envname("CONVEYOR_OTLP_ENDPOINT")
+        ->check(CLI::Validator(
+            [](std::string& url) -> std::string {
+                return url.empty() || url.starts_with("http://") || url.starts_with("https://")
+                           ? std::string()
+                           : "expected an http:// or https:// URL";
+            },
+            "URL"));
+    app.add_option("--otlp-queue", settings.otlp.max_queue,
+                   "Spans waiting for export at most; beyond, they are dropped and counted")
+        ->envname("CONVEYOR_OTLP_QUEUE")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}));
 }
 
 void add_operations_options(CLI::App& app, WorkerSettings& settings) {

@@ -147,8 +147,36 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
     }
 }
 
+void Settlement::record_span(const amqp::Delivery& delivery, const Envelope& envelope, const Attempt& attempt,
+                             const TraceContext& trace, const std::string& state, const std::string& error) {
+    if (spans_ == nullptr || !trace.sampled()) {
+        return;
+    }
+    Span span;
+    span.context = trace;
+    span.name = envelope.type;
+    span.kind = SpanKind::consumer;
+    span.start = attempt.started_at;
+    span.end = std::chrono::system_clock::now();
+    span.attributes = {{"messaging.system", std::string("rabbitmq")},
+                       {"messaging.destination.name", delivery.queue},
+                       {"messaging.message.id", envelope.job_id},
+                       {"conveyor.job.type", envelope.type},
+                       {"conveyor.job.attempt", static_cast<std::int64_t>(envelope.attempt)},
+                       {"conveyor.job.state", state}};
+    if (!envelope.correlation_id.empty()) {
+        span.attributes.emplace_back("messaging.message.conversation_id", envelope.correlation_id);
+    }
+    span.failed = state == "retrying" || state == "dead_lettered";
+    if (span.failed) {
+        span.status_message = job_headers::bounded(error, kLoggedErrorBytes);
+    }
+    spans_->record(std::move(span));
+}
+
 void Settlement::record_end(const amqp::Delivery& delivery, const Envelope& envelope, const Attempt& attempt,
                             const TraceContext& trace, std::string state, const std::string& error) {
+    record_span(delivery, envelope, attempt, trace, state, error);
     if (!history_.enabled()) {
         return;
     }

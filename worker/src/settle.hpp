@@ -86,7 +86,7 @@ class Settlement {
   public:
     Settlement(JobSource& source, amqp::Connection& publisher, OutboxRelay& outbox, HistoryRecorder& history,
                UniqueKeys& unique_keys, BatchMembers& batch_members, std::string worker_name,
-               std::map<std::string, RetryPolicy, std::less<>> policies, const JobRegistry& registry)
+               std::map<std::string, RetryPolicy, std::less<>> policies, const JobRegistry& registry, SpanSink* spans)
         : source_(source),
           publisher_(publisher),
           outbox_(outbox),
@@ -95,7 +95,8 @@ class Settlement {
           batch_members_(batch_members),
           worker_name_(std::move(worker_name)),
           policies_(std::move(policies)),
-          registry_(registry) {}
+          registry_(registry),
+          spans_(spans) {}
 
     /// Settles an attempt of `envelope`: acks it (then publishes what it emitted), schedules its retry, or
     /// dead-letters it.
@@ -147,7 +148,10 @@ class Settlement {
                                             std::string_view why, const JobLogger& log, const TraceContext& trace);
     /// After a refused publish: the original goes back, after a pause so a broken queue cannot make it spin.
     boost::asio::awaitable<void> requeue_after_pause(const amqp::Delivery& delivery);
-    /// The end of the attempt in the job's history.
+    /// The attempt's span, exported when spans are.
+    void record_span(const amqp::Delivery& delivery, const Envelope& envelope, const Attempt& attempt,
+                     const TraceContext& trace, const std::string& state, const std::string& error);
+    /// The end of the attempt in the job's history, and its span.
     void record_end(const amqp::Delivery& delivery, const Envelope& envelope, const Attempt& attempt,
                     const TraceContext& trace, std::string state, const std::string& error);
 
@@ -160,6 +164,7 @@ class Settlement {
     std::string worker_name_;
     std::map<std::string, RetryPolicy, std::less<>> policies_;
     const JobRegistry& registry_;
+    SpanSink* spans_;
     SettledCounts counts_;
 };
 

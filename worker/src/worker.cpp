@@ -102,6 +102,15 @@ amqp::Topology consumer_topology(std::span<const std::string> families, const am
     return declared;
 }
 
+std::unique_ptr<otlp::Exporter> span_exporter(const asio::any_io_executor& executor, const WorkerSettings& settings,
+                                              prometheus::Registry& metrics) {
+    if (settings.otlp.endpoint.empty()) {
+        return nullptr;
+    }
+    spdlog::info("exporting spans to {} over OTLP/HTTP", redacted_url(settings.otlp.endpoint));
+    return std::make_unique<otlp::Exporter>(executor, settings.otlp, "conveyor-worker", settings.name, metrics);
+}
+
 std::map<std::string, RetryPolicy, std::less<>> retry_policies(const WorkerSettings& settings,
                                                                const JobRegistry& registry) {
     std::map<std::string, RetryPolicy, std::less<>> policies;
@@ -159,9 +168,9 @@ class Worker::Impl {
                .wait = settings_.group_commit_wait},
               {&metrics_.group_commit_jobs(), &metrics_.group_commit_failed(), &metrics_.group_commit_taken_out()}),
           execution_(pool_, settings_.group_commit ? &group_commit_ : nullptr, quarantine_, database_, metrics_,
-                     history_, control_, {settings_.job_timeout, settings_.name}, aborting_),
+                     history_, control_, {settings_.job_timeout, settings_.name, spans_.get()}, aborting_),
           settlement_(source_, publisher_, outbox_, history_, unique_keys_, batch_members_, settings_.name,
-                      retry_policies(settings_, registry_), registry_),
+                      retry_policies(settings_, registry_), registry_, spans_.get()),
           heartbeat_(pool_, identity(settings_), [this] { return load(); }) {}
 
     /// What the broker may have handed this worker and not had acknowledged: the sum of the queues' prefetch.
@@ -336,6 +345,9 @@ class Worker::Impl {
         background_.spawn("concurrency limits", [this](TaskGroup::Task&) { return concurrency_.run(); });
         background_.spawn("rate limits", [this](TaskGroup::Task&) { return rates_.run(); });
         background_.spawn("heartbeat", [this](TaskGroup::Task&) { return heartbeat_.run(database_); });
+        if (spans_) {
+            background_.spawn("span export", [this](TaskGroup::Task&) { return spans_->run(); });
+        }
         if (settings_.group_commit) {
             background_.spawn("group commit", [this](TaskGroup::Task&) { return group_commit_.serve(); });
         }
@@ -733,6 +745,8 @@ class Worker::Impl {
         draining_,
         {},
         {metrics_.flow_waiting_jobs("rate"), metrics_.flow_waiting_keys("rate"), metrics_.flow_rate_tokens()}};
+    /// Null unless spans are exported (CONVEYOR_OTLP_ENDPOINT).
+    std::unique_ptr<otlp::Exporter> spans_ = span_exporter(io_.get_executor(), settings_, *prometheus_);
     Admitter admitter_;
     GroupCommit group_commit_;
     Execution execution_;

@@ -17,6 +17,7 @@
 #include "conveyor/core/envelope.hpp"
 #include "conveyor/core/logging.hpp"
 #include "conveyor/core/pg.hpp"
+#include "conveyor/core/trace.hpp"
 
 /// The contract between the worker runtime and job handlers. Handlers live in jobs/ and know only this header.
 namespace conveyor {
@@ -164,6 +165,16 @@ class JobContext {
     /// The job's span: pass trace().traceparent() on to the outside world the job calls.
     [[nodiscard]] const TraceContext& trace() const noexcept { return trace_; }
 
+    /// A span of this job's, for one call to the outside world (an HTTP request, an SMTP delivery, a database
+    /// transaction): pass its context().traceparent() on to the callee. Exported when the worker exports spans
+    /// (CONVEYOR_OTLP_ENDPOINT), timed for nothing otherwise.
+    [[nodiscard]] ScopedSpan span(std::string name, SpanKind kind = SpanKind::client) const {
+        return {spans_, trace_, std::move(name), kind};
+    }
+    /// Where span() sends finished spans; set by the worker.
+    void set_span_sink(SpanSink* sink) noexcept { spans_ = sink; }
+    [[nodiscard]] SpanSink* span_sink() const noexcept { return spans_; }
+
     /// The job's transaction; throws std::logic_error unless it is open (a per_job type's always is, an
     /// on_demand type's once begin_transaction() returned it). Commit and rollback are the worker's: the
     /// handler's outcome decides. It may be shared with other jobs (JobOptions::group_commit), each in a savepoint:
@@ -222,6 +233,7 @@ class JobContext {
     const JobLogger& logger_;
     std::chrono::steady_clock::time_point deadline_;
     pg::Pool* database_;
+    SpanSink* spans_ = nullptr;
     pg::Transaction* transaction_ = nullptr;
     TransactionOpener opener_;
     std::vector<OutboxMessage> emitted_;

@@ -1,8 +1,13 @@
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
 
 /// W3C Trace Context (https://www.w3.org/TR/trace-context/) for jobs: each job runs as a span of the trace its
 /// message carries, and everything it causes (the jobs it emits, its HTTP calls) carries that span as parent.
@@ -33,6 +38,58 @@ struct TraceContext {
 
     /// The header for what this span causes: the same trace, this span as the parent.
     [[nodiscard]] std::string traceparent() const;
+
+    /// Whether the trace is to be recorded (the sampled flag).
+    [[nodiscard]] bool sampled() const noexcept;
+};
+
+/// What a span stands for, as OpenTelemetry names it (the numbers are OTLP's).
+enum class SpanKind : std::uint8_t { internal = 1, server = 2, client = 3, producer = 4, consumer = 5 };
+
+using SpanAttribute = std::pair<std::string, std::variant<std::string, std::int64_t, bool>>;
+
+/// A finished span: its place in the trace, what it did and when.
+struct Span {
+    TraceContext context;
+    std::string name;
+    SpanKind kind = SpanKind::internal;
+    std::chrono::system_clock::time_point start;
+    std::chrono::system_clock::time_point end;
+    std::vector<SpanAttribute> attributes;
+    bool failed = false;
+    std::string status_message;  ///< why it failed
+};
+
+/// Where finished spans go (the OTLP exporter). record() is called on any thread, must not block and must not
+/// throw: a span it cannot keep is dropped.
+class SpanSink {
+  public:
+    SpanSink() = default;
+    SpanSink(const SpanSink&) = delete;
+    SpanSink& operator=(const SpanSink&) = delete;
+    virtual ~SpanSink() = default;
+    virtual void record(Span span) noexcept = 0;
+};
+
+/// A span being timed, child of `parent`: recorded into `sink` when it ends (end(), or when it goes out of scope),
+/// unless there is no sink or the trace is not sampled. Pass context().traceparent() on to what it calls.
+class ScopedSpan {
+  public:
+    ScopedSpan(SpanSink* sink, const TraceContext& parent, std::string name, SpanKind kind = SpanKind::internal);
+    ScopedSpan(const ScopedSpan&) = delete;
+    ScopedSpan& operator=(const ScopedSpan&) = delete;
+    ~ScopedSpan() { end(); }
+
+    [[nodiscard]] const TraceContext& context() const noexcept { return span_.context; }
+    void set(std::string key, std::variant<std::string, std::int64_t, bool> value);
+    /// Marks the span failed, with why.
+    void fail(std::string message);
+    void end() noexcept;
+
+  private:
+    SpanSink* sink_;
+    Span span_;
+    bool ended_ = false;
 };
 
 }  // namespace conveyor

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "conveyor/core/job.hpp"
+#include "conveyor/core/otlp.hpp"
 
 namespace CLI {
 class App;
@@ -98,6 +99,9 @@ struct WorkerSettings {
     std::chrono::seconds paused_recheck{16};
     /// How long job history is kept (CONVEYOR_HISTORY_RETENTION); whole days are dropped at a time.
     std::chrono::milliseconds history_retention{std::chrono::hours(24 * 7)};
+    /// Where the spans of job attempts, gateway and SMTP calls and database transactions go, over OTLP/HTTP
+    /// (CONVEYOR_OTLP_ENDPOINT); an empty endpoint exports nothing.
+    otlp::Settings otlp;
     /// History events held while PostgreSQL is away (CONVEYOR_HISTORY_BUFFER); beyond, they are dropped and counted.
     std::size_t history_buffer = 100'000;
     /// A job that was running alone when the worker died this many times is dead-lettered as poison
