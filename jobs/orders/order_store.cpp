@@ -146,7 +146,14 @@ void emit_order_email(JobContext& context, std::string_view template_name, const
 }
 
 Compensation cancel_order_when(std::string_view step) {
-    return [step](simdjson::dom::element payload, std::string_view why) -> std::vector<FollowUp> {
+    return [step](simdjson::dom::element payload, std::string_view reason,
+                  std::string_view error) -> std::vector<FollowUp> {
+        // A message refused as such (no such order, the wrong amount, a transition the order cannot make) says
+        // nothing about the order's saga, and a stray or forged one must not cancel a real order: the order's
+        // deadline ends a saga that such a refusal leaves waiting.
+        if (reason == "invalid_payload" || reason == "illegal_transition") {
+            return {};
+        }
         // The reason's limit in orders.cancel's schema, less the ellipsis a cut reason ends with.
         constexpr std::size_t kMaxReasonBytes = 200 - 3;
         PayloadReader reader(payload);
@@ -154,8 +161,8 @@ Compensation cancel_order_when(std::string_view step) {
         if (!order_id) {
             return {};  // a payload naming no order: the order's deadline ends its saga
         }
-        const auto reason = job_headers::bounded(fmt::format("{} gave up: {}", step, why), kMaxReasonBytes);
-        return {{"orders.cancel", to_json({{"order_id", *order_id}, {"reason", reason}})}};
+        const auto why = job_headers::bounded(fmt::format("{} gave up: {}: {}", step, reason, error), kMaxReasonBytes);
+        return {{"orders.cancel", to_json({{"order_id", *order_id}, {"reason", why}})}};
     };
 }
 

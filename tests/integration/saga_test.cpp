@@ -482,6 +482,12 @@ TEST_F(SagaTest, AnOrderNotConfirmedInTimeIsCancelledAndItsStockReleased) {
                                     "saga-deadline");
     place("order-t1", "gina", {{"sku-1", 4}});
     ASSERT_TRUE(eventually([&] { return has_status("order-t1", "reserved"); }, 30s)) << worker.process->log();
+    // A stray confirm of the reserved order is refused as an illegal transition, and cancels nothing: only a step
+    // that gave up sets off the compensation, not a message refused as such.
+    broker_.publish(Broker::job("orders.confirm", R"({"order_id":"order-t1"})"));
+    const auto refused = broker_.take("conveyor.orders.dlq", 1, 30s);
+    ASSERT_EQ(refused.size(), 1U) << worker.process->log();
+    EXPECT_EQ(header_text(refused[0], "x-conveyor-reason"), "illegal_transition");
     ASSERT_TRUE(eventually([&] { return has_status("order-t1", "cancelled"); }, 30s)) << worker.process->log();
     EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.orders WHERE status_reason = 'not confirmed within 3 s'"), 1);
     EXPECT_EQ(stock_of("sku-1"), 10);

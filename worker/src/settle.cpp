@@ -125,7 +125,9 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
             co_await publish_emitted(attempt.emitted, log);
         }
     } else if (std::holds_alternative<decision::Cancel>(decided)) {
-        if (!co_await compensate(delivery, envelope, "cancelled on request", log, trace)) {
+        // Named: g++ 12 mishandles non-trivial temporaries inside a co_await expression.
+        const Verdict on_request{"cancelled", "cancelled on request"};
+        if (!co_await compensate(delivery, envelope, on_request, log, trace)) {
             co_return;
         }
         source_.ack(delivery);
@@ -139,7 +141,7 @@ asio::awaitable<void> Settlement::settle(const amqp::Delivery& delivery, const E
     } else {
         auto& verdict = std::get<decision::GiveUp>(decided).verdict;
         const auto why = fmt::format("{}: {}", verdict.reason, verdict.error);
-        if (!co_await compensate(delivery, envelope, why, log, trace)) {
+        if (!co_await compensate(delivery, envelope, verdict, log, trace)) {
             co_return;
         }
         record_end(delivery, envelope, attempt, trace, "dead_lettered", why);
@@ -357,7 +359,7 @@ asio::awaitable<bool> Settlement::dead_letter(const amqp::Delivery& delivery, Wo
 }
 
 asio::awaitable<bool> Settlement::compensate(const amqp::Delivery& delivery, const Envelope& envelope,
-                                             std::string_view why, const JobLogger& log, const TraceContext& trace) {
+                                             const Verdict& ending, const JobLogger& log, const TraceContext& trace) {
     constexpr auto kConfirmTimeout = std::chrono::seconds(30);
     const auto* definition = registry_.find(envelope.type);
     if (definition == nullptr || !definition->options.compensate) {
@@ -365,8 +367,8 @@ asio::awaitable<bool> Settlement::compensate(const amqp::Delivery& delivery, con
     }
     std::vector<amqp::Message> messages;
     try {
-        for (const auto& row :
-             compensation_messages(envelope, trace, definition->options.compensate(envelope.payload, why))) {
+        for (const auto& row : compensation_messages(
+                 envelope, trace, definition->options.compensate(envelope.payload, ending.reason, ending.error))) {
             messages.push_back(outbox_to_message(row));
         }
     } catch (const std::exception& e) {
@@ -375,6 +377,9 @@ asio::awaitable<bool> Settlement::compensate(const amqp::Delivery& delivery, con
         co_return true;
     }
     const auto count = messages.size();
+    if (count == 0) {
+        co_return true;
+    }
     const auto errors = co_await amqp::publish_all(publisher_, std::move(messages), kConfirmTimeout);
     const auto failed = std::find_if(errors.begin(), errors.end(), [](const auto& error) { return !!error; });
     if (failed != errors.end()) {
@@ -382,10 +387,8 @@ asio::awaitable<bool> Settlement::compensate(const amqp::Delivery& delivery, con
         co_await requeue_after_pause(delivery);
         co_return false;
     }
-    if (count > 0) {
-        log.info("gave up ({}); published its compensation: {} job(s)", job_headers::bounded(why, kLoggedErrorBytes),
-                 count);
-    }
+    log.info("gave up ({}: {}); published its compensation: {} job(s)", ending.reason,
+             job_headers::bounded(ending.error, kLoggedErrorBytes), count);
     co_return true;
 }
 

@@ -145,7 +145,7 @@ class Settlement {
     /// Publishes the compensation of a job that gives up (JobOptions::compensate), confirmed. False when it could
     /// not: the job is then requeued (after a pause) and compensates when it gives up again.
     boost::asio::awaitable<bool> compensate(const amqp::Delivery& delivery, const Envelope& envelope,
-                                            std::string_view why, const JobLogger& log, const TraceContext& trace);
+                                            const Verdict& ending, const JobLogger& log, const TraceContext& trace);
     /// After a refused publish: the original goes back, after a pause so a broken queue cannot make it spin.
     boost::asio::awaitable<void> requeue_after_pause(const amqp::Delivery& delivery);
     /// The attempt's span, exported when spans are.

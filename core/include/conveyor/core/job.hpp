@@ -251,8 +251,10 @@ struct FollowUp {
     std::string payload;
 };
 
-/// The jobs that undo a job's part of a larger flow when it ends without succeeding; `why` says how it ended.
-using Compensation = std::function<std::vector<FollowUp>(simdjson::dom::element payload, std::string_view why)>;
+/// The jobs that undo a job's part of a larger flow when it ends without succeeding: `reason` is how it ended (a
+/// dead-letter reason code such as attempts_exhausted, or "cancelled"), `error` what went wrong.
+using Compensation = std::function<std::vector<FollowUp>(simdjson::dom::element payload, std::string_view reason,
+                                                         std::string_view error)>;
 
 /// The messages for the compensation of `envelope` (JobOptions::compensate): ids derived from the job's id, so a
 /// job settled twice (a crash between the publish and the acknowledgement) compensates with the same ids; the
@@ -289,10 +291,10 @@ struct JobOptions {
     /// Unset accepts any JSON object.
     PayloadValidator validate;
     /// What a saga's step sets off when it gives up, so its flow never waits for it forever: when a job of the type
-    /// is dead-lettered by the worker (out of attempts, timed out, a permanent failure, an invalid payload) or
-    /// cancelled on request, the worker publishes these jobs, confirmed, before the job leaves its queue. Unset:
-    /// nothing. A message the broker dead-letters itself (its delivery limit) sets off nothing: a flow that must
-    /// end keeps a deadline of its own as well.
+    /// is dead-lettered by the worker (with its reason: attempts_exhausted, timeout, permanent_failure,
+    /// invalid_payload …) or cancelled on request ("cancelled"), the worker publishes the jobs it returns,
+    /// confirmed, before the job leaves its queue. Unset: nothing. A message the broker dead-letters itself (its
+    /// delivery limit) sets off nothing: a flow that must end keeps a deadline of its own as well.
     Compensation compensate;
 };
 
