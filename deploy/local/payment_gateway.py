@@ -316,13 +316,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return data
 
 
-def parse_charge(body):
+def json_object(body):
     try:
         req = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("body is not valid JSON") from None
     if not isinstance(req, dict):
         raise BadRequest("body must be a JSON object")
+    return req
+
+
+def parse_charge(body):
+    req = json_object(body)
     amount = req.get("amount_cents")
     if not is_int(amount) or amount <= 0:
         raise BadRequest("amount_cents must be a positive integer")
@@ -337,12 +342,7 @@ def parse_charge(body):
 
 
 def parse_refund(body):
-    try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("body is not valid JSON") from None
-    if not isinstance(req, dict):
-        raise BadRequest("body must be a JSON object")
+    req = json_object(body)
     charge_id = req.get("charge_id")
     if not isinstance(charge_id, str) or not charge_id:
         raise BadRequest("charge_id must be a non-empty string")

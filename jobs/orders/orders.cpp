@@ -296,14 +296,21 @@ asio::awaitable<std::vector<std::int64_t>> cancel_paid(JobContext& context, Lock
     co_return events;
 }
 
+/// Who compensates: a cancellation refunds even a confirmed order; a deadline leaves a confirmed one alone.
+enum class Compensator { cancellation, deadline };
+
 /// The saga's compensation, whatever set it off (a customer, a step that gave up, the order's deadline): an order
-/// not paid yet is cancelled, a paid one refunded; one whose saga ended or is refunding already stays as it is.
+/// not paid yet is cancelled, a paid one refunded; one whose saga ended or is refunding already stays as it is. It
+/// decides under the order's lock, so an order confirmed a moment earlier is seen confirmed.
 asio::awaitable<Outcome> compensate(JobContext& context, const Settings& settings, std::string_view order_id,
-                                    std::string_view reason) {
+                                    std::string_view reason, Compensator by) {
     auto order = co_await lock_order(context.transaction(), order_id);
     if (!order) {
         Outcome unknown = DeadLetter{"invalid_payload", fmt::format("no order '{}'", order_id)};
         co_return unknown;
+    }
+    if (by == Compensator::deadline && order->status == OrderStatus::confirmed) {
+        co_return Success{};
     }
     std::vector<std::int64_t> events;
     switch (order->status) {
@@ -331,7 +338,7 @@ asio::awaitable<Outcome> cancel(JobContext& context, const Settings& settings) {
     PayloadReader reader(context.payload());
     const auto order_id = reader.identifier("order_id").value_or("");
     const auto reason = reader.string("reason", Need::required, 1, kMaxReasonChars).value_or("");
-    auto outcome = co_await compensate(context, settings, order_id, reason);
+    auto outcome = co_await compensate(context, settings, order_id, reason, Compensator::cancellation);
     co_return outcome;
 }
 
@@ -340,14 +347,9 @@ asio::awaitable<Outcome> cancel(JobContext& context, const Settings& settings) {
 asio::awaitable<Outcome> expire(JobContext& context, const Settings& settings) {
     PayloadReader reader(context.payload());
     const auto order_id = reader.identifier("order_id").value_or("");
-    const auto status =
-        co_await context.transaction().query("SELECT status::text FROM shop.orders WHERE id = $1", order_id);
-    if (status.rows() == 1 && parse_order_status(status.text(0, 0)) == OrderStatus::confirmed) {
-        co_return Success{};
-    }
     const auto reason = fmt::format("not confirmed within {} s",
                                     std::chrono::ceil<std::chrono::seconds>(settings.order_timeout).count());
-    auto outcome = co_await compensate(context, settings, order_id, reason);
+    auto outcome = co_await compensate(context, settings, order_id, reason, Compensator::deadline);
     co_return outcome;
 }
 
