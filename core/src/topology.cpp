@@ -123,7 +123,7 @@ std::string_view job_type_of_routing_key(std::string_view routing_key) noexcept 
 }
 
 const std::vector<std::string>& default_families() {
-    static const std::vector<std::string> families{"orders", "payments", "emails", "projections", "diag"};
+    static const std::vector<std::string> families{"orders", "inventory", "payments", "emails", "projections", "diag"};
     return families;
 }
 

@@ -11,6 +11,7 @@
 namespace conveyor::jobs {
 
 void register_order_jobs(JobRegistry& registry, const Settings& settings);
+void register_inventory_jobs(JobRegistry& registry);
 void register_payment_jobs(JobRegistry& registry, const Settings& settings, prometheus::Registry& metrics,
                            boost::asio::any_io_executor executor);
 void register_email_jobs(JobRegistry& registry, const Settings& settings);

@@ -272,4 +272,31 @@ void PayloadReader::only(std::initializer_list<std::string_view> known) {
     }
 }
 
+Quantities read_quantities(PayloadReader& reader, std::string_view key, std::size_t max_lines,
+                           std::int64_t max_quantity) {
+    Quantities quantities;
+    const auto lines = reader.array(key, Need::required, 1, max_lines);
+    if (!lines) {
+        return quantities;
+    }
+    std::size_t index = 0;
+    for (const auto line : *lines) {
+        const auto path = fmt::format("{}[{}]", key, index++);
+        simdjson::dom::object fields_object;
+        if (line.get(fields_object) != simdjson::SUCCESS) {
+            reader.fail(fmt::format("'{}' must be an object", reader.name(path)));
+            return {};
+        }
+        PayloadReader fields(reader, fields_object, reader.name(path));
+        const auto product = fields.identifier("product_id");
+        const auto quantity = fields.integer("quantity", Need::required, 1, max_quantity);
+        fields.only({"product_id", "quantity"});
+        if (!product || !quantity) {
+            return {};
+        }
+        quantities[*product] += *quantity;
+    }
+    return quantities;
+}
+
 }  // namespace conveyor::jobs

@@ -5,6 +5,7 @@
 #include <boost/json/object.hpp>
 #include <cstdint>
 #include <initializer_list>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -57,6 +58,14 @@ class PayloadReader {
     std::string own_error_;
     std::string* error_;
 };
+
+/// Quantities by product, ordered by product id (the order stock rows are locked in).
+using Quantities = std::map<std::string_view, std::int64_t, std::less<>>;
+
+/// Reads the array of order lines `[{product_id, quantity}]` under `key`: 1 to `max_lines` of them, each quantity 1 to
+/// `max_quantity`; lines naming the same product are added up. Empty when the reader has failed.
+[[nodiscard]] Quantities read_quantities(PayloadReader& reader, std::string_view key, std::size_t max_lines,
+                                         std::int64_t max_quantity);
 
 /// The number of code points in valid UTF-8 (simdjson has validated every string it hands out).
 [[nodiscard]] std::size_t utf8_length(std::string_view text) noexcept;

@@ -1,6 +1,8 @@
 #include <fmt/format.h>
 
 #include <boost/json/array.hpp>
+#include <boost/json/parse.hpp>
+#include <limits>
 #include <map>
 
 #include "../common/families.hpp"
@@ -23,8 +25,7 @@ struct PlaceOrder {
     std::string_view email;
     std::string_view name;
     std::string_view currency;
-    /// Quantities by product, lines naming the same product added up; ordered by id as the rows are locked.
-    std::map<std::string_view, std::int64_t> quantities;
+    Quantities quantities;
 };
 
 std::optional<PlaceOrder> read_place_order(PayloadReader& reader) {
@@ -37,25 +38,7 @@ std::optional<PlaceOrder> read_place_order(PayloadReader& reader) {
         order.name = fields.string("name", Need::optional, 1, kMaxNameChars).value_or("");
         fields.only({"id", "email", "name"});
     }
-    if (const auto items = reader.array("items", Need::required, 1, kMaxItems)) {
-        std::size_t index = 0;
-        for (const auto item : *items) {
-            const auto path = fmt::format("items[{}]", index++);
-            simdjson::dom::object line;
-            if (item.get(line) != simdjson::SUCCESS) {
-                reader.fail(fmt::format("'{}' must be an object", path));
-                break;
-            }
-            PayloadReader fields(reader, line, path);
-            const auto product = fields.identifier("product_id");
-            const auto quantity = fields.integer("quantity", Need::required, 1, kMaxQuantity);
-            fields.only({"product_id", "quantity"});
-            if (!product || !quantity) {
-                break;
-            }
-            order.quantities[*product] += *quantity;
-        }
-    }
+    order.quantities = read_quantities(reader, "items", kMaxItems, kMaxQuantity);
     order.currency = reader.currency("currency").value_or("");
     reader.only({"order_id", "customer", "items", "currency"});
     if (!reader.ok()) {
@@ -70,10 +53,36 @@ std::optional<std::string> validate_place(simdjson::dom::element payload) {
     return reader.error();
 }
 
-/// orders.place: creates the order and reserves its stock in one transaction, or rejects it when stock is short.
-/// Product rows are locked in id order (ORDER BY id FOR UPDATE), the one order every job locks them in, so
-/// concurrent orders queue on the products they share and never deadlock. A reserved order's deadline
-/// (orders.expire) leaves with it: whatever happens to the steps after, the saga ends.
+/// The catalogue's price of each product asked for; a product the catalogue lacks is absent.
+asio::awaitable<std::map<std::string, std::int64_t, std::less<>>> catalogue_prices(pg::Transaction& transaction,
+                                                                                   const Quantities& quantities) {
+    std::vector<std::string_view> product_ids;
+    for (const auto& [product, quantity] : quantities) {
+        product_ids.push_back(product);
+    }
+    // Named, as every argument below: g++ 12 mishandles non-trivial temporaries inside a co_await expression.
+    const auto product_array = pg::text_array(product_ids);
+    const auto rows = co_await transaction.query("SELECT id, price_cents FROM shop.products WHERE id = ANY($1::text[])",
+                                                 product_array);
+    std::map<std::string, std::int64_t, std::less<>> prices;
+    for (int row = 0; row < rows.rows(); ++row) {
+        prices.emplace(std::string(rows.text(row, 0)), rows.integer(row, 1));
+    }
+    co_return prices;
+}
+
+/// Asks inventory to reserve the order's quantities: it answers with orders.stock_reserved or orders.stock_short.
+void emit_reservation(JobContext& context, std::string_view order_id, const Quantities& quantities) {
+    boost::json::array items;
+    for (const auto& [product, quantity] : quantities) {
+        items.push_back({{"product_id", product}, {"quantity", quantity}});
+    }
+    context.emit("inventory.reserve", to_json({{"order_id", order_id}, {"items", std::move(items)}}));
+}
+
+/// orders.place: records the order, priced from the catalogue, and asks inventory for its stock (inventory.reserve):
+/// orders and inventory share no table and no transaction, only jobs. The order's deadline (orders.expire) leaves
+/// with it: whatever happens to the steps after, the saga ends.
 asio::awaitable<Outcome> place(JobContext& context, const Settings& settings) {
     PayloadReader reader(context.payload());
     const auto order = read_place_order(reader);
@@ -82,116 +91,140 @@ asio::awaitable<Outcome> place(JobContext& context, const Settings& settings) {
         co_return invalid;
     }
     auto& transaction = context.transaction();
-    std::vector<std::string_view> product_ids;
-    for (const auto& [product, quantity] : order->quantities) {
-        product_ids.push_back(product);
-    }
-    // Named, as every argument below: g++ 12 mishandles non-trivial temporaries inside a co_await expression.
-    const auto product_array = pg::text_array(product_ids);
-    const auto products = co_await transaction.query(
-        "SELECT id, stock, price_cents FROM shop.products WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-        product_array);
-    std::map<std::string, std::pair<std::int64_t, std::int64_t>, std::less<>> stock_and_price;
-    for (int row = 0; row < products.rows(); ++row) {
-        stock_and_price.emplace(std::string(products.text(row, 0)),
-                                std::make_pair(products.integer(row, 1), products.integer(row, 2)));
-    }
+    const auto prices = co_await catalogue_prices(transaction, order->quantities);
+    std::vector<std::string> product_ids;
     std::vector<std::string> quantities;
-    std::vector<std::string> prices;
+    std::vector<std::string> unit_prices;
     boost::json::array lines;
-    boost::json::array shortages;
     std::int64_t total = 0;
     std::int64_t item_count = 0;
     for (const auto& [product, quantity] : order->quantities) {
-        const auto found = stock_and_price.find(product);
-        if (found == stock_and_price.end()) {
+        const auto price = prices.find(product);
+        if (price == prices.end()) {
             Outcome unknown = DeadLetter{
                 "invalid_payload", fmt::format("order {}: no product '{}' in the catalogue", order->order_id, product)};
             co_return unknown;
         }
-        const auto [stock, price] = found->second;
-        if (stock < quantity) {
-            shortages.push_back({{"product_id", product}, {"wanted", quantity}, {"in_stock", stock}});
-        }
+        product_ids.emplace_back(product);
         quantities.push_back(std::to_string(quantity));
-        prices.push_back(std::to_string(price));
-        lines.push_back({{"product_id", product}, {"quantity", quantity}, {"unit_price_cents", price}});
-        total += quantity * price;
+        unit_prices.push_back(std::to_string(price->second));
+        lines.push_back({{"product_id", product}, {"quantity", quantity}, {"unit_price_cents", price->second}});
+        total += quantity * price->second;
         item_count += quantity;
     }
-    const bool reserved = shortages.empty();
-    const auto status = reserved ? OrderStatus::reserved : OrderStatus::rejected;
-    const std::string reason = reserved ? std::string() : "out of stock";
-    DomainEvent placed{"OrderPlaced",
-                       {{"customer_id", order->customer_id},
-                        {"currency", order->currency},
-                        {"total_cents", total},
-                        {"item_count", item_count},
-                        {"items", lines}}};
-    DomainEvent outcome = reserved ? DomainEvent{"StockReserved", {{"items", lines}}}
-                                   : DomainEvent{"OrderRejected", {{"reason", reason}, {"shortages", shortages}}};
-    const std::vector<std::string> event_types{placed.type, outcome.type};
-    const std::vector<std::string> event_data{to_json(placed.data), to_json(outcome.data)};
+    const auto placed = to_json({{"customer_id", order->customer_id},
+                                 {"currency", order->currency},
+                                 {"total_cents", total},
+                                 {"item_count", item_count},
+                                 {"items", lines}});
+    const auto product_array = pg::text_array(product_ids);
     const auto quantity_array = pg::text_array(quantities);
-    const auto price_array = pg::text_array(prices);
-    const auto event_type_array = pg::text_array(event_types);
-    const auto event_data_array = pg::text_array(event_data);
-
-    // One statement writes the customer, the order, its lines, the reservation and both events. The customer row
-    // is written only when it changed, and an order id seen before inserts nothing at all.
+    const auto price_array = pg::text_array(unit_prices);
+    // One statement writes the customer, the order, its lines and its first event. The customer row is written only
+    // when it changed, and an order id seen before inserts nothing at all.
     const auto events = co_await transaction.query(
         "WITH customer AS ("
         "  INSERT INTO shop.customers AS c (id, email, name) VALUES ($2, $3, NULLIF($4, '')) "
         "  ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = coalesce(excluded.name, c.name) "
         "  WHERE (c.email, c.name) IS DISTINCT FROM (excluded.email, coalesce(excluded.name, c.name))), "
         "placed AS ("
-        "  INSERT INTO shop.orders (id, customer_id, currency, total_cents, status, status_reason, version, "
-        "    placed_at, updated_at) "
-        "  VALUES ($1, $2, $5, $6, $7::shop.order_status, NULLIF($8, ''), 2, now(), now()) "
+        "  INSERT INTO shop.orders (id, customer_id, currency, total_cents, status, version, placed_at, updated_at) "
+        "  VALUES ($1, $2, $5, $6, 'placed', 1, now(), now()) "
         "  ON CONFLICT (id) DO NOTHING RETURNING id), "
         "lines AS ("
         "  INSERT INTO shop.order_items (order_id, product_id, quantity, unit_price_cents) "
         "  SELECT placed.id, l.product_id, l.quantity, l.price "
-        "  FROM placed, unnest($9::text[], $10::integer[], $11::bigint[]) AS l(product_id, quantity, price)), "
-        "reservation AS ("
-        "  UPDATE shop.products p SET stock = p.stock - l.quantity "
-        "  FROM placed, unnest($9::text[], $10::integer[]) AS l(product_id, quantity) "
-        "  WHERE $7 = 'reserved' AND p.id = l.product_id) "
+        "  FROM placed, unnest($7::text[], $8::integer[], $9::bigint[]) AS l(product_id, quantity, price)) "
         "INSERT INTO shop.events (aggregate_id, version, type, data) "
-        "SELECT placed.id, e.version, e.type, e.data::jsonb "
-        "FROM placed, unnest($12::text[], $13::text[]) WITH ORDINALITY AS e(type, data, version) "
-        "RETURNING id, version",
-        order->order_id, order->customer_id, order->email, order->name, order->currency, total, to_string(status),
-        reason, product_array, quantity_array, price_array, event_type_array, event_data_array);
+        "SELECT placed.id, 1, 'OrderPlaced', $10::jsonb FROM placed RETURNING id",
+        order->order_id, order->customer_id, order->email, order->name, order->currency, total, product_array,
+        quantity_array, price_array, placed);
     if (events.rows() == 0) {
         context.log().info("order {} exists already; nothing to do", order->order_id);
         co_return Success{};
     }
-    std::vector<std::int64_t> event_ids(2);
-    for (int row = 0; row < events.rows(); ++row) {
-        event_ids.at(static_cast<std::size_t>(events.integer(row, 1) - 1)) = events.integer(row, 0);
+    emit_reservation(context, order->order_id, order->quantities);
+    context.emit("orders.expire", to_json({{"order_id", order->order_id}}),
+                 std::chrono::ceil<std::chrono::seconds>(settings.order_timeout));
+    emit_projection_update(context, {events.integer(0, 0)});
+    co_return Success{};
+}
+
+std::optional<std::string> validate_stock_short(simdjson::dom::element payload) {
+    PayloadReader reader(payload);
+    (void)reader.identifier("order_id");
+    if (const auto shortages = reader.array("shortages", Need::required, 1, kMaxItems)) {
+        std::size_t index = 0;
+        for (const auto shortage : *shortages) {
+            const auto path = fmt::format("shortages[{}]", index++);
+            simdjson::dom::object fields_object;
+            if (shortage.get(fields_object) != simdjson::SUCCESS) {
+                reader.fail(fmt::format("'{}' must be an object", path));
+                break;
+            }
+            PayloadReader fields(reader, fields_object, path);
+            (void)fields.identifier("product_id");
+            (void)fields.integer("wanted", Need::required, 1, kMaxItems * kMaxQuantity);
+            (void)fields.integer("in_stock", Need::required, 0, std::numeric_limits<std::int32_t>::max());
+            fields.only({"product_id", "wanted", "in_stock"});
+        }
     }
-    LockedOrder created{std::string(order->order_id),
-                        status,
-                        2,
-                        std::string(order->customer_id),
-                        std::string(order->email),
-                        std::string(order->name),
-                        std::string(order->currency),
-                        total};
-    if (reserved) {
-        boost::json::object charge{{"order_id", created.id},
-                                   {"customer_id", created.customer_id},
-                                   {"amount_cents", total},
-                                   {"currency", created.currency}};
-        context.emit("payments.charge", to_json(charge));
-        context.emit("orders.expire", to_json({{"order_id", created.id}}),
-                     std::chrono::ceil<std::chrono::seconds>(settings.order_timeout));
+    reader.only({"order_id", "shortages"});
+    return reader.error();
+}
+
+/// A placed order whose stock inventory holds: reserved, and charged.
+asio::awaitable<std::vector<std::int64_t>> reserve_order(JobContext& context, LockedOrder& order) {
+    const std::vector<DomainEvent> reserved{{"StockReserved", {}}};
+    auto events = co_await advance_order(context.transaction(), order, OrderStatus::reserved, {}, reserved);
+    boost::json::object charge{{"order_id", order.id},
+                               {"customer_id", order.customer_id},
+                               {"amount_cents", order.total_cents},
+                               {"currency", order.currency}};
+    context.emit("payments.charge", to_json(charge));
+    co_return events;
+}
+
+/// A placed order whose stock is short: rejected, and the customer told.
+asio::awaitable<std::vector<std::int64_t>> reject_order(JobContext& context, LockedOrder& order) {
+    simdjson::dom::element listed;
+    if (context.payload()["shortages"].get(listed) != simdjson::SUCCESS) {
+        throw PermanentError("'shortages' is missing");  // the validator saw to it
+    }
+    const auto shortages = boost::json::parse(simdjson::minify(listed));
+    const std::vector<DomainEvent> rejected{{"OrderRejected", {{"reason", "out of stock"}, {"shortages", shortages}}}};
+    auto events = co_await advance_order(context.transaction(), order, OrderStatus::rejected, "out of stock", rejected);
+    const auto short_products = shortages.as_array().size();
+    context.log().info("order {} rejected: {} product(s) out of stock", order.id, short_products);
+    emit_order_email(context, "out_of_stock", order, {{"products", fmt::format("{}", short_products)}});
+    co_return events;
+}
+
+enum class InventoryAnswer { reserved, short_of_stock };
+
+/// orders.stock_reserved and orders.stock_short: inventory's answer to the order's inventory.reserve. A placed order
+/// is reserved (and charged) or rejected (and its customer told). An order no longer waiting for its stock
+/// (cancelled meanwhile) stays as it is: its cancellation asked inventory to release whatever it holds.
+asio::awaitable<Outcome> take_answer(JobContext& context, InventoryAnswer answer) {
+    PayloadReader reader(context.payload());
+    const auto order_id = reader.identifier("order_id").value_or("");
+    auto order = co_await lock_order(context.transaction(), order_id);
+    if (!order) {
+        Outcome unknown = DeadLetter{"invalid_payload", fmt::format("no order '{}'", order_id)};
+        co_return unknown;
+    }
+    if (order->status != OrderStatus::placed) {
+        context.log().info("order {} is {}; inventory's answer changes nothing", order->id, to_string(order->status));
+        co_return Success{};
+    }
+    // Plain ifs: g++ 12 miscompiles a co_await inside a conditional expression.
+    std::vector<std::int64_t> events;
+    if (answer == InventoryAnswer::reserved) {
+        events = co_await reserve_order(context, *order);
     } else {
-        context.log().info("order {} rejected: {} product(s) out of stock", created.id, shortages.size());
-        emit_order_email(context, "out_of_stock", created, {{"products", fmt::format("{}", shortages.size())}});
+        events = co_await reject_order(context, *order);
     }
-    emit_projection_update(context, event_ids);
+    emit_projection_update(context, events);
     co_return Success{};
 }
 
@@ -232,23 +265,6 @@ std::optional<std::string> validate_cancel(simdjson::dom::element payload) {
     return reader.error();
 }
 
-/// Puts a reserved order's quantities back in stock; returns what went back.
-asio::awaitable<boost::json::array> release_stock(pg::Transaction& transaction, std::string_view order_id) {
-    // Same lock order as orders.place: products by id.
-    const auto lines = co_await transaction.query(
-        "WITH locked AS (SELECT p.id FROM shop.products p JOIN shop.order_items i ON i.product_id = p.id "
-        "  WHERE i.order_id = $1 ORDER BY p.id FOR UPDATE OF p) "
-        "UPDATE shop.products p SET stock = p.stock + i.quantity FROM shop.order_items i, locked "
-        "WHERE i.order_id = $1 AND i.product_id = p.id AND locked.id = p.id "
-        "RETURNING p.id, i.quantity",
-        order_id);
-    boost::json::array released;
-    for (int row = 0; row < lines.rows(); ++row) {
-        released.push_back({{"product_id", lines.text(row, 0)}, {"quantity", lines.integer(row, 1)}});
-    }
-    co_return released;
-}
-
 /// Whether the gateway declined the order's charge: then nothing was charged, ever (one idempotency key per order).
 asio::awaitable<bool> payment_declined(pg::Transaction& transaction, std::string_view order_id) {
     const auto rows =
@@ -256,43 +272,46 @@ asio::awaitable<bool> payment_declined(pg::Transaction& transaction, std::string
     co_return rows.rows() > 0;
 }
 
-/// Cancels an order not paid yet: its stock goes back (once: the release and the move to cancelled commit
-/// together), and the customer hears why. Unless the gateway declined the charge, one may have been made that no
-/// one heard of (a response lost, a charge job cancelled mid-call): a refund job looks for it once every call in
-/// flight has ended.
+/// Tells inventory to release what it holds for the order, now or whenever its reservation arrives.
+void emit_release(JobContext& context, const LockedOrder& order, std::string_view reason) {
+    context.emit("inventory.release", to_json({{"order_id", order.id}, {"reason", reason}}));
+}
+
+/// Cancels an order not paid yet: inventory releases its stock (once, whichever of the reservation and the release
+/// it sees first), and the customer hears why. Unless the gateway declined the charge of a reserved order, one may
+/// have been made that no one heard of (a response lost, a charge job cancelled mid-call): a refund job looks for it
+/// once every call in flight has ended.
 asio::awaitable<std::vector<std::int64_t>> cancel_unpaid(JobContext& context, const Settings& settings,
                                                          LockedOrder& order, std::string_view reason) {
     auto& transaction = context.transaction();
     const bool reserved = order.status == OrderStatus::reserved;
-    // Plain ifs: g++ 12 miscompiles a co_await inside a conditional expression.
-    boost::json::array released;
+    // A plain if: g++ 12 miscompiles a co_await inside a conditional expression.
     bool declined = false;
     if (reserved) {
-        released = co_await release_stock(transaction, order.id);
         declined = co_await payment_declined(transaction, order.id);
     }
-    const std::vector<DomainEvent> cancelled{{"OrderCancelled", {{"reason", reason}, {"released", released}}}};
+    const std::vector<DomainEvent> cancelled{{"OrderCancelled", {{"reason", reason}}}};
     auto events = co_await advance_order(transaction, order, OrderStatus::cancelled, reason, cancelled);
+    emit_release(context, order, reason);
     emit_order_email(context, declined ? "payment_failed" : "order_cancelled", order, {{"reason", reason}});
     if (reserved && !declined) {
         const auto calls_in_flight =
             std::chrono::ceil<std::chrono::seconds>(settings.gateway.timeout) + std::chrono::seconds(5);
         context.emit("payments.refund", to_json({{"order_id", order.id}}), calls_in_flight);
     }
-    context.log().info("order {} cancelled ({}); {} product line(s) released", order.id, reason, released.size());
+    context.log().info("order {} cancelled ({})", order.id, reason);
     co_return events;
 }
 
-/// Cancels a paid order: its stock goes back now, and its charge is refunded (payments.refund ends the saga).
+/// Cancels a paid order: inventory releases its stock now, and its charge is refunded (payments.refund ends the
+/// saga).
 asio::awaitable<std::vector<std::int64_t>> cancel_paid(JobContext& context, LockedOrder& order,
                                                        std::string_view reason) {
-    auto& transaction = context.transaction();
-    const auto released = co_await release_stock(transaction, order.id);
-    const std::vector<DomainEvent> requested{{"RefundRequested", {{"reason", reason}, {"released", released}}}};
-    auto events = co_await advance_order(transaction, order, OrderStatus::refunding, reason, requested);
+    const std::vector<DomainEvent> requested{{"RefundRequested", {{"reason", reason}}}};
+    auto events = co_await advance_order(context.transaction(), order, OrderStatus::refunding, reason, requested);
+    emit_release(context, order, reason);
     context.emit("payments.refund", to_json({{"order_id", order.id}}));
-    context.log().info("order {} cancelled after payment ({}); refunding, {} product line(s) released", order.id,
-                       reason, released.size());
+    context.log().info("order {} cancelled after payment ({}); refunding", order.id, reason);
     co_return events;
 }
 
@@ -363,6 +382,24 @@ void register_order_jobs(JobRegistry& registry, const Settings& settings) {
         "orders.place",
         [settings](JobContext& context) -> asio::awaitable<Outcome> {
             auto outcome = co_await place(context, settings);
+            co_return outcome;
+        },
+        options);
+    options.validate = validate_confirm;
+    options.compensate = cancel_order_when("orders.stock_reserved");
+    registry.add(
+        "orders.stock_reserved",
+        [](JobContext& context) -> asio::awaitable<Outcome> {
+            auto outcome = co_await take_answer(context, InventoryAnswer::reserved);
+            co_return outcome;
+        },
+        options);
+    options.compensate = nullptr;
+    options.validate = validate_stock_short;
+    registry.add(
+        "orders.stock_short",
+        [](JobContext& context) -> asio::awaitable<Outcome> {
+            auto outcome = co_await take_answer(context, InventoryAnswer::short_of_stock);
             co_return outcome;
         },
         options);

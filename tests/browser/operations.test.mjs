@@ -119,10 +119,11 @@ test("a correlation id shows an order's saga end to end, from the order to its r
   const smtpPort = await stack.startStandIn("smtp_sink.py", ["--mailbox", writeScratch("mailbox.jsonl", "")]);
   await stack.restartWorker(
     ["--payment-gateway-url", `http://127.0.0.1:${gatewayPort}`, "--smtp-url", `smtp://127.0.0.1:${smtpPort}`],
-    "diag,orders,payments,emails,projections",
+    "diag,orders,inventory,payments,emails,projections",
   );
   const product = `${run}-sku`;
-  sql(`INSERT INTO shop.products (id, name, price_cents, stock) VALUES ('${product}', 'Browser mug', 1250, 10)`);
+  sql(`INSERT INTO shop.products (id, name, price_cents) VALUES ('${product}', 'Browser mug', 1250)`);
+  sql(`INSERT INTO inventory.stock (product_id, available) VALUES ('${product}', 10)`);
   const order = `${run}-order`;
   const payload = {
     order_id: order,

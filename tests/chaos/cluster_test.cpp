@@ -370,10 +370,11 @@ class ClusterTest : public SchedulerFixture {
         SchedulerFixture::SetUp();
         database_.query("TRUNCATE conveyor.schedules, conveyor.scheduled_jobs RESTART IDENTITY CASCADE");
         reset_shop();
-        database_.query("INSERT INTO shop.products (id, name, price_cents, stock) VALUES ($1, $1, 1000, $2)",
+        database_.query("INSERT INTO shop.products (id, name, price_cents) VALUES ($1, $1, 1000)", {kProduct});
+        database_.query("INSERT INTO inventory.stock (product_id, available) VALUES ($1, $2)",
                         {kProduct, std::to_string(kStock)});
         run_cli({"topology", "declare"});
-        for (const auto* family : {"orders", "payments", "emails", "projections"}) {
+        for (const auto* family : {"orders", "inventory", "payments", "emails", "projections"}) {
             broker_.purge(topology::queue_name(family));
             broker_.purge(topology::dead_letter_queue_name(family));
         }
@@ -436,7 +437,7 @@ class ClusterTest : public SchedulerFixture {
         workers.reserve(3);
         for (int i = 0; i < 3; ++i) {
             workers.push_back(start_worker({"--concurrency", "10", "--amqp-heartbeat", "5s", "--amqp-url", url,
-                                            "--queues", "diag,orders,payments,emails,projections",
+                                            "--queues", "diag,orders,inventory,payments,emails,projections",
                                             "--payment-gateway-url", gateway.url(), "--smtp-url", mail.url()},
                                            fmt::format("{}-worker-{}", name, i)));
         }
@@ -493,7 +494,8 @@ class ClusterTest : public SchedulerFixture {
                     resent);
         EXPECT_EQ(gateway.stat("/charges"), orders);
         EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.payments WHERE status = 'captured'"), orders);
-        EXPECT_EQ(database_.scalar("SELECT stock FROM shop.products WHERE id = $1", {kProduct}), kStock - orders);
+        EXPECT_EQ(database_.scalar("SELECT available FROM inventory.stock WHERE product_id = $1", {kProduct}),
+                  kStock - orders);
         EXPECT_EQ(receipts.size(), static_cast<std::size_t>(orders));
         if (!fault.receipts_may_repeat) {
             EXPECT_EQ(resent, 0U);
@@ -504,7 +506,7 @@ class ClusterTest : public SchedulerFixture {
     static void check_nothing_dead_lettered(const std::string& url) {
         Broker broker(url, BrokerOptions{.max_connect_attempts = 0});
         broker.connect();
-        for (const auto* family : {"diag", "orders", "payments", "emails", "projections"}) {
+        for (const auto* family : {"diag", "orders", "inventory", "payments", "emails", "projections"}) {
             EXPECT_EQ(broker.ready(topology::dead_letter_queue_name(family)), 0U) << family;
         }
     }

@@ -26,7 +26,7 @@ class DlqTest : public SchedulerFixture {
     void SetUp() override {
         SchedulerFixture::SetUp();
         run_cli({"topology", "declare"});
-        for (const auto& family : {"orders", "payments", "emails", "projections", "diag"}) {
+        for (const auto& family : {"orders", "inventory", "payments", "emails", "projections", "diag"}) {
             broker_.purge(topology::queue_name(family));
             broker_.purge(topology::dead_letter_queue_name(family));
         }
@@ -107,13 +107,14 @@ TEST_F(DlqTest, PaymentsDeadLetteredDuringAGatewayOutageCancelTheirOrdersAndThei
     PaymentGatewayServer gateway;
     SmtpSink mail;
     reset_shop();
-    database_.query("INSERT INTO shop.products (id, name, price_cents, stock) VALUES ('sku-1', 'sku-1', 1250, 1000)");
+    database_.query("INSERT INTO shop.products (id, name, price_cents) VALUES ('sku-1', 'sku-1', 1250)");
+    database_.query("INSERT INTO inventory.stock (product_id, available) VALUES ('sku-1', 1000)");
     gateway.control(R"({"refuse": true})");
     // A circuit that opens only after the last of the 1,000 failures: each charge uses up its two attempts. The
     // refunds that look for charges nobody heard of keep their patient default policy and outlast the outage.
     auto worker =
-        start_worker({"--queues", "orders,payments,emails,projections", "--payment-gateway-url", gateway.url(),
-                      "--smtp-url", mail.url(), "--retry", "payments.charge=attempts:2,base:1s,cap:1s",
+        start_worker({"--queues", "orders,inventory,payments,emails,projections", "--payment-gateway-url",
+                      gateway.url(), "--smtp-url", mail.url(), "--retry", "payments.charge=attempts:2,base:1s,cap:1s",
                       "--payment-circuit-failures", "1000", "--payment-gateway-timeout", "1s"},
                      "dlq-saga-worker");
     auto scheduler = start_scheduler({}, "dlq-saga-scheduler");
@@ -139,7 +140,10 @@ TEST_F(DlqTest, PaymentsDeadLetteredDuringAGatewayOutageCancelTheirOrdersAndThei
         [&] { return database_.scalar("SELECT count(*) FROM shop.orders WHERE status = 'cancelled'") == kOrders; },
         60s))
         << worker.process->log();
-    EXPECT_EQ(database_.scalar("SELECT stock FROM shop.products WHERE id = 'sku-1'"), 1000);
+    ASSERT_TRUE(eventually(
+        [&] { return database_.scalar("SELECT available FROM inventory.stock WHERE product_id = 'sku-1'") == 1000; },
+        30s))
+        << "every reservation released";
     ASSERT_TRUE(eventually(
         [&] {
             return scheduler.metric("conveyor_dead_letters_stored",

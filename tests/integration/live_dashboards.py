@@ -168,8 +168,9 @@ def run_workload(cli, run_id, gateway_control_port, pg_url):
     run([*cli, "flow", "apply", str(flow), "--pg-url", pg_url])
     shutil.rmtree(flow.parent)
     run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", pg_url, "-c",
-         "INSERT INTO shop.products (id, name, price_cents, stock) VALUES ('live-widget', 'Widget', 1250, 1000000) "
-         "ON CONFLICT (id) DO UPDATE SET stock = 1000000"])
+         "INSERT INTO shop.products (id, name, price_cents) VALUES ('live-widget', 'Widget', 1250) "
+         "ON CONFLICT (id) DO NOTHING; INSERT INTO inventory.stock (product_id, available) "
+         "VALUES ('live-widget', 1000000) ON CONFLICT (product_id) DO UPDATE SET available = 1000000"])
     # The gateway answers the next three charges with 503: those payments retry, then succeed.
     request = urllib.request.Request(f"http://127.0.0.1:{gateway_control_port}/control",
                                      data=json.dumps({"fail_next": 3, "fail_status": 503}).encode(),

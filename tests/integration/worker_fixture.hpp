@@ -189,14 +189,14 @@ class WorkerTest : public ::testing::Test {
         }
     }
 
-    /// Empties the e-commerce tables (shop.*) for a test of the order saga.
+    /// Empties the e-commerce tables (shop.*, inventory.*) for a test of the order saga.
     void reset_shop() {
         // The event store refuses TRUNCATE to everyone but a replica session.
         database_.query("SET session_replication_role = replica");
         database_.query(
             "TRUNCATE shop.events, shop.payments, shop.order_items, shop.orders, shop.customers, shop.products, "
-            "shop.email_log, shop.order_summary, shop.customer_stats, shop.daily_sales, shop.projection_checkpoints "
-            "RESTART IDENTITY");
+            "shop.email_log, shop.order_summary, shop.customer_stats, shop.daily_sales, shop.projection_checkpoints, "
+            "inventory.events, inventory.reservation_lines, inventory.reservations, inventory.stock RESTART IDENTITY");
         database_.query("SET session_replication_role = DEFAULT");
     }
 

@@ -49,7 +49,8 @@ TEST(WorkerSettings, DefaultsWorkAgainstTheLocalStack) {
     ASSERT_TRUE(parsed.result.settings) << parsed.err;
     const auto& settings = *parsed.result.settings;
     EXPECT_EQ(settings.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
-    EXPECT_EQ(settings.families, (std::vector<std::string>{"orders", "payments", "emails", "projections", "diag"}));
+    EXPECT_EQ(settings.families,
+              (std::vector<std::string>{"orders", "inventory", "payments", "emails", "projections", "diag"}));
     EXPECT_EQ(settings.http_port, 9464);
     EXPECT_EQ(settings.prefetch, 2 * settings.concurrency);
     EXPECT_EQ(settings.priority_weights, (std::array<unsigned, 3>{6, 3, 1}));

@@ -106,7 +106,7 @@ namespace {
 
 /// What the command line gives as text, converted once it has been read.
 struct OptionTexts {
-    std::string queues = "orders,payments,emails,projections,diag";
+    std::string queues = "orders,inventory,payments,emails,projections,diag";
     std::string job_timeout = "30s";
     std::string shutdown_grace = "30s";
     std::string retry_base_delay = "1s";

@@ -170,7 +170,8 @@ QueuesCommands add_queues_commands(CLI::App& app, QueuesOptions& queues, PauseOp
             pausing ? "Stop every worker from starting jobs of a family (or of one type of it), fleet-wide and "
                       "durably; running jobs finish, queued ones wait, no attempt is used"
                     : "Let workers take a paused family's (or type's) jobs again");
-        command->add_option("family", pause.family, "Job family (orders, payments, emails, projections, diag)")
+        command
+            ->add_option("family", pause.family, "Job family (orders, inventory, payments, emails, projections, diag)")
             ->required();
         command->add_option("--type", pause.job_type, "Only this job type of the family (e.g. emails.send)");
         command->add_flag("--json", pause.json, "The new state as one JSON object");

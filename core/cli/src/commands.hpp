@@ -79,7 +79,7 @@ struct ScheduledListOptions {
 };
 
 struct QueuesOptions {
-    std::string families = "orders,payments,emails,projections,diag";
+    std::string families = "orders,inventory,payments,emails,projections,diag";
     std::string pg_url = "postgresql://postgres@127.0.0.1:5432/conveyor";
     bool json = false;
 };

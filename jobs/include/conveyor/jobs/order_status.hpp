@@ -5,11 +5,11 @@
 
 namespace conveyor::jobs {
 
-/// An order's place in the saga: placed → reserved → paid → confirmed; placed or reserved → cancelled (the
-/// compensation, which releases the reservation); paid or confirmed → refunding (stock released, the charge being
-/// refunded) → refunded; placed → rejected (stock was short). Confirmed, cancelled, rejected and refunded are where
-/// a saga ends (a confirmed order may still be cancelled). Every change of an order's status goes through
-/// can_transition.
+/// An order's place in the saga: placed (waiting for inventory) → reserved → paid → confirmed; placed or reserved →
+/// cancelled (the compensation: inventory releases what it holds); paid or confirmed → refunding (stock released,
+/// the charge being refunded) → refunded; placed → rejected (inventory was short). Confirmed, cancelled, rejected and
+/// refunded are where a saga ends (a confirmed order may still be cancelled). Every change of an order's status goes
+/// through can_transition.
 enum class OrderStatus { placed, reserved, paid, confirmed, cancelled, rejected, refunding, refunded };
 
 [[nodiscard]] std::string_view to_string(OrderStatus status) noexcept;
