@@ -112,6 +112,7 @@ void register_all(JobRegistry& registry, const Settings& settings, prometheus::R
     register_inventory_jobs(registry);
     register_payment_jobs(registry, settings, metrics, std::move(executor));
     register_email_jobs(registry, settings);
+    register_email_retention_jobs(registry);
     register_projection_jobs(registry);
 }
 
@@ -120,6 +121,7 @@ std::map<std::string, PayloadValidator, std::less<>> payload_validators() {
     register_diag_jobs(registry);
     register_order_jobs(registry, Settings{});
     register_inventory_jobs(registry);
+    register_email_retention_jobs(registry);
     register_projection_jobs(registry);
     std::map<std::string, PayloadValidator, std::less<>> validators;
     for (const auto& type : registry.types()) {

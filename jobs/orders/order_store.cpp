@@ -59,7 +59,8 @@ bool is_settled(OrderStatus status) noexcept {
 
 boost::asio::awaitable<std::optional<LockedOrder>> lock_order(pg::Transaction& transaction, std::string_view order_id) {
     const auto row = co_await transaction.query(
-        "SELECT o.status, o.version, o.customer_id, c.email, coalesce(c.name, ''), o.currency, o.total_cents "
+        "SELECT o.status, o.version, o.customer_id, c.email, coalesce(c.name, ''), o.currency, o.total_cents, "
+        "  o.archived_at IS NOT NULL "
         "FROM shop.orders o JOIN shop.customers c ON c.id = o.customer_id WHERE o.id = $1 FOR UPDATE OF o",
         order_id);
     if (row.rows() == 0) {
@@ -74,12 +75,16 @@ boost::asio::awaitable<std::optional<LockedOrder>> lock_order(pg::Transaction& t
     order.customer_name = std::string(row.text(0, 4));
     order.currency = std::string(row.text(0, 5));
     order.total_cents = row.integer(0, 6);
+    order.archived = row.text(0, 7) == "t";
     co_return order;
 }
 
 boost::asio::awaitable<std::vector<std::int64_t>> advance_order(pg::Transaction& transaction, LockedOrder& order,
                                                                 OrderStatus to, std::string_view reason,
                                                                 const std::vector<DomainEvent>& events) {
+    if (order.archived) {
+        throw PermanentError(fmt::format("order {} is archived (its month is closed): it changes no more", order.id));
+    }
     if (to != order.status && !can_transition(order.status, to)) {
         throw PermanentError(
             fmt::format("order {}: illegal transition {} → {}", order.id, to_string(order.status), to_string(to)));

@@ -25,6 +25,8 @@ struct LockedOrder {
     std::string customer_name;
     std::string currency;
     std::int64_t total_cents = 0;
+    /// Its month has been archived (orders.archive): its events are in shop.events_archive and it changes no more.
+    bool archived = false;
 };
 
 struct DomainEvent {
@@ -37,7 +39,7 @@ boost::asio::awaitable<std::optional<LockedOrder>> lock_order(pg::Transaction& t
 
 /// Moves a locked order to `to` (or keeps its status, when `to` is it) and appends `events` with the versions after
 /// its own; returns the events' ids in version order. Throws PermanentError for a transition the state machine
-/// refuses.
+/// refuses, and for an archived order.
 boost::asio::awaitable<std::vector<std::int64_t>> advance_order(pg::Transaction& transaction, LockedOrder& order,
                                                                 OrderStatus to, std::string_view reason,
                                                                 const std::vector<DomainEvent>& events);

@@ -331,6 +331,13 @@ asio::awaitable<Outcome> compensate(JobContext& context, const Settings& setting
     if (by == Compensator::deadline && order->status == OrderStatus::confirmed) {
         co_return Success{};
     }
+    // An archived order has ended; of those, only a confirmed one would change (be refunded), and no longer may.
+    if (order->archived && order->status == OrderStatus::confirmed) {
+        Outcome refused =
+            DeadLetter{"illegal_transition",
+                       fmt::format("order {} is archived (its month is closed): it changes no more", order->id)};
+        co_return refused;
+    }
     std::vector<std::int64_t> events;
     switch (order->status) {
         case OrderStatus::placed:
@@ -423,6 +430,7 @@ void register_order_jobs(JobRegistry& registry, const Settings& settings) {
             co_return outcome;
         },
         options);
+    register_archive_jobs(registry);
 }
 
 }  // namespace conveyor::jobs

@@ -111,11 +111,13 @@ TEST_F(DlqTest, PaymentsDeadLetteredDuringAGatewayOutageCancelTheirOrdersAndThei
     database_.query("INSERT INTO inventory.stock (product_id, available) VALUES ('sku-1', 1000)");
     gateway.control(R"({"refuse": true})");
     // A circuit that opens only after the last of the 1,000 failures: each charge uses up its two attempts. The
-    // refunds that look for charges nobody heard of keep their patient default policy and outlast the outage.
+    // refunds that look for charges nobody heard of come the gateway timeout + 5 s after each cancellation: with a
+    // 30 s timeout (refused connections fail at once whatever it is), after the charges have given up, so their
+    // failures cannot open the circuit first; they keep their patient default policy and outlast the outage.
     auto worker =
         start_worker({"--queues", "orders,inventory,payments,emails,projections", "--payment-gateway-url",
                       gateway.url(), "--smtp-url", mail.url(), "--retry", "payments.charge=attempts:2,base:1s,cap:1s",
-                      "--payment-circuit-failures", "1000", "--payment-gateway-timeout", "1s"},
+                      "--payment-circuit-failures", "1000", "--payment-gateway-timeout", "30s"},
                      "dlq-saga-worker");
     auto scheduler = start_scheduler({}, "dlq-saga-scheduler");
     std::vector<amqp::Message> orders;

@@ -816,6 +816,136 @@ TEST_F(SagaTest, TheServicesConnectAsAnApplicationRoleThatCanAppendToTheEventSto
     EXPECT_EQ(inventory_story_of("order-a1"), "StockReserved");
 }
 
+/// The three read models, copied aside as they are now (before_<model>), to compare a rebuild with.
+void copy_read_models(Database& database) {
+    for (const auto* model : {"order_summary", "customer_stats", "daily_sales"}) {
+        database.query(fmt::format("DROP TABLE IF EXISTS before_{}", model));
+        database.query(fmt::format("CREATE TABLE before_{0} AS SELECT * FROM shop.{0}", model));
+    }
+}
+
+/// Rows by which each read model differs from its copy (copy_read_models), dropping the copies.
+std::int64_t differences_from_copies(Database& database) {
+    std::int64_t differences = 0;
+    for (const auto* model : {"order_summary", "customer_stats", "daily_sales"}) {
+        differences += database.scalar(
+            fmt::format("SELECT count(*) FROM ((SELECT * FROM shop.{0} EXCEPT ALL SELECT * FROM before_{0}) UNION ALL "
+                        "(SELECT * FROM before_{0} EXCEPT ALL SELECT * FROM shop.{0})) AS difference",
+                        model));
+        database.query(fmt::format("DROP TABLE before_{}", model));
+    }
+    return differences;
+}
+
+TEST_F(SagaTest, ClosedMonthsMoveWholeIntoTheArchiveWhichRebuildsReadAndTheirOrdersChangeNoMore) {
+    PaymentGatewayServer gateway;
+    SmtpSink mail;
+    add_product("sku-1", 500, 100);
+    auto worker = start_saga_worker(gateway, mail, kQuickPayments, "saga-archive");
+    for (const auto* order : {"old-1", "old-2", "later-1"}) {
+        place(order, "olga", {{"sku-1", 1}});
+    }
+    ASSERT_TRUE(eventually([&] { return settled(3); }, 30s)) << worker.process->log();
+    // An order whose saga has not ended: its charge waits for a gateway that refuses.
+    gateway.control(R"({"refuse": true})");
+    place("later-2", "piet", {{"sku-1", 1}});
+    ASSERT_TRUE(eventually([&] { return has_status("later-2", "reserved"); }, 30s)) << worker.process->log();
+    // Placed five and four months ago, as far as retention goes (the owner may; the events keep their times).
+    database_.query(
+        "UPDATE shop.orders SET placed_at = date_trunc('month', now()) - interval '5 months' + interval '14 days' "
+        "WHERE id LIKE 'old-%'");
+    database_.query(
+        "UPDATE shop.orders SET placed_at = date_trunc('month', now()) - interval '4 months' + interval '14 days' "
+        "WHERE id LIKE 'later-%'");
+    const std::string old_events =
+        "SELECT md5(string_agg(e::text, '|' ORDER BY id)), count(*) FROM {} e "
+        "WHERE aggregate_id LIKE 'old-%'";
+    const auto before = database_.query(fmt::format(fmt::runtime(old_events), "shop.events"));
+    copy_read_models(database_);
+
+    // The older month is archived whole; the later one waits for its unfinished order.
+    broker_.publish(Broker::job("orders.archive", R"({"keep_months": 1})"));
+    ASSERT_TRUE(eventually([&] { return completed(worker, "orders.archive", "success") == 1; }, 30s))
+        << worker.process->log();
+    EXPECT_EQ(database_.query(fmt::format(fmt::runtime(old_events), "shop.events_archive")), before)
+        << "moved, unchanged";
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.events WHERE aggregate_id LIKE 'old-%'"), 0);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.projection_checkpoints WHERE aggregate_id LIKE 'old-%'"), 0);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.projection_checkpoints WHERE aggregate_id = 'later-1'"), 3);
+    EXPECT_EQ(database_.query("SELECT id FROM shop.orders WHERE archived_at IS NOT NULL ORDER BY id"),
+              (Database::Rows{{"old-1"}, {"old-2"}}));
+    const Database::Rows archived_month{{"2", before[0][1]}};
+    EXPECT_EQ(database_.query("SELECT orders::text, events::text FROM shop.archived_months"), archived_month);
+    EXPECT_NE(worker.process->log().find("kept: 1 order(s) not ended"), std::string::npos);
+
+    // A rebuild reads the archive too: each model comes back as it was.
+    for (const auto* model : {"order_summary", "customer_stats", "daily_sales"}) {
+        broker_.publish(Broker::job("projections.rebuild", fmt::format(R"({{"projection":"{}"}})", model)));
+    }
+    ASSERT_TRUE(eventually([&] { return completed(worker, "projections.rebuild", "success") == 3; }, 60s));
+    EXPECT_EQ(differences_from_copies(database_), 0);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.projection_checkpoints WHERE aggregate_id LIKE 'old-%'"), 0)
+        << "an archived order needs no checkpoint";
+
+    // An archived order changes no more: its cancellation is refused, and nothing is refunded.
+    cancel_order("old-1", "too late");
+    const auto dead = broker_.take("conveyor.orders.dlq", 1, 30s);
+    ASSERT_EQ(dead.size(), 1U) << worker.process->log();
+    EXPECT_EQ(header_text(dead[0], "x-conveyor-reason"), "illegal_transition");
+    EXPECT_EQ(status_of("old-1"), "confirmed");
+    EXPECT_EQ(gateway.stat("/refunds"), 0);
+    // The archive is append-only: to the application role by privilege, to the owner by trigger; an event still in
+    // the store leaves it only as a move.
+    Database app(app_pg_url());
+    constexpr std::string_view kInsufficientPrivilege = "42501";
+    EXPECT_EQ(refusal_of(app, "DELETE FROM shop.events_archive"), kInsufficientPrivilege);
+    EXPECT_EQ(refusal_of(app, "INSERT INTO shop.events_archive SELECT * FROM shop.events LIMIT 1"),
+              kInsufficientPrivilege);
+    EXPECT_EQ(refusal_of(database_, "DELETE FROM shop.events_archive"), kInsufficientPrivilege);
+    EXPECT_EQ(refusal_of(database_, "UPDATE shop.events_archive SET type = 'Rewritten'"), kInsufficientPrivilege);
+    EXPECT_EQ(refusal_of(database_, "DELETE FROM shop.events WHERE aggregate_id = 'later-1'"), kInsufficientPrivilege);
+
+    // Once the later month's last saga ends, the next run archives it.
+    gateway.control(R"({"refuse": false})");
+    ASSERT_TRUE(eventually([&] { return has_status("later-2", "confirmed"); }, 60s)) << worker.process->log();
+    ASSERT_TRUE(eventually(
+        [&] {
+            return database_.scalar(
+                       "SELECT count(*) FROM shop.projection_checkpoints c JOIN shop.orders o ON o.id = "
+                       "c.aggregate_id AND o.version = c.version WHERE o.id = 'later-2'") == 3;
+        },
+        30s));
+    broker_.publish(Broker::job("orders.archive", R"({"keep_months": 1})"));
+    ASSERT_TRUE(eventually([&] { return completed(worker, "orders.archive", "success") == 2; }, 30s));
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.orders WHERE archived_at IS NULL"), 0);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.archived_months"), 2);
+    EXPECT_EQ(database_.scalar("SELECT count(*) FROM shop.events"), 0);
+}
+
+TEST_F(SagaTest, TheEmailLogKeepsWhatIsYoungerThanItsRetentionAndPrunesTheRestInBatches) {
+    auto worker = start_worker({"--queues", "emails"}, "emails-prune");
+    const auto add_rows = [&](const std::string& prefix, int count, const std::string& status,
+                              const std::string& claimed_until, const std::string& sent_at) {
+        database_.query(fmt::format(
+            "INSERT INTO shop.email_log (dedupe_key, template, recipient, subject, message_id, status, claimed_by, "
+            "claimed_until, sent_at) SELECT '{}-' || g, 'order_confirmed', 'a@example.com', 'Your order', '<m>', "
+            "'{}', 'job', {}, {} FROM generate_series(1, {}) AS g",
+            prefix, status, claimed_until, sent_at, count));
+    };
+    add_rows("old", 12'000, "sent", "now() - interval '100 days'", "now() - interval '100 days'");
+    add_rows("lapsed", 3, "sending", "now() - interval '100 days'", "NULL");
+    add_rows("recent", 5, "sent", "now() - interval '10 days'", "now() - interval '10 days'");
+    add_rows("sending", 1, "sending", "now() + interval '1 minute'", "NULL");
+    broker_.publish(Broker::job("emails.prune", R"({"keep_days": 30})"));
+    ASSERT_TRUE(eventually([&] { return completed(worker, "emails.prune", "success") == 1; }, 60s))
+        << worker.process->log();
+    EXPECT_EQ(database_.query("SELECT split_part(dedupe_key, '-', 1), count(*)::text FROM shop.email_log GROUP BY 1 "
+                              "ORDER BY 1"),
+              (Database::Rows{{"recent", "5"}, {"sending", "1"}}));
+    EXPECT_NE(worker.process->log().find("12003 row(s) older than 30 day(s) pruned"), std::string::npos)
+        << worker.process->log();
+}
+
 TEST_F(SagaTest, InventoryMovesAnOrdersStockOnceWhicheverOfItsReservationAndReleaseComesFirst) {
     add_product("sku-1", 500, 10);
     // Inventory alone: its answers to orders wait in conveyor.orders, which no one consumes here.

@@ -196,7 +196,8 @@ class WorkerTest : public ::testing::Test {
         database_.query(
             "TRUNCATE shop.events, shop.payments, shop.order_items, shop.orders, shop.customers, shop.products, "
             "shop.email_log, shop.order_summary, shop.customer_stats, shop.daily_sales, shop.projection_checkpoints, "
-            "inventory.events, inventory.reservation_lines, inventory.reservations, inventory.stock RESTART IDENTITY");
+            "shop.events_archive, shop.archived_months, inventory.events, inventory.reservation_lines, "
+            "inventory.reservations, inventory.stock RESTART IDENTITY");
         database_.query("SET session_replication_role = DEFAULT");
     }
 
