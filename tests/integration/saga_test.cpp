@@ -841,7 +841,10 @@ TEST_F(SagaTest, ClosedMonthsMoveWholeIntoTheArchiveWhichRebuildsReadAndTheirOrd
     PaymentGatewayServer gateway;
     SmtpSink mail;
     add_product("sku-1", 500, 100);
-    auto worker = start_saga_worker(gateway, mail, kQuickPayments, "saga-archive");
+    // Charges retried for as long as the test runs: the unfinished order stays unfinished until the gateway is back.
+    auto worker = start_saga_worker(
+        gateway, mail, {"--payment-gateway-timeout", "1s", "--retry", "payments.*=attempts:1000,base:1s,cap:1s"},
+        "saga-archive");
     for (const auto* order : {"old-1", "old-2", "later-1"}) {
         place(order, "olga", {{"sku-1", 1}});
     }
