@@ -20,6 +20,17 @@ using namespace std::chrono_literals;
 
 const std::vector<std::string> kSagaFamilies{"orders", "inventory", "payments", "emails", "projections"};
 
+/// Whether the spans form one tree: each one's parent is a span among them, or the caller's span.
+bool connected(const std::vector<ReceivedSpan>& spans, const std::string& caller_span) {
+    std::set<std::string> ids;
+    for (const auto& span : spans) {
+        ids.insert(span.span_id);
+    }
+    return std::all_of(spans.begin(), spans.end(), [&](const ReceivedSpan& span) {
+        return span.parent_span_id == caller_span || ids.contains(span.parent_span_id);
+    });
+}
+
 /// The emails each order's story implies, as "order:template": a captured payment sends the receipt, a rejection
 /// out_of_stock, a cancellation payment_failed (declined) or order_cancelled, a refund order_refunded.
 std::set<std::string> emails_implied_by_stories(Database& database) {
@@ -263,22 +274,14 @@ class SagaTest : public WorkerTest {
     static void check_one_connected_trace(const OtlpReceiver& receiver, const std::string& trace_id,
                                           const std::string& caller_span) {
         std::vector<ReceivedSpan> spans;
-        const auto connected = [&] {
-            std::set<std::string> ids;
-            for (const auto& span : spans) {
-                ids.insert(span.span_id);
-            }
-            return std::all_of(spans.begin(), spans.end(), [&](const ReceivedSpan& span) {
-                return span.parent_span_id == caller_span || ids.contains(span.parent_span_id);
-            });
-        };
         const auto has = [&](const std::string& name) {
             return std::any_of(spans.begin(), spans.end(), [&](const ReceivedSpan& span) { return span.name == name; });
         };
         EXPECT_TRUE(eventually(
             [&] {
                 spans = receiver.spans_of(trace_id);
-                return has("orders.place") && has("inventory.reserve") && has("smtp send") && connected();
+                return has("orders.place") && has("inventory.reserve") && has("smtp send") &&
+                       connected(spans, caller_span);
             },
             30s))
             << receiver.render(trace_id);
@@ -490,22 +493,14 @@ TEST_F(SagaTest, AnOrdersSagaReachesAnOtlpReceiverAsOneConnectedTrace) {
 
     // Each span's parent is a span of the trace, but for the order's job, whose parent is the caller's.
     std::vector<ReceivedSpan> spans;
-    const auto connected = [&] {
-        std::set<std::string> ids;
-        for (const auto& span : spans) {
-            ids.insert(span.span_id);
-        }
-        return std::all_of(spans.begin(), spans.end(), [&](const ReceivedSpan& span) {
-            return span.parent_span_id == caller_span || ids.contains(span.parent_span_id);
-        });
-    };
     const auto named = [&](const std::string& name) {
         return std::find_if(spans.begin(), spans.end(), [&](const ReceivedSpan& span) { return span.name == name; });
     };
     ASSERT_TRUE(eventually(
         [&] {
             spans = receiver.spans_of(trace_id);
-            return named("emails.send") != spans.end() && named("smtp send") != spans.end() && connected();
+            return named("emails.send") != spans.end() && named("smtp send") != spans.end() &&
+                   connected(spans, caller_span);
         },
         30s))
         << receiver.render(trace_id) << worker.process->log();
